@@ -1,0 +1,1 @@
+"""The `crowbar` command line: a thin client of the REST API (plus `server` and `db`)."""

@@ -1,0 +1,447 @@
+"""The `crowbar` command: every listing and show takes `-o json`; errors are one line, exit 1."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from crowbar import config
+from crowbar.cli.client import CliError, Client
+from crowbar.cli.output import console, emit_list, emit_object, output_option
+
+NODE_COLUMNS = ["id", "name", "admin", "alive", "available", "bootenv"]
+NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_count", "status"]
+
+
+class Context:
+    def __init__(self, endpoint: str | None):
+        self.endpoint = endpoint
+        self._client: Client | None = None
+
+    @property
+    def api(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.endpoint)
+        return self._client
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--endpoint", envvar="CROWBAR_ENDPOINT", help=f"API URL (default http://{config.DEFAULT_LISTEN})")
+@click.version_option(package_name="crowbar")
+@click.pass_context
+def cli(ctx: click.Context, endpoint: str | None) -> None:
+    """Crowbar: bare-metal provisioning and orchestration."""
+    ctx.obj = Context(endpoint)
+
+
+# -- server and database -------------------------------------------------------------------------
+@cli.command()
+@click.option("--listen", default=config.DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve the API on")
+@click.option("--database", envvar="CROWBAR_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir)")
+@click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256), help="annealer worker threads")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR", help="state directory")
+def server(listen: str, database: str | None, workers: int, data_dir: Path | None) -> None:
+    """Run the API server and the annealer."""
+    from crowbar.server import serve
+
+    try:
+        serve(listen, database, workers, data_dir)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+@cli.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.option("--database", envvar="CROWBAR_DATABASE_URL")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR")
+def db_upgrade(database: str | None, data_dir: Path | None) -> None:
+    """Apply every pending migration (the server also does this when it starts)."""
+    from crowbar.db import migrate
+    from crowbar.db.session import Database
+
+    database_ = Database(config.database_url(database, data_dir))
+    before = migrate.current_revision(database_.engine)
+    migrate.upgrade(database_.engine)
+    after = migrate.current_revision(database_.engine)
+    click.echo(f"schema at revision {after}" + (f" (was {before or 'empty'})" if before != after else " (up to date)"))
+
+
+# -- barclamps and roles -------------------------------------------------------------------------
+@cli.group()
+def barclamps() -> None:
+    """Modules of roles."""
+
+
+@barclamps.command("list")
+@output_option
+@pass_ctx
+def barclamps_list(ctx: Context, output: str) -> None:
+    emit_list(ctx.api.get("/barclamps"), ["id", "name", "version", "roles", "description"], output)
+
+
+@barclamps.command("show")
+@click.argument("barclamp")
+@output_option
+@pass_ctx
+def barclamps_show(ctx: Context, barclamp: str, output: str) -> None:
+    emit_object(ctx.api.get(f"/barclamps/{barclamp}"), output)
+
+
+@barclamps.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@output_option
+@pass_ctx
+def barclamps_import(ctx: Context, path: Path, output: str) -> None:
+    """Validate and load a barclamp directory (barclamp.yml and scripts/)."""
+    directory = path if path.is_dir() else path.parent
+    if not (directory / "barclamp.yml").is_file():
+        raise CliError(f"{directory / 'barclamp.yml'}: no such file")
+    files = {}
+    for f in [directory / "barclamp.yml", *sorted((directory / "scripts").rglob("*"))]:
+        if f.is_file():
+            try:
+                files[f.relative_to(directory).as_posix()] = f.read_text()
+            except UnicodeDecodeError:
+                raise CliError(f"{f}: not a text file") from None
+    result = ctx.api.request("POST", "/barclamps", json={"files": files}).json()
+    result["source_path"] = str(directory.resolve())
+    emit_object(result, output)
+
+
+@cli.group()
+def roles() -> None:
+    """Roles that barclamps provide."""
+
+
+@roles.command("list")
+@click.option("--barclamp")
+@output_option
+@pass_ctx
+def roles_list(ctx: Context, barclamp: str | None, output: str) -> None:
+    emit_list(ctx.api.get("/roles", barclamp=barclamp), ["id", "name", "barclamp", "jig", "requires", "flags"], output)
+
+
+@roles.command("show")
+@click.argument("role")
+@output_option
+@pass_ctx
+def roles_show(ctx: Context, role: str, output: str) -> None:
+    emit_object(ctx.api.get(f"/roles/{role}"), output)
+
+
+# -- nodes ---------------------------------------------------------------------------------------
+@cli.group()
+def nodes() -> None:
+    """Machines Crowbar manages."""
+
+
+@nodes.command("list")
+@output_option
+@pass_ctx
+def nodes_list(ctx: Context, output: str) -> None:
+    emit_list(ctx.api.get("/nodes"), NODE_COLUMNS, output)
+
+
+@nodes.command("show")
+@click.argument("node")
+@output_option
+@pass_ctx
+def nodes_show(ctx: Context, node: str, output: str) -> None:
+    emit_object(ctx.api.get(f"/nodes/{node}"), output)
+
+
+@nodes.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="this is the admin server (gets the bootstrap roles)")
+@click.option("--dead", is_flag=True, help="not alive yet: nothing runs on it until it is marked alive")
+@click.option("--reserved", is_flag=True, help="not available: nothing runs on it until released")
+@click.option("--description", default="")
+@output_option
+@pass_ctx
+def nodes_create(ctx: Context, name: str, admin: bool, dead: bool, reserved: bool, description: str, output: str) -> None:
+    emit_object(ctx.api.post("/nodes", {"name": name, "admin": admin, "alive": not dead, "available": not reserved,
+                                        "description": description}), output)
+
+
+@nodes.command("update")
+@click.argument("node")
+@click.option("--alive/--dead", default=None)
+@click.option("--available/--reserved", default=None)
+@output_option
+@pass_ctx
+def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | None, output: str) -> None:
+    """Mark a node alive or dead, available or reserved."""
+    emit_object(ctx.api.patch(f"/nodes/{node}", {"alive": alive, "available": available}), output)
+
+
+@nodes.command("delete")
+@click.argument("node")
+@output_option
+@pass_ctx
+def nodes_delete(ctx: Context, node: str, output: str) -> None:
+    emit_object(ctx.api.delete(f"/nodes/{node}"), output)
+
+
+# -- deployments ---------------------------------------------------------------------------------
+@cli.group()
+def deployments() -> None:
+    """Groups of noderoles committed and annealed together."""
+
+
+@deployments.command("list")
+@output_option
+@pass_ctx
+def deployments_list(ctx: Context, output: str) -> None:
+    emit_list(ctx.api.get("/deployments"), ["id", "name", "parent", "state", "status", "noderoles"], output)
+
+
+@deployments.command("show")
+@click.argument("deployment")
+@output_option
+@pass_ctx
+def deployments_show(ctx: Context, deployment: str, output: str) -> None:
+    emit_object(ctx.api.get(f"/deployments/{deployment}"), output)
+
+
+@deployments.command("create")
+@click.argument("name")
+@click.option("--parent", help="parent deployment (default: system)")
+@click.option("--description", default="")
+@output_option
+@pass_ctx
+def deployments_create(ctx: Context, name: str, parent: str | None, description: str, output: str) -> None:
+    emit_object(ctx.api.post("/deployments", {"name": name, "parent": parent, "description": description}), output)
+
+
+@deployments.command("bind")
+@click.argument("deployment")
+@click.argument("role")
+@click.argument("node")
+@output_option
+@pass_ctx
+def deployments_bind(ctx: Context, deployment: str, role: str, node: str, output: str) -> None:
+    """Bind ROLE to NODE in DEPLOYMENT (and whatever the role requires)."""
+    result = ctx.api.post(f"/deployments/{deployment}/bind", {"role": role, "node": node})
+    if output == "json":
+        emit_object(result, output)
+        return
+    nr = result["noderole"]
+    console.print(f"noderole {nr['id']}: {nr['role']} on {nr['node']} in {nr['deployment']} ({nr['state']}); "
+                  f"{len(result['created'])} noderoles created")
+    if result["reopened"]:
+        console.print(f"deployment {deployment} was committed and is proposed again: commit it to run the new noderoles")
+
+
+def _deployment_action(action: str):
+    @click.argument("deployment")
+    @output_option
+    @pass_ctx
+    def command(ctx: Context, deployment: str, output: str) -> None:
+        emit_object(ctx.api.post(f"/deployments/{deployment}/{action}"), output)
+
+    return command
+
+
+deployments.command("commit", help="Commit a deployment: its noderoles become runnable.")(_deployment_action("commit"))
+deployments.command("propose", help="Reopen a deployment for changes.")(_deployment_action("propose"))
+
+
+@deployments.command("delete")
+@click.argument("deployment")
+@output_option
+@pass_ctx
+def deployments_delete(ctx: Context, deployment: str, output: str) -> None:
+    emit_object(ctx.api.delete(f"/deployments/{deployment}"), output)
+
+
+# -- noderoles -----------------------------------------------------------------------------------
+@cli.group()
+def noderoles() -> None:
+    """Roles bound to nodes: the graph the annealer walks."""
+
+
+@noderoles.command("list")
+@click.option("--deployment")
+@click.option("--node")
+@click.option("--role")
+@click.option("--state", help="proposed, todo, transition, active, error, blocked")
+@output_option
+@pass_ctx
+def noderoles_list(ctx: Context, deployment, node, role, state, output: str) -> None:
+    rows = ctx.api.get("/node_roles", deployment=deployment, node=node, role=role, state=state)
+    emit_list(rows, NODEROLE_COLUMNS, output)
+
+
+@noderoles.command("show")
+@click.argument("noderole")
+@output_option
+@pass_ctx
+def noderoles_show(ctx: Context, noderole: str, output: str) -> None:
+    emit_object(ctx.api.get(f"/node_roles/{noderole}"), output)
+
+
+@noderoles.command("retry")
+@click.argument("noderole")
+@output_option
+@pass_ctx
+def noderoles_retry(ctx: Context, noderole: str, output: str) -> None:
+    emit_object(ctx.api.post(f"/node_roles/{noderole}/retry"), output)
+
+
+@noderoles.command("parents")
+@click.argument("noderole")
+@output_option
+@pass_ctx
+def noderoles_parents(ctx: Context, noderole: str, output: str) -> None:
+    emit_list(ctx.api.get(f"/node_roles/{noderole}/parents"), NODEROLE_COLUMNS, output)
+
+
+@noderoles.command("children")
+@click.argument("noderole")
+@output_option
+@pass_ctx
+def noderoles_children(ctx: Context, noderole: str, output: str) -> None:
+    emit_list(ctx.api.get(f"/node_roles/{noderole}/children"), NODEROLE_COLUMNS, output)
+
+
+@noderoles.command("log")
+@click.argument("noderole")
+@click.option("--all", "all_runs", is_flag=True, help="every run, not only the last")
+@output_option
+@pass_ctx
+def noderoles_log(ctx: Context, noderole: str, all_runs: bool, output: str) -> None:
+    """The log of the noderole's last run (or of all its runs)."""
+    runs = ctx.api.get(f"/node_roles/{noderole}/runs")
+    if not all_runs:
+        runs = runs[-1:]
+    if output == "json":
+        emit_list(runs, [], output)
+        return
+    if not runs:
+        console.print(f"noderole {noderole} has not run yet")
+    for run in runs:
+        click.echo(f"--- run {run['id']} ({run['state']}, started {run['started_at']})")
+        click.echo(run["log"].rstrip("\n"))
+
+
+# -- attribs -------------------------------------------------------------------------------------
+@cli.group()
+def attribs() -> None:
+    """Named values at paths in the JSON a run receives."""
+
+
+@attribs.command("list")
+@output_option
+@pass_ctx
+def attribs_list(ctx: Context, output: str) -> None:
+    emit_list(ctx.api.get("/attribs"), ["id", "name", "map", "role", "default"], output)
+
+
+@attribs.command("get")
+@click.argument("name")
+@click.option("--node")
+@output_option
+@pass_ctx
+def attribs_get(ctx: Context, name: str, node: str | None, output: str) -> None:
+    emit_object(ctx.api.get(f"/attribs/{name}", node=node), output)
+
+
+@attribs.command("set")
+@click.argument("name")
+@click.argument("value")
+@click.option("--node", required=True)
+@output_option
+@pass_ctx
+def attribs_set(ctx: Context, name: str, value: str, node: str, output: str) -> None:
+    """Set an attrib on a node; VALUE is JSON when it parses, else a string."""
+    emit_object(ctx.api.put(f"/attribs/{name}", {"node": node, "value": value}), output)
+
+
+# -- anneal and events ---------------------------------------------------------------------------
+EXIT = {"finished": 0, "failed": 1}
+
+
+def _summary(status: dict) -> str:
+    c = status["counts"]
+    return (f"{c['active']} active, {c['todo']} todo, {c['transition']} running, {c['blocked']} blocked, "
+            f"{c['error']} error")
+
+
+@cli.command()
+@click.option("--wait", is_flag=True, help="wait, with live progress, until finished or failed")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to wait")
+@click.option("--deployment")
+@output_option
+@pass_ctx
+def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, output: str) -> None:
+    """Annealer status; exit 0 finished, 1 failed, 2 timed out (with --wait)."""
+    def fetch() -> dict:
+        return ctx.api.request("GET", "/anneal", ok=(200, 202, 409),
+                               params={"deployment": deployment} if deployment else {}).json()
+
+    status = fetch()
+    if wait and status["status"] == "working":
+        deadline = time.monotonic() + timeout
+        with Progress(TextColumn("[bold]annealing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                      transient=not console.is_terminal) as bar:
+            task = bar.add_task(_summary(status), total=max(status["total"], 1), completed=status["counts"]["active"])
+            while status["status"] == "working" and time.monotonic() < deadline:
+                time.sleep(0.3)
+                status = fetch()
+                bar.update(task, total=max(status["total"], 1), completed=status["counts"]["active"],
+                           description=_summary(status))
+    if output == "json":
+        emit_object(status, output)
+    else:
+        console.print(f"anneal {status['status']}: {_summary(status)}")
+        if status.get("waiting_on_unavailable_nodes"):
+            console.print(f"{status['waiting_on_unavailable_nodes']} noderoles wait for nodes that are dead or reserved")
+    if status["status"] == "working":
+        sys.exit(2 if wait else 0)
+    sys.exit(EXIT[status["status"]])
+
+
+@cli.command()
+@click.option("--type", "object_type", help="node, noderole, deployment, barclamp, ...")
+@click.option("--id", "object_id", type=int)
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@output_option
+@pass_ctx
+def events(ctx: Context, object_type: str | None, object_id: int | None, limit: int, output: str) -> None:
+    """The audit trail: who changed what, when, from and to."""
+    rows = ctx.api.get("/events", object_type=object_type, object_id=object_id, limit=limit)
+    emit_list(rows, ["id", "at", "actor", "object_type", "object_id", "action", "from", "to", "message"], output)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except CliError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The schema, as SQLAlchemy 2 declarative models.
+
+Changes to this file must come with an Alembic migration in `migrations/versions/`.
+JSON columns are JSONB on PostgreSQL and JSON (text) elsewhere.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Barclamp(Base):
+    __tablename__ = "barclamps"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    version: Mapped[str] = mapped_column(String(32), default="0")
+    source_path: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    roles: Mapped[list[Role]] = relationship(back_populates="barclamp", order_by="Role.id")
+
+
+class Role(Base):
+    __tablename__ = "roles"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    barclamp_id: Mapped[int] = mapped_column(ForeignKey("barclamps.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    jig: Mapped[str] = mapped_column(String(64), default="noop")
+    requires: Mapped[list] = mapped_column(JSONType, default=list)
+    flags: Mapped[list] = mapped_column(JSONType, default=list)
+    wants_attribs: Mapped[list] = mapped_column(JSONType, default=list)
+    conflicts: Mapped[list] = mapped_column(JSONType, default=list)
+    template: Mapped[dict] = mapped_column(JSONType, default=dict)
+    scripts: Mapped[list] = mapped_column(JSONType, default=list)
+    barclamp: Mapped[Barclamp] = relationship(back_populates="roles")
+
+    def has(self, flag: str) -> bool:
+        return flag in (self.flags or [])
+
+
+class Attrib(Base):
+    __tablename__ = "attribs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    barclamp_id: Mapped[int] = mapped_column(ForeignKey("barclamps.id", ondelete="CASCADE"), index=True)
+    role_id: Mapped[int | None] = mapped_column(ForeignKey("roles.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    map: Mapped[str] = mapped_column(Text)
+    default: Mapped[object] = mapped_column(JSONType, nullable=True)
+    schema: Mapped[dict] = mapped_column(JSONType, default=dict)
+    writable: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    alive: Mapped[bool] = mapped_column(Boolean, default=True)
+    available: Mapped[bool] = mapped_column(Boolean, default=True)
+    bootenv: Mapped[str] = mapped_column(String(64), default="local")
+    discovery: Mapped[dict] = mapped_column(JSONType, default=dict)
+    hints: Mapped[dict] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), index=True)
+    system: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), default="proposed")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentRole(Base):
+    __tablename__ = "deployment_roles"
+    __table_args__ = (UniqueConstraint("deployment_id", "role_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id"), index=True)
+    proposed: Mapped[dict] = mapped_column(JSONType, default=dict)
+    committed: Mapped[dict] = mapped_column(JSONType, default=dict)
+
+
+class NodeRole(Base):
+    __tablename__ = "node_roles"
+    __table_args__ = (
+        UniqueConstraint("node_id", "role_id"),
+        # The annealer scans todo noderoles in (cohort, id) order and checks each node's busy state.
+        Index("ix_node_roles_state_cohort_id", "state", "cohort", "id"),
+        Index("ix_node_roles_node_state", "node_id", "state"),
+        Index("ix_node_roles_deployment_state", "deployment_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id"), index=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
+    state: Mapped[str] = mapped_column(String(16), default="proposed")
+    cohort: Mapped[int] = mapped_column(Integer, default=0)
+    proposed: Mapped[dict] = mapped_column(JSONType, default=dict)
+    committed: Mapped[dict] = mapped_column(JSONType, default=dict)
+    wall: Mapped[dict] = mapped_column(JSONType, default=dict)
+    run_count: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class NodeRoleEdge(Base):
+    """parent must be active before child may run."""
+
+    __tablename__ = "node_role_edges"
+    parent_id: Mapped[int] = mapped_column(ForeignKey("node_roles.id", ondelete="CASCADE"), primary_key=True)
+    child_id: Mapped[int] = mapped_column(
+        ForeignKey("node_roles.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class Server(Base):
+    """A running `crowbar server` process; its heartbeat tells others whether its runs are alive."""
+
+    __tablename__ = "servers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_state_server", "state", "server_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_role_id: Mapped[int] = mapped_column(ForeignKey("node_roles.id", ondelete="CASCADE"), index=True)
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id"))
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | failed | lost
+    attrs: Mapped[dict] = mapped_column(JSONType, default=dict)
+    log: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Event(Base):
+    """Audit trail: every state change, who did it, when, from and to."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_object", "object_type", "object_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128), default="system")
+    object_type: Mapped[str] = mapped_column(String(32))
+    object_id: Mapped[int | None] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(64))
+    from_state: Mapped[str | None] = mapped_column(String(32))
+    to_state: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="admin")  # admin | node
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

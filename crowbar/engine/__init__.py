@@ -1,0 +1,1 @@
+"""The orchestration engine: noderole states, the dependency graph, attribute merging, the annealer."""

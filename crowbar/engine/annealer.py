@@ -1,0 +1,314 @@
+"""The annealer: finds runnable noderoles, runs them through their jigs, and records the results.
+
+One dispatcher thread per server does all database work in batches:
+  claim    - one transaction takes up to `backlog` runnable noderoles (cohort, id order; at most one
+             per node; nodes locked with FOR UPDATE SKIP LOCKED on PostgreSQL so several servers can
+             share one database), moves them to transition, snapshots their attribute documents into
+             run rows, and hands them to a pool of `workers` threads;
+  complete - results from workers (or from asynchronous jigs, any thread) are queued and applied
+             together in one transaction: state, wall, log, events, then the ripple to children.
+A heartbeat row per server lets any server recover the runs of one that died (transition -> todo).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import bindparam, insert, select, text, update
+
+from crowbar.db.models import Node, NodeRole, Role, Run, Server, utcnow
+from crowbar.db.session import Database
+from crowbar.engine import graph
+from crowbar.engine.attribs import RunDocuments, node_attrs
+from crowbar.engine.states import State
+from crowbar.jigs.base import NodeInfo, RunContext, RunResult, get_jig
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+DEAD_AFTER_SECONDS = 20.0
+
+RUNNABLE_SQL = """
+SELECT nr.id, nr.node_id FROM node_roles nr
+JOIN nodes n ON n.id = nr.node_id
+JOIN deployments d ON d.id = nr.deployment_id
+WHERE nr.state = 'todo' AND d.state = 'committed' AND n.alive AND n.available
+  AND NOT EXISTS (SELECT 1 FROM node_roles b WHERE b.node_id = nr.node_id AND b.state IN ('transition', 'error'))
+ORDER BY nr.cohort, nr.id
+LIMIT :limit
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Annealer:
+    def __init__(self, db: Database, workers: int = 8, actor: str = "annealer", poll: float = 0.5,
+                 backlog: int | None = None, workdir: Path | None = None):
+        self.db = db
+        self.workers = max(1, workers)
+        self.backlog = backlog or max(32, self.workers * 32)
+        self.poll = poll
+        self.actor = actor
+        self.workdir = Path(workdir or tempfile.gettempdir())
+        self.server_id: int | None = None
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jig")
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._in_flight = 0  # claimed by this server and not yet applied
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_heartbeat = 0.0
+        self._last_reap = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def register(self) -> int:
+        """Record this server, and recover the runs of servers that are gone."""
+        with self.db.session() as s:
+            server = Server(hostname=socket.gethostname(), pid=os.getpid())
+            s.add(server)
+            s.flush()
+            self.server_id = server.id
+        self.reap_dead_servers(startup=True)
+        return self.server_id
+
+    def start(self) -> None:
+        if self.server_id is None:
+            self.register()
+        self._thread = threading.Thread(target=self._loop, name="annealer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let running jigs finish (up to timeout), and hand back what is left."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.server_id is not None:
+            self._recover({self.server_id: "server stopped before the run finished"})
+            with self.db.session() as s:
+                s.execute(update(Server).where(Server.id == self.server_id).values(stopped=True))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.step()
+            except Exception:  # keep annealing; the failure is in the log and the transaction rolled back
+                log.exception("annealer step failed")
+                busy = False
+            if not busy:
+                self._wake.wait(self.poll)
+                self._wake.clear()
+        # Drain: apply what finished while we were stopping.
+        deadline = time.monotonic() + 10
+        while self._in_flight and time.monotonic() < deadline:
+            if not self._apply_completions(block=0.2):
+                continue
+
+    def step(self) -> bool:
+        """One round: apply finished runs, claim new ones. True when something happened."""
+        now = time.monotonic()
+        if now - self._last_heartbeat > HEARTBEAT_SECONDS and self.server_id is not None:
+            self._heartbeat()
+            self._last_heartbeat = now
+        if now - self._last_reap > DEAD_AFTER_SECONDS / 2:
+            self.reap_dead_servers()
+            self._last_reap = now
+        applied = self._apply_completions()
+        claimed = 0
+        if self._in_flight < self.backlog and not self._stop.is_set():
+            claimed = self._claim(self.backlog - self._in_flight)
+        return bool(applied or claimed)
+
+    def run_until_idle(self, timeout: float = 600.0) -> None:
+        """Anneal in the calling thread until nothing is runnable or running (tests, benchmarks)."""
+        if self.server_id is None:
+            self.register()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.step() and self._in_flight == 0:
+                return
+            if self._in_flight and self._done.empty():
+                self._apply_completions(block=0.05)
+        raise TimeoutError(f"annealing did not finish within {timeout}s")
+
+    # -- claiming --------------------------------------------------------------------------------
+    def _claim(self, limit: int) -> int:
+        contexts: list[RunContext] = []
+        skipped: list[tuple[int, int, RunResult]] = []
+        with self.db.session() as s:
+            lock = " FOR UPDATE OF nr SKIP LOCKED" if self.db.postgresql else ""
+            rows = s.execute(text(RUNNABLE_SQL.rstrip() + lock), {"limit": limit * 2}).all()
+            picked: dict[int, int] = {}
+            for nr_id, node_id in rows:
+                if node_id not in picked and len(picked) < limit:
+                    picked[node_id] = nr_id
+            if not picked:
+                return 0
+            if self.db.postgresql:
+                # Another server may have claimed work on these nodes since our snapshot; lock them and re-check.
+                locked = set(s.scalars(text("SELECT id FROM nodes WHERE id IN :ids FOR UPDATE SKIP LOCKED")
+                                       .bindparams(bindparam("ids", expanding=True)), {"ids": list(picked)}))
+                busy = set(s.scalars(text("SELECT node_id FROM node_roles WHERE node_id IN :ids AND state IN "
+                                          "('transition', 'error')").bindparams(bindparam("ids", expanding=True)),
+                                     {"ids": list(locked) or [0]}))
+                picked = {n: i for n, i in picked.items() if n in locked and n not in busy}
+                if not picked:
+                    return 0
+            ids = sorted(picked.values())
+            noderoles = list(s.scalars(select(NodeRole).where(NodeRole.id.in_(ids)).order_by(NodeRole.cohort, NodeRole.id)))
+            nodes = {n.id: n for n in s.scalars(select(Node).where(Node.id.in_(list(picked))))}
+            docs = RunDocuments(s)
+            attrs = docs.build(noderoles, nodes)
+            graph.set_states(s, {State.TRANSITION.value: [(nr.id, nr.state) for nr in noderoles]},
+                             self.actor, "claim", f"server {self.server_id}")
+            run_rows = s.execute(
+                insert(Run).returning(Run.id, Run.node_role_id, sort_by_parameter_order=True),
+                [{"node_role_id": nr.id, "server_id": self.server_id, "state": "running", "attrs": attrs[nr.id],
+                  "log": "", "started_at": utcnow()} for nr in noderoles],
+            ).all()
+            for (run_id, _), nr in zip(run_rows, noderoles):
+                role: Role = docs.roles[nr.role_id]
+                node = nodes[nr.node_id]
+                if role.has("destructive") and nr.run_count > 0:
+                    skipped.append((run_id, nr.id, RunResult(ok=True, wall=nr.wall or {},
+                                                             log="destructive role already ran once: skipped\n")))
+                    continue
+                contexts.append(RunContext(
+                    run_id=run_id, noderole_id=nr.id, role=role.name, jig=role.jig, attrs=attrs[nr.id],
+                    node=NodeInfo(id=node.id, name=node.name, admin=node.admin, attrs=node_attrs(node)),
+                    scripts=list(role.scripts or []), workdir=self.workdir / f"crowbar-run-{run_id}",
+                ))
+        self._in_flight += len(contexts) + len(skipped)
+        for run_id, nr_id, result in skipped:
+            self._done.put((run_id, nr_id, result))
+        for ctx in contexts:
+            ctx.complete = self._completer(ctx)
+            self._pool.submit(self._execute, ctx)
+        return len(contexts) + len(skipped)
+
+    def _completer(self, ctx: RunContext):
+        fired = threading.Lock()
+
+        def complete(result: RunResult) -> None:
+            if fired.acquire(blocking=False):  # a jig that reports twice is reported once
+                shutil.rmtree(ctx.workdir, ignore_errors=True)
+                self._done.put((ctx.run_id, ctx.noderole_id, result))
+                self._wake.set()
+
+        return complete
+
+    @staticmethod
+    def _execute(ctx: RunContext) -> None:
+        try:
+            result = get_jig(ctx.jig).run(ctx)
+        except Exception as exc:  # a jig crash is a failed run, with the reason in its log
+            log.exception("jig %s crashed on noderole %s", ctx.jig, ctx.noderole_id)
+            result = RunResult(ok=False, log=f"jig {ctx.jig} crashed: {type(exc).__name__}: {exc}\n")
+        if result is not None:
+            ctx.complete(result)
+
+    # -- completing ------------------------------------------------------------------------------
+    def _apply_completions(self, block: float = 0.0) -> int:
+        items = []
+        try:
+            if block:
+                items.append(self._done.get(timeout=block))
+            while len(items) < 5000:
+                items.append(self._done.get_nowait())
+        except queue.Empty:
+            pass
+        if not items:
+            return 0
+        self._in_flight -= len(items)
+        now = utcnow()
+        with self.db.session() as s:
+            live = set(s.scalars(select(Run.id).where(Run.id.in_([i[0] for i in items]), Run.state == "running")))
+            items = [i for i in items if i[0] in live]
+            if not items:
+                return 0
+            counts = dict(s.execute(select(NodeRole.id, NodeRole.run_count)
+                                    .where(NodeRole.id.in_([i[1] for i in items]))).all())
+            # A failed run keeps the wall of the last good one: children that want it still see it.
+            s.execute(update(NodeRole), [
+                {"id": nr_id, "state": State.ACTIVE.value, "wall": r.wall, "run_count": counts[nr_id] + 1,
+                 "status": "", "updated_at": now} if r.ok else
+                {"id": nr_id, "state": State.ERROR.value, "run_count": counts[nr_id] + 1, "updated_at": now,
+                 "status": (r.log.strip().splitlines() or ["failed"])[-1][:500]}
+                for _run, nr_id, r in items
+            ])
+            s.execute(update(Run), [
+                {"id": run_id, "state": "succeeded" if r.ok else "failed", "log": r.log, "finished_at": now}
+                for run_id, _nr, r in items
+            ])
+            graph.record(s, [
+                {"object_type": "noderole", "object_id": nr_id, "action": "run", "from_state": "transition",
+                 "to_state": "active" if r.ok else "error", "actor": self.actor, "message": f"run {run_id}", "at": now}
+                for run_id, nr_id, r in items
+            ])
+            good = [nr_id for _run, nr_id, r in items if r.ok]
+            bad = [nr_id for _run, nr_id, r in items if not r.ok]
+            if good:
+                graph.unblock_children(s, good, self.actor)
+            if bad:
+                graph.block_descendants(s, bad, self.actor, "an ancestor failed")
+        return len(items)
+
+    # -- liveness --------------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        with self.db.session() as s:
+            s.execute(update(Server).where(Server.id == self.server_id).values(heartbeat_at=utcnow()))
+
+    def reap_dead_servers(self, startup: bool = False) -> None:
+        """Recover runs owned by servers that stopped beating (or, on this host, whose process is gone)."""
+        host = socket.gethostname()
+        stale_before = utcnow() - timedelta(seconds=DEAD_AFTER_SECONDS)
+        dead: dict[int, str] = {}
+        with self.db.session() as s:
+            for server in s.scalars(select(Server).where(Server.stopped.is_(False), Server.id != self.server_id)):
+                beat = server.heartbeat_at if server.heartbeat_at.tzinfo else server.heartbeat_at.replace(tzinfo=stale_before.tzinfo)
+                if server.hostname == host and not pid_alive(server.pid):
+                    dead[server.id] = f"server {server.id} (pid {server.pid}) is gone"
+                elif beat < stale_before:
+                    dead[server.id] = f"server {server.id} on {server.hostname} stopped beating"
+        if dead:
+            self._recover(dead)
+
+    def _recover(self, servers: dict[int, str]) -> None:
+        with self.db.session() as s:
+            runs = s.execute(select(Run.id, Run.node_role_id, Run.server_id)
+                             .where(Run.state == "running", Run.server_id.in_(list(servers)))).all()
+            now = utcnow()
+            if runs:
+                s.execute(update(Run), [{"id": r, "state": "lost", "finished_at": now,
+                                         "log": f"run lost: {servers[sid]}\n"} for r, _nr, sid in runs])
+                in_transition = set(s.scalars(select(NodeRole.id).where(
+                    NodeRole.id.in_([nr for _r, nr, _s in runs]), NodeRole.state == "transition")))
+                graph.set_states(s, {State.TODO.value: [(nr, "transition") for _r, nr, _s in runs if nr in in_transition]},
+                                 self.actor, "recover", "run lost with a dead server; back to todo: "
+                                 + "; ".join(sorted(set(servers.values()))))
+            s.execute(update(Server).where(Server.id.in_([i for i in servers if i != self.server_id]))
+                      .values(stopped=True))
+        if runs:
+            log.warning("recovered %d runs from %s", len(runs), "; ".join(servers.values()))

@@ -1,0 +1,84 @@
+"""The one small interface every jig implements, and the registry that finds jigs by name."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a jig may know of the node it runs on (a snapshot, not a database object)."""
+
+    id: int
+    name: str
+    admin: bool
+    attrs: dict = field(default_factory=dict)  # discovery data overlaid with hints
+
+    def attr(self, path: str, default=None):
+        cur = self.attrs
+        for part in path.split("/"):
+            if not isinstance(cur, dict) or part not in cur:
+                return default
+            cur = cur[part]
+        return cur
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    wall: dict = field(default_factory=dict)
+    log: str = ""
+
+
+@dataclass
+class RunContext:
+    """Everything one run needs; built by the annealer when it claims the noderole."""
+
+    run_id: int
+    noderole_id: int
+    node: NodeInfo
+    role: str
+    jig: str
+    attrs: dict                     # the merged attribute document (see docs/attributes.md)
+    scripts: list[dict]             # [{"name": ..., "content": ...}] in run order (script jig)
+    workdir: Path                   # private scratch directory, removed after the run
+    complete: Callable[[RunResult], None] = lambda _result: None  # for asynchronous jigs
+
+
+class Jig(abc.ABC):
+    """A configuration back end.
+
+    `run` either returns a RunResult (synchronous), or returns None after arranging for
+    `ctx.complete(result)` to be called later from any thread (asynchronous). Raising an exception
+    counts as a failed run whose log is the exception text.
+    """
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def run(self, ctx: RunContext) -> RunResult | None: ...
+
+
+@cache
+def _registry() -> dict:
+    """Entry points by name; a jig's module is imported only when the jig is first used."""
+    return {ep.name: ep for ep in entry_points(group="crowbar.jigs")}
+
+
+def jig_names() -> list[str]:
+    return sorted(_registry())
+
+
+@cache
+def get_jig(name: str) -> Jig:
+    """One shared instance per jig: jigs keep no per-run state on themselves."""
+    try:
+        entry = _registry()[name]
+    except KeyError:
+        raise KeyError(f"unknown jig {name!r}; known: {', '.join(jig_names())}") from None
+    return entry.load()()

@@ -1,0 +1,86 @@
+"""Attribs: named values at slash paths, read from (and set on) nodes, validated by their schema."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
+from crowbar.engine import graph
+from crowbar.engine.attribs import MISSING, dig, noderole_value, put
+from crowbar.errors import InvalidInput, NotFound
+from crowbar.services import deployments, lookup
+
+
+def _attrib(session: Session, name: str) -> Attrib:
+    a = session.scalar(select(Attrib).where(Attrib.name == name))
+    if a is None:
+        raise NotFound(f"attrib {name!r} does not exist", field="attrib")
+    return a
+
+
+def list_attribs(session: Session) -> list[dict]:
+    roles = dict(session.execute(select(Role.id, Role.name)).all())
+    return [{"id": a.id, "name": a.name, "map": a.map, "role": roles.get(a.role_id), "default": a.default}
+            for a in session.scalars(select(Attrib).order_by(Attrib.name))]
+
+
+def get(session: Session, name: str, node: str | None = None) -> dict:
+    """The value of an attrib: its default, or as a node sees it (hints > discovery > its noderole)."""
+    a = _attrib(session, name)
+    out = {"name": a.name, "map": a.map, "schema": a.schema, "default": a.default}
+    if node is None:
+        return out | {"value": a.default, "source": "default"}
+    n = lookup.node(session, node)
+    out["node"] = n.name
+    for source, doc in (("hint", n.hints), ("discovery", n.discovery)):
+        value = dig(doc or {}, a.map)
+        if value is not MISSING:
+            return out | {"value": value, "source": source}
+    if a.role_id is not None:
+        nr = session.scalar(select(NodeRole).where(NodeRole.node_id == n.id, NodeRole.role_id == a.role_id))
+        if nr is not None:
+            dr = session.scalar(select(DeploymentRole.committed).where(
+                DeploymentRole.deployment_id == nr.deployment_id, DeploymentRole.role_id == nr.role_id))
+            source = "wall" if dig(nr.wall or {}, a.map) is not MISSING else "noderole"
+            return out | {"value": noderole_value(a, nr, session.get(Role, nr.role_id), dr),
+                          "source": source, "noderole": nr.id}
+    return out | {"value": a.default, "source": "default"}
+
+
+def parse_value(raw):
+    """CLI values arrive as text: JSON when it parses (numbers, true, objects), else a plain string."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def set_on_node(session: Session, name: str, value, node: str, actor: str = "system") -> dict:
+    """Set a node hint; noderoles on that node which own or want the attrib run again."""
+    a = _attrib(session, name)
+    n = lookup.node(session, node)
+    value = parse_value(value)
+    try:
+        jsonschema.validate(value, a.schema or {})
+    except jsonschema.ValidationError as exc:
+        raise InvalidInput(f"attrib {a.name!r}: {json.dumps(value)} is not valid: {exc.message}",
+                           field="value") from None
+    hints = json.loads(json.dumps(n.hints or {}))
+    old = dig(hints, a.map)
+    n.hints = put(hints, a.map, value)
+    graph.record(session, [{"object_type": "node", "object_id": n.id, "action": "set-attrib", "actor": actor,
+                            "message": f"{a.name} = {json.dumps(value)}"}])
+    if old is not MISSING and old == value:
+        return get(session, name, n.name)
+    roles = [r.id for r in session.scalars(select(Role))
+             if r.id == a.role_id or a.name in (r.wants_attribs or [])]
+    affected = list(session.scalars(select(NodeRole.id).where(
+        NodeRole.node_id == n.id, NodeRole.role_id.in_(roles), NodeRole.state.in_(["active"]))))
+    deployments.requeue(session, affected, actor, f"attrib {a.name} changed on {n.name}")
+    return get(session, name, n.name)

@@ -1,0 +1,216 @@
+"""Deployments: a tree under `system`; binding roles to nodes in them; commit, propose, delete."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import Session
+
+from crowbar.db.models import Deployment, DeploymentRole, NodeRole, NodeRoleEdge, Role
+from crowbar.engine import graph
+from crowbar.errors import Conflict, InvalidInput
+from crowbar.services import lookup
+from crowbar.services.nodes import system_deployment
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def ensure_system(session: Session) -> Deployment:
+    system = system_deployment(session)
+    if system is None:
+        system = Deployment(name="system", system=True, state="committed", description="The root deployment")
+        session.add(system)
+        session.flush()
+        graph.record(session, [{"object_type": "deployment", "object_id": system.id, "action": "create",
+                                "to_state": "committed", "message": "system"}])
+    return system
+
+
+def counts_by_state(session: Session, deployment_ids: list[int] | None = None) -> dict[int, dict[str, int]]:
+    q = select(NodeRole.deployment_id, NodeRole.state, func.count()).group_by(NodeRole.deployment_id, NodeRole.state)
+    if deployment_ids is not None:
+        q = q.where(NodeRole.deployment_id.in_(deployment_ids))
+    out: dict[int, dict[str, int]] = {}
+    for dep, state, n in session.execute(q):
+        out.setdefault(dep, {})[state] = n
+    return out
+
+
+def status_of(state: str, counts: dict[str, int]) -> str:
+    """A deployment's derived status: error, working, active, proposed or empty."""
+    if counts.get("error"):
+        return "error"
+    if state == "proposed":
+        return "proposed"
+    if counts.get("todo") or counts.get("transition") or counts.get("blocked"):
+        return "working"
+    return "active" if counts else "empty"
+
+
+def deployment_dict(d: Deployment, counts: dict[str, int], parent: str | None) -> dict:
+    return {"id": d.id, "name": d.name, "parent": parent, "system": d.system, "state": d.state,
+            "status": status_of(d.state, counts), "noderoles": sum(counts.values()), "counts": counts,
+            "description": d.description}
+
+
+def list_deployments(session: Session) -> list[dict]:
+    rows = list(session.scalars(select(Deployment).order_by(Deployment.id)))
+    names = {d.id: d.name for d in rows}
+    counts = counts_by_state(session)
+    return [deployment_dict(d, counts.get(d.id, {}), names.get(d.parent_id)) for d in rows]
+
+
+def show_deployment(session: Session, key) -> dict:
+    d = lookup.deployment(session, key)
+    parent = session.get(Deployment, d.parent_id).name if d.parent_id else None
+    out = deployment_dict(d, counts_by_state(session, [d.id]).get(d.id, {}), parent)
+    out["roles"] = [{"id": dr.id, "role": role, "proposed": dr.proposed, "committed": dr.committed}
+                    for dr, role in session.execute(select(DeploymentRole, Role.name).join(Role)
+                                                    .where(DeploymentRole.deployment_id == d.id).order_by(DeploymentRole.id))]
+    return out
+
+
+def create_deployment(session: Session, name: str, parent: str | None = None, description: str = "",
+                      actor: str = "system") -> dict:
+    if not name or not NAME.match(name):
+        raise InvalidInput(f"deployment name {name!r} must start with a letter or digit and use only "
+                           "letters, digits, '_', '.', '-'", field="name")
+    if session.scalar(select(Deployment.id).where(Deployment.name == name)) is not None:
+        raise Conflict(f"deployment {name!r} already exists", field="name")
+    parent_row = lookup.deployment(session, parent) if parent else ensure_system(session)
+    d = Deployment(name=name, parent_id=parent_row.id, description=description, state="proposed")
+    session.add(d)
+    session.flush()
+    graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "create", "actor": actor,
+                            "to_state": "proposed", "message": f"{name} under {parent_row.name}"}])
+    return deployment_dict(d, {}, parent_row.name)
+
+
+def bind(session: Session, deployment_key, role_key, node_key, actor: str = "system") -> dict:
+    """Bind a role to a node in a deployment (and, recursively, what it requires).
+
+    Binding into a committed deployment reopens it (back to proposed) so that the new noderoles are
+    committed together; binding into `system` commits them at once, since system is never proposed.
+    """
+    from crowbar.services.noderoles import noderole_dicts
+
+    d = lookup.deployment(session, deployment_key)
+    role = lookup.role(session, role_key)
+    node = lookup.node(session, node_key)
+    existing = session.scalar(select(NodeRole).where(NodeRole.node_id == node.id, NodeRole.role_id == role.id))
+    if existing is not None:
+        if existing.deployment_id != d.id:
+            other = session.get(Deployment, existing.deployment_id).name
+            raise Conflict(f"role {role.name!r} is already bound to {node.name} in deployment {other!r} "
+                           f"(noderole {existing.id})")
+        return {"created": [], "noderole": noderole_dicts(session, [existing])[0], "reopened": False}
+    binder = graph.Binder(session, actor)
+    nr = binder.bind(d, role, node)
+    reopened = False
+    if d.system:
+        graph.commit_noderoles(session, d.id, actor)
+    elif d.state == "committed":
+        d.state, reopened = "proposed", True
+        graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "reopen", "actor": actor,
+                                "from_state": "committed", "to_state": "proposed",
+                                "message": f"bound {role.name} to {node.name}; commit to run it"}])
+    session.flush()
+    session.refresh(nr)
+    return {"created": [c.id for c in binder.created], "noderole": noderole_dicts(session, [nr])[0],
+            "reopened": reopened}
+
+
+def commit(session: Session, key, actor: str = "system") -> dict:
+    d = lookup.deployment(session, key)
+    changed_roles = []
+    for dr in session.scalars(select(DeploymentRole).where(DeploymentRole.deployment_id == d.id)):
+        if dr.committed != dr.proposed:
+            changed_roles.append(dr.role_id)
+            dr.committed = dr.proposed
+    count = graph.commit_noderoles(session, d.id, actor)
+    if changed_roles:  # committed data changed: run the affected active noderoles again
+        rerun = list(session.scalars(select(NodeRole.id).where(
+            NodeRole.deployment_id == d.id, NodeRole.role_id.in_(changed_roles), NodeRole.state.in_(["active", "error"]))))
+        requeue(session, rerun, actor, "deployment data changed")
+    if d.state != "committed":
+        graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "commit", "actor": actor,
+                                "from_state": d.state, "to_state": "committed",
+                                "message": f"{count} noderoles committed"}])
+        d.state = "committed"
+    session.flush()
+    return show_deployment(session, d.id)
+
+
+def propose(session: Session, key, actor: str = "system") -> dict:
+    d = lookup.deployment(session, key)
+    if d.system:
+        raise Conflict("the system deployment is always committed")
+    if d.state != "proposed":
+        graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "propose", "actor": actor,
+                                "from_state": d.state, "to_state": "proposed"}])
+        d.state = "proposed"
+    return show_deployment(session, d.id)
+
+
+def requeue(session: Session, ids: list[int], actor: str, why: str) -> None:
+    """Send noderoles back to todo (or blocked if a parent is not active), and block what hangs below."""
+    if not ids:
+        return
+    rows = session.execute(select(NodeRole.id, NodeRole.state).where(NodeRole.id.in_(ids))).all()
+    ready = set(session.scalars(text(
+        f"SELECT c.id FROM node_roles c WHERE c.id IN ({','.join(str(i) for i in ids)}) "
+        f"AND {graph.parents_all_active_sql('c')}")))
+    graph.set_states(session, {
+        "todo": [(i, s) for i, s in rows if i in ready],
+        "blocked": [(i, s) for i, s in rows if i not in ready],
+    }, actor, "requeue", why)
+    graph.block_descendants(session, ids, actor, f"an ancestor was re-queued: {why}")
+
+
+def delete_deployment(session: Session, key, actor: str = "system") -> dict:
+    d = lookup.deployment(session, key)
+    if d.system:
+        raise Conflict("the system deployment cannot be deleted")
+    children = list(session.scalars(select(Deployment.name).where(Deployment.parent_id == d.id)))
+    if children:
+        raise Conflict(f"deployment {d.name!r} has child deployments: {', '.join(children)}; delete them first")
+    ids = list(session.scalars(select(NodeRole.id).where(NodeRole.deployment_id == d.id)))
+    if ids:
+        running = session.scalar(select(func.count()).select_from(NodeRole)
+                                 .where(NodeRole.deployment_id == d.id, NodeRole.state == "transition"))
+        if running:
+            raise Conflict(f"deployment {d.name!r} has {running} noderoles running; wait for them to finish")
+        outside = session.execute(text(
+            "SELECT c.id, dd.name FROM node_role_edges e JOIN node_roles c ON c.id = e.child_id "
+            "JOIN deployments dd ON dd.id = c.deployment_id WHERE c.deployment_id <> :d AND e.parent_id IN "
+            "(SELECT id FROM node_roles WHERE deployment_id = :d) LIMIT 5"), {"d": d.id}).all()
+        if outside:
+            where = ", ".join(f"noderole {i} in {n}" for i, n in outside)
+            raise Conflict(f"deployment {d.name!r} cannot be deleted: other deployments depend on it ({where})")
+        for part in graph.chunks(ids):
+            session.execute(delete(NodeRoleEdge).where(NodeRoleEdge.child_id.in_(part)))
+            session.execute(delete(NodeRole).where(NodeRole.id.in_(part)))
+    session.execute(delete(DeploymentRole).where(DeploymentRole.deployment_id == d.id))
+    graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "delete", "actor": actor,
+                            "from_state": d.state, "message": f"{d.name} and {len(ids)} noderoles"}])
+    session.delete(d)
+    return {"id": d.id, "name": d.name, "deleted": True, "noderoles_deleted": len(ids)}
+
+
+def set_role_data(session: Session, deployment_key, role_key, data: dict, actor: str = "system") -> dict:
+    """Set a deployment role's proposed data (committed on the next commit)."""
+    if not isinstance(data, dict):
+        raise InvalidInput("deployment role data must be a JSON object", field="data")
+    d = lookup.deployment(session, deployment_key)
+    role = lookup.role(session, role_key)
+    dr = session.scalar(select(DeploymentRole).where(DeploymentRole.deployment_id == d.id,
+                                                     DeploymentRole.role_id == role.id))
+    if dr is None:
+        raise InvalidInput(f"role {role.name!r} is not bound in deployment {d.name!r}", field="role")
+    dr.proposed = data
+    if d.state == "committed" and not d.system:
+        session.execute(update(Deployment).where(Deployment.id == d.id).values(state="proposed"))
+    graph.record(session, [{"object_type": "deployment_role", "object_id": dr.id, "action": "set-data",
+                            "actor": actor, "message": f"{d.name}/{role.name}"}])
+    return {"id": dr.id, "deployment": d.name, "role": role.name, "proposed": dr.proposed, "committed": dr.committed}

@@ -1,0 +1,86 @@
+"""NodeRoles: list with filters, show, retry, parents/children, run logs."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from crowbar.db.models import Deployment, Node, NodeRole, NodeRoleEdge, Role, Run
+from crowbar.engine import states
+from crowbar.errors import IllegalTransition
+from crowbar.services import deployments, lookup
+
+
+def noderole_dicts(session: Session, rows: list[NodeRole], full: bool = False) -> list[dict]:
+    """Rows with their node, role and deployment names, fetched in three queries whatever the count."""
+    if not rows:
+        return []
+    node_ids = {r.node_id for r in rows}
+    role_ids = {r.role_id for r in rows}
+    dep_ids = {r.deployment_id for r in rows}
+    nodes = dict(session.execute(select(Node.id, Node.name).where(Node.id.in_(node_ids))).all()) if len(node_ids) < 5000 \
+        else dict(session.execute(select(Node.id, Node.name)).all())
+    roles = dict(session.execute(select(Role.id, Role.name).where(Role.id.in_(role_ids))).all())
+    deps = dict(session.execute(select(Deployment.id, Deployment.name).where(Deployment.id.in_(dep_ids))).all())
+    out = []
+    for r in rows:
+        item = {"id": r.id, "node": nodes[r.node_id], "role": roles[r.role_id], "deployment": deps[r.deployment_id],
+                "state": r.state, "cohort": r.cohort, "run_count": r.run_count, "status": r.status,
+                "updated_at": r.updated_at.isoformat() if r.updated_at else None}
+        if full:
+            item.update(proposed=r.proposed, committed=r.committed, wall=r.wall)
+        out.append(item)
+    return out
+
+
+def list_noderoles(session: Session, deployment: str | None = None, node: str | None = None,
+                   role: str | None = None, state: str | None = None, limit: int | None = None,
+                   offset: int = 0) -> list[dict]:
+    q = select(NodeRole).order_by(NodeRole.cohort, NodeRole.id)
+    if deployment:
+        q = q.where(NodeRole.deployment_id == lookup.deployment(session, deployment).id)
+    if node:
+        q = q.where(NodeRole.node_id == lookup.node(session, node).id)
+    if role:
+        q = q.where(NodeRole.role_id == lookup.role(session, role).id)
+    if state:
+        q = q.where(NodeRole.state == states.parse(state).value)
+    if offset:
+        q = q.offset(offset)
+    if limit:
+        q = q.limit(limit)
+    return noderole_dicts(session, list(session.scalars(q)))
+
+
+def show_noderole(session: Session, key) -> dict:
+    nr = lookup.noderole(session, key)
+    out = noderole_dicts(session, [nr], full=True)[0]
+    out["parents"] = list(session.scalars(select(NodeRoleEdge.parent_id).where(NodeRoleEdge.child_id == nr.id)))
+    out["children"] = list(session.scalars(select(NodeRoleEdge.child_id).where(NodeRoleEdge.parent_id == nr.id)))
+    return out
+
+
+def related(session: Session, key, direction: str) -> list[dict]:
+    nr = lookup.noderole(session, key)
+    if direction == "parents":
+        ids = select(NodeRoleEdge.parent_id).where(NodeRoleEdge.child_id == nr.id)
+    else:
+        ids = select(NodeRoleEdge.child_id).where(NodeRoleEdge.parent_id == nr.id)
+    return noderole_dicts(session, list(session.scalars(select(NodeRole).where(NodeRole.id.in_(ids)).order_by(NodeRole.id))))
+
+
+def retry(session: Session, key, actor: str = "system") -> dict:
+    """error (or active, to run again) -> todo, or blocked while a parent is not active."""
+    nr = lookup.noderole(session, key)
+    if states.State(nr.state) not in states.RETRYABLE:
+        raise IllegalTransition(f"noderole {nr.id} is {nr.state}: only error or active noderoles can be retried")
+    deployments.requeue(session, [nr.id], actor, "retry")
+    session.refresh(nr)
+    return noderole_dicts(session, [nr])[0]
+
+
+def runs(session: Session, key) -> list[dict]:
+    nr = lookup.noderole(session, key)
+    return [{"id": r.id, "noderole": nr.id, "state": r.state, "started_at": r.started_at.isoformat(),
+             "finished_at": r.finished_at.isoformat() if r.finished_at else None, "log": r.log, "attrs": r.attrs}
+            for r in session.scalars(select(Run).where(Run.node_role_id == nr.id).order_by(Run.id))]

@@ -1,0 +1,101 @@
+"""Nodes: create, list, show, update, delete."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.orm import Session
+
+from crowbar.db.models import Deployment, Node, NodeRole, NodeRoleEdge, Role
+from crowbar.engine import graph
+from crowbar.errors import Conflict, InvalidInput
+from crowbar.services import lookup
+
+NODE_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def node_dict(node: Node, full: bool = False) -> dict:
+    out = {"id": node.id, "name": node.name, "admin": node.admin, "alive": node.alive,
+           "available": node.available, "bootenv": node.bootenv}
+    if full:
+        out.update(description=node.description, discovery=node.discovery, hints=node.hints,
+                   created_at=node.created_at.isoformat())
+    return out
+
+
+def system_deployment(session: Session) -> Deployment:
+    return session.scalar(select(Deployment).where(Deployment.system.is_(True)))
+
+
+def create_node(session: Session, name: str, admin: bool = False, alive: bool = True, available: bool = True,
+                description: str = "", actor: str = "system", bind_roles: bool = True) -> dict:
+    """Create a node; like Crowbar 2, bind the discovery roles (and bootstrap roles on the admin node)."""
+    name = (name or "").strip().lower()
+    if not NODE_NAME.match(name):
+        raise InvalidInput(f"node name {name!r} is not a valid host name (letters, digits, '-', dots)", field="name")
+    if session.scalar(select(Node.id).where(Node.name == name)) is not None:
+        raise Conflict(f"node {name!r} already exists", field="name")
+    node = Node(name=name, admin=admin, alive=alive, available=available, description=description,
+                bootenv="local", discovery={}, hints={})
+    session.add(node)
+    session.flush()
+    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "create", "actor": actor,
+                            "to_state": "alive" if alive else "dead", "message": name}])
+    if bind_roles:
+        flags = ["discovery"] + (["bootstrap"] if admin else [])
+        roles = [r for r in session.scalars(select(Role).order_by(Role.id)) if any(r.has(f) for f in flags)]
+        system = system_deployment(session)
+        binder = graph.Binder(session, actor)
+        for role in roles:
+            binder.bind(system, role, node)
+        graph.commit_noderoles(session, system.id, actor)
+    return node_dict(node, full=True)
+
+
+def list_nodes(session: Session) -> list[dict]:
+    return [node_dict(n) for n in session.scalars(select(Node).order_by(Node.id))]
+
+
+def show_node(session: Session, key) -> dict:
+    return node_dict(lookup.node(session, key), full=True)
+
+
+def update_node(session: Session, key, *, alive: bool | None = None, available: bool | None = None,
+                description: str | None = None, actor: str = "system") -> dict:
+    node = lookup.node(session, key)
+    events = []
+    for attr, value in (("alive", alive), ("available", available)):
+        if value is not None and getattr(node, attr) != value:
+            events.append({"object_type": "node", "object_id": node.id, "action": f"set-{attr}", "actor": actor,
+                           "from_state": str(getattr(node, attr)).lower(), "to_state": str(value).lower()})
+            setattr(node, attr, value)
+    if description is not None:
+        node.description = description
+    graph.record(session, events)
+    return node_dict(node, full=True)
+
+
+def delete_node(session: Session, key, actor: str = "system") -> dict:
+    """Remove a node and its noderoles; refused while it runs or while other nodes depend on it."""
+    node = lookup.node(session, key)
+    ids = list(session.scalars(select(NodeRole.id).where(NodeRole.node_id == node.id)))
+    running = session.scalar(select(func.count()).select_from(NodeRole)
+                             .where(NodeRole.node_id == node.id, NodeRole.state == "transition"))
+    if running:
+        raise Conflict(f"node {node.name!r} has {running} noderoles running; wait for them to finish")
+    if ids:
+        dependents = session.execute(text(
+            "SELECT c.id, n.name FROM node_role_edges e JOIN node_roles c ON c.id = e.child_id "
+            "JOIN nodes n ON n.id = c.node_id WHERE e.parent_id IN ({}) AND c.node_id <> :node LIMIT 5"
+            .format(",".join(str(i) for i in ids))), {"node": node.id}).all()
+        if dependents:
+            where = ", ".join(f"noderole {i} on {n}" for i, n in dependents)
+            raise Conflict(f"node {node.name!r} cannot be deleted: other nodes depend on its noderoles ({where})")
+        for part in graph.chunks(ids):
+            session.execute(delete(NodeRoleEdge).where(NodeRoleEdge.child_id.in_(part)))
+            session.execute(delete(NodeRole).where(NodeRole.id.in_(part)))
+    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "delete", "actor": actor,
+                            "message": f"{node.name} and {len(ids)} noderoles"}])
+    session.delete(node)
+    return {"id": node.id, "name": node.name, "deleted": True, "noderoles_deleted": len(ids)}
