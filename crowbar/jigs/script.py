@@ -35,8 +35,9 @@ class ScriptJig(Jig):
     def run(self, ctx: RunContext) -> RunResult:
         raw = _lookup(ctx.attrs, "crowbar/script/timeout", DEFAULT_TIMEOUT)
         timeout = _seconds(raw)
-        problem = _check_names(ctx.scripts) or (
-            None if timeout else f"crowbar/script/timeout must be a positive number of seconds, not {raw!r}")
+        problem = _check_names(ctx.scripts)
+        if timeout is None:
+            problem = f"crowbar/script/timeout must be a positive number of seconds, not {raw!r}"
         if problem:
             return RunResult(ok=False, log=f"!! {problem}\n")
         if not ctx.scripts:
@@ -243,7 +244,7 @@ def _parse(text: str, token: str, names: list[str], log: _Log) -> bool:
             name, output, wall, timed_out = next(pending), "", b"", False
         elif kind == "timeout":
             timed_out = True
-        elif kind == "end" and name is not None:
+        elif kind == "end":
             log.script(name, output, int(rc), wall, timed_out)
             name = None
         elif kind == "done":

@@ -51,7 +51,8 @@ def test_scripts_run_in_order_with_env_attrs_and_merged_wall(make_ctx):
 
 
 def test_shebang_picks_the_interpreter(make_ctx):
-    script = f"#!{sys.executable}\nimport json, os\njson.dump({{'py': True}}, open(os.environ['CROWBAR_WALL'], 'w'))\n"
+    script = (f"#!{sys.executable}\nimport json, os\n"
+              "json.dump({'py': True}, open(os.environ['CROWBAR_WALL'], 'w'))\n")
     result = ScriptJig().run(make_ctx({"10-python": script}))
     assert result.ok, result.log
     assert result.wall == {"py": True}
@@ -100,7 +101,8 @@ def test_timeout_kills_the_whole_process_group(make_ctx, alive):
 
 
 def test_bad_timeout_and_bad_names_fail_before_running(make_ctx):
-    result = ScriptJig().run(make_ctx({"01.sh": "true\n"}, attrs={"crowbar": {"script": {"timeout": "soon"}}}))
+    bad_timeout = {"crowbar": {"script": {"timeout": "soon"}}}
+    result = ScriptJig().run(make_ctx({"01.sh": "true\n"}, attrs=bad_timeout))
     assert not result.ok and "crowbar/script/timeout must be a positive number" in result.log
     result = ScriptJig().run(make_ctx({"../escape.sh": "true\n"}))
     assert not result.ok and "'../escape.sh' is not a plain file name" in result.log

@@ -1,0 +1,111 @@
+"""Shared fixtures: a migrated database on SQLite and on PostgreSQL, an authenticated API client.
+
+PostgreSQL comes from CROWBAR_TEST_POSTGRES_URL, which `make test` sets after starting a throwaway
+cluster on loopback; each test gets its own database cloned from a migrated template.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from crowbar.db.session import Database
+from crowbar.services import auth, bootstrap
+
+PG_URL = os.environ.get("CROWBAR_TEST_POSTGRES_URL")
+PG_MISSING = "PostgreSQL not available: CROWBAR_TEST_POSTGRES_URL is unset (`make test` starts a throwaway cluster)"
+
+
+def _pg_admin():
+    return create_engine(make_url(PG_URL).set(database="postgres"), isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "crowbar.db"
+    db = Database(f"sqlite:///{path}")
+    bootstrap.prepare(db)
+    db.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    if not PG_URL:
+        pytest.skip(PG_MISSING)
+    name = f"crowbar_tmpl_{uuid.uuid4().hex[:8]}"
+    admin = _pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    db = Database(url)
+    bootstrap.prepare(db)
+    db.dispose()
+    yield name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def make_database(kind: str, tmp_path: Path, request) -> Database:
+    if kind == "sqlite":
+        target = tmp_path / "crowbar.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), target)
+        return Database(f"sqlite:///{target}")
+    template = request.getfixturevalue("pg_template")
+    name = f"crowbar_t_{uuid.uuid4().hex[:10]}"
+    admin = _pg_admin()
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    db = Database(make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+
+    def drop():
+        db.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    request.addfinalizer(drop)
+    return db
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def db(request, tmp_path) -> Database:
+    """A migrated database with the system deployment and the built-in barclamps, on each engine."""
+    database = make_database(request.param, tmp_path, request)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def sqlite_db(request, tmp_path) -> Database:
+    database = make_database("sqlite", tmp_path, request)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def admin_token(db, tmp_path) -> str:
+    with db.session() as s:
+        return auth.ensure_admin_token(s, tmp_path / "admin.token")
+
+
+@pytest.fixture
+def api(db, admin_token):
+    """A TestClient on the real app with the admin token; `api.anneal()` runs the annealer to idle."""
+    from fastapi.testclient import TestClient
+
+    from crowbar.api.app import create_app
+    from crowbar.engine.annealer import Annealer
+
+    annealer = Annealer(db, workers=4)
+    client = TestClient(create_app(db), headers={"authorization": f"Bearer {admin_token}"})
+    client.anneal = lambda timeout=60: annealer.run_until_idle(timeout)
+    yield client
+    client.close()
