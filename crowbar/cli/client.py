@@ -21,8 +21,13 @@ class CliError(Exception):
 
 def find_token(endpoint: str) -> str | None:
     """CROWBAR_TOKEN, else the token a local server published for this endpoint, else the data dir's."""
+    return find_token_with_source(endpoint)[0]
+
+
+def find_token_with_source(endpoint: str) -> tuple[str | None, str | None]:
+    """The token and where it came from (CROWBAR_TOKEN or a file), or (None, None)."""
     if os.environ.get("CROWBAR_TOKEN"):
-        return os.environ["CROWBAR_TOKEN"].strip()
+        return os.environ["CROWBAR_TOKEN"].strip(), "CROWBAR_TOKEN"
     parts = urlsplit(endpoint)
     host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
     candidates = [config.registry_file(host, port), config.data_dir() / "admin.token"]
@@ -30,16 +35,16 @@ def find_token(endpoint: str) -> str | None:
         candidates.insert(1, config.registry_file("127.0.0.1", port))
     for path in candidates:
         try:
-            return Path(path).read_text().strip()
+            return Path(path).read_text().strip(), str(path)
         except OSError:
             continue
-    return None
+    return None, None
 
 
 class Client:
     def __init__(self, endpoint: str | None = None, timeout: float = 60.0):
         self.endpoint = config.endpoint(endpoint)
-        token = find_token(self.endpoint)
+        token, self.token_source = find_token_with_source(self.endpoint)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.endpoint + "/api/v2", headers=headers, timeout=timeout)
 
@@ -58,7 +63,9 @@ class Client:
             message = body.get("message") or body.get("detail") or resp.text
         except ValueError:
             message = resp.text.strip() or resp.reason_phrase
-        if resp.status_code == 401:
+        if resp.status_code == 401 and self.token_source:
+            message += f" (the token from {self.token_source} was rejected)"
+        elif resp.status_code == 401:
             message += " (no token found: set CROWBAR_TOKEN, or run the CLI as the user who started the server)"
         raise CliError(f"{message} [HTTP {resp.status_code}]")
 

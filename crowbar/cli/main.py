@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -98,12 +99,17 @@ def barclamps_show(ctx: Context, barclamp: str, output: str) -> None:
     emit_object(ctx.api.get(f"/barclamps/{barclamp}"), output)
 
 
+SERVER_TMP_BARCLAMP = re.compile(r"(?<![\w/])/[^\s'\"]*/barclamp-[A-Za-z0-9_]+/")
+
+
 @barclamps.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @output_option
 @pass_ctx
 def barclamps_import(ctx: Context, path: Path, output: str) -> None:
     """Validate and load a barclamp directory (barclamp.yml and scripts/)."""
+    if not path.exists():
+        raise CliError(f"{path}: no such file or directory")
     directory = path if path.is_dir() else path.parent
     if not (directory / "barclamp.yml").is_file():
         raise CliError(f"{directory / 'barclamp.yml'}: no such file")
@@ -114,7 +120,11 @@ def barclamps_import(ctx: Context, path: Path, output: str) -> None:
                 files[f.relative_to(directory).as_posix()] = f.read_text()
             except UnicodeDecodeError:
                 raise CliError(f"{f}: not a text file") from None
-    result = ctx.api.request("POST", "/barclamps", json={"files": files}).json()
+    try:
+        result = ctx.api.request("POST", "/barclamps", json={"files": files}).json()
+    except CliError as exc:
+        # The server validates the files in a temporary directory of its own: name the user's instead.
+        raise CliError(SERVER_TMP_BARCLAMP.sub(lambda _m: f"{directory}/", str(exc)), exc.code) from None
     result["source_path"] = str(directory.resolve())
     emit_object(result, output)
 
@@ -357,7 +367,7 @@ def attribs_get(ctx: Context, name: str, node: str | None, output: str) -> None:
     emit_object(ctx.api.get(f"/attribs/{name}", node=node), output)
 
 
-@attribs.command("set")
+@attribs.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
 @click.argument("name")
 @click.argument("value")
 @click.option("--node", required=True)
@@ -409,7 +419,9 @@ def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, out
         if status.get("waiting_on_unavailable_nodes"):
             console.print(f"{status['waiting_on_unavailable_nodes']} noderoles wait for nodes that are dead or reserved")
     if status["status"] == "working":
-        sys.exit(2 if wait else 0)
+        if wait:
+            raise CliError(f"anneal still working after {timeout:g}s: {_summary(status)}", code=2)
+        sys.exit(0)
     sys.exit(EXIT[status["status"]])
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from crowbar.db.models import (
     Deployment,
@@ -26,6 +26,8 @@ from crowbar.db.models import (
 from crowbar.engine.states import State
 from crowbar.errors import Conflict, InvalidInput, NotFound
 
+# The columns binding needs; skips decoding the JSON blobs of every noderole it looks at.
+LIGHT = (NodeRole.id, NodeRole.node_id, NodeRole.role_id, NodeRole.deployment_id, NodeRole.state, NodeRole.cohort)
 CHUNK = 5000  # stays far below SQLite's limit on bound parameters
 
 
@@ -45,7 +47,7 @@ def record(session: Session, rows: list[dict]) -> None:
             row.setdefault("message", "")
             row.setdefault("from_state", None)
             row.setdefault("to_state", None)
-        session.execute(insert(Event), rows)
+        session.execute(insert(Event.__table__), rows)  # Core executemany: no ORM bookkeeping
 
 
 def set_states(session: Session, changes: dict[str, list[tuple[int, str]]], actor: str, action: str,
@@ -85,13 +87,14 @@ def descendants(session: Session, ids: Sequence[int]) -> list[int]:
 
 
 def block_descendants(session: Session, ids: Sequence[int], actor: str, why: str) -> int:
-    """An error or a re-run upstream: every todo/active descendant becomes blocked."""
+    """An error or a re-run upstream: every descendant that is not proposed or running becomes blocked
+    (todo, active, and error too: it runs again once its ancestors are active)."""
     below = descendants(session, ids)
     pairs: list[tuple[int, str]] = []
     for part in chunks(below):
         pairs += session.execute(
             select(NodeRole.id, NodeRole.state).where(
-                NodeRole.id.in_(part), NodeRole.state.in_([State.TODO.value, State.ACTIVE.value])
+                NodeRole.id.in_(part), NodeRole.state.in_([State.TODO.value, State.ACTIVE.value, State.ERROR.value])
             )
         ).all()
     set_states(session, {State.BLOCKED.value: [(i, s) for i, s in pairs]}, actor, "block", why)
@@ -146,7 +149,14 @@ class Binder:
     actor: str = "system"
     _roles: dict[str, Role] = field(default_factory=dict)
     _chain: dict[int, list[Deployment]] = field(default_factory=dict)
+    # Lookups this binder has answered; kept correct because only this binder adds noderoles here.
+    _on_node: dict[tuple[int, int], NodeRole | None] = field(default_factory=dict)
+    _in_deployment: dict[tuple[int, int], NodeRole | None] = field(default_factory=dict)
+    _deployment_roles: set[tuple[int, int]] = field(default_factory=set)
+    _events: list[dict] = field(default_factory=list)
+    fresh_nodes: set[int] = field(default_factory=set)  # created in this transaction: no noderoles yet
     created: list[NodeRole] = field(default_factory=list)
+    _conflicting: dict[str, set[str]] | None = None  # role name -> the roles it declares conflicts with
 
     def role(self, name: str) -> Role:
         if name not in self._roles:
@@ -167,9 +177,7 @@ class Binder:
         return self._chain[deployment.id]
 
     def bind(self, deployment: Deployment, role: Role, node: Node, _path: tuple[str, ...] = ()) -> NodeRole:
-        existing = self.session.scalar(
-            select(NodeRole).where(NodeRole.node_id == node.id, NodeRole.role_id == role.id)
-        )
+        existing = self._find_on_node(node.id, role.id)
         if existing is not None:
             return existing
         if role.has("abstract"):
@@ -186,23 +194,43 @@ class Binder:
         self.session.flush()
         if parents:
             self.session.execute(insert(NodeRoleEdge), [{"parent_id": p.id, "child_id": nr.id} for p in parents])
-        record(self.session, [{"object_type": "noderole", "object_id": nr.id, "action": "bind",
-                               "to_state": nr.state, "actor": self.actor,
-                               "message": f"{role.name} on {node.name} in {deployment.name}"}])
+        self._on_node[(node.id, role.id)] = nr
+        if self._in_deployment.get((deployment.id, role.id)) is None:
+            self._in_deployment[(deployment.id, role.id)] = nr
+        self._events.append({"object_type": "noderole", "object_id": nr.id, "action": "bind",
+                             "to_state": nr.state, "actor": self.actor,
+                             "message": f"{role.name} on {node.name} in {deployment.name}"})
         self.created.append(nr)
+        if not _path:  # the outermost call writes the events of the whole recursive bind
+            record(self.session, self._events)
+            self._events = []
         return nr
+
+    def _find_on_node(self, node_id: int, role_id: int) -> NodeRole | None:
+        key = (node_id, role_id)
+        if key not in self._on_node and node_id in self.fresh_nodes:
+            return None
+        if key not in self._on_node:
+            self._on_node[key] = self.session.scalar(
+                select(NodeRole).options(load_only(*LIGHT)).where(NodeRole.node_id == node_id, NodeRole.role_id == role_id))
+        return self._on_node[key]
+
+    def _find_in_deployment(self, deployment_id: int, role_id: int) -> NodeRole | None:
+        key = (deployment_id, role_id)
+        if key not in self._in_deployment:
+            self._in_deployment[key] = self.session.scalar(
+                select(NodeRole).options(load_only(*LIGHT)).where(
+                    NodeRole.deployment_id == deployment_id, NodeRole.role_id == role_id).order_by(NodeRole.id).limit(1))
+        return self._in_deployment[key]
 
     def _parent_for(self, deployment: Deployment, req: Role, node: Node, path: tuple[str, ...]) -> NodeRole:
         """Same node first; else (unless implicit) the deployment, then its ancestors; else create here."""
-        on_node = self.session.scalar(select(NodeRole).where(NodeRole.node_id == node.id, NodeRole.role_id == req.id))
+        on_node = self._find_on_node(node.id, req.id)
         if on_node is not None:
             return on_node
         if not req.has("implicit"):
             for dep in self.ancestry(deployment):
-                found = self.session.scalar(
-                    select(NodeRole).where(NodeRole.deployment_id == dep.id, NodeRole.role_id == req.id)
-                    .order_by(NodeRole.id).limit(1)
-                )
+                found = self._find_in_deployment(dep.id, req.id)
                 if found is not None:
                     return found
         if req.name in path:
@@ -210,16 +238,24 @@ class Binder:
         return self.bind(deployment, req, node, path)
 
     def _check_conflicts(self, role: Role, node: Node) -> None:
-        if not role.conflicts:
+        """Conflicts are symmetric: refused if either role names the other in its `conflicts`."""
+        if self._conflicting is None:
+            self._conflicting = {name: set(c) for name, c in self.session.execute(select(Role.name, Role.conflicts))
+                                 if c}
+        names = set(role.conflicts or []) | {n for n, c in self._conflicting.items() if role.name in c}
+        if not names:
             return
         clash = self.session.scalars(
             select(Role.name).join(NodeRole, NodeRole.role_id == Role.id)
-            .where(NodeRole.node_id == node.id, Role.name.in_(role.conflicts))
+            .where(NodeRole.node_id == node.id, Role.name.in_(sorted(names))).order_by(Role.name)
         ).all()
         if clash:
             raise Conflict(f"role {role.name!r} conflicts with {', '.join(clash)} already on {node.name}")
 
     def _ensure_deployment_role(self, deployment: Deployment, role: Role) -> None:
+        if (deployment.id, role.id) in self._deployment_roles:
+            return
+        self._deployment_roles.add((deployment.id, role.id))
         exists = self.session.scalar(
             select(DeploymentRole.id).where(DeploymentRole.deployment_id == deployment.id,
                                             DeploymentRole.role_id == role.id)

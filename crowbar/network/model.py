@@ -426,19 +426,16 @@ def _network_problems(network: Network, segment: IPNetwork) -> Iterator[NetworkV
             yield problem(field_name, "; ".join(r for r in reasons if r))
         elif span.start > span.end:
             yield problem(field_name, f"starts after it ends ({span})")
-    # Sweep the well-formed ranges by start, remembering the one reaching furthest so far.
-    ordered = sorted((span.start.version, int(span.start), name)
-                     for name, span in network.ranges.items()
-                     if span.start.version == span.end.version and span.start <= span.end)
-    furthest: str | None = None
-    for _, _, name in ordered:
-        span = network.ranges[name]
-        if furthest is not None and network.ranges[furthest].overlaps(span):
-            yield problem(f"ranges.{name}", f"{span} overlaps range {furthest!r} "
-                                            f"({network.ranges[furthest]})")
-        if furthest is None or not network.ranges[furthest].overlaps(span) \
-                or span.end > network.ranges[furthest].end:
-            furthest = name
+    # Sweep the well-formed ranges by start, comparing each with the one reaching furthest.
+    well_formed = sorted(((name, span) for name, span in network.ranges.items()
+                          if span.start.version == span.end.version and span.start <= span.end),
+                         key=lambda item: (item[1].start.version, int(item[1].start)))
+    reach: tuple[str, AddressRange] | None = None
+    for name, span in well_formed:
+        if reach and reach[1].overlaps(span):
+            yield problem(f"ranges.{name}", f"{span} overlaps range {reach[0]!r} ({reach[1]})")
+        if not reach or not reach[1].overlaps(span) or span.end > reach[1].end:
+            reach = (name, span)
 
 
 def _cross_network_problems(template: NetworkTemplate) -> Iterator[NetworkValidationError]:

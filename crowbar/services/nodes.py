@@ -29,7 +29,8 @@ def system_deployment(session: Session) -> Deployment:
 
 
 def create_node(session: Session, name: str, admin: bool = False, alive: bool = True, available: bool = True,
-                description: str = "", actor: str = "system", bind_roles: bool = True) -> dict:
+                description: str = "", actor: str = "system", bind_roles: bool = True,
+                binder: graph.Binder | None = None) -> dict:
     """Create a node; like Crowbar 2, bind the discovery roles (and bootstrap roles on the admin node)."""
     name = (name or "").strip().lower()
     if not NODE_NAME.match(name):
@@ -46,7 +47,8 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
         flags = ["discovery"] + (["bootstrap"] if admin else [])
         roles = [r for r in session.scalars(select(Role).order_by(Role.id)) if any(r.has(f) for f in flags)]
         system = system_deployment(session)
-        binder = graph.Binder(session, actor)
+        binder = binder or graph.Binder(session, actor)
+        binder.fresh_nodes.add(node.id)
         for role in roles:
             binder.bind(system, role, node)
         graph.commit_noderoles(session, system.id, actor)

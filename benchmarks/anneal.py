@@ -1,0 +1,125 @@
+"""Annealer benchmark: N nodes x 5 roles (the test barclamp's graph, noop jig), SQLite and PostgreSQL.
+
+    python benchmarks/anneal.py --nodes 100 1000 10000 [--postgres URL] [--workers 8] [--markdown]
+
+Each node gets its own bench-admin, bench-server, bench-library, bench-client and bench-client-client
+(a 4-cohort graph per node), plus the core crowbar-managed-node every node gets. Reported: setup time
+(create nodes, bind, commit), anneal time, noderoles per second, and the peak resident memory of the
+process. Each case runs in a fresh subprocess, so that peak belongs to that case alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+import resource
+import subprocess
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from crowbar.db.models import Node, NodeRole
+from crowbar.db.session import Database
+from crowbar.engine.annealer import Annealer
+from crowbar.engine.graph import Binder
+from crowbar.services import bootstrap, catalog, deployments, lookup, nodes
+
+HERE = Path(__file__).parent
+ROLES = ["bench-admin", "bench-server", "bench-library", "bench-client", "bench-client-client"]
+
+
+def setup(db: Database, n: int) -> None:
+    with db.session() as s:
+        catalog.import_barclamp(s, HERE / "barclamps" / "bench")
+        deployments.create_deployment(s, "bench")
+    batch = 500
+    for start in range(0, n, batch):
+        with db.session() as s:
+            dep = lookup.deployment(s, "bench")
+            binder = Binder(s)
+            for i in range(start, min(n, start + batch)):
+                node = nodes.create_node(s, f"node{i:05d}.bench.example.com", binder=binder)
+                node_row = s.get(Node, node["id"])
+                for role in ROLES:
+                    binder.bind(dep, binder.role(role), node_row)
+    with db.session() as s:
+        deployments.commit(s, "bench")
+
+
+def run_one(url: str, n: int, workers: int) -> dict:
+    db = Database(url)
+    bootstrap.prepare(db)
+    t0 = time.perf_counter()
+    setup(db, n)
+    t1 = time.perf_counter()
+    annealer = Annealer(db, workers=workers)
+    annealer.run_until_idle(timeout=3600)
+    t2 = time.perf_counter()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with db.session() as s:
+        counts = dict(s.execute(select(NodeRole.state, func.count()).group_by(NodeRole.state)).all())
+    annealer._pool.shutdown()
+    db.dispose()
+    total = sum(counts.values())
+    assert counts.get("active") == total, f"not all active: {counts}"
+    return {"backend": make_url(url).get_backend_name(), "nodes": n, "noderoles": total,
+            "setup_s": round(t1 - t0, 2), "anneal_s": round(t2 - t1, 2),
+            "noderoles_per_s": round(total / (t2 - t1)), "peak_rss_mb": round(peak_kb / 1024, 1)}
+
+
+def fresh_postgres(url: str) -> tuple[str, callable]:
+    name = f"crowbar_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop():
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False), drop
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--postgres", help="SQLAlchemy URL of a PostgreSQL server to benchmark too")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
+    ap.add_argument("--one", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)  # a single case, in a child
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.workers)), flush=True)
+        return
+    results = []
+
+    def case(url: str, n: int) -> None:
+        out = subprocess.run([sys.executable, __file__, "--workers", str(args.workers), "--one", url, str(n)],
+                             check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), flush=True)
+
+    for n in args.nodes:
+        with tempfile.TemporaryDirectory() as tmp:
+            case(f"sqlite:///{tmp}/bench.db", n)
+        if args.postgres:
+            url, drop = fresh_postgres(args.postgres)
+            try:
+                case(url, n)
+            finally:
+                drop()
+    if args.json:
+        with args.json.open("a") as fh:
+            for r in results:
+                fh.write(json.dumps(r | {"python": platform.python_version(), "workers": args.workers}) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
