@@ -62,7 +62,7 @@ def make_database(kind: str, tmp_path: Path, request) -> Database:
     name = f"crowbar_t_{uuid.uuid4().hex[:10]}"
     admin = _pg_admin()
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY'))
     db = Database(make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
 
     def drop():

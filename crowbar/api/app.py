@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from crowbar import __version__
+from crowbar.api import deps, network as network_api
 from crowbar.db.session import Database
 from crowbar.errors import CrowbarError, InvalidInput, Unauthorized
 from crowbar.services import anneal, attribs, auth, catalog, deployments, nodes, noderoles
@@ -115,16 +116,7 @@ def create_app(db: Database, annealer=None) -> FastAPI:
         with db.session() as s:
             yield s
 
-    def actor(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-auth-token")
-        with db.session() as s:
-            row = auth.verify(s, token)
-            if row is None:
-                raise Unauthorized("a valid API token is required (Authorization: Bearer <token>)")
-            if row.kind != "admin":
-                raise Unauthorized("this token may not use the admin API")
-            return row.name
+    actor = deps.actor  # shared with the routers of other modules (crowbar.api.deps)
 
     def wake() -> None:
         if app.state.annealer is not None:
@@ -316,6 +308,7 @@ def create_app(db: Database, annealer=None) -> FastAPI:
         return anneal.events(s, object_type, object_id, limit, after)
 
     app.include_router(api)
+    app.include_router(network_api.router)
 
     @app.get("/", include_in_schema=False)
     def root():

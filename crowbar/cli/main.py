@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from crowbar import config
 from crowbar.cli.client import CliError, Client
@@ -402,6 +401,8 @@ def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, out
 
     status = fetch()
     if wait and status["status"] == "working":
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # slow import: only here
+
         deadline = time.monotonic() + timeout
         with Progress(TextColumn("[bold]annealing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
@@ -435,6 +436,12 @@ def events(ctx: Context, object_type: str | None, object_id: int | None, limit: 
     """The audit trail: who changed what, when, from and to."""
     rows = ctx.api.get("/events", object_type=object_type, object_id=object_id, limit=limit)
     emit_list(rows, ["id", "at", "actor", "object_type", "object_id", "action", "from", "to", "message"], output)
+
+
+from crowbar.cli.network import network, neutron  # noqa: E402  (registered here, defined there)
+
+cli.add_command(network)
+cli.add_command(neutron)
 
 
 def main() -> None:

@@ -184,7 +184,7 @@ class Annealer:
             graph.set_states(s, {State.TRANSITION.value: [(nr.id, nr.state) for nr in noderoles]},
                              self.actor, "claim", f"server {self.server_id}")
             run_rows = s.execute(
-                insert(Run).returning(Run.id, Run.node_role_id, sort_by_parameter_order=True),
+                insert(Run.__table__).returning(Run.id, Run.node_role_id, sort_by_parameter_order=True),
                 [{"node_role_id": nr.id, "server_id": self.server_id, "state": "running", "attrs": attrs[nr.id],
                   "log": "", "started_at": utcnow()} for nr in noderoles],
             ).all()
@@ -250,18 +250,25 @@ class Annealer:
                 return 0
             counts = dict(s.execute(select(NodeRole.id, NodeRole.run_count)
                                     .where(NodeRole.id.in_([i[1] for i in items]))).all())
-            # A failed run keeps the wall of the last good one: children that want it still see it.
-            s.execute(update(NodeRole), [
-                {"id": nr_id, "state": State.ACTIVE.value, "wall": r.wall, "run_count": counts[nr_id] + 1,
-                 "status": "", "updated_at": now} if r.ok else
-                {"id": nr_id, "state": State.ERROR.value, "run_count": counts[nr_id] + 1, "updated_at": now,
-                 "status": (r.log.strip().splitlines() or ["failed"])[-1][:500]}
-                for _run, nr_id, r in items
-            ])
-            s.execute(update(Run), [
-                {"id": run_id, "state": "succeeded" if r.ok else "failed", "log": r.log, "finished_at": now}
-                for run_id, _nr, r in items
-            ])
+            # Core executemany by primary key; a failed run keeps the wall of the last good one, so
+            # children that want it still see it.
+            nr_table, run_table = NodeRole.__table__, Run.__table__
+            succeeded = [{"k": nr_id, "wall": r.wall, "run_count": counts[nr_id] + 1}
+                         for _run, nr_id, r in items if r.ok]
+            failed = [{"k": nr_id, "run_count": counts[nr_id] + 1,
+                       "status": (r.log.strip().splitlines() or ["failed"])[-1][:500]}
+                      for _run, nr_id, r in items if not r.ok]
+            if succeeded:
+                s.execute(update(nr_table).where(nr_table.c.id == bindparam("k")).values(
+                    state=State.ACTIVE.value, wall=bindparam("wall"), run_count=bindparam("run_count"), status="",
+                    updated_at=now), succeeded)
+            if failed:
+                s.execute(update(nr_table).where(nr_table.c.id == bindparam("k")).values(
+                    state=State.ERROR.value, run_count=bindparam("run_count"), status=bindparam("status"),
+                    updated_at=now), failed)
+            s.execute(update(run_table).where(run_table.c.id == bindparam("k")).values(
+                state=bindparam("state"), log=bindparam("log"), finished_at=now),
+                [{"k": run_id, "state": "succeeded" if r.ok else "failed", "log": r.log} for run_id, _nr, r in items])
             graph.record(s, [
                 {"object_type": "noderole", "object_id": nr_id, "action": "run", "from_state": "transition",
                  "to_state": "active" if r.ok else "error", "actor": self.actor, "message": f"run {run_id}", "at": now}

@@ -55,13 +55,18 @@ def node_attrs(node: Node) -> dict:
     return merge(merge({}, node.discovery or {}), node.hints or {})
 
 
-def noderole_value(attrib: Attrib, nr: NodeRole, role: Role, dr_committed: dict | None):
-    """An attrib's value as seen on one noderole: wall > committed > deployment role > template > default."""
-    for doc in (nr.wall, nr.committed, dr_committed or {}, role.template):
+def noderole_value(attrib: Attrib, nr: NodeRole, role: Role, dr_committed: dict | None,
+                   node_hints: dict | None = None, default=None):
+    """An attrib's value as seen on one noderole:
+    wall > its node's hints > committed > deployment role > template > the attrib's default.
+
+    `default` is returned when the attrib has no default either (pass MISSING to tell "unset").
+    """
+    for doc in (nr.wall, node_hints, nr.committed, dr_committed or {}, role.template):
         value = dig(doc or {}, attrib.map)
         if value is not MISSING:
             return value
-    return attrib.default
+    return attrib.default if attrib.default is not None else default
 
 
 class RunDocuments:
@@ -147,6 +152,8 @@ class RunDocuments:
             for row in self.session.scalars(select(NodeRole).where(NodeRole.id.in_(part))):
                 seen_rows[row.id] = row
         dr = self._deployment_role_data({(r.deployment_id, r.role_id) for r in seen_rows.values()})
+        hints = dict(self.session.execute(select(Node.id, Node.hints).where(
+            Node.id.in_({r.node_id for r in seen_rows.values()}))).all()) if seen_rows else {}
         out: dict[int, dict] = {}
         for nr in noderoles:
             values = {}
@@ -157,8 +164,11 @@ class RunDocuments:
                 for level in levels[nr.id]:
                     owner = next((seen_rows[i] for i in level if seen_rows[i].role_id == attrib.role_id), None)
                     if owner is not None:
-                        values[name] = noderole_value(attrib, owner, self.roles[owner.role_id],
-                                                      dr.get((owner.deployment_id, owner.role_id)))
+                        value = noderole_value(attrib, owner, self.roles[owner.role_id],
+                                               dr.get((owner.deployment_id, owner.role_id)),
+                                               hints.get(owner.node_id), default=MISSING)
+                        if value is not MISSING:  # a parent with no value leaves the child's own alone
+                            values[name] = value
                         break
             out[nr.id] = values
         return out

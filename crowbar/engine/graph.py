@@ -23,6 +23,7 @@ from crowbar.db.models import (
     Role,
     utcnow,
 )
+from crowbar.engine import states
 from crowbar.engine.states import State
 from crowbar.errors import Conflict, InvalidInput, NotFound
 
@@ -52,13 +53,15 @@ def record(session: Session, rows: list[dict]) -> None:
 
 def set_states(session: Session, changes: dict[str, list[tuple[int, str]]], actor: str, action: str,
                message: str = "") -> None:
-    """Move noderoles to new states in bulk: {to_state: [(id, from_state), ...]}, with events."""
+    """Move noderoles to new states in bulk: {to_state: [(id, from_state), ...]}, with events.
+    A move the state rules do not allow raises IllegalTransition (checked once per distinct from-state)."""
     now = utcnow()
     for to_state, pairs in changes.items():
+        for src in {p[1] for p in pairs}:
+            states.check(src, to_state)
         for part in chunks([p[0] for p in pairs]):
             session.execute(
-                update(NodeRole).where(NodeRole.id.in_(part)).values(state=to_state, updated_at=now)
-                .execution_options(synchronize_session=False)
+                update(NodeRole.__table__).where(NodeRole.id.in_(part)).values(state=to_state, updated_at=now)
             )
         record(session, [
             {"object_type": "noderole", "object_id": nr_id, "action": action, "from_state": src,
@@ -131,8 +134,7 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str) -> int:
         f"SELECT c.id FROM node_roles c WHERE c.deployment_id = :d AND c.state = 'blocked' "
         f"AND {parents_all_active_sql('c')}"), params))
     for part in chunks(sorted(ready)):
-        session.execute(update(NodeRole).where(NodeRole.id.in_(part)).values(state="todo")
-                        .execution_options(synchronize_session=False))
+        session.execute(update(NodeRole.__table__).where(NodeRole.id.in_(part)).values(state="todo"))
     record(session, [
         {"object_type": "noderole", "object_id": i, "action": "commit", "from_state": "proposed",
          "to_state": "todo" if i in ready else "blocked", "actor": actor, "at": now}

@@ -234,6 +234,9 @@ class ConduitMapEntry:
     conduits: Mapping[str, tuple[str, ...]]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.conduits, Mapping):
+            raise NetworkValidationError(None, f"conduit_map[{self.pattern}].conduits",
+                                         f"expected a mapping of conduits, got {self.conduits!r}")
         for name, refs in self.conduits.items():
             if isinstance(refs, str) or not isinstance(refs, (list, tuple)):
                 raise NetworkValidationError(None, f"conduit_map[{self.pattern}].{name}",

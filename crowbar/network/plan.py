@@ -78,7 +78,7 @@ class Attachment:
     conduit: str
     conduit_interface: str | None  # the bond or NIC the conduit resolves to
     interface: str | None  # where the address lives (None: the BMC)
-    gateway: str | None
+    gateway: str | None  # the network's router, whether or not it is the default route
 
 
 @dataclass
@@ -219,7 +219,8 @@ def plan_interfaces(node: str, nics: Iterable[Any], addresses: Mapping[str, IPAd
         attachments[network.name] = Attachment(network.name, str(address), network.conduit,
                                                base, carrier, gateway)
 
-    bridged = {attachments[n.name].interface for n in networks if n.add_bridge}
+    bridged = {attachments[n.name].interface for n in networks
+               if n.add_bridge and attachments[n.name].interface is not None}
     bridge_of = {port: builder.bridge(port) for port in sorted(bridged)}
     for network in networks:
         attachment = attachments[network.name]

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
 from crowbar.engine import graph
-from crowbar.engine.attribs import MISSING, dig, noderole_value, put
+from crowbar.engine.attribs import MISSING, RunDocuments, dig, noderole_value, put
 from crowbar.errors import InvalidInput, NotFound
 from crowbar.services import deployments, lookup
 
@@ -29,7 +29,8 @@ def list_attribs(session: Session) -> list[dict]:
 
 
 def get(session: Session, name: str, node: str | None = None) -> dict:
-    """The value of an attrib: its default, or as a node sees it (hints > discovery > its noderole)."""
+    """The value of an attrib: its default, or as a node sees it (hints > discovery > its noderole > the
+    value a noderole on the node that wants it receives from its parents)."""
     a = _attrib(session, name)
     out = {"name": a.name, "map": a.map, "schema": a.schema, "default": a.default}
     if node is None:
@@ -48,6 +49,15 @@ def get(session: Session, name: str, node: str | None = None) -> dict:
             source = "wall" if dig(nr.wall or {}, a.map) is not MISSING else "noderole"
             return out | {"value": noderole_value(a, nr, session.get(Role, nr.role_id), dr),
                           "source": source, "noderole": nr.id}
+        # No owner here: a noderole on this node that wants the attrib sees its nearest ancestor's value.
+        wanting = [r.id for r in session.scalars(select(Role)) if a.name in (r.wants_attribs or [])]
+        if wanting:
+            nr = session.scalar(select(NodeRole).where(NodeRole.node_id == n.id, NodeRole.role_id.in_(wanting))
+                                .order_by(NodeRole.id).limit(1))
+            if nr is not None:
+                values = RunDocuments(session)._wanted_from_ancestors([nr]).get(nr.id, {})
+                if values.get(a.name) is not None:
+                    return out | {"value": values[a.name], "source": "parent", "noderole": nr.id}
     return out | {"value": a.default, "source": "default"}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from crowbar.db import migrate
 from crowbar.db.session import Database
-from crowbar.services import catalog, deployments
+from crowbar.services import catalog, deployments, network
 
 
 def prepare(db: Database) -> None:
@@ -12,3 +12,4 @@ def prepare(db: Database) -> None:
     with db.session() as s:
         deployments.ensure_system(s)
         catalog.import_builtin(s)
+        network.seed_template(s)

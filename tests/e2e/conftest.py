@@ -48,6 +48,20 @@ def _crowbar_executable() -> str:
 CROWBAR = _crowbar_executable()
 
 
+try:  # resolved here, not in the forked child
+    import ctypes
+
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (ImportError, OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the test runner itself dies (no orphaned servers)."""
+    if _prctl is not None:
+        _prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -108,9 +122,9 @@ class Server:
         """The CLI's environment: endpoint, a private config home, an empty data dir of its own."""
         cli_data = self.root / "cli-data"
         cli_data.mkdir(exist_ok=True)
-        return clean_env(CROWBAR_ENDPOINT=self.url, CROWBAR_DATA_DIR=str(cli_data),
-                         XDG_CONFIG_HOME=str(self.config_home), XDG_DATA_HOME=str(self.root / "xdg-data"),
-                         HOME=str(self.root / "home"), **extra)
+        return clean_env(**{"CROWBAR_ENDPOINT": self.url, "CROWBAR_DATA_DIR": str(cli_data),
+                            "XDG_CONFIG_HOME": str(self.config_home), "XDG_DATA_HOME": str(self.root / "xdg-data"),
+                            "HOME": str(self.root / "home"), **extra})
 
     # -- process control ------------------------------------------------------------------------
     def start(self) -> "Server":
@@ -125,7 +139,8 @@ class Server:
                         HOME=str(self.root / "home"))
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, cwd=self.root)
+                                         env=env, cwd=self.root,
+                                         preexec_fn=_die_with_parent if _prctl else None)
         self.wait_healthy()
         return self
 
@@ -234,12 +249,19 @@ class Servers:
         return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
 
     def close(self) -> None:
+        """Stop every server; complain if one did not stop cleanly or logged a traceback."""
         errors = []
         for server in reversed(self.servers):
             try:
-                server.stop()
+                code = server.stop()
             except Exception as exc:  # keep stopping the others
-                errors.append(f"{server.name} (pid {server.proc.pid if server.proc else '-'}): {exc}")
+                errors.append(f"could not stop {server.name} (pid {server.proc.pid if server.proc else '-'}): {exc}")
+                continue
+            # uvicorn shuts down gracefully on SIGTERM, then re-raises it: -SIGTERM is a clean stop
+            if code not in (0, None, -signal.SIGTERM):
+                errors.append(f"server {server.name} exited with {code} on SIGTERM")
+            if "Traceback" in server.log_text():
+                errors.append(f"server {server.name} logged a traceback")
         if self.pg_databases:
             from sqlalchemy import text
 
@@ -249,7 +271,7 @@ class Servers:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
         if errors:
-            raise RuntimeError("could not stop: " + "; ".join(errors))
+            raise RuntimeError("; ".join(errors))
 
 
 def _pg_admin():
@@ -323,3 +345,14 @@ def e2e_barclamp(tmp_path):
         return write_barclamp(tmp_path / "barclamps" / "e2e", E2E_BARCLAMP % {"delay": delay})
 
     return make
+
+
+@pytest.fixture
+def make_barclamp():
+    """write_barclamp(directory, yaml_text) for tests that need a barclamp of their own."""
+    return write_barclamp
+
+
+@pytest.fixture
+def unused_port() -> int:
+    return free_port()

@@ -19,8 +19,6 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 NODES = ["n1.e2e.test", "n2.e2e.test", "n3.e2e.test"]
-STATES = {"proposed", "todo", "transition", "active", "error", "blocked"}
-
 
 def anneal(s: Server, *args, expect: int, timeout: float = 60) -> str:
     r = s.cli("anneal", "--wait", "--timeout", timeout, *args)
@@ -209,7 +207,6 @@ def test_server_killed_mid_anneal_finishes_after_restart(servers, e2e_barclamp):
     for e in recovered:
         assert (e["from"], e["to"]) == ("transition", "todo"), e
         assert "run lost with a dead server" in e["message"] and f"pid {old_pid}" in e["message"], e
-    assert {r["id"] for r in running} & {e["object_id"] for e in recovered}
     # the lost run is kept, with a log saying why, and the noderole ran again
     runs = s.json("noderoles", "log", recovered[0]["object_id"], "--all")
     assert [r["state"] for r in runs] == ["lost", "succeeded"], runs

@@ -6,7 +6,7 @@ import pytest
 from enginekit import nr_of, runs_of
 from sqlalchemy import select, update
 
-from crowbar.db.models import DeploymentRole, Event, NodeRole, Role
+from crowbar.db.models import DeploymentRole, Event, NodeRole
 from crowbar.engine import graph
 from crowbar.errors import IllegalTransition
 from crowbar.services import deployments, noderoles, nodes
@@ -237,5 +237,21 @@ def test_deployment_data_change_reruns_the_role_on_commit(db, annealer):
     with db.session() as s:
         assert nr_of(s, N1, "test-server").wall["test"]["marker"] == "changed"
         assert nr_of(s, N1, "test-client").run_count == 2
-        assert s.scalar(select(Role.name).where(Role.id == nr_of(s, N1, "test-library").role_id)) == "test-library"
         assert nr_of(s, N1, "test-library").run_count == 1
+
+
+def test_bulk_state_moves_refuse_what_the_rules_forbid(db):
+    with db.session() as s:
+        nodes.create_node(s, N1)
+        deployments.create_deployment(s, "d1")
+        deployments.bind(s, "d1", "test-library", N1)
+        nr_id = nr_of(s, N1, "test-library").id
+    for src, dst in (("proposed", "active"), ("proposed", "transition"), ("blocked", "error")):
+        with db.session() as s:
+            set_state(s, nr_id, src)
+        with pytest.raises(IllegalTransition, match=f"from {src} to {dst}"):
+            with db.session() as s:
+                graph.set_states(s, {dst: [(nr_id, src)]}, "test", "force")
+        with db.session() as s:
+            assert s.get(NodeRole, nr_id).state == src
+            assert s.scalar(select(Event.id).where(Event.action == "force")) is None

@@ -17,10 +17,10 @@ ADDRESSES = {"admin": "192.168.124.81", "nova_fixed": "192.168.123.60", "os_sdn"
 
 
 def sections(text: str) -> dict[str, dict[str, str]]:
-    parser = configparser.ConfigParser(interpolation=None)
+    """Every section as written, [DEFAULT] included as an ordinary one."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="(none)")
     parser.read_string(text)
-    return {name: dict(parser.items(name, raw=True)) if name != "DEFAULT" else dict(parser.defaults())
-            for name in ["DEFAULT", *parser.sections()] if name != "DEFAULT" or parser.defaults()}
+    return {name: dict(parser[name]) for name in parser.sections()}
 
 
 # --- tenant VLAN range ----------------------------------------------------------------------

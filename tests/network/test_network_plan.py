@@ -49,8 +49,9 @@ def test_no_router_means_no_route(template, two_nics):
     assert plan.routes == []
 
 
-def test_bmc_network_gets_no_os_interface(template, two_nics):
-    plan = plan_interfaces("d1", two_nics, {"bmc": "192.168.124.162"}, template)
+def test_bmc_network_gets_no_os_interface(two_nics, with_networks):
+    bridged_bmc = with_networks(bmc={"add_bridge": True})  # nothing on the OS side to bridge
+    plan = plan_interfaces("d1", two_nics, {"bmc": "192.168.124.162"}, bridged_bmc)
     assert plan.interfaces == []
     bmc = plan.attachments["bmc"]
     assert (bmc.address, bmc.interface, bmc.conduit_interface) == ("192.168.124.162/24", None, None)

@@ -4,6 +4,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from crowbar.db.models import Base
+import crowbar.db.network_models  # noqa: F401
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,76 @@
+"""The discovery agent: busybox sh and awk scripts that run in the discovery image's initramfs.
+
+There is no Python in the image, so this package only carries the scripts; `initramfs_files`
+says where each goes. The contract between the agent and the server follows.
+
+Boot
+    The kernel command line names the server: ``crowbar.url=http://ADDR:PORT``. /init mounts
+    /proc, /sys and /dev, loads the image's drivers and starts the agent, which brings every NIC
+    up and runs DHCP on the first one with link that gets a lease (udhcpc keeps renewing it).
+
+1. Discovery, unauthenticated: ``POST {url}/api/v2/discovery`` with ``Content-Type:
+   application/json`` and the inventory (below) as the body. A 2xx answer is a JSON object
+   ``{"node": "d52-54-00-12-34-56.example.com", "token": "<opaque>"}``; the token may hold any
+   printable characters but spaces. Anything else, or no answer, is retried every 5 s.
+
+2. Instructions: ``GET {url}/api/v2/agent/next`` with ``Authorization: Bearer <token>``.
+   A 2xx answer is one of::
+
+       {"action": "wait", "seconds": 5}        poll again after `seconds` (default 5)
+       {"action": "run", "job": "<id>", "script": "<sh script>", "timeout": 600}
+       {"action": "reboot"}                    reboot -f: nothing is acknowledged
+       {"action": "poweroff"}                  poweroff -f: nothing is acknowledged
+
+   Job ids match ``[A-Za-z0-9._-]+``; ``timeout`` (seconds) is optional. The server may hold the
+   request up to 30 s before answering (long poll). Three failures in a row (non-2xx, e.g. 401
+   for a token the server no longer knows, or no answer) send the agent back to step 1, so a
+   node deleted on the server is simply discovered again. Unknown actions are logged and skipped.
+
+3. Job result: the script runs with ``sh`` in /tmp, stdin /dev/null, with ``CROWBAR_URL`` and
+   ``CROWBAR_NODE`` in its environment; past ``timeout`` it gets SIGTERM (exit code 143). Then
+   ``POST {url}/api/v2/agent/jobs/<id>`` with the same Authorization header and the body
+   ``{"exit_code": 0, "output": "..."}``: stdout and stderr together, the last 256 KiB, every line
+   ending in a newline. A 2xx answer (its body is ignored) ends the job; otherwise it is tried 5
+   times, 5 s apart, then given up. The agent then polls again (step 2).
+
+Inventory (what the agent posts in step 1)::
+
+    {"kernel": "6.1.0-28-amd64",                 uname -r
+     "firmware": "bios",                         or "uefi" (/sys/firmware/efi exists)
+     "boot_mac": "52:54:00:12:34:56",            the NIC that got the DHCP lease
+     "cpu": {"model": "...", "count": 2},        logical CPUs
+     "memory": {"total_bytes": 479387648,        MemTotal: what the kernel manages
+                "installed_bytes": 536329216},   RAM in the firmware's memory map (E820)
+     "disks": [{"name": "vda", "size_bytes": 1073741824, "model": null, "serial": null,
+                "rotational": true, "removable": false}],
+     "nics": [{"name": "eth0", "mac": "52:54:00:12:34:56", "speed": 1000, "driver": "e1000",
+               "bus": "0000:00:03.0", "link": true}],
+     "dmi": {"vendor": "QEMU", "product": "Standard PC (Q35 + ICH9, 2009)", "serial": null}}
+
+Values the machine does not report are null: a NIC's speed (Mb/s) without link or from virtio,
+a virtio disk's model. Compare memory with ``installed_bytes``, within a fraction of a percent
+of the RAM (qemu's -m); MemTotal also lacks what the kernel keeps for itself, 11% of a 512 MiB
+VM (the example above). Disks leave out loop, ram, zram, floppy and optical devices; NICs are
+the physical ones (no lo, bridge, bond or VLAN), with the fields `crowbar.network.conduits.Nic`
+reads. Strings are sent byte for byte: firmware may put non-UTF-8 bytes in DMI strings, so the
+server should decode the body with ``errors="replace"``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+# initramfs path -> file in this package. Everything is installed executable.
+_LAYOUT = {
+    "init": "init",
+    "etc/udhcpc/default.script": "udhcpc.script",
+    "usr/lib/crowbar/agent.sh": "agent.sh",
+    "usr/lib/crowbar/inventory.sh": "inventory.sh",
+    "usr/lib/crowbar/json.awk": "json.awk",
+}
+
+
+def initramfs_files() -> dict[str, bytes]:
+    """The agent's files by their path in the initramfs (no leading slash)."""
+    package = resources.files(__name__)
+    return {target: package.joinpath(source).read_bytes() for target, source in _LAYOUT.items()}
