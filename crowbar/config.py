@@ -6,6 +6,7 @@ run a server and its CLI on one machine with no configuration at all.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -31,10 +32,17 @@ def database_url(explicit: str | None = None, directory: Path | None = None) -> 
 
 
 def endpoint(explicit: str | None = None) -> str:
+    """http://HOST:PORT, or unix:///path/to/socket for a server listening on a unix socket."""
     url = explicit or os.environ.get("CROWBAR_ENDPOINT") or f"http://{DEFAULT_LISTEN}"
+    if url.startswith("unix:") and not url.startswith("unix://"):
+        url = "unix://" + url[5:]
     if "://" not in url:
         url = "http://" + url
     return url.rstrip("/")
+
+
+def unix_socket_path(url: str) -> str | None:
+    return url[len("unix://"):] if url.startswith("unix://") else None
 
 
 def token_registry() -> Path:
@@ -45,3 +53,8 @@ def token_registry() -> Path:
 
 def registry_file(host: str, port: int) -> Path:
     return token_registry() / f"{host}_{port}.token"
+
+
+def registry_file_for_socket(path: str) -> Path:
+    digest = hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16]
+    return token_registry() / f"unix_{digest}.token"

@@ -1,8 +1,17 @@
-"""`crowbar server`: migrate the database, make sure an admin token exists, serve the API, anneal."""
+"""`crowbar server`: migrate the database, make sure an admin token exists, serve the API, anneal,
+and (with --provision) run the provisioner on the admin network.
+
+The API can listen on several addresses at once, TCP (`HOST:PORT`) and unix sockets (`unix:PATH`):
+in the lab the server listens on the admin bridge for booting machines and on a unix socket for
+the CLI on the host.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
 from pathlib import Path
 
 import uvicorn
@@ -19,23 +28,50 @@ log = logging.getLogger("crowbar.server")
 def parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--listen must be HOST:PORT (got {listen!r})")
+        raise ValueError(f"--listen must be HOST:PORT or unix:PATH (got {listen!r})")
     return host.strip("[]"), int(port)
 
 
-def publish_token(data_dir: Path, host: str, port: int) -> Path:
-    """Copy the admin token where the local CLI looks for this endpoint's token."""
+def bind(spec: str) -> socket.socket:
+    """A bound socket for one --listen value; uvicorn starts listening on it."""
+    if spec.startswith("unix:"):
+        path = spec[5:]
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o600)  # the token protects the API; the mode keeps other users off the socket too
+        return sock
+    host, port = parse_listen(spec)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValueError(f"cannot listen on {spec}: {exc.strerror}") from None
+    return sock
+
+
+def publish_token(data_dir: Path, listens: list[str]) -> None:
+    """Copy the admin token where the local CLI looks for each endpoint's token."""
     token = (data_dir / "admin.token").read_text().strip()
-    target = config.registry_file(host, port)
-    auth.write_secret(target, token)
-    if host in ("0.0.0.0", "::", "localhost"):
-        auth.write_secret(config.registry_file("127.0.0.1", port), token)
-    return target
+    for spec in listens:
+        if spec.startswith("unix:"):
+            auth.write_secret(config.registry_file_for_socket(spec[5:]), token)
+            continue
+        host, port = parse_listen(spec)
+        auth.write_secret(config.registry_file(host, port), token)
+        if host in ("0.0.0.0", "::", "localhost"):
+            auth.write_secret(config.registry_file("127.0.0.1", port), token)
 
 
-def serve(listen: str, database: str | None, workers: int, data_dir: Path | None = None) -> None:
-    host, port = parse_listen(listen)
+def serve(listens: list[str], database: str | None, workers: int, data_dir: Path | None = None,
+          provision: str | None = None, advertise_url: str | None = None,
+          domain: str | None = None) -> None:
     data_dir = Path(data_dir or config.data_dir())
+    sockets = [bind(spec) for spec in listens]
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = config.database_url(database, data_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -49,10 +85,33 @@ def serve(listen: str, database: str | None, workers: int, data_dir: Path | None
     elif not token_file.exists():
         log.warning("the admin token exists in the database but %s is missing", token_file)
     if token_file.exists():
-        publish_token(data_dir, host, port)
-    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs")
+        publish_token(data_dir, listens)
     (data_dir / "runs").mkdir(exist_ok=True)
+    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs")
     app = create_app(db, annealer)
-    log.info("database %s; API on http://%s:%d/api/v2 (docs at /api/v2/docs)", db.engine.url.render_as_string(),
-             host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    provisioner = None
+    if domain:
+        app.state.domain = domain
+    if provision:
+        from crowbar.provisioner.service import Provisioner, ProvisionerConfig
+
+        interface, _, address = provision.partition("=")
+        if not interface or not address:
+            raise ValueError(f"--provision must be INTERFACE=ADDRESS (got {provision!r})")
+        tcp = next((parse_listen(s) for s in listens if not s.startswith("unix:")), None)
+        advertise_url = advertise_url or (f"http://{address}:{tcp[1]}" if tcp else None)
+        if not advertise_url:
+            raise ValueError("--provision needs a TCP --listen (or --advertise-url) that machines can reach")
+        provisioner = Provisioner(db, ProvisionerConfig(interface=interface, address=address,
+                                                        advertise_url=advertise_url, data_dir=data_dir,
+                                                        **({"domain": domain} if domain else {})))
+        provisioner.start()
+        app.state.discovery_image = provisioner.image
+    app.state.advertise_url = advertise_url
+    log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(), ", ".join(listens))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    try:
+        asyncio.run(server.serve(sockets=sockets))
+    finally:
+        if provisioner:
+            provisioner.stop()

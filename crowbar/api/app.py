@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from crowbar import __version__
-from crowbar.api import deps, network as network_api
+from crowbar.api import deps, network as network_api, provisioning as provisioning_api
 from crowbar.db.session import Database
 from crowbar.errors import CrowbarError, InvalidInput, Unauthorized
 from crowbar.services import anneal, attribs, auth, catalog, deployments, nodes, noderoles
@@ -309,6 +309,8 @@ def create_app(db: Database, annealer=None) -> FastAPI:
 
     app.include_router(api)
     app.include_router(network_api.router)
+    app.include_router(provisioning_api.open_router)
+    app.include_router(provisioning_api.admin_router)
 
     @app.get("/", include_in_schema=False)
     def root():

@@ -28,6 +28,13 @@ def find_token_with_source(endpoint: str) -> tuple[str | None, str | None]:
     """The token and where it came from (CROWBAR_TOKEN or a file), or (None, None)."""
     if os.environ.get("CROWBAR_TOKEN"):
         return os.environ["CROWBAR_TOKEN"].strip(), "CROWBAR_TOKEN"
+    sock = config.unix_socket_path(endpoint)
+    if sock:
+        path = config.registry_file_for_socket(sock)
+        try:
+            return path.read_text().strip(), str(path)
+        except OSError:
+            return None, None
     parts = urlsplit(endpoint)
     host, port = parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
     candidates = [config.registry_file(host, port), config.data_dir() / "admin.token"]
@@ -46,7 +53,12 @@ class Client:
         self.endpoint = config.endpoint(endpoint)
         token, self.token_source = find_token_with_source(self.endpoint)
         headers = {"authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.endpoint + "/api/v2", headers=headers, timeout=timeout)
+        sock = config.unix_socket_path(self.endpoint)
+        if sock:
+            self.http = httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://crowbar/api/v2",
+                                     headers=headers, timeout=timeout)
+        else:
+            self.http = httpx.Client(base_url=self.endpoint + "/api/v2", headers=headers, timeout=timeout)
 
     def request(self, method: str, path: str, ok=(200, 201), **kwargs):
         try:

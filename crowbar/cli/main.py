@@ -13,7 +13,7 @@ from crowbar import config
 from crowbar.cli.client import CliError, Client
 from crowbar.cli.output import console, emit_list, emit_object, output_option
 
-NODE_COLUMNS = ["id", "name", "admin", "alive", "available", "bootenv"]
+NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
 NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_count", "status"]
 
 
@@ -43,17 +43,23 @@ def cli(ctx: click.Context, endpoint: str | None) -> None:
 
 # -- server and database -------------------------------------------------------------------------
 @cli.command()
-@click.option("--listen", default=config.DEFAULT_LISTEN, show_default=True, help="HOST:PORT to serve the API on")
+@click.option("--listen", multiple=True, default=[config.DEFAULT_LISTEN], show_default=True,
+              help="HOST:PORT or unix:PATH to serve the API on (repeatable)")
 @click.option("--database", envvar="CROWBAR_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir)")
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 256), help="annealer worker threads")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR", help="state directory")
-def server(listen: str, database: str | None, workers: int, data_dir: Path | None) -> None:
-    """Run the API server and the annealer."""
+@click.option("--provision", metavar="INTERFACE=ADDRESS",
+              help="run DHCP/TFTP/HTTP boot on the admin network through INTERFACE, whose address is ADDRESS")
+@click.option("--advertise-url", help="URL booting machines use to reach the API (default http://ADDRESS:PORT)")
+@click.option("--domain", help="DNS domain of discovered nodes (default crowbar.local)")
+def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir: Path | None,
+           provision: str | None, advertise_url: str | None, domain: str | None) -> None:
+    """Run the API server and the annealer (and the provisioner with --provision)."""
     from crowbar.server import serve
 
     try:
-        serve(listen, database, workers, data_dir)
-    except ValueError as exc:
+        serve(list(listen), database, workers, data_dir, provision, advertise_url, domain)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
 
 
@@ -200,6 +206,48 @@ def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | 
 @pass_ctx
 def nodes_delete(ctx: Context, node: str, output: str) -> None:
     emit_object(ctx.api.delete(f"/nodes/{node}"), output)
+
+
+def _node_action(action: str):
+    @click.argument("node")
+    @output_option
+    @pass_ctx
+    def command(ctx: Context, node: str, output: str) -> None:
+        emit_object(ctx.api.post(f"/nodes/{node}/{action}"), output)
+
+    return command
+
+
+nodes.command("allocate", help="Take a discovered node into service (reserves its admin address).")(
+    _node_action("allocate"))
+nodes.command("reinstall", help="Install the node's OS again.")(_node_action("reinstall"))
+nodes.command("reset", help="Send the node back to discovery.")(_node_action("reset"))
+
+
+@nodes.command("power")
+@click.argument("node")
+@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
+@output_option
+@pass_ctx
+def nodes_power(ctx: Context, node: str, action: str, output: str) -> None:
+    """Power a node on, off, cycle it, or ask its status (through its power driver)."""
+    emit_object(ctx.api.post(f"/nodes/{node}/power", {"action": action}), output)
+
+
+@nodes.command("states")
+@click.option("--dot", is_flag=True, help="the diagram as Graphviz dot, drawn from the transition table")
+@output_option
+@pass_ctx
+def nodes_states(ctx: Context, dot: bool, output: str) -> None:
+    """The node lifecycle: states, where each may go next, what each boots."""
+    from crowbar.provisioner import lifecycle
+
+    if dot:
+        click.echo(lifecycle.to_dot())
+        return
+    rows = [{"state": st, "next": list(lifecycle.TRANSITIONS[st]), "bootenv": lifecycle.BOOTENVS[st],
+             "timeout": str(lifecycle.TIMEOUTS.get(st) or "")} for st in lifecycle.STATES]
+    emit_list(rows, ["state", "next", "bootenv", "timeout"], output)
 
 
 # -- deployments ---------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def _ranges_cell(rows: list[dict]) -> list[dict]:
     out = []
     for row in rows:
         row = dict(row)
-        row["ranges"] = ", ".join(f"{name} {r['start']}-{r['end']}" for name, r in row["ranges"].items())
+        row["ranges"] = "\n".join(f"{name} {r['start']}-{r['end']}" for name, r in row["ranges"].items())
         out.append(row)
     return out
 
@@ -212,7 +212,7 @@ def network_show(ctx, name: str, output: str) -> None:
     out = ctx.api.get(f"/networks/{name}")
     if output != "json":
         out = {k: v for k, v in out.items() if k != "template"}
-        out["ranges"] = ", ".join(f"{n} {r['start']}-{r['end']} ({r['used']}/{r['size']} used)"
+        out["ranges"] = "\n".join(f"{n} {r['start']}-{r['end']} ({r['used']}/{r['size']} used)"
                                   for n, r in out["ranges"].items())
     emit_object(out, output)
 

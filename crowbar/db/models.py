@@ -88,6 +88,43 @@ class Node(Base):
     discovery: Mapped[dict] = mapped_column(JSONType, default=dict)
     hints: Mapped[dict] = mapped_column(JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Provisioning (migration 0003): the lifecycle state (crowbar.provisioner.lifecycle), why it is
+    # there, since when; the OS to install; how to power it.
+    state: Mapped[str] = mapped_column(String(32), default="ready", server_default="ready")
+    state_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    os: Mapped[str | None] = mapped_column(String(64))
+    boot_mac: Mapped[str | None] = mapped_column(String(17), unique=True)
+    power_driver: Mapped[str] = mapped_column(String(32), default="manual", server_default="manual")
+    power: Mapped[dict] = mapped_column(JSONType, default=dict)
+    agent_action: Mapped[str | None] = mapped_column(String(16))  # reboot | poweroff, for the agent to take
+
+
+class NodeMac(Base):
+    """Every MAC a node reported: how a machine that boots again is found again."""
+
+    __tablename__ = "node_macs"
+    mac: Mapped[str] = mapped_column(String(17), primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+
+
+class AgentJob(Base):
+    """A script for a node's discovery agent to run (how the script jig reaches such nodes)."""
+
+    __tablename__ = "agent_jobs"
+    __table_args__ = (Index("ix_agent_jobs_node_state", "node_id", "state"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id"))
+    script: Mapped[str] = mapped_column(Text)
+    timeout: Mapped[int] = mapped_column(Integer, default=3600)
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | done
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    output: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Deployment(Base):

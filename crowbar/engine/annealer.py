@@ -20,18 +20,20 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import bindparam, insert, select, text, update
 
-from crowbar.db.models import Node, NodeRole, Role, Run, Server, utcnow
+from crowbar.db.models import AgentJob, Node, NodeRole, Role, Run, Server, utcnow
 from crowbar.db.session import Database
 from crowbar.engine import graph
 from crowbar.engine.attribs import RunDocuments, node_attrs
 from crowbar.engine.states import State
-from crowbar.jigs.base import NodeInfo, RunContext, RunResult, get_jig
+from crowbar.jigs.base import AgentChannel, NodeInfo, RunContext, RunResult, get_jig
+from crowbar.provisioner.lifecycle import DISCOVERY
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class Annealer:
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
         self._last_reap = 0.0
+        self._agent_waiters: dict[int, Callable[[int, str], None]] = {}  # agent job id -> on_done
+        self._waiters_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def register(self) -> int:
@@ -135,6 +139,7 @@ class Annealer:
         if now - self._last_reap > DEAD_AFTER_SECONDS / 2:
             self.reap_dead_servers()
             self._last_reap = now
+        self._poll_agent_jobs()
         applied = self._apply_completions()
         claimed = 0
         if self._in_flight < self.backlog and not self._stop.is_set():
@@ -199,6 +204,7 @@ class Annealer:
                     run_id=run_id, noderole_id=nr.id, role=role.name, jig=role.jig, attrs=attrs[nr.id],
                     node=NodeInfo(id=node.id, name=node.name, admin=node.admin, attrs=node_attrs(node)),
                     scripts=list(role.scripts or []), workdir=self.workdir / f"crowbar-run-{run_id}",
+                    agent=_AgentChannel(self, node.id, run_id) if node.bootenv == DISCOVERY else None,
                 ))
         self._in_flight += len(contexts) + len(skipped)
         for run_id, nr_id, result in skipped:
@@ -282,6 +288,25 @@ class Annealer:
                 graph.block_descendants(s, bad, self.actor, "an ancestor failed")
         return len(items)
 
+    # -- jobs for discovery agents ----------------------------------------------------------------
+    def _poll_agent_jobs(self) -> None:
+        """Hand finished agent jobs back to the jigs waiting for them."""
+        with self._waiters_lock:
+            waiting = list(self._agent_waiters)
+        if not waiting:
+            return
+        with self.db.session() as s:
+            done = s.execute(select(AgentJob.id, AgentJob.exit_code, AgentJob.output)
+                             .where(AgentJob.id.in_(waiting), AgentJob.state == "done")).all()
+        for job_id, exit_code, output in done:
+            with self._waiters_lock:
+                on_done = self._agent_waiters.pop(job_id, None)
+            if on_done is not None:
+                try:
+                    on_done(exit_code if exit_code is not None else -1, output or "")
+                except Exception:
+                    log.exception("handling the result of agent job %s failed", job_id)
+
     # -- liveness --------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
         with self.db.session() as s:
@@ -315,7 +340,26 @@ class Annealer:
                 graph.set_states(s, {State.TODO.value: [(nr, "transition") for _r, nr, _s in runs if nr in in_transition]},
                                  self.actor, "recover", "run lost with a dead server; back to todo: "
                                  + "; ".join(sorted(set(servers.values()))))
+                # Jobs the agents have not picked up yet belong to runs that will be redone.
+                s.execute(update(AgentJob).where(AgentJob.run_id.in_([r for r, _nr, _s in runs]),
+                                                 AgentJob.state == "queued").values(state="cancelled"))
             s.execute(update(Server).where(Server.id.in_([i for i in servers if i != self.server_id]))
                       .values(stopped=True))
         if runs:
             log.warning("recovered %d runs from %s", len(runs), "; ".join(servers.values()))
+
+
+class _AgentChannel(AgentChannel):
+    """Queues a job for the node's agent; the annealer's poll delivers the result to `on_done`."""
+
+    def __init__(self, annealer: Annealer, node_id: int, run_id: int):
+        self.annealer, self.node_id, self.run_id = annealer, node_id, run_id
+
+    def submit(self, script: str, timeout: int, on_done: Callable[[int, str], None]) -> None:
+        from crowbar.services.provisioning import queue_job
+
+        with self.annealer.db.session() as s:
+            job_id = queue_job(s, self.node_id, script, timeout, self.run_id, self.annealer.server_id)
+        with self.annealer._waiters_lock:
+            self.annealer._agent_waiters[job_id] = on_done
+        self.annealer.wake()

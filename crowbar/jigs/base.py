@@ -48,6 +48,15 @@ class RunContext:
     scripts: list[dict]             # [{"name": ..., "content": ...}] in run order (script jig)
     workdir: Path                   # private scratch directory, removed after the run
     complete: Callable[[RunResult], None] = lambda _result: None  # for asynchronous jigs
+    agent: AgentChannel | None = None  # set when the node runs the discovery agent (no SSH needed)
+
+
+class AgentChannel(abc.ABC):
+    """Hands a shell script to the node's discovery agent; `on_done(exit_code, output)` is called
+    (from the annealer's thread) once the agent has reported the result."""
+
+    @abc.abstractmethod
+    def submit(self, script: str, timeout: int, on_done: Callable[[int, str], None]) -> None: ...
 
 
 class Jig(abc.ABC):

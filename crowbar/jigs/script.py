@@ -2,12 +2,14 @@
 
 Each script sees the merged attributes as a JSON file (`$CROWBAR_ATTRS`) and may write a JSON
 object to `$CROWBAR_WALL`; the walls of all scripts are deep-merged into the run's wall. On the
-admin node the scripts run locally; elsewhere they run over one OpenSSH session, so a node needs
-nothing but sshd, a POSIX shell, tar, mktemp and coreutils' `timeout`.
+admin node the scripts run locally; on a node running the discovery image (no SSH address set) they
+run as a job of its agent; elsewhere over one OpenSSH session, so a node needs nothing but sshd, a
+POSIX shell, tar, mktemp and coreutils' `timeout`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -32,7 +34,7 @@ STATE_DIR = ".crowbar"  # beside the scripts, holds attrs.json and wall.json; sc
 class ScriptJig(Jig):
     name = "script"
 
-    def run(self, ctx: RunContext) -> RunResult:
+    def run(self, ctx: RunContext) -> RunResult | None:
         raw = _lookup(ctx.attrs, "crowbar/script/timeout", DEFAULT_TIMEOUT)
         timeout = _seconds(raw)
         problem = _check_names(ctx.scripts)
@@ -44,6 +46,8 @@ class ScriptJig(Jig):
             return RunResult(ok=True, log=f"role {ctx.role} has no scripts\n")
         if ctx.node.admin:
             return _run_local(ctx, timeout)
+        if ctx.agent is not None and not ctx.node.attr("crowbar/ssh/address"):
+            return _run_agent(ctx, timeout)
         return _run_ssh(ctx, timeout)
 
 
@@ -182,6 +186,31 @@ def _run_ssh(ctx: RunContext, timeout: float) -> RunResult:
         log.fail(f"ssh session to {where} ended with exit code {proc.returncode} "
                  "before all scripts ran")
     return log.result()
+
+
+def _run_agent(ctx: RunContext, timeout: float) -> None:
+    """Run the scripts through the node's discovery agent, asynchronously.
+
+    The job is one sh script: the same driver as over SSH, fed the same tar bundle, which travels
+    base64-encoded inside the job (busybox has base64, tar, mktemp and timeout). The agent posts the
+    combined output back; it is picked apart exactly like an SSH session's.
+    """
+    token = secrets.token_hex(8)
+    payload = base64.encodebytes(_bundle(ctx)).decode().rstrip("\n")  # 76-column lines
+    bundle = f"/tmp/crowbar-bundle-{token}.tar"
+    script = (f"base64 -d > {bundle} <<'CROWBAR_{token}'\n{payload}\nCROWBAR_{token}\n"
+              f"sh -c {shlex.quote(_driver(ctx, token, math.ceil(timeout)))} < {bundle}\n"
+              f"rc=$?\nrm -f {bundle}\nexit $rc\n")
+    names = [s["name"] for s in ctx.scripts]
+
+    def on_done(exit_code: int, output: str) -> None:
+        log = _Log(timeout)
+        if not _parse(output, token, names, log) and not log.failed:
+            log.fail(f"the agent's job ended with exit code {exit_code} before all scripts ran")
+        ctx.complete(log.result())
+
+    ctx.agent.submit(script, math.ceil(timeout) + SSH_GRACE, on_done)
+    return None
 
 
 def _driver(ctx: RunContext, token: str, timeout: int) -> str:

@@ -16,11 +16,12 @@ NODE_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z
 
 
 def node_dict(node: Node, full: bool = False) -> dict:
-    out = {"id": node.id, "name": node.name, "admin": node.admin, "alive": node.alive,
+    out = {"id": node.id, "name": node.name, "state": node.state, "admin": node.admin, "alive": node.alive,
            "available": node.available, "bootenv": node.bootenv}
     if full:
-        out.update(description=node.description, discovery=node.discovery, hints=node.hints,
-                   created_at=node.created_at.isoformat())
+        out.update(state_reason=node.state_reason, boot_mac=node.boot_mac, os=node.os,
+                   power_driver=node.power_driver, description=node.description, discovery=node.discovery,
+                   hints=node.hints, created_at=node.created_at.isoformat())
     return out
 
 

@@ -309,7 +309,7 @@ class Dnsmasq:
         script.write_text('#!/bin/sh\n[ "$1" = bound ] || exit 0\n{\n'
                           + "".join(f'echo "{f}=${f}"\n' for f in fields) + '} > "$OUT"\n')
         script.chmod(0o755)
-        done = self.lab.run(self.lab.client, "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n",
+        done = self.lab.run(self.lab.client, "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-B",
                             "-t", "8", "-T", "1", "-A", "1", "-s", str(script), *options,
                             env={**os.environ, "OUT": str(out)})
         assert done.returncode == 0 and out.exists(), f"no lease: {done.stdout}{done.stderr}"
@@ -428,7 +428,7 @@ def test_a_vm_firmware_ipxe_fetches_and_runs_its_own_script(netns, tmp_path):
         d.wait_log("TFTP root is")
         netns.started.append(subprocess.Popen(
             ["ip", "netns", "exec", netns.server, "qemu-system-x86_64", "-machine", "pc",
-             "-accel", "tcg", "-m", "128", "-display", "none", "-nodefaults",
+             "-accel", "tcg", "-m", "128", "-nographic", "-nodefaults",
              "-serial", f"file:{serial}", "-boot", "n",
              "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
              "-device", f"virtio-net-pci,netdev=n0,mac={mac}"],

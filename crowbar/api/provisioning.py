@@ -1,0 +1,143 @@
+"""Provisioning routes: discovery and the node agent (node tokens), boot files for PXE (open),
+and the operator's lifecycle and power actions (admin token)."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from crowbar.api import deps
+from crowbar.db.models import Node, NodeMac
+from crowbar.errors import InvalidInput, NotFound
+from crowbar.provisioner import ipxe, lifecycle
+from crowbar.services import provisioning
+
+open_router = APIRouter(tags=["provisioning"])
+admin_router = APIRouter(prefix="/api/v2", tags=["provisioning"], dependencies=[Depends(deps.actor)])
+
+
+class JobResult(BaseModel):
+    exit_code: int
+    output: str = ""
+
+
+class PowerAction(BaseModel):
+    action: str
+
+
+class PowerSettings(BaseModel):
+    driver: str
+    settings: dict = {}
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+@open_router.post("/api/v2/discovery", status_code=201)
+async def discovery(request: Request):
+    """The discovery agent posts its inventory; answers the node's name and its token."""
+    raw = await request.body()
+    try:
+        inventory = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError as exc:
+        raise InvalidInput(f"the inventory is not JSON: {exc}", field="body") from None
+    db = request.app.state.db
+    with db.session() as s:
+        out = provisioning.discover(s, inventory, getattr(request.app.state, "domain", provisioning.DEFAULT_DOMAIN))
+    if request.app.state.annealer is not None:
+        request.app.state.annealer.wake()
+    return out
+
+
+@open_router.get("/api/v2/agent/next")
+def agent_next(request: Request, s: Session = Depends(deps.session)):
+    node = provisioning.node_for_token(s, _bearer(request))
+    return provisioning.agent_next(s, node)
+
+
+@open_router.post("/api/v2/agent/jobs/{job_id}")
+def agent_job(job_id: str, body: JobResult, request: Request, s: Session = Depends(deps.session)):
+    node = provisioning.node_for_token(s, _bearer(request))
+    out = provisioning.job_result(s, node, job_id, body.exit_code, body.output)
+    s.commit()
+    if request.app.state.annealer is not None:
+        request.app.state.annealer.wake()
+    return out
+
+
+def _boot_params(request: Request) -> ipxe.BootParams:
+    base = getattr(request.app.state, "advertise_url", None) or str(request.base_url).rstrip("/")
+    return ipxe.BootParams(server_url=base, boot_url=f"{base}/boot")
+
+
+@open_router.get("/boot/{name}", response_class=PlainTextResponse)
+def boot_script(name: str, request: Request, s: Session = Depends(deps.session)):
+    """The iPXE script a machine asks for by its MAC; unknown machines get the discovery image."""
+    try:
+        mac = ipxe.mac_from_script_name(name)
+    except ValueError:
+        raise NotFound(f"no boot script {name!r}") from None
+    node = s.scalar(select(Node).join(NodeMac, NodeMac.node_id == Node.id).where(NodeMac.mac == mac))
+    return ipxe.render(node.bootenv if node else None, _boot_params(request), mac=mac)
+
+
+@open_router.get("/boot/discovery/{name}")
+def boot_image(name: str, request: Request):
+    image = getattr(request.app.state, "discovery_image", None)
+    files = {"vmlinuz": image.kernel, "initrd.img": image.initrd} if image else {}
+    if name not in files:
+        raise NotFound(f"no discovery image file {name!r}" + ("" if image else " (no image built)"))
+    return FileResponse(files[name], media_type="application/octet-stream")
+
+
+def _committed(s: Session, request: Request, out: dict) -> dict:
+    s.commit()
+    if request.app.state.annealer is not None:
+        request.app.state.annealer.wake()
+    return out
+
+
+@admin_router.post("/nodes/{key}/allocate")
+def allocate(key: str, request: Request, s: Session = Depends(deps.session), who: str = Depends(deps.actor)):
+    return _committed(s, request, provisioning.allocate(s, key, actor=who))
+
+
+@admin_router.post("/nodes/{key}/reinstall")
+def reinstall(key: str, request: Request, s: Session = Depends(deps.session), who: str = Depends(deps.actor)):
+    return _committed(s, request, provisioning.transition(s, key, lifecycle.REINSTALL, actor=who))
+
+
+@admin_router.post("/nodes/{key}/reset")
+def reset(key: str, request: Request, s: Session = Depends(deps.session), who: str = Depends(deps.actor)):
+    return _committed(s, request, provisioning.transition(s, key, lifecycle.RESET, actor=who))
+
+
+@admin_router.post("/nodes/{key}/power")
+def power(key: str, body: PowerAction, request: Request, s: Session = Depends(deps.session),
+          who: str = Depends(deps.actor)):
+    return _committed(s, request, provisioning.power(s, key, body.action, actor=who))
+
+
+@admin_router.put("/nodes/{key}/power")
+def set_power(key: str, body: PowerSettings, request: Request, s: Session = Depends(deps.session),
+              who: str = Depends(deps.actor)):
+    return _committed(s, request, provisioning.set_power(s, key, body.driver, body.settings, actor=who))
+
+
+@admin_router.get("/node_states")
+def node_states(format: str = "json"):
+    if format == "dot":
+        return Response(lifecycle.to_dot(), media_type="text/vnd.graphviz")
+    if format != "json":
+        raise InvalidInput(f"format {format!r}: expected json or dot", field="format")
+    return {state: {"next": list(lifecycle.TRANSITIONS[state]), "bootenv": lifecycle.BOOTENVS[state],
+                    "timeout_minutes": (lifecycle.TIMEOUTS[state].total_seconds() / 60
+                                        if state in lifecycle.TIMEOUTS else None)}
+            for state in lifecycle.STATES}

@@ -1,0 +1,120 @@
+"""The provisioner as it runs inside `crowbar server`: dnsmasq for DHCP/TFTP on the admin network,
+the discovery image for HTTP boot, host reservations kept in step with the database, and the
+watchdog that moves nodes stuck in a waiting state to `problem`.
+
+Reservations are reconciled, not pushed: every `interval` seconds the wanted set (each node with an
+admin allocation and a boot MAC) is compared with the files in dnsmasq's hosts directory and only
+the differences are written. dnsmasq notices changed files by itself (inotify), so a reservation
+takes effect without a restart, and nothing is lost if the server restarts between two changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from crowbar.db.models import Node
+from crowbar.db.network_models import NetworkAllocation, NetworkRow
+from crowbar.db.session import Database
+from crowbar.provisioner import dnsmasq
+from crowbar.provisioner.image import DiscoveryImage, build_discovery_image
+from crowbar.provisioner.supervisor import Supervisor
+from crowbar.services import network, provisioning
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProvisionerConfig:
+    interface: str          # the admin bridge/NIC dnsmasq serves
+    address: str            # the server's address on it
+    advertise_url: str      # how booting machines reach the API (http://address:port)
+    data_dir: Path
+    domain: str = provisioning.DEFAULT_DOMAIN
+
+
+class Provisioner:
+    def __init__(self, db: Database, config: ProvisionerConfig, interval: float = 1.0):
+        self.db, self.config, self.interval = db, config, interval
+        self.state_dir = Path(config.data_dir) / "provisioner"
+        self.image: DiscoveryImage | None = None
+        self.dnsmasq: Supervisor | None = None
+        self.settings: dnsmasq.DhcpSettings | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _dhcp_settings(self) -> dnsmasq.DhcpSettings:
+        with self.db.session() as s:
+            admin = network.current_template(s).networks.get("admin")
+        if admin is None:
+            raise RuntimeError("there is no admin network: import a network template that has one")
+        subnet = ipaddress.ip_network(str(admin.subnet), strict=False)
+        pool = admin.ranges.get("dhcp")
+        if pool is None:
+            raise RuntimeError("the admin network has no dhcp range for unknown machines")
+        return dnsmasq.DhcpSettings(
+            interface=self.config.interface, server_address=self.config.address,
+            subnet=str(subnet.network_address), netmask=str(subnet.netmask),
+            range_start=str(pool.start), range_end=str(pool.end), domain=self.config.domain,
+            tftp_root=self.state_dir / "tftp", http_boot_url=f"{self.config.advertise_url}/boot",
+            state_dir=self.state_dir, router=None)
+
+    def start(self) -> None:
+        self.image = build_discovery_image(Path(self.config.data_dir) / "images")
+        self.settings = self._dhcp_settings()
+        conf = dnsmasq.prepare(self.settings)
+        self.sync()
+        self.dnsmasq = Supervisor("dnsmasq", dnsmasq.command(conf), log_path=self.state_dir / "dnsmasq.log")
+        self.dnsmasq.start()
+        self._thread = threading.Thread(target=self._loop, name="provisioner", daemon=True)
+        self._thread.start()
+        log.info("provisioner: dnsmasq on %s (%s), discovery image %s", self.config.interface,
+                 self.config.address, self.image.digest[:12])
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(10)
+        if self.dnsmasq:
+            self.dnsmasq.stop()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.sync()
+                with self.db.session() as s:
+                    moved = provisioning.expire_stuck(s)
+                if moved:
+                    log.warning("nodes stuck too long, now in problem: %s", ", ".join(moved))
+            except Exception:  # keep serving; the next round retries
+                log.exception("provisioner round failed")
+
+    def wanted_reservations(self) -> dict[str, tuple[str, str]]:
+        """MAC -> (admin address, host name) for every node with an admin allocation."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Node.boot_mac, NetworkAllocation.address, Node.name)
+                .join(NetworkAllocation, NetworkAllocation.node_id == Node.id)
+                .join(NetworkRow, NetworkRow.id == NetworkAllocation.network_id)
+                .where(NetworkRow.name == "admin", Node.boot_mac.is_not(None))).all()
+        return {mac: (address, name) for mac, address, name in rows}
+
+    def sync(self) -> int:
+        """Write the reservations that changed and remove those no longer wanted; returns changes."""
+        if self.settings is None:
+            return 0
+        hostsdir = self.settings.hostsdir
+        wanted = self.wanted_reservations()
+        changed = sum(dnsmasq.write_reservation(hostsdir, mac, ip, name.split(".")[0])
+                      for mac, (ip, name) in wanted.items())
+        present = {p.name for p in hostsdir.iterdir()} if hostsdir.exists() else set()
+        keep = {dnsmasq.reservation_path(hostsdir, mac).name for mac in wanted}
+        for stale in present - keep:
+            (hostsdir / stale).unlink(missing_ok=True)
+            changed += 1
+        return changed
