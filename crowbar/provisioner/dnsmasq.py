@@ -8,7 +8,9 @@ One config file, rendered from plain data (`DhcpSettings`), gives:
 - the boot chain: PXE firmware gets iPXE (`undionly.kpxe` for BIOS, `ipxe.efi` for x86-64 UEFI,
   told apart by DHCP option 93), and iPXE itself (option 175, or user class "iPXE") gets the URL
   of its per-MAC script on the HTTP boot endpoint (`crowbar.provisioner.ipxe`).
-DNS is off (`port=0`): this dnsmasq only does DHCP and TFTP.
+DNS is off (`port=0`): this dnsmasq only does DHCP and TFTP. A machine's first lease takes about
+3 s because dnsmasq pings a pool address before offering it; that check stays, it keeps a
+forgotten static host in the pool from getting a twin.
 
 dnsmasq only ever adds hosts it reads from the directory: a changed or removed file keeps its old
 entry until dnsmasq gets SIGHUP (which re-reads everything, same process). `write_reservation`

@@ -33,8 +33,9 @@ def by_id(rows: list[dict]) -> dict[int, dict]:
 
 def build_three_node_deployment(s: Server, deployment: str = "d1") -> list[dict]:
     """Create the nodes and the deployment, bind test-client-client on each node, commit."""
-    for name in NODES:
-        node = s.json("nodes", "create", name)
+    with ThreadPoolExecutor(len(NODES)) as pool:
+        created = list(pool.map(lambda name: s.json("nodes", "create", name), NODES))
+    for name, node in zip(NODES, created):
         assert node["name"] == name and node["alive"] and node["available"]
     assert s.json("deployments", "create", deployment)["state"] == "proposed"
     bound = []
@@ -121,25 +122,25 @@ def test_failure_blocks_descendants_and_retry_paths(servers, e2e_barclamp):
     after = s.json("deployments", "bind", "broken", "e2e-after-fails", NODES[2])["noderole"]
     s.ok("deployments", "commit", "broken")
     assert "failed" in anneal(s, expect=1)
-    nr = s.json("noderoles", "show", fails["id"])
+    rows = s.json("noderoles", "list")
+    nr = by_id(rows)[fails["id"]]
     assert (nr["state"], nr["run_count"]) == ("error", 1), nr
     assert "failing on purpose" in nr["status"]
+    assert by_id(rows)[after["id"]]["state"] == "blocked"
+    assert all(r["state"] == "active" for r in rows if r["deployment"] == "d1")
     assert "test-fails: failing on purpose" in s.ok("noderoles", "log", fails["id"]).stdout
-    assert s.json("noderoles", "show", after["id"])["state"] == "blocked"
     assert after["id"] in [r["id"] for r in s.json("noderoles", "children", fails["id"])]
-    assert after["id"] in [r["id"] for r in s.json("noderoles", "list", "--state", "blocked")]
-    assert all(r["state"] == "active" for r in s.json("noderoles", "list", "--deployment", "d1"))
 
     # retry of an always-failing role: the retry itself works, the role fails again
     retried = s.json("noderoles", "retry", fails["id"])
     assert retried["id"] == fails["id"] and retried["state"] in ("todo", "transition"), retried
     assert "failed" in anneal(s, expect=1)
-    nr = s.json("noderoles", "show", fails["id"])
-    assert (nr["state"], nr["run_count"]) == ("error", 2), nr
+    rows = by_id(s.json("noderoles", "list", "--deployment", "broken"))
+    assert (rows[fails["id"]]["state"], rows[fails["id"]]["run_count"]) == ("error", 2), rows[fails["id"]]
+    assert rows[after["id"]]["state"] == "blocked"
     runs = s.json("noderoles", "log", fails["id"], "--all")
     assert [r["state"] for r in runs] == ["failed", "failed"]
     assert all("failing on purpose" in r["log"] for r in runs)
-    assert s.json("noderoles", "show", after["id"])["state"] == "blocked"
     trail = [(e["action"], e["from"], e["to"]) for e in s.json("events", "--type", "noderole", "--id", fails["id"])]
     i = trail.index(("requeue", "error", "todo"))
     assert trail[i + 1:] == [("claim", "todo", "transition"), ("run", "transition", "error")], trail
@@ -151,9 +152,9 @@ def test_failure_blocks_descendants_and_retry_paths(servers, e2e_barclamp):
     below = s.json("deployments", "bind", "flaky", "e2e-after-flaky", NODES[0])["noderole"]
     s.ok("deployments", "commit", "flaky")
     assert "failed" in anneal(s, "--deployment", "flaky", expect=1)
-    assert s.json("noderoles", "show", flaky["id"])["state"] == "error"
+    rows = by_id(s.json("noderoles", "list", "--deployment", "flaky"))
+    assert (rows[flaky["id"]]["state"], rows[below["id"]]["state"]) == ("error", "blocked"), rows
     assert "e2e-flaky: failing on purpose" in s.ok("noderoles", "log", flaky["id"]).stdout
-    assert s.json("noderoles", "show", below["id"])["state"] == "blocked"
     got = s.json("attribs", "get", "e2e-fail", "--node", NODES[0])
     assert (got["value"], got["source"]) == (True, "hint"), got
 
@@ -161,9 +162,9 @@ def test_failure_blocks_descendants_and_retry_paths(servers, e2e_barclamp):
     assert set_false["value"] is False
     assert s.json("noderoles", "retry", flaky["id"])["state"] in ("todo", "transition")
     assert "finished" in anneal(s, "--deployment", "flaky", expect=0)
-    nr = s.json("noderoles", "show", flaky["id"])
-    assert (nr["state"], nr["run_count"]) == ("active", 2), nr
-    assert s.json("noderoles", "show", below["id"])["state"] == "active"
+    rows = by_id(s.json("noderoles", "list", "--deployment", "flaky"))
+    assert (rows[flaky["id"]]["state"], rows[flaky["id"]]["run_count"]) == ("active", 2), rows
+    assert rows[below["id"]]["state"] == "active"
     assert s.json("noderoles", "log", flaky["id"], "--all")[-1]["state"] == "succeeded"
 
     # the whole system is still failed because of test-fails; without it, everything is active
@@ -179,8 +180,8 @@ def test_server_killed_mid_anneal_finishes_after_restart(servers, e2e_barclamp):
     s = servers.new(workers=8)
     s.ok("barclamps", "import", e2e_barclamp(delay=1.5))
     names = [f"slow{i}.e2e.test" for i in range(4)]
-    for name in names:
-        s.ok("nodes", "create", name)
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda name: s.ok("nodes", "create", name), names))
     s.ok("deployments", "create", "slow")
     for name in names:
         s.ok("deployments", "bind", "slow", "e2e-slow-child", name)

@@ -309,7 +309,7 @@ class Dnsmasq:
         script.write_text('#!/bin/sh\n[ "$1" = bound ] || exit 0\n{\n'
                           + "".join(f'echo "{f}=${f}"\n' for f in fields) + '} > "$OUT"\n')
         script.chmod(0o755)
-        done = self.lab.run(self.lab.client, "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-B",
+        done = self.lab.run(self.lab.client, "busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n",
                             "-t", "8", "-T", "1", "-A", "1", "-s", str(script), *options,
                             env={**os.environ, "OUT": str(out)})
         assert done.returncode == 0 and out.exists(), f"no lease: {done.stdout}{done.stderr}"
