@@ -7,6 +7,7 @@ run a server and its CLI on one machine with no configuration at all.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -32,13 +33,36 @@ def database_url(explicit: str | None = None, directory: Path | None = None) -> 
 
 
 def endpoint(explicit: str | None = None) -> str:
-    """http://HOST:PORT, or unix:///path/to/socket for a server listening on a unix socket."""
-    url = explicit or os.environ.get("CROWBAR_ENDPOINT") or f"http://{DEFAULT_LISTEN}"
+    """http://HOST:PORT, or unix:///path/to/socket for a server listening on a unix socket.
+
+    Without --endpoint or CROWBAR_ENDPOINT: the running virtual lab's server (`crowbar lab up`) if
+    the lab directory holds one, else http://127.0.0.1:3000.
+    """
+    url = explicit or os.environ.get("CROWBAR_ENDPOINT") or lab_endpoint() or f"http://{DEFAULT_LISTEN}"
     if url.startswith("unix:") and not url.startswith("unix://"):
         url = "unix://" + url[5:]
     if "://" not in url:
         url = "http://" + url
     return url.rstrip("/")
+
+
+def lab_dir() -> Path:
+    """The virtual lab's state (`crowbar lab`): `CROWBAR_LAB_DIR`, else <data dir>/lab."""
+    env = os.environ.get("CROWBAR_LAB_DIR")
+    return Path(env) if env else data_dir() / "lab"
+
+
+def lab_endpoint(directory: Path | None = None) -> str | None:
+    """unix://<lab dir>/api.sock when the lab directory's state names a server process that still
+    runs (not a zombie) and its socket exists; None otherwise. Cheap: one small file, one /proc read."""
+    directory = Path(directory or lab_dir())
+    try:
+        state = json.loads((directory / "lab.json").read_text())
+        pid, sock = int(state["server"]["pid"]), Path(state["server"]["socket"])
+        running = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    return f"unix://{sock}" if running and sock.exists() else None
 
 
 def unix_socket_path(url: str) -> str | None:

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from crowbar import __version__
 from crowbar.api import deps, network as network_api, provisioning as provisioning_api
 from crowbar.db.session import Database
-from crowbar.errors import CrowbarError, InvalidInput, Unauthorized
-from crowbar.services import anneal, attribs, auth, catalog, deployments, nodes, noderoles
+from crowbar.errors import CrowbarError, InvalidInput
+from crowbar.services import anneal, attribs, catalog, deployments, nodes, noderoles
 
 
 class NodeIn(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.orm import Session, load_only
 
 from crowbar.db.models import (
@@ -116,6 +116,13 @@ def unblock_children(session: Session, parent_ids: Sequence[int], actor: str) ->
     set_states(session, {State.TODO.value: [(i, State.BLOCKED.value) for i in ready]}, actor, "unblock",
                "all parents active")
     return ready
+
+
+def delete_noderoles(session: Session, ids: Sequence[int]) -> None:
+    """Remove noderoles and the edges into them (callers check first that nothing else depends on them)."""
+    for part in chunks(ids):
+        session.execute(delete(NodeRoleEdge.__table__).where(NodeRoleEdge.child_id.in_(part)))
+        session.execute(delete(NodeRole.__table__).where(NodeRole.id.in_(part)))
 
 
 def commit_noderoles(session: Session, deployment_id: int, actor: str) -> int:

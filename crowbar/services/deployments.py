@@ -7,7 +7,7 @@ import re
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
-from crowbar.db.models import Deployment, DeploymentRole, NodeRole, NodeRoleEdge, Role
+from crowbar.db.models import Deployment, DeploymentRole, NodeRole, Role
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.services import lookup
@@ -188,9 +188,7 @@ def delete_deployment(session: Session, key, actor: str = "system") -> dict:
         if outside:
             where = ", ".join(f"noderole {i} in {n}" for i, n in outside)
             raise Conflict(f"deployment {d.name!r} cannot be deleted: other deployments depend on it ({where})")
-        for part in graph.chunks(ids):
-            session.execute(delete(NodeRoleEdge).where(NodeRoleEdge.child_id.in_(part)))
-            session.execute(delete(NodeRole).where(NodeRole.id.in_(part)))
+        graph.delete_noderoles(session, ids)
     session.execute(delete(DeploymentRole).where(DeploymentRole.deployment_id == d.id))
     graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "delete", "actor": actor,
                             "from_state": d.state, "message": f"{d.name} and {len(ids)} noderoles"}])

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from crowbar.db.models import Deployment, Node, NodeRole, NodeRoleEdge, Role
+from crowbar.db.models import Deployment, Node, NodeRole, Role
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.services import lookup
@@ -95,9 +95,7 @@ def delete_node(session: Session, key, actor: str = "system") -> dict:
         if dependents:
             where = ", ".join(f"noderole {i} on {n}" for i, n in dependents)
             raise Conflict(f"node {node.name!r} cannot be deleted: other nodes depend on its noderoles ({where})")
-        for part in graph.chunks(ids):
-            session.execute(delete(NodeRoleEdge).where(NodeRoleEdge.child_id.in_(part)))
-            session.execute(delete(NodeRole).where(NodeRole.id.in_(part)))
+        graph.delete_noderoles(session, ids)
     graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "delete", "actor": actor,
                             "message": f"{node.name} and {len(ids)} noderoles"}])
     session.delete(node)

@@ -407,7 +407,7 @@ def test_a_vm_firmware_ipxe_fetches_and_runs_its_own_script(netns, tmp_path):
     """The whole chain with qemu's own iPXE ROM: DHCP, the per-MAC URL, the local-boot script.
 
     With router advertisements on, iPXE's address configuration is quick (without them it waits
-    about 13 s for IPv6 routers that never answer).
+    about 14 s for IPv6 routers that never answer).
     """
     mac = "52:54:00:cb:00:02"
     _ip("-n", netns.server, "addr", "add", "fd00:cb::1/64", "dev", "br0", "nodad")
