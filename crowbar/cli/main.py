@@ -491,6 +491,10 @@ from crowbar.cli.network import network, neutron  # noqa: E402  (registered here
 cli.add_command(network)
 cli.add_command(neutron)
 
+from crowbar.lab.cli import lab_group  # noqa: E402
+
+cli.add_command(lab_group)
+
 
 def main() -> None:
     try:

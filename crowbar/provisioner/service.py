@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,4 +118,8 @@ class Provisioner:
         for stale in present - keep:
             (hostsdir / stale).unlink(missing_ok=True)
             changed += 1
+        if changed and self.dnsmasq is not None and self.dnsmasq.pid:
+            # New files are read through inotify; changed and removed ones only on SIGHUP (a re-read
+            # of the host files, not a restart: leases and the process stay).
+            self.dnsmasq.signal(signal.SIGHUP)
         return changed

@@ -1,0 +1,169 @@
+"""`crowbar lab up | status | console | down`: the virtual lab from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from crowbar import config
+from crowbar.cli.client import CliError
+from crowbar.cli.output import console, emit_list, output_option
+from crowbar.lab.lab import Lab, LabError
+
+
+def dir_option(f):
+    return click.option("--dir", "directory", type=click.Path(path_type=Path), envvar="CROWBAR_LAB_DIR",
+                        help="lab directory (default <data dir>/lab; the CLI's default endpoint follows "
+                             "CROWBAR_LAB_DIR)")(f)
+
+
+def _lab(directory: Path | None) -> Lab:
+    try:
+        return Lab(directory, say=lambda line: console.print(f"[dim]lab:[/] {line}"))
+    except LabError as exc:
+        raise CliError(str(exc)) from None
+
+
+@click.group("lab")
+def lab_group() -> None:
+    """A virtual lab on this machine: qemu VMs that PXE-boot from a Crowbar server, all inside a
+    network namespace of their own."""
+
+
+@lab_group.command("up")
+@click.option("--nodes", "-n", type=click.IntRange(1, 15), default=3, show_default=True, help="number of VMs")
+@click.option("--nics", default="1", show_default=True,
+              help="NICs per VM (the first on the admin bridge, the others on a data bridge); "
+                   "or one value per VM: 1,2")
+@click.option("--memory", default="512", show_default=True, help="MB of RAM per VM, or one per VM: 384,512")
+@click.option("--disk", default="4", show_default=True, help="GB of (sparse) disk per VM, or one per VM")
+@click.option("--kvm", is_flag=True, help="try hardware acceleration (default: TCG, software emulation)")
+@click.option("--wait", is_flag=True, help="wait, with progress, until every VM is discovered")
+@click.option("--timeout", type=float, default=600, show_default=True, help="seconds --wait waits")
+@dir_option
+def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, wait: bool, timeout: float,
+           directory: Path | None) -> None:
+    """Create the lab: namespace, bridges, a provisioning server, N PXE-booting VMs."""
+    lab = _lab(directory)
+    started = time.monotonic()
+    try:
+        state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm)
+    except LabError as exc:
+        raise CliError(str(exc)) from None
+    console.print(f"lab running in namespace [bold]{state.namespace}[/]: server {state.server['url']} "
+                  f"(for the CLI: {lab.endpoint}); {len(state.vms)} VMs PXE-booting")
+    if not wait:
+        console.print("follow with `crowbar lab status`; `crowbar lab console vm1` shows a VM's serial console")
+        return
+    _wait(lab, timeout)
+    console.print(f"all {len(state.vms)} VMs discovered in {time.monotonic() - started:.0f}s")
+    _print_vms(lab.status())
+    hint = "" if lab.dir == config.lab_dir().absolute() else f"CROWBAR_LAB_DIR={lab.dir} "
+    console.print(f"the CLI now reaches the lab's server: try `{hint}crowbar nodes list`")
+
+
+def _wait(lab: Lab, timeout: float) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]discovering"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=not console.is_terminal) as bar:
+        task = bar.add_task("", total=len(lab.state.vms))
+
+        def progress(done: int, total: int, pending: list[str]) -> None:
+            bar.update(task, completed=done, total=total,
+                       description=f"waiting for {', '.join(pending)}" if pending else "done")
+
+        try:
+            lab.wait_discovered(timeout, progress)
+        except LabError as exc:
+            raise CliError(str(exc), code=2 if "within" in str(exc) else 1) from None
+
+
+def _print_vms(status: dict) -> None:
+    rows = [{**vm, "macs": ", ".join(vm["macs"]), "alive": "yes" if vm["alive"] else "no",
+             "memory": f"{vm['memory_mb']} MB", "disk": f"{vm['disk_gb']:g} GB"} for vm in status["vms"]]
+    emit_list(rows, ["name", "macs", "memory", "disk", "pid", "alive", "node", "state", "admin_address"], "table")
+
+
+@lab_group.command("status")
+@output_option
+@dir_option
+def lab_status(output: str, directory: Path | None) -> None:
+    """The namespace, the server, every VM and the node it became."""
+    status = _lab(directory).status()
+    if output == "json":
+        click.echo(json.dumps(status, indent=2))
+        return
+    if status["namespace"] is None:
+        console.print(f"no lab in {status['dir']} (`crowbar lab up` creates one)")
+        return
+    server = status["server"]
+    console.print(f"lab in {status['dir']}: {'running' if status['running'] else '[red]not running[/]'}\n"
+                  f"  namespace {status['namespace']} ({'present' if status['namespace_exists'] else 'missing'}), "
+                  f"bridges {', '.join(status['bridges'])}, admin address {status['admin_address']}\n"
+                  f"  server pid {server.get('pid')} ({'alive' if server.get('alive') else 'dead'}), "
+                  f"{server.get('url')}, CLI endpoint {status['endpoint']}, log {server.get('log')}")
+    if status.get("api_error"):
+        console.print(f"  [red]API: {status['api_error']}[/]")
+    _print_vms(status)
+
+
+@lab_group.command("console")
+@click.argument("node")
+@click.option("--follow", "-f", is_flag=True, help="keep printing what the VM writes (Ctrl-C stops)")
+@click.option("--lines", type=int, default=0, help="only the last N lines")
+@dir_option
+def lab_console(node: str, follow: bool, lines: int, directory: Path | None) -> None:
+    """A VM's serial console log (NODE: vm1, or the node's name)."""
+    lab = _lab(directory)
+    if lab.state is None:
+        raise CliError(f"no lab in {lab.dir}")
+    vm = next((v for v in lab.state.vms if node in (v.name, v.node)), None)
+    if vm is None:
+        raise CliError(f"no VM {node!r} in the lab (VMs: {', '.join(v.name for v in lab.state.vms)})")
+    try:
+        data = vm.console.read_bytes()
+    except FileNotFoundError:
+        raise CliError(f"{vm.console} does not exist") from None
+    text = data.decode(errors="replace")
+    if lines:
+        text = "\n".join(text.splitlines()[-lines:]) + "\n"
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if follow:
+        position = len(data)
+        try:
+            while True:
+                time.sleep(0.5)
+                with open(vm.console, "rb") as f:
+                    f.seek(position)
+                    more = f.read()
+                if more:
+                    position += len(more)
+                    sys.stdout.write(more.decode(errors="replace"))
+                    sys.stdout.flush()
+        except KeyboardInterrupt:
+            pass
+
+
+@lab_group.command("down")
+@dir_option
+def lab_down(directory: Path | None) -> None:
+    """Stop the VMs and the server, delete taps, bridges and the namespace, remove the lab's files."""
+    lab = _lab(directory)
+    if lab.state is None:
+        console.print(f"no lab in {lab.dir}: nothing to do")
+        return
+    namespace = lab.state.namespace
+    try:
+        done = lab.down()
+    except LabError as exc:
+        raise CliError(str(exc)) from None
+    for line in done:
+        console.print(f"[dim]lab:[/] {line}")
+    console.print(f"lab {namespace} is down")

@@ -1,0 +1,115 @@
+"""One lab VM: its MACs, taps, disk and the qemu command line that starts it.
+
+A VM is started paused (`-S`), daemonized (`-daemonize -pidfile`), with its QMP monitor on a unix
+socket: a machine plugged in but switched off, which the qemu power driver switches on with
+`cont`. The same argv is the node's power `command` setting, so `crowbar nodes power NODE on`
+starts it again after `off` (qemu quit). Only the first NIC (virtio, on the admin bridge) boots:
+qemu's iPXE ROM PXE-boots it; the other NICs (e1000, on the data bridge) carry no boot ROM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MAX_VMS = 15      # MACs end in <vm*16 + nic>, one byte
+MAX_NICS = 16
+ADMIN_BRIDGE = "br-admin"
+DATA_BRIDGE = "br-data"
+
+
+def mac(lab_byte: int, vm: int, nic: int) -> str:
+    """52:54:00:cb:<lab byte>:<vm*16+nic>: qemu's OUI, 'cb' for Crowbar, then lab, VM and NIC."""
+    if not 1 <= vm <= MAX_VMS or not 0 <= nic < MAX_NICS or not 0 <= lab_byte <= 255:
+        raise ValueError(f"no lab MAC for vm {vm}, nic {nic}, lab byte {lab_byte}")
+    return f"52:54:00:cb:{lab_byte:02x}:{vm * 16 + nic:02x}"
+
+
+@dataclass
+class Nic:
+    mac: str
+    tap: str
+    bridge: str
+    model: str  # qemu device: virtio-net-pci or e1000
+
+
+@dataclass
+class Vm:
+    name: str
+    index: int
+    memory_mb: int
+    disk_gb: float
+    cpus: int
+    dir: str
+    nics: list[Nic] = field(default_factory=list)
+    accel: str = "tcg"
+    pid: int | None = None
+    node: str | None = None
+
+    @classmethod
+    def plan(cls, index: int, lab_byte: int, lab_dir: Path, memory_mb: int, disk_gb: float, nics: int,
+             accel: str = "tcg") -> Vm:
+        vm = cls(name=f"vm{index}", index=index, memory_mb=memory_mb, disk_gb=disk_gb, cpus=1,
+                 dir=str(Path(lab_dir) / "vms" / f"vm{index}"), accel=accel)
+        for n in range(nics):
+            vm.nics.append(Nic(mac=mac(lab_byte, index, n), tap=f"tap{index}-{n}",
+                               bridge=ADMIN_BRIDGE if n == 0 else DATA_BRIDGE,
+                               model="virtio-net-pci" if n == 0 else "e1000"))
+        return vm
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vm:
+        data = dict(data)
+        data["nics"] = [Nic(**n) for n in data.get("nics", [])]
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"qmp": str(self.qmp), "console": str(self.console), "disk": str(self.disk),
+                               "pidfile": str(self.pidfile)}
+
+    @property
+    def macs(self) -> list[str]:
+        return [n.mac for n in self.nics]
+
+    @property
+    def qmp(self) -> Path:
+        return Path(self.dir) / "qmp.sock"
+
+    @property
+    def console(self) -> Path:
+        return Path(self.dir) / "console.log"
+
+    @property
+    def disk(self) -> Path:
+        return Path(self.dir) / "disk.raw"
+
+    @property
+    def pidfile(self) -> Path:
+        return Path(self.dir) / "qemu.pid"
+
+    @property
+    def disk_bytes(self) -> int:
+        return int(self.disk_gb * (1 << 30))
+
+    def create_disk(self) -> None:
+        """A sparse raw disk: takes no space until the VM writes to it."""
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
+        with open(self.disk, "wb") as f:
+            f.truncate(self.disk_bytes)
+
+    def argv(self, qemu: str = "qemu-system-x86_64") -> list[str]:
+        """qemu's command line: paused, daemonized, serial to console.log (appended across starts)."""
+        args = [qemu, "-name", self.name, "-machine", "pc", "-accel", self.accel,
+                "-m", str(self.memory_mb), "-smp", str(self.cpus),
+                "-display", "none", "-vga", "none", "-monitor", "none",
+                "-chardev", f"file,id=serial0,path={self.console},append=on", "-serial", "chardev:serial0",
+                "-qmp", f"unix:{self.qmp},server=on,wait=off",
+                "-pidfile", str(self.pidfile), "-daemonize", "-S", "-boot", "order=n",
+                "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe"]
+        for i, nic in enumerate(self.nics):
+            args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no"]
+            device = f"{nic.model},netdev=net{i},mac={nic.mac}"
+            # Only the admin NIC carries iPXE: the firmware PXE-boots from it alone.
+            device += ",bootindex=1" if i == 0 else ",romfile="
+            args += ["-device", device]
+        return args
