@@ -3,7 +3,8 @@
 Changes here must come with an Alembic migration (0002_networks.py and later).
 
 - `network_settings`: the template-level part of the network template (mode, teaming mode,
-  conduit_map, interface_map) plus the Neutron options Crowbar derives settings from. One row.
+  conduit_map, interface_map), the Neutron options Crowbar derives settings from, and the
+  template's version token. One row.
 - `networks` + `network_ranges`: one row per network, one per named range; `position` keeps the
   template's order (the plan and the default route depend on it).
 - `network_allocations`: a node's address on a network. UNIQUE(network_id, address) and
@@ -39,6 +40,9 @@ class NetworkSettings(Base):
     # {"physical_network": "physnet1", "tenant_vlan_count": 2000, "vni_ranges": [[1001, 2000]],
     #  "tenant_network_types": ["vlan"]}: missing keys take crowbar.network.neutron's defaults.
     neutron: Mapped[dict] = mapped_column(JSONType, default=dict)
+    # A new random token on every change of the template: processes cache the parsed template
+    # under it (a counter could repeat after a rolled-back change; a random token cannot).
+    version: Mapped[str] = mapped_column(String(32), default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

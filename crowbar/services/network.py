@@ -174,9 +174,23 @@ def _lock_template(session: Session) -> None:
 # ---------------------------------------------------------------------------------------------
 # The template in the database
 
-def _read_template(session: Session) -> tuple[NetworkTemplate, dict[str, int]]:
-    """The stored template (read with Core: always the committed state, never stale ORM objects)
-    and each network's row id."""
+@dataclass(frozen=True)
+class _Stored:
+    template: NetworkTemplate
+    ids: Mapping[str, int]  # network name -> row id
+    version: str | None
+
+
+_CACHE: dict[str, _Stored] = {}
+_CACHE_SIZE = 16
+
+
+def _read_stored(session: Session) -> _Stored:
+    """The stored template and each network's row id. Read with Core (always the committed
+    state, never stale ORM objects); parsed once per version token and process."""
+    version = session.execute(select(_settings.c.version).where(_settings.c.id == SETTINGS_ID)).scalar()
+    if version and version in _CACHE:
+        return _CACHE[version]
     settings = session.execute(select(_settings).where(_settings.c.id == SETTINGS_ID)).first()
     rows = session.execute(select(_nets).order_by(_nets.c.position, _nets.c.id)).all()
     ranges: dict[int, dict[str, tuple[str, str]]] = {}
@@ -200,7 +214,17 @@ def _read_template(session: Session) -> tuple[NetworkTemplate, dict[str, int]]:
             interface_map=tuple(BusOrder(e["pattern"], e["bus_order"])
                                 for e in settings.interface_map or []),
             networks=networks)
-    return template, {row.name: row.id for row in rows}
+    stored = _Stored(template, {row.name: row.id for row in rows}, version)
+    if version:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[version] = stored
+    return stored
+
+
+def _read_template(session: Session) -> tuple[NetworkTemplate, dict[str, int]]:
+    stored = _read_stored(session)
+    return stored.template, dict(stored.ids)
 
 
 def current_template(session: Session) -> NetworkTemplate:
@@ -222,7 +246,8 @@ def _store_template(session: Session, template: NetworkTemplate, ids: dict[str, 
     exported = export_template(template)
     settings = {"mode": template.mode, "teaming_mode": template.teaming_mode,
                 "conduit_map": exported["conduit_map"],
-                "interface_map": exported.get("interface_map", []), "updated_at": utcnow()}
+                "interface_map": exported.get("interface_map", []), "updated_at": utcnow(),
+                "version": uuid.uuid4().hex}
     if session.execute(select(_settings.c.id).where(_settings.c.id == SETTINGS_ID)).first():
         session.execute(update(_settings).where(_settings.c.id == SETTINGS_ID).values(**settings))
     else:
@@ -642,25 +667,20 @@ def _used_addresses(session: Session, network_ids: list[int]) -> UsedAddresses:
 
 
 def _locked_network(session: Session, name: str) -> tuple[NetworkTemplate, dict[str, int], Network, list[int]]:
-    """Lock `name` and the networks sharing its addresses, then read the template."""
+    """Lock `name` and the networks sharing its addresses, then make sure the template read is
+    the one in force (a change of the template locks every network row, so it waits for us or
+    we for it)."""
     locked: set[int] = set()
     for _attempt in range(5):
-        rows = session.execute(select(_nets.c.id, _nets.c.name, _nets.c.subnet)).all()
-        by_name = {row.name: row for row in rows}
-        if name not in by_name:
-            known = ", ".join(sorted(by_name)) or "none"
-            raise NotFound(f"network {name!r} does not exist (networks: {known})", field="network")
-        subnet = ipaddress.ip_network(by_name[name].subnet)
-        wanted = {row.id for row in rows
-                  if (other := ipaddress.ip_network(row.subnet)).version == subnet.version
-                  and other.overlaps(subnet)}
-        _lock_networks(session, wanted - locked)
-        locked |= wanted
-        template, ids = _read_template(session)
-        network = _get(template, name)
-        group = [ids[n.name] for n in _sharing(template, network)]
-        if set(group) <= locked or not _postgresql(session):
-            return template, ids, network, group
+        stored = _read_stored(session)
+        network = _get(stored.template, name)
+        group = [stored.ids[n.name] for n in _sharing(stored.template, network)]
+        if not _postgresql(session):  # BEGIN IMMEDIATE: nobody else writes until we commit
+            return stored.template, dict(stored.ids), network, group
+        _lock_networks(session, set(group) - locked)
+        locked |= set(group)
+        if _read_stored(session).version == stored.version:
+            return stored.template, dict(stored.ids), network, group
     raise Conflict(f"network {name!r} kept changing while allocating; try again")
 
 
@@ -815,13 +835,12 @@ def node_addresses(session: Session, node_ids: list[int]) -> dict[int, dict[str,
     return out
 
 
-def _node(session: Session, key) -> Node:
+def _node(session: Session, key):
+    """(id, name) of a node given by name or id (without loading its JSON columns)."""
     key = str(key).strip()
-    row = None
-    if key.isdigit():
-        row = session.get(Node, int(key))
-    if row is None:
-        row = session.scalar(select(Node).where(Node.name == key))
+    row = session.execute(select(Node.id, Node.name).where(Node.name == key)).first()
+    if row is None and key.isdigit():
+        row = session.execute(select(Node.id, Node.name).where(Node.id == int(key))).first()
     if row is None:
         raise NotFound(f"node {key!r} does not exist", field="node")
     return row
@@ -1155,11 +1174,12 @@ def whois(session: Session, device: str, ports: Iterable[Mapping] = (),
     return out
 
 
-def _neutron_plan(session: Session, node: Node, template: NetworkTemplate):
+def _neutron_plan(session: Session, node, template: NetworkTemplate):
     """The node's interface plan, with nova_fixed attached even when the node has no address on
     it: Neutron only needs the interface its conduit resolves to (the linuxbridge agent adds
     its own VLAN subinterfaces). The stand-in address is never shown or configured."""
-    nics, product = _inventory(node.name, node.discovery)
+    discovery = session.execute(select(Node.discovery).where(Node.id == node.id)).scalar()
+    nics, product = _inventory(node.name, discovery)
     addresses = node_addresses(session, [node.id])[node.id]
     roles = _roles_of(session, [node.id])[node.id]
     fixed = template.networks.get(neutron.FIXED_NETWORK)

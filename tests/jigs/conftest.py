@@ -47,6 +47,20 @@ def alive():
     return check
 
 
+@pytest.fixture
+def gone(alive):
+    """Whether a pid ends within `timeout`: a kill is delivered asynchronously, a loaded machine lags."""
+    def wait(pid: int, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    return wait
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

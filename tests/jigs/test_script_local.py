@@ -86,7 +86,7 @@ def test_wall_must_be_an_object(make_ctx):
     assert "wrote a JSON list to $CROWBAR_WALL; it must be an object" in result.log
 
 
-def test_timeout_kills_the_whole_process_group(make_ctx, alive):
+def test_timeout_kills_the_whole_process_group(make_ctx, gone):
     ctx = make_ctx({"01-hang.sh": "echo started\nsleep 60 &\necho $! > child.pid\nwait\n",
                     "02-never.sh": "touch ran\n"},
                    attrs={"crowbar": {"script": {"timeout": 1}}})
@@ -96,7 +96,7 @@ def test_timeout_kills_the_whole_process_group(make_ctx, alive):
     assert not result.ok
     assert "started" in result.log
     assert "<== 01-hang.sh killed: the run exceeded its timeout of 1 s" in result.log
-    assert not alive(int((ctx.workdir / "child.pid").read_text()))
+    assert gone(int((ctx.workdir / "child.pid").read_text()))
     assert not (ctx.workdir / "ran").exists()
 
 

@@ -71,7 +71,7 @@ def test_invalid_wall_fails(make_ctx, sshd):
     assert "01-bad.sh wrote invalid JSON to $CROWBAR_WALL" in result.log
 
 
-def test_timeout_kills_the_remote_script(make_ctx, sshd, tmp_path, alive):
+def test_timeout_kills_the_remote_script(make_ctx, sshd, tmp_path, gone):
     pid_file = tmp_path / "remote-child.pid"
     ctx = make_ctx({"01-hang.sh": f"echo started\nsleep 60 &\necho $! > {pid_file}\nwait\n"},
                    node=_node(sshd), attrs={"crowbar": {"script": {"timeout": 1}}})
@@ -81,7 +81,7 @@ def test_timeout_kills_the_remote_script(make_ctx, sshd, tmp_path, alive):
     assert not result.ok
     assert "started" in result.log
     assert "<== 01-hang.sh killed: the run exceeded its timeout of 1 s" in result.log
-    assert not alive(int(pid_file.read_text()))
+    assert gone(int(pid_file.read_text()))
 
 
 def test_missing_address_is_a_clear_failure(make_ctx):

@@ -25,6 +25,7 @@ def upgrade() -> None:
     sa.Column('conduit_map', JSONType, nullable=False),
     sa.Column('interface_map', JSONType, nullable=False),
     sa.Column('neutron', JSONType, nullable=False),
+    sa.Column('version', sa.String(length=32), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
