@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -110,8 +111,27 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     app.state.advertise_url = advertise_url
     log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(), ", ".join(listens))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler that
+    # was there before it: by default that kills the process before the `finally` below could stop
+    # dnsmasq. Make that second SIGTERM an exception, stop the provisioner, then die of SIGTERM as
+    # before (callers see the same exit status).
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    terminated = False
     try:
         asyncio.run(server.serve(sockets=sockets))
+    except _Terminated:
+        terminated = True
     finally:
         if provisioner:
             provisioner.stop()
+    if terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, once uvicorn has shut down."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise _Terminated

@@ -500,7 +500,7 @@ def main() -> None:
     try:
         cli(standalone_mode=False)
     except CliError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the server said
         sys.exit(exc.code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

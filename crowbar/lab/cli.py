@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -113,12 +114,21 @@ def lab_status(output: str, directory: Path | None) -> None:
     _print_vms(status)
 
 
+# SeaBIOS's serial copy of the screen is a terminal stream: escape sequences, backspaces, CRs.
+_TERMINAL = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)|[^\n]\x08|\r(?=\n)")
+
+
+def _printable(text: str, raw: bool) -> str:
+    return text if raw else _TERMINAL.sub("", text).replace("\x08", "")
+
+
 @lab_group.command("console")
 @click.argument("node")
 @click.option("--follow", "-f", is_flag=True, help="keep printing what the VM writes (Ctrl-C stops)")
 @click.option("--lines", type=int, default=0, help="only the last N lines")
+@click.option("--raw", is_flag=True, help="as the VM wrote it, terminal escape sequences included")
 @dir_option
-def lab_console(node: str, follow: bool, lines: int, directory: Path | None) -> None:
+def lab_console(node: str, follow: bool, lines: int, raw: bool, directory: Path | None) -> None:
     """A VM's serial console log (NODE: vm1, or the node's name)."""
     lab = _lab(directory)
     if lab.state is None:
@@ -130,7 +140,7 @@ def lab_console(node: str, follow: bool, lines: int, directory: Path | None) -> 
         data = vm.console.read_bytes()
     except FileNotFoundError:
         raise CliError(f"{vm.console} does not exist") from None
-    text = data.decode(errors="replace")
+    text = _printable(data.decode(errors="replace"), raw)
     if lines:
         text = "\n".join(text.splitlines()[-lines:]) + "\n"
     sys.stdout.write(text)
@@ -145,7 +155,7 @@ def lab_console(node: str, follow: bool, lines: int, directory: Path | None) -> 
                     more = f.read()
                 if more:
                     position += len(more)
-                    sys.stdout.write(more.decode(errors="replace"))
+                    sys.stdout.write(_printable(more.decode(errors="replace"), raw))
                     sys.stdout.flush()
         except KeyboardInterrupt:
             pass

@@ -33,6 +33,9 @@ from crowbar.lab.vm import ADMIN_BRIDGE, DATA_BRIDGE, MAX_NICS, MAX_VMS, Vm
 STATE_FILE = "lab.json"
 ADMIN_ADDRESS = "192.168.124.10"  # in the default network template's admin 192.168.124.0/24, outside its ranges
 ADMIN_PREFIX = 24
+# An IPv6 ULA prefix on the admin bridge: the provisioner's dnsmasq then sends router advertisements,
+# which end iPXE's ~13 s wait for IPv6 routers on every boot. Nothing routes it; it stays in the lab.
+ADMIN_IPV6 = "fd00:cb::10/64"
 API_PORT = 3000
 NS_PREFIX = "cblab-"
 QEMU = "qemu-system-x86_64"
@@ -256,9 +259,10 @@ class Lab:
             self._import_barclamp()
             self._start_vms()
         except BaseException:
-            self.say("lab up failed: removing what it created")
+            self.say("lab up failed: stopping what it started (the logs stay in "
+                     f"{self.dir} until `crowbar lab down`)")
             try:
-                self.down(keep_logs=True)
+                self.down(keep_files=True)
             except Exception as exc:  # the original error matters more
                 self.say(f"cleanup failed too: {exc}")
             raise
@@ -280,6 +284,7 @@ class Lab:
             self._save()
             if bridge == ADMIN_BRIDGE:
                 self._ip("addr", "add", f"{ADMIN_ADDRESS}/{ADMIN_PREFIX}", "dev", bridge)
+                self._ip("addr", "add", ADMIN_IPV6, "dev", bridge, "nodad")
             self._ip("link", "set", bridge, "up")
         for vm in st.vms:
             for nic in vm.nics:
@@ -330,8 +335,7 @@ class Lab:
 
         st = self.state
         for vm in st.vms:
-            vm.create_disk()
-            vm.console.touch()
+            vm.prepare()
             done = subprocess.run(["ip", "netns", "exec", st.namespace, *vm.argv()], stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=60)
             if done.returncode != 0:
@@ -359,10 +363,11 @@ class Lab:
         by_mac = {mac: vm for vm in self.state.vms for mac in vm.macs}
         found: dict[str, dict] = {}
         changed = False
+        ours = f"d52-54-00-cb-{self.state.lab_byte:02x}-"  # discovered names come from a lab MAC
         for row in api.get("/nodes"):
-            if row.get("admin"):
-                continue
             known = next((vm for vm in self.state.vms if vm.node == row["name"]), None)
+            if row.get("admin") or not (known or row["name"].startswith(ours)):
+                continue
             node = api.get(f"/nodes/{row['id']}")
             macs = {str(nic.get("mac", "")).lower() for nic in (node.get("discovery") or {}).get("nics") or []
                     if isinstance(nic, dict)}
@@ -443,8 +448,11 @@ class Lab:
         return out
 
     # -- down -----------------------------------------------------------------------------------
-    def down(self, keep_logs: bool = False) -> list[str]:
-        """Stop and remove everything the lab created; returns what was done. Idempotent."""
+    def down(self, keep_files: bool = False) -> list[str]:
+        """Stop and remove everything the lab created; returns what was done. Idempotent.
+
+        `keep_files` (a failed `up`): stop the processes and delete the namespace, but keep the
+        state and the logs, for a later `down` to remove."""
         done: list[str] = []
         st = self.state
         if st is None:
@@ -475,20 +483,24 @@ class Lab:
         left = [pid for pid in [st.server.get("pid"), *(self.vm_pid(vm) for vm in st.vms)] if alive(pid, marker)]
         if left:
             raise LabError(f"processes {left} are still running")
-        self._remove_files(keep_logs)
+        if keep_files:
+            return done
+        self._remove_files()
         self.state = None
         return done
 
-    def _remove_files(self, keep_logs: bool) -> None:
-        from crowbar.config import registry_file_for_socket
-
-        registry_file_for_socket(str(self.socket)).unlink(missing_ok=True)
+    def _remove_files(self) -> None:
+        # The tokens the server published for the local CLI: the socket's, and the TCP listener's
+        # (shared by every lab, so only when it is still this lab's token).
+        config.registry_file_for_socket(str(self.socket)).unlink(missing_ok=True)
+        try:
+            token = (self.dir / "server" / "admin.token").read_text().strip()
+            tcp = config.registry_file(ADMIN_ADDRESS, API_PORT)
+            if tcp.read_text().strip() == token:
+                tcp.unlink()
+        except OSError:
+            pass
         self.socket.unlink(missing_ok=True)
-        if keep_logs:  # a failed up: keep what explains it, but no state (nothing runs any more)
-            for vm in (self.state.vms if self.state else []):
-                Path(vm.disk).unlink(missing_ok=True)
-            self.state_file.unlink(missing_ok=True)
-            return
         shutil.rmtree(self.dir / "server", ignore_errors=True)
         shutil.rmtree(self.dir / "vms", ignore_errors=True)
         (self.dir / "server.log").unlink(missing_ok=True)

@@ -91,11 +91,18 @@ class Vm:
     def disk_bytes(self) -> int:
         return int(self.disk_gb * (1 << 30))
 
-    def create_disk(self) -> None:
-        """A sparse raw disk: takes no space until the VM writes to it."""
+    @property
+    def sercon(self) -> Path:
+        return Path(self.dir) / "sercon-port"
+
+    def prepare(self) -> None:
+        """The VM's directory: a sparse raw disk (no space until the VM writes), the console log,
+        and SeaBIOS's serial console setting (COM1, 0x3f8)."""
         Path(self.dir).mkdir(parents=True, exist_ok=True)
         with open(self.disk, "wb") as f:
             f.truncate(self.disk_bytes)
+        self.sercon.write_bytes((0x3F8).to_bytes(2, "little"))
+        self.console.touch()
 
     def argv(self, qemu: str = "qemu-system-x86_64") -> list[str]:
         """qemu's command line: paused, daemonized, serial to console.log (appended across starts)."""
@@ -103,6 +110,9 @@ class Vm:
                 "-m", str(self.memory_mb), "-smp", str(self.cpus),
                 "-display", "none", "-vga", "none", "-monitor", "none",
                 "-chardev", f"file,id=serial0,path={self.console},append=on", "-serial", "chardev:serial0",
+                # SeaBIOS copies its screen (and so iPXE's) to the serial port: the PXE steps show
+                # in the console log too. The port is a little-endian integer file (see prepare).
+                "-fw_cfg", f"name=etc/sercon-port,file={self.sercon}",
                 "-qmp", f"unix:{self.qmp},server=on,wait=off",
                 "-pidfile", str(self.pidfile), "-daemonize", "-S", "-boot", "order=n",
                 "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,26 @@ class ProvisionerConfig:
     domain: str = provisioning.DEFAULT_DOMAIN
 
 
+def interface_ipv6_prefix(interface: str) -> str | None:
+    """The /64 of the interface's first global (or ULA) IPv6 address, or None.
+
+    When there is one, dnsmasq advertises it (router lifetime 0, see DhcpSettings.ipv6_ra_prefix),
+    which spares every iPXE boot its wait of about 13 s for IPv6 routers that never answer.
+    """
+    try:
+        out = subprocess.run(["ip", "-6", "-o", "addr", "show", "dev", interface, "scope", "global"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        words = line.split()
+        if "inet6" in words[:-1]:
+            address = ipaddress.IPv6Interface(words[words.index("inet6") + 1])
+            if address.network.prefixlen == 64:
+                return str(address.network)
+    return None
+
+
 class Provisioner:
     def __init__(self, db: Database, config: ProvisionerConfig, interval: float = 1.0):
         self.db, self.config, self.interval = db, config, interval
@@ -63,7 +84,7 @@ class Provisioner:
             subnet=str(subnet.network_address), netmask=str(subnet.netmask),
             range_start=str(pool.start), range_end=str(pool.end), domain=self.config.domain,
             tftp_root=self.state_dir / "tftp", http_boot_url=f"{self.config.advertise_url}/boot",
-            state_dir=self.state_dir, router=None)
+            state_dir=self.state_dir, router=None, ipv6_ra_prefix=interface_ipv6_prefix(self.config.interface))
 
     def start(self) -> None:
         self.image = build_discovery_image(Path(self.config.data_dir) / "images")

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -97,6 +97,20 @@ _ranges = NetworkRange.__table__
 _allocs = NetworkAllocation.__table__
 _segments = NeutronSegment.__table__
 _settings = NetworkSettings.__table__
+
+# The allocator's statements, built once: one allocation per transaction runs these and little
+# else, so building and cache-keying them per call would cost more than executing them.
+_Q_VERSION = select(_settings.c.version).where(_settings.c.id == SETTINGS_ID)
+_Q_NODE_BY_NAME = select(Node.id, Node.name).where(Node.name == bindparam("key"))
+_Q_NODE_BY_ID = select(Node.id, Node.name).where(Node.id == bindparam("key"))
+_Q_EXISTING = select(_allocs.c.id, _allocs.c.address, _allocs.c.range).where(
+    _allocs.c.network_id == bindparam("network_id"), _allocs.c.node_id == bindparam("node_id"))
+_IN_GROUP = _allocs.c.network_id.in_(bindparam("group", expanding=True))
+_IN_SPAN = (_allocs.c.address_key >= bindparam("low"), _allocs.c.address_key <= bindparam("high"))
+_Q_TAKEN = select(_allocs.c.id).where(_IN_GROUP, _allocs.c.address_key == bindparam("key")).limit(1)
+_Q_SPAN_STATS = select(func.count(), func.max(_allocs.c.address_key)).where(_IN_GROUP, *_IN_SPAN)
+_Q_SPAN_KEYS = select(_allocs.c.address_key).where(_IN_GROUP, *_IN_SPAN)
+_INSERT_ALLOCATION = insert(_allocs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +202,7 @@ _CACHE_SIZE = 16
 def _read_stored(session: Session) -> _Stored:
     """The stored template and each network's row id. Read with Core (always the committed
     state, never stale ORM objects); parsed once per version token and process."""
-    version = session.execute(select(_settings.c.version).where(_settings.c.id == SETTINGS_ID)).scalar()
+    version = session.connection().execute(_Q_VERSION).scalar()
     if version and version in _CACHE:
         return _CACHE[version]
     settings = session.execute(select(_settings).where(_settings.c.id == SETTINGS_ID)).first()
@@ -632,32 +646,28 @@ class _UsedInDatabase(UsedAddresses):
 
     def __init__(self, session: Session, network_ids: list[int]):
         super().__init__()
-        self.session, self.network_ids = session, network_ids
-
-    def _where(self):
-        return _allocs.c.network_id.in_(self.network_ids)
+        self.conn, self.network_ids = session.connection(), list(network_ids)
 
     def __contains__(self, address) -> bool:
-        return self.session.execute(select(_allocs.c.id).where(
-            self._where(), _allocs.c.address_key == address_key(address)).limit(1)).first() is not None
+        return self.conn.execute(_Q_TAKEN, {"group": self.network_ids,
+                                            "key": address_key(address)}).first() is not None
 
     def __len__(self) -> int:
-        return self.session.scalar(select(func.count()).select_from(_allocs).where(self._where()))
+        return self.conn.execute(select(func.count()).select_from(_allocs).where(
+            _allocs.c.network_id.in_(self.network_ids))).scalar()
 
     def add(self, address) -> None:  # pragma: no cover - the database is the source of truth
         raise NotImplementedError("insert an allocation instead")
 
     def first_free(self, first: int, last: int) -> int | None:
-        low, high = address_key(first), address_key(last)
-        in_range = (self._where(), _allocs.c.address_key >= low, _allocs.c.address_key <= high)
-        count, top = self.session.execute(
-            select(func.count(), func.max(_allocs.c.address_key)).where(*in_range)).one()
+        params = {"group": self.network_ids, "low": address_key(first), "high": address_key(last)}
+        count, top = self.conn.execute(_Q_SPAN_STATS, params).one()
         if not count:
             return first
         top = int(top, 16)
         if top - first + 1 == count:  # dense from the start of the range
             return top + 1 if top < last else None
-        keys = self.session.scalars(select(_allocs.c.address_key).where(*in_range))
+        keys = self.conn.execute(_Q_SPAN_KEYS, params).scalars()
         return UsedAddresses(int(k, 16) for k in keys).first_free(first, last)
 
 
@@ -722,8 +732,8 @@ def allocate(session: Session, network_name: str, node_key, range_name: str | No
     for _attempt in range(RETRIES):
         template, ids, network, group = _locked_network(session, network_name)
         network_id = ids[network_name]
-        existing = session.execute(select(_allocs.c.id, _allocs.c.address, _allocs.c.range).where(
-            _allocs.c.network_id == network_id, _allocs.c.node_id == node.id)).first()
+        existing = session.connection().execute(
+            _Q_EXISTING, {"network_id": network_id, "node_id": node.id}).first()
         used = _UsedInDatabase(session, group)
         chosen = choose_address(network, range_name, used,
                                 existing=existing.address if existing else None, hint=address)
@@ -741,7 +751,7 @@ def allocate(session: Session, network_name: str, node_key, range_name: str | No
                 if existing is not None:  # its old address is no longer valid (renumbered)
                     session.execute(update(_allocs).where(_allocs.c.id == existing.id).values(**values))
                 else:
-                    session.execute(insert(_allocs).values(created_at=utcnow(), **values))
+                    session.connection().execute(_INSERT_ALLOCATION, {"created_at": utcnow(), **values})
         except IntegrityError:
             continue  # a concurrent allocation took it first: look again
         graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "allocate",
@@ -837,10 +847,10 @@ def node_addresses(session: Session, node_ids: list[int]) -> dict[int, dict[str,
 
 def _node(session: Session, key):
     """(id, name) of a node given by name or id (without loading its JSON columns)."""
-    key = str(key).strip()
-    row = session.execute(select(Node.id, Node.name).where(Node.name == key)).first()
+    key, conn = str(key).strip(), session.connection()
+    row = conn.execute(_Q_NODE_BY_NAME, {"key": key}).first()
     if row is None and key.isdigit():
-        row = session.execute(select(Node.id, Node.name).where(Node.id == int(key))).first()
+        row = conn.execute(_Q_NODE_BY_ID, {"key": int(key)}).first()
     if row is None:
         raise NotFound(f"node {key!r} does not exist", field="node")
     return row

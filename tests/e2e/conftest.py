@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("CROWBAR_TEST_POSTGRES_URL")
 PG_MISSING = "PostgreSQL not available: CROWBAR_TEST_POSTGRES_URL is unset (`make test` starts a throwaway cluster)"
 STOP_TIMEOUT = 20.0
-START_TIMEOUT = 45.0
+START_TIMEOUT = 60.0
 CLI_TIMEOUT = 120.0
 
 
@@ -63,6 +64,16 @@ def _die_with_parent() -> None:
 
 
 def free_port() -> int:
+    """A free loopback port below Linux's ephemeral range, so that no client connection takes it
+    between this check and the server's bind (start() retries if something else does)."""
+    for _ in range(50):
+        port = random.randrange(20000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -74,6 +85,10 @@ def clean_env(**extra: str) -> dict[str, str]:
     env.update(NO_COLOR="1", TERM="dumb", COLUMNS="200", PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
+
+
+class PortTaken(Exception):
+    pass
 
 
 @dataclass
@@ -127,7 +142,19 @@ class Server:
                             "HOME": str(self.root / "home"), **extra})
 
     # -- process control ------------------------------------------------------------------------
-    def start(self) -> "Server":
+    def start(self, same_port: bool = False) -> "Server":
+        """Start (or restart) the server; if its port was taken meanwhile, try again."""
+        for attempt in range(5):
+            try:
+                return self._start()
+            except PortTaken:
+                if same_port:
+                    time.sleep(1)
+                else:
+                    self.port = free_port()
+        return self._start()
+
+    def _start(self) -> "Server":
         assert self.proc is None or self.proc.poll() is not None, "already running"
         log = self.root / f"server-{self.name}-{len(self.logs) + 1}.log"
         self.logs.append(log)
@@ -148,6 +175,8 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "Address already in use" in self.logs[-1].read_text(errors="replace"):
+                    raise PortTaken(self.port)
                 raise RuntimeError(f"crowbar server exited with {self.proc.returncode} before it was healthy:\n"
                                    f"{self.log_text()}")
             try:
