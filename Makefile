@@ -2,11 +2,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := openssh-server
+# openssh-server: the script jig's SSH tests. The virtual lab (`make demo`, the e2e tests): a kernel
+# and busybox-static for the discovery image, qemu (with its iPXE NIC ROMs, ipxe-qemu), dnsmasq's
+# binary (dnsmasq-base: no system-wide DNS service), iPXE's undionly.kpxe/ipxe.efi, iproute2.
+APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2
 
 .PHONY: demo test deps venv benchmark clean
 
-demo: venv
+demo: deps venv
 	$(BIN)/python -m crowbar.demo
 
 test: deps venv

@@ -1,8 +1,15 @@
-"""`make demo`: a Crowbar server on SQLite, a few nodes, a deployment of the test barclamp, annealed
-with live progress. The server keeps running afterwards so you can look around with the CLI.
+"""`make demo`: the virtual lab. Three qemu VMs PXE-boot from a Crowbar server in a network
+namespace of their own, are discovered and inventoried, allocated (each reboots onto its reserved
+admin address), and a deployment runs the lab barclamp's script role `lab-facts` on the VMs
+themselves, through their discovery agents. The lab keeps running afterwards: look around with the
+CLI (its default endpoint is the lab's server), `crowbar lab down` removes it.
 
-Everything lives under ./var/demo (database, admin token, server log); running the demo again stops
-the previous demo server (by the PID it recorded) and starts over.
+The lab lives in the default lab directory (`<data dir>/lab`, or CROWBAR_LAB_DIR); running the demo
+again takes the previous lab down first.
+
+`python -m crowbar.demo --no-lab` is the demo for machines without qemu: a Crowbar server on SQLite
+(under ./var/demo), a few nodes, a deployment of the test barclamp annealed with live progress.
+Running it again stops the previous demo server (by the PID it recorded) and starts over.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ def crowbar(*args: str, env: dict) -> None:
     subprocess.run([sys.executable, "-m", "crowbar.cli.main", *args], env=env, check=False)
 
 
-def main() -> int:
+def sqlite_demo() -> int:
     stop_previous()
     ROOT.mkdir(parents=True)
     port = 3000 if port_free(3000) else free_port()
@@ -107,6 +114,160 @@ def main() -> int:
                   f"      {prefix}.venv/bin/crowbar events --limit 20\n"
                   f"Stop: kill {server.pid}   (the demo server keeps running until then)")
     return 0
+
+
+# -- the lab --------------------------------------------------------------------------------------
+LAB_NODES = 3
+LAB_MEMORY_MB = 512
+DEPLOYMENT = "lab"
+
+
+def lab_env() -> dict:
+    """The CLI's environment: the default endpoint, which is the running lab's server."""
+    return {k: v for k, v in os.environ.items() if k not in ("CROWBAR_ENDPOINT", "CROWBAR_TOKEN")}
+
+
+def run(*args: str, check: bool = True) -> int:
+    """`crowbar ARGS`, shown, with its output (and progress bars) on this terminal."""
+    console.print(f"[bold cyan]$ crowbar {' '.join(args)}[/]")
+    code = subprocess.run([sys.executable, "-m", "crowbar.cli.main", *args], env=lab_env(), check=False).returncode
+    if check and code != 0:
+        raise SystemExit(f"`crowbar {' '.join(args)}` failed (exit {code})")
+    return code
+
+
+def _size(n: int | None) -> str:
+    if not n:
+        return "?"
+    for unit, shift in (("GiB", 30), ("MiB", 20)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.3g} {unit}"
+    return f"{n} B"
+
+
+def inventory_table(lab, nodes: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="Discovered: what each VM reported about itself")
+    for column in ("node", "vm", "MACs", "CPUs", "memory", "disks", "NICs", "kernel"):
+        table.add_column(column)
+    vm_of = {vm.node: vm.name for vm in lab.state.vms}
+    for node in nodes:
+        inv = node.get("discovery") or {}
+        nics = inv.get("nics") or []
+        table.add_row(node["name"], vm_of.get(node["name"], ""), "\n".join(n.get("mac", "") for n in nics),
+                      str((inv.get("cpu") or {}).get("count", "?")),
+                      _size((inv.get("memory") or {}).get("installed_bytes")),
+                      "\n".join(f"{d.get('name')} {_size(d.get('size_bytes'))}" for d in inv.get("disks") or []),
+                      "\n".join(f"{n.get('name')} {n.get('driver')}" for n in nics), inv.get("kernel", ""))
+    return table
+
+
+def result_table(api, lab):
+    from rich.table import Table
+
+    nodes = {n["name"]: n for n in api.get("/nodes")}
+    addresses = {a["node"]: a["address"] for a in api.get("/networks/admin/allocations")}
+    table = Table(title="Nodes and their lab-facts noderoles (the wall: read on the VM itself)")
+    for column in ("node", "vm", "state", "admin address", "noderole", "state ", "wall: kernel", "wall: MAC",
+                   "wall: IPv4"):
+        table.add_column(column)
+    for vm in lab.state.vms:
+        node = nodes.get(vm.node or "", {})
+        for nr in api.get("/node_roles", deployment=DEPLOYMENT, node=vm.node) if vm.node else [{}]:
+            wall = (api.get(f"/node_roles/{nr['id']}").get("wall") or {}).get("lab", {}) if nr else {}
+            table.add_row(vm.node or "", vm.name, node.get("state", ""), addresses.get(vm.node, ""),
+                          f"{nr.get('id', '')} {nr.get('role', '')}", nr.get("state", ""), wall.get("kernel", ""),
+                          wall.get("mac", ""), ", ".join(wall.get("ipv4", [])))
+    return table
+
+
+def lab_demo() -> int:
+    from crowbar import config
+    from crowbar.lab.lab import Lab, LabError, missing_tools
+
+    problems = missing_tools()
+    if os.geteuid() != 0:
+        problems.append("root (network namespaces, bridges and taps)")
+    try:
+        from crowbar.provisioner.image import default_kernel_version
+
+        default_kernel_version()
+    except Exception as exc:
+        problems.append(str(exc))
+    if problems:
+        console.print("[red]the lab needs:[/] " + "; ".join(problems))
+        console.print("`make demo` installs the Debian packages; without qemu, run "
+                      "`.venv/bin/python -m crowbar.demo --no-lab` (the SQLite-only demo)")
+        return 1
+    console.rule("[bold]Crowbar demo: the virtual lab")
+    lab_dir = config.lab_dir()
+    try:
+        previous = Lab(lab_dir)
+        if previous.state is not None:
+            console.print(f"taking down the previous lab in {lab_dir}")
+            run("lab", "down")
+    except LabError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 1
+    console.print(f"{LAB_NODES} VMs ({LAB_MEMORY_MB} MB, TCG) PXE-boot from a Crowbar server in a network namespace; "
+                  "under software emulation each takes a minute or so to boot")
+    started = time.monotonic()
+    run("lab", "up", "--nodes", str(LAB_NODES), "--memory", str(LAB_MEMORY_MB), "--wait", "--timeout", "900")
+    timings = {"lab up, until all VMs were discovered": time.monotonic() - started}
+    lab = Lab(lab_dir)
+    api = Client(lab.endpoint)
+    nodes = [api.get(f"/nodes/{vm.node}") for vm in lab.state.vms]
+    console.print(inventory_table(lab, nodes))
+
+    console.rule("[bold]Allocate: each node reboots onto its reserved admin address")
+    started = time.monotonic()
+    for node in nodes:
+        _allocate(api, node["name"])
+    run("network", "allocations", "admin")
+
+    console.rule("[bold]Deploy: a script role that runs on the VMs themselves")
+    run("roles", "list", "--barclamp", "lab")
+    run("deployments", "create", DEPLOYMENT)
+    for node in nodes:
+        run("deployments", "bind", DEPLOYMENT, "lab-facts", node["name"])
+    run("deployments", "commit", DEPLOYMENT)
+    code = run("anneal", "--wait", "--timeout", "900", check=False)
+    timings["allocate, reboot, run lab-facts on every VM"] = time.monotonic() - started
+    run("nodes", "list")
+    run("noderoles", "list", "--deployment", DEPLOYMENT)
+    console.print(result_table(api, lab))
+    if code != 0:
+        console.print("[red]the anneal did not finish: see `crowbar noderoles log ID` and `crowbar lab console vm1`[/]")
+    console.print("  ".join(f"{what}: {seconds:.0f}s" for what, seconds in timings.items()))
+
+    console.rule("[bold]Look around")
+    hint = "" if "CROWBAR_ENDPOINT" not in os.environ else "(unset CROWBAR_ENDPOINT first) "
+    console.print(f"The lab keeps running; the CLI's default endpoint is its server {hint}({lab.endpoint}).\n"
+                  f"  .venv/bin/crowbar lab status               the namespace, the server, the VMs and their nodes\n"
+                  f"  .venv/bin/crowbar lab console vm1          vm1's serial console (BIOS, iPXE, kernel, agent)\n"
+                  f"  .venv/bin/crowbar noderoles list           the graph; `noderoles show ID` has the wall\n"
+                  f"  .venv/bin/crowbar nodes show {nodes[0]['name']}   its inventory\n"
+                  f"  .venv/bin/crowbar nodes power {nodes[0]['name']} cycle\n"
+                  f"Tear down: .venv/bin/crowbar lab down      (VMs, server, dnsmasq, taps, bridges, namespace)")
+    return code
+
+
+def _allocate(api, name: str) -> None:
+    """`crowbar nodes allocate NAME`, summed up in one line (its output is the whole node)."""
+    console.print(f"[bold cyan]$ crowbar nodes allocate {name}[/]")
+    out = api.post(f"/nodes/{name}/allocate")
+    console.print(f"{name}: {out['state']}, admin address {out.get('admin_address')}; rebooting")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m crowbar.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-lab", action="store_true",
+                        help="the SQLite-only demo, for machines without qemu (no VMs, no root)")
+    args = parser.parse_args(argv)
+    return sqlite_demo() if args.no_lab else lab_demo()
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class BindIn(BaseModel):
 class BarclampIn(BaseModel):
     path: str | None = Field(None, description="A barclamp directory on the server")
     files: dict[str, str] | None = Field(None, description="Or the files themselves: relative path -> text")
+    source: str | None = Field(None, description="Where the files came from (shown in errors and as source_path)")
 
 
 class AttribSet(BaseModel):
@@ -104,7 +105,9 @@ def create_app(db: Database, annealer=None) -> FastAPI:
 
     @app.exception_handler(IntegrityError)
     async def _integrity(_req: Request, exc: IntegrityError):
-        return JSONResponse({"error": "conflict", "message": f"conflicts with existing data: {exc.orig}"},
+        # First line only: the database's DETAIL lines are for the server log, not for clients.
+        first = (str(exc.orig).strip().splitlines() or ["constraint violated"])[0]
+        return JSONResponse({"error": "conflict", "message": f"conflicts with existing data: {first}"},
                             status_code=409)
 
     @app.exception_handler(OperationalError)
@@ -177,7 +180,7 @@ def create_app(db: Database, annealer=None) -> FastAPI:
                     target = Path(tmp, *p.parts)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_text(text)
-                out = catalog.import_barclamp(s, tmp, actor=who)
+                out = catalog.import_barclamp(s, tmp, actor=who, source=body.source)
                 s.commit()
                 return out
         if body.path:

@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from crowbar.api import deps
 from crowbar.db.models import Node, NodeMac
@@ -49,8 +50,15 @@ async def discovery(request: Request):
     except ValueError as exc:
         raise InvalidInput(f"the inventory is not JSON: {exc}", field="body") from None
     db = request.app.state.db
-    with db.session() as s:
-        out = provisioning.discover(s, inventory, getattr(request.app.state, "domain", provisioning.DEFAULT_DOMAIN))
+    domain = getattr(request.app.state, "domain", provisioning.DEFAULT_DOMAIN)
+
+    def work() -> dict:
+        with db.session() as s:
+            return provisioning.discover(s, inventory, domain)
+
+    # Not on the event loop: the session waits for SQLite's write lock, and a request holding it
+    # may need the loop to finish, which would stall the whole server for the busy timeout (60 s).
+    out = await run_in_threadpool(work)
     if request.app.state.annealer is not None:
         request.app.state.annealer.wake()
     return out

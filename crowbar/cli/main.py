@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -104,9 +103,6 @@ def barclamps_show(ctx: Context, barclamp: str, output: str) -> None:
     emit_object(ctx.api.get(f"/barclamps/{barclamp}"), output)
 
 
-SERVER_TMP_BARCLAMP = re.compile(r"(?<![\w/])/[^\s'\"]*/barclamp-[A-Za-z0-9_]+/")
-
-
 @barclamps.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @output_option
@@ -125,12 +121,7 @@ def barclamps_import(ctx: Context, path: Path, output: str) -> None:
                 files[f.relative_to(directory).as_posix()] = f.read_text()
             except UnicodeDecodeError:
                 raise CliError(f"{f}: not a text file") from None
-    try:
-        result = ctx.api.request("POST", "/barclamps", json={"files": files}).json()
-    except CliError as exc:
-        # The server validates the files in a temporary directory of its own: name the user's instead.
-        raise CliError(SERVER_TMP_BARCLAMP.sub(lambda _m: f"{directory}/", str(exc)), exc.code) from None
-    result["source_path"] = str(directory.resolve())
+    result = ctx.api.request("POST", "/barclamps", json={"files": files, "source": str(directory.resolve())}).json()
     emit_object(result, output)
 
 

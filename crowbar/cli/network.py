@@ -200,6 +200,7 @@ def network_export(ctx, output: str) -> None:
 @output_option
 @click.pass_obj
 def network_list(ctx, output: str) -> None:
+    """Networks with their subnet, VLAN, conduit, ranges and number of allocations."""
     rows = ctx.api.get("/networks")
     emit_list(rows if output == "json" else _ranges_cell(rows), NETWORK_COLUMNS, output)
 
@@ -209,6 +210,7 @@ def network_list(ctx, output: str) -> None:
 @output_option
 @click.pass_obj
 def network_show(ctx, name: str, output: str) -> None:
+    """One network, with how much of each range is in use."""
     out = ctx.api.get(f"/networks/{name}")
     if output != "json":
         out = {k: v for k, v in out.items() if k != "template"}
@@ -224,8 +226,13 @@ def network_show(ctx, name: str, output: str) -> None:
 @output_option
 @click.pass_obj
 def network_create(ctx, name: str, preview: bool, output: str, **options) -> None:
-    """Add a network, e.g. `crowbar network create mgmt --subnet 10.20.0.0/24 --conduit intf1
-    --vlan 20 --use-vlan --range host=10.20.0.10-10.20.0.200`."""
+    """Add a network (validated together with the whole template).
+
+    \b
+    Example:
+      crowbar network create mgmt --subnet 10.20.0.0/24 --conduit intf1 \\
+        --vlan 20 --use-vlan --range host=10.20.0.10-10.20.0.200
+    """
     body = {**_fields_from(options), "name": name}
     if body.get("ranges"):
         body["ranges"] = {k: v for k, v in body["ranges"].items() if v is not None}
@@ -260,6 +267,7 @@ def network_update(ctx, name: str, clear: tuple, preview: bool, force: bool, out
 @output_option
 @click.pass_obj
 def network_delete(ctx, name: str, preview: bool, force: bool, output: str) -> None:
+    """Delete a network (nodes with addresses on it need --force: they are released)."""
     _emit_change(ctx.api.request("DELETE", f"/networks/{name}" + _query(preview, force)).json(), output)
 
 
@@ -291,6 +299,7 @@ def network_allocate(ctx, network_name: str, node: str, range_name: str | None, 
 @output_option
 @click.pass_obj
 def network_allocations(ctx, network_name: str, output: str) -> None:
+    """The addresses allocated on NETWORK, in address order."""
     emit_list(ctx.api.get(f"/networks/{network_name}/allocations"), ALLOCATION_COLUMNS, output)
 
 
@@ -300,6 +309,7 @@ def network_allocations(ctx, network_name: str, output: str) -> None:
 @output_option
 @click.pass_obj
 def network_release(ctx, network_name: str, node: str, output: str) -> None:
+    """Give NODE's address on NETWORK back."""
     result = ctx.api.delete(f"/networks/{network_name}/allocations/{node}")
     if output == "json":
         emit_object(result, output)
@@ -377,6 +387,7 @@ def neutron_networks_create(ctx, name: str, network_type: str | None, vlan: int 
 @output_option
 @click.pass_obj
 def neutron_networks_list(ctx, output: str) -> None:
+    """Tenant networks (and the provider fixed network) with their segments."""
     emit_list(ctx.api.get("/neutron/networks"), TENANT_COLUMNS, output)
 
 
@@ -385,6 +396,7 @@ def neutron_networks_list(ctx, output: str) -> None:
 @output_option
 @click.pass_obj
 def neutron_networks_show(ctx, network_key: str, output: str) -> None:
+    """One tenant network (by id, id prefix or name)."""
     emit_object(ctx.api.get(f"/neutron/networks/{network_key}"), output)
 
 

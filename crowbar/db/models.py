@@ -20,9 +20,23 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator):
+    """DateTime(timezone=True) that reads back as UTC everywhere: SQLite stores no zone, so the
+    values it returns are naive and are given UTC here (they were written in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
 
 
 def utcnow() -> datetime:
@@ -40,7 +54,7 @@ class Barclamp(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     version: Mapped[str] = mapped_column(String(32), default="0")
     source_path: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     roles: Mapped[list[Role]] = relationship(back_populates="barclamp", order_by="Role.id")
 
 
@@ -87,12 +101,12 @@ class Node(Base):
     bootenv: Mapped[str] = mapped_column(String(64), default="local")
     discovery: Mapped[dict] = mapped_column(JSONType, default=dict)
     hints: Mapped[dict] = mapped_column(JSONType, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Provisioning (migration 0003): the lifecycle state (crowbar.provisioner.lifecycle), why it is
     # there, since when; the OS to install; how to power it.
     state: Mapped[str] = mapped_column(String(32), default="ready", server_default="ready")
     state_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
-    state_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow)
     os: Mapped[str | None] = mapped_column(String(64))
     boot_mac: Mapped[str | None] = mapped_column(String(17), unique=True)
     power_driver: Mapped[str] = mapped_column(String(32), default="manual", server_default="manual")
@@ -122,9 +136,9 @@ class AgentJob(Base):
     state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | done
     exit_code: Mapped[int | None] = mapped_column(Integer)
     output: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Deployment(Base):
@@ -135,7 +149,7 @@ class Deployment(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), index=True)
     system: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), default="proposed")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class DeploymentRole(Base):
@@ -168,7 +182,7 @@ class NodeRole(Base):
     wall: Mapped[dict] = mapped_column(JSONType, default=dict)
     run_count: Mapped[int] = mapped_column(Integer, default=0)
     status: Mapped[str] = mapped_column(Text, default="")
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class NodeRoleEdge(Base):
@@ -188,8 +202,8 @@ class Server(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     stopped: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -202,8 +216,8 @@ class Run(Base):
     state: Mapped[str] = mapped_column(String(16), default="running")  # running | succeeded | failed | lost
     attrs: Mapped[dict] = mapped_column(JSONType, default=dict)
     log: Mapped[str] = mapped_column(Text, default="")
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Event(Base):
@@ -212,7 +226,7 @@ class Event(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_object", "object_type", "object_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor: Mapped[str] = mapped_column(String(128), default="system")
     object_type: Mapped[str] = mapped_column(String(32))
     object_id: Mapped[int | None] = mapped_column(Integer)
@@ -229,4 +243,4 @@ class ApiToken(Base):
     kind: Mapped[str] = mapped_column(String(16), default="admin")  # admin | node
     node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     token_hash: Mapped[str] = mapped_column(String(128), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -162,6 +162,7 @@ class Binder:
     _on_node: dict[tuple[int, int], NodeRole | None] = field(default_factory=dict)
     _in_deployment: dict[tuple[int, int], NodeRole | None] = field(default_factory=dict)
     _deployment_roles: set[tuple[int, int]] = field(default_factory=set)
+    _locked: set[int] = field(default_factory=set)
     _events: list[dict] = field(default_factory=list)
     fresh_nodes: set[int] = field(default_factory=set)  # created in this transaction: no noderoles yet
     created: list[NodeRole] = field(default_factory=list)
@@ -186,6 +187,12 @@ class Binder:
         return self._chain[deployment.id]
 
     def bind(self, deployment: Deployment, role: Role, node: Node, _path: tuple[str, ...] = ()) -> NodeRole:
+        if deployment.id not in self._locked:
+            # Binds into one deployment take turns (PostgreSQL row lock; SQLite's BEGIN IMMEDIATE
+            # already serialises writers), so two of them never both create a shared parent such as
+            # test-server, nor race on the deployment role row.
+            self.session.execute(select(Deployment.id).where(Deployment.id == deployment.id).with_for_update())
+            self._locked.add(deployment.id)
         existing = self._find_on_node(node.id, role.id)
         if existing is not None:
             return existing

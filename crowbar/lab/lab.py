@@ -39,7 +39,7 @@ ADMIN_IPV6 = "fd00:cb::10/64"
 API_PORT = 3000
 NS_PREFIX = "cblab-"
 QEMU = "qemu-system-x86_64"
-REQUIRED = {QEMU: "qemu-system-x86", "dnsmasq": "dnsmasq", "ip": "iproute2", "setpriv": "util-linux"}
+REQUIRED = {QEMU: "qemu-system-x86", "dnsmasq": "dnsmasq-base", "ip": "iproute2", "setpriv": "util-linux"}
 
 Say = Callable[[str], None]
 
@@ -50,7 +50,12 @@ class LabError(Exception):
 
 def missing_tools() -> list[str]:
     """Binaries the lab needs that are not installed, with their Debian package."""
-    return [f"{tool} (Debian package {pkg})" for tool, pkg in REQUIRED.items() if not shutil.which(tool)]
+    from crowbar.provisioner.dnsmasq import BIOS_BOOT_FILE, IPXE_DIR
+
+    missing = [f"{tool} (Debian package {pkg})" for tool, pkg in REQUIRED.items() if not shutil.which(tool)]
+    if not (IPXE_DIR / BIOS_BOOT_FILE).is_file():
+        missing.append(f"{IPXE_DIR / BIOS_BOOT_FILE} (Debian package ipxe)")
+    return missing
 
 
 def _proc_state(pid: int) -> str | None:

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.barclamps import builtin_paths, loader
 from crowbar.db.models import Attrib, Barclamp, Role
+from crowbar.errors import CrowbarError
 from crowbar.services import lookup
 
 
@@ -31,8 +32,19 @@ def role_dict(role: Role, attribs: list[Attrib] | None = None) -> dict:
     return out
 
 
-def import_barclamp(session: Session, path: str | Path, actor: str = "system") -> dict:
-    return barclamp_dict(loader.load(session, loader.read(path), actor), full=True)
+def import_barclamp(session: Session, path: str | Path, actor: str = "system", source: str | None = None) -> dict:
+    """Load a barclamp directory. `source` names where its files came from when `path` is only a
+    temporary copy (an upload): errors and the stored source_path then name the user's directory."""
+    try:
+        bc = loader.read(path)
+        if source:
+            bc.path = Path(source)
+        return barclamp_dict(loader.load(session, bc, actor), full=True)
+    except CrowbarError as exc:
+        if source:
+            exc.message = exc.message.replace(str(Path(path)), source.rstrip("/"))
+            exc.args = (exc.message,)
+        raise
 
 
 def import_builtin(session: Session) -> list[str]:

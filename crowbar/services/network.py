@@ -642,7 +642,11 @@ class _UsedInDatabase(UsedAddresses):
     """What choose_address needs to know about taken addresses, asked of the database instead of
     loaded whole: a point lookup for a hint, and the lowest free address of a range found with
     one aggregate (count and max of the keys in the range: when the range is filled without
-    gaps from its start, the answer is max + 1) and, only when there is a gap, the keys."""
+    gaps from its start, the answer is max + 1) and, only when there is a gap, the keys.
+
+    Cost: the aggregate walks the range's index entries, so one allocation costs O(addresses
+    taken in the range) inside the database (about 1 ms at 1,000 taken, 2.5 ms at 10,000 on
+    SQLite). Allocating thousands at once: `allocate_many` (one read, then bisection)."""
 
     def __init__(self, session: Session, network_ids: list[int]):
         super().__init__()

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import pytest
 
-
+if TYPE_CHECKING:
+    from conftest import Server  # tests/e2e/conftest.py
 
 pytestmark = pytest.mark.e2e
 
 NODES = ["n1.e2e.test", "n2.e2e.test", "n3.e2e.test"]
+
 
 def anneal(s: Server, *args, expect: int, timeout: float = 60) -> str:
     r = s.cli("anneal", "--wait", "--timeout", timeout, *args)

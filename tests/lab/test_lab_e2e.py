@@ -34,7 +34,7 @@ def _crowbar() -> str:
 
 
 def _missing() -> str | None:
-    for tool, package in (("qemu-system-x86_64", "qemu-system-x86"), ("dnsmasq", "dnsmasq"), ("ip", "iproute2")):
+    for tool, package in (("qemu-system-x86_64", "qemu-system-x86"), ("dnsmasq", "dnsmasq-base"), ("ip", "iproute2")):
         if not shutil.which(tool):
             return f"{tool} is not installed (Debian package {package})"
     from crowbar.provisioner.image import BUSYBOX, ImageError, default_kernel_version
