@@ -108,7 +108,10 @@ def sqlite_demo() -> int:
     console.print(f"API:           {endpoint}/api/v2   (token in {ROOT / 'admin.token'})\n"
                   f"OpenAPI page:  {endpoint}/api/v2/docs\n"
                   f"Server log:    {ROOT / 'server.log'}\n")
-    prefix = "" if port == 3000 else f"CROWBAR_ENDPOINT={endpoint} "
+    from crowbar import config
+
+    # A running lab would be the CLI's default endpoint: name this server then.
+    prefix = "" if port == 3000 and not config.lab_endpoint() else f"CROWBAR_ENDPOINT={endpoint} "
     console.print(f"Try:  {prefix}.venv/bin/crowbar noderoles show 8\n"
                   f"      {prefix}.venv/bin/crowbar attribs get test-marker --node {NODES[1]}\n"
                   f"      {prefix}.venv/bin/crowbar events --limit 20\n"

@@ -12,7 +12,9 @@ Changes here must come with an Alembic migration (0002_networks.py and later).
   does; `address_key` is the address as 32 lower-case hex digits, so SQL can compare and sort
   IPv4 and IPv6 addresses (the lowest free address is searched in SQL). Networks that share a
   subnet (admin, bmc and bmc_vlan) are kept apart by the allocator, which locks their rows (see
-  crowbar.services.network).
+  crowbar.services.network). Triggers (created by the migration) bump
+  `network_settings.released` on every DELETE of an allocation and every UPDATE of its address,
+  which voids the allocator's per-range cursors.
 - `neutron_segments`: tenant networks and the VLAN or VXLAN segment each holds.
   UNIQUE(network_type, physical_network, segmentation_id): two networks never share a segment.
   VXLAN segments have physical_network '' (not NULL, so that the constraint holds for them too).
@@ -23,7 +25,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
-    Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint,
+    BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -43,6 +45,10 @@ class NetworkSettings(Base):
     # A new random token on every change of the template: processes cache the parsed template
     # under it (a counter could repeat after a rolled-back change; a random token cannot).
     version: Mapped[str] = mapped_column(String(32), default="")
+    # Bumped by database triggers whenever an allocation is deleted (by Crowbar, or by a node's
+    # deletion cascading) or changes address: the ranges' cursors below are valid only for the
+    # epoch they were computed in.
+    released: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -78,6 +84,11 @@ class NetworkRange(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
     first: Mapped[str] = mapped_column(String(64))
     last: Mapped[str] = mapped_column(String(64))
+    # The allocator's low-water mark (an address key): every address of [first, cursor) was
+    # taken when it was written, in release epoch `cursor_epoch`. Taking more addresses keeps
+    # it true; releasing one bumps the epoch, which makes the cursor void until recomputed.
+    cursor: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    cursor_epoch: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     network: Mapped[NetworkRow] = relationship(back_populates="ranges")
 
 

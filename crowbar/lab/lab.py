@@ -253,6 +253,8 @@ class Lab:
             raise LabError(str(exc)) from None
 
         token = secrets.token_hex(3)
+        while namespace_exists(NS_PREFIX + token):  # another lab's: never ours to touch
+            token = secrets.token_hex(3)
         self.state = LabState(namespace=NS_PREFIX + token, lab_byte=int(token[:2], 16), dir=str(self.dir),
                               created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self.state.vms = [Vm.plan(i, self.state.lab_byte, self.dir, memories[i - 1], disks[i - 1],
@@ -400,10 +402,14 @@ class Lab:
         api = self.api()
         deadline = time.monotonic() + timeout
         total = len(self.state.vms)
+        last_error = ""
         while True:
             if not self.server_running():
                 raise LabError(f"the lab's server is not running:\n{_tail(Path(self.state.server['log']))}")
-            found = {name: node for name, node in self.match_nodes(api).items() if node.get("discovery")}
+            try:
+                found = {name: node for name, node in self.match_nodes(api).items() if node.get("discovery")}
+            except Exception as exc:  # a busy server: ask again (the deadline still holds)
+                found, last_error = {}, f" (last API error: {exc})"
             pending = [vm.name for vm in self.state.vms if vm.name not in found]
             if progress:
                 progress(total - len(pending), total, pending)
@@ -415,7 +421,7 @@ class Lab:
                                f"(see `crowbar lab console {dead[0]}`)")
             if time.monotonic() > deadline:
                 raise LabError(f"not discovered within {timeout:g}s: {', '.join(pending)} "
-                               f"(see `crowbar lab console {pending[0]}`)")
+                               f"(see `crowbar lab console {pending[0]}`){last_error}")
             time.sleep(1.0)
 
     # -- status ---------------------------------------------------------------------------------
@@ -475,6 +481,10 @@ class Lab:
             what = _cmdline(pid).split(" ")[0] or str(pid)
             if stop_pid(pid, None, timeout=5):
                 done.append(f"stopped {what} (pid {pid}) left in {st.namespace}")
+        for pid in self._stray_processes():
+            what = _cmdline(pid).split(" ")[0]
+            if stop_pid(pid, marker, timeout=5):
+                done.append(f"stopped {what} (pid {pid}), which was still using {self.dir}")
         if namespace_exists(st.namespace):
             for vm in st.vms:
                 for nic in vm.nics:
@@ -493,6 +503,22 @@ class Lab:
         self._remove_files()
         self.state = None
         return done
+
+    def _stray_processes(self) -> list[int]:
+        """The lab's dnsmasq, qemu and server processes that run outside the records (a namespace
+        deleted by hand, a server killed with SIGKILL): found by their command lines, which name
+        files in the lab dir. Other programs that merely mention the dir (a `tail -f`) are left."""
+        inside = f"{self.dir}/"
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            argv = _cmdline(int(entry.name)).split(" ")
+            program = Path(argv[0]).name
+            ours = program in ("dnsmasq", Path(QEMU).name) or "crowbar.cli.main" in argv
+            if ours and any(inside in arg for arg in argv) and alive(int(entry.name)):
+                found.append(int(entry.name))
+        return found
 
     def _remove_files(self) -> None:
         # The tokens the server published for the local CLI: the socket's, and the TCP listener's

@@ -42,6 +42,35 @@ def test_constraints_exist_in_the_database(db):
     assert (("node_id",), "nodes", "CASCADE") in fks
 
 
+def test_triggers_count_releases_even_when_a_node_deletion_cascades(db):
+    from sqlalchemy import insert, select, text
+
+    from crowbar.db.models import Node
+    from crowbar.db.network_models import NetworkAllocation, NetworkRow, NetworkSettings
+    from crowbar.services import network, nodes
+
+    with db.session() as s:
+        node_id = nodes.create_node(s, "gone.example.com", bind_roles=False)["id"]
+        network.allocate(s, "admin", "gone.example.com")
+        before = s.execute(select(NetworkSettings.released)).scalar()
+    with db.session() as s:  # a raw delete of the node, as any other code might do it
+        s.execute(text("DELETE FROM nodes WHERE id = :id"), {"id": node_id})
+    with db.session() as s:
+        assert s.execute(select(NetworkAllocation)).first() is None
+        assert s.execute(select(NetworkSettings.released)).scalar() > before
+        admin = s.scalar(select(NetworkRow.id).where(NetworkRow.name == "admin"))
+        node_id = s.execute(insert(Node.__table__).values(
+            name="moved.example.com", description="", admin=False, alive=True, available=True,
+            bootenv="local", discovery={}, hints={}, created_at=network.utcnow())).inserted_primary_key[0]
+        s.execute(insert(NetworkAllocation.__table__).values(
+            network_id=admin, node_id=node_id, range="host", address="192.168.124.90",
+            address_key=network.address_key("192.168.124.90"), created_at=network.utcnow()))
+        middle = s.execute(select(NetworkSettings.released)).scalar()
+        s.execute(text("UPDATE network_allocations SET address = '192.168.124.91', "
+                       "address_key = :k"), {"k": network.address_key("192.168.124.91")})
+        assert s.execute(select(NetworkSettings.released)).scalar() > middle
+
+
 def test_downgrade_and_upgrade(sqlite_db):
     migrate.upgrade(sqlite_db.engine, "head")
     from alembic import command

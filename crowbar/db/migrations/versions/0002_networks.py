@@ -26,6 +26,7 @@ def upgrade() -> None:
     sa.Column('interface_map', JSONType, nullable=False),
     sa.Column('neutron', JSONType, nullable=False),
     sa.Column('version', sa.String(length=32), nullable=False),
+    sa.Column('released', sa.BigInteger(), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
@@ -56,6 +57,8 @@ def upgrade() -> None:
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('first', sa.String(length=64), nullable=False),
     sa.Column('last', sa.String(length=64), nullable=False),
+    sa.Column('cursor', sa.String(length=32), nullable=True),
+    sa.Column('cursor_epoch', sa.BigInteger(), nullable=True),
     sa.ForeignKeyConstraint(['network_id'], ['networks.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('network_id', 'name', name='uq_network_ranges_network_name')
@@ -92,9 +95,42 @@ def upgrade() -> None:
     sa.UniqueConstraint('network_type', 'physical_network', 'segmentation_id',
                         name='uq_neutron_segments_segment')
     )
+    _create_release_triggers()
+
+
+# Every allocation deleted (released, its node or network deleted: cascades fire triggers too)
+# or moved to another address bumps network_settings.released, voiding the allocator's cursors.
+SQLITE_TRIGGERS = [
+    "CREATE TRIGGER network_allocations_released AFTER DELETE ON network_allocations "
+    "BEGIN UPDATE network_settings SET released = released + 1; END",
+    "CREATE TRIGGER network_allocations_moved AFTER UPDATE OF address_key ON network_allocations "
+    "BEGIN UPDATE network_settings SET released = released + 1; END",
+]
+POSTGRESQL_TRIGGERS = [
+    "CREATE FUNCTION network_allocations_released() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN UPDATE network_settings SET released = released + 1; RETURN NULL; END $$",
+    "CREATE TRIGGER network_allocations_released AFTER DELETE ON network_allocations "
+    "FOR EACH STATEMENT EXECUTE FUNCTION network_allocations_released()",
+    "CREATE TRIGGER network_allocations_moved AFTER UPDATE OF address_key ON network_allocations "
+    "FOR EACH STATEMENT EXECUTE FUNCTION network_allocations_released()",
+]
+
+
+def _create_release_triggers() -> None:
+    dialect = op.get_bind().dialect.name
+    for statement in {"sqlite": SQLITE_TRIGGERS, "postgresql": POSTGRESQL_TRIGGERS}.get(dialect, []):
+        op.execute(statement)
 
 
 def downgrade() -> None:
+    dialect = op.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        op.execute("DROP TRIGGER IF EXISTS network_allocations_released"
+                   + (" ON network_allocations" if dialect == "postgresql" else ""))
+        op.execute("DROP TRIGGER IF EXISTS network_allocations_moved"
+                   + (" ON network_allocations" if dialect == "postgresql" else ""))
+    if dialect == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS network_allocations_released()")
     op.drop_table('neutron_segments')
     with op.batch_alter_table('network_allocations', schema=None) as batch_op:
         batch_op.drop_index('ix_network_allocations_node_id')
