@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,13 +92,41 @@ class Provisioner:
         self.image = build_discovery_image(Path(self.config.data_dir) / "images")
         self.settings = self._dhcp_settings()
         conf = dnsmasq.prepare(self.settings)
+        self._stop_orphan(conf)
         self.sync()
         self.dnsmasq = Supervisor("dnsmasq", dnsmasq.command(conf), log_path=self.state_dir / "dnsmasq.log")
         self.dnsmasq.start()
+        self._record_pid()
         self._thread = threading.Thread(target=self._loop, name="provisioner", daemon=True)
         self._thread.start()
         log.info("provisioner: dnsmasq on %s (%s), discovery image %s", self.config.interface,
                  self.config.address, self.image.digest[:12])
+
+    @property
+    def _pidfile(self) -> Path:
+        return self.state_dir / "dnsmasq.pid"
+
+    def _record_pid(self) -> None:
+        """Remember our dnsmasq's PID: if this server is killed outright, its successor stops it."""
+        pid = self.dnsmasq.pid if self.dnsmasq else None
+        if pid and (not self._pidfile.exists() or self._pidfile.read_text().strip() != str(pid)):
+            self._pidfile.write_text(f"{pid}\n")
+
+    def _stop_orphan(self, conf: Path) -> None:
+        """A dnsmasq left by a server of this data dir that was killed (SIGKILL skips our shutdown)."""
+        try:
+            pid = int(self._pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return
+        if f"--conf-file={conf}".encode() in cmdline:  # ours, not a PID reused by someone else
+            log.warning("stopping dnsmasq %d left by a previous server", pid)
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+        self._pidfile.unlink(missing_ok=True)
 
     def stop(self) -> None:
         self._stop.set()
@@ -108,6 +138,7 @@ class Provisioner:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
+                self._record_pid()  # the supervisor may have restarted it
                 self.sync()
                 with self.db.session() as s:
                     moved = provisioning.expire_stuck(s)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every benchmark, SQLite and a throwaway PostgreSQL on loopback; prints JSON lines per case.
+# Figures go to docs/benchmarks.md by hand, with the machine and the date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pgdir=$(mktemp -d /tmp/crowbar-bench-pg.XXXXXX)
+cleanup() { scripts/test-postgres.sh stop "$pgdir" || true; }
+trap cleanup EXIT
+pg=$(scripts/test-postgres.sh start "$pgdir")
+py=.venv/bin/python
+echo "== annealer"; $py benchmarks/anneal.py --nodes 100 1000 10000 --postgres "$pg"
+echo "== network";  $py benchmarks/network.py --postgres "$pg"
+echo "== dhcp reservations"; $py benchmarks/dhcp_reservations.py --reservations 100 1000 10000
+if [ -f benchmarks/provisioning.py ]; then echo "== provisioning"; $py benchmarks/provisioning.py; fi
