@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import httpx
-from rich.console import Console
 
 from crowbar.cli.client import Client
+from crowbar.cli.output import console
 
-console = Console()
 ROOT = Path.cwd() / "var" / "demo"
 NODES = ["node1.demo.example.com", "node2.demo.example.com", "node3.demo.example.com"]
 
