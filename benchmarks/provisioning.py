@@ -358,10 +358,15 @@ def main() -> int:
     pxe = median([r["seconds"] for r in runs if r["mode"] == "pxe"])
     direct = median([r["seconds"] for r in runs if r["mode"] == "direct"])
     overhead = round(pxe / direct - 1, 3) if pxe and direct else None
+    paired = []
+    for i in range(1, args.repeat + 1):
+        by_mode = {r["mode"]: r["seconds"] for r in runs if r["run"] == str(i)}
+        if by_mode.get("pxe") and by_mode.get("direct"):
+            paired.append(round(by_mode["pxe"] / by_mode["direct"] - 1, 3))
     dl = [r["kernel_download_s"] + r.get("initrd_download_s", 0) for r in runs if "kernel_download_s" in r]
     size = image["vmlinuz"]["bytes"] + image["initrd.img"]["bytes"]
     summary = {"summary": True, **info, "repeat": args.repeat, "memory_mb": args.memory,
-               "image_bytes": size, "pxe_median_s": pxe, "direct_median_s": direct, "overhead": overhead,
+               "image_bytes": size, "pxe_median_s": pxe, "direct_median_s": direct, "overhead": overhead, "paired_overheads": paired,
                "under_20_percent": overhead is not None and overhead < 0.20,
                "pxe_download_median_s": median(dl),
                "pxe_download_MBps": round(size / 1e6 / median(dl), 2) if dl and median(dl) else None}
@@ -369,7 +374,8 @@ def main() -> int:
           f"({info['cpu']}), {info['date']}\n")
     print(table(runs))
     print(f"\nmedian: pxe {pxe:.2f}s, direct {direct:.2f}s, overhead {overhead:+.1%} "
-          f"({'under' if summary['under_20_percent'] else 'NOT under'} 20%)\n")
+          f"({'under' if summary['under_20_percent'] else 'NOT under'} 20%); per repetition (pxe/direct - 1): "
+          f"{', '.join(f'{p:+.1%}' for p in paired)}\n")
     print(milestone_table(runs))
     print()
     lines = [json.dumps(r) for r in runs] + [json.dumps(summary)]

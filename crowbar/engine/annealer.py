@@ -254,34 +254,44 @@ class Annealer:
             items = [i for i in items if i[0] in live]
             if not items:
                 return 0
-            counts = dict(s.execute(select(NodeRole.id, NodeRole.run_count)
-                                    .where(NodeRole.id.in_([i[1] for i in items]))).all())
-            # Core executemany by primary key; a failed run keeps the wall of the last good one, so
-            # children that want it still see it.
             nr_table, run_table = NodeRole.__table__, Run.__table__
-            succeeded = [{"k": nr_id, "wall": r.wall, "run_count": counts[nr_id] + 1}
-                         for _run, nr_id, r in items if r.ok]
-            failed = [{"k": nr_id, "run_count": counts[nr_id] + 1,
-                       "status": (r.log.strip().splitlines() or ["failed"])[-1][:500]}
-                      for _run, nr_id, r in items if not r.ok]
-            if succeeded:
-                s.execute(update(nr_table).where(nr_table.c.id == bindparam("k")).values(
-                    state=State.ACTIVE.value, wall=bindparam("wall"), run_count=bindparam("run_count"), status="",
-                    updated_at=now), succeeded)
-            if failed:
-                s.execute(update(nr_table).where(nr_table.c.id == bindparam("k")).values(
-                    state=State.ERROR.value, run_count=bindparam("run_count"), status=bindparam("status"),
-                    updated_at=now), failed)
-            s.execute(update(run_table).where(run_table.c.id == bindparam("k")).values(
-                state=bindparam("state"), log=bindparam("log"), finished_at=now),
-                [{"k": run_id, "state": "succeeded" if r.ok else "failed", "log": r.log} for run_id, _nr, r in items])
+            good = [nr_id for _run, nr_id, r in items if r.ok]
+            bad = [nr_id for _run, nr_id, r in items if not r.ok]
+            # What all rows share is one set-based UPDATE; only what differs per row (a non-empty
+            # wall, a failure's status, a log) goes row by row. A noop run costs no per-row statement.
+            for ids, state in ((good, State.ACTIVE.value), (bad, State.ERROR.value)):
+                for part in graph.chunks(ids):
+                    values = dict(state=state, run_count=nr_table.c.run_count + 1, updated_at=now)
+                    if state == State.ACTIVE.value:
+                        values.update(wall={}, status="")
+                    s.execute(update(nr_table).where(nr_table.c.id.in_(part)).values(**values))
+            walls = [{"k": nr_id, "wall": r.wall} for _run, nr_id, r in items if r.ok and r.wall]
+            if walls:
+                s.execute(update(nr_table).where(nr_table.c.id == bindparam("k")).values(wall=bindparam("wall")), walls)
+            # A failed run keeps the wall of the last good one, so children that want it still see it.
+            statuses = [{"k": nr_id, "status": (r.log.strip().splitlines() or ["failed"])[-1][:500]}
+                        for _run, nr_id, r in items if not r.ok]
+            if statuses:
+                s.execute(update(nr_table).where(nr_table.c.id == bindparam("k")).values(status=bindparam("status")),
+                          statuses)
+            by_outcome: dict[tuple[str, str], list[int]] = {}
+            for run_id, _nr, r in items:
+                by_outcome.setdefault(("succeeded" if r.ok else "failed", r.log), []).append(run_id)
+            same = [(k, ids) for k, ids in by_outcome.items() if len(ids) > 1]
+            for (state, text), ids in same:
+                for part in graph.chunks(ids):
+                    s.execute(update(run_table).where(run_table.c.id.in_(part))
+                              .values(state=state, log=text, finished_at=now))
+            single = [{"k": ids[0], "state": state, "log": text} for (state, text), ids in by_outcome.items()
+                      if len(ids) == 1]
+            if single:
+                s.execute(update(run_table).where(run_table.c.id == bindparam("k")).values(
+                    state=bindparam("state"), log=bindparam("log"), finished_at=now), single)
             graph.record(s, [
                 {"object_type": "noderole", "object_id": nr_id, "action": "run", "from_state": "transition",
                  "to_state": "active" if r.ok else "error", "actor": self.actor, "message": f"run {run_id}", "at": now}
                 for run_id, nr_id, r in items
             ])
-            good = [nr_id for _run, nr_id, r in items if r.ok]
-            bad = [nr_id for _run, nr_id, r in items if not r.ok]
             if good:
                 graph.unblock_children(s, good, self.actor)
             if bad:

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from crowbar.db.network_models import NetworkAllocation, NetworkRow, NeutronSegment
 from crowbar.services import network
 
-WORKER = Path(__file__).with_name("concurrency_worker.py")
+WORKER = Path(__file__).with_name("netdb_concurrency_worker.py")
 PROCESSES = 8
 NO_NETWORK = "Unable to create the network. No tenant network is available for allocation."
 

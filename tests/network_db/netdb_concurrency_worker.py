@@ -1,6 +1,6 @@
 """One competitor of the concurrency tests, run as its own process:
 
-    python concurrency_worker.py '{"url": ..., "dir": ..., "index": i, "rounds": [op, op, ...]}'
+    python netdb_concurrency_worker.py '{"url": ..., "dir": ..., "index": i, "rounds": [op, op, ...]}'
 
 It connects, says it is ready (creates `ready-<i>`), then for each round k waits for `go-<k>` to
 exist, so that every competitor starts that round at the same moment, runs the round's one
