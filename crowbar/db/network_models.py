@@ -25,11 +25,11 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint,
+    BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from crowbar.db.models import Base, JSONType, utcnow
+from crowbar.db.models import Base, JSONType, UTCDateTime, utcnow
 
 
 class NetworkSettings(Base):
@@ -49,7 +49,7 @@ class NetworkSettings(Base):
     # deletion cascading) or changes address: the ranges' cursors below are valid only for the
     # epoch they were computed in.
     released: Mapped[int] = mapped_column(BigInteger, default=0)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class NetworkRow(Base):
@@ -68,8 +68,8 @@ class NetworkRow(Base):
     router_pref: Mapped[int | None] = mapped_column(Integer, nullable=True)
     team_mode: Mapped[int] = mapped_column(Integer, default=5)
     use_team: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ranges: Mapped[list[NetworkRange]] = relationship(
         back_populates="network", order_by="NetworkRange.position", cascade="all, delete-orphan",
         passive_deletes=True)
@@ -107,7 +107,7 @@ class NetworkAllocation(Base):
     range: Mapped[str] = mapped_column(String(64))
     address: Mapped[str] = mapped_column(String(64))  # canonical text (ipaddress's str)
     address_key: Mapped[str] = mapped_column(String(32))  # int(address) as 32 hex digits
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class NeutronSegment(Base):
@@ -123,4 +123,4 @@ class NeutronSegment(Base):
     physical_network: Mapped[str] = mapped_column(String(64), default="")  # '' for vxlan
     segmentation_id: Mapped[int] = mapped_column(Integer)
     provider: Mapped[bool] = mapped_column(Boolean, default=False)  # asked for its id explicitly
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
