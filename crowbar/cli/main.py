@@ -479,6 +479,36 @@ def events(ctx: Context, object_type: str | None, object_id: int | None, limit: 
 
 from crowbar.cli.network import network, neutron  # noqa: E402  (registered here, defined there)
 
+@cli.group()
+def images() -> None:
+    """Boot images the provisioner serves."""
+
+
+@images.command("build-discovery")
+@click.option("--kernel", "kernel_version", help="kernel version (default: the newest with modules installed)")
+@click.option("--cache", type=click.Path(path_type=Path), help="image cache (default: <data dir>/images)")
+@output_option
+def images_build_discovery(kernel_version: str | None, cache: Path | None, output: str) -> None:
+    """Build the discovery kernel + initramfs from this machine's packages (cached by content)."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from crowbar.provisioner.image import ImageError, build_discovery_image
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("building", total=1)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=step, completed=done, total=max(total, 1))
+
+        try:
+            image = build_discovery_image(cache or config.data_dir() / "images", kernel_version, progress)
+        except (ImageError, OSError) as exc:
+            raise CliError(str(exc)) from None
+    emit_object({"kernel": str(image.kernel), "initrd": str(image.initrd), "digest": image.digest,
+                 "initrd_bytes": image.initrd.stat().st_size}, output)
+
+
 cli.add_command(network)
 cli.add_command(neutron)
 

@@ -138,6 +138,7 @@ class Annealer:
             self._last_heartbeat = now
         if now - self._last_reap > DEAD_AFTER_SECONDS / 2:
             self.reap_dead_servers()
+            self._expire_stuck_nodes()
             self._last_reap = now
         self._poll_agent_jobs()
         applied = self._apply_completions()
@@ -336,6 +337,15 @@ class Annealer:
                     dead[server.id] = f"server {server.id} on {server.hostname} stopped beating"
         if dead:
             self._recover(dead)
+
+    def _expire_stuck_nodes(self) -> None:
+        """Nodes that outstayed a state waiting on the machine go to `problem`, with the reason."""
+        from crowbar.services.provisioning import expire_stuck
+
+        with self.db.session() as s:
+            moved = expire_stuck(s)
+        if moved:
+            log.warning("nodes stuck too long, now in problem: %s", ", ".join(moved))
 
     def _recover(self, servers: dict[int, str]) -> None:
         with self.db.session() as s:

@@ -1,6 +1,7 @@
 """The provisioner as it runs inside `crowbar server`: dnsmasq for DHCP/TFTP on the admin network,
-the discovery image for HTTP boot, host reservations kept in step with the database, and the
-watchdog that moves nodes stuck in a waiting state to `problem`.
+the discovery image for HTTP boot, and host reservations kept in step with the database. (The
+watchdog that moves nodes stuck in a waiting state to `problem` runs in the annealer's loop, so it
+runs on servers without a provisioner too.)
 
 Reservations are reconciled, not pushed: every `interval` seconds the wanted set (each node with an
 admin allocation and a boot MAC) is compared with the files in dnsmasq's hosts directory and only
@@ -140,10 +141,6 @@ class Provisioner:
             try:
                 self._record_pid()  # the supervisor may have restarted it
                 self.sync()
-                with self.db.session() as s:
-                    moved = provisioning.expire_stuck(s)
-                if moved:
-                    log.warning("nodes stuck too long, now in problem: %s", ", ".join(moved))
             except Exception:  # keep serving; the next round retries
                 log.exception("provisioner round failed")
 
