@@ -38,6 +38,9 @@ def _configure_sqlite(engine: Engine) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=60000")
+        # 64 MiB of page cache (allocated as used) instead of 2 MiB: at 10,000 nodes the hot part of
+        # the database no longer fits the default and every claim re-reads pages.
+        cur.execute("PRAGMA cache_size=-65536")
         cur.close()
 
     @event.listens_for(engine, "begin")

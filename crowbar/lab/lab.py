@@ -121,7 +121,7 @@ def namespace_pids(name: str) -> list[int]:
 
 
 def barclamp_dir() -> Path:
-    """The lab barclamp (role lab-facts), shipped in this package."""
+    """The lab barclamp (roles lab-facts and lab-vlan), shipped in this package."""
     return Path(str(resources.files("crowbar.lab") / "barclamps" / "lab"))
 
 
@@ -334,7 +334,7 @@ class Lab:
 
     def _import_barclamp(self) -> None:
         self.api().request("POST", "/barclamps", json={"files": barclamp_files()})
-        self.say("imported the lab barclamp (role lab-facts)")
+        self.say("imported the lab barclamp (roles lab-facts, lab-vlan)")
 
     def _start_vms(self) -> None:
         from crowbar.power.base import PowerNode

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
 from crowbar.engine import graph
-from crowbar.errors import Conflict, InvalidInput, NotFound
+from crowbar.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from crowbar.power.base import PowerError, PowerNode, get_driver
 from crowbar.provisioner import lifecycle
 from crowbar.services import auth, lookup, nodes
@@ -110,8 +110,6 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN) ->
 def node_for_token(session: Session, token: str | None) -> Node:
     row = auth.verify(session, token)
     if row is None or row.kind != "node" or row.node_id is None:
-        from crowbar.errors import Unauthorized
-
         raise Unauthorized("a valid node token is required")
     return session.get(Node, row.node_id)
 

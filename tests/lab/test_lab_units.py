@@ -141,7 +141,10 @@ def test_lab_barclamp_is_valid():
     role = next(r for r in bc.roles if r.name == "lab-facts")
     assert role.jig == "script"
     assert [s["name"] for s in role.scripts] == ["10-facts.sh"]
-    assert set(barclamp_files()) == {"barclamp.yml", "scripts/lab-facts/10-facts.sh"}
+    vlan = next(r for r in bc.roles if r.name == "lab-vlan")
+    assert vlan.jig == "script" and [s["name"] for s in vlan.scripts] == ["10-vlan.sh"]
+    assert [(a.name, a.map) for a in vlan.attribs] == [("lab-vlan", "lab/vlan")]
+    assert set(barclamp_files()) == {"barclamp.yml", "scripts/lab-facts/10-facts.sh", "scripts/lab-vlan/10-vlan.sh"}
 
 
 @pytest.mark.skipif(not Path("/bin/busybox").is_file(), reason="busybox-static is not installed")
