@@ -13,15 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
-import resource
-import subprocess
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select, text
+from _postgres import fresh_postgres
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from crowbar.db.models import Node, NodeRole
@@ -71,20 +71,6 @@ def run_one(url: str, n: int, workers: int) -> dict:
     return {"backend": make_url(url).get_backend_name(), "nodes": n, "noderoles": total,
             "setup_s": round(t1 - t0, 2), "anneal_s": round(t2 - t1, 2),
             "noderoles_per_s": round(total / (t2 - t1)), "peak_rss_mb": round(peak_kb / 1024, 1)}
-
-
-def fresh_postgres(url: str) -> tuple[str, callable]:
-    name = f"crowbar_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(url).set(database=name).render_as_string(hide_password=False), drop
 
 
 def main() -> None:

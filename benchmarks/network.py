@@ -23,15 +23,20 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
+from _postgres import fresh_postgres
+from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
 from crowbar.db.models import Node, utcnow
 from crowbar.db.session import Database
-from crowbar.network.conduits import bus_order_for, order_nics, resolve_conduit, select_conduit_entry
+from crowbar.network.conduits import (
+    bus_order_for,
+    order_nics,
+    resolve_conduit,
+    select_conduit_entry,
+)
 from crowbar.network.model import default_template, export_template, load_template
 from crowbar.network.plan import plan_interfaces
 from crowbar.network.render import render_networkd
@@ -145,20 +150,6 @@ def pure_cases(n: int) -> list[dict]:
 
     return [row("conduits resolved (pure)", "-", n, conduits),
             row("plans + networkd render (pure)", "-", n, plans)]
-
-
-def fresh_postgres(url: str):
-    name = f"crowbar_netbench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return make_url(url).set(database=name).render_as_string(hide_password=False), drop
 
 
 def main() -> int:

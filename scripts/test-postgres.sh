@@ -30,7 +30,7 @@ start)
   as_owner "$bindir/initdb" -D "$dir/data" -U crowbar --auth=trust --no-sync -E UTF8 >"$dir/initdb.log" 2>&1
   # fsync off: the cluster is thrown away after the run, so durability buys nothing here.
   as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w start \
-    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >&2
+    -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=256MB" >&2
   as_owner "$bindir/createdb" -h 127.0.0.1 -p "$port" -U crowbar crowbar_test
   echo "postgresql+psycopg://crowbar@127.0.0.1:$port/crowbar_test"
   ;;
