@@ -60,12 +60,12 @@ class Supervisor:
         with self._started:
             while True:
                 pid = self.pid
-                if pid is not None and pid != other_than:
+                if pid is not None and pid != other_than and _past_setpriv(pid):
                     return pid
                 left = deadline - time.monotonic()
                 if left <= 0 or self._stopping.is_set():
                     raise TimeoutError(f"{self.name} is not running after {timeout}s")
-                self._started.wait(min(left, 0.2))
+                self._started.wait(min(left, 0.02 if pid is not None else 0.2))
 
     def signal(self, sig: int = signal.SIGHUP) -> None:
         """Send `sig` to the running child (SIGHUP: dnsmasq re-reads its host files)."""
@@ -121,6 +121,16 @@ class Supervisor:
             log.warning("%s exited (%s); restarting in %.1fs", self.name, code, backoff)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, self.max_backoff)
+
+
+def _past_setpriv(pid: int) -> bool:
+    """Whether the child has exec'd its command, so setpriv has set the death signal: until then a
+    parent killed outright would leave the child behind. A child already gone counts as past."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return True
+    return os.path.basename(argv0) != b"setpriv"
 
 
 def _with_pdeathsig(argv: list[str]) -> list[str]:
