@@ -127,8 +127,7 @@ class Annealer:
         # Drain: apply what finished while we were stopping.
         deadline = time.monotonic() + 10
         while self._in_flight and time.monotonic() < deadline:
-            if not self._apply_completions(block=0.2):
-                continue
+            self._apply_completions(block=0.2)
 
     def step(self) -> bool:
         """One round: apply finished runs, claim new ones. True when something happened."""
