@@ -199,20 +199,21 @@ def nodes_delete(ctx: Context, node: str, output: str) -> None:
     emit_object(ctx.api.delete(f"/nodes/{node}"), output)
 
 
-def _node_action(action: str):
-    @click.argument("node")
+def _post_action(collection: str, action: str):
+    """A command `<collection> ACTION KEY` that POSTs to /<collection>/KEY/<action> and shows the answer."""
+    @click.argument("key", metavar=collection.rstrip("s").upper())
     @output_option
     @pass_ctx
-    def command(ctx: Context, node: str, output: str) -> None:
-        emit_object(ctx.api.post(f"/nodes/{node}/{action}"), output)
+    def command(ctx: Context, key: str, output: str) -> None:
+        emit_object(ctx.api.post(f"/{collection}/{key}/{action}"), output)
 
     return command
 
 
 nodes.command("allocate", help="Take a discovered node into service (reserves its admin address).")(
-    _node_action("allocate"))
-nodes.command("reinstall", help="Install the node's OS again.")(_node_action("reinstall"))
-nodes.command("reset", help="Send the node back to discovery.")(_node_action("reset"))
+    _post_action("nodes", "allocate"))
+nodes.command("reinstall", help="Install the node's OS again.")(_post_action("nodes", "reinstall"))
+nodes.command("reset", help="Send the node back to discovery.")(_post_action("nodes", "reset"))
 
 
 @nodes.command("power")
@@ -291,18 +292,9 @@ def deployments_bind(ctx: Context, deployment: str, role: str, node: str, output
         console.print(f"deployment {deployment} was committed and is proposed again: commit it to run the new noderoles")
 
 
-def _deployment_action(action: str):
-    @click.argument("deployment")
-    @output_option
-    @pass_ctx
-    def command(ctx: Context, deployment: str, output: str) -> None:
-        emit_object(ctx.api.post(f"/deployments/{deployment}/{action}"), output)
-
-    return command
-
-
-deployments.command("commit", help="Commit a deployment: its noderoles become runnable.")(_deployment_action("commit"))
-deployments.command("propose", help="Reopen a deployment for changes.")(_deployment_action("propose"))
+deployments.command("commit", help="Commit a deployment: its noderoles become runnable.")(
+    _post_action("deployments", "commit"))
+deployments.command("propose", help="Reopen a deployment for changes.")(_post_action("deployments", "propose"))
 
 
 @deployments.command("delete")

@@ -83,7 +83,7 @@ class RunDocuments:
 
     def build(self, noderoles: Sequence[NodeRole], nodes: dict[int, Node]) -> dict[int, dict]:
         dr = self._deployment_role_data({(nr.deployment_id, nr.role_id) for nr in noderoles})
-        wanted = self._wanted_from_ancestors([nr for nr in noderoles if self.roles[nr.role_id].wants_attribs])
+        wanted = self.wanted_from_ancestors([nr for nr in noderoles if self.roles[nr.role_id].wants_attribs])
         docs = {}
         for nr in noderoles:
             role = self.roles[nr.role_id]
@@ -123,7 +123,7 @@ class RunDocuments:
                     out[(d, r)] = committed or {}
         return out
 
-    def _wanted_from_ancestors(self, noderoles: Sequence[NodeRole]) -> dict[int, dict]:
+    def wanted_from_ancestors(self, noderoles: Sequence[NodeRole]) -> dict[int, dict]:
         """For each noderole, the values of the attribs it wants, from its nearest ancestor owning each."""
         if not noderoles:
             return {}

@@ -55,7 +55,7 @@ def get(session: Session, name: str, node: str | None = None) -> dict:
             nr = session.scalar(select(NodeRole).where(NodeRole.node_id == n.id, NodeRole.role_id.in_(wanting))
                                 .order_by(NodeRole.id).limit(1))
             if nr is not None:
-                values = RunDocuments(session)._wanted_from_ancestors([nr]).get(nr.id, {})
+                values = RunDocuments(session).wanted_from_ancestors([nr]).get(nr.id, {})
                 if values.get(a.name) is not None:
                     return out | {"value": values[a.name], "source": "parent", "noderole": nr.id}
     return out | {"value": a.default, "source": "default"}
