@@ -27,6 +27,8 @@ from pathlib import Path
 
 from sqlalchemy import bindparam, insert, select, text, update
 
+from crowbar.db.events import record
+from crowbar.db.sql import chunks
 from crowbar.db.models import AgentJob, Node, NodeRole, Role, Run, Server, utcnow
 from crowbar.db.session import Database
 from crowbar.engine import graph
@@ -260,7 +262,7 @@ class Annealer:
             # What all rows share is one set-based UPDATE; only what differs per row (a non-empty
             # wall, a failure's status, a log) goes row by row. A noop run costs no per-row statement.
             for ids, state in ((good, State.ACTIVE.value), (bad, State.ERROR.value)):
-                for part in graph.chunks(ids):
+                for part in chunks(ids):
                     values = dict(state=state, run_count=nr_table.c.run_count + 1, updated_at=now)
                     if state == State.ACTIVE.value:
                         values.update(wall={}, status="")
@@ -279,7 +281,7 @@ class Annealer:
                 by_outcome.setdefault(("succeeded" if r.ok else "failed", r.log), []).append(run_id)
             same = [(k, ids) for k, ids in by_outcome.items() if len(ids) > 1]
             for (state, text), ids in same:
-                for part in graph.chunks(ids):
+                for part in chunks(ids):
                     s.execute(update(run_table).where(run_table.c.id.in_(part))
                               .values(state=state, log=text, finished_at=now))
             single = [{"k": ids[0], "state": state, "log": text} for (state, text), ids in by_outcome.items()
@@ -287,7 +289,7 @@ class Annealer:
             if single:
                 s.execute(update(run_table).where(run_table.c.id == bindparam("k")).values(
                     state=bindparam("state"), log=bindparam("log"), finished_at=now), single)
-            graph.record(s, [
+            record(s, [
                 {"object_type": "noderole", "object_id": nr_id, "action": "run", "from_state": "transition",
                  "to_state": "active" if r.ok else "error", "actor": self.actor, "message": f"run {run_id}", "at": now}
                 for run_id, nr_id, r in items

@@ -7,7 +7,7 @@ a handful of statements, not one per noderole.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, delete, insert, select, text, update
@@ -16,41 +16,20 @@ from sqlalchemy.orm import Session, load_only
 from crowbar.db.models import (
     Deployment,
     DeploymentRole,
-    Event,
     Node,
     NodeRole,
     NodeRoleEdge,
     Role,
     utcnow,
 )
+from crowbar.db.events import record
+from crowbar.db.sql import chunks
 from crowbar.engine import states
 from crowbar.engine.states import State
 from crowbar.errors import Conflict, InvalidInput, NotFound
 
 # The columns binding needs; skips decoding the JSON blobs of every noderole it looks at.
 LIGHT = (NodeRole.id, NodeRole.node_id, NodeRole.role_id, NodeRole.deployment_id, NodeRole.state, NodeRole.cohort)
-CHUNK = 5000  # stays far below SQLite's limit on bound parameters
-
-
-def chunks(ids: Sequence[int], size: int = CHUNK) -> Iterable[list[int]]:
-    ids = list(ids)
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
-
-
-def record(session: Session, rows: list[dict]) -> None:
-    """Append audit events in one executemany."""
-    if rows:
-        now = utcnow()
-        for row in rows:
-            row.setdefault("at", now)
-            row.setdefault("actor", "system")
-            row.setdefault("message", "")
-            row.setdefault("from_state", None)
-            row.setdefault("to_state", None)
-        session.execute(insert(Event.__table__), rows)  # Core executemany: no ORM bookkeeping
-
-
 def set_states(session: Session, changes: dict[str, list[tuple[int, str]]], actor: str, action: str,
                message: str = "") -> None:
     """Move noderoles to new states in bulk: {to_state: [(id, from_state), ...]}, with events.

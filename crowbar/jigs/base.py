@@ -5,9 +5,9 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib.metadata import entry_points
 from pathlib import Path
+
+from crowbar import plugins
 
 
 @dataclass(frozen=True)
@@ -73,21 +73,11 @@ class Jig(abc.ABC):
     def run(self, ctx: RunContext) -> RunResult | None: ...
 
 
-@cache
-def _registry() -> dict:
-    """Entry points by name; a jig's module is imported only when the jig is first used."""
-    return {ep.name: ep for ep in entry_points(group="crowbar.jigs")}
-
-
 def jig_names() -> list[str]:
-    return sorted(_registry())
+    return plugins.names(plugins.JIGS)
 
 
-@cache
 def get_jig(name: str) -> Jig:
-    """One shared instance per jig: jigs keep no per-run state on themselves."""
-    try:
-        entry = _registry()[name]
-    except KeyError:
-        raise KeyError(f"unknown jig {name!r}; known: {', '.join(jig_names())}") from None
-    return entry.load()()
+    """One shared instance per jig (jigs keep no per-run state); UnknownPlugin (a KeyError) naming
+    the known jigs if there is none called `name`."""
+    return plugins.get(plugins.JIGS, name)

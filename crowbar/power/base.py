@@ -19,19 +19,11 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import import_module
-from importlib.metadata import entry_points
 from typing import Literal
 
+from crowbar import plugins
+
 Status = Literal["on", "off", "unknown"]
-
-# Used when the `crowbar.power` entry points are not (yet) declared by the installed package.
-BUILTIN = {
-    "qemu": "crowbar.power.qemu:QemuPower",
-    "manual": "crowbar.power.manual:ManualPower",
-}
-
 
 class PowerError(Exception):
     """A power action failed; the message says which node, which action and why."""
@@ -75,26 +67,11 @@ class PowerDriver(abc.ABC):
         """{"name", "summary", "settings": {key: meaning}}, for the CLI and the API."""
 
 
-def _load(target: str) -> type[PowerDriver]:
-    module, _, attr = target.partition(":")
-    return getattr(import_module(module), attr)
-
-
-@cache
-def _registry() -> dict:
-    found = {ep.name: ep.load for ep in entry_points(group="crowbar.power")}
-    return {**{name: (lambda t=target: _load(t)) for name, target in BUILTIN.items()}, **found}
-
-
 def driver_names() -> list[str]:
-    return sorted(_registry())
+    return plugins.names(plugins.POWER)
 
 
-@cache
 def get_driver(name: str) -> PowerDriver:
-    """One shared instance per driver: drivers keep no per-node state on themselves."""
-    try:
-        loader = _registry()[name]
-    except KeyError:
-        raise KeyError(f"unknown power driver {name!r}; known: {', '.join(driver_names())}") from None
-    return loader()()
+    """One shared instance per driver (drivers keep no per-node state); UnknownPlugin (a KeyError)
+    naming the known drivers if there is none called `name`."""
+    return plugins.get(plugins.POWER, name)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crowbar.errors import InvalidInput
-from crowbar.provisioner.ipxe import dhcp_script_url, normalize_mac
+from crowbar.network.mac import normalize_mac
+from crowbar.provisioner.ipxe import dhcp_script_url
 
 IPXE_DIR = Path("/usr/lib/ipxe")        # Debian's ipxe package
 BIOS_BOOT_FILE = "undionly.kpxe"

@@ -19,12 +19,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from crowbar.network.mac import normalize_mac
 from crowbar.provisioner.lifecycle import DISCOVERY, LOCAL, NONE
 
 SCRIPT_SUFFIX = ".ipxe"
 CONSOLE = ("tty0", "ttyS0,115200n8")
 
-_MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _OS = re.compile(r"^[a-z0-9][a-z0-9._]*(-[a-z0-9._]+)*$")
 _INSTALL = re.compile(r"^(?P<os>.+)-install$")
 
@@ -68,13 +68,6 @@ def mac_from_script_name(name: str) -> str:
     if not name.endswith(SCRIPT_SUFFIX):
         raise ValueError(f"not an iPXE script name: {name!r}")
     return normalize_mac(name[: -len(SCRIPT_SUFFIX)])
-
-
-def normalize_mac(mac: str) -> str:
-    value = mac.strip().lower()
-    if not _MAC.match(value):
-        raise ValueError(f"not a MAC address: {mac!r}")
-    return value.replace("-", ":")
 
 
 def render(bootenv: str | None, params: BootParams, *, mac: str | None = None,

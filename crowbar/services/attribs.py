@@ -8,8 +8,8 @@ import jsonschema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crowbar.db.events import record
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
-from crowbar.engine import graph
 from crowbar.engine.attribs import MISSING, RunDocuments, dig, noderole_value, put
 from crowbar.errors import InvalidInput, NotFound
 from crowbar.services import deployments, lookup
@@ -84,7 +84,7 @@ def set_on_node(session: Session, name: str, value, node: str, actor: str = "sys
     hints = json.loads(json.dumps(n.hints or {}))
     old = dig(hints, a.map)
     n.hints = put(hints, a.map, value)
-    graph.record(session, [{"object_type": "node", "object_id": n.id, "action": "set-attrib", "actor": actor,
+    record(session, [{"object_type": "node", "object_id": n.id, "action": "set-attrib", "actor": actor,
                             "message": f"{a.name} = {json.dumps(value)}"}])
     if old is not MISSING and old == value:
         return get(session, name, n.name)

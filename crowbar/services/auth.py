@@ -15,8 +15,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crowbar.db.events import record
 from crowbar.db.models import ApiToken
-from crowbar.engine import graph
 
 
 def hash_token(token: str) -> str:
@@ -54,5 +54,5 @@ def ensure_admin_token(session: Session, token_file: Path) -> str | None:
     session.add(ApiToken(name="admin", kind="admin", token_hash=hash_token(token)))
     session.flush()
     write_secret(token_file, token)
-    graph.record(session, [{"object_type": "token", "action": "create", "message": "admin token created"}])
+    record(session, [{"object_type": "token", "action": "create", "message": "admin token created"}])
     return token

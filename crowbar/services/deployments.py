@@ -7,6 +7,7 @@ import re
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
+from crowbar.db.events import record
 from crowbar.db.models import Deployment, DeploymentRole, NodeRole, Role
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
@@ -22,7 +23,7 @@ def ensure_system(session: Session) -> Deployment:
         system = Deployment(name="system", system=True, state="committed", description="The root deployment")
         session.add(system)
         session.flush()
-        graph.record(session, [{"object_type": "deployment", "object_id": system.id, "action": "create",
+        record(session, [{"object_type": "deployment", "object_id": system.id, "action": "create",
                                 "to_state": "committed", "message": "system"}])
     return system
 
@@ -82,7 +83,7 @@ def create_deployment(session: Session, name: str, parent: str | None = None, de
     d = Deployment(name=name, parent_id=parent_row.id, description=description, state="proposed")
     session.add(d)
     session.flush()
-    graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "create", "actor": actor,
+    record(session, [{"object_type": "deployment", "object_id": d.id, "action": "create", "actor": actor,
                             "to_state": "proposed", "message": f"{name} under {parent_row.name}"}])
     return deployment_dict(d, {}, parent_row.name)
 
@@ -112,7 +113,7 @@ def bind(session: Session, deployment_key, role_key, node_key, actor: str = "sys
         graph.commit_noderoles(session, d.id, actor)
     elif d.state == "committed":
         d.state, reopened = "proposed", True
-        graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "reopen", "actor": actor,
+        record(session, [{"object_type": "deployment", "object_id": d.id, "action": "reopen", "actor": actor,
                                 "from_state": "committed", "to_state": "proposed",
                                 "message": f"bound {role.name} to {node.name}; commit to run it"}])
     session.flush()
@@ -134,7 +135,7 @@ def commit(session: Session, key, actor: str = "system") -> dict:
             NodeRole.deployment_id == d.id, NodeRole.role_id.in_(changed_roles), NodeRole.state.in_(["active", "error"]))))
         requeue(session, rerun, actor, "deployment data changed")
     if d.state != "committed":
-        graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "commit", "actor": actor,
+        record(session, [{"object_type": "deployment", "object_id": d.id, "action": "commit", "actor": actor,
                                 "from_state": d.state, "to_state": "committed",
                                 "message": f"{count} noderoles committed"}])
         d.state = "committed"
@@ -147,7 +148,7 @@ def propose(session: Session, key, actor: str = "system") -> dict:
     if d.system:
         raise Conflict("the system deployment is always committed")
     if d.state != "proposed":
-        graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "propose", "actor": actor,
+        record(session, [{"object_type": "deployment", "object_id": d.id, "action": "propose", "actor": actor,
                                 "from_state": d.state, "to_state": "proposed"}])
         d.state = "proposed"
     return show_deployment(session, d.id)
@@ -190,7 +191,7 @@ def delete_deployment(session: Session, key, actor: str = "system") -> dict:
             raise Conflict(f"deployment {d.name!r} cannot be deleted: other deployments depend on it ({where})")
         graph.delete_noderoles(session, ids)
     session.execute(delete(DeploymentRole).where(DeploymentRole.deployment_id == d.id))
-    graph.record(session, [{"object_type": "deployment", "object_id": d.id, "action": "delete", "actor": actor,
+    record(session, [{"object_type": "deployment", "object_id": d.id, "action": "delete", "actor": actor,
                             "from_state": d.state, "message": f"{d.name} and {len(ids)} noderoles"}])
     session.delete(d)
     return {"id": d.id, "name": d.name, "deleted": True, "noderoles_deleted": len(ids)}
@@ -209,6 +210,6 @@ def set_role_data(session: Session, deployment_key, role_key, data: dict, actor:
     dr.proposed = data
     if d.state == "committed" and not d.system:
         session.execute(update(Deployment).where(Deployment.id == d.id).values(state="proposed"))
-    graph.record(session, [{"object_type": "deployment_role", "object_id": dr.id, "action": "set-data",
+    record(session, [{"object_type": "deployment_role", "object_id": dr.id, "action": "set-data",
                             "actor": actor, "message": f"{d.name}/{role.name}"}])
     return {"id": dr.id, "deployment": d.name, "role": role.name, "proposed": dr.proposed, "committed": dr.committed}

@@ -1,28 +1,89 @@
-"""Find objects by id or by name, with a NotFound that says which one and what kind."""
+"""Find objects by id or by name, with a NotFound that says which one and what kind.
+
+The one rule for references, everywhere (API paths and bodies, CLI arguments): a reference made
+only of digits is an id; anything else is a name. Node names are host names that can never be all
+digits (`valid_node_name`), so a node's name and another node's id can never be confused.
+Other objects (roles, barclamps, deployments) follow the same rule.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crowbar.db.models import Barclamp, Deployment, Node, NodeRole, Role
-from crowbar.errors import NotFound
+from crowbar.db.sql import chunks
+from crowbar.errors import InvalidInput, NotFound
+
+# RFC 1123 host names (labels of letters, digits and inner hyphens; 253 characters at most), lower
+# case, and never all digits and dots: "12" would read as an id, "10.0.0.5" as an address.
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_NUMERIC = re.compile(r"^[0-9.]+$")
+
+
+def valid_node_name(name: str) -> str:
+    """The normalised (stripped, lower-case) node name, or InvalidInput saying why it is refused."""
+    name = (name or "").strip().lower()
+    if not _HOST_NAME.match(name):
+        raise InvalidInput(f"node name {name!r} is not a valid host name (RFC 1123: letters, digits, "
+                           "'-' inside labels, dots between them)", field="name")
+    if _NUMERIC.match(name):
+        raise InvalidInput(f"node name {name!r} is all digits: names must not look like ids or addresses",
+                           field="name")
+    return name
+
+
+class NodeRef(NamedTuple):
+    id: int
+    name: str
+
+
+def is_id(key) -> bool:
+    return str(key).strip().isdigit()
 
 
 def _by_key(session: Session, model, key: str | int, kind: str):
     key = str(key).strip()
-    row = None
     if key.isdigit():
         row = session.get(model, int(key))
-    if row is None and hasattr(model, "name"):
-        row = session.scalar(select(model).where(model.name == key))
+    else:
+        row = session.scalar(select(model).where(model.name == key)) if hasattr(model, "name") else None
     if row is None:
         raise NotFound(f"{kind} {key!r} does not exist", field=kind)
     return row
 
 
 def node(session: Session, key) -> Node:
-    return _by_key(session, Node, key, "node")
+    return _by_key(session, Node, str(key).strip().lower() if not is_id(key) else key, "node")
+
+
+def node_refs(session: Session, keys: list) -> list[NodeRef]:
+    """(id, name) of each node referenced in `keys`, in that order, by the same rule as `node`,
+    without loading the nodes' JSON columns; NotFound names the first few that do not exist."""
+    refs = [str(k).strip() for k in keys]
+    refs = [r if r.isdigit() else r.lower() for r in refs]
+    by_name: dict[str, NodeRef] = {}
+    by_id: dict[int, NodeRef] = {}
+    for part in chunks(sorted({r for r in refs if not r.isdigit()})):
+        for node_id, name in session.execute(select(Node.id, Node.name).where(Node.name.in_(part))):
+            by_name[name] = NodeRef(node_id, name)
+    for part in chunks(sorted({int(r) for r in refs if r.isdigit()})):
+        for node_id, name in session.execute(select(Node.id, Node.name).where(Node.id.in_(part))):
+            by_id[node_id] = NodeRef(node_id, name)
+    out, missing = [], []
+    for r in refs:
+        hit = by_id.get(int(r)) if r.isdigit() else by_name.get(r)
+        if hit is None:
+            missing.append(r)
+        else:
+            out.append(hit)
+    if missing:
+        listed = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise NotFound(f"node {listed} does not exist", field="node")
+    return out
 
 
 def role(session: Session, key) -> Role:

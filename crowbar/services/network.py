@@ -58,11 +58,12 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from crowbar.db.events import record
+from crowbar.db.sql import chunks, is_postgresql
 from crowbar.db.models import Node, NodeRole, Role, utcnow
 from crowbar.db.network_models import (
     NetworkAllocation, NetworkRange, NetworkRow, NetworkSettings, NeutronSegment,
 )
-from crowbar.engine import graph
 from crowbar.errors import Conflict, CrowbarError, InvalidInput, NotFound
 from crowbar.network import linuxbridge, neutron
 from crowbar.network.ipam import UsedAddresses, choose_address, resolve_range
@@ -73,11 +74,11 @@ from crowbar.network.model import (
 )
 from crowbar.network.plan import plan_interfaces
 from crowbar.network.render import render_ifupdown, render_netplan, render_networkd
+from crowbar.services import lookup
 
 ENV_TEMPLATE = "CROWBAR_NETWORK_TEMPLATE"
 SETTINGS_ID = 1
 RETRIES = 50
-CHUNK = 5000
 NETWORK_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 PLAN_FORMATS = ("json", "networkd", "netplan", "ifupdown")
 NEUTRON_DEFAULTS = {"physical_network": neutron.DEFAULT_PHYSNET,
@@ -101,8 +102,6 @@ _settings = NetworkSettings.__table__
 # The allocator's statements, built once: one allocation per transaction runs these and little
 # else, so building and cache-keying them per call would cost more than executing them.
 _Q_VERSION = select(_settings.c.version).where(_settings.c.id == SETTINGS_ID)
-_Q_NODE_BY_NAME = select(Node.id, Node.name).where(Node.name == bindparam("key"))
-_Q_NODE_BY_ID = select(Node.id, Node.name).where(Node.id == bindparam("key"))
 _Q_EXISTING = select(_allocs.c.id, _allocs.c.address, _allocs.c.range).where(
     _allocs.c.network_id == bindparam("network_id"), _allocs.c.node_id == bindparam("node_id"))
 _IN_GROUP = _allocs.c.network_id.in_(bindparam("group", expanding=True))
@@ -162,15 +161,6 @@ def address_key(address: Any) -> str:
     return format(value, "032x")
 
 
-def _postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
-def _chunks(items: list, size: int = CHUNK) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _sharing(template: NetworkTemplate, network: Network) -> list[Network]:
     """Networks whose addresses can collide with `network`'s: their subnets overlap (itself too).
     A valid template keeps overlapping subnets on one segment (see model.same_segment)."""
@@ -183,14 +173,14 @@ def _lock_networks(session: Session, ids: Iterable[int]) -> None:
     """PostgreSQL: lock these network rows until the transaction ends, in id order (no deadlock).
     SQLite needs nothing: each transaction began with BEGIN IMMEDIATE, so it is the only writer."""
     ids = sorted(set(ids))
-    if ids and _postgresql(session):
+    if ids and is_postgresql(session):
         session.execute(select(_nets.c.id).where(_nets.c.id.in_(ids)).order_by(_nets.c.id)
                         .with_for_update())
 
 
 def _lock_template(session: Session) -> None:
     """Before changing the template: the settings row, then every network row, in id order."""
-    if _postgresql(session):
+    if is_postgresql(session):
         session.execute(select(_settings.c.id).where(_settings.c.id == SETTINGS_ID).with_for_update())
         session.execute(select(_nets.c.id).order_by(_nets.c.id).with_for_update())
 
@@ -343,7 +333,7 @@ def seed_template(session: Session) -> str | None:
             _store_template(session, template, {})
     except IntegrityError:  # another server seeded the same database at the same moment
         return None
-    graph.record(session, [{"object_type": "network", "action": "seed",
+    record(session, [{"object_type": "network", "action": "seed",
                             "message": f"network template: {source}"}])
     return source
 
@@ -533,7 +523,7 @@ def _apply(session: Session, old: NetworkTemplate, new: NetworkTemplate, ids: di
                        ". Nothing was changed: preview it, or apply it with force to "
                        + ("re-allocate" if invalid else "release") + " them", field="force")
     if invalid:
-        for part in _chunks([a.allocation_id for a in invalid]):
+        for part in chunks([a.allocation_id for a in invalid]):
             session.execute(delete(_allocs).where(_allocs.c.id.in_(part)))
     new_ids = _store_template(session, new, ids)
     if rows:
@@ -548,7 +538,7 @@ def _apply(session: Session, old: NetworkTemplate, new: NetworkTemplate, ids: di
                for row, m in zip(rows, moves)]
     events += [{"object_type": "node", "object_id": a.node_id, "action": "release", "actor": actor,
                 "message": f"{a.network} {a.address} (network removed)"} for a in removed]
-    graph.record(session, events)
+    record(session, events)
     return result
 
 
@@ -732,7 +722,7 @@ def _locked_network(session: Session, name: str) -> tuple[NetworkTemplate, dict[
         stored = _read_stored(session)
         network = _get(stored.template, name)
         group = [stored.ids[n.name] for n in _sharing(stored.template, network)]
-        if not _postgresql(session):  # BEGIN IMMEDIATE: nobody else writes until we commit
+        if not is_postgresql(session):  # BEGIN IMMEDIATE: nobody else writes until we commit
             return stored.template, dict(stored.ids), network, group
         _lock_networks(session, set(group) - locked)
         locked |= set(group)
@@ -769,7 +759,7 @@ def allocate(session: Session, network_name: str, node_key, range_name: str | No
              address: str | None = None, actor: str = "system") -> dict:
     """The node's address on the network (see the module docstring for the order)."""
     range_name = range_name or "host"
-    node = _node(session, node_key)
+    node = lookup.node_refs(session, [node_key])[0]
     if address is not None:
         try:
             address = str(ipaddress.ip_address(str(address).strip()))
@@ -801,7 +791,7 @@ def allocate(session: Session, network_name: str, node_key, range_name: str | No
                     session.connection().execute(_INSERT_ALLOCATION, {"created_at": utcnow(), **values})
         except IntegrityError:
             continue  # a concurrent allocation took it first: look again
-        graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "allocate",
+        record(session, [{"object_type": "node", "object_id": node.id, "action": "allocate",
                                 "actor": actor, "message": f"{network_name} {text} ({resolved})"}])
         out = _allocation_dict(network_name, node.name, resolved, text, created=True)
         if existing is not None:
@@ -820,12 +810,12 @@ def allocate_many(session: Session, network_name: str, node_keys: list, range_na
     """Allocate for many nodes in one transaction: one lock, one read of what is taken, one
     executemany. All or nothing: when the range runs out, nothing is allocated."""
     range_name = range_name or "host"
-    nodes = _nodes(session, node_keys)
+    nodes = lookup.node_refs(session, node_keys)
     template, ids, network, group = _locked_network(session, network_name)
     network_id = ids[network_name]
     existing = {}
     node_ids = [node_id for node_id, _name in nodes]
-    for part in _chunks(node_ids):
+    for part in chunks(node_ids):
         existing.update(session.execute(select(_allocs.c.node_id, _allocs.c.address)
                                         .where(_allocs.c.network_id == network_id,
                                                _allocs.c.node_id.in_(part))).all())
@@ -845,19 +835,19 @@ def allocate_many(session: Session, network_name: str, node_keys: list, range_na
         rows.append({"network_id": network_id, "node_id": node_id, "range": resolved, "address": text,
                      "address_key": address_key(chosen), "created_at": utcnow()})
         out.append(_allocation_dict(network_name, node_name, resolved, text, created=True))
-    for part in _chunks(stale):
+    for part in chunks(stale):
         session.execute(delete(_allocs).where(_allocs.c.network_id == network_id,
                                               _allocs.c.node_id.in_(part)))
     if rows:
         session.execute(insert(_allocs), rows)
-        graph.record(session, [{"object_type": "node", "object_id": r["node_id"], "action": "allocate",
+        record(session, [{"object_type": "node", "object_id": r["node_id"], "action": "allocate",
                                 "actor": actor, "message": f"{network_name} {r['address']} ({resolved})"}
                                for r in rows])
     return out
 
 
 def release(session: Session, network_name: str, node_key, actor: str = "system") -> dict:
-    node = _node(session, node_key)
+    node = lookup.node_refs(session, [node_key])[0]
     template, ids = _read_template(session)
     _get(template, network_name)
     row = session.execute(select(_allocs.c.id, _allocs.c.address, _allocs.c.range).where(
@@ -865,7 +855,7 @@ def release(session: Session, network_name: str, node_key, actor: str = "system"
     if row is None:
         raise NotFound(f"node {node.name!r} has no address on network {network_name!r}", field="node")
     session.execute(delete(_allocs).where(_allocs.c.id == row.id))
-    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "release",
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "release",
                             "actor": actor, "message": f"{network_name} {row.address} ({row.range})"}])
     return _allocation_dict(network_name, node.name, row.range, row.address, released=True)
 
@@ -884,41 +874,12 @@ def node_addresses(session: Session, node_ids: list[int]) -> dict[int, dict[str,
     """node id -> {network name: address}."""
     names = dict(session.execute(select(_nets.c.id, _nets.c.name)).all())
     out: dict[int, dict[str, str]] = {node_id: {} for node_id in node_ids}
-    for part in _chunks(node_ids):
+    for part in chunks(node_ids):
         for node_id, network_id, address in session.execute(
                 select(_allocs.c.node_id, _allocs.c.network_id, _allocs.c.address)
                 .where(_allocs.c.node_id.in_(part))):
             out[node_id][names[network_id]] = address
     return out
-
-
-def _node(session: Session, key):
-    """(id, name) of a node given by name or id (without loading its JSON columns)."""
-    key, conn = str(key).strip(), session.connection()
-    row = conn.execute(_Q_NODE_BY_NAME, {"key": key}).first()
-    if row is None and key.isdigit():
-        row = conn.execute(_Q_NODE_BY_ID, {"key": int(key)}).first()
-    if row is None:
-        raise NotFound(f"node {key!r} does not exist", field="node")
-    return row
-
-
-def _nodes(session: Session, keys: list) -> list[tuple[int, str]]:
-    """(id, name) of each node named (or numbered) in `keys`, in that order."""
-    names = [str(k).strip() for k in keys]
-    found: dict[str, tuple[int, str]] = {}
-    for part in _chunks(sorted(set(names))):
-        for node_id, name in session.execute(select(Node.id, Node.name).where(Node.name.in_(part))):
-            found[name] = (node_id, name)
-    numeric = [int(n) for n in names if n not in found and n.isdigit()]
-    for part in _chunks(numeric):
-        for node_id, name in session.execute(select(Node.id, Node.name).where(Node.id.in_(part))):
-            found[str(node_id)] = (node_id, name)
-    missing = [n for n in names if n not in found]
-    if missing:
-        listed = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise NotFound(f"node {listed} does not exist", field="node")
-    return [found[n] for n in names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -940,7 +901,7 @@ def _inventory(node_name: str, discovery: Any) -> tuple[list, str | None]:
 
 def _roles_of(session: Session, node_ids: list[int]) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {node_id: [] for node_id in node_ids}
-    for part in _chunks(node_ids):
+    for part in chunks(node_ids):
         for node_id, role in session.execute(select(NodeRole.node_id, Role.name)
                                              .join(Role, Role.id == NodeRole.role_id)
                                              .where(NodeRole.node_id.in_(part))
@@ -969,10 +930,10 @@ def node_plans(session: Session, node_keys: list, fmt: str = "json",
     if fmt not in PLAN_FORMATS:
         raise InvalidInput(f"format {fmt!r} is not one of {', '.join(PLAN_FORMATS)}", field="format")
     template = template or current_template(session)
-    nodes = _nodes(session, node_keys)
+    nodes = lookup.node_refs(session, node_keys)
     ids = [node_id for node_id, _name in nodes]
     discovery: dict[int, Any] = {}
-    for part in _chunks(ids):
+    for part in chunks(ids):
         discovery.update(session.execute(select(Node.id, Node.discovery).where(Node.id.in_(part))).all())
     addresses = node_addresses(session, ids)
     roles = _roles_of(session, ids)
@@ -1043,7 +1004,7 @@ def set_neutron_settings(session: Session, changes: Mapping[str, Any], actor: st
         _vlan_range(session, template, new)
     session.execute(update(_settings).where(_settings.c.id == SETTINGS_ID).values(neutron=new))
     _sync_fixed_network(session, template, new)
-    graph.record(session, [{"object_type": "network", "action": "neutron-settings", "actor": actor,
+    record(session, [{"object_type": "network", "action": "neutron-settings", "actor": actor,
                             "message": ", ".join(f"{k}={new[k]}" for k in sorted(changes))}])
     return new
 
@@ -1154,7 +1115,7 @@ def create_tenant_network(session: Session, name: str = "", network_type: str = 
                     provider=segmentation_id is not None, created_at=utcnow()))
         except IntegrityError:
             continue  # a concurrent create took this id: look again
-        graph.record(session, [{"object_type": "tenant_network", "action": "create", "actor": actor,
+        record(session, [{"object_type": "tenant_network", "action": "create", "actor": actor,
                                 "message": f"{name or network_id}: {network_type} {physnet or ''}"
                                            f"{':' if physnet else ''}{chosen}".replace("  ", " ")}])
         row = session.execute(select(_segments).where(_segments.c.network_id == network_id)).first()
@@ -1185,7 +1146,7 @@ def delete_tenant_network(session: Session, key: str, actor: str = "system") -> 
     """Release the network's segment (back to the pool when it lies in the ranges)."""
     row = _tenant_row(session, key)
     session.execute(delete(_segments).where(_segments.c.id == row.id))
-    graph.record(session, [{"object_type": "tenant_network", "action": "delete", "actor": actor,
+    record(session, [{"object_type": "tenant_network", "action": "delete", "actor": actor,
                             "message": f"{row.name or row.network_id}: {row.network_type} "
                                        f"{row.segmentation_id}"}])
     return {**_segment_dict(row), "deleted": True}
@@ -1249,7 +1210,7 @@ def _neutron_plan(session: Session, node, template: NetworkTemplate):
 
 def node_neutron(session: Session, node_key) -> dict:
     """ml2_conf.ini, linuxbridge_agent.ini, dhcp_agent.ini and l3_agent.ini for a node."""
-    node = _node(session, node_key)
+    node = lookup.node_refs(session, [node_key])[0]
     template = current_template(session)
     settings = neutron_settings(session)
     start, end = _vlan_range(session, template, settings)

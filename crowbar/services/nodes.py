@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, Role
 from crowbar.engine import graph
-from crowbar.errors import Conflict, InvalidInput
+from crowbar.errors import Conflict
 from crowbar.services import lookup
-
-NODE_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
 def node_dict(node: Node, full: bool = False) -> dict:
@@ -33,16 +30,14 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
                 description: str = "", actor: str = "system", bind_roles: bool = True,
                 binder: graph.Binder | None = None) -> dict:
     """Create a node; like Crowbar 2, bind the discovery roles (and bootstrap roles on the admin node)."""
-    name = (name or "").strip().lower()
-    if not NODE_NAME.match(name):
-        raise InvalidInput(f"node name {name!r} is not a valid host name (letters, digits, '-', dots)", field="name")
+    name = lookup.valid_node_name(name)
     if session.scalar(select(Node.id).where(Node.name == name)) is not None:
         raise Conflict(f"node {name!r} already exists", field="name")
     node = Node(name=name, admin=admin, alive=alive, available=available, description=description,
                 bootenv="local", discovery={}, hints={})
     session.add(node)
     session.flush()
-    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "create", "actor": actor,
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "create", "actor": actor,
                             "to_state": "alive" if alive else "dead", "message": name}])
     if bind_roles:
         flags = ["discovery"] + (["bootstrap"] if admin else [])
@@ -75,7 +70,7 @@ def update_node(session: Session, key, *, alive: bool | None = None, available: 
             setattr(node, attr, value)
     if description is not None:
         node.description = description
-    graph.record(session, events)
+    record(session, events)
     return node_dict(node, full=True)
 
 
@@ -96,7 +91,7 @@ def delete_node(session: Session, key, actor: str = "system") -> dict:
             where = ", ".join(f"noderole {i} on {n}" for i, n in dependents)
             raise Conflict(f"node {node.name!r} cannot be deleted: other nodes depend on its noderoles ({where})")
         graph.delete_noderoles(session, ids)
-    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "delete", "actor": actor,
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "delete", "actor": actor,
                             "message": f"{node.name} and {len(ids)} noderoles"}])
     session.delete(node)
     return {"id": node.id, "name": node.name, "deleted": True, "noderoles_deleted": len(ids)}

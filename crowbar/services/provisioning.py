@@ -7,30 +7,29 @@ token (stored hashed, the previous one revoked) that authenticates everything th
 
 from __future__ import annotations
 
-import re
 import secrets
 from datetime import datetime, timezone
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from crowbar.db.events import record
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
-from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from crowbar.network.mac import normalize_mac as _normalize_mac
 from crowbar.power.base import PowerError, PowerNode, get_driver
 from crowbar.provisioner import lifecycle
 from crowbar.services import auth, lookup, nodes
 
-MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 DEFAULT_DOMAIN = "crowbar.local"
 WAIT_SECONDS = 3
 
 
 def normalize_mac(value) -> str:
-    mac = str(value or "").strip().lower().replace("-", ":")
-    if not MAC.match(mac):
-        raise InvalidInput(f"{value!r} is not a MAC address (expected aa:bb:cc:dd:ee:ff)", field="mac")
-    return mac
+    try:
+        return _normalize_mac(value)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="mac") from None
 
 
 def discovered_name(mac: str, domain: str) -> str:
@@ -68,7 +67,7 @@ def _issue_node_token(session: Session, node: Node) -> str:
 def set_state(session: Session, node: Node, target: str, reason: str = "", actor: str = "system") -> None:
     """Move a node along its lifecycle (refused unless the table allows it), with its bootenv."""
     lifecycle.check(node.state, target)
-    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": actor,
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": actor,
                             "from_state": node.state, "to_state": target, "message": reason}])
     node.state, node.state_reason, node.state_changed_at = target, reason, utcnow()
     node.bootenv = lifecycle.bootenv_for(target, node.os or lifecycle.DEFAULT_OS)
@@ -87,7 +86,7 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN) ->
         info = nodes.create_node(session, discovered_name(boot, domain), actor="discovery")
         node = session.get(Node, info["id"])
         node.state, node.state_changed_at, node.bootenv = lifecycle.DISCOVERED, utcnow(), lifecycle.DISCOVERY
-        graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle",
+        record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle",
                                 "actor": "discovery", "to_state": lifecycle.DISCOVERED,
                                 "message": f"discovered by {boot}"}])
     else:
@@ -119,7 +118,7 @@ def agent_next(session: Session, node: Node) -> dict:
     node.alive = True
     if node.agent_action:
         action, node.agent_action = node.agent_action, None
-        graph.record(session, [{"object_type": "node", "object_id": node.id, "action": f"agent-{action}",
+        record(session, [{"object_type": "node", "object_id": node.id, "action": f"agent-{action}",
                                 "actor": "agent", "message": f"{action} sent to the agent"}])
         return {"action": action}
     job = session.scalar(select(AgentJob).where(AgentJob.node_id == node.id, AgentJob.state == "queued")
@@ -187,7 +186,7 @@ def transition(session: Session, key, target: str, actor: str = "system") -> dic
         try:
             get_driver(node.power_driver).power_cycle(_power_node(node))
         except (PowerError, KeyError) as exc:
-            graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "power-cycle",
+            record(session, [{"object_type": "node", "object_id": node.id, "action": "power-cycle",
                                     "actor": actor, "message": f"could not power-cycle: {exc}"}])
     return nodes.node_dict(node, full=True)
 
@@ -207,7 +206,7 @@ def power(session: Session, key, action: str, actor: str = "system") -> dict:
         message = {"on": driver.power_on, "off": driver.power_off, "cycle": driver.power_cycle}[action](target)
     except PowerError as exc:
         raise Conflict(str(exc)) from None
-    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": f"power-{action}",
+    record(session, [{"object_type": "node", "object_id": node.id, "action": f"power-{action}",
                             "actor": actor, "message": message}])
     return {"node": node.name, "driver": node.power_driver, "action": action, "message": message}
 
@@ -221,7 +220,7 @@ def set_power(session: Session, key, driver: str, settings: dict, actor: str = "
     if not isinstance(settings, dict):
         raise InvalidInput("power settings must be a JSON object", field="settings")
     node.power_driver, node.power = driver, settings
-    graph.record(session, [{"object_type": "node", "object_id": node.id, "action": "set-power", "actor": actor,
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "set-power", "actor": actor,
                             "message": driver}])
     return nodes.node_dict(node, full=True)
 

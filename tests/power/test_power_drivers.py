@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from crowbar.power import BUILTIN, PowerDriver, PowerError, PowerNode, driver_names, get_driver
+from crowbar import plugins
+from crowbar.power import PowerDriver, PowerError, PowerNode, driver_names, get_driver
 from crowbar.power.manual import ManualPower
 from crowbar.power.qemu import QemuPower
 
@@ -96,8 +97,9 @@ def test_the_registry_finds_the_builtin_drivers():
     assert isinstance(get_driver("qemu"), QemuPower)
     assert isinstance(get_driver("manual"), ManualPower)
     assert get_driver("qemu") is get_driver("qemu")
-    for target in BUILTIN.values():
-        assert ":" in target
+    for group in (plugins.POWER, plugins.JIGS):
+        for target in plugins.BUILTIN[group].values():  # the fallback table names importable classes
+            assert plugins._import(target).__name__ == target.rpartition(":")[2]
     with pytest.raises(KeyError, match="known: .*manual.*qemu"):
         get_driver("ipmi-from-the-future")
 
