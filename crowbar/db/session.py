@@ -50,6 +50,18 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def signal_work(session: Session, kind: str = "anneal") -> None:
+    """Tell whoever commits this unit of work that it made new work for a background loop
+    ("anneal": noderoles may be runnable; "power": a power request is queued). The API's unit of
+    work wakes those loops after a successful commit; nothing is woken if the work rolls back."""
+    session.info.setdefault("work", set()).add(kind)
+
+
+def pending_work(session: Session) -> set[str]:
+    """The kinds of work this unit signalled (see `signal_work`)."""
+    return set(session.info.get("work", ()))
+
+
 class Database:
     """An engine plus a session factory; one per process and URL."""
 
