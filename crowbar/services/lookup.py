@@ -41,14 +41,24 @@ class NodeRef(NamedTuple):
     name: str
 
 
+MAX_ID_DIGITS = 18  # ids fit a signed 64-bit integer; a longer number can name nothing
+
+
 def is_id(key) -> bool:
-    return str(key).strip().isdigit()
+    """True for a reference made of ASCII digits only ("²" and "٣" are digits to Python, not to us)."""
+    key = str(key).strip()
+    return key.isascii() and key.isdigit()
+
+
+def _as_id(key: str) -> int | None:
+    """The id a digits-only reference names, or None when it is too long to be any row's id."""
+    return int(key) if len(key) <= MAX_ID_DIGITS else None
 
 
 def _by_key(session: Session, model, key: str | int, kind: str):
     key = str(key).strip()
-    if key.isdigit():
-        row = session.get(model, int(key))
+    if is_id(key):
+        row = session.get(model, _as_id(key)) if _as_id(key) is not None else None
     else:
         row = session.scalar(select(model).where(model.name == key)) if hasattr(model, "name") else None
     if row is None:
@@ -64,18 +74,18 @@ def node_refs(session: Session, keys: list) -> list[NodeRef]:
     """(id, name) of each node referenced in `keys`, in that order, by the same rule as `node`,
     without loading the nodes' JSON columns; NotFound names the first few that do not exist."""
     refs = [str(k).strip() for k in keys]
-    refs = [r if r.isdigit() else r.lower() for r in refs]
+    refs = [r if is_id(r) else r.lower() for r in refs]
     by_name: dict[str, NodeRef] = {}
     by_id: dict[int, NodeRef] = {}
-    for part in chunks(sorted({r for r in refs if not r.isdigit()})):
+    for part in chunks(sorted({r for r in refs if not is_id(r)})):
         for node_id, name in session.execute(select(Node.id, Node.name).where(Node.name.in_(part))):
             by_name[name] = NodeRef(node_id, name)
-    for part in chunks(sorted({int(r) for r in refs if r.isdigit()})):
+    for part in chunks(sorted({_as_id(r) for r in refs if is_id(r) and _as_id(r) is not None})):
         for node_id, name in session.execute(select(Node.id, Node.name).where(Node.id.in_(part))):
             by_id[node_id] = NodeRef(node_id, name)
     out, missing = [], []
     for r in refs:
-        hit = by_id.get(int(r)) if r.isdigit() else by_name.get(r)
+        hit = by_id.get(_as_id(r)) if is_id(r) else by_name.get(r)
         if hit is None:
             missing.append(r)
         else:
@@ -100,7 +110,7 @@ def deployment(session: Session, key) -> Deployment:
 
 def noderole(session: Session, key) -> NodeRole:
     key = str(key).strip()
-    row = session.get(NodeRole, int(key)) if key.isdigit() else None
+    row = session.get(NodeRole, _as_id(key)) if is_id(key) and _as_id(key) is not None else None
     if row is None:
         raise NotFound(f"noderole {key!r} does not exist", field="noderole")
     return row

@@ -43,3 +43,12 @@ def test_every_command_resolves_a_reference_the_same_way(api, db):
             assert lookup.node_refs(s, [ref]) == [(expected["id"], expected["name"])]
     missing = api.get("/api/v2/nodes/999999")
     assert missing.status_code == 404 and "999999" in missing.json()["message"]
+
+
+@pytest.mark.parametrize("ref", ["%C2%B2", "%D9%A3", "9" * 25, "0" * 19 + "1"])
+def test_number_like_references_that_name_nothing_are_404_not_500(api, ref):
+    for path in (f"/api/v2/nodes/{ref}", f"/api/v2/node_roles/{ref}", f"/api/v2/deployments/{ref}",
+                 f"/api/v2/roles/{ref}"):
+        r = api.get(path)
+        assert r.status_code == 404, (path, r.status_code, r.text)
+        assert r.json()["error"] == "not_found"
