@@ -1,8 +1,11 @@
 """The template cache (crowbar.services.network.templates.TemplateCache): keyed by the settings
-version token, and bounded."""
+version token, bounded, and never filled with rows that belong to another version."""
 
 from __future__ import annotations
 
+from sqlalchemy import update
+
+from crowbar.db.network_models import NetworkSettings
 from crowbar.services import network
 from crowbar.services.network import templates
 from netdb_helpers import TINY
@@ -31,3 +34,21 @@ def test_the_cache_is_bounded():
     cache.put(templates.Stored(None, {}, None))  # an unversioned read is never cached
     assert cache.get(None) is None
 
+
+def test_a_load_that_races_a_change_is_returned_but_not_cached(db, monkeypatch):
+    """Under READ COMMITTED a change can commit between the version and the rows: such a load
+    must not be cached under the version read before it."""
+    cache = templates.TemplateCache()
+    real = templates._load
+
+    def racing(session, version):
+        stored = real(session, version)
+        session.execute(update(NetworkSettings.__table__).values(version="changed-meanwhile"))
+        return stored
+
+    monkeypatch.setattr(templates, "_load", racing)
+    with db.session() as s:
+        stored = templates.read_stored(s, cache)
+        assert stored.version != "changed-meanwhile"
+        assert cache.get(stored.version) is None and cache.get("changed-meanwhile") is None
+        s.rollback()

@@ -98,6 +98,9 @@ class TemplateCache:
     Why one instance may serve every session, thread and process:
     - a reader reads the version in its own transaction and gets the entry of exactly that
       version: the template its transaction sees, whoever loaded it;
+    - `read_stored` puts an entry only when the version, read again after the rows, is unchanged,
+      so the rows belong to that version even under PostgreSQL's READ COMMITTED (each statement
+      sees the latest commit); a change committed in between leaves the load uncached;
     - a version written by a transaction that rolls back is never seen by anyone else: its entry
       is dead weight, never wrong;
     - a process only ever holds what it read; another process's change writes a new token, which
@@ -163,7 +166,8 @@ def read_stored(session: Session, cache: TemplateCache = CACHE) -> Stored:
     stored = cache.get(version)
     if stored is None:
         stored = _load(session, version)
-        cache.put(stored)
+        if version and session.connection().execute(_Q_VERSION).scalar() == version:
+            cache.put(stored)
     return stored
 
 
