@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from crowbar.db.network_models import NetworkAllocation, NetworkSettings
 from crowbar.network.ipam import RangeExhausted
 from crowbar.services import network
+from crowbar.services.network import allocations
 
 API = "/api/v2"
 
@@ -160,7 +161,7 @@ def test_a_lost_race_is_retried(db, make_nodes, monkeypatch):
     make_nodes("q1", "q2")
     with db.session() as s:
         network.allocate(s, "storage", "q1")
-    real = network.choose_address
+    real = allocations.choose_address
     calls = []
 
     def stale(net, range_name, used, existing=None, hint=None):
@@ -169,7 +170,7 @@ def test_a_lost_race_is_retried(db, make_nodes, monkeypatch):
             return __import__("ipaddress").ip_address("192.168.125.10")
         return real(net, range_name, used, existing=existing, hint=hint)
 
-    monkeypatch.setattr(network, "choose_address", stale)
+    monkeypatch.setattr(allocations, "choose_address", stale)
     with db.session() as s:
         assert network.allocate(s, "storage", "q2")["address"] == "192.168.125.11"
     assert len(calls) == 2

@@ -45,7 +45,7 @@ def test_constraints_exist_in_the_database(db):
 def test_triggers_count_releases_even_when_a_node_deletion_cascades(db):
     from sqlalchemy import insert, select, text
 
-    from crowbar.db.models import Node
+    from crowbar.db.models import Node, utcnow
     from crowbar.db.network_models import NetworkAllocation, NetworkRow, NetworkSettings
     from crowbar.services import network, nodes
 
@@ -61,10 +61,10 @@ def test_triggers_count_releases_even_when_a_node_deletion_cascades(db):
         admin = s.scalar(select(NetworkRow.id).where(NetworkRow.name == "admin"))
         node_id = s.execute(insert(Node.__table__).values(
             name="moved.example.com", description="", admin=False, alive=True, available=True,
-            bootenv="local", discovery={}, hints={}, created_at=network.utcnow())).inserted_primary_key[0]
+            bootenv="local", discovery={}, hints={}, created_at=utcnow())).inserted_primary_key[0]
         s.execute(insert(NetworkAllocation.__table__).values(
             network_id=admin, node_id=node_id, range="host", address="192.168.124.90",
-            address_key=network.address_key("192.168.124.90"), created_at=network.utcnow()))
+            address_key=network.address_key("192.168.124.90"), created_at=utcnow()))
         middle = s.execute(select(NetworkSettings.released)).scalar()
         s.execute(text("UPDATE network_allocations SET address = '192.168.124.91', "
                        "address_key = :k"), {"k": network.address_key("192.168.124.91")})
