@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
+from crowbar.engine import graph
 from crowbar.engine.attribs import MISSING, RunDocuments, dig, noderole_value, put
 from crowbar.errors import InvalidInput, NotFound
-from crowbar.services import deployments, lookup
+from crowbar.services import lookup
 
 
 def _attrib(session: Session, name: str) -> Attrib:
@@ -92,5 +93,5 @@ def set_on_node(session: Session, name: str, value, node: str, actor: str = "sys
              if r.id == a.role_id or a.name in (r.wants_attribs or [])]
     affected = list(session.scalars(select(NodeRole.id).where(
         NodeRole.node_id == n.id, NodeRole.role_id.in_(roles), NodeRole.state.in_(["active"]))))
-    deployments.requeue(session, affected, actor, f"attrib {a.name} changed on {n.name}")
+    graph.requeue(session, affected, actor, f"attrib {a.name} changed on {n.name}")
     return get(session, name, n.name)
