@@ -23,6 +23,7 @@ import subprocess
 import tarfile
 import time
 
+from crowbar.engine.documents import dig, merge
 from crowbar.jigs.base import Jig, RunContext, RunResult
 
 DEFAULT_TIMEOUT = 3600.0  # seconds for all of a run's scripts, unless `crowbar/script/timeout` says
@@ -35,7 +36,7 @@ class ScriptJig(Jig):
     name = "script"
 
     def run(self, ctx: RunContext) -> RunResult | None:
-        raw = _lookup(ctx.attrs, "crowbar/script/timeout", DEFAULT_TIMEOUT)
+        raw = dig(ctx.attrs, "crowbar/script/timeout", DEFAULT_TIMEOUT)
         timeout = _seconds(raw)
         problem = _check_names(ctx.scripts)
         if timeout is None:
@@ -96,7 +97,7 @@ class _Log:
         if not isinstance(doc, dict):
             self.fail(f"{name} wrote a JSON {type(doc).__name__} to $CROWBAR_WALL; it must be an object")
             return
-        _deep_merge(self.wall, doc)
+        merge(self.wall, doc)
 
     def result(self) -> RunResult:
         return RunResult(ok=not self.failed, wall=self.wall if not self.failed else {},
@@ -339,20 +340,3 @@ def _seconds(raw) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if not isinstance(raw, bool) and 0 < value < math.inf else None
-
-
-def _lookup(doc: dict, path: str, default=None):
-    for part in path.split("/"):
-        if not isinstance(doc, dict) or part not in doc:
-            return default
-        doc = doc[part]
-    return doc
-
-
-def _deep_merge(into: dict, new: dict) -> None:
-    """Merge `new` into `into`: objects merge key by key, anything else is replaced."""
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
