@@ -11,7 +11,7 @@ from its own layer and from any layer below it:
     services    services                the logic; a unit of work is a Session
     engine      engine, jigs, power     the noderole graph and annealer core, jig and power plugins
     machinery   network, provisioner, barclamps, agent    pure: no database
-    bottom      db, errors, config, plugins, crowbar/__init__.py
+    bottom      db, errors, config, plugins, documents, crowbar/__init__.py
 
 Two rules more:
 - clients talk HTTP: a client module imports nothing server-side (nothing outside the clients but
@@ -36,7 +36,7 @@ LAYERS = {
     "services": ("services",),
     "engine": ("engine", "jigs", "power"),
     "machinery": ("network", "provisioner", "barclamps", "agent"),
-    "bottom": ("db", "errors", "config", "plugins", "__init__"),
+    "bottom": ("db", "errors", "config", "plugins", "documents", "__init__"),
 }
 RANK = {part: rank for rank, parts in enumerate(reversed(LAYERS.values())) for part in parts}
 LAYER_OF = {part: name for name, parts in LAYERS.items() for part in parts}

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.models import Attrib, DeploymentRole, Node, NodeRole, NodeRoleEdge, Role
 from crowbar.db.sql import chunks
-from crowbar.engine.documents import MISSING, dig, merge, put
+from crowbar.documents import MISSING, dig, merge, put
 
 # The sources of a value (layers); these names are also the `source` `crowbar attribs get` reports.
 DEFAULT = "default"                  # the attrib's default (barclamp.yml)

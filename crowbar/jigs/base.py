@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crowbar import plugins
-from crowbar.engine.documents import dig
+from crowbar.documents import dig
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import subprocess
 import tarfile
 import time
 
-from crowbar.engine.documents import dig, merge
+from crowbar.documents import dig, merge
 from crowbar.jigs import transport
 from crowbar.jigs.base import Jig, RunContext, RunResult
 

@@ -1,7 +1,8 @@
 """JSON documents addressed by slash paths ("crowbar/ssh/address"): read, place, deep-merge.
 
-Pure (no database): the attribute layers (crowbar/engine/attribs.py) are built from these, and jigs
-use them to read the documents a run hands them and to combine the walls they return.
+Pure, at the bottom of the layers so that everyone may use it: the attribute layers
+(crowbar/engine/attribs.py) are built from these, and jigs read the documents a run hands them and
+combine the walls they return with them.
 """
 
 from __future__ import annotations
