@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
+from crowbar.documents import MISSING, dig, put
 from crowbar.engine import attribs as ea
 from crowbar.engine import graph
-from crowbar.documents import MISSING, dig, put
 from crowbar.errors import InvalidInput, NotFound
 from crowbar.services import lookup
 

@@ -14,8 +14,8 @@ from enginekit import nr_of, runs_of
 from sqlalchemy import select
 
 from crowbar.db.models import Node
+from crowbar.documents import dig
 from crowbar.engine import attribs as precedence
-from crowbar.engine.attribs import dig
 from crowbar.services import attribs, deployments, nodes
 
 N1, N2 = "n1.example.com", "n2.example.com"
