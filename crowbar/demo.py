@@ -192,9 +192,9 @@ def lab_demo() -> int:
     if os.geteuid() != 0:
         problems.append("root (network namespaces, bridges and taps)")
     try:
-        from crowbar.provisioner.image import default_kernel_version
+        from crowbar.cli import local
 
-        default_kernel_version()
+        local.host_kernel_version()
     except Exception as exc:
         problems.append(str(exc))
     if problems:

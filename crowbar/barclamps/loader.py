@@ -1,24 +1,25 @@
-"""Reading and validating barclamp definitions, and loading them into the database.
+"""Reading and validating barclamp definitions: a barclamp.yml (and its scripts/) in, a plain
+description (BarclampDef) out.
 
-Validation happens completely before anything is written: an import either loads the whole barclamp
-or nothing, and every error names the file, the role and the reason.
+Pure: nothing here touches the database. `read` checks one barclamp on its own; `check_against` checks
+it against what other barclamps already provide (their roles and attribs, which the caller looks up),
+so an import is validated completely before anything is written. Writing the description into the
+database is crowbar/services/catalog.py's job. Every error names the file, the role and the reason.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import jsonschema
 import yaml
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from crowbar.db.models import Attrib, Barclamp, NodeRole, Role
-from crowbar.engine.graph import record
-from crowbar.errors import BarclampError, Conflict
-from crowbar.jigs import jig_names
+from crowbar import plugins
+from crowbar.errors import BarclampError
 
 FLAGS = frozenset({"implicit", "milestone", "discovery", "bootstrap", "cluster", "destructive", "service",
                    "abstract"})
@@ -106,7 +107,7 @@ def read(directory: Path | str) -> BarclampDef:
     name = meta.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         raise _fail(path, f"barclamp name {name!r} must be lower-case letters, digits, '-' or '_'")
-    jigs = set(jig_names())
+    jigs = set(plugins.names(plugins.JIGS))
     roles: list[RoleDef] = []
     seen: set[str] = set()
     for raw in doc.get("roles") or []:
@@ -153,27 +154,34 @@ def read(directory: Path | str) -> BarclampDef:
                        path=directory, roles=roles, attribs=attribs)
 
 
-def _check_against_database(session: Session, bc: BarclampDef) -> None:
+class ProvidedRole(NamedTuple):
+    """A role another barclamp already provides, as check_against needs it."""
+
+    barclamp: str
+    requires: list[str]
+
+
+def check_against(bc: BarclampDef, roles: Mapping[str, ProvidedRole], attribs: Collection[str]) -> None:
+    """Check `bc` against the roles and attribs of the other barclamps already installed: no role or
+    attrib defined twice, every required role and wanted attrib known, no dependency cycle."""
     path = bc.path / "barclamp.yml"
-    theirs = {r.name: r for r in session.scalars(select(Role).join(Barclamp).where(Barclamp.name != bc.name))}
     ours = {r.name: r for r in bc.roles}
     for r in bc.roles:
-        if r.name in theirs:
-            raise _fail(path, f"conflict: role already provided by barclamp {theirs[r.name].barclamp.name!r}", r.name)
-    known_roles = set(theirs) | set(ours)
-    other_attribs = {a.name: a for a in session.scalars(select(Attrib).join(Barclamp).where(Barclamp.name != bc.name))}
+        if r.name in roles:
+            raise _fail(path, f"conflict: role already provided by barclamp {roles[r.name].barclamp!r}", r.name)
+    known_roles = set(roles) | set(ours)
     own_attribs = {a.name for a in bc.attribs} | {a.name for r in bc.roles for a in r.attribs}
-    for name in sorted(own_attribs & set(other_attribs)):
+    for name in sorted(own_attribs & set(attribs)):
         raise _fail(path, f"conflict: attrib {name!r} already defined by another barclamp")
     for r in bc.roles:
         for req in r.requires:
             if req not in known_roles:
                 raise _fail(path, f"requires unknown role {req!r}", r.name)
         for name in r.wants_attribs:
-            if name not in own_attribs and name not in other_attribs:
+            if name not in own_attribs and name not in attribs:
                 raise _fail(path, f"wants unknown attrib {name!r}", r.name)
-    # Cycle check over the whole role graph, existing roles included.
-    graph = {name: list(role.requires or []) for name, role in theirs.items()}
+    # Cycle check over the whole role graph, installed roles included.
+    graph = {name: list(role.requires or []) for name, role in roles.items()}
     graph.update({r.name: r.requires for r in bc.roles})
     state: dict[str, int] = {}
 
@@ -190,44 +198,3 @@ def _check_against_database(session: Session, bc: BarclampDef) -> None:
     for name in sorted(ours):
         if name not in state:
             visit(name, [])
-
-
-def load(session: Session, bc: BarclampDef, actor: str = "system") -> Barclamp:
-    """Create or update a barclamp and its roles and attribs; all-or-nothing within the session."""
-    _check_against_database(session, bc)
-    path = bc.path / "barclamp.yml"
-    row = session.scalar(select(Barclamp).where(Barclamp.name == bc.name))
-    created = row is None
-    if created:
-        row = Barclamp(name=bc.name)
-        session.add(row)
-    row.description, row.version, row.source_path = bc.description, bc.version, str(bc.path)
-    session.flush()
-    existing = {r.name: r for r in session.scalars(select(Role).where(Role.barclamp_id == row.id))}
-    for gone in sorted(set(existing) - {r.name for r in bc.roles}):
-        used = session.scalar(select(func.count()).select_from(NodeRole).where(NodeRole.role_id == existing[gone].id))
-        if used:
-            raise Conflict(f"{path}: role {gone!r} was removed from the barclamp but {used} noderoles use it")
-        session.delete(existing[gone])
-    session.flush()
-    roles: dict[str, Role] = {}
-    for r in bc.roles:
-        role = existing.get(r.name) or Role(barclamp_id=row.id, name=r.name)
-        role.description, role.jig, role.requires, role.flags = r.description, r.jig, r.requires, r.flags
-        role.wants_attribs, role.conflicts, role.template, role.scripts = r.wants_attribs, r.conflicts, r.template, r.scripts
-        session.add(role)
-        roles[r.name] = role
-    session.flush()
-    old_attribs = {a.name: a for a in session.scalars(select(Attrib).where(Attrib.barclamp_id == row.id))}
-    wanted = [(a, None) for a in bc.attribs] + [(a, roles[r.name].id) for r in bc.roles for a in r.attribs]
-    for a, role_id in wanted:
-        attrib = old_attribs.pop(a.name, None) or Attrib(barclamp_id=row.id, name=a.name)
-        attrib.role_id, attrib.map, attrib.default, attrib.schema = role_id, a.map, a.default, a.schema
-        attrib.description = a.description
-        session.add(attrib)
-    for stale in old_attribs.values():
-        session.delete(stale)
-    session.flush()
-    record(session, [{"object_type": "barclamp", "object_id": row.id, "action": "import" if created else "update",
-                      "actor": actor, "message": f"{bc.name} {bc.version} from {path} ({len(bc.roles)} roles)"}])
-    return row

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import click
 
 from crowbar import config
+from crowbar.cli import local
 from crowbar.cli.client import CliError, Client
 from crowbar.cli.output import console, emit_list, emit_object, output_option
 
@@ -54,10 +56,8 @@ def cli(ctx: click.Context, endpoint: str | None) -> None:
 def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir: Path | None,
            provision: str | None, advertise_url: str | None, domain: str | None) -> None:
     """Run the API server and the annealer (and the provisioner with --provision)."""
-    from crowbar.server import serve
-
     try:
-        serve(list(listen), database, workers, data_dir, provision, advertise_url, domain)
+        local.serve(list(listen), database, workers, data_dir, provision, advertise_url, domain)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
 
@@ -72,13 +72,7 @@ def db() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR")
 def db_upgrade(database: str | None, data_dir: Path | None) -> None:
     """Apply every pending migration (the server also does this when it starts)."""
-    from crowbar.db import migrate
-    from crowbar.db.session import Database
-
-    database_ = Database(config.database_url(database, data_dir))
-    before = migrate.current_revision(database_.engine)
-    migrate.upgrade(database_.engine)
-    after = migrate.current_revision(database_.engine)
+    before, after = local.upgrade_database(config.database_url(database, data_dir))
     click.echo(f"schema at revision {after}" + (f" (was {before or 'empty'})" if before != after else " (up to date)"))
 
 
@@ -232,13 +226,12 @@ def nodes_power(ctx: Context, node: str, action: str, output: str) -> None:
 @pass_ctx
 def nodes_states(ctx: Context, dot: bool, output: str) -> None:
     """The node lifecycle: states, where each may go next, what each boots."""
-    from crowbar.provisioner import lifecycle
-
     if dot:
-        click.echo(lifecycle.to_dot())
+        click.echo(ctx.api.request("GET", "/node_states", params={"format": "dot"}).text)
         return
-    rows = [{"state": st, "next": list(lifecycle.TRANSITIONS[st]), "bootenv": lifecycle.BOOTENVS[st],
-             "timeout": str(lifecycle.TIMEOUTS.get(st) or "")} for st in lifecycle.STATES]
+    rows = [{"state": st, "next": s["next"], "bootenv": s["bootenv"],
+             "timeout": str(timedelta(minutes=s["timeout_minutes"])) if s["timeout_minutes"] is not None else ""}
+            for st, s in ctx.api.get("/node_states").items()]
     emit_list(rows, ["state", "next", "bootenv", "timeout"], output)
 
 
@@ -484,8 +477,6 @@ def images_build_discovery(kernel_version: str | None, cache: Path | None, outpu
     """Build the discovery kernel + initramfs from this machine's packages (cached by content)."""
     from rich.progress import BarColumn, Progress, TextColumn
 
-    from crowbar.provisioner.image import ImageError, build_discovery_image
-
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   console=console, transient=True) as bar:
         task = bar.add_task("building", total=1)
@@ -494,8 +485,8 @@ def images_build_discovery(kernel_version: str | None, cache: Path | None, outpu
             bar.update(task, description=step, completed=done, total=max(total, 1))
 
         try:
-            image = build_discovery_image(cache or config.data_dir() / "images", kernel_version, progress)
-        except (ImageError, OSError) as exc:
+            image = local.build_discovery_image(cache or config.data_dir() / "images", kernel_version, progress)
+        except OSError as exc:
             raise CliError(str(exc)) from None
     emit_object({"kernel": str(image.kernel), "initrd": str(image.initrd), "digest": image.digest,
                  "initrd_bytes": image.initrd.stat().st_size}, output)

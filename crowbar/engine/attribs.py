@@ -1,72 +1,96 @@
-"""Attribute documents: slash paths into JSON, deep merges, and the merged document a run receives.
+"""Attribute precedence, in one place: which source of a value wins, for each reader, and the merged
+document a run receives.
 
-The merge order (lowest priority first) is documented in docs/attributes.md; `RunDocuments` builds
+An attrib's value can come from several sources (layers); PRECEDENCE says, for each reader (a view),
+which sources it consults and in which order (lowest priority first). `compose` builds a whole
+document from that order, `pick` finds one value by it; every reader goes through one of them:
+the annealer (RUN, NODE), the parents' values children want (OFFERED) and `crowbar attribs get`
+(SHOWN). docs/attributes.md explains the order (a test holds it to this table). `RunDocuments` builds
 the documents for a whole batch of noderoles with a fixed number of queries, whatever the batch size.
 """
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crowbar.db.models import Attrib, DeploymentRole, Node, NodeRole, NodeRoleEdge, Role
-from crowbar.engine.graph import chunks
+from crowbar.db.sql import chunks
+from crowbar.documents import MISSING, dig, merge, put
 
-MISSING = object()
+# The sources of a value (layers); these names are also the `source` `crowbar attribs get` reports.
+DEFAULT = "default"                  # the attrib's default (barclamp.yml)
+TEMPLATE = "template"                # the role's template
+DEPLOYMENT_ROLE = "deployment_role"  # the deployment role's committed data
+NODEROLE = "noderole"                # the noderole's committed data
+DISCOVERY = "discovery"              # what the node reported about itself
+HINT = "hint"                        # what a person set on the node (`crowbar attribs set NAME V --node N`)
+NODE = "node"                        # the node's own document: the NODE view of discovery and hints
+WALL = "wall"                        # what the noderole's last successful run returned
+PARENT = "parent"                    # a wanted attrib's value on the nearest ancestor noderole owning it
+
+# The readers (views), and the order in which the sources count for each: LOWEST PRIORITY FIRST.
+RUN = "run"            # the document a run receives (RunDocuments)
+OFFERED = "offered"    # the value a noderole offers the children that want its attrib
+SHOWN = "shown"        # what `crowbar attribs get NAME --node N` shows
+PRECEDENCE: dict[str, tuple[str, ...]] = {
+    NODE: (DISCOVERY, HINT),
+    RUN: (DEFAULT, TEMPLATE, DEPLOYMENT_ROLE, NODEROLE, NODE, PARENT),
+    OFFERED: (DEFAULT, TEMPLATE, DEPLOYMENT_ROLE, NODEROLE, HINT, WALL),
+    # The owner's layers (template .. wall) and PARENT never meet: a node either has a noderole that
+    # owns the attrib, or one that wants it from its parents.
+    SHOWN: (DEFAULT, PARENT, TEMPLATE, DEPLOYMENT_ROLE, NODEROLE, WALL, DISCOVERY, HINT),
+}
 
 
-def dig(doc: dict, path: str, default=MISSING):
-    cur = doc
-    for part in path.strip("/").split("/"):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
-
-
-def put(doc: dict, path: str, value) -> dict:
-    parts = path.strip("/").split("/")
-    cur = doc
-    for part in parts[:-1]:
-        nxt = cur.get(part)
-        if not isinstance(nxt, dict):
-            nxt = cur[part] = {}
-        cur = nxt
-    cur[parts[-1]] = copy.deepcopy(value)
+def compose(view: str, docs: Mapping[str, dict | None],
+            placed: Mapping[str, Sequence[tuple[str, object]]] | None = None) -> dict:
+    """The document `view` sees: its layers applied lowest first onto an empty document. A layer in
+    `docs` deep-merges over what is there; a layer in `placed`, (path, value) pairs, places each value
+    at its path, replacing what was there. Layers given in neither are skipped."""
+    doc: dict = {}
+    for layer in PRECEDENCE[view]:
+        merge(doc, docs.get(layer) or {})
+        for path, value in (placed or {}).get(layer, ()):
+            put(doc, path, value)
     return doc
 
 
-def merge(base: dict, top: dict) -> dict:
-    """Deep-merge `top` into `base` (in place): dicts merge, anything else replaces."""
-    for key, value in (top or {}).items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
+def pick(view: str, docs: Mapping[str, dict | None], path: str) -> tuple[str | None, object]:
+    """(layer, value): the value at `path` from the highest layer of `view` in `docs` that has it;
+    (None, MISSING) if none has."""
+    for layer in reversed(PRECEDENCE[view]):
+        if layer in docs:
+            value = dig(docs[layer] or {}, path)
+            if value is not MISSING:
+                return layer, value
+    return None, MISSING
 
 
 def node_attrs(node: Node) -> dict:
     """What the node says about itself (discovery), overlaid with what people told us (hints)."""
-    return merge(merge({}, node.discovery or {}), node.hints or {})
+    return compose(NODE, {DISCOVERY: node.discovery, HINT: node.hints})
+
+
+def offered_layers(attrib: Attrib, nr: NodeRole, role: Role, dr_committed: dict | None,
+                   node_hints: dict | None = None) -> dict[str, dict | None]:
+    """The sources of the OFFERED view for one noderole."""
+    docs = {WALL: nr.wall, HINT: node_hints, NODEROLE: nr.committed, DEPLOYMENT_ROLE: dr_committed,
+            TEMPLATE: role.template}
+    if attrib.default is not None:
+        docs[DEFAULT] = put({}, attrib.map, attrib.default)
+    return docs
 
 
 def noderole_value(attrib: Attrib, nr: NodeRole, role: Role, dr_committed: dict | None,
                    node_hints: dict | None = None, default=None):
-    """An attrib's value as seen on one noderole:
-    wall > its node's hints > committed > deployment role > template > the attrib's default.
-
-    `default` is returned when the attrib has no default either (pass MISSING to tell "unset").
-    """
-    for doc in (nr.wall, node_hints, nr.committed, dr_committed or {}, role.template):
-        value = dig(doc or {}, attrib.map)
-        if value is not MISSING:
-            return value
-    return attrib.default if attrib.default is not None else default
+    """An attrib's value as one noderole offers it (the OFFERED view); `default` when no layer has
+    one, not even the attrib's default (pass MISSING to tell "unset")."""
+    _layer, value = pick(OFFERED, offered_layers(attrib, nr, role, dr_committed, node_hints), attrib.map)
+    return default if value is MISSING else value
 
 
 class RunDocuments:
@@ -87,21 +111,18 @@ class RunDocuments:
         docs = {}
         for nr in noderoles:
             role = self.roles[nr.role_id]
-            doc: dict = {}
-            for a in self.role_attribs[role.id]:
-                if a.default is not None:
-                    put(doc, a.map, a.default)
-            merge(doc, role.template or {})
-            merge(doc, dr.get((nr.deployment_id, nr.role_id), {}))
-            merge(doc, nr.committed or {})
             on_node = node_attrs(nodes[nr.node_id])
-            for a in self._relevant_attribs(role):
-                value = dig(on_node, a.map)
-                if value is not MISSING:
-                    put(doc, a.map, value)
-            for name, value in wanted.get(nr.id, {}).items():
-                put(doc, self.attribs[name].map, value)
-            docs[nr.id] = doc
+            node_values = [(a.map, value) for a in self._relevant_attribs(role)
+                           if (value := dig(on_node, a.map)) is not MISSING]
+            docs[nr.id] = compose(RUN, {
+                TEMPLATE: role.template,
+                DEPLOYMENT_ROLE: dr.get((nr.deployment_id, nr.role_id)),
+                NODEROLE: nr.committed,
+            }, {
+                DEFAULT: [(a.map, a.default) for a in self.role_attribs[role.id] if a.default is not None],
+                NODE: node_values,
+                PARENT: [(self.attribs[name].map, value) for name, value in wanted.get(nr.id, {}).items()],
+            })
         return docs
 
     def _relevant_attribs(self, role: Role) -> list[Attrib]:

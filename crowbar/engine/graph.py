@@ -97,6 +97,21 @@ def unblock_children(session: Session, parent_ids: Sequence[int], actor: str) ->
     return ready
 
 
+def requeue(session: Session, ids: list[int], actor: str, why: str) -> None:
+    """Send noderoles back to todo (or blocked if a parent is not active), and block what hangs below."""
+    if not ids:
+        return
+    rows = session.execute(select(NodeRole.id, NodeRole.state).where(NodeRole.id.in_(ids))).all()
+    ready = set(session.scalars(text(
+        f"SELECT c.id FROM node_roles c WHERE c.id IN ({','.join(str(i) for i in ids)}) "
+        f"AND {parents_all_active_sql('c')}")))
+    set_states(session, {
+        "todo": [(i, s) for i, s in rows if i in ready],
+        "blocked": [(i, s) for i, s in rows if i not in ready],
+    }, actor, "requeue", why)
+    block_descendants(session, ids, actor, f"an ancestor was re-queued: {why}")
+
+
 def delete_noderoles(session: Session, ids: Sequence[int]) -> None:
     """Remove noderoles and the edges into them (callers check first that nothing else depends on them)."""
     for part in chunks(ids):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crowbar import plugins
+from crowbar.documents import dig
 
 
 @dataclass(frozen=True)
@@ -17,15 +18,10 @@ class NodeInfo:
     id: int
     name: str
     admin: bool
-    attrs: dict = field(default_factory=dict)  # discovery data overlaid with hints
+    attrs: dict = field(default_factory=dict)  # discovery data overlaid with hints (engine.attribs.node_attrs)
 
     def attr(self, path: str, default=None):
-        cur = self.attrs
-        for part in path.split("/"):
-            if not isinstance(cur, dict) or part not in cur:
-                return default
-            cur = cur[part]
-        return cur
+        return dig(self.attrs, path, default)
 
 
 @dataclass

@@ -4,13 +4,11 @@ Each script sees the merged attributes as a JSON file (`$CROWBAR_ATTRS`) and may
 object to `$CROWBAR_WALL`; the walls of all scripts are deep-merged into the run's wall. On the
 admin node the scripts run locally; on a node running the discovery image (no SSH address set) they
 run as a job of its agent; elsewhere over one OpenSSH session, so a node needs nothing but sshd, a
-POSIX shell, tar, mktemp and coreutils' `timeout`.
+POSIX shell, tar, mktemp and coreutils' `timeout` (the three ways are crowbar/jigs/transport.py's).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import io
 import json
 import math
@@ -18,16 +16,15 @@ import os
 import re
 import secrets
 import shlex
-import signal
 import subprocess
 import tarfile
 import time
 
+from crowbar.documents import dig, merge
+from crowbar.jigs import transport
 from crowbar.jigs.base import Jig, RunContext, RunResult
 
 DEFAULT_TIMEOUT = 3600.0  # seconds for all of a run's scripts, unless `crowbar/script/timeout` says
-SSH_CONNECT_TIMEOUT = 10
-SSH_GRACE = 30  # extra seconds before a silent SSH session is given up (the node enforces the timeout)
 STATE_DIR = ".crowbar"  # beside the scripts, holds attrs.json and wall.json; script names can't clash
 
 
@@ -35,7 +32,7 @@ class ScriptJig(Jig):
     name = "script"
 
     def run(self, ctx: RunContext) -> RunResult | None:
-        raw = _lookup(ctx.attrs, "crowbar/script/timeout", DEFAULT_TIMEOUT)
+        raw = dig(ctx.attrs, "crowbar/script/timeout", DEFAULT_TIMEOUT)
         timeout = _seconds(raw)
         problem = _check_names(ctx.scripts)
         if timeout is None:
@@ -44,9 +41,10 @@ class ScriptJig(Jig):
             return RunResult(ok=False, log=f"!! {problem}\n")
         if not ctx.scripts:
             return RunResult(ok=True, log=f"role {ctx.role} has no scripts\n")
-        if ctx.node.admin:
+        way = transport.route(ctx)
+        if way == transport.LOCAL:
             return _run_local(ctx, timeout)
-        if ctx.agent is not None and not ctx.node.attr("crowbar/ssh/address"):
+        if way == transport.AGENT:
             return _run_agent(ctx, timeout)
         return _run_ssh(ctx, timeout)
 
@@ -96,7 +94,7 @@ class _Log:
         if not isinstance(doc, dict):
             self.fail(f"{name} wrote a JSON {type(doc).__name__} to $CROWBAR_WALL; it must be an object")
             return
-        _deep_merge(self.wall, doc)
+        merge(self.wall, doc)
 
     def result(self) -> RunResult:
         return RunResult(ok=not self.failed, wall=self.wall if not self.failed else {},
@@ -129,7 +127,7 @@ def _run_local(ctx: RunContext, timeout: float) -> RunResult:
                 out.write(f"cannot start {name}: {e}\n".encode())
                 rc, timed_out = 127, False
             else:
-                timed_out = _wait(proc, deadline)
+                timed_out = transport.wait(proc, deadline)
                 rc = proc.returncode
             out.seek(0)
             output = out.read().decode(errors="replace")
@@ -150,57 +148,35 @@ def _run_ssh(ctx: RunContext, timeout: float) -> RunResult:
     the walls are only checked once the session is over.
     """
     node = ctx.node
-    address = node.attr("crowbar/ssh/address")
-    if not address:
+    target = transport.SshTarget.of(node)
+    if target is None:
         return RunResult(ok=False, log=(
             f"!! node {node.name} has no crowbar/ssh/address attribute; set it with "
             f"`crowbar attribs set ssh-address ADDR --node {node.name}`\n"))
-    port = node.attr("crowbar/ssh/port", 22)
-    user = node.attr("crowbar/ssh/user", "root")
-    key = node.attr("crowbar/ssh/key")
     token = secrets.token_hex(8)
-    argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}", "-p", str(port), "-l", str(user)]
-    if key:
-        argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
-    argv += ["--", str(address), "sh -c " + shlex.quote(_driver(ctx, token, math.ceil(timeout)))]
-
     state = ctx.workdir / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
     (state / "bundle.tar").write_bytes(_bundle(ctx))
-    limit = timeout + SSH_CONNECT_TIMEOUT + SSH_GRACE
-    with open(state / "bundle.tar", "rb") as stdin, open(state / "output", "w+b") as out:
-        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        killed = _wait(proc, time.monotonic() + limit)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
+    limit = timeout + transport.SSH_CONNECT_TIMEOUT + transport.SSH_GRACE
+    text, rc = transport.run_ssh(target, _driver(ctx, token, math.ceil(timeout)), state / "bundle.tar",
+                                 state / "output", limit)
 
     log = _Log(timeout)
     done = _parse(text, token, [s["name"] for s in ctx.scripts], log)
-    where = f"{user}@{address}:{port}"
-    if killed:
-        log.fail(f"ssh session to {where} killed: no end after {limit:g} s")
+    if rc is None:
+        log.fail(f"ssh session to {target} killed: no end after {limit:g} s")
     elif not done and not log.failed:
-        log.fail(f"ssh session to {where} ended with exit code {proc.returncode} "
-                 "before all scripts ran")
+        log.fail(f"ssh session to {target} ended with exit code {rc} before all scripts ran")
     return log.result()
 
 
 def _run_agent(ctx: RunContext, timeout: float) -> None:
     """Run the scripts through the node's discovery agent, asynchronously.
 
-    The job is one sh script: the same driver as over SSH, fed the same tar bundle, which travels
-    base64-encoded inside the job (busybox has base64, tar, mktemp and timeout). The agent posts the
-    combined output back; it is picked apart exactly like an SSH session's.
+    The job is the same driver as over SSH, fed the same tar bundle; the agent posts the combined
+    output back, and it is picked apart exactly like an SSH session's.
     """
     token = secrets.token_hex(8)
-    payload = base64.encodebytes(_bundle(ctx)).decode().rstrip("\n")  # 76-column lines
-    bundle = f"/tmp/crowbar-bundle-{token}.tar"
-    script = (f"base64 -d > {bundle} <<'CROWBAR_{token}'\n{payload}\nCROWBAR_{token}\n"
-              f"sh -c {shlex.quote(_driver(ctx, token, math.ceil(timeout)))} < {bundle}\n"
-              f"rc=$?\nrm -f {bundle}\nexit $rc\n")
     names = [s["name"] for s in ctx.scripts]
 
     def on_done(exit_code: int, output: str) -> None:
@@ -209,7 +185,8 @@ def _run_agent(ctx: RunContext, timeout: float) -> None:
             log.fail(f"the agent's job ended with exit code {exit_code} before all scripts ran")
         ctx.complete(log.result())
 
-    ctx.agent.submit(script, math.ceil(timeout) + SSH_GRACE, on_done)
+    transport.run_agent(ctx.agent, _driver(ctx, token, math.ceil(timeout)), _bundle(ctx),
+                        math.ceil(timeout) + transport.SSH_GRACE, on_done)
     return None
 
 
@@ -298,18 +275,6 @@ def _bundle(ctx: RunContext) -> bytes:
     return buf.getvalue()
 
 
-def _wait(proc: subprocess.Popen, deadline: float) -> bool:
-    """Wait for `proc` until `deadline`; past it, kill its whole process group. True if killed."""
-    try:
-        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        return False
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return True
-
-
 def _env(ctx: RunContext) -> dict[str, str]:
     """The variables besides the attrs and wall paths, which differ between local and SSH runs."""
     return {"CROWBAR_NODE": ctx.node.name, "CROWBAR_ROLE": ctx.role, "CROWBAR_RUN_ID": str(ctx.run_id)}
@@ -339,20 +304,3 @@ def _seconds(raw) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if not isinstance(raw, bool) and 0 < value < math.inf else None
-
-
-def _lookup(doc: dict, path: str, default=None):
-    for part in path.split("/"):
-        if not isinstance(doc, dict) or part not in doc:
-            return default
-        doc = doc[part]
-    return doc
-
-
-def _deep_merge(into: dict, new: dict) -> None:
-    """Merge `new` into `into`: objects merge key by key, anything else is replaced."""
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value

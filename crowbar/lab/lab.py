@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 
 from crowbar import config
+from crowbar.cli import local
 from crowbar.lab.vm import ADMIN_BRIDGE, DATA_BRIDGE, MAX_NICS, MAX_VMS, Vm
 
 STATE_FILE = "lab.json"
@@ -50,11 +51,9 @@ class LabError(Exception):
 
 def missing_tools() -> list[str]:
     """Binaries the lab needs that are not installed, with their Debian package."""
-    from crowbar.provisioner.dnsmasq import BIOS_BOOT_FILE, IPXE_DIR
-
     missing = [f"{tool} (Debian package {pkg})" for tool, pkg in REQUIRED.items() if not shutil.which(tool)]
-    if not (IPXE_DIR / BIOS_BOOT_FILE).is_file():
-        missing.append(f"{IPXE_DIR / BIOS_BOOT_FILE} (Debian package ipxe)")
+    if not (ipxe := local.ipxe_bios_loader()).is_file():
+        missing.append(f"{ipxe} (Debian package ipxe)")
     return missing
 
 
@@ -246,9 +245,8 @@ class Lab:
                 accel = "kvm"
             else:
                 self.say("--kvm: /dev/kvm is not usable here, using TCG (software emulation)")
-        from crowbar.provisioner.image import default_kernel_version  # checks the kernel is there
         try:
-            default_kernel_version()
+            local.host_kernel_version()  # checks the kernel is there
         except Exception as exc:
             raise LabError(str(exc)) from None
 
@@ -337,9 +335,6 @@ class Lab:
         self.say("imported the lab barclamp (roles lab-facts, lab-vlan)")
 
     def _start_vms(self) -> None:
-        from crowbar.power.base import PowerNode
-        from crowbar.power.qemu import QemuPower
-
         st = self.state
         for vm in st.vms:
             vm.prepare()
@@ -349,9 +344,8 @@ class Lab:
                 raise LabError(f"qemu for {vm.name} failed ({done.returncode}): {done.stderr.strip()}")
             vm.pid = int(vm.pidfile.read_text().split()[0])
             self._save()
-        power = QemuPower()
         for vm in st.vms:
-            power.power_on(PowerNode(name=vm.name, settings={"qmp": str(vm.qmp)}))
+            local.power_on_vm(vm.name, vm.qmp)
             self.say(f"{vm.name}: {vm.memory_mb} MB, {len(vm.nics)} NIC(s) {', '.join(vm.macs)}, "
                      f"{vm.disk_gb:g} GB disk: powered on ({vm.accel})")
 

@@ -10,9 +10,11 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
-from crowbar.engine.attribs import MISSING, RunDocuments, dig, noderole_value, put
+from crowbar.documents import MISSING, dig, put
+from crowbar.engine import attribs as ea
+from crowbar.engine import graph
 from crowbar.errors import InvalidInput, NotFound
-from crowbar.services import deployments, lookup
+from crowbar.services import lookup
 
 
 def _attrib(session: Session, name: str) -> Attrib:
@@ -29,36 +31,43 @@ def list_attribs(session: Session) -> list[dict]:
 
 
 def get(session: Session, name: str, node: str | None = None) -> dict:
-    """The value of an attrib: its default, or as a node sees it (hints > discovery > its noderole > the
-    value a noderole on the node that wants it receives from its parents)."""
+    """The value of an attrib: its default, or as a node shows it (the SHOWN view of
+    crowbar/engine/attribs.py: hints > discovery > its noderole that owns the attrib > the value a
+    noderole on the node that wants it receives from its parents)."""
     a = _attrib(session, name)
     out = {"name": a.name, "map": a.map, "schema": a.schema, "default": a.default}
     if node is None:
         return out | {"value": a.default, "source": "default"}
     n = lookup.node(session, node)
     out["node"] = n.name
-    for source, doc in (("hint", n.hints), ("discovery", n.discovery)):
-        value = dig(doc or {}, a.map)
-        if value is not MISSING:
-            return out | {"value": value, "source": source}
+    docs = {ea.HINT: n.hints, ea.DISCOVERY: n.discovery}
+    owner = wanting = None
     if a.role_id is not None:
-        nr = session.scalar(select(NodeRole).where(NodeRole.node_id == n.id, NodeRole.role_id == a.role_id))
-        if nr is not None:
+        owner = session.scalar(select(NodeRole).where(NodeRole.node_id == n.id, NodeRole.role_id == a.role_id))
+        if owner is not None:
             dr = session.scalar(select(DeploymentRole.committed).where(
-                DeploymentRole.deployment_id == nr.deployment_id, DeploymentRole.role_id == nr.role_id))
-            source = "wall" if dig(nr.wall or {}, a.map) is not MISSING else "noderole"
-            return out | {"value": noderole_value(a, nr, session.get(Role, nr.role_id), dr),
-                          "source": source, "noderole": nr.id}
-        # No owner here: a noderole on this node that wants the attrib sees its nearest ancestor's value.
-        wanting = [r.id for r in session.scalars(select(Role)) if a.name in (r.wants_attribs or [])]
-        if wanting:
-            nr = session.scalar(select(NodeRole).where(NodeRole.node_id == n.id, NodeRole.role_id.in_(wanting))
-                                .order_by(NodeRole.id).limit(1))
-            if nr is not None:
-                values = RunDocuments(session).wanted_from_ancestors([nr]).get(nr.id, {})
-                if values.get(a.name) is not None:
-                    return out | {"value": values[a.name], "source": "parent", "noderole": nr.id}
-    return out | {"value": a.default, "source": "default"}
+                DeploymentRole.deployment_id == owner.deployment_id, DeploymentRole.role_id == owner.role_id))
+            docs |= ea.offered_layers(a, owner, session.get(Role, owner.role_id), dr, n.hints)
+        else:
+            # No owner here: a noderole on this node that wants the attrib sees its nearest ancestor's value.
+            wanting_roles = [r.id for r in session.scalars(select(Role)) if a.name in (r.wants_attribs or [])]
+            if wanting_roles:
+                wanting = session.scalar(select(NodeRole).where(NodeRole.node_id == n.id,
+                                                                NodeRole.role_id.in_(wanting_roles))
+                                         .order_by(NodeRole.id).limit(1))
+            if wanting is not None:
+                value = ea.RunDocuments(session).wanted_from_ancestors([wanting]).get(wanting.id, {}).get(a.name)
+                if value is not None:
+                    docs[ea.PARENT] = put({}, a.map, value)
+    layer, value = ea.pick(ea.SHOWN, docs, a.map)
+    if layer in (ea.HINT, ea.DISCOVERY):
+        return out | {"value": value, "source": layer}
+    if owner is not None:  # whatever layer of its own the value came from, the owner shows it
+        return out | {"value": a.default if value is MISSING else value,
+                      "source": ea.WALL if layer == ea.WALL else ea.NODEROLE, "noderole": owner.id}
+    if layer == ea.PARENT:
+        return out | {"value": value, "source": ea.PARENT, "noderole": wanting.id}
+    return out | {"value": a.default, "source": ea.DEFAULT}
 
 
 def parse_value(raw):
@@ -92,5 +101,5 @@ def set_on_node(session: Session, name: str, value, node: str, actor: str = "sys
              if r.id == a.role_id or a.name in (r.wants_attribs or [])]
     affected = list(session.scalars(select(NodeRole.id).where(
         NodeRole.node_id == n.id, NodeRole.role_id.in_(roles), NodeRole.state.in_(["active"]))))
-    deployments.requeue(session, affected, actor, f"attrib {a.name} changed on {n.name}")
+    graph.requeue(session, affected, actor, f"attrib {a.name} changed on {n.name}")
     return get(session, name, n.name)

@@ -1,15 +1,21 @@
-"""Barclamps and roles: import, list, show."""
+"""Barclamps and roles: import, list, show.
+
+An import reads and checks the barclamp (crowbar/barclamps/loader.py, pure) against what the other
+barclamps in the database provide, then writes it: all checks come before the first write, and the
+writes happen within the caller's unit of work, so an import loads the whole barclamp or nothing.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from crowbar.barclamps import builtin_paths, loader
-from crowbar.db.models import Attrib, Barclamp, Role
-from crowbar.errors import CrowbarError
+from crowbar.db.events import record
+from crowbar.db.models import Attrib, Barclamp, NodeRole, Role
+from crowbar.errors import Conflict, CrowbarError
 from crowbar.services import lookup
 
 
@@ -39,7 +45,7 @@ def import_barclamp(session: Session, path: str | Path, actor: str = "system", s
         bc = loader.read(path)
         if source:
             bc.path = Path(source)
-        return barclamp_dict(loader.load(session, bc, actor), full=True)
+        return barclamp_dict(load(session, bc, actor), full=True)
     except CrowbarError as exc:
         if source:
             exc.message = exc.message.replace(str(Path(path)), source.rstrip("/"))
@@ -48,7 +54,55 @@ def import_barclamp(session: Session, path: str | Path, actor: str = "system", s
 
 
 def import_builtin(session: Session) -> list[str]:
-    return [loader.load(session, loader.read(p)).name for p in builtin_paths()]
+    return [load(session, loader.read(p)).name for p in builtin_paths()]
+
+
+def load(session: Session, bc: loader.BarclampDef, actor: str = "system") -> Barclamp:
+    """Create or update a barclamp and its roles and attribs from its description, once every check
+    has passed (see the module docstring)."""
+    path = bc.path / "barclamp.yml"
+    others = session.execute(select(Role.name, Barclamp.name, Role.requires).join(Barclamp)
+                             .where(Barclamp.name != bc.name))
+    loader.check_against(
+        bc, {role: loader.ProvidedRole(barclamp, list(requires or [])) for role, barclamp, requires in others},
+        set(session.scalars(select(Attrib.name).join(Barclamp).where(Barclamp.name != bc.name))))
+    row = session.scalar(select(Barclamp).where(Barclamp.name == bc.name))
+    existing = {r.name: r for r in session.scalars(select(Role).where(Role.barclamp_id == row.id))} if row else {}
+    gone = sorted(set(existing) - {r.name for r in bc.roles})
+    for name in gone:
+        used = session.scalar(select(func.count()).select_from(NodeRole).where(NodeRole.role_id == existing[name].id))
+        if used:
+            raise Conflict(f"{path}: role {name!r} was removed from the barclamp but {used} noderoles use it")
+
+    created = row is None
+    if created:
+        row = Barclamp(name=bc.name)
+        session.add(row)
+    row.description, row.version, row.source_path = bc.description, bc.version, str(bc.path)
+    for name in gone:
+        session.delete(existing[name])
+    session.flush()
+    roles: dict[str, Role] = {}
+    for r in bc.roles:
+        role = existing.get(r.name) or Role(barclamp_id=row.id, name=r.name)
+        role.description, role.jig, role.requires, role.flags = r.description, r.jig, r.requires, r.flags
+        role.wants_attribs, role.conflicts, role.template, role.scripts = r.wants_attribs, r.conflicts, r.template, r.scripts
+        session.add(role)
+        roles[r.name] = role
+    session.flush()
+    old_attribs = {a.name: a for a in session.scalars(select(Attrib).where(Attrib.barclamp_id == row.id))}
+    wanted = [(a, None) for a in bc.attribs] + [(a, roles[r.name].id) for r in bc.roles for a in r.attribs]
+    for a, role_id in wanted:
+        attrib = old_attribs.pop(a.name, None) or Attrib(barclamp_id=row.id, name=a.name)
+        attrib.role_id, attrib.map, attrib.default, attrib.schema = role_id, a.map, a.default, a.schema
+        attrib.description = a.description
+        session.add(attrib)
+    for stale in old_attribs.values():
+        session.delete(stale)
+    session.flush()
+    record(session, [{"object_type": "barclamp", "object_id": row.id, "action": "import" if created else "update",
+                      "actor": actor, "message": f"{bc.name} {bc.version} from {path} ({len(bc.roles)} roles)"}])
+    return row
 
 
 def list_barclamps(session: Session) -> list[dict]:

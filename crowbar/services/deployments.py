@@ -12,6 +12,7 @@ from crowbar.db.models import Deployment, DeploymentRole, NodeRole, Role
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.services import lookup
+from crowbar.services.noderoles import noderole_dicts
 from crowbar.services.nodes import system_deployment
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -94,8 +95,6 @@ def bind(session: Session, deployment_key, role_key, node_key, actor: str = "sys
     Binding into a committed deployment reopens it (back to proposed) so that the new noderoles are
     committed together; binding into `system` commits them at once, since system is never proposed.
     """
-    from crowbar.services.noderoles import noderole_dicts
-
     d = lookup.deployment(session, deployment_key)
     role = lookup.role(session, role_key)
     node = lookup.node(session, node_key)
@@ -133,7 +132,7 @@ def commit(session: Session, key, actor: str = "system") -> dict:
     if changed_roles:  # committed data changed: run the affected active noderoles again
         rerun = list(session.scalars(select(NodeRole.id).where(
             NodeRole.deployment_id == d.id, NodeRole.role_id.in_(changed_roles), NodeRole.state.in_(["active", "error"]))))
-        requeue(session, rerun, actor, "deployment data changed")
+        graph.requeue(session, rerun, actor, "deployment data changed")
     if d.state != "committed":
         record(session, [{"object_type": "deployment", "object_id": d.id, "action": "commit", "actor": actor,
                                 "from_state": d.state, "to_state": "committed",
@@ -152,21 +151,6 @@ def propose(session: Session, key, actor: str = "system") -> dict:
                                 "from_state": d.state, "to_state": "proposed"}])
         d.state = "proposed"
     return show_deployment(session, d.id)
-
-
-def requeue(session: Session, ids: list[int], actor: str, why: str) -> None:
-    """Send noderoles back to todo (or blocked if a parent is not active), and block what hangs below."""
-    if not ids:
-        return
-    rows = session.execute(select(NodeRole.id, NodeRole.state).where(NodeRole.id.in_(ids))).all()
-    ready = set(session.scalars(text(
-        f"SELECT c.id FROM node_roles c WHERE c.id IN ({','.join(str(i) for i in ids)}) "
-        f"AND {graph.parents_all_active_sql('c')}")))
-    graph.set_states(session, {
-        "todo": [(i, s) for i, s in rows if i in ready],
-        "blocked": [(i, s) for i, s in rows if i not in ready],
-    }, actor, "requeue", why)
-    graph.block_descendants(session, ids, actor, f"an ancestor was re-queued: {why}")
 
 
 def delete_deployment(session: Session, key, actor: str = "system") -> dict:

@@ -6,9 +6,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crowbar.db.models import Deployment, Node, NodeRole, NodeRoleEdge, Role, Run
-from crowbar.engine import states
+from crowbar.engine import graph, states
 from crowbar.errors import IllegalTransition
-from crowbar.services import deployments, lookup
+from crowbar.services import lookup
 
 
 def noderole_dicts(session: Session, rows: list[NodeRole], full: bool = False) -> list[dict]:
@@ -74,7 +74,7 @@ def retry(session: Session, key, actor: str = "system") -> dict:
     nr = lookup.noderole(session, key)
     if states.State(nr.state) not in states.RETRYABLE:
         raise IllegalTransition(f"noderole {nr.id} is {nr.state}: only error or active noderoles can be retried")
-    deployments.requeue(session, [nr.id], actor, "retry")
+    graph.requeue(session, [nr.id], actor, "retry")
     session.refresh(nr)
     return noderole_dicts(session, [nr])[0]
 

@@ -6,17 +6,32 @@ Order (lowest first), as in issue 2: role template < deployment-role data < node
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from enginekit import nr_of, runs_of
 from sqlalchemy import select
 
 from crowbar.db.models import Node
-from crowbar.engine.attribs import dig
+from crowbar.documents import dig
+from crowbar.engine import attribs as precedence
 from crowbar.services import attribs, deployments, nodes
 
 N1, N2 = "n1.example.com", "n2.example.com"
 
 LAYERS = ["default", "template", "deployment_role", "noderole", "discovery", "hint"]
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "attributes.md"
+
+
+def test_the_documented_precedence_is_the_table_the_code_uses():
+    rows = dict(re.findall(r"^\| `(\w+)`: .*? \| ([a-z_ <]+) \|$", DOCS.read_text(), re.M))
+    assert rows == {view: " < ".join(order) for view, order in precedence.PRECEDENCE.items()}
+    # the run order this file tests layer by layer, with the node's document opened up
+    run = [src for layer in precedence.PRECEDENCE[precedence.RUN]
+           for src in (precedence.PRECEDENCE[precedence.NODE] if layer == precedence.NODE else (layer,))]
+    assert run == [*LAYERS, precedence.PARENT]
+
 
 INJ = """
 barclamp: {name: inj, version: "1"}

@@ -124,3 +124,26 @@ def test_the_doc_shows_the_current_table_and_diagram():
     text = DOC.read_text()
     assert lc.to_markdown() in text, "regenerate the table in docs/node-lifecycle.md"
     assert lc.to_dot() in text, "regenerate the dot text in docs/node-lifecycle.md"
+
+
+def test_crowbar_nodes_states_shows_what_the_api_serves(api, monkeypatch):
+    """The CLI asks GET /node_states (tests/test_layers.py keeps it from importing the lifecycle),
+    and shows the same table and diagram it used to build from the lifecycle tables itself."""
+    import json
+
+    from click.testing import CliRunner
+
+    from crowbar.cli import main
+    from crowbar.cli.client import Client
+
+    client = Client("http://testserver")
+    client.http = api
+    api.base_url = "http://testserver/api/v2"
+    monkeypatch.setattr(main.Context, "api", property(lambda _ctx: client))
+    table = CliRunner().invoke(main.cli, ["nodes", "states", "-o", "json"])
+    dot = CliRunner().invoke(main.cli, ["nodes", "states", "--dot"])
+    assert (table.exit_code, dot.exit_code) == (0, 0), (table.output, dot.output)
+    assert json.loads(table.output) == [
+        {"state": st, "next": list(lc.TRANSITIONS[st]), "bootenv": lc.BOOTENVS[st],
+         "timeout": str(lc.TIMEOUTS.get(st) or "")} for st in lc.STATES]
+    assert dot.output == lc.to_dot() + "\n"

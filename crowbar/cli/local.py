@@ -1,0 +1,75 @@
+"""The server-side code that a client runs in its own process: the one place a client imports it.
+
+The CLI, the lab and the demo talk to Crowbar over HTTP. A few commands by nature run on the server
+host itself, before or without any API to talk to:
+
+- `crowbar server` is the server (crowbar.server's `serve`);
+- `crowbar db upgrade` migrates the database the server will open (crowbar.db.migrate);
+- `crowbar images build-discovery` builds the boot files into the server's data directory
+  (crowbar.provisioner.image);
+- `crowbar lab ...` (and `make demo`) build a lab of VMs on this machine: they check the host's
+  kernel and iPXE files the lab's server will boot the VMs with, and power on the lab's own VMs
+  through the qemu power driver, before the lab's server knows of them.
+
+Each such need is one function here that imports its server-side entry point only when called, so
+every other command starts without loading the server, the database layer or the provisioner.
+tests/test_layers.py refuses an import of server-side code from any other client module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from crowbar.cli.client import CliError
+
+
+def serve(listens: list[str], database: str | None, workers: int, data_dir: Path | None,
+          provision: str | None, advertise_url: str | None, domain: str | None) -> None:
+    """Run the API server, its loops and (with `provision`) the provisioner, until stopped."""
+    from crowbar.server import serve  # crowbar/server/main.py, re-exported by the package
+
+    serve(listens, database, workers, data_dir, provision, advertise_url, domain)
+
+
+def upgrade_database(url: str) -> tuple[str | None, str | None]:
+    """Apply every pending migration; the schema revision (before, after)."""
+    from crowbar.db import migrate
+    from crowbar.db.session import Database
+
+    database = Database(url)
+    before = migrate.current_revision(database.engine)
+    migrate.upgrade(database.engine)
+    return before, migrate.current_revision(database.engine)
+
+
+def build_discovery_image(cache: Path, kernel_version: str | None, progress: Callable[[str, int, int], None]):
+    """The discovery kernel and initramfs (.kernel, .initrd, .digest), built or from the cache."""
+    from crowbar.provisioner.image import ImageError, build_discovery_image
+
+    try:
+        return build_discovery_image(cache, kernel_version, progress)
+    except ImageError as exc:
+        raise CliError(str(exc)) from None
+
+
+def host_kernel_version() -> str:
+    """The kernel the discovery image will be built from; raises when this host has none usable."""
+    from crowbar.provisioner.image import default_kernel_version
+
+    return default_kernel_version()
+
+
+def ipxe_bios_loader() -> Path:
+    """Where the provisioner's TFTP server finds the iPXE loader for BIOS machines."""
+    from crowbar.provisioner.dnsmasq import BIOS_BOOT_FILE, IPXE_DIR
+
+    return IPXE_DIR / BIOS_BOOT_FILE
+
+
+def power_on_vm(name: str, qmp: Path) -> None:
+    """Power on one of the lab's qemu VMs through its QMP socket (the qemu power driver)."""
+    from crowbar.power.base import PowerNode
+    from crowbar.power.qemu import QemuPower
+
+    QemuPower().power_on(PowerNode(name=name, settings={"qmp": str(qmp)}))

@@ -1,0 +1,118 @@
+"""How a jig reaches a node: this machine, one SSH session, or the node's discovery agent.
+
+Every jig that runs something on a node (the script jig today; Ansible and Puppet jigs next) needs
+the same three ways there, chosen the same way for the same node (`route`):
+
+- LOCAL: the node is the admin node, this machine: a process here, in the run's work directory,
+  bounded by `wait`;
+- AGENT: the node runs the discovery image and has no SSH address: a job for its agent
+  (`RunContext.agent`, which the annealer provides), answered later with the exit code and output;
+- SSH: anywhere else: one OpenSSH session to the node's `crowbar/ssh/address` (`port`, `user`,
+  `key` beside it), which needs nothing on the node but sshd and a POSIX shell.
+
+Over SSH and through the agent a jig sends one sh program and a tar bundle that the program reads
+on its stdin (`run_ssh`, `run_agent`); what the program prints comes back as one text, for the jig
+to pick apart.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from crowbar.jigs.base import AgentChannel, NodeInfo, RunContext
+
+LOCAL, AGENT, SSH = "local", "agent", "ssh"
+SSH_CONNECT_TIMEOUT = 10
+SSH_GRACE = 30  # extra seconds before a silent SSH session or agent job is given up (the node enforces the timeout)
+
+
+def route(ctx: RunContext) -> str:
+    """LOCAL, AGENT or SSH: how this run reaches its node."""
+    if ctx.node.admin:
+        return LOCAL
+    if ctx.agent is not None and not ctx.node.attr("crowbar/ssh/address"):
+        return AGENT
+    return SSH
+
+
+def wait(proc: subprocess.Popen, deadline: float) -> bool:
+    """Wait for `proc` until `deadline`; past it, kill its whole process group. True if killed."""
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return False
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where an SSH session goes, from the node's attributes; str() is user@address:port."""
+
+    address: str
+    port: object = 22
+    user: object = "root"
+    key: object = None
+
+    @classmethod
+    def of(cls, node: NodeInfo) -> SshTarget | None:
+        """The node's target, or None when it has no `crowbar/ssh/address`."""
+        address = node.attr("crowbar/ssh/address")
+        if not address:
+            return None
+        return cls(address, node.attr("crowbar/ssh/port", 22), node.attr("crowbar/ssh/user", "root"),
+                   node.attr("crowbar/ssh/key"))
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
+
+    def argv(self, program: str) -> list[str]:
+        """The ssh command line that runs the sh `program` on the target."""
+        argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}", "-p", str(self.port), "-l", str(self.user)]
+        if self.key:
+            argv += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
+        return argv + ["--", str(self.address), "sh -c " + shlex.quote(program)]
+
+
+def run_ssh(target: SshTarget, program: str, bundle: Path, output: Path, limit: float) -> tuple[str, int | None]:
+    """Run the sh `program` on `target` with the file `bundle` on its stdin, for at most `limit`
+    seconds. Returns what it printed (stdout and stderr, through the file `output`, so a daemon it
+    leaves behind can't hold a pipe open) and its exit code, None if it was killed at the limit."""
+    with open(bundle, "rb") as stdin, open(output, "w+b") as out:
+        proc = subprocess.Popen(target.argv(program), stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        killed = wait(proc, time.monotonic() + limit)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    return text, None if killed else proc.returncode
+
+
+def run_agent(agent: AgentChannel, program: str, bundle: bytes, timeout: int,
+              on_done: Callable[[int, str], None]) -> None:
+    """Queue the sh `program` as a job of the node's agent, with `bundle` on its stdin; the agent
+    gives up after `timeout` seconds, and `on_done(exit_code, output)` hears the result.
+
+    The job is one sh script: the bundle travels base64-encoded inside it (busybox has base64, tar,
+    mktemp and timeout), is written to a temporary file, fed to the program and removed.
+    """
+    token = secrets.token_hex(8)
+    payload = base64.encodebytes(bundle).decode().rstrip("\n")  # 76-column lines
+    path = f"/tmp/crowbar-bundle-{token}.tar"
+    script = (f"base64 -d > {path} <<'CROWBAR_{token}'\n{payload}\nCROWBAR_{token}\n"
+              f"sh -c {shlex.quote(program)} < {path}\n"
+              f"rc=$?\nrm -f {path}\nexit $rc\n")
+    agent.submit(script, timeout, on_done)
