@@ -59,7 +59,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
-from crowbar.db.sql import chunks, is_postgresql
+from crowbar.db.sql import chunks, is_postgresql, keyset
 from crowbar.db.models import Node, NodeRole, Role, utcnow
 from crowbar.db.network_models import (
     NetworkAllocation, NetworkRange, NetworkRow, NetworkSettings, NeutronSegment,
@@ -860,13 +860,20 @@ def release(session: Session, network_name: str, node_key, actor: str = "system"
     return _allocation_dict(network_name, node.name, row.range, row.address, released=True)
 
 
-def list_allocations(session: Session, network_name: str) -> list[dict]:
+def list_allocations(session: Session, network_name: str, limit: int | None = None,
+                     after: str | None = None) -> list[dict]:
+    """The network's allocations in address order: `limit` of them after the address `after`
+    (all without)."""
     template, ids = _read_template(session)
     _get(template, network_name)
-    rows = session.execute(
+    try:
+        after_key = address_key(after) if after is not None else None
+    except ValueError:
+        raise InvalidInput(f"{after!r} is not an IP address", field="marker") from None
+    rows = session.execute(keyset(
         select(_allocs.c.id, _allocs.c.range, _allocs.c.address, Node.name)
-        .join(Node, Node.id == _allocs.c.node_id)
-        .where(_allocs.c.network_id == ids[network_name]).order_by(_allocs.c.address_key)).all()
+        .join(Node, Node.id == _allocs.c.node_id).where(_allocs.c.network_id == ids[network_name]),
+        _allocs.c.address_key, limit, after_key)).all()
     return [_allocation_dict(network_name, r.name, r.range, r.address, id=r.id) for r in rows]
 
 
