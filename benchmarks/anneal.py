@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _postgres import fresh_postgres
+from _postgres import append_json, fresh_postgres
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
@@ -102,9 +101,7 @@ def main() -> None:
             finally:
                 drop()
     if args.json:
-        with args.json.open("a") as fh:
-            for r in results:
-                fh.write(json.dumps(r | {"python": platform.python_version(), "workers": args.workers}) + "\n")
+        append_json(args.json, results, workers=args.workers)
 
 
 if __name__ == "__main__":

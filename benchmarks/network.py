@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _postgres import fresh_postgres
+from _postgres import append_json, fresh_postgres
 from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
 
@@ -184,9 +183,7 @@ def main() -> int:
               + " | ".join(f"{cells[n]['seconds']:.3f} ({cells[n]['cpu_seconds']:.3f})" for n in sizes)
               + f" | {per:.0f} µs |")
     if args.json:
-        with args.json.open("a") as fh:
-            for r in results:
-                fh.write(json.dumps(r | {"python": platform.python_version()}) + "\n")
+        append_json(args.json, results)
     return 0
 
 

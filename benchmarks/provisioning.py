@@ -171,10 +171,10 @@ class Bench:
         return args.replace("${netX/mac:hexhyp}", mac.replace(":", "-"))
 
     def events_after(self, after: int) -> list[dict]:
-        return self.api.get("/events", object_type="node", after=after, limit=1000)
+        return self.api.list_all("/events", object_type="node", after=after)
 
     def latest_event_id(self) -> int:
-        rows = self.api.get("/events", limit=1)
+        rows = self.api.get("/events", limit=1)["items"]
         return rows[-1]["id"] if rows else 0
 
     def argv(self, mac: str, mode: str) -> tuple[list[str], object]:

@@ -168,15 +168,15 @@ def inventory_table(lab, nodes: list[dict]):
 def result_table(api, lab):
     from rich.table import Table
 
-    nodes = {n["name"]: n for n in api.get("/nodes")}
-    addresses = {a["node"]: a["address"] for a in api.get("/networks/admin/allocations")}
+    nodes = {n["name"]: n for n in api.list_all("/nodes")}
+    addresses = {a["node"]: a["address"] for a in api.list_all("/networks/admin/allocations")}
     table = Table(title="Nodes and their lab-facts noderoles (the wall: read on the VM itself)")
     for column in ("node", "vm", "state", "admin address", "noderole", "state ", "wall: kernel", "wall: MAC",
                    "wall: IPv4"):
         table.add_column(column)
     for vm in lab.state.vms:
         node = nodes.get(vm.node or "", {})
-        for nr in api.get("/node_roles", deployment=DEPLOYMENT, node=vm.node) if vm.node else [{}]:
+        for nr in api.list_all("/node_roles", deployment=DEPLOYMENT, node=vm.node) if vm.node else [{}]:
             wall = (api.get(f"/node_roles/{nr['id']}").get("wall") or {}).get("lab", {}) if nr else {}
             table.add_row(vm.node or "", vm.name, node.get("state", ""), addresses.get(vm.node, ""),
                           f"{nr.get('id', '')} {nr.get('role', '')}", nr.get("state", ""), wall.get("kernel", ""),

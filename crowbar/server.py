@@ -19,6 +19,7 @@ import uvicorn
 
 from crowbar import config
 from crowbar.api.app import create_app
+from crowbar.api.settings import AppSettings
 from crowbar.db.session import Database
 from crowbar.engine.annealer import Annealer
 from crowbar.services import auth, bootstrap
@@ -89,10 +90,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
         publish_token(data_dir, listens)
     (data_dir / "runs").mkdir(exist_ok=True)
     annealer = Annealer(db, workers=workers, workdir=data_dir / "runs")
-    app = create_app(db, annealer)
     provisioner = None
-    if domain:
-        app.state.domain = domain
     if provision:
         from crowbar.provisioner.service import Provisioner, ProvisionerConfig
 
@@ -107,8 +105,9 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
                                                         advertise_url=advertise_url, data_dir=data_dir,
                                                         **({"domain": domain} if domain else {})))
         provisioner.start()
-        app.state.discovery_image = provisioner.image
-    app.state.advertise_url = advertise_url
+    app = create_app(AppSettings(db=db, advertise_url=advertise_url, **({"domain": domain} if domain else {}),
+                                 discovery_image=provisioner.image if provisioner else None,
+                                 wake=lambda kind: annealer.wake() if kind == "anneal" else None))
     log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(), ", ".join(listens))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler that
@@ -118,10 +117,12 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     signal.signal(signal.SIGTERM, _raise_terminated)
     terminated = False
     try:
+        annealer.start()  # the app starts no loop: the process runs them (the annealer, here)
         asyncio.run(server.serve(sockets=sockets))
     except _Terminated:
         terminated = True
     finally:
+        annealer.stop()
         if provisioner:
             provisioner.stop()
     if terminated:

@@ -96,16 +96,36 @@ def admin_token(db, tmp_path) -> str:
         return auth.ensure_admin_token(s, tmp_path / "admin.token")
 
 
+def every_item(client, path: str, params: dict | None = None) -> list[dict]:
+    """Every item of a list endpoint, following `next` until it is null (each page must be 200)."""
+    items: list[dict] = []
+    url: str | None = path
+    while url:
+        r = client.get(url, params=params)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        items += body["items"]
+        url, params = body["next"], None
+    return items
+
+
 @pytest.fixture
 def api(db, admin_token):
-    """A TestClient on the real app with the admin token; `api.anneal()` runs the annealer to idle."""
+    """A TestClient on the real app with the admin token; `api.anneal()` runs the annealer to idle,
+    `api.list(path, params)` reads every page of a list, `api.woken` lists the kinds of work the
+    app woke background loops for, in order."""
     from fastapi.testclient import TestClient
 
     from crowbar.api.app import create_app
+    from crowbar.api.settings import AppSettings
     from crowbar.engine.annealer import Annealer
 
     annealer = Annealer(db, workers=4)
-    client = TestClient(create_app(db), headers={"authorization": f"Bearer {admin_token}"})
+    woken: list[str] = []
+    client = TestClient(create_app(AppSettings(db=db, wake=woken.append)),
+                        headers={"authorization": f"Bearer {admin_token}"})
     client.anneal = lambda timeout=60: annealer.run_until_idle(timeout)
+    client.list = lambda path, params=None: every_item(client, path, params)
+    client.woken = woken
     yield client
     client.close()

@@ -1,33 +1,109 @@
-"""FastAPI dependencies shared by every router: the database session and the caller's identity.
+"""FastAPI dependencies every router shares: the settings, the caller's identity, the unit of
+work, and list paging.
 
-Both read the Database from `request.app.state.db` (set by create_app), so routers defined in
-other modules (crowbar.api.network) authenticate exactly like the core routes.
+Routes declare them with the `Annotated` aliases below (`s: UnitOfWork`, `who: Actor`,
+`page: Paging`), so a route is its parameters plus one call into a service.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import Request
+from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 
+from crowbar.api.settings import AppSettings
+from crowbar.db.session import pending_work
 from crowbar.errors import Unauthorized
 from crowbar.services import auth
 
-
-def session(request: Request) -> Iterator[Session]:
-    with request.app.state.db.session() as s:
-        yield s
+LIMIT, MAX_LIMIT = 100, 1000
 
 
-def actor(request: Request) -> str:
-    """The name of the admin token's owner; 401 without a valid admin token."""
+def settings(request: Request) -> AppSettings:
+    """The settings `create_app` was built from (the only reader of `app.state`)."""
+    return request.app.state.settings
+
+
+Settings = Annotated[AppSettings, Depends(settings)]
+
+
+def unit_of_work(config: Settings) -> Iterator[Session]:
+    """The request's unit of work: a session, committed when the route returns, rolled back when it
+    raises; after a successful commit, the background loops are woken for each kind of work the
+    service signalled (`crowbar.db.session.signal_work`), and only then.
+
+    Declared with `scope="function"` (see `UnitOfWork`): FastAPI runs the code after `yield` when
+    the route function has returned and *before* the response is sent. With the default scope
+    ("request") it would run after the response is sent: a commit that fails would reach the
+    client as a 200 for data that was never written, and the failure only the server log. Here a
+    failed commit raises inside the request, so the app's handlers answer it like any other error:
+    IntegrityError 409 {"error": "conflict"}, OperationalError 503 {"error": "unavailable"}
+    (crowbar.api.errors); nothing was written and nothing is woken.
+    """
+    with config.db.session() as session:  # commits on success, rolls back on any exception
+        yield session
+    for kind in sorted(pending_work(session)):
+        config.wake(kind)
+
+
+UnitOfWork = Annotated[Session, Depends(unit_of_work, scope="function")]
+
+
+def bearer(request: Request) -> str | None:
+    """The token of `Authorization: Bearer <token>` (node agents authenticate with it too)."""
     header = request.headers.get("authorization", "")
-    token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-auth-token")
-    with request.app.state.db.session() as s:
+    return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+
+def actor(request: Request, config: Settings) -> str:
+    """The name of the admin token's owner; 401 without a valid admin token."""
+    token = bearer(request)
+    if token is None:
+        token = request.headers.get("x-auth-token")
+    with config.db.session() as s:
         row = auth.verify(s, token)
         if row is None:
             raise Unauthorized("a valid API token is required (Authorization: Bearer <token>)")
         if row.kind != "admin":
             raise Unauthorized("this token may not use the admin API")
         return row.name
+
+
+Actor = Annotated[str, Depends(actor)]
+
+
+class Page:
+    """One page of a list: `limit` rows after `marker` (the last id seen; keyset, ascending).
+
+    A route asks its service for `page.fetch` rows (one more than the page holds: whether there is
+    a next page costs no count) and answers `page.answer(rows)`:
+    {"items": [...], "next": "<path>?<same filters>&marker=<last id>&limit=<limit>" | null}.
+    """
+
+    def __init__(self, request: Request, limit: int, marker):
+        self.request, self.limit, self.marker = request, limit, marker
+
+    @property
+    def fetch(self) -> int:
+        return self.limit + 1
+
+    def answer(self, rows: list[dict], key: str = "id") -> dict:
+        items = rows[: self.limit]
+        if len(rows) <= self.limit:
+            return {"items": items, "next": None}
+        query = [(k, v) for k, v in self.request.query_params.multi_items()
+                 if k not in ("marker", "limit", "after")]
+        query += [("marker", str(items[-1][key])), ("limit", str(self.limit))]
+        return {"items": items, "next": f"{self.request.url.path}?{urlencode(query)}"}
+
+
+def paging(request: Request,
+           limit: int = Query(LIMIT, ge=1, le=MAX_LIMIT, description="at most this many items"),
+           marker: int | None = Query(None, ge=0, description="the last id of the previous page")) -> Page:
+    return Page(request, limit, marker)
+
+
+Paging = Annotated[Page, Depends(paging)]

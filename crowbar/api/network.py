@@ -12,18 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from crowbar.api import deps
+from crowbar.api.deps import Actor, UnitOfWork
 from crowbar.errors import InvalidInput
 from crowbar.services import network as svc
 
 router = APIRouter(prefix="/api/v2", dependencies=[Depends(deps.actor)])
-Db = Depends(deps.session)
-Who = Depends(deps.actor)
 Preview = Query(False, description="show what the change affects without applying it")
 Force = Query(False, description="apply even when allocations must be re-allocated or released")
 
@@ -57,142 +55,132 @@ class WhoisIn(BaseModel):
     networks: list[dict[str, Any]] = Field(default_factory=list)
 
 
-def _done(s: Session, out: dict, status: int = 200):
-    if not out.get("preview"):
-        s.commit()
+def _done(out: dict, status: int = 200):
+    """`status` when the change was applied, 200 for a preview (which writes nothing)."""
     return JSONResponse(out, status_code=status if out.get("applied") else 200)
 
 
 # -- the template -------------------------------------------------------------------------------
 @router.get("/networks", tags=["networks"])
-def list_networks(s: Session = Db):
+def list_networks(s: UnitOfWork):
     return svc.list_networks(s)
 
 
 @router.post("/networks", tags=["networks"], status_code=201)
-def create_network(body: dict[str, Any] = Body(...), preview: bool = Preview, s: Session = Db,
-                   who: str = Who):
+def create_network(s: UnitOfWork, who: Actor, body: dict[str, Any] = Body(...), preview: bool = Preview):
     """A new network, in the template's format plus its `name`."""
     if "name" not in body:
         raise InvalidInput("name: a network needs a name", field="name")
-    return _done(s, svc.create_network(s, body["name"], body, preview=preview, actor=who), 201)
+    return _done(svc.create_network(s, body["name"], body, preview=preview, actor=who), 201)
 
 
 @router.get("/networks/export", tags=["networks"])
-def export_networks(s: Session = Db):
+def export_networks(s: UnitOfWork):
     return svc.export(s)
 
 
 @router.post("/networks/import", tags=["networks"])
-def import_networks(body: ImportIn, preview: bool = Preview, force: bool = Force, s: Session = Db,
-                    who: str = Who):
+def import_networks(body: ImportIn, s: UnitOfWork, who: Actor, preview: bool = Preview, force: bool = Force):
     """Replace the whole template; networks missing from it are removed."""
-    return _done(s, svc.import_template(s, body.template, preview=preview or body.preview,
-                                        force=force or body.force, actor=who))
+    return _done(svc.import_template(s, body.template, preview=preview or body.preview,
+                                     force=force or body.force, actor=who))
 
 
 @router.get("/networks/{name}", tags=["networks"])
-def show_network(name: str, s: Session = Db):
+def show_network(name: str, s: UnitOfWork):
     return svc.show_network(s, name)
 
 
 @router.patch("/networks/{name}", tags=["networks"])
-def update_network(name: str, body: dict[str, Any] = Body(...), preview: bool = Preview,
-                   force: bool = Force, s: Session = Db, who: str = Who):
-    return _done(s, svc.update_network(s, name, body, preview=preview, force=force, actor=who))
+def update_network(name: str, s: UnitOfWork, who: Actor, body: dict[str, Any] = Body(...),
+                   preview: bool = Preview, force: bool = Force):
+    return _done(svc.update_network(s, name, body, preview=preview, force=force, actor=who))
 
 
 @router.delete("/networks/{name}", tags=["networks"])
-def delete_network(name: str, preview: bool = Preview, force: bool = Force, s: Session = Db,
-                   who: str = Who):
-    return _done(s, svc.delete_network(s, name, preview=preview, force=force, actor=who))
+def delete_network(name: str, s: UnitOfWork, who: Actor, preview: bool = Preview, force: bool = Force):
+    return _done(svc.delete_network(s, name, preview=preview, force=force, actor=who))
 
 
 # -- allocations --------------------------------------------------------------------------------
 @router.post("/networks/{name}/allocations", tags=["networks"])
-def allocate(name: str, body: AllocationIn, s: Session = Db, who: str = Who):
+def allocate(name: str, body: AllocationIn, s: UnitOfWork, who: Actor):
     """201 with the new allocation, 200 when the node already had one (created: false)."""
     if body.nodes is not None:
         if body.node is not None or body.address is not None:
             raise InvalidInput("give node (and address) or nodes, not both", field="nodes")
         out = svc.allocate_many(s, name, body.nodes, body.range, actor=who)
-        s.commit()
         return JSONResponse(out, status_code=201 if any(a["created"] for a in out) else 200)
     if not body.node:
         raise InvalidInput("node: which node to allocate for", field="node")
     out = svc.allocate(s, name, body.node, body.range, body.address, actor=who)
-    s.commit()
     return JSONResponse(out, status_code=201 if out["created"] else 200)
 
 
 @router.get("/networks/{name}/allocations", tags=["networks"])
-def list_allocations(name: str, s: Session = Db):
-    return svc.list_allocations(s, name)
+def list_allocations(name: str, request: Request, s: UnitOfWork,
+                     limit: int = Query(deps.LIMIT, ge=1, le=deps.MAX_LIMIT, description="at most this many items"),
+                     marker: str | None = Query(None, description="the last address of the previous page")):
+    """The network's allocations in address order, paged by address (unique on a network)."""
+    page = deps.Page(request, limit, marker)
+    return page.answer(svc.list_allocations(s, name, limit=page.fetch, after=marker), key="address")
 
 
 @router.delete("/networks/{name}/allocations/{node}", tags=["networks"])
-def release(name: str, node: str, s: Session = Db, who: str = Who):
-    out = svc.release(s, name, node, actor=who)
-    s.commit()
-    return out
+def release(name: str, node: str, s: UnitOfWork, who: Actor):
+    return svc.release(s, name, node, actor=who)
 
 
 # -- node interface plans and Neutron configuration ---------------------------------------------
 @router.get("/nodes/{node}/network_plan", tags=["networks"])
-def network_plan(node: str, format: str = Query("json", description="json, networkd, netplan, ifupdown"),
-                 s: Session = Db):
+def network_plan(node: str, s: UnitOfWork,
+                 format: str = Query("json", description="json, networkd, netplan, ifupdown")):
     return svc.node_plan(s, node, format)
 
 
 @router.get("/nodes/{node}/neutron", tags=["neutron"])
-def node_neutron(node: str, s: Session = Db):
+def node_neutron(node: str, s: UnitOfWork):
     return svc.node_neutron(s, node)
 
 
 # -- Neutron ------------------------------------------------------------------------------------
 @router.get("/neutron/settings", tags=["neutron"])
-def neutron_settings(s: Session = Db):
+def neutron_settings(s: UnitOfWork):
     return svc.neutron_settings(s)
 
 
 @router.patch("/neutron/settings", tags=["neutron"])
-def set_neutron_settings(body: dict[str, Any] = Body(...), s: Session = Db, who: str = Who):
-    out = svc.set_neutron_settings(s, body, actor=who)
-    s.commit()
-    return out
+def set_neutron_settings(s: UnitOfWork, who: Actor, body: dict[str, Any] = Body(...)):
+    return svc.set_neutron_settings(s, body, actor=who)
 
 
 @router.get("/neutron/networks", tags=["neutron"])
-def list_tenant_networks(s: Session = Db):
+def list_tenant_networks(s: UnitOfWork):
     return svc.list_tenant_networks(s)
 
 
 @router.post("/neutron/networks", status_code=201, tags=["neutron"])
-def create_tenant_network(body: TenantNetworkIn, s: Session = Db, who: str = Who):
-    out = svc.create_tenant_network(s, body.name, body.network_type, body.physical_network,
-                                    body.segmentation_id, body.id, actor=who)
-    s.commit()
-    return out
+def create_tenant_network(body: TenantNetworkIn, s: UnitOfWork, who: Actor):
+    return svc.create_tenant_network(s, body.name, body.network_type, body.physical_network,
+                                     body.segmentation_id, body.id, actor=who)
 
 
 @router.get("/neutron/networks/{key}", tags=["neutron"])
-def show_tenant_network(key: str, s: Session = Db):
+def show_tenant_network(key: str, s: UnitOfWork):
     return svc.show_tenant_network(s, key)
 
 
 @router.delete("/neutron/networks/{key}", tags=["neutron"])
-def delete_tenant_network(key: str, s: Session = Db, who: str = Who):
-    out = svc.delete_tenant_network(s, key, actor=who)
-    s.commit()
-    return out
+def delete_tenant_network(key: str, s: UnitOfWork, who: Actor):
+    return svc.delete_tenant_network(s, key, actor=who)
 
 
 @router.get("/neutron/whois/{device}", tags=["neutron"])
-def whois(device: str, s: Session = Db):
+def whois(device: str, s: UnitOfWork):
     return svc.whois(s, device)
 
 
 @router.post("/neutron/whois", tags=["neutron"])
-def whois_with(body: WhoisIn, s: Session = Db):
+def whois_with(body: WhoisIn, s: UnitOfWork):
     """Like GET, with ports, routers (and extra networks) to search too."""
     return svc.whois(s, body.device, body.ports, body.routers, body.networks)

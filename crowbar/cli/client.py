@@ -10,6 +10,8 @@ import httpx
 
 from crowbar import config
 
+PAGE = 1000  # the most items a list endpoint answers at once
+
 
 class CliError(Exception):
     """Printed as one line on stderr; the process exits with `code`."""
@@ -83,6 +85,18 @@ class Client:
 
     def get(self, path: str, **params):
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+
+    def list_all(self, path: str, limit: int | None = None, **params) -> list[dict]:
+        """Every item of a list endpoint (or its first `limit`), in the API's order: pages of up to
+        PAGE items, following each answer's `next` link until it is null."""
+        query = {k: v for k, v in params.items() if v is not None} | {"limit": min(limit or PAGE, PAGE)}
+        items: list[dict] = []
+        url: str | httpx.URL | None = path
+        while url is not None and (limit is None or len(items) < limit):
+            body = self.request("GET", url, params=query).json()
+            items += body["items"]
+            url, query = body["next"] and self.http.base_url.join(body["next"]), None
+        return items[:limit]
 
     def post(self, path: str, body: dict | None = None):
         return self.request("POST", path, json=body or {}).json()

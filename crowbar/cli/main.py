@@ -11,8 +11,8 @@ import click
 
 from crowbar import config
 from crowbar.cli import local
-from crowbar.cli.client import CliError, Client
-from crowbar.cli.output import console, emit_list, emit_object, output_option
+from crowbar.cli.client import PAGE, CliError, Client
+from crowbar.cli.output import console, emit_list, emit_object, limit_option, output_option
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
 NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_count", "status"]
@@ -83,10 +83,12 @@ def barclamps() -> None:
 
 
 @barclamps.command("list")
+@limit_option
 @output_option
 @pass_ctx
-def barclamps_list(ctx: Context, output: str) -> None:
-    emit_list(ctx.api.get("/barclamps"), ["id", "name", "version", "roles", "description"], output)
+def barclamps_list(ctx: Context, limit: int | None, output: str) -> None:
+    rows = sorted(ctx.api.list_all("/barclamps", limit), key=lambda b: b["name"])
+    emit_list(rows, ["id", "name", "version", "roles", "description"], output)
 
 
 @barclamps.command("show")
@@ -126,10 +128,12 @@ def roles() -> None:
 
 @roles.command("list")
 @click.option("--barclamp")
+@limit_option
 @output_option
 @pass_ctx
-def roles_list(ctx: Context, barclamp: str | None, output: str) -> None:
-    emit_list(ctx.api.get("/roles", barclamp=barclamp), ["id", "name", "barclamp", "jig", "requires", "flags"], output)
+def roles_list(ctx: Context, barclamp: str | None, limit: int | None, output: str) -> None:
+    emit_list(ctx.api.list_all("/roles", limit, barclamp=barclamp), ["id", "name", "barclamp", "jig", "requires", "flags"],
+              output)
 
 
 @roles.command("show")
@@ -147,10 +151,13 @@ def nodes() -> None:
 
 
 @nodes.command("list")
+@click.option("--state", help="only nodes in this lifecycle state (see `crowbar nodes states`)")
+@click.option("--name", help="only nodes whose name starts with this")
+@limit_option
 @output_option
 @pass_ctx
-def nodes_list(ctx: Context, output: str) -> None:
-    emit_list(ctx.api.get("/nodes"), NODE_COLUMNS, output)
+def nodes_list(ctx: Context, state: str | None, name: str | None, limit: int | None, output: str) -> None:
+    emit_list(ctx.api.list_all("/nodes", limit, state=state, name=name), NODE_COLUMNS, output)
 
 
 @nodes.command("show")
@@ -242,10 +249,11 @@ def deployments() -> None:
 
 
 @deployments.command("list")
+@limit_option
 @output_option
 @pass_ctx
-def deployments_list(ctx: Context, output: str) -> None:
-    emit_list(ctx.api.get("/deployments"), ["id", "name", "parent", "state", "status", "noderoles"], output)
+def deployments_list(ctx: Context, limit: int | None, output: str) -> None:
+    emit_list(ctx.api.list_all("/deployments", limit), ["id", "name", "parent", "state", "status", "noderoles"], output)
 
 
 @deployments.command("show")
@@ -309,11 +317,13 @@ def noderoles() -> None:
 @click.option("--node")
 @click.option("--role")
 @click.option("--state", help="proposed, todo, transition, active, error, blocked")
+@limit_option
 @output_option
 @pass_ctx
-def noderoles_list(ctx: Context, deployment, node, role, state, output: str) -> None:
-    rows = ctx.api.get("/node_roles", deployment=deployment, node=node, role=role, state=state)
-    emit_list(rows, NODEROLE_COLUMNS, output)
+def noderoles_list(ctx: Context, deployment, node, role, state, limit: int | None, output: str) -> None:
+    """NodeRoles in the order they run (cohort, then id)."""
+    rows = ctx.api.list_all("/node_roles", limit, deployment=deployment, node=node, role=role, state=state)
+    emit_list(sorted(rows, key=lambda r: (r["cohort"], r["id"])), NODEROLE_COLUMNS, output)
 
 
 @noderoles.command("show")
@@ -375,10 +385,12 @@ def attribs() -> None:
 
 
 @attribs.command("list")
+@limit_option
 @output_option
 @pass_ctx
-def attribs_list(ctx: Context, output: str) -> None:
-    emit_list(ctx.api.get("/attribs"), ["id", "name", "map", "role", "default"], output)
+def attribs_list(ctx: Context, limit: int | None, output: str) -> None:
+    rows = sorted(ctx.api.list_all("/attribs", limit), key=lambda a: a["name"])
+    emit_list(rows, ["id", "name", "map", "role", "default"], output)
 
 
 @attribs.command("get")
@@ -453,12 +465,15 @@ def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, out
 @cli.command()
 @click.option("--type", "object_type", help="node, noderole, deployment, barclamp, ...")
 @click.option("--id", "object_id", type=int)
-@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True, help="the newest this many")
 @output_option
 @pass_ctx
 def events(ctx: Context, object_type: str | None, object_id: int | None, limit: int, output: str) -> None:
-    """The audit trail: who changed what, when, from and to."""
-    rows = ctx.api.get("/events", object_type=object_type, object_id=object_id, limit=limit)
+    """The audit trail: who changed what, when, from and to (oldest first)."""
+    if limit <= PAGE:  # the API's tail: the newest `limit` events
+        rows = ctx.api.get("/events", object_type=object_type, object_id=object_id, limit=limit)["items"]
+    else:  # more than one page: read the log forward and keep its end
+        rows = ctx.api.list_all("/events", object_type=object_type, object_id=object_id, marker=0)[-limit:]
     emit_list(rows, ["id", "at", "actor", "object_type", "object_id", "action", "from", "to", "message"], output)
 
 

@@ -16,7 +16,7 @@ import click
 import yaml
 
 from crowbar.cli.client import CliError
-from crowbar.cli.output import emit_list, emit_object, output_option
+from crowbar.cli.output import emit_list, emit_object, limit_option, output_option
 
 NETWORK_COLUMNS = ["id", "name", "category", "subnet", "vlan", "use_vlan", "conduit", "router",
                    "router_pref", "mtu", "ranges", "allocations"]
@@ -296,11 +296,12 @@ def network_allocate(ctx, network_name: str, node: str, range_name: str | None, 
 
 @network.command("allocations")
 @click.argument("network_name", metavar="NETWORK")
+@limit_option
 @output_option
 @click.pass_obj
-def network_allocations(ctx, network_name: str, output: str) -> None:
+def network_allocations(ctx, network_name: str, limit: int | None, output: str) -> None:
     """The addresses allocated on NETWORK, in address order."""
-    emit_list(ctx.api.get(f"/networks/{network_name}/allocations"), ALLOCATION_COLUMNS, output)
+    emit_list(ctx.api.list_all(f"/networks/{network_name}/allocations", limit), ALLOCATION_COLUMNS, output)
 
 
 @network.command("release")

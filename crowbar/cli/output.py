@@ -18,6 +18,10 @@ def output_option(f):
                         show_default=True, help="table for people, json for scripts")(f)
 
 
+def limit_option(f):
+    return click.option("--limit", type=click.IntRange(min=1), help="show at most this many (default: all)")(f)
+
+
 def _cell(value) -> str:
     if value is None:
         return ""

@@ -1,11 +1,11 @@
-"""Small SQL helpers every layer shares: batching ids under the bound-parameter limit, and which
-engine a session or connection talks to."""
+"""Small SQL helpers every layer shares: batching ids under the bound-parameter limit, which
+engine a session or connection talks to, and keyset paging."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Select
 from sqlalchemy.orm import Session
 
 CHUNK = 5000  # stays far below SQLite's limit on bound parameters
@@ -22,3 +22,13 @@ def is_postgresql(bind: Engine | Connection | Session) -> bool:
     if isinstance(bind, Session):
         bind = bind.get_bind()
     return bind.dialect.name == "postgresql"
+
+
+def keyset(query: Select, key, limit: int | None = None, marker=None) -> Select:
+    """`query` in ascending `key` order, from just after `marker` (the last key of the previous
+    page), at most `limit` rows: keyset paging, which costs the same on every page (no OFFSET)
+    and neither repeats nor skips a row when rows are added between pages."""
+    if marker is not None:
+        query = query.where(key > marker)
+    query = query.order_by(key)
+    return query if limit is None else query.limit(limit)

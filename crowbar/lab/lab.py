@@ -365,7 +365,7 @@ class Lab:
         found: dict[str, dict] = {}
         changed = False
         ours = f"d52-54-00-cb-{self.state.lab_byte:02x}-"  # discovered names come from a lab MAC
-        for row in api.get("/nodes"):
+        for row in api.list_all("/nodes"):
             known = next((vm for vm in self.state.vms if vm.node == row["name"]), None)
             if row.get("admin") or not (known or row["name"].startswith(ours)):
                 continue
@@ -431,7 +431,7 @@ class Lab:
             try:
                 api = self.api()
                 nodes = self.match_nodes(api)
-                addresses = {a["node"]: a["address"] for a in api.get("/networks/admin/allocations")}
+                addresses = {a["node"]: a["address"] for a in api.list_all("/networks/admin/allocations")}
             except Exception as exc:  # status must still show what runs
                 api_error = str(exc)
         vms = []

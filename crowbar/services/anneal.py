@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from crowbar.db.models import Deployment, Event, Node, NodeRole
+from crowbar.db.sql import keyset
 from crowbar.engine.states import State
 from crowbar.services import lookup
 
@@ -34,14 +35,19 @@ def status(session: Session, deployment: str | None = None) -> dict:
 
 
 def events(session: Session, object_type: str | None = None, object_id: int | None = None,
-           limit: int = 100, after: int | None = None) -> list[dict]:
-    q = select(Event).order_by(Event.id.desc()).limit(min(max(limit, 1), 10000))
+           limit: int | None = 100, after: int | None = None) -> list[dict]:
+    """Audit events, always oldest first (ascending id). With `after` (an event id): the first
+    `limit` events after it, so that passing the last id seen as `after` reads the log forward page
+    by page. Without `after`: the newest `limit` events (the tail of the log)."""
+    q = select(Event)
     if object_type:
         q = q.where(Event.object_type == object_type)
     if object_id is not None:
         q = q.where(Event.object_id == object_id)
-    if after is not None:
-        q = q.where(Event.id > after)
+    if after is None:
+        rows = list(session.scalars(q.order_by(Event.id.desc()).limit(limit)))[::-1]
+    else:
+        rows = session.scalars(keyset(q, Event.id, limit, after))
     return [{"id": e.id, "at": e.at.isoformat(), "actor": e.actor, "object_type": e.object_type,
              "object_id": e.object_id, "action": e.action, "from": e.from_state, "to": e.to_state,
-             "message": e.message} for e in reversed(list(session.scalars(q)))]
+             "message": e.message} for e in rows]

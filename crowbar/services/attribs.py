@@ -10,6 +10,8 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
+from crowbar.db.session import signal_work
+from crowbar.db.sql import keyset
 from crowbar.documents import MISSING, dig, put
 from crowbar.engine import attribs as ea
 from crowbar.engine import graph
@@ -24,10 +26,16 @@ def _attrib(session: Session, name: str) -> Attrib:
     return a
 
 
-def list_attribs(session: Session) -> list[dict]:
+def list_attribs(session: Session, *, name: str | None = None, limit: int | None = None,
+                 marker: int | None = None) -> list[dict]:
+    """Attribs in id order: `limit` of them after id `marker` (all without), whose name starts with
+    `name`."""
+    q = select(Attrib)
+    if name:
+        q = q.where(Attrib.name.startswith(name, autoescape=True))
     roles = dict(session.execute(select(Role.id, Role.name)).all())
     return [{"id": a.id, "name": a.name, "map": a.map, "role": roles.get(a.role_id), "default": a.default}
-            for a in session.scalars(select(Attrib).order_by(Attrib.name))]
+            for a in session.scalars(keyset(q, Attrib.id, limit, marker))]
 
 
 def get(session: Session, name: str, node: str | None = None) -> dict:
@@ -102,4 +110,5 @@ def set_on_node(session: Session, name: str, value, node: str, actor: str = "sys
     affected = list(session.scalars(select(NodeRole.id).where(
         NodeRole.node_id == n.id, NodeRole.role_id.in_(roles), NodeRole.state.in_(["active"]))))
     graph.requeue(session, affected, actor, f"attrib {a.name} changed on {n.name}")
+    signal_work(session, "anneal")
     return get(session, name, n.name)

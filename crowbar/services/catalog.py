@@ -7,7 +7,8 @@ writes happen within the caller's unit of work, so an import loads the whole bar
 
 from __future__ import annotations
 
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session
 from crowbar.barclamps import builtin_paths, loader
 from crowbar.db.events import record
 from crowbar.db.models import Attrib, Barclamp, NodeRole, Role
-from crowbar.errors import Conflict, CrowbarError
+from crowbar.db.sql import keyset
+from crowbar.errors import Conflict, CrowbarError, InvalidInput
 from crowbar.services import lookup
 
 
@@ -51,6 +53,26 @@ def import_barclamp(session: Session, path: str | Path, actor: str = "system", s
             exc.message = exc.message.replace(str(Path(path)), source.rstrip("/"))
             exc.args = (exc.message,)
         raise
+
+
+def import_path_or_files(session: Session, path: str | None = None, files: dict[str, str] | None = None,
+                         source: str | None = None, actor: str = "system") -> dict:
+    """Load a barclamp from a directory on the server (`path`), or from its files sent by a client
+    (relative path -> text; written to a temporary directory that is removed afterwards; `source`
+    names the client's directory)."""
+    if not files:
+        if not path:
+            raise InvalidInput("give either path or files", field="path")
+        return import_barclamp(session, path, actor=actor)
+    with tempfile.TemporaryDirectory(prefix="barclamp-") as tmp:
+        for rel, text in files.items():
+            p = PurePosixPath(rel)
+            if p.is_absolute() or ".." in p.parts:
+                raise InvalidInput(f"file path {rel!r} must be relative, without '..'", field="files")
+            target = Path(tmp, *p.parts)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        return import_barclamp(session, tmp, actor=actor, source=source)
 
 
 def import_builtin(session: Session) -> list[str]:
@@ -105,19 +127,30 @@ def load(session: Session, bc: loader.BarclampDef, actor: str = "system") -> Bar
     return row
 
 
-def list_barclamps(session: Session) -> list[dict]:
-    return [barclamp_dict(b) for b in session.scalars(select(Barclamp).order_by(Barclamp.name))]
+def list_barclamps(session: Session, *, name: str | None = None, limit: int | None = None,
+                   marker: int | None = None) -> list[dict]:
+    """Barclamps in id order: `limit` of them after id `marker` (all without), whose name starts
+    with `name`."""
+    q = select(Barclamp)
+    if name:
+        q = q.where(Barclamp.name.startswith(name, autoescape=True))
+    return [barclamp_dict(b) for b in session.scalars(keyset(q, Barclamp.id, limit, marker))]
 
 
 def show_barclamp(session: Session, key) -> dict:
     return barclamp_dict(lookup.barclamp(session, key), full=True)
 
 
-def list_roles(session: Session, barclamp: str | None = None) -> list[dict]:
-    q = select(Role).order_by(Role.id)
+def list_roles(session: Session, barclamp: str | None = None, *, name: str | None = None,
+               limit: int | None = None, marker: int | None = None) -> list[dict]:
+    """Roles in id order: `limit` of them after id `marker` (all without), of `barclamp`, whose
+    name starts with `name`."""
+    q = select(Role)
     if barclamp:
         q = q.where(Role.barclamp_id == lookup.barclamp(session, barclamp).id)
-    return [role_dict(r) for r in session.scalars(q)]
+    if name:
+        q = q.where(Role.name.startswith(name, autoescape=True))
+    return [role_dict(r) for r in session.scalars(keyset(q, Role.id, limit, marker))]
 
 
 def show_role(session: Session, key) -> dict:

@@ -9,6 +9,8 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import Deployment, DeploymentRole, NodeRole, Role
+from crowbar.db.session import signal_work
+from crowbar.db.sql import keyset
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.services import lookup
@@ -16,6 +18,7 @@ from crowbar.services.noderoles import noderole_dicts
 from crowbar.services.nodes import system_deployment
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+STATES = ("proposed", "committed")
 
 
 def ensure_system(session: Session) -> Deployment:
@@ -56,10 +59,24 @@ def deployment_dict(d: Deployment, counts: dict[str, int], parent: str | None) -
             "description": d.description}
 
 
-def list_deployments(session: Session) -> list[dict]:
-    rows = list(session.scalars(select(Deployment).order_by(Deployment.id)))
-    names = {d.id: d.name for d in rows}
-    counts = counts_by_state(session)
+def list_deployments(session: Session, *, state: str | None = None, name: str | None = None,
+                     limit: int | None = None, marker: int | None = None) -> list[dict]:
+    """Deployments in id order: `limit` of them after id `marker` (all without), in `state`
+    (proposed or committed), whose name starts with `name`."""
+    q = select(Deployment)
+    if state:
+        state = state.strip().lower()
+        if state not in STATES:
+            raise InvalidInput(f"unknown deployment state {state!r}: expected one of {', '.join(STATES)}",
+                               field="state")
+        q = q.where(Deployment.state == state)
+    if name:
+        q = q.where(Deployment.name.startswith(name, autoescape=True))
+    rows = list(session.scalars(keyset(q, Deployment.id, limit, marker)))
+    parent_ids = {d.parent_id for d in rows if d.parent_id is not None}
+    names = dict(session.execute(select(Deployment.id, Deployment.name).where(Deployment.id.in_(parent_ids))).all()) \
+        if parent_ids else {}
+    counts = counts_by_state(session, [d.id for d in rows])
     return [deployment_dict(d, counts.get(d.id, {}), names.get(d.parent_id)) for d in rows]
 
 
@@ -117,6 +134,7 @@ def bind(session: Session, deployment_key, role_key, node_key, actor: str = "sys
                                 "message": f"bound {role.name} to {node.name}; commit to run it"}])
     session.flush()
     session.refresh(nr)
+    signal_work(session, "anneal")
     return {"created": [c.id for c in binder.created], "noderole": noderole_dicts(session, [nr])[0],
             "reopened": reopened}
 
@@ -139,6 +157,7 @@ def commit(session: Session, key, actor: str = "system") -> dict:
                                 "message": f"{count} noderoles committed"}])
         d.state = "committed"
     session.flush()
+    signal_work(session, "anneal")
     return show_deployment(session, d.id)
 
 

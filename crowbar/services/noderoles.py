@@ -6,6 +6,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crowbar.db.models import Deployment, Node, NodeRole, NodeRoleEdge, Role, Run
+from crowbar.db.session import signal_work
+from crowbar.db.sql import keyset
 from crowbar.engine import graph, states
 from crowbar.errors import IllegalTransition
 from crowbar.services import lookup
@@ -35,8 +37,10 @@ def noderole_dicts(session: Session, rows: list[NodeRole], full: bool = False) -
 
 def list_noderoles(session: Session, deployment: str | None = None, node: str | None = None,
                    role: str | None = None, state: str | None = None, limit: int | None = None,
-                   offset: int = 0) -> list[dict]:
-    q = select(NodeRole).order_by(NodeRole.cohort, NodeRole.id)
+                   marker: int | None = None) -> list[dict]:
+    """NodeRoles in id order: `limit` of them after id `marker` (all without), filtered by
+    deployment, node, role (references) and state."""
+    q = select(NodeRole)
     if deployment:
         q = q.where(NodeRole.deployment_id == lookup.deployment(session, deployment).id)
     if node:
@@ -45,11 +49,7 @@ def list_noderoles(session: Session, deployment: str | None = None, node: str | 
         q = q.where(NodeRole.role_id == lookup.role(session, role).id)
     if state:
         q = q.where(NodeRole.state == states.parse(state).value)
-    if offset:
-        q = q.offset(offset)
-    if limit:
-        q = q.limit(limit)
-    return noderole_dicts(session, list(session.scalars(q)))
+    return noderole_dicts(session, list(session.scalars(keyset(q, NodeRole.id, limit, marker))))
 
 
 def show_noderole(session: Session, key) -> dict:
@@ -75,6 +75,7 @@ def retry(session: Session, key, actor: str = "system") -> dict:
     if states.State(nr.state) not in states.RETRYABLE:
         raise IllegalTransition(f"noderole {nr.id} is {nr.state}: only error or active noderoles can be retried")
     graph.requeue(session, [nr.id], actor, "retry")
+    signal_work(session, "anneal")
     session.refresh(nr)
     return noderole_dicts(session, [nr])[0]
 

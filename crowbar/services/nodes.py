@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, Role
+from crowbar.db.session import signal_work
+from crowbar.db.sql import keyset
 from crowbar.engine import graph
 from crowbar.errors import Conflict
+from crowbar.provisioner import lifecycle
 from crowbar.services import lookup
 
 
@@ -48,11 +51,22 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
         for role in roles:
             binder.bind(system, role, node)
         graph.commit_noderoles(session, system.id, actor)
+    signal_work(session, "anneal")
     return node_dict(node, full=True)
 
 
-def list_nodes(session: Session) -> list[dict]:
-    return [node_dict(n) for n in session.scalars(select(Node).order_by(Node.id))]
+def list_nodes(session: Session, *, state: str | None = None, name: str | None = None,
+               limit: int | None = None, marker: int | None = None) -> list[dict]:
+    """Nodes in id order: `limit` of them after id `marker` (all without), in lifecycle `state`,
+    whose name starts with `name`."""
+    # Only the columns a list shows: not the discovery inventory and hints (kilobytes per node).
+    q = select(Node).options(load_only(Node.id, Node.name, Node.state, Node.admin, Node.alive, Node.available,
+                                       Node.bootenv))
+    if state:
+        q = q.where(Node.state == lifecycle.parse(state))
+    if name:
+        q = q.where(Node.name.startswith(name.strip().lower(), autoescape=True))
+    return [node_dict(n) for n in session.scalars(keyset(q, Node.id, limit, marker))]
 
 
 def show_node(session: Session, key) -> dict:
@@ -71,6 +85,7 @@ def update_node(session: Session, key, *, alive: bool | None = None, available: 
     if description is not None:
         node.description = description
     record(session, events)
+    signal_work(session, "anneal")  # alive or available again: its waiting noderoles may run
     return node_dict(node, full=True)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
+from crowbar.db.session import signal_work
 from crowbar.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from crowbar.network.mac import normalize_mac as _normalize_mac
 from crowbar.power.base import PowerError, PowerNode, get_driver
@@ -103,6 +104,7 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN) ->
     session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in dict.fromkeys(macs)])
     token = _issue_node_token(session, node)
     session.flush()
+    signal_work(session, "anneal")
     return {"node": node.name, "token": token, "created": created, "id": node.id}
 
 
@@ -140,6 +142,7 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> 
     if not isinstance(exit_code, int):
         raise InvalidInput("exit_code must be an integer", field="exit_code")
     job.state, job.exit_code, job.output, job.finished_at = "done", exit_code, str(output or ""), utcnow()
+    signal_work(session, "anneal")  # the annealer completes the run that waits for this job
     return {"job": job.id, "state": job.state}
 
 
@@ -173,6 +176,7 @@ def allocate(session: Session, key, actor: str = "system") -> dict:
     if _agent_driven(node):
         node.agent_action = "reboot"
     session.flush()
+    signal_work(session, "anneal")
     return nodes.node_dict(node, full=True) | {"admin_address": allocation and allocation.get("address")}
 
 
@@ -188,6 +192,7 @@ def transition(session: Session, key, target: str, actor: str = "system") -> dic
         except (PowerError, KeyError) as exc:
             record(session, [{"object_type": "node", "object_id": node.id, "action": "power-cycle",
                                     "actor": actor, "message": f"could not power-cycle: {exc}"}])
+    signal_work(session, "anneal")
     return nodes.node_dict(node, full=True)
 
 

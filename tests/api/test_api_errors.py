@@ -80,7 +80,7 @@ def test_bad_bodies_are_422_naming_the_field(api, world):
     r = api.post(f"{V2}/nodes", content=b"{not json", headers={"content-type": "application/json"})
     error(r, 422)
     # nothing was created by any of these
-    names = {n["name"] for n in api.get(f"{V2}/nodes").json()}
+    names = {n["name"] for n in api.list(f"{V2}/nodes")}
     assert names == {"n1.example.com"}
 
 

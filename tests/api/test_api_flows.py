@@ -12,7 +12,7 @@ def ok(r, status: int = 200):
 
 
 def noderole(api, node: str, role: str) -> dict:
-    (row,) = ok(api.get(f"{V2}/node_roles", params={"node": node, "role": role}))
+    (row,) = api.list(f"{V2}/node_roles", {"node": node, "role": role})
     return row
 
 
@@ -52,14 +52,14 @@ def test_noderole_views_and_retry_path(api):
     ok(api.post(f"{V2}/deployments/d1/bind", json={"role": "test-fails", "node": N1}), 201)
     ok(api.post(f"{V2}/deployments/d1/commit"))
     api.anneal()
-    rows = ok(api.get(f"{V2}/node_roles", params={"deployment": "d1"}))
+    rows = api.list(f"{V2}/node_roles", {"deployment": "d1"})
     assert {(r["role"], r["state"]) for r in rows} == {
         ("test-admin", "active"), ("test-server", "active"), ("test-library", "active"),
         ("test-client", "active"), ("test-fails", "error")}
     for r in rows:
         assert {"id", "node", "role", "deployment", "state", "cohort"} <= set(r) and r["deployment"] == "d1"
-    assert [r["role"] for r in ok(api.get(f"{V2}/node_roles", params={"state": "ERROR"}))] == ["test-fails"]
-    assert len(ok(api.get(f"{V2}/node_roles", params={"deployment": "d1", "limit": 2}))) == 2
+    assert [r["role"] for r in api.list(f"{V2}/node_roles", {"state": "ERROR"})] == ["test-fails"]
+    assert len(ok(api.get(f"{V2}/node_roles", params={"deployment": "d1", "limit": 2}))["items"]) == 2
 
     fails, client = noderole(api, N1, "test-fails"), noderole(api, N1, "test-client")
     shown = ok(api.get(f"{V2}/node_roles/{fails['id']}"))
@@ -71,7 +71,7 @@ def test_noderole_views_and_retry_path(api):
 
     retried = ok(api.post(f"{V2}/node_roles/{fails['id']}/retry"))
     assert retried["state"] == "todo"
-    events = ok(api.get(f"{V2}/events", params={"object_type": "noderole", "object_id": fails["id"]}))
+    events = api.list(f"{V2}/events", {"object_type": "noderole", "object_id": fails["id"]})
     last = events[-1]
     assert (last["actor"], last["action"], last["from"], last["to"]) == ("admin", "requeue", "error", "todo")
     assert [(e["action"], e["to"]) for e in events] == [
@@ -92,18 +92,19 @@ def test_events_record_who_what_from_and_to(api):
     ok(api.patch(f"{V2}/nodes/{N1}", json={"alive": False}))
     ok(api.post(f"{V2}/deployments", json={"name": "d1"}), 201)
     ok(api.post(f"{V2}/deployments/d1/commit"))
-    node_events = ok(api.get(f"{V2}/events", params={"object_type": "node"}))
+    node_events = api.list(f"{V2}/events", {"object_type": "node"})
     assert [(e["actor"], e["action"], e["from"], e["to"]) for e in node_events] == [
         ("admin", "create", None, "alive"), ("admin", "set-alive", "true", "false")]
     dep = [(e["actor"], e["action"], e["from"], e["to"])
-           for e in ok(api.get(f"{V2}/events", params={"object_type": "deployment"})) if e["action"] != "create"
+           for e in api.list(f"{V2}/events", {"object_type": "deployment"}) if e["action"] != "create"
            or e["message"].startswith("d1")]
     assert dep == [("admin", "create", None, "proposed"), ("admin", "commit", "proposed", "committed")]
-    nr_events = ok(api.get(f"{V2}/events", params={"object_type": "noderole", "object_id": node_id}))
+    nr_events = api.list(f"{V2}/events", {"object_type": "noderole", "object_id": node_id})
     assert [(e["action"], e["to"]) for e in nr_events] == [("bind", "proposed"), ("commit", "todo")]
-    everything = ok(api.get(f"{V2}/events", params={"limit": 10000}))
-    assert [e["id"] for e in everything] == sorted(e["id"] for e in everything)
-    after = ok(api.get(f"{V2}/events", params={"after": everything[-2]["id"]}))
+    everything = api.list(f"{V2}/events", {"marker": 0, "limit": 5})  # the whole log, page by page
+    assert [e["id"] for e in everything] == sorted({e["id"] for e in everything})
+    assert ok(api.get(f"{V2}/events", params={"limit": 3}))["items"] == everything[-3:]  # the tail
+    after = api.list(f"{V2}/events", {"after": everything[-2]["id"]})
     assert [e["id"] for e in after] == [everything[-1]["id"]]
     assert all(e["at"] for e in everything)
 
@@ -122,8 +123,8 @@ def test_attrib_set_validates_against_the_schema(api):
     assert (got["value"], got["source"]) == (0.25, "hint")
     assert ok(api.get(f"{V2}/nodes/{N1}"))["hints"] == {"test": {"delay": 0.25}}
     assert ok(api.get(f"{V2}/attribs/test-delay"))["value"] == 0  # no node: the default
-    assert {"test-delay", "test-marker"} <= {a["name"] for a in ok(api.get(f"{V2}/attribs"))}
-    events = ok(api.get(f"{V2}/events", params={"object_type": "node"}))
+    assert {"test-delay", "test-marker"} <= {a["name"] for a in api.list(f"{V2}/attribs")}
+    events = api.list(f"{V2}/events", {"object_type": "node"})
     assert [e["message"] for e in events if e["action"] == "set-attrib"] == ["test-delay = 0.5", "test-delay = 0.25"]
 
 
@@ -138,13 +139,13 @@ def test_node_delete_is_refused_while_other_nodes_depend_on_it(api):
     r = api.delete(f"{V2}/nodes/{N1}")
     assert r.status_code == 409 and N2 in r.json()["message"]
     assert ok(api.get(f"{V2}/nodes/{N1}"))["name"] == N1
-    n2_rows = ok(api.get(f"{V2}/node_roles", params={"node": N2}))
+    n2_rows = api.list(f"{V2}/node_roles", {"node": N2})
     gone = ok(api.delete(f"{V2}/nodes/{N2}"))
     assert gone["deleted"] is True and gone["noderoles_deleted"] == len(n2_rows) == 2
     assert api.get(f"{V2}/nodes/{N2}").status_code == 404
-    assert all(r["node"] != N2 for r in ok(api.get(f"{V2}/node_roles")))
+    assert all(r["node"] != N2 for r in api.list(f"{V2}/node_roles"))
     assert ok(api.delete(f"{V2}/nodes/{N1}"))["deleted"] is True  # nothing depends on it now
-    assert ok(api.get(f"{V2}/node_roles")) == []
+    assert api.list(f"{V2}/node_roles") == []
     assert api.get(f"{V2}/node_roles/{n2_rows[0]['id']}/runs").status_code == 404
 
 
@@ -166,14 +167,14 @@ def test_deployment_delete_and_its_refusals(api):
     r = api.delete(f"{V2}/deployments/base")
     assert r.status_code == 409 and "other" in r.json()["message"]  # other's test-client needs base's server
 
-    other_rows = ok(api.get(f"{V2}/node_roles", params={"deployment": "other"}))
+    other_rows = api.list(f"{V2}/node_roles", {"deployment": "other"})
     gone = ok(api.delete(f"{V2}/deployments/other"))
     assert gone["deleted"] is True and gone["noderoles_deleted"] == len(other_rows) == 2
     assert api.get(f"{V2}/deployments/other").status_code == 404
     assert ok(api.delete(f"{V2}/deployments/base"))["noderoles_deleted"] == 2
-    assert {d["name"] for d in ok(api.get(f"{V2}/deployments"))} == {"system"}
-    assert {r["role"] for r in ok(api.get(f"{V2}/node_roles"))} == {"crowbar-managed-node"}
-    deletes = [e for e in ok(api.get(f"{V2}/events", params={"object_type": "deployment"})) if e["action"] == "delete"]
+    assert {d["name"] for d in api.list(f"{V2}/deployments")} == {"system"}
+    assert {r["role"] for r in api.list(f"{V2}/node_roles")} == {"crowbar-managed-node"}
+    deletes = [e for e in api.list(f"{V2}/events", {"object_type": "deployment"}) if e["action"] == "delete"]
     assert [(e["actor"], e["message"].split()[0]) for e in deletes] == [("admin", "child"), ("admin", "other"),
                                                                         ("admin", "base")]
 
@@ -201,7 +202,7 @@ def test_barclamp_import_over_the_api(api):
     body = ok(api.post(f"{V2}/barclamps", json={"files": files}), 201)
     assert (body["name"], body["version"], body["roles"]) == ("fx", "3", ["fx-a"])
     assert ok(api.get(f"{V2}/roles/fx-a"))["requires"] == ["test-server"]
-    assert "fx-a" in {r["name"] for r in ok(api.get(f"{V2}/roles", params={"barclamp": "fx"}))}
+    assert "fx-a" in {r["name"] for r in api.list(f"{V2}/roles", {"barclamp": "fx"})}
 
     bad = {"barclamp.yml": 'barclamp: {name: fx2}\nroles:\n  - {name: fx2-a, jig: chef}\n'}
     r = api.post(f"{V2}/barclamps", json={"files": bad})

@@ -58,7 +58,7 @@ def test_allocation_order_existing_hint_first_free_fallback(api, make_nodes):
     assert r.status_code == 422 and r.json()["field"] == "range"
     assert "no range 'switch' and no 'host' range" in r.json()["message"]
     assert alloc(api, "nova_fixed", "n5", range="router")["address"] == "192.168.123.1"
-    rows = api.get(f"{API}/networks/admin/allocations").json()
+    rows = api.list(f"{API}/networks/admin/allocations")
     assert [(a["node"], a["address"]) for a in rows] == [
         ("n1", "192.168.124.81"), ("n4", "192.168.124.82"), ("n5", "192.168.124.83"),
         ("n2", "192.168.124.150"), ("n3", "192.168.124.200")]
@@ -181,7 +181,7 @@ def test_deleting_a_node_releases_its_addresses(api, make_nodes, db):
     alloc(api, "admin", "gone")
     alloc(api, "storage", "gone")
     assert api.delete(f"{API}/nodes/gone").status_code == 200
-    assert api.get(f"{API}/networks/admin/allocations").json() == []
+    assert api.list(f"{API}/networks/admin/allocations") == []
     with db.session() as s:
         assert s.execute(select(NetworkAllocation)).first() is None
 

@@ -208,7 +208,7 @@ def test_change_after_deploy_previews_affected_nodes_and_allocations(api, make_n
     for name in ("d1.example.com", "d2.example.com", "d3.example.com"):
         api.post(f"{API}/networks/storage/allocations", json={"node": name})
     api.post(f"{API}/networks/admin/allocations", json={"node": "d3.example.com"})
-    before = api.get(f"{API}/networks/storage/allocations").json()
+    before = api.list(f"{API}/networks/storage/allocations")
     assert [a["address"] for a in before] == ["192.168.125.10", "192.168.125.11", "192.168.125.12"]
     change = {"ranges": {"host": {"start": "192.168.125.11", "end": "192.168.125.239"}}}
 
@@ -225,7 +225,7 @@ def test_change_after_deploy_previews_affected_nodes_and_allocations(api, make_n
         "reason": "192.168.125.10 is outside range 'host' (192.168.125.11-192.168.125.239)"}]
     assert [(m["node"], m["old_address"], m["new_address"]) for m in preview["moves"]] == [
         ("d1.example.com", "192.168.125.10", "192.168.125.13")]
-    assert api.get(f"{API}/networks/storage/allocations").json() == before  # nothing applied
+    assert api.list(f"{API}/networks/storage/allocations") == before  # nothing applied
 
     refused = api.patch(f"{API}/networks/storage", json=change)
     assert refused.status_code == 409
@@ -235,7 +235,7 @@ def test_change_after_deploy_previews_affected_nodes_and_allocations(api, make_n
 
     applied = api.patch(f"{API}/networks/storage?force=true", json=change).json()
     assert applied["applied"] and applied["moves"] == preview["moves"]
-    after = {a["node"]: a["address"] for a in api.get(f"{API}/networks/storage/allocations").json()}
+    after = {a["node"]: a["address"] for a in api.list(f"{API}/networks/storage/allocations")}
     assert after == {"d1.example.com": "192.168.125.13", "d2.example.com": "192.168.125.11",
                      "d3.example.com": "192.168.125.12"}
 
@@ -259,7 +259,7 @@ def test_change_after_deploy_previews_affected_nodes_and_allocations(api, make_n
     assert api.delete(f"{API}/networks/storage?force=true").json()["applied"]
     assert "storage" not in [n["name"] for n in api.get(f"{API}/networks").json()]
     # d3's admin address was not touched.
-    assert [a["node"] for a in api.get(f"{API}/networks/admin/allocations").json()] == ["d3.example.com"]
+    assert [a["node"] for a in api.list(f"{API}/networks/admin/allocations")] == ["d3.example.com"]
 
 
 def test_a_change_that_cannot_reallocate_changes_nothing(api, make_nodes):
@@ -269,7 +269,7 @@ def test_a_change_that_cannot_reallocate_changes_nothing(api, make_nodes):
     r = api.patch(f"{API}/networks/storage?force=true",
                   json={"ranges": {"host": {"start": "192.168.125.100", "end": "192.168.125.100"}}})
     assert r.status_code == 409 and "exhausted" in r.json()["message"]
-    assert [a["address"] for a in api.get(f"{API}/networks/storage/allocations").json()] == [
+    assert [a["address"] for a in api.list(f"{API}/networks/storage/allocations")] == [
         "192.168.125.10", "192.168.125.11"]
 
 

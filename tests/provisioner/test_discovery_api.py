@@ -45,7 +45,7 @@ def test_booting_again_refinds_the_node_by_any_mac_and_revokes_the_old_token(api
     old = api.get("/api/v2/agent/next", headers={"authorization": f"Bearer {first['token']}"})
     assert old.status_code == 401
     assert api.get("/api/v2/agent/next", headers={"authorization": f"Bearer {again['token']}"}).status_code == 200
-    assert len(api.get("/api/v2/nodes").json()) == 1
+    assert len(api.list("/api/v2/nodes")) == 1
 
 
 def test_a_deleted_node_that_boots_again_is_simply_discovered_again(api):
@@ -73,7 +73,7 @@ def test_bad_inventories_are_refused_with_the_field(api, bad, field):
     content = bad if isinstance(bad, str) else json.dumps(bad)
     r = api.post("/api/v2/discovery", content=content, headers={"authorization": ""})
     assert r.status_code == 422 and r.json()["field"] == field
-    assert api.get("/api/v2/nodes").json() == []
+    assert api.list("/api/v2/nodes") == []
 
 
 def test_agent_jobs_round_trip_and_belong_to_their_node(api, db):
@@ -161,7 +161,7 @@ def test_script_jig_runs_through_the_agent_on_a_discovered_node(api, db, tmp_pat
         annealer.run_until_idle(30)
     finally:
         annealer._pool.shutdown()
-    nr = api.get("/api/v2/node_roles", params={"role": "facts"}).json()[0]
+    nr = api.list("/api/v2/node_roles", {"role": "facts"})[0]
     assert nr["state"] == "active", api.get(f"/api/v2/node_roles/{nr['id']}/runs").json()
     shown = api.get(f"/api/v2/node_roles/{nr['id']}").json()
     assert shown["wall"] == {"facts": {"answer": 42}}

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import Node, utcnow
-from crowbar.db.sql import chunks, is_postgresql
+from crowbar.db.sql import chunks, is_postgresql, keyset
 from crowbar.errors import Conflict, InvalidInput, NotFound
 from crowbar.network.ipam import UsedAddresses, choose_address, resolve_range
 from crowbar.network.model import Network, NetworkTemplate, address_problem
@@ -310,13 +310,20 @@ def release(session: Session, network_name: str, node_key, actor: str = "system"
     return _allocation_dict(network_name, node.name, row.range, row.address, released=True)
 
 
-def list_allocations(session: Session, network_name: str) -> list[dict]:
+def list_allocations(session: Session, network_name: str, limit: int | None = None,
+                     after: str | None = None) -> list[dict]:
+    """The network's allocations in address order: `limit` of them after the address `after`
+    (all without)."""
     template, ids = read_template(session)
     get_network(template, network_name)
-    rows = session.execute(
+    try:
+        after_key = address_key(after) if after is not None else None
+    except ValueError:
+        raise InvalidInput(f"{after!r} is not an IP address", field="marker") from None
+    rows = session.execute(keyset(
         select(ALLOCS.c.id, ALLOCS.c.range, ALLOCS.c.address, Node.name)
-        .join(Node, Node.id == ALLOCS.c.node_id)
-        .where(ALLOCS.c.network_id == ids[network_name]).order_by(ALLOCS.c.address_key)).all()
+        .join(Node, Node.id == ALLOCS.c.node_id).where(ALLOCS.c.network_id == ids[network_name]),
+        ALLOCS.c.address_key, limit, after_key)).all()
     return [_allocation_dict(network_name, r.name, r.range, r.address, id=r.id) for r in rows]
 
 

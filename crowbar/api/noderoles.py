@@ -1,0 +1,44 @@
+"""NodeRoles: roles bound to nodes, the graph the annealer walks (crowbar.services.noderoles)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from crowbar.api import deps
+from crowbar.api.deps import Actor, Paging, UnitOfWork
+from crowbar.services import noderoles
+
+router = APIRouter(prefix="/api/v2", tags=["node_roles"], dependencies=[Depends(deps.actor)])
+
+
+@router.get("/node_roles")
+def list_noderoles(s: UnitOfWork, page: Paging, deployment: str | None = None, node: str | None = None,
+                   role: str | None = None, state: str | None = None):
+    """NodeRoles by id; deployment, node and role (ids or names) and state filter them."""
+    return page.answer(noderoles.list_noderoles(s, deployment, node, role, state, limit=page.fetch,
+                                                marker=page.marker))
+
+
+@router.get("/node_roles/{key}")
+def show_noderole(key: str, s: UnitOfWork):
+    return noderoles.show_noderole(s, key)
+
+
+@router.post("/node_roles/{key}/retry")
+def retry(key: str, s: UnitOfWork, who: Actor):
+    return noderoles.retry(s, key, actor=who)
+
+
+@router.get("/node_roles/{key}/parents")
+def parents(key: str, s: UnitOfWork):
+    return noderoles.related(s, key, "parents")
+
+
+@router.get("/node_roles/{key}/children")
+def children(key: str, s: UnitOfWork):
+    return noderoles.related(s, key, "children")
+
+
+@router.get("/node_roles/{key}/runs")
+def runs(key: str, s: UnitOfWork):
+    return noderoles.runs(s, key)

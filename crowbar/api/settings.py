@@ -1,0 +1,28 @@
+"""What the API application is built from: one frozen, typed settings object.
+
+`create_app(settings)` stores it once (`app.state.settings`); routes read it only through the
+`crowbar.api.deps.settings` dependency. The application starts no background loop: whoever runs
+the process (crowbar.server) runs the loops and passes `wake`, which the unit of work calls after a
+successful commit for each kind of work a service signalled (`crowbar.db.session.signal_work`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from crowbar.db.session import Database
+from crowbar.services.provisioning import DEFAULT_DOMAIN
+
+
+def _nobody_to_wake(kind: str) -> None:
+    """No background loop runs (tests drive the annealer themselves)."""
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    db: Database
+    domain: str = DEFAULT_DOMAIN  # DNS domain of discovered nodes
+    advertise_url: str | None = None  # the URL booting machines reach the API at (default: as asked)
+    discovery_image: object | None = None  # has .kernel and .initrd paths (served under /boot/discovery)
+    wake: Callable[[str], None] = _nobody_to_wake  # kind: "anneal" | "power"
