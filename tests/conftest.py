@@ -102,10 +102,11 @@ def api(db, admin_token):
     from fastapi.testclient import TestClient
 
     from crowbar.api.app import create_app
+    from crowbar.api.settings import AppSettings
     from crowbar.engine.annealer import Annealer
 
     annealer = Annealer(db, workers=4)
-    client = TestClient(create_app(db), headers={"authorization": f"Bearer {admin_token}"})
+    client = TestClient(create_app(AppSettings(db=db)), headers={"authorization": f"Bearer {admin_token}"})
     client.anneal = lambda timeout=60: annealer.run_until_idle(timeout)
     yield client
     client.close()

@@ -7,7 +7,6 @@ JSON: {"error": kind, "message": text, "field": name?} with 400/401/404/409/422.
 from __future__ import annotations
 
 import tempfile
-from contextlib import asynccontextmanager
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,8 +19,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from crowbar import __version__
-from crowbar.api import deps, network as network_api, provisioning as provisioning_api
-from crowbar.db.session import Database
+from crowbar.api import deps, network as network_api, power as power_api, provisioning as provisioning_api
+from crowbar.api.settings import AppSettings
 from crowbar.errors import CrowbarError, InvalidInput
 from crowbar.services import anneal, attribs, catalog, deployments, nodes, noderoles
 
@@ -71,24 +70,18 @@ def _field_of(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(db: Database, annealer=None) -> FastAPI:
-    """The application; when an annealer is given it runs for as long as the app does."""
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        if annealer is not None:
-            annealer.start()
-        try:
-            yield
-        finally:
-            if annealer is not None:
-                annealer.stop()
-
-    app = FastAPI(title="Crowbar", version=__version__, lifespan=lifespan,
+def create_app(settings: AppSettings) -> FastAPI:
+    """The application. It starts no background loop: `crowbar server` runs those beside it, and
+    `settings.wake(kind)` tells them when a unit of work made new work for them."""
+    db = settings.db
+    app = FastAPI(title="Crowbar", version=__version__,
                   description="Bare-metal provisioning and orchestration: barclamps, deployments, noderoles, "
                               "the annealer.", docs_url="/api/v2/docs", openapi_url="/api/v2/openapi.json")
+    app.state.settings = settings
     app.state.db = db
-    app.state.annealer = annealer
+    app.state.domain = settings.domain
+    app.state.advertise_url = settings.advertise_url
+    app.state.discovery_image = settings.discovery_image
 
     @app.exception_handler(CrowbarError)
     async def _crowbar_error(_req: Request, exc: CrowbarError):
@@ -122,8 +115,7 @@ def create_app(db: Database, annealer=None) -> FastAPI:
     actor = deps.actor  # shared with the routers of other modules (crowbar.api.deps)
 
     def wake() -> None:
-        if app.state.annealer is not None:
-            app.state.annealer.wake()
+        settings.wake("anneal")
 
     @app.get("/api/v2/health", tags=["health"])
     def health():
@@ -314,6 +306,7 @@ def create_app(db: Database, annealer=None) -> FastAPI:
     app.include_router(network_api.router)
     app.include_router(provisioning_api.open_router)
     app.include_router(provisioning_api.admin_router)
+    app.include_router(power_api.router)
 
     @app.get("/", include_in_schema=False)
     def root():

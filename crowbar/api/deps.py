@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from fastapi import Request
 from sqlalchemy.orm import Session
 
+from crowbar.db.session import pending_work
 from crowbar.errors import Unauthorized
 from crowbar.services import auth
 
@@ -18,6 +19,17 @@ from crowbar.services import auth
 def session(request: Request) -> Iterator[Session]:
     with request.app.state.db.session() as s:
         yield s
+
+
+def unit_of_work(request: Request) -> Iterator[Session]:
+    """One unit of work per request: committed when the route returned (use with
+    `Depends(unit_of_work, scope="function")`, so the commit comes before the answer), rolled back
+    on error; then the loops it made work for are woken (`signal_work`)."""
+    settings = request.app.state.settings
+    with settings.db.session() as s:
+        yield s
+    for kind in sorted(pending_work(s)):
+        settings.wake(kind)
 
 
 def actor(request: Request) -> str:

@@ -1,5 +1,5 @@
 """Provisioning routes: discovery and the node agent (node tokens), boot files for PXE (open),
-and the operator's lifecycle and power actions (admin token)."""
+and the operator's lifecycle actions (admin token). Power has its own routes (crowbar.api.power)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crowbar.api import deps
 from crowbar.db.models import Node, NodeMac
+from crowbar.db.session import pending_work
 from crowbar.errors import InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.services import provisioning
@@ -25,15 +26,6 @@ admin_router = APIRouter(prefix="/api/v2", tags=["provisioning"], dependencies=[
 class JobResult(BaseModel):
     exit_code: int
     output: str = ""
-
-
-class PowerAction(BaseModel):
-    action: str
-
-
-class PowerSettings(BaseModel):
-    driver: str
-    settings: dict = {}
 
 
 def _bearer(request: Request) -> str | None:
@@ -59,8 +51,7 @@ async def discovery(request: Request):
     # Not on the event loop: the session waits for SQLite's write lock, and a request holding it
     # may need the loop to finish, which would stall the whole server for the busy timeout (60 s).
     out = await run_in_threadpool(work)
-    if request.app.state.annealer is not None:
-        request.app.state.annealer.wake()
+    request.app.state.settings.wake("anneal")
     return out
 
 
@@ -75,8 +66,7 @@ def agent_job(job_id: str, body: JobResult, request: Request, s: Session = Depen
     node = provisioning.node_for_token(s, _bearer(request))
     out = provisioning.job_result(s, node, job_id, body.exit_code, body.output)
     s.commit()
-    if request.app.state.annealer is not None:
-        request.app.state.annealer.wake()
+    request.app.state.settings.wake("anneal")
     return out
 
 
@@ -107,8 +97,8 @@ def boot_image(name: str, request: Request):
 
 def _committed(s: Session, request: Request, out: dict) -> dict:
     s.commit()
-    if request.app.state.annealer is not None:
-        request.app.state.annealer.wake()
+    for kind in {"anneal"} | pending_work(s):  # reset/reinstall may queue a power cycle
+        request.app.state.settings.wake(kind)
     return out
 
 
@@ -125,18 +115,6 @@ def reinstall(key: str, request: Request, s: Session = Depends(deps.session), wh
 @admin_router.post("/nodes/{key}/reset")
 def reset(key: str, request: Request, s: Session = Depends(deps.session), who: str = Depends(deps.actor)):
     return _committed(s, request, provisioning.transition(s, key, lifecycle.RESET, actor=who))
-
-
-@admin_router.post("/nodes/{key}/power")
-def power(key: str, body: PowerAction, request: Request, s: Session = Depends(deps.session),
-          who: str = Depends(deps.actor)):
-    return _committed(s, request, provisioning.power(s, key, body.action, actor=who))
-
-
-@admin_router.put("/nodes/{key}/power")
-def set_power(key: str, body: PowerSettings, request: Request, s: Session = Depends(deps.session),
-              who: str = Depends(deps.actor)):
-    return _committed(s, request, provisioning.set_power(s, key, body.driver, body.settings, actor=who))
 
 
 @admin_router.get("/node_states")

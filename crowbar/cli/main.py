@@ -11,6 +11,7 @@ import click
 from crowbar import config
 from crowbar.cli.client import CliError, Client
 from crowbar.cli.output import console, emit_list, emit_object, output_option
+from crowbar.cli.power import COMMANDS as power_commands
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
 NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_count", "status"]
@@ -54,7 +55,7 @@ def cli(ctx: click.Context, endpoint: str | None) -> None:
 def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir: Path | None,
            provision: str | None, advertise_url: str | None, domain: str | None) -> None:
     """Run the API server and the annealer (and the provisioner with --provision)."""
-    from crowbar.server import serve
+    from crowbar.server.main import serve
 
     try:
         serve(list(listen), database, workers, data_dir, provision, advertise_url, domain)
@@ -216,14 +217,8 @@ nodes.command("reinstall", help="Install the node's OS again.")(_post_action("no
 nodes.command("reset", help="Send the node back to discovery.")(_post_action("nodes", "reset"))
 
 
-@nodes.command("power")
-@click.argument("node")
-@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
-@output_option
-@pass_ctx
-def nodes_power(ctx: Context, node: str, action: str, output: str) -> None:
-    """Power a node on, off, cycle it, or ask its status (through its power driver)."""
-    emit_object(ctx.api.post(f"/nodes/{node}/power", {"action": action}), output)
+for _command in power_commands:  # nodes power | power-requests | set-power | power-drivers
+    nodes.add_command(_command)
 
 
 @nodes.command("states")
