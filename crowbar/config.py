@@ -11,7 +11,10 @@ import json
 import os
 from pathlib import Path
 
+from crowbar.procs import pid_alive
+
 DEFAULT_LISTEN = "127.0.0.1:3000"
+DEFAULT_DOMAIN = "crowbar.local"  # DNS domain of discovered nodes (`crowbar server --domain`)
 
 
 def data_dir() -> Path:
@@ -59,10 +62,9 @@ def lab_endpoint(directory: Path | None = None) -> str | None:
     try:
         state = json.loads((directory / "lab.json").read_text())
         pid, sock = int(state["server"]["pid"]), Path(state["server"]["socket"])
-        running = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return f"unix://{sock}" if running and sock.exists() else None
+    return f"unix://{sock}" if pid_alive(pid) and sock.exists() else None
 
 
 def unix_socket_path(url: str) -> str | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import httpx
 
 from crowbar.cli.client import Client
 from crowbar.cli.output import console
+from crowbar.procs import read_pidfile, stop_pid
 
 ROOT = Path.cwd() / "var" / "demo"
 NODES = ["node1.demo.example.com", "node2.demo.example.com", "node3.demo.example.com"]
@@ -44,16 +44,7 @@ def free_port() -> int:
 
 
 def stop_previous() -> None:
-    pidfile = ROOT / "server.pid"
-    if pidfile.exists():
-        pid = int(pidfile.read_text())
-        try:
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-        except ProcessLookupError:
-            pass
+    stop_pid(read_pidfile(ROOT / "server.pid"), "crowbar.cli.main", timeout=5)
     shutil.rmtree(ROOT, ignore_errors=True)
 
 

@@ -21,12 +21,13 @@ from crowbar.api import (
     network,
     noderoles,
     nodes,
+    power,
     provisioning,
 )
 from crowbar.api.settings import AppSettings
 
 ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, attribs.router, events.router,
-           network.router, provisioning.open_router, provisioning.admin_router)
+           network.router, power.router, provisioning.open_router, provisioning.admin_router)
 
 
 def create_app(settings: AppSettings) -> FastAPI:

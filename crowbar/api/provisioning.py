@@ -25,15 +25,6 @@ class JobResult(BaseModel):
     output: str = ""
 
 
-class PowerAction(BaseModel):
-    action: str
-
-
-class PowerSettings(BaseModel):
-    driver: str
-    settings: dict = {}
-
-
 @open_router.post("/api/v2/discovery", status_code=201)
 async def discovery(request: Request, s: UnitOfWork, config: Settings):
     """The discovery agent posts its inventory; answers the node's name and its token."""
@@ -92,16 +83,6 @@ def reinstall(key: str, s: UnitOfWork, who: Actor):
 @admin_router.post("/nodes/{key}/reset")
 def reset(key: str, s: UnitOfWork, who: Actor):
     return provisioning.transition(s, key, lifecycle.RESET, actor=who)
-
-
-@admin_router.post("/nodes/{key}/power")
-def power(key: str, body: PowerAction, s: UnitOfWork, who: Actor):
-    return provisioning.power(s, key, body.action, actor=who)
-
-
-@admin_router.put("/nodes/{key}/power")
-def set_power(key: str, body: PowerSettings, s: UnitOfWork, who: Actor):
-    return provisioning.set_power(s, key, body.driver, body.settings, actor=who)
 
 
 @admin_router.get("/node_states")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from crowbar.db.session import Database
-from crowbar.services.provisioning import DEFAULT_DOMAIN
+from crowbar.config import DEFAULT_DOMAIN
 
 
 def _nobody_to_wake(kind: str) -> None:

@@ -27,7 +27,7 @@ from crowbar.cli.client import CliError
 def serve(listens: list[str], database: str | None, workers: int, data_dir: Path | None,
           provision: str | None, advertise_url: str | None, domain: str | None) -> None:
     """Run the API server, its loops and (with `provision`) the provisioner, until stopped."""
-    from crowbar.server import serve  # crowbar/server/main.py, re-exported by the package
+    from crowbar.server.main import serve
 
     serve(listens, database, workers, data_dir, provision, advertise_url, domain)
 

@@ -13,6 +13,7 @@ from crowbar import config
 from crowbar.cli import local
 from crowbar.cli.client import PAGE, CliError, Client
 from crowbar.cli.output import console, emit_list, emit_object, limit_option, output_option
+from crowbar.cli.power import COMMANDS as power_commands
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
 NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_count", "status"]
@@ -217,14 +218,8 @@ nodes.command("reinstall", help="Install the node's OS again.")(_post_action("no
 nodes.command("reset", help="Send the node back to discovery.")(_post_action("nodes", "reset"))
 
 
-@nodes.command("power")
-@click.argument("node")
-@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
-@output_option
-@pass_ctx
-def nodes_power(ctx: Context, node: str, action: str, output: str) -> None:
-    """Power a node on, off, cycle it, or ask its status (through its power driver)."""
-    emit_object(ctx.api.post(f"/nodes/{node}/power", {"action": action}), output)
+for _command in power_commands:  # nodes power | power-requests | set-power | power-drivers
+    nodes.add_command(_command)
 
 
 @nodes.command("states")

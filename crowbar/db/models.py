@@ -141,6 +141,25 @@ class AgentJob(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class PowerRequest(Base):
+    """A power action asked for a node, carried out by a server's power worker outside any
+    transaction: queued -> running -> succeeded | failed. `result` is the driver's line (for
+    `status`: on, off or unknown), or why it failed."""
+
+    __tablename__ = "power_requests"
+    __table_args__ = (Index("ix_power_requests_state_node", "state", "node_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # on | off | cycle | status
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | succeeded | failed
+    result: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128), default="system")
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id"))  # whose worker runs it
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Deployment(Base):
     __tablename__ = "deployments"
     id: Mapped[int] = mapped_column(primary_key=True)

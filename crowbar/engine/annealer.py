@@ -8,6 +8,11 @@ One dispatcher thread per server does all database work in batches:
   complete - results from workers (or from asynchronous jigs, any thread) are queued and applied
              together in one transaction: state, wall, log, events, then the ripple to children.
 A heartbeat row per server lets any server recover the runs of one that died (transition -> todo).
+
+This module is the protocol, driven by whoever calls `step()`: the server's annealer loop
+(`crowbar.server.annealer`, which also wakes it through `notify`), or `run_until_idle` in tests.
+Jobs for discovery agents are rows the agent channel writes here (`queue_job`); the API's
+provisioning service hands them to the agents and records their results.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import bindparam, insert, select, text, update
+from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.sql import chunks
@@ -35,6 +41,7 @@ from crowbar.engine import graph
 from crowbar.engine.attribs import RunDocuments, node_attrs
 from crowbar.engine.states import State
 from crowbar.jigs.base import AgentChannel, NodeInfo, RunContext, RunResult, get_jig
+from crowbar.procs import pid_alive
 from crowbar.provisioner.lifecycle import DISCOVERY
 
 log = logging.getLogger(__name__)
@@ -53,32 +60,21 @@ LIMIT :limit
 """
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Annealer:
-    def __init__(self, db: Database, workers: int = 8, actor: str = "annealer", poll: float = 0.5,
-                 backlog: int | None = None, workdir: Path | None = None):
+    def __init__(self, db: Database, workers: int = 8, actor: str = "annealer", backlog: int | None = None,
+                 workdir: Path | None = None, notify: Callable[[], None] | None = None):
         self.db = db
         self.workers = max(1, workers)
         self.backlog = backlog or max(32, self.workers * 32)
-        self.poll = poll
         self.actor = actor
+        # Called (from any thread) when there is something for `step()` to do: a finished run, a
+        # queued agent job. The server's loop sets it to its wake-up; alone, nothing is woken.
+        self.notify = notify or (lambda: None)
         self.workdir = Path(workdir or tempfile.gettempdir())
         self.server_id: int | None = None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jig")
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._in_flight = 0  # claimed by this server and not yet applied
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
         self._last_reap = 0.0
         self._agent_waiters: dict[int, Callable[[int, str], None]] = {}  # agent job id -> on_done
@@ -95,18 +91,12 @@ class Annealer:
         self.reap_dead_servers(startup=True)
         return self.server_id
 
-    def start(self) -> None:
-        if self.server_id is None:
-            self.register()
-        self._thread = threading.Thread(target=self._loop, name="annealer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming, let running jigs finish (up to timeout), and hand back what is left."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread:
-            self._thread.join(timeout)
+    def close(self, drain: float = 10.0) -> None:
+        """Once nothing calls `step()` any more: apply what finishes within `drain` seconds, then
+        hand back what is left (its noderoles go back to todo) and record this server as stopped."""
+        deadline = time.monotonic() + drain
+        while self._in_flight and time.monotonic() < deadline:
+            self._apply_completions(block=0.2)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self.server_id is not None:
             self._recover({self.server_id: "server stopped before the run finished"})
@@ -114,22 +104,7 @@ class Annealer:
                 s.execute(update(Server).where(Server.id == self.server_id).values(stopped=True))
 
     def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.step()
-            except Exception:  # keep annealing; the failure is in the log and the transaction rolled back
-                log.exception("annealer step failed")
-                busy = False
-            if not busy:
-                self._wake.wait(self.poll)
-                self._wake.clear()
-        # Drain: apply what finished while we were stopping.
-        deadline = time.monotonic() + 10
-        while self._in_flight and time.monotonic() < deadline:
-            self._apply_completions(block=0.2)
+        self.notify()
 
     def step(self) -> bool:
         """One round: apply finished runs, claim new ones. True when something happened."""
@@ -139,12 +114,11 @@ class Annealer:
             self._last_heartbeat = now
         if now - self._last_reap > DEAD_AFTER_SECONDS / 2:
             self.reap_dead_servers()
-            self._expire_stuck_nodes()
             self._last_reap = now
         self._poll_agent_jobs()
         applied = self._apply_completions()
         claimed = 0
-        if self._in_flight < self.backlog and not self._stop.is_set():
+        if self._in_flight < self.backlog:
             claimed = self._claim(self.backlog - self._in_flight)
         return bool(applied or claimed)
 
@@ -223,7 +197,7 @@ class Annealer:
             if fired.acquire(blocking=False):  # a jig that reports twice is reported once
                 shutil.rmtree(ctx.workdir, ignore_errors=True)
                 self._done.put((ctx.run_id, ctx.noderole_id, result))
-                self._wake.set()
+                self.wake()
 
         return complete
 
@@ -280,10 +254,10 @@ class Annealer:
             for run_id, _nr, r in items:
                 by_outcome.setdefault(("succeeded" if r.ok else "failed", r.log), []).append(run_id)
             same = [(k, ids) for k, ids in by_outcome.items() if len(ids) > 1]
-            for (state, text), ids in same:
+            for (state, log_text), ids in same:
                 for part in chunks(ids):
                     s.execute(update(run_table).where(run_table.c.id.in_(part))
-                              .values(state=state, log=text, finished_at=now))
+                              .values(state=state, log=log_text, finished_at=now))
             single = [{"k": ids[0], "state": state, "log": text} for (state, text), ids in by_outcome.items()
                       if len(ids) == 1]
             if single:
@@ -339,15 +313,6 @@ class Annealer:
         if dead:
             self._recover(dead)
 
-    def _expire_stuck_nodes(self) -> None:
-        """Nodes that outstayed a state waiting on the machine go to `problem`, with the reason."""
-        from crowbar.services.provisioning import expire_stuck
-
-        with self.db.session() as s:
-            moved = expire_stuck(s)
-        if moved:
-            log.warning("nodes stuck too long, now in problem: %s", ", ".join(moved))
-
     def _recover(self, servers: dict[int, str]) -> None:
         with self.db.session() as s:
             runs = s.execute(select(Run.id, Run.node_role_id, Run.server_id)
@@ -370,6 +335,16 @@ class Annealer:
             log.warning("recovered %d runs from %s", len(runs), "; ".join(servers.values()))
 
 
+def queue_job(session: Session, node_id: int, script: str, timeout: int, run_id: int | None,
+              server_id: int | None) -> int:
+    """Queue a script for the node's discovery agent (it asks for work with GET /agent/next)."""
+    job = AgentJob(node_id=node_id, script=script, timeout=timeout, run_id=run_id, server_id=server_id,
+                   state="queued", output="")
+    session.add(job)
+    session.flush()
+    return job.id
+
+
 class _AgentChannel(AgentChannel):
     """Queues a job for the node's agent; the annealer's poll delivers the result to `on_done`."""
 
@@ -377,8 +352,6 @@ class _AgentChannel(AgentChannel):
         self.annealer, self.node_id, self.run_id = annealer, node_id, run_id
 
     def submit(self, script: str, timeout: int, on_done: Callable[[int, str], None]) -> None:
-        from crowbar.services.provisioning import queue_job
-
         with self.annealer.db.session() as s:
             job_id = queue_job(s, self.node_id, script, timeout, self.run_id, self.annealer.server_id)
         with self.annealer._waiters_lock:

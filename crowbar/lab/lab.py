@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import httpx
 
 from crowbar import config
 from crowbar.cli import local
+from crowbar.procs import StillRunning, cmdline, pid_alive, read_pidfile, stop_pid
 from crowbar.lab.vm import ADMIN_BRIDGE, DATA_BRIDGE, MAX_NICS, MAX_VMS, Vm
 
 STATE_FILE = "lab.json"
@@ -55,49 +55,6 @@ def missing_tools() -> list[str]:
     if not (ipxe := local.ipxe_bios_loader()).is_file():
         missing.append(f"{ipxe} (Debian package ipxe)")
     return missing
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def alive(pid: int | None, marker: str | None = None) -> bool:
-    """Whether `pid` runs (zombies count as gone) and, given `marker`, is ours: its command line
-    mentions it (a lab path), so a PID reused by an unrelated process is never signalled."""
-    if not pid:
-        return False
-    if _proc_state(pid) in (None, "Z", "X"):
-        return False
-    return marker is None or marker in _cmdline(pid)
-
-
-def stop_pid(pid: int | None, marker: str | None, timeout: float = 10.0) -> bool:
-    """SIGTERM, then SIGKILL after `timeout`; True if the process was running (and is now gone)."""
-    if not alive(pid, marker):
-        return False
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if not alive(pid):
-                return True
-            time.sleep(0.05)
-    if alive(pid):
-        raise LabError(f"process {pid} survived SIGKILL")
-    return True
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -205,7 +162,7 @@ class Lab:
         os.replace(tmp, self.state_file)
 
     def server_running(self) -> bool:
-        return bool(self.state) and alive(self.state.server.get("pid"), str(self.dir))
+        return bool(self.state) and pid_alive(self.state.server.get("pid"), str(self.dir))
 
     def running(self) -> bool:
         return self.server_running() and namespace_exists(self.state.namespace)
@@ -352,10 +309,7 @@ class Lab:
     # -- discovery ------------------------------------------------------------------------------
     def vm_pid(self, vm: Vm) -> int | None:
         """The VM's qemu PID: from its pid file (a power-on after `off` starts a new qemu)."""
-        try:
-            return int(vm.pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return vm.pid
+        return read_pidfile(vm.pidfile) or vm.pid
 
     def match_nodes(self, api=None) -> dict[str, dict]:
         """VM name -> its node (as GET /nodes/{id} shows it), matched by MAC; records the names and
@@ -409,7 +363,7 @@ class Lab:
                 progress(total - len(pending), total, pending)
             if not pending:
                 return found
-            dead = [vm.name for vm in self.state.vms if vm.name in pending and not alive(self.vm_pid(vm))]
+            dead = [vm.name for vm in self.state.vms if vm.name in pending and not pid_alive(self.vm_pid(vm))]
             if dead:
                 raise LabError(f"VM(s) {', '.join(dead)} stopped before being discovered "
                                f"(see `crowbar lab console {dead[0]}`)")
@@ -440,7 +394,7 @@ class Lab:
             node = nodes.get(vm.name) or {}
             vms.append({"name": vm.name, "macs": vm.macs, "memory_mb": vm.memory_mb, "disk_gb": vm.disk_gb,
                         "cpus": vm.cpus, "nics": len(vm.nics), "taps": [n.tap for n in vm.nics],
-                        "pid": pid, "alive": alive(pid, vm.dir), "qmp": str(vm.qmp), "console": str(vm.console),
+                        "pid": pid, "alive": pid_alive(pid, vm.dir), "qmp": str(vm.qmp), "console": str(vm.console),
                         "node": node.get("name") or vm.node, "state": node.get("state"),
                         "admin_address": addresses.get(node.get("name") or vm.node)})
         out = {"dir": str(self.dir), "running": server_up and namespace_exists(st.namespace),
@@ -463,22 +417,10 @@ class Lab:
         if st is None:
             return done
         marker = str(self.dir)
-        for vm in st.vms:
-            for pid in {self.vm_pid(vm), vm.pid} - {None}:
-                if stop_pid(pid, vm.dir, timeout=5):
-                    done.append(f"stopped {vm.name} (qemu pid {pid})")
-        if stop_pid(st.server.get("pid"), marker, timeout=20):
-            done.append(f"stopped the server (pid {st.server['pid']})")
-        # What still runs in the namespace is the lab's too (dnsmasq, should the server have died
-        # without stopping it; a VM the server started for a power-on).
-        for pid in namespace_pids(st.namespace):
-            what = _cmdline(pid).split(" ")[0] or str(pid)
-            if stop_pid(pid, None, timeout=5):
-                done.append(f"stopped {what} (pid {pid}) left in {st.namespace}")
-        for pid in self._stray_processes():
-            what = _cmdline(pid).split(" ")[0]
-            if stop_pid(pid, marker, timeout=5):
-                done.append(f"stopped {what} (pid {pid}), which was still using {self.dir}")
+        try:
+            self._stop_processes(done)
+        except StillRunning as exc:
+            raise LabError(str(exc)) from None
         if namespace_exists(st.namespace):
             for vm in st.vms:
                 for nic in vm.nics:
@@ -489,7 +431,7 @@ class Lab:
             done.append(f"deleted namespace {st.namespace} with its taps and bridges")
         if namespace_exists(st.namespace):
             raise LabError(f"namespace {st.namespace} is still there")
-        left = [pid for pid in [st.server.get("pid"), *(self.vm_pid(vm) for vm in st.vms)] if alive(pid, marker)]
+        left = [pid for pid in [st.server.get("pid"), *(self.vm_pid(vm) for vm in st.vms)] if pid_alive(pid, marker)]
         if left:
             raise LabError(f"processes {left} are still running")
         if keep_files:
@@ -497,6 +439,26 @@ class Lab:
         self._remove_files()
         self.state = None
         return done
+
+    def _stop_processes(self, done: list[str]) -> None:
+        """The VMs, the server, what else runs in the namespace or uses the lab dir."""
+        st, marker = self.state, str(self.dir)
+        for vm in st.vms:
+            for pid in {self.vm_pid(vm), vm.pid} - {None}:
+                if stop_pid(pid, vm.dir, timeout=5):
+                    done.append(f"stopped {vm.name} (qemu pid {pid})")
+        if stop_pid(st.server.get("pid"), marker, timeout=20):
+            done.append(f"stopped the server (pid {st.server['pid']})")
+        # What still runs in the namespace is the lab's too (dnsmasq, should the server have died
+        # without stopping it; a VM the server started for a power-on).
+        for pid in namespace_pids(st.namespace):
+            what = cmdline(pid).split(" ")[0] or str(pid)
+            if stop_pid(pid, None, timeout=5):
+                done.append(f"stopped {what} (pid {pid}) left in {st.namespace}")
+        for pid in self._stray_processes():
+            what = cmdline(pid).split(" ")[0]
+            if stop_pid(pid, marker, timeout=5):
+                done.append(f"stopped {what} (pid {pid}), which was still using {self.dir}")
 
     def _stray_processes(self) -> list[int]:
         """The lab's dnsmasq, qemu and server processes that run outside the records (a namespace
@@ -507,10 +469,10 @@ class Lab:
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
-            argv = _cmdline(int(entry.name)).split(" ")
+            argv = cmdline(int(entry.name)).split(" ")
             program = Path(argv[0]).name
             ours = program in ("dnsmasq", Path(QEMU).name) or "crowbar.cli.main" in argv
-            if ours and any(inside in arg for arg in argv) and alive(int(entry.name)):
+            if ours and any(inside in arg for arg in argv) and pid_alive(int(entry.name)):
                 found.append(int(entry.name))
         return found
 

@@ -12,16 +12,23 @@ has in common:
   `Actions/ComputerSystem.Reset` and reads `PowerState`, with `address`, `username`, `password`
   and an optional `system` id.
 
-Driver-specific data lives in `PowerNode.settings`, so new drivers need no new fields.
+Driver-specific data lives in `PowerNode.settings`, so new drivers need no new fields. A driver
+declares those settings (`settings`: name -> Setting, shown by `crowbar nodes power-drivers` and
+`GET /api/v2/power_drivers`) and checks them in `validate`, which runs when they are set: bad or
+missing credentials are refused then, not at 3 a.m. when the node needs a power cycle.
+
+Actions run in the server's power worker, never inside a request or a transaction; each gets
+`timeout` seconds (a class attribute), after which the request fails and the call is abandoned.
 """
 
 from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from crowbar import plugins
+from crowbar.errors import InvalidInput
 
 Status = Literal["on", "off", "unknown"]
 
@@ -43,10 +50,36 @@ class PowerNode:
             raise PowerError(f"{self.name}: power setting {key!r} is missing") from None
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One of a driver's settings: what it means, whether it is required, whether it is a secret
+    (never shown back), and the JSON types its value may have."""
+
+    description: str
+    required: bool = False
+    secret: bool = False
+    types: tuple[type, ...] = (str,)
+
+    @property
+    def kind(self) -> str:
+        """The JSON type(s) in words: string, number (an int or a float), list..."""
+        if set(self.types) == {int, float}:
+            return "number"
+        names = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
+        return " or ".join(names.get(t, t.__name__) for t in self.types)
+
+    def to_dict(self) -> dict:
+        return {"description": self.description, "required": self.required, "secret": self.secret,
+                "type": self.kind}
+
+
 class PowerDriver(abc.ABC):
     """One way of powering machines. Every action returns a line for the operator's log."""
 
     name: str = ""
+    summary: str = ""
+    settings: ClassVar[dict[str, Setting]] = {}
+    timeout: float = 30.0  # seconds an action may take before the power worker gives up on it
 
     @abc.abstractmethod
     def power_on(self, node: PowerNode) -> str: ...
@@ -62,9 +95,33 @@ class PowerDriver(abc.ABC):
     @abc.abstractmethod
     def status(self, node: PowerNode) -> Status: ...
 
-    @abc.abstractmethod
     def describe(self) -> dict:
-        """{"name", "summary", "settings": {key: meaning}}, for the CLI and the API."""
+        """{"name", "summary", "timeout", "settings": {key: {description, required, secret, type}}},
+        for the CLI and the API."""
+        return {"name": self.name, "summary": self.summary, "timeout": self.timeout,
+                "settings": {key: setting.to_dict() for key, setting in self.settings.items()}}
+
+    def validate(self, settings: Any) -> dict:
+        """The settings, checked against `settings` (required ones present, no unknown ones, values
+        of the declared types); InvalidInput naming the setting otherwise. Drivers that need more
+        (a reachable address, a well-formed command) extend this."""
+        if not isinstance(settings, dict):
+            raise InvalidInput("power settings must be a JSON object", field="settings")
+        unknown = sorted(set(settings) - set(self.settings))
+        if unknown:
+            raise InvalidInput(f"power driver {self.name}: unknown setting {unknown[0]!r}; known: "
+                               f"{', '.join(self.settings) or 'none'}", field=f"settings.{unknown[0]}")
+        for key, setting in self.settings.items():
+            if key not in settings or settings[key] is None:
+                if setting.required:
+                    raise InvalidInput(f"power driver {self.name}: setting {key!r} is required "
+                                       f"({setting.description})", field=f"settings.{key}")
+                continue
+            value = settings[key]
+            if isinstance(value, bool) and bool not in setting.types or not isinstance(value, setting.types):
+                raise InvalidInput(f"power driver {self.name}: setting {key!r} must be of type {setting.kind}",
+                                   field=f"settings.{key}")
+        return {key: value for key, value in settings.items() if value is not None}
 
 
 def driver_names() -> list[str]:

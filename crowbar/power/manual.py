@@ -5,11 +5,14 @@ Every action succeeds at once and returns what the operator has to do; status is
 
 from __future__ import annotations
 
-from crowbar.power.base import PowerDriver, PowerNode, Status
+from crowbar.power.base import PowerDriver, PowerNode, Setting, Status
 
 
 class ManualPower(PowerDriver):
     name = "manual"
+    summary = "no remote power control: each action tells the operator what to do"
+    settings = {"instructions": Setting("optional: where the machine is, how to reach it")}
+    timeout = 5.0
 
     def power_on(self, node: PowerNode) -> str:
         return self._ask(node, "power on")
@@ -22,11 +25,6 @@ class ManualPower(PowerDriver):
 
     def status(self, node: PowerNode) -> Status:
         return "unknown"
-
-    def describe(self) -> dict:
-        return {"name": self.name,
-                "summary": "no remote power control: each action tells the operator what to do",
-                "settings": {"instructions": "optional: where the machine is, how to reach it"}}
 
     @staticmethod
     def _ask(node: PowerNode, action: str) -> str:

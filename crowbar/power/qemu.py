@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from crowbar.power.base import PowerDriver, PowerError, PowerNode, Status
+from crowbar.errors import InvalidInput
+from crowbar.power.base import PowerDriver, PowerError, PowerNode, Setting, Status
 
 OFF_STATES = frozenset({"prelaunch", "paused", "shutdown"})
 DEFAULT_TIMEOUT = 10.0
@@ -103,6 +104,32 @@ def vm_present(path: str | Path) -> bool:
 
 class QemuPower(PowerDriver):
     name = "qemu"
+    summary = "a qemu VM, through its QMP monitor socket (the lab)"
+    settings = {
+        "qmp": Setting("path of the VM's QMP unix socket", required=True),
+        "command": Setting("optional: argv that starts the VM paused (-S) and daemonized, run by "
+                           "power_on when no VM is there", types=(list,)),
+        "timeout": Setting(f"optional: seconds per QMP exchange ({DEFAULT_TIMEOUT:g})", types=(int, float)),
+    }
+    # A power-on may start the VM (up to 3 exchanges' worth) and then talk to it.
+    timeout = DEFAULT_TIMEOUT * 6
+
+    def validate(self, settings) -> dict:
+        settings = super().validate(settings)
+        if not str(settings["qmp"]).strip():
+            raise InvalidInput("power driver qemu: setting 'qmp' must name the VM's QMP socket", field="settings.qmp")
+        command = settings.get("command")
+        if command is not None:
+            if not command or not all(isinstance(arg, str) for arg in command):
+                raise InvalidInput("power driver qemu: setting 'command' must be a non-empty list of strings",
+                                   field="settings.command")
+            if "-daemonize" not in command:
+                raise InvalidInput("power driver qemu: the VM command must use -daemonize, so that the VM "
+                                   "outlives whoever powered it on", field="settings.command")
+        if "timeout" in settings and not settings["timeout"] > 0:
+            raise InvalidInput("power driver qemu: setting 'timeout' must be a positive number of seconds",
+                               field="settings.timeout")
+        return settings
 
     def power_on(self, node: PowerNode) -> str:
         try:
@@ -144,14 +171,6 @@ class QemuPower(PowerDriver):
         if state.get("running"):
             return "on"
         return "off" if state.get("status") in OFF_STATES else "unknown"
-
-    def describe(self) -> dict:
-        return {"name": self.name,
-                "summary": "a qemu VM, through its QMP monitor socket (the lab)",
-                "settings": {"qmp": "path of the VM's QMP unix socket",
-                             "command": "optional: argv that starts the VM paused (-S) and "
-                                        "daemonized, run by power_on when no VM is there",
-                             "timeout": f"optional: seconds per QMP exchange ({DEFAULT_TIMEOUT})"}}
 
     @staticmethod
     def _timeout(node: PowerNode) -> float:

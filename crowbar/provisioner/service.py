@@ -1,35 +1,28 @@
-"""The provisioner as it runs inside `crowbar server`: dnsmasq for DHCP/TFTP on the admin network,
-the discovery image for HTTP boot, and host reservations kept in step with the database. (The
-watchdog that moves nodes stuck in a waiting state to `problem` runs in the annealer's loop, so it
-runs on servers without a provisioner too.)
+"""The provisioner's machinery as it runs inside `crowbar server`: dnsmasq for DHCP/TFTP on the
+admin network (supervised, restarted when it dies, stopped with the server, and an orphan of a
+killed server stopped on the next start), the discovery image for HTTP boot, and the host
+reservations in dnsmasq's hosts directory.
 
-Reservations are reconciled, not pushed: every `interval` seconds the wanted set (each node with an
-admin allocation and a boot MAC) is compared with the files in dnsmasq's hosts directory and only
-the differences are written. dnsmasq notices changed files by itself (inotify), so a reservation
-takes effect without a restart, and nothing is lost if the server restarts between two changes.
+No database here: what the reservations should be is decided by the DHCP reconciler
+(`crowbar.server.reconciler`), which reads the nodes and hands the wanted set to `apply`. Only the
+differences are written; dnsmasq notices new files by itself (inotify), so a reservation takes
+effect without a restart.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import signal
 import subprocess
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
-from crowbar.db.models import Node
-from crowbar.db.network_models import NetworkAllocation, NetworkRow
-from crowbar.db.session import Database
+from crowbar.config import DEFAULT_DOMAIN
+from crowbar.procs import read_pidfile, stop_pid
 from crowbar.provisioner import dnsmasq
 from crowbar.provisioner.image import DiscoveryImage, build_discovery_image
 from crowbar.provisioner.supervisor import Supervisor
-from crowbar.services import network, provisioning
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +33,7 @@ class ProvisionerConfig:
     address: str            # the server's address on it
     advertise_url: str      # how booting machines reach the API (http://address:port)
     data_dir: Path
-    domain: str = provisioning.DEFAULT_DOMAIN
+    domain: str = DEFAULT_DOMAIN
 
 
 def interface_ipv6_prefix(interface: str) -> str | None:
@@ -63,43 +56,44 @@ def interface_ipv6_prefix(interface: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class AdminPool:
+    """The admin network as DHCP sees it: its subnet and the pool for machines not known yet."""
+
+    subnet: str          # CIDR
+    range_start: str
+    range_end: str
+
+
 class Provisioner:
-    def __init__(self, db: Database, config: ProvisionerConfig, interval: float = 1.0):
-        self.db, self.config, self.interval = db, config, interval
+    """dnsmasq and the discovery image for one admin interface; `apply` keeps the reservations."""
+
+    def __init__(self, config: ProvisionerConfig):
+        self.config = config
         self.state_dir = Path(config.data_dir) / "provisioner"
         self.image: DiscoveryImage | None = None
         self.dnsmasq: Supervisor | None = None
         self.settings: dnsmasq.DhcpSettings | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def _dhcp_settings(self) -> dnsmasq.DhcpSettings:
-        with self.db.session() as s:
-            admin = network.current_template(s).networks.get("admin")
-        if admin is None:
-            raise RuntimeError("there is no admin network: import a network template that has one")
-        subnet = ipaddress.ip_network(str(admin.subnet), strict=False)
-        pool = admin.ranges.get("dhcp")
-        if pool is None:
-            raise RuntimeError("the admin network has no dhcp range for unknown machines")
+    def dhcp_settings(self, pool: AdminPool) -> dnsmasq.DhcpSettings:
+        subnet = ipaddress.ip_network(pool.subnet, strict=False)
         return dnsmasq.DhcpSettings(
             interface=self.config.interface, server_address=self.config.address,
             subnet=str(subnet.network_address), netmask=str(subnet.netmask),
-            range_start=str(pool.start), range_end=str(pool.end), domain=self.config.domain,
+            range_start=pool.range_start, range_end=pool.range_end, domain=self.config.domain,
             tftp_root=self.state_dir / "tftp", http_boot_url=f"{self.config.advertise_url}/boot",
             state_dir=self.state_dir, router=None, ipv6_ra_prefix=interface_ipv6_prefix(self.config.interface))
 
-    def start(self) -> None:
+    def start(self, pool: AdminPool, reservations: dict[str, tuple[str, str]]) -> None:
+        """Build the discovery image, write dnsmasq's config and the reservations, start dnsmasq."""
         self.image = build_discovery_image(Path(self.config.data_dir) / "images")
-        self.settings = self._dhcp_settings()
+        self.settings = self.dhcp_settings(pool)
         conf = dnsmasq.prepare(self.settings)
         self._stop_orphan(conf)
-        self.sync()
+        self.apply(reservations)
         self.dnsmasq = Supervisor("dnsmasq", dnsmasq.command(conf), log_path=self.state_dir / "dnsmasq.log")
         self.dnsmasq.start()
-        self._record_pid()
-        self._thread = threading.Thread(target=self._loop, name="provisioner", daemon=True)
-        self._thread.start()
+        self.record_pid()
         log.info("provisioner: dnsmasq on %s (%s), discovery image %s", self.config.interface,
                  self.config.address, self.image.digest[:12])
 
@@ -107,59 +101,31 @@ class Provisioner:
     def _pidfile(self) -> Path:
         return self.state_dir / "dnsmasq.pid"
 
-    def _record_pid(self) -> None:
-        """Remember our dnsmasq's PID: if this server is killed outright, its successor stops it."""
+    def record_pid(self) -> None:
+        """Remember our dnsmasq's PID (the supervisor may have restarted it): if this server is
+        killed outright, its successor stops that dnsmasq."""
         pid = self.dnsmasq.pid if self.dnsmasq else None
-        if pid and (not self._pidfile.exists() or self._pidfile.read_text().strip() != str(pid)):
+        if pid and read_pidfile(self._pidfile) != pid:
             self._pidfile.write_text(f"{pid}\n")
 
     def _stop_orphan(self, conf: Path) -> None:
-        """A dnsmasq left by a server of this data dir that was killed (SIGKILL skips our shutdown)."""
-        try:
-            pid = int(self._pidfile.read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return
-        if f"--conf-file={conf}".encode() in cmdline:  # ours, not a PID reused by someone else
-            log.warning("stopping dnsmasq %d left by a previous server", pid)
-            os.kill(pid, signal.SIGTERM)
-            for _ in range(50):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                time.sleep(0.1)
+        """A dnsmasq left by a server of this data dir that was killed (SIGKILL skips our shutdown);
+        only a process whose command line names our config, not a PID reused by someone else."""
+        pid = read_pidfile(self._pidfile)
+        if stop_pid(pid, f"--conf-file={conf}", timeout=5):
+            log.warning("stopped dnsmasq %d left by a previous server", pid)
         self._pidfile.unlink(missing_ok=True)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(10)
         if self.dnsmasq:
             self.dnsmasq.stop()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self._record_pid()  # the supervisor may have restarted it
-                self.sync()
-            except Exception:  # keep serving; the next round retries
-                log.exception("provisioner round failed")
-
-    def wanted_reservations(self) -> dict[str, tuple[str, str]]:
-        """MAC -> (admin address, host name) for every node with an admin allocation."""
-        with self.db.session() as s:
-            rows = s.execute(
-                select(Node.boot_mac, NetworkAllocation.address, Node.name)
-                .join(NetworkAllocation, NetworkAllocation.node_id == Node.id)
-                .join(NetworkRow, NetworkRow.id == NetworkAllocation.network_id)
-                .where(NetworkRow.name == "admin", Node.boot_mac.is_not(None))).all()
-        return {mac: (address, name) for mac, address, name in rows}
-
-    def sync(self) -> int:
-        """Write the reservations that changed and remove those no longer wanted; returns changes."""
+    def apply(self, wanted: dict[str, tuple[str, str]]) -> int:
+        """Make the reservations exactly `wanted` (MAC -> (address, host name)): write those that
+        changed, remove those no longer wanted; returns how many files changed."""
         if self.settings is None:
             return 0
         hostsdir = self.settings.hostsdir
-        wanted = self.wanted_reservations()
         changed = sum(dnsmasq.write_reservation(hostsdir, mac, ip, name.split(".")[0])
                       for mac, (ip, name) in wanted.items())
         present = {p.name for p in hostsdir.iterdir()} if hostsdir.exists() else set()

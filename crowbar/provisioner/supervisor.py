@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from crowbar.procs import cmdline, stop_pid
+
 log = logging.getLogger(__name__)
 
 
@@ -79,8 +81,8 @@ class Supervisor:
         self._stopping.set()
         with self._lock:
             proc = self._proc
-        if proc is not None:
-            _terminate(proc, self.stop_timeout)
+        if proc is not None and proc.poll() is None:  # not yet reaped: the PID is still our child's
+            stop_pid(proc.pid, timeout=self.stop_timeout)
         if self._thread is not None:
             self._thread.join(self.stop_timeout + 5)
 
@@ -126,11 +128,7 @@ class Supervisor:
 def _past_setpriv(pid: int) -> bool:
     """Whether the child has exec'd its command, so setpriv has set the death signal: until then a
     parent killed outright would leave the child behind. A child already gone counts as past."""
-    try:
-        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
-    except OSError:
-        return True
-    return os.path.basename(argv0) != b"setpriv"
+    return os.path.basename(cmdline(pid).split(" ", 1)[0]) != "setpriv"
 
 
 def _with_pdeathsig(argv: list[str]) -> list[str]:
@@ -140,12 +138,3 @@ def _with_pdeathsig(argv: list[str]) -> list[str]:
     return ["setpriv", "--pdeathsig", "TERM", "--", *argv]
 
 
-def _terminate(proc: subprocess.Popen, timeout: float) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -1,4 +1,5 @@
-"""Provisioning: discovery of booting machines, their agents, the node lifecycle, and power.
+"""Provisioning: discovery of booting machines, their agents, and the node lifecycle (a move that
+needs the machine to boot again reboots it through its agent, or queues a power cycle).
 
 Discovery is the only unauthenticated write in the API, and it can only create a node or re-find
 one that is running the discovery image (its state boots `discovery`); it returns a fresh per-node
@@ -13,16 +14,15 @@ from datetime import datetime, timezone
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from crowbar.config import DEFAULT_DOMAIN
 from crowbar.db.events import record
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
 from crowbar.db.session import signal_work
 from crowbar.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from crowbar.network.mac import normalize_mac as _normalize_mac
-from crowbar.power.base import PowerError, PowerNode, get_driver
 from crowbar.provisioner import lifecycle
-from crowbar.services import auth, lookup, nodes
+from crowbar.services import auth, lookup, nodes, power
 
-DEFAULT_DOMAIN = "crowbar.local"
 WAIT_SECONDS = 3
 
 
@@ -146,20 +146,7 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> 
     return {"job": job.id, "state": job.state}
 
 
-def queue_job(session: Session, node_id: int, script: str, timeout: int, run_id: int | None,
-              server_id: int | None) -> int:
-    job = AgentJob(node_id=node_id, script=script, timeout=timeout, run_id=run_id, server_id=server_id,
-                   state="queued", output="")
-    session.add(job)
-    session.flush()
-    return job.id
-
-
 # -- operator actions -----------------------------------------------------------------------------
-def _power_node(node: Node) -> PowerNode:
-    return PowerNode(name=node.name, settings=dict(node.power or {}))
-
-
 def _agent_driven(node: Node) -> bool:
     return node.bootenv == lifecycle.DISCOVERY and node.alive
 
@@ -183,50 +170,15 @@ def allocate(session: Session, key, actor: str = "system") -> dict:
 def transition(session: Session, key, target: str, actor: str = "system") -> dict:
     """reset / reinstall / problem...: move the node and make it boot what its new state says."""
     node = lookup.node(session, key)
+    # Who reboots it depends on what it runs now, before the move: a live discovery agent
+    # reboots on request; anything else (an installed OS, a dead agent) is power-cycled.
+    agent_reboots = _agent_driven(node)
     set_state(session, node, lifecycle.parse(target), f"{target} requested", actor)
-    if _agent_driven(node):
+    if agent_reboots:
         node.agent_action = "reboot"
-    else:
-        try:
-            get_driver(node.power_driver).power_cycle(_power_node(node))
-        except (PowerError, KeyError) as exc:
-            record(session, [{"object_type": "node", "object_id": node.id, "action": "power-cycle",
-                                    "actor": actor, "message": f"could not power-cycle: {exc}"}])
+    else:  # the power worker cycles it; if that fails, the request and its event say why
+        power.queue(session, node, "cycle", actor)
     signal_work(session, "anneal")
-    return nodes.node_dict(node, full=True)
-
-
-def power(session: Session, key, action: str, actor: str = "system") -> dict:
-    node = lookup.node(session, key)
-    if action not in ("on", "off", "cycle", "status"):
-        raise InvalidInput(f"power action {action!r}: expected on, off, cycle or status", field="action")
-    try:
-        driver = get_driver(node.power_driver)
-    except KeyError as exc:
-        raise InvalidInput(str(exc), field="power_driver") from None
-    target = _power_node(node)
-    try:
-        if action == "status":
-            return {"node": node.name, "driver": node.power_driver, "status": driver.status(target)}
-        message = {"on": driver.power_on, "off": driver.power_off, "cycle": driver.power_cycle}[action](target)
-    except PowerError as exc:
-        raise Conflict(str(exc)) from None
-    record(session, [{"object_type": "node", "object_id": node.id, "action": f"power-{action}",
-                            "actor": actor, "message": message}])
-    return {"node": node.name, "driver": node.power_driver, "action": action, "message": message}
-
-
-def set_power(session: Session, key, driver: str, settings: dict, actor: str = "system") -> dict:
-    node = lookup.node(session, key)
-    try:
-        get_driver(driver)
-    except KeyError as exc:
-        raise InvalidInput(str(exc), field="driver") from None
-    if not isinstance(settings, dict):
-        raise InvalidInput("power settings must be a JSON object", field="settings")
-    node.power_driver, node.power = driver, settings
-    record(session, [{"object_type": "node", "object_id": node.id, "action": "set-power", "actor": actor,
-                            "message": driver}])
     return nodes.node_dict(node, full=True)
 
 

@@ -160,8 +160,8 @@ def test_lab_discovers_allocates_and_runs_a_role_on_the_vm(cli):
         assert inv["kernel"] == kernel and inv["firmware"] == "bios"
         # `lab up --wait` handed the node to the qemu power driver with the VM's QMP socket.
         assert node["power_driver"] == "qemu"
-        power = cli.json("nodes", "power", vm["node"], "status")
-        assert power["status"] == "on"
+        power = cli.json("nodes", "power", vm["node"], "status", "--wait")
+        assert (power["state"], power["result"]) == ("succeeded", "on")
     assert "discovered as" in cli("lab", "console", "vm1").stdout
 
     # Allocate vm1: it reboots and gets its reserved admin address.

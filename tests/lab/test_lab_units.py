@@ -104,13 +104,6 @@ def test_broken_state_file_is_reported(tmp_path):
         Lab(tmp_path)
 
 
-def test_alive_checks_the_command_line():
-    assert labmod.alive(os.getpid())
-    assert labmod.alive(os.getpid(), "python") or labmod.alive(os.getpid(), "pytest")
-    assert not labmod.alive(os.getpid(), "/no/such/lab/dir")
-    assert not labmod.alive(None) and not labmod.alive(2 ** 22 + 1)
-
-
 def test_default_endpoint_is_the_running_lab(tmp_path, monkeypatch):
     for var in ("CROWBAR_ENDPOINT", "CROWBAR_LAB_DIR"):
         monkeypatch.delenv(var, raising=False)

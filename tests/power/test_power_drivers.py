@@ -204,3 +204,40 @@ def test_qemu_power_on_starts_the_vm_from_its_command_after_a_power_off(tmp_path
             pids.append(int(pidfile.read_text()))
         for pid in pids:
             kill(pid)
+
+
+def test_drivers_validate_their_settings_when_they_are_set():
+    from crowbar.errors import InvalidInput
+
+    manual, qemu = get_driver("manual"), get_driver("qemu")
+    assert manual.validate({}) == {} and manual.validate({"instructions": "rack 3"}) == {"instructions": "rack 3"}
+    with pytest.raises(InvalidInput, match="unknown setting 'address'") as refused:
+        manual.validate({"address": "10.0.0.1"})
+    assert refused.value.field == "settings.address"
+    with pytest.raises(InvalidInput, match="setting 'qmp' is required") as refused:
+        qemu.validate({"timeout": 3})
+    assert refused.value.field == "settings.qmp"
+    with pytest.raises(InvalidInput, match="'timeout' must be of type number"):
+        qemu.validate({"qmp": "/x.sock", "timeout": True})
+    with pytest.raises(InvalidInput, match="positive"):
+        qemu.validate({"qmp": "/x.sock", "timeout": 0})
+    with pytest.raises(InvalidInput, match="must be a JSON object"):
+        qemu.validate(["qmp"])
+    assert qemu.validate({"qmp": "/x.sock", "command": ["qemu", "-daemonize"], "timeout": 2.5}) == {
+        "qmp": "/x.sock", "command": ["qemu", "-daemonize"], "timeout": 2.5}
+
+
+def test_plugins_can_be_registered_in_process_and_removed_again():
+    class Fake(ManualPower):
+        name = "manual"
+
+    builtin = get_driver("manual")
+    with plugins.registered(plugins.POWER, "fake", Fake) as fake:
+        assert get_driver("fake") is fake and "fake" in driver_names()
+        plugins.register(plugins.POWER, "manual", Fake)  # over a built-in
+        assert isinstance(get_driver("manual"), Fake)
+        plugins.unregister(plugins.POWER, "manual")
+        assert type(get_driver("manual")) is type(builtin)  # the built-in is back
+    assert "fake" not in driver_names()
+    with pytest.raises(KeyError, match="unknown power driver 'fake'"):
+        get_driver("fake")

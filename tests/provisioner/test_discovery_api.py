@@ -82,10 +82,10 @@ def test_agent_jobs_round_trip_and_belong_to_their_node(api, db):
                                nics=[{"name": "eth0", "mac": "52:54:00:bb:00:01"}])).json()
     hdr = {"authorization": f"Bearer {body['token']}"}
     assert api.get("/api/v2/agent/next", headers=hdr).json()["action"] == "wait"
-    from crowbar.services import provisioning
+    from crowbar.engine.annealer import queue_job
 
     with db.session() as s:
-        job_id = provisioning.queue_job(s, body["id"], "echo hi", 60, None, None)
+        job_id = queue_job(s, body["id"], "echo hi", 60, None, None)
     nxt = api.get("/api/v2/agent/next", headers=hdr).json()
     assert nxt == {"action": "run", "job": str(job_id), "script": "echo hi", "timeout": 60}
     # another node's token cannot report this job

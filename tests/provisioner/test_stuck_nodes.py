@@ -1,9 +1,9 @@
-"""Stuck states time out to `problem` with the reason; the annealer's loop runs the watchdog."""
+"""Stuck states time out to `problem` with the reason; the server's watchdog loop moves them."""
 
 from datetime import datetime, timedelta, timezone
 
 from crowbar.db.models import Event, Node
-from crowbar.engine.annealer import Annealer
+from crowbar.server.watchdog import Watchdog
 from crowbar.services import nodes, provisioning
 
 
@@ -14,11 +14,7 @@ def test_a_node_stuck_installing_goes_to_problem_with_the_reason(db):
         for name, age in (("stuck.example.com", 120), ("fresh.example.com", 5)):
             node = s.query(Node).filter_by(name=name).one()
             node.state, node.state_changed_at = "installing", datetime.now(timezone.utc) - timedelta(minutes=age)
-    annealer = Annealer(db, workers=1)
-    try:
-        annealer.run_until_idle(30)  # its first step runs the watchdog
-    finally:
-        annealer._pool.shutdown()
+    Watchdog(db).step()  # what the server's watchdog loop does every round
     with db.session() as s:
         stuck = s.get(Node, info["id"])
         assert stuck.state == "problem" and "installing" in stuck.state_reason

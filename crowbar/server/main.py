@@ -1,5 +1,7 @@
-"""`crowbar server`: migrate the database, make sure an admin token exists, serve the API, anneal,
-and (with --provision) run the provisioner on the admin network.
+"""`crowbar server`: migrate the database, make sure an admin token exists, serve the API, and run
+the loops beside it (crowbar.server): the annealer, the power worker, the lifecycle watchdog, and
+(with --provision) the provisioner on the admin network with its DHCP reconciler. The loops start
+before uvicorn and stop after it; the app only wakes them (`AppSettings.wake`).
 
 The API can listen on several addresses at once, TCP (`HOST:PORT`) and unix sockets (`unix:PATH`):
 in the lab the server listens on the admin bridge for booting machines and on a unix socket for
@@ -22,6 +24,12 @@ from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
 from crowbar.db.session import Database
 from crowbar.engine.annealer import Annealer
+from crowbar.provisioner.service import Provisioner, ProvisionerConfig
+from crowbar.server.annealer import AnnealerLoop
+from crowbar.server.loop import Loop
+from crowbar.server.power import PowerWorker
+from crowbar.server.reconciler import Reconciler
+from crowbar.server.watchdog import Watchdog
 from crowbar.services import auth, bootstrap
 
 log = logging.getLogger("crowbar.server")
@@ -89,11 +97,8 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     if token_file.exists():
         publish_token(data_dir, listens)
     (data_dir / "runs").mkdir(exist_ok=True)
-    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs")
     provisioner = None
     if provision:
-        from crowbar.provisioner.service import Provisioner, ProvisionerConfig
-
         interface, _, address = provision.partition("=")
         if not interface or not address:
             raise ValueError(f"--provision must be INTERFACE=ADDRESS (got {provision!r})")
@@ -101,30 +106,43 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
         advertise_url = advertise_url or (f"http://{address}:{tcp[1]}" if tcp else None)
         if not advertise_url:
             raise ValueError("--provision needs a TCP --listen (or --advertise-url) that machines can reach")
-        provisioner = Provisioner(db, ProvisionerConfig(interface=interface, address=address,
-                                                        advertise_url=advertise_url, data_dir=data_dir,
-                                                        **({"domain": domain} if domain else {})))
-        provisioner.start()
-    app = create_app(AppSettings(db=db, advertise_url=advertise_url, **({"domain": domain} if domain else {}),
-                                 discovery_image=provisioner.image if provisioner else None,
-                                 wake=lambda kind: annealer.wake() if kind == "anneal" else None))
-    log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(), ", ".join(listens))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        provisioner = Provisioner(ProvisionerConfig(interface=interface, address=address,
+                                                    advertise_url=advertise_url, data_dir=data_dir,
+                                                    **({"domain": domain} if domain else {})))
+    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs")
+    annealer.register()  # this server's row; recovers the runs of servers that are gone
+    # Stopped in reverse: the power worker before the annealer, so that its unfinished requests
+    # fail while this server is still alive; dnsmasq last.
+    loops: dict[str, Loop] = {}
+    if provisioner:
+        loops["provisioner"] = Reconciler(db, provisioner)
+    loops.update(anneal=AnnealerLoop(annealer), watchdog=Watchdog(db),
+                 power=PowerWorker(db, server_id=annealer.server_id))
+
+    def wake(kind: str) -> None:  # "anneal" | "power", after a unit of work that made such work
+        if kind in loops:
+            loops[kind].wake()
+
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler that
     # was there before it: by default that kills the process before the `finally` below could stop
-    # dnsmasq. Make that second SIGTERM an exception, stop the provisioner, then die of SIGTERM as
-    # before (callers see the same exit status).
+    # the loops and dnsmasq. Make that second SIGTERM an exception, stop them, then die of SIGTERM
+    # as before (callers see the same exit status).
     signal.signal(signal.SIGTERM, _raise_terminated)
     terminated = False
     try:
-        annealer.start()  # the app starts no loop: the process runs them (the annealer, here)
+        for loop in loops.values():
+            loop.start()  # the provisioner's first: it builds the discovery image and starts dnsmasq
+        app = create_app(AppSettings(db=db, domain=domain or config.DEFAULT_DOMAIN, advertise_url=advertise_url,
+                                     discovery_image=provisioner.image if provisioner else None, wake=wake))
+        log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(),
+                 ", ".join(listens))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         asyncio.run(server.serve(sockets=sockets))
     except _Terminated:
         terminated = True
     finally:
-        annealer.stop()
-        if provisioner:
-            provisioner.stop()
+        for loop in reversed(list(loops.values())):
+            loop.stop()
     if terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)

@@ -1,0 +1,105 @@
+"""`crowbar nodes power | power-requests | set-power | power-drivers`: power requests and drivers.
+
+A power action is a request the server queues and its power worker carries out: `nodes power`
+prints the request; with --wait it follows it until it succeeded (exit 0) or failed (one line on
+stderr, exit 1). The commands get the shared Context through click's `pass_obj` (like
+crowbar.cli.network), so this module does not import crowbar.cli.main, which registers them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from crowbar.cli.client import CliError
+from crowbar.cli.output import emit_list, emit_object, output_option
+
+REQUEST_COLUMNS = ["id", "node", "action", "state", "result", "actor", "created_at", "finished_at"]
+DONE = ("succeeded", "failed")
+
+
+def follow(api, request: dict, timeout: float, poll: float = 0.2) -> dict:
+    """Poll a power request until it is done; CliError if it failed or is not done in `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while request["state"] not in DONE:
+        if time.monotonic() > deadline:
+            raise CliError(f"power {request['action']} of {request['node']}: still {request['state']} after "
+                           f"{timeout:g}s (request {request['id']}; see `crowbar nodes power-requests "
+                           f"{request['node']}`)")
+        time.sleep(poll)
+        request = api.get(f"/power_requests/{request['id']}")
+    if request["state"] == "failed":
+        raise CliError(f"power {request['action']} of {request['node']} failed: {request['result']}")
+    return request
+
+
+@click.command("power")
+@click.argument("node")
+@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
+@click.option("--wait", is_flag=True, help="wait until the request succeeded or failed")
+@click.option("--timeout", type=float, default=120, show_default=True, help="seconds --wait waits")
+@output_option
+@click.pass_obj
+def nodes_power(ctx, node: str, action: str, wait: bool, timeout: float, output: str) -> None:
+    """Power a node on, off, cycle it, or ask its status: queues a request for its power driver
+    (the answer of `status` is the request's result: on, off or unknown)."""
+    api = ctx.api
+    request = api.request("POST", f"/nodes/{node}/power", ok=(202,), json={"action": action}).json()
+    if wait:
+        request = follow(api, request, timeout)
+    emit_object(request, output)
+
+
+@click.command("power-requests")
+@click.argument("node", required=False)
+@click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed"]))
+@output_option
+@click.pass_obj
+def nodes_power_requests(ctx, node: str | None, state: str | None, output: str) -> None:
+    """Power requests, oldest first (of one node, in one state)."""
+    emit_list(ctx.api.list_all("/power_requests", node=node, state=state), REQUEST_COLUMNS, output)
+
+
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise CliError(f"setting {text!r}: expected KEY=VALUE (a JSON value, or else a string)")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+@click.command("set-power")
+@click.argument("node")
+@click.argument("driver")
+@click.argument("settings", nargs=-1, metavar="[KEY=VALUE]...")
+@output_option
+@click.pass_obj
+def nodes_set_power(ctx, node: str, driver: str, settings: tuple[str, ...], output: str) -> None:
+    """Give a node its power driver and the driver's settings (VALUE is JSON, or else a string:
+    `qmp=/run/vm1.qmp timeout=5 command='["qemu-system-x86_64", "-daemonize"]'`). The server
+    checks them against the driver's settings (`crowbar nodes power-drivers`)."""
+    emit_object(ctx.api.put(f"/nodes/{node}/power", {"driver": driver, "settings": dict(map(_setting, settings))}),
+                output)
+
+
+@click.command("power-drivers")
+@output_option
+@click.pass_obj
+def nodes_power_drivers(ctx, output: str) -> None:
+    """The power drivers, their timeouts and their settings (* required, secret ones marked)."""
+    drivers = ctx.api.get("/power_drivers")["items"]
+    if output == "json":
+        emit_list(drivers, [], output)
+        return
+    rows = [{"driver": d["name"], "summary": d["summary"], "timeout": d["timeout"],
+             "settings": "\n".join(f"{key}{'*' if s['required'] else ''}{' (secret)' if s['secret'] else ''}: "
+                                   f"{s['type']}, {s['description']}" for key, s in d["settings"].items())}
+            for d in drivers]
+    emit_list(rows, ["driver", "summary", "timeout", "settings"], output)
+
+
+COMMANDS = [nodes_power, nodes_power_requests, nodes_set_power, nodes_power_drivers]

@@ -1,0 +1,189 @@
+"""Power: requests to power nodes on, off, around, or to ask their status; each node's driver and
+its settings; the drivers there are.
+
+A power action is never carried out inside a request: BMCs take seconds and time out at tens of
+seconds, and the unit of work would hold its write lock all that time. `request_power` queues a
+row (queued) and says so (`signal_work(session, "power")`); a server's power worker
+(`crowbar.server.power`) then, each in a short transaction of its own:
+  claim   - takes queued requests, the oldest first, at most one per node and none for a node that
+            has one running (PostgreSQL: FOR UPDATE SKIP LOCKED, so several servers share the
+            queue); they become running, with the server's id and started_at;
+  (runs the driver outside any transaction, for at most the driver's `timeout` seconds)
+  finish  - records succeeded or failed, the result (the driver's line; for `status` on, off or
+            unknown; or why it failed) and finished_at, and an event `power-<action>` by the actor
+            who asked. Nothing else changes: a failed request leaves the node as it was.
+Requests left running by a server that died are failed ("server died") by `fail_abandoned`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.orm import Session
+
+from crowbar.db.events import record
+from crowbar.db.models import Node, PowerRequest, Server, utcnow
+from crowbar.db.session import signal_work
+from crowbar.db.sql import is_postgresql, keyset
+from crowbar.errors import InvalidInput, NotFound
+from crowbar.power.base import driver_names, get_driver
+from crowbar.services import lookup, nodes
+
+ACTIONS = ("on", "off", "cycle", "status")
+STATES = ("queued", "running", "succeeded", "failed")
+DONE = ("succeeded", "failed")
+
+CLAIMABLE_SQL = """
+SELECT pr.id FROM power_requests pr
+WHERE pr.state = 'queued' {busy}
+  AND NOT EXISTS (SELECT 1 FROM power_requests b WHERE b.node_id = pr.node_id
+                  AND (b.state = 'running' OR (b.state = 'queued' AND b.id < pr.id)))
+ORDER BY pr.id
+LIMIT :limit
+"""
+
+
+def _iso(value) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def request_dict(req: PowerRequest, node_name: str) -> dict:
+    return {"id": req.id, "node": node_name, "node_id": req.node_id, "action": req.action, "state": req.state,
+            "result": req.result, "actor": req.actor, "server_id": req.server_id,
+            "created_at": _iso(req.created_at), "started_at": _iso(req.started_at),
+            "finished_at": _iso(req.finished_at)}
+
+
+# -- asking --------------------------------------------------------------------------------------
+def queue(session: Session, node: Node, action: str, actor: str = "system") -> dict:
+    """Queue `action` for `node` (for the services that power nodes as part of something else)."""
+    if action not in ACTIONS:
+        raise InvalidInput(f"power action {action!r}: expected {', '.join(ACTIONS[:-1])} or {ACTIONS[-1]}",
+                           field="action")
+    req = PowerRequest(node_id=node.id, action=action, state="queued", result="", actor=actor)
+    session.add(req)
+    session.flush()
+    signal_work(session, "power")
+    return request_dict(req, node.name)
+
+
+def request_power(session: Session, key, action: str, actor: str = "system") -> dict:
+    """Ask for a power action on a node; answers the queued request (the power worker runs it)."""
+    node = lookup.node(session, key)
+    try:
+        get_driver(node.power_driver)
+    except KeyError as exc:
+        raise InvalidInput(str(exc), field="power_driver") from None
+    return queue(session, node, action, actor)
+
+
+def show_request(session: Session, request_id) -> dict:
+    req = session.get(PowerRequest, int(request_id)) if lookup.is_id(request_id) else None
+    if req is None:
+        raise NotFound(f"power request {request_id!r} does not exist", field="power_request")
+    return request_dict(req, session.get(Node, req.node_id).name)
+
+
+def list_requests(session: Session, node=None, state: str | None = None, *, limit: int | None = None,
+                  marker: int | None = None) -> list[dict]:
+    """Requests in id order: `limit` of them after id `marker` (all without), optionally of one
+    node or in one state."""
+    if state is not None and state not in STATES:
+        raise InvalidInput(f"state {state!r}: expected one of {', '.join(STATES)}", field="state")
+    q = select(PowerRequest, Node.name).join(Node, Node.id == PowerRequest.node_id)
+    if node is not None:
+        q = q.where(PowerRequest.node_id == lookup.node(session, node).id)
+    if state is not None:
+        q = q.where(PowerRequest.state == state)
+    return [request_dict(req, name) for req, name in session.execute(keyset(q, PowerRequest.id, limit, marker))]
+
+
+# -- drivers and settings ------------------------------------------------------------------------
+def drivers() -> dict:
+    """Every power driver: its summary, its timeout and its settings (what `set_power` checks)."""
+    return [get_driver(name).describe() for name in driver_names()]
+
+
+def set_power(session: Session, key, driver: str, settings, actor: str = "system") -> dict:
+    """Give a node its power driver and that driver's settings, refused unless the driver accepts
+    them (`PowerDriver.validate`: the error names the missing or bad setting)."""
+    node = lookup.node(session, key)
+    try:
+        plugin = get_driver(driver)
+    except KeyError as exc:
+        raise InvalidInput(str(exc), field="driver") from None
+    node.power_driver, node.power = driver, plugin.validate(settings)
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "set-power", "actor": actor,
+                      "message": driver}])
+    return nodes.node_dict(node, full=True)
+
+
+# -- the power worker's side ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claimed:
+    """A request a worker took, with what its driver needs (read in the claiming transaction)."""
+
+    id: int
+    node_id: int
+    node: str
+    action: str
+    actor: str
+    driver: str
+    settings: dict
+
+
+def claim(session: Session, server_id: int | None, limit: int, busy_nodes=()) -> list[Claimed]:
+    """Take up to `limit` runnable requests (oldest first, one per node, none for a node with one
+    running or in `busy_nodes`) and mark them running for `server_id`."""
+    busy = sorted(set(busy_nodes))
+    sql = CLAIMABLE_SQL.format(busy="AND pr.node_id NOT IN :busy" if busy else "").rstrip()
+    if is_postgresql(session):
+        sql += " FOR UPDATE OF pr SKIP LOCKED"
+    statement = text(sql)
+    params: dict = {"limit": limit}
+    if busy:
+        statement = statement.bindparams(bindparam("busy", expanding=True))
+        params["busy"] = busy
+    ids = list(session.scalars(statement, params))
+    if not ids:
+        return []
+    now = utcnow()
+    session.execute(update(PowerRequest).where(PowerRequest.id.in_(ids))
+                    .values(state="running", server_id=server_id, started_at=now))
+    rows = session.execute(select(PowerRequest, Node).join(Node, Node.id == PowerRequest.node_id)
+                           .where(PowerRequest.id.in_(ids)).order_by(PowerRequest.id)).all()
+    return [Claimed(id=req.id, node_id=node.id, node=node.name, action=req.action, actor=req.actor,
+                    driver=node.power_driver, settings=dict(node.power or {})) for req, node in rows]
+
+
+def finish(session: Session, claimed: Claimed, server_id: int | None, ok: bool, result: str) -> bool:
+    """Record the outcome of a request this server ran, with its event; False (and nothing written)
+    if it is no longer this server's running request (failed meanwhile as abandoned)."""
+    state = "succeeded" if ok else "failed"
+    owner = PowerRequest.server_id == server_id if server_id is not None else PowerRequest.server_id.is_(None)
+    done = session.execute(update(PowerRequest)
+                           .where(PowerRequest.id == claimed.id, PowerRequest.state == "running", owner)
+                           .values(state=state, result=result, finished_at=utcnow()))
+    if done.rowcount != 1:
+        return False
+    record(session, [{"object_type": "node", "object_id": claimed.node_id, "action": f"power-{claimed.action}",
+                      "actor": claimed.actor, "message": result if ok else f"failed: {result}"}])
+    return True
+
+
+def fail_abandoned(session: Session, reason: str = "server died", server_ids=None) -> int:
+    """Fail the running requests of `server_ids`, or (by default) of every server recorded as
+    stopped (a server found dead is marked so by the annealer's reaper); returns how many."""
+    q = select(PowerRequest).where(PowerRequest.state == "running")
+    if server_ids is None:
+        q = q.where(PowerRequest.server_id.in_(select(Server.id).where(Server.stopped.is_(True))))
+    else:
+        q = q.where(PowerRequest.server_id.in_(list(server_ids)))
+    abandoned = list(session.scalars(q.with_for_update(skip_locked=True) if is_postgresql(session) else q))
+    now = utcnow()
+    for req in abandoned:
+        req.state, req.result, req.finished_at = "failed", reason, now
+    record(session, [{"object_type": "node", "object_id": req.node_id, "action": f"power-{req.action}",
+                      "actor": req.actor, "message": f"failed: {reason}"} for req in abandoned])
+    return len(abandoned)
