@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -183,7 +184,9 @@ def test_power_requests_list_in_pages_with_filters(power_api, db):
     page = power_api.get("/api/v2/power_requests", params={"node": "n2.example.com", "state": "queued"}).json()
     assert [r["id"] for r in page["items"]] == made[1::2] and page["next"] is None
     page = power_api.get("/api/v2/power_requests", params={"node": "n2.example.com", "limit": 1}).json()
-    assert page["next"] == f"/api/v2/power_requests?marker={made[1]}&limit=1&node=n2.example.com"
+    path, _, query = page["next"].partition("?")
+    assert path == "/api/v2/power_requests"
+    assert parse_qs(query) == {"marker": [str(made[1])], "limit": ["1"], "node": ["n2.example.com"]}
     assert power_api.get("/api/v2/power_requests", params={"state": "done"}).status_code == 422
     assert power_api.get("/api/v2/power_requests", params={"limit": 1001}).status_code == 422
 
