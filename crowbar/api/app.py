@@ -3,7 +3,9 @@
 Every route except the health check, discovery, the node agent's and the boot files needs an
 admin token (`Authorization: Bearer <token>`). Errors have one JSON body (crowbar.api.errors).
 Each route is one call into a service inside the request's unit of work (crowbar.api.deps).
-List endpoints answer {"items": [...], "next": "<path and query of the next page>" | null}.
+List endpoints answer {"items": [...], "next": "<path and query of the next page>" | null}, except
+the two that something else bounds: GET /networks (the template) and GET /deployment_roles (one
+per role).
 """
 
 from __future__ import annotations

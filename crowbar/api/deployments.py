@@ -67,8 +67,9 @@ def bind(key: str, body: BindIn, s: UnitOfWork, who: Actor):
 
 @router.get("/deployment_roles")
 def deployment_roles(deployment: str, s: UnitOfWork):
-    """The roles bound in a deployment, with their proposed and committed data."""
-    return deployments.show_deployment(s, deployment)["roles"]
+    """The roles bound in a deployment, with their proposed and committed data (one list, not
+    pages: a deployment binds each role at most once, so the role catalog bounds it)."""
+    return deployments.deployment_roles(s, deployment)
 
 
 @router.put("/deployments/{key}/roles/{role}")

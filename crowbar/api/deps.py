@@ -7,7 +7,7 @@ Routes declare them with the `Annotated` aliases below (`s: UnitOfWork`, `who: A
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -90,13 +90,16 @@ class Page:
     def fetch(self) -> int:
         return self.limit + 1
 
-    def answer(self, rows: list[dict], key: str = "id") -> dict:
+    def answer(self, rows: list[dict], key: str | Callable[[dict], object] = "id") -> dict:
+        """The page: `key` names the item's field the list is ordered by (or computes the marker
+        from the item, for a list ordered by several fields)."""
         items = rows[: self.limit]
         if len(rows) <= self.limit:
             return {"items": items, "next": None}
+        last = key(items[-1]) if callable(key) else items[-1][key]
         query = [(k, v) for k, v in self.request.query_params.multi_items()
                  if k not in ("marker", "limit", "after")]
-        query += [("marker", str(items[-1][key])), ("limit", str(self.limit))]
+        query += [("marker", str(last)), ("limit", str(self.limit))]
         return {"items": items, "next": f"{self.request.url.path}?{urlencode(query)}"}
 
 
@@ -107,3 +110,15 @@ def paging(request: Request,
 
 
 Paging = Annotated[Page, Depends(paging)]
+
+
+def text_paging(request: Request,
+                limit: int = Query(LIMIT, ge=1, le=MAX_LIMIT, description="at most this many items"),
+                marker: str | None = Query(None, description="where the previous page ended (as its next link "
+                                                             "gives it)")) -> Page:
+    """Paging for a list that is not in id order (allocations by address, Neutron segments): the
+    service parses the marker and answers 422 naming `marker` when it is not one of its keys."""
+    return Page(request, limit, marker)
+
+
+TextPaging = Annotated[Page, Depends(text_paging)]

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from crowbar.api import deps
-from crowbar.api.deps import Actor, UnitOfWork
-from crowbar.errors import InvalidInput
+from crowbar.api.deps import Actor, TextPaging, UnitOfWork
 from crowbar.services import network as svc
 
 router = APIRouter(prefix="/api/v2", dependencies=[Depends(deps.actor)])
@@ -63,15 +62,15 @@ def _done(out: dict, status: int = 200):
 # -- the template -------------------------------------------------------------------------------
 @router.get("/networks", tags=["networks"])
 def list_networks(s: UnitOfWork):
+    """Every network of the template, one answer (a list, not pages): the template is one document,
+    read and validated whole, and holds a few dozen networks at most."""
     return svc.list_networks(s)
 
 
 @router.post("/networks", tags=["networks"], status_code=201)
 def create_network(s: UnitOfWork, who: Actor, body: dict[str, Any] = Body(...), preview: bool = Preview):
     """A new network, in the template's format plus its `name`."""
-    if "name" not in body:
-        raise InvalidInput("name: a network needs a name", field="name")
-    return _done(svc.create_network(s, body["name"], body, preview=preview, actor=who), 201)
+    return _done(svc.create_network(s, body.get("name"), body, preview=preview, actor=who), 201)
 
 
 @router.get("/networks/export", tags=["networks"])
@@ -105,25 +104,19 @@ def delete_network(name: str, s: UnitOfWork, who: Actor, preview: bool = Preview
 # -- allocations --------------------------------------------------------------------------------
 @router.post("/networks/{name}/allocations", tags=["networks"])
 def allocate(name: str, body: AllocationIn, s: UnitOfWork, who: Actor):
-    """201 with the new allocation, 200 when the node already had one (created: false)."""
-    if body.nodes is not None:
-        if body.node is not None or body.address is not None:
-            raise InvalidInput("give node (and address) or nodes, not both", field="nodes")
-        out = svc.allocate_many(s, name, body.nodes, body.range, actor=who)
-        return JSONResponse(out, status_code=201 if any(a["created"] for a in out) else 200)
-    if not body.node:
-        raise InvalidInput("node: which node to allocate for", field="node")
-    out = svc.allocate(s, name, body.node, body.range, body.address, actor=who)
-    return JSONResponse(out, status_code=201 if out["created"] else 200)
+    """201 with the new allocation, 200 when the node already had one (created: false); with
+    `nodes`, the list of allocations: 201 when any was created."""
+    out = svc.allocate_for(s, name, node=body.node, nodes=body.nodes, range_name=body.range,
+                           address=body.address, actor=who)
+    created = any(a["created"] for a in out) if isinstance(out, list) else out["created"]
+    return JSONResponse(out, status_code=201 if created else 200)
 
 
 @router.get("/networks/{name}/allocations", tags=["networks"])
-def list_allocations(name: str, request: Request, s: UnitOfWork,
-                     limit: int = Query(deps.LIMIT, ge=1, le=deps.MAX_LIMIT, description="at most this many items"),
-                     marker: str | None = Query(None, description="the last address of the previous page")):
-    """The network's allocations in address order, paged by address (unique on a network)."""
-    page = deps.Page(request, limit, marker)
-    return page.answer(svc.list_allocations(s, name, limit=page.fetch, after=marker), key="address")
+def list_allocations(name: str, s: UnitOfWork, page: TextPaging):
+    """The network's allocations in address order, paged by address (unique on a network: the
+    marker is the last address of the previous page)."""
+    return page.answer(svc.list_allocations(s, name, limit=page.fetch, after=page.marker), key="address")
 
 
 @router.delete("/networks/{name}/allocations/{node}", tags=["networks"])
@@ -155,8 +148,10 @@ def set_neutron_settings(s: UnitOfWork, who: Actor, body: dict[str, Any] = Body(
 
 
 @router.get("/neutron/networks", tags=["neutron"])
-def list_tenant_networks(s: UnitOfWork):
-    return svc.list_tenant_networks(s)
+def list_tenant_networks(s: UnitOfWork, page: TextPaging):
+    """Tenant networks (and the provider fixed network) by segment: type (vlan, then vxlan),
+    physical network, segmentation id; the marker is `type:physical_network:id` of the last one."""
+    return page.answer(svc.list_tenant_networks(s, limit=page.fetch, marker=page.marker), key=svc.segment_marker)
 
 
 @router.post("/neutron/networks", status_code=201, tags=["neutron"])

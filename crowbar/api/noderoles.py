@@ -30,15 +30,18 @@ def retry(key: str, s: UnitOfWork, who: Actor):
 
 
 @router.get("/node_roles/{key}/parents")
-def parents(key: str, s: UnitOfWork):
-    return noderoles.related(s, key, "parents")
+def parents(key: str, s: UnitOfWork, page: Paging):
+    """The noderoles this one requires, by id."""
+    return page.answer(noderoles.related(s, key, "parents", limit=page.fetch, marker=page.marker))
 
 
 @router.get("/node_roles/{key}/children")
-def children(key: str, s: UnitOfWork):
-    return noderoles.related(s, key, "children")
+def children(key: str, s: UnitOfWork, page: Paging):
+    """The noderoles that require this one, by id."""
+    return page.answer(noderoles.related(s, key, "children", limit=page.fetch, marker=page.marker))
 
 
 @router.get("/node_roles/{key}/runs")
-def runs(key: str, s: UnitOfWork):
-    return noderoles.runs(s, key)
+def runs(key: str, s: UnitOfWork, page: Paging):
+    """The noderole's runs with their logs, oldest first (by id)."""
+    return page.answer(noderoles.runs(s, key, limit=page.fetch, marker=page.marker))

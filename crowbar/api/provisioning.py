@@ -91,7 +91,4 @@ def node_states(format: str = "json"):
         return Response(lifecycle.to_dot(), media_type="text/vnd.graphviz")
     if format != "json":
         raise InvalidInput(f"format {format!r}: expected json or dot", field="format")
-    return {state: {"next": list(lifecycle.TRANSITIONS[state]), "bootenv": lifecycle.BOOTENVS[state],
-                    "timeout_minutes": (lifecycle.TIMEOUTS[state].total_seconds() / 60
-                                        if state in lifecycle.TIMEOUTS else None)}
-            for state in lifecycle.STATES}
+    return lifecycle.to_dict()

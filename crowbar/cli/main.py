@@ -342,7 +342,7 @@ def noderoles_retry(ctx: Context, noderole: str, output: str) -> None:
 @output_option
 @pass_ctx
 def noderoles_parents(ctx: Context, noderole: str, output: str) -> None:
-    emit_list(ctx.api.get(f"/node_roles/{noderole}/parents"), NODEROLE_COLUMNS, output)
+    emit_list(ctx.api.list_all(f"/node_roles/{noderole}/parents"), NODEROLE_COLUMNS, output)
 
 
 @noderoles.command("children")
@@ -350,7 +350,7 @@ def noderoles_parents(ctx: Context, noderole: str, output: str) -> None:
 @output_option
 @pass_ctx
 def noderoles_children(ctx: Context, noderole: str, output: str) -> None:
-    emit_list(ctx.api.get(f"/node_roles/{noderole}/children"), NODEROLE_COLUMNS, output)
+    emit_list(ctx.api.list_all(f"/node_roles/{noderole}/children"), NODEROLE_COLUMNS, output)
 
 
 @noderoles.command("log")
@@ -360,7 +360,7 @@ def noderoles_children(ctx: Context, noderole: str, output: str) -> None:
 @pass_ctx
 def noderoles_log(ctx: Context, noderole: str, all_runs: bool, output: str) -> None:
     """The log of the noderole's last run (or of all its runs)."""
-    runs = ctx.api.get(f"/node_roles/{noderole}/runs")
+    runs = ctx.api.list_all(f"/node_roles/{noderole}/runs")
     if not all_runs:
         runs = runs[-1:]
     if output == "json":

@@ -389,7 +389,7 @@ def neutron_networks_create(ctx, name: str, network_type: str | None, vlan: int 
 @click.pass_obj
 def neutron_networks_list(ctx, output: str) -> None:
     """Tenant networks (and the provider fixed network) with their segments."""
-    emit_list(ctx.api.get("/neutron/networks"), TENANT_COLUMNS, output)
+    emit_list(ctx.api.list_all("/neutron/networks"), TENANT_COLUMNS, output)
 
 
 @neutron_networks.command("show")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, Engine, Select
+from sqlalchemy import Connection, Engine, Select, tuple_
 from sqlalchemy.orm import Session
 
 CHUNK = 5000  # stays far below SQLite's limit on bound parameters
@@ -27,8 +27,13 @@ def is_postgresql(bind: Engine | Connection | Session) -> bool:
 def keyset(query: Select, key, limit: int | None = None, marker=None) -> Select:
     """`query` in ascending `key` order, from just after `marker` (the last key of the previous
     page), at most `limit` rows: keyset paging, which costs the same on every page (no OFFSET)
-    and neither repeats nor skips a row when rows are added between pages."""
+    and neither repeats nor skips a row when rows are added between pages.
+
+    `key` is a column, or a tuple of columns that is unique together (and NOT NULL) with
+    `marker` a tuple of their values: the order is then column by column, and the marker is
+    compared as a row value (SQLite 3.15+, PostgreSQL), which an index on those columns serves."""
+    columns = key if isinstance(key, tuple) else (key,)
     if marker is not None:
-        query = query.where(key > marker)
-    query = query.order_by(key)
+        query = query.where(tuple_(*columns) > tuple_(*marker) if isinstance(key, tuple) else key > marker)
+    query = query.order_by(*columns)
     return query if limit is None else query.limit(limit)

@@ -178,6 +178,14 @@ def to_dot() -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_dict() -> dict[str, dict]:
+    """The transition table as data, for GET /node_states: state -> next states, bootenv and
+    timeout in minutes (None when the state never times out)."""
+    return {state: {"next": list(TRANSITIONS[state]), "bootenv": BOOTENVS[state],
+                    "timeout_minutes": TIMEOUTS[state].total_seconds() / 60 if state in TIMEOUTS else None}
+            for state in STATES}
+
+
 def to_markdown() -> str:
     """The transition table as Markdown, for docs/node-lifecycle.md and `crowbar nodes states`."""
     rows = ["| state | bootenv | may go to | times out after |", "|---|---|---|---|"]

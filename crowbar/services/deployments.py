@@ -84,10 +84,20 @@ def show_deployment(session: Session, key) -> dict:
     d = lookup.deployment(session, key)
     parent = session.get(Deployment, d.parent_id).name if d.parent_id else None
     out = deployment_dict(d, counts_by_state(session, [d.id]).get(d.id, {}), parent)
-    out["roles"] = [{"id": dr.id, "role": role, "proposed": dr.proposed, "committed": dr.committed}
-                    for dr, role in session.execute(select(DeploymentRole, Role.name).join(Role)
-                                                    .where(DeploymentRole.deployment_id == d.id).order_by(DeploymentRole.id))]
+    out["roles"] = _roles(session, d)
     return out
+
+
+def deployment_roles(session: Session, key) -> list[dict]:
+    """The roles bound in a deployment, with their proposed and committed data, by id. One list,
+    not pages: UNIQUE(deployment, role) bounds it by the role catalog."""
+    return _roles(session, lookup.deployment(session, key))
+
+
+def _roles(session: Session, d: Deployment) -> list[dict]:
+    return [{"id": dr.id, "role": role, "proposed": dr.proposed, "committed": dr.committed}
+            for dr, role in session.execute(select(DeploymentRole, Role.name).join(Role)
+                                            .where(DeploymentRole.deployment_id == d.id).order_by(DeploymentRole.id))]
 
 
 def create_deployment(session: Session, name: str, parent: str | None = None, description: str = "",

@@ -60,13 +60,17 @@ def show_noderole(session: Session, key) -> dict:
     return out
 
 
-def related(session: Session, key, direction: str) -> list[dict]:
+def related(session: Session, key, direction: str, limit: int | None = None,
+            marker: int | None = None) -> list[dict]:
+    """The noderole's parents or children in id order: `limit` of them after id `marker` (all
+    without). A server role can have thousands of children."""
     nr = lookup.noderole(session, key)
     if direction == "parents":
         ids = select(NodeRoleEdge.parent_id).where(NodeRoleEdge.child_id == nr.id)
     else:
         ids = select(NodeRoleEdge.child_id).where(NodeRoleEdge.parent_id == nr.id)
-    return noderole_dicts(session, list(session.scalars(select(NodeRole).where(NodeRole.id.in_(ids)).order_by(NodeRole.id))))
+    q = keyset(select(NodeRole).where(NodeRole.id.in_(ids)), NodeRole.id, limit, marker)
+    return noderole_dicts(session, list(session.scalars(q)))
 
 
 def retry(session: Session, key, actor: str = "system") -> dict:
@@ -80,8 +84,10 @@ def retry(session: Session, key, actor: str = "system") -> dict:
     return noderole_dicts(session, [nr])[0]
 
 
-def runs(session: Session, key) -> list[dict]:
+def runs(session: Session, key, limit: int | None = None, marker: int | None = None) -> list[dict]:
+    """The noderole's runs, oldest first: `limit` of them after run id `marker` (all without)."""
     nr = lookup.noderole(session, key)
+    q = keyset(select(Run).where(Run.node_role_id == nr.id), Run.id, limit, marker)
     return [{"id": r.id, "noderole": nr.id, "state": r.state, "started_at": r.started_at.isoformat(),
              "finished_at": r.finished_at.isoformat() if r.finished_at else None, "log": r.log, "attrs": r.attrs}
-            for r in session.scalars(select(Run).where(Run.node_role_id == nr.id).order_by(Run.id))]
+            for r in session.scalars(q)]

@@ -64,9 +64,9 @@ def test_noderole_views_and_retry_path(api):
     fails, client = noderole(api, N1, "test-fails"), noderole(api, N1, "test-client")
     shown = ok(api.get(f"{V2}/node_roles/{fails['id']}"))
     assert shown["parents"] == [client["id"]] and shown["children"] == []
-    assert [p["role"] for p in ok(api.get(f"{V2}/node_roles/{fails['id']}/parents"))] == ["test-client"]
-    assert {c["role"] for c in ok(api.get(f"{V2}/node_roles/{client['id']}/children"))} == {"test-fails"}
-    (run,) = ok(api.get(f"{V2}/node_roles/{fails['id']}/runs"))
+    assert [p["role"] for p in api.list(f"{V2}/node_roles/{fails['id']}/parents")] == ["test-client"]
+    assert {c["role"] for c in api.list(f"{V2}/node_roles/{client['id']}/children")} == {"test-fails"}
+    (run,) = api.list(f"{V2}/node_roles/{fails['id']}/runs")
     assert run["state"] == "failed" and "failing on purpose" in run["log"]
 
     retried = ok(api.post(f"{V2}/node_roles/{fails['id']}/retry"))
@@ -79,7 +79,7 @@ def test_noderole_views_and_retry_path(api):
         ("requeue", "todo")]
     assert (events[4]["from"], events[4]["actor"]) == ("transition", "annealer")
     api.anneal()
-    assert len(ok(api.get(f"{V2}/node_roles/{fails['id']}/runs"))) == 2
+    assert len(api.list(f"{V2}/node_roles/{fails['id']}/runs")) == 2
     # re-running an active noderole through the API
     server = noderole(api, N1, "test-server")
     assert ok(api.post(f"{V2}/node_roles/{server['id']}/retry"))["state"] == "todo"

@@ -1,5 +1,6 @@
-"""List endpoints: {"items", "next"} pages, keyset on the id (the address for allocations), filters,
-every row exactly once while rows are added between pages, and 422 for a bad limit or marker."""
+"""List endpoints: {"items", "next"} pages, keyset on the id (the address for allocations, the segment
+for Neutron tenant networks), filters, every row exactly once while rows are added between pages,
+and 422 for a bad limit or marker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from crowbar.db.models import Run
 from crowbar.services import network, nodes
 
 V2 = "/api/v2"
@@ -134,6 +136,13 @@ def test_next_keeps_the_filters_and_is_null_at_the_end(api, db):
     ("/events", {"after": "yesterday"}, "after"),
     ("/networks/admin/allocations", {"limit": 0}, "limit"),
     ("/networks/admin/allocations", {"marker": "not-an-address"}, "marker"),
+    ("/node_roles/1/children", {"limit": 0}, "limit"),
+    ("/node_roles/1/parents", {"marker": "x"}, "marker"),
+    ("/node_roles/1/runs", {"marker": -1}, "marker"),
+    ("/neutron/networks", {"limit": 1001}, "limit"),
+    ("/neutron/networks", {"marker": "vlan-physnet1-500"}, "marker"),
+    ("/neutron/networks", {"marker": "gre:physnet1:5"}, "marker"),
+    ("/neutron/networks", {"marker": "vlan:physnet1:five"}, "marker"),
 ])
 def test_a_bad_limit_or_marker_is_422_naming_it(api, url, params, field):
     r = api.get(V2 + url, params=params)
@@ -141,3 +150,92 @@ def test_a_bad_limit_or_marker_is_422_naming_it(api, url, params, field):
     body = r.json()
     assert (body["error"], body["field"]) == ("invalid", field), body
     assert body["message"]
+
+
+def noderole_id(api, node: str, role: str) -> int:
+    (row,) = api.list(f"{V2}/node_roles", {"node": node, "role": role})
+    return row["id"]
+
+
+def bind(api, deployment: str, role: str, node: str) -> None:
+    r = api.post(f"{V2}/deployments/{deployment}/bind", json={"role": role, "node": node})
+    assert r.status_code == 201, r.text
+
+
+def test_noderole_children_parents_and_runs_every_row_exactly_once_while_rows_are_added(api, db):
+    """A server role's children (one per client node) and a noderole's runs grow without bound:
+    they are pages in id order like every other list."""
+    clients = [f"c{i:02d}.example.com" for i in range(30)]
+    add_nodes(db, ["srv.example.com", *clients])
+    assert api.post(f"{V2}/deployments", json={"name": "d1"}).status_code == 201
+    bind(api, "d1", "test-server", "srv.example.com")
+    for name in clients[:10]:
+        bind(api, "d1", "test-client", name)
+    server = noderole_id(api, "srv.example.com", "test-server")
+    more = iter(clients[10:])
+
+    def add_client():  # a new child of the server noderole between two pages
+        bind(api, "d1", "test-client", next(more))
+
+    children = read_while_adding(api, f"{V2}/node_roles/{server}/children", {"limit": 3}, add_client)
+    ids = [c["id"] for c in children]
+    assert ids == sorted(set(ids)) and {c["role"] for c in children} == {"test-client"}
+    shown = api.get(f"{V2}/node_roles/{server}").json()["children"]
+    assert ids == sorted(shown) and len(ids) > 10 + 3  # every child, the ones added while paging too
+    assert children == api.list(f"{V2}/node_roles/{server}/children")
+
+    client = noderole_id(api, clients[0], "test-client")
+    parents = read_while_adding(api, f"{V2}/node_roles/{client}/parents", {"limit": 1}, lambda: None)
+    assert [p["id"] for p in parents] == sorted(api.get(f"{V2}/node_roles/{client}").json()["parents"])
+    assert {p["role"] for p in parents} == {"test-server", "test-library"}
+
+    def add_runs(count: int = 1) -> None:
+        with db.session() as s:
+            s.add_all(Run(node_role_id=server, state="succeeded", log=f"run {i}\n") for i in range(count))
+
+    add_runs(7)
+    runs = read_while_adding(api, f"{V2}/node_roles/{server}/runs", {"limit": 2}, add_runs)
+    ids = [r["id"] for r in runs]
+    assert ids == sorted(set(ids)) and {r["noderole"] for r in runs} == {server}
+    assert len(runs) > 7 + 3 and runs == api.list(f"{V2}/node_roles/{server}/runs")
+    first = page(api, f"{V2}/node_roles/{server}/runs", {"limit": 2})
+    assert parse_qs(urlsplit(first["next"]).query) == {"limit": ["2"], "marker": [str(first["items"][-1]["id"])]}
+
+
+def test_tenant_networks_page_by_segment_every_row_exactly_once(api):
+    """Tenant networks are listed by segment (vlan before vxlan, then physical network, then id);
+    the marker is the last segment, `type:physnet:id`. Every network there before the first page
+    is seen exactly once, whatever is created or deleted between pages (the marker's own network
+    too); one added while a client pages is seen once when its segment comes after the page
+    boundary, and never twice."""
+    def create(**body) -> dict:
+        r = api.post(f"{V2}/neutron/networks", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    for i in range(6):
+        create(name=f"v{i}")
+        create(name=f"x{i}", network_type="vxlan")
+    before = api.list(f"{V2}/neutron/networks")
+    assert [n["segmentation_id"] for n in before] == [500, *range(501, 507), *range(1001, 1007)]
+    body = page(api, f"{V2}/neutron/networks", {"limit": 4})
+    assert parse_qs(urlsplit(body["next"]).query)["marker"] == ["vlan:physnet1:503"]
+    deleted = body["items"][-1]
+    assert api.delete(f"{V2}/neutron/networks/{deleted['id']}").status_code == 200
+    seen, late = [], []
+    while True:
+        seen += body["items"]
+        if body["next"] is None:
+            break
+        late.append(create(name=f"late{len(late)}", network_type="vxlan", segmentation_id=70000 + len(late)))
+        create(name=f"low{len(late)}")  # the lowest free VLAN: before the boundary by now (503 first)
+        body = page(api, body["next"])
+    keys = [(n["network_type"], n["physical_network"] or "", n["segmentation_id"]) for n in seen]
+    assert keys == sorted(set(keys)) and len({n["id"] for n in seen}) == len(seen)
+    assert [n["id"] for n in seen if n["id"] in {b["id"] for b in before}] == [b["id"] for b in before]
+    assert [n["id"] for n in seen if n["name"].startswith("late")] == [n["id"] for n in late] and len(late) >= 3
+    assert not any(n["name"].startswith("low") for n in seen)
+    everything = api.list(f"{V2}/neutron/networks")
+    assert deleted["id"] not in {n["id"] for n in everything}
+    assert [n["segmentation_id"] for n in everything if n["network_type"] == "vlan"] == \
+        [500, *range(501, 507 + len(late) - 1)]  # the lows filled 503 and went on from 507

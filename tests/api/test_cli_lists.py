@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from crowbar.cli import client as client_module, main
 from crowbar.cli.client import Client
+from crowbar.db.models import Run
 from crowbar.services import nodes
 
 
@@ -65,3 +66,38 @@ def test_events_limit_is_the_newest_events_across_pages(cli, db):
     assert json.loads(cli("events", "--limit", "2", "-o", "json")) == log[-2:]
     assert json.loads(cli("events", "--limit", "5", "-o", "json")) == log[-5:]
     assert json.loads(cli("events", "--limit", "10000", "-o", "json")) == log
+
+
+def test_noderole_relations_runs_and_tenant_networks_follow_next(cli, db, api):
+    """`noderoles parents/children/log` and `neutron networks list` read every page (3 items each
+    here) and print the same rows, in the API's order, as one answer did."""
+    clients = [f"c{i}.example.com" for i in range(7)]
+    with db.session() as s:
+        for name in ["srv.example.com", *clients]:
+            nodes.create_node(s, name, bind_roles=False)
+    assert api.post("/api/v2/deployments", json={"name": "d1"}).status_code == 201
+    for role, name in [("test-server", "srv.example.com")] + [("test-client", c) for c in clients]:
+        assert api.post("/api/v2/deployments/d1/bind", json={"role": role, "node": name}).status_code == 201
+    (server,) = api.list("/api/v2/node_roles", {"role": "test-server"})
+    children = json.loads(cli("noderoles", "children", str(server["id"]), "-o", "json"))
+    assert [c["node"] for c in children] == clients
+    assert len([u for u in cli.requests if f"/node_roles/{server['id']}/children" in u]) == 3  # 3 + 3 + 1
+    assert all(c in cli("noderoles", "children", str(server["id"])) for c in clients)
+    parents = json.loads(cli("noderoles", "parents", str(children[0]["id"]), "-o", "json"))
+    assert parents == api.list(f"/api/v2/node_roles/{children[0]['id']}/parents") and len(parents) == 2
+
+    with db.session() as s:
+        s.add_all(Run(node_role_id=server["id"], state="succeeded", log=f"log of run {i}\n") for i in range(7))
+    runs = json.loads(cli("noderoles", "log", str(server["id"]), "--all", "-o", "json"))
+    assert [r["log"] for r in runs] == [f"log of run {i}\n" for i in range(7)]
+    assert json.loads(cli("noderoles", "log", str(server["id"]), "-o", "json")) == runs[-1:]
+    assert cli("noderoles", "log", str(server["id"])).splitlines()[1:] == ["log of run 6"]
+
+    for i in range(4):
+        assert api.post("/api/v2/neutron/networks", json={"name": f"t{i}"}).status_code == 201
+    assert api.post("/api/v2/neutron/networks", json={"name": "x", "network_type": "vxlan"}).status_code == 201
+    tenants = json.loads(cli("neutron", "networks", "list", "-o", "json"))
+    assert [n["segmentation_id"] for n in tenants] == [500, 501, 502, 503, 504, 1001]
+    assert tenants == api.list("/api/v2/neutron/networks")
+    assert len([u for u in cli.requests if u.split("?")[0].endswith("/neutron/networks")]) == 2
+    assert all(n["name"] in cli("neutron", "networks", "list") for n in tenants)

@@ -8,6 +8,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from crowbar.db.network_models import NetworkAllocation, NetworkSettings
+from crowbar.errors import InvalidInput
 from crowbar.network.ipam import RangeExhausted
 from crowbar.services import network
 from crowbar.services.network import allocations
@@ -288,3 +289,28 @@ def test_random_operations_match_the_pure_allocator(db, make_nodes):
     with db.session() as s:
         stored = {a["node"]: a["address"] for a in network.list_allocations(s, "rnd")}
     assert stored == held
+
+
+def test_allocate_for_chooses_one_node_or_many_in_the_service(api, db, make_nodes):
+    """The API's "node or nodes" is decided and checked by the service (`allocate_for`); the
+    route only answers 201 when something was created, else 200."""
+    make_nodes("f1", "f2", "f3")
+    with db.session() as s:
+        one = network.allocate_for(s, "storage", node="f1", address="192.168.125.20", actor="tester")
+        many = network.allocate_for(s, "storage", nodes=["f1", "f2"], range_name="host")
+    assert (one["address"], one["created"]) == ("192.168.125.20", True)
+    assert [(a["node"], a["created"]) for a in many] == [("f1", False), ("f2", True)]
+    for kwargs, field in (({"node": "f3", "nodes": ["f3"]}, "nodes"), ({}, "node"), ({"node": ""}, "node"),
+                          ({"nodes": ["f3"], "address": "192.168.125.9"}, "nodes")):
+        with db.session() as s, pytest.raises(InvalidInput) as refused:
+            network.allocate_for(s, "storage", **kwargs)
+        assert refused.value.field == field
+    # Through the API: 201 when any allocation was made, 200 when all existed; 422 naming the field.
+    url = f"{API}/networks/storage/allocations"
+    assert api.post(url, json={"nodes": ["f1", "f2"]}).status_code == 200
+    r = api.post(url, json={"nodes": ["f2", "f3"]})
+    assert r.status_code == 201 and [a["created"] for a in r.json()] == [False, True]
+    assert api.post(url, json={"node": "f3"}).status_code == 200
+    assert api.post(url, json={}).json()["field"] == "node"
+    r = api.post(url, json={"nodes": ["f1"], "address": "192.168.125.9"})
+    assert (r.status_code, r.json()["field"]) == (422, "nodes")

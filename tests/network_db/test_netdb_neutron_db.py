@@ -15,14 +15,14 @@ def create(api, status=201, **body):
 
 
 def test_the_provider_fixed_network_takes_500_so_tenants_get_501_502(api):
-    fixed = api.get(f"{API}/neutron/networks").json()
+    fixed = api.list(f"{API}/neutron/networks")
     assert [(n["name"], n["network_type"], n["physical_network"], n["segmentation_id"], n["provider"])
             for n in fixed] == [("nova_fixed", "vlan", "physnet1", 500, True)]
     first = create(api, name="tenant-a")
     assert (first["segmentation_id"], first["physical_network"], first["provider"]) == (501, "physnet1", False)
     assert first["bridge"] == "brq" + first["id"][:11]
     assert create(api, name="tenant-b")["segmentation_id"] == 502
-    assert [n["segmentation_id"] for n in api.get(f"{API}/neutron/networks").json()] == [500, 501, 502]
+    assert [n["segmentation_id"] for n in api.list(f"{API}/neutron/networks")] == [500, 501, 502]
     # release returns the tag to the pool: the lowest free comes back first
     r = api.delete(f"{API}/neutron/networks/tenant-a")
     assert r.status_code == 200 and r.json()["deleted"] and r.json()["segmentation_id"] == 501
@@ -84,7 +84,7 @@ def test_settings_validation(api):
 def test_changing_nova_fixeds_vlan_moves_the_fixed_network(api):
     create(api, name="t1")
     assert api.patch(f"{API}/networks/nova_fixed", json={"vlan": 700}).status_code == 200
-    rows = {n["name"]: n["segmentation_id"] for n in api.get(f"{API}/neutron/networks").json()}
+    rows = {n["name"]: n["segmentation_id"] for n in api.list(f"{API}/neutron/networks")}
     assert rows == {"nova_fixed": 700, "t1": 501}
     assert create(api, name="t2")["segmentation_id"] == 701
     # a tag held by a tenant network cannot become the fixed network's

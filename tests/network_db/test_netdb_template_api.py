@@ -176,6 +176,9 @@ def test_create_show_and_delete_a_network(api):
     assert api.post(f"{API}/networks", json={"name": "tiny", **TINY}).status_code == 409
     bad_name = api.post(f"{API}/networks", json={"name": "no spaces", **TINY})
     assert bad_name.status_code == 422 and bad_name.json()["field"] == "name"
+    unnamed = api.post(f"{API}/networks", json=TINY)
+    assert (unnamed.status_code, unnamed.json()["field"]) == (422, "name")
+    assert unnamed.json()["message"] == "name: a network needs a name"
     missing = api.post(f"{API}/networks", json={"name": "x", "subnet": "10.1.0.0/24"})
     assert missing.status_code == 422 and (missing.json()["network"], missing.json()["field"]) == ("x", "conduit")
     r = api.delete(f"{API}/networks/tiny")

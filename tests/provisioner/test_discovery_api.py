@@ -162,8 +162,8 @@ def test_script_jig_runs_through_the_agent_on_a_discovered_node(api, db, tmp_pat
     finally:
         annealer._pool.shutdown()
     nr = api.list("/api/v2/node_roles", {"role": "facts"})[0]
-    assert nr["state"] == "active", api.get(f"/api/v2/node_roles/{nr['id']}/runs").json()
+    assert nr["state"] == "active", api.list(f"/api/v2/node_roles/{nr['id']}/runs")
     shown = api.get(f"/api/v2/node_roles/{nr['id']}").json()
     assert shown["wall"] == {"facts": {"answer": 42}}
-    log = api.get(f"/api/v2/node_roles/{nr['id']}/runs").json()[-1]["log"]
+    log = api.list(f"/api/v2/node_roles/{nr['id']}/runs")[-1]["log"]
     assert f"running on {body['node']}" in log

@@ -7,8 +7,9 @@ package stores what they accept and serialises what must not race. One module pe
   and show networks; `TemplateInvalid`.
 - `changes`: import the template, create, update or delete a network, with preview (impact:
   diff, nodes, invalidated allocations) and force (re-allocate or release, every move listed).
-- `allocations`: IP allocation (one node, or many in one transaction), release, listing, the
-  addresses of nodes, and the database-backed view of taken addresses that ipam reads.
+- `allocations`: IP allocation (one node, or many in one transaction; `allocate_for` takes
+  either, as the API does), release, listing, the addresses of nodes, and the database-backed
+  view of taken addresses that ipam reads.
 - `plans`: node interface plans, rendered as JSON, networkd, netplan or ifupdown.
 - `neutron`: Neutron settings, tenant network segments, `whois`, a node's agent files.
 - `_db` (private): table handles, the settings row, the retry budget, the row locks (the locking
@@ -35,15 +36,15 @@ concurrent winner's choice.
 """
 
 from crowbar.services.network.allocations import (
-    address_key, allocate, allocate_many, list_allocations, node_addresses, release,
+    address_key, allocate, allocate_for, allocate_many, list_allocations, node_addresses, release,
 )
 from crowbar.services.network.changes import (
     create_network, delete_network, import_template, update_network,
 )
 from crowbar.services.network.neutron import (
     NEUTRON_DEFAULTS, NEUTRON_FILES, TunnelIdInUse, create_tenant_network, delete_tenant_network,
-    list_tenant_networks, neutron_settings, node_neutron, set_neutron_settings, show_tenant_network,
-    whois,
+    list_tenant_networks, neutron_settings, node_neutron, segment_marker, set_neutron_settings,
+    show_tenant_network, whois,
 )
 from crowbar.services.network.plans import PLAN_FORMATS, node_plan, node_plans, render_plan
 from crowbar.services.network.templates import (
@@ -58,11 +59,12 @@ __all__ = [
     # changes
     "create_network", "delete_network", "import_template", "update_network",
     # allocations
-    "address_key", "allocate", "allocate_many", "list_allocations", "node_addresses", "release",
+    "address_key", "allocate", "allocate_for", "allocate_many", "list_allocations", "node_addresses",
+    "release",
     # plans
     "PLAN_FORMATS", "node_plan", "node_plans", "render_plan",
     # neutron
     "NEUTRON_DEFAULTS", "NEUTRON_FILES", "TunnelIdInUse", "create_tenant_network",
     "delete_tenant_network", "list_tenant_networks", "neutron_settings", "node_neutron",
-    "set_neutron_settings", "show_tenant_network", "whois",
+    "segment_marker", "set_neutron_settings", "show_tenant_network", "whois",
 ]

@@ -18,6 +18,7 @@ choose_address reads): a point lookup for a hint, and the lowest free address of
 the range's cursor.
 `allocate_many` does the same for many nodes in one transaction (one lock, one read of what is
 taken, one executemany): the bulk path for thousands of nodes. All or nothing.
+`allocate_for` is what the API asks: one node or many, checked and sent to one of the two.
 
 Every allocation and release is recorded in the event log (crowbar.db.events).
 """
@@ -294,6 +295,21 @@ def allocate_many(session: Session, network_name: str, node_keys: list, range_na
                           "actor": actor, "message": f"{network_name} {r['address']} ({resolved})"}
                          for r in rows])
     return out
+
+
+def allocate_for(session: Session, network_name: str, *, node=None, nodes: list | None = None,
+                 range_name: str | None = None, address: str | None = None,
+                 actor: str = "system") -> dict | list[dict]:
+    """One node's address (`node`, optionally trying `address` first: `allocate`), or many nodes'
+    in one transaction (`nodes`: `allocate_many`, a list back). Exactly one of `node` and
+    `nodes`; `address` goes with `node` only."""
+    if nodes is not None:
+        if node is not None or address is not None:
+            raise InvalidInput("give node (and address) or nodes, not both", field="nodes")
+        return allocate_many(session, network_name, nodes, range_name, actor=actor)
+    if not node:
+        raise InvalidInput("node: which node to allocate for", field="node")
+    return allocate(session, network_name, node, range_name, address, actor=actor)
 
 
 def release(session: Session, network_name: str, node_key, actor: str = "system") -> dict:

@@ -228,9 +228,11 @@ def _load_network(name: str, data: Mapping[str, Any], template: NetworkTemplate)
         raise invalid(exc) from None
 
 
-def create_network(session: Session, name: str, data: Mapping[str, Any], *, preview: bool = False,
+def create_network(session: Session, name: str | None, data: Mapping[str, Any], *, preview: bool = False,
                    actor: str = "system") -> dict:
-    """Add a network (template format: subnet, conduit, vlan, ranges...)."""
+    """Add a network (template format: subnet, conduit, vlan, ranges...); `name` None: not given."""
+    if name is None:
+        raise InvalidInput("name: a network needs a name", field="name")
     _check_name(name)
     data = dict(data)
     data.pop("name", None)

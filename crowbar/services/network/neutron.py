@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import Node, utcnow
+from crowbar.db.sql import keyset
 from crowbar.errors import Conflict, InvalidInput, NotFound
 from crowbar.network import linuxbridge, neutron
 from crowbar.network.model import NetworkTemplate, NetworkValidationError
@@ -122,10 +123,32 @@ def _segment_dict(row) -> dict:
             "dhcp_namespace": linuxbridge.dhcp_namespace(row.network_id)}
 
 
-def list_tenant_networks(session: Session) -> list[dict]:
-    rows = session.execute(select(SEGMENTS).order_by(SEGMENTS.c.network_type,
-                                                      SEGMENTS.c.physical_network,
-                                                      SEGMENTS.c.segmentation_id)).all()
+# Tenant networks are listed by segment: type, physical network, id (vlan before vxlan; the
+# UNIQUE constraint's columns, so the order is total and its index serves every page).
+_SEGMENT_ORDER = (SEGMENTS.c.network_type, SEGMENTS.c.physical_network, SEGMENTS.c.segmentation_id)
+
+
+def segment_marker(item: Mapping[str, Any]) -> str:
+    """A listed tenant network's place in the list, as a page marker: `type:physnet:id`
+    (`vlan:physnet1:500`; `vxlan::1001`, a VXLAN segment has no physical network)."""
+    return f"{item['network_type']}:{item['physical_network'] or ''}:{item['segmentation_id']}"
+
+
+def _parse_segment_marker(marker: str) -> tuple[str, str, int]:
+    network_type, _, rest = marker.partition(":")
+    physnet, sep, segment = rest.rpartition(":")
+    if network_type not in ("vlan", "vxlan") or not sep or not segment.isascii() or not segment.isdigit() \
+            or len(segment) > 10:
+        raise InvalidInput(f"marker {marker!r}: expected type:physical_network:segmentation_id "
+                           "(as a next link gives it)", field="marker")
+    return network_type, physnet, int(segment)
+
+
+def list_tenant_networks(session: Session, limit: int | None = None, marker: str | None = None) -> list[dict]:
+    """Tenant networks (and the provider fixed network) by segment (type, physical network, id):
+    `limit` of them after `marker` (`segment_marker` of the previous page's last; all without)."""
+    after = _parse_segment_marker(marker) if marker is not None else None
+    rows = session.execute(keyset(select(SEGMENTS), _SEGMENT_ORDER, limit, after)).all()
     return [_segment_dict(r) for r in rows]
 
 
