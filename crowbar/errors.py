@@ -45,6 +45,13 @@ class IllegalTransition(Conflict):
     kind = "illegal_transition"
 
 
+class TooLarge(CrowbarError):
+    """The request body is larger than the route accepts; refused before the rest is read."""
+
+    status = 413
+    kind = "too_large"
+
+
 class Unauthorized(CrowbarError):
     status = 401
     kind = "unauthorized"

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from crowbar import config
+from crowbar.cli import barclamps as barclamp_upload
 from crowbar.cli import local
 from crowbar.cli.client import PAGE, CliError, Client
 from crowbar.cli.output import console, emit_list, emit_object, limit_option, output_option
@@ -109,16 +110,9 @@ def barclamps_import(ctx: Context, path: Path, output: str) -> None:
     if not path.exists():
         raise CliError(f"{path}: no such file or directory")
     directory = path if path.is_dir() else path.parent
-    if not (directory / "barclamp.yml").is_file():
-        raise CliError(f"{directory / 'barclamp.yml'}: no such file")
-    files = {}
-    for f in [directory / "barclamp.yml", *sorted((directory / "scripts").rglob("*"))]:
-        if f.is_file():
-            try:
-                files[f.relative_to(directory).as_posix()] = f.read_text()
-            except UnicodeDecodeError:
-                raise CliError(f"{f}: not a text file") from None
-    result = ctx.api.request("POST", "/barclamps", json={"files": files, "source": str(directory.resolve())}).json()
+    source = str(directory.resolve())
+    body = barclamp_upload.upload_body(barclamp_upload.files_of(directory), source)
+    result = ctx.api.request("POST", "/barclamps", content=body, headers={"content-type": "application/json"}).json()
     emit_object(result, output)
 
 

@@ -7,8 +7,7 @@ writes happen within the caller's unit of work, so an import loads the whole bar
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -17,7 +16,7 @@ from crowbar.barclamps import builtin_paths, loader
 from crowbar.db.events import record
 from crowbar.db.models import Attrib, Barclamp, NodeRole, Role
 from crowbar.db.sql import keyset
-from crowbar.errors import Conflict, CrowbarError, InvalidInput
+from crowbar.errors import Conflict, InvalidInput
 from crowbar.services import lookup
 
 
@@ -40,39 +39,21 @@ def role_dict(role: Role, attribs: list[Attrib] | None = None) -> dict:
     return out
 
 
-def import_barclamp(session: Session, path: str | Path, actor: str = "system", source: str | None = None) -> dict:
-    """Load a barclamp directory. `source` names where its files came from when `path` is only a
-    temporary copy (an upload): errors and the stored source_path then name the user's directory."""
-    try:
-        bc = loader.read(path)
-        if source:
-            bc.path = Path(source)
-        return barclamp_dict(load(session, bc, actor), full=True)
-    except CrowbarError as exc:
-        if source:
-            exc.message = exc.message.replace(str(Path(path)), source.rstrip("/"))
-            exc.args = (exc.message,)
-        raise
+def import_barclamp(session: Session, path: str | Path, actor: str = "system") -> dict:
+    """Load the barclamp directory `path` (or its barclamp.yml) on this server."""
+    return barclamp_dict(load(session, loader.read(path), actor), full=True)
 
 
 def import_path_or_files(session: Session, path: str | None = None, files: dict[str, str] | None = None,
                          source: str | None = None, actor: str = "system") -> dict:
     """Load a barclamp from a directory on the server (`path`), or from its files sent by a client
-    (relative path -> text; written to a temporary directory that is removed afterwards; `source`
-    names the client's directory)."""
+    (relative path -> text, checked and parsed in memory: nothing is written to disk; `source` names
+    the client's directory in errors and as source_path)."""
     if not files:
         if not path:
             raise InvalidInput("give either path or files", field="path")
         return import_barclamp(session, path, actor=actor)
-    with tempfile.TemporaryDirectory(prefix="barclamp-") as tmp:
-        for rel, text in files.items():
-            p = PurePosixPath(rel)
-            if p.is_absolute() or ".." in p.parts:
-                raise InvalidInput(f"file path {rel!r} must be relative, without '..'", field="files")
-            target = Path(tmp, *p.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
-        return import_barclamp(session, tmp, actor=actor, source=source)
+    return barclamp_dict(load(session, loader.read_files(files, source), actor), full=True)
 
 
 def import_builtin(session: Session) -> list[str]:
