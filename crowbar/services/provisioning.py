@@ -96,6 +96,7 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *,
     """
     boot, macs = _inventory_macs(inventory)
     if not peer.may_be(macs):
+        log.warning("refused discovery of %s from %s: not one of its NICs", ", ".join(macs[:4]), peer.describe())
         raise Forbidden(f"this inventory was posted from {peer.describe()}, which is none of its NICs: "
                         "discovery must come from the machine itself, on the provisioning network")
     owners = _owners(session, macs)
