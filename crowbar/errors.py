@@ -15,6 +15,11 @@ class CrowbarError(Exception):
         self.message = message
         self.field = field
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Extra HTTP headers for the answer (e.g. Retry-After), or None."""
+        return None
+
     def to_dict(self) -> dict:
         body = {"error": self.kind, "message": self.message}
         if self.field:
@@ -55,6 +60,35 @@ class TooLarge(CrowbarError):
 class Unauthorized(CrowbarError):
     status = 401
     kind = "unauthorized"
+
+
+class Forbidden(CrowbarError):
+    """The caller is known (or needs no token) but may not do this: a missing or wrong proof."""
+
+    status = 403
+    kind = "forbidden"
+
+
+class TooLarge(CrowbarError):
+    """The request body is larger than the route accepts (HTTP 413)."""
+
+    status = 413
+    kind = "too_large"
+
+
+class RateLimited(CrowbarError):
+    """Too many requests of this kind right now; try again after `retry_after` seconds (HTTP 429)."""
+
+    status = 429
+    kind = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, field: str | None = None):
+        super().__init__(message, field=field)
+        self.retry_after = max(1, int(-(-retry_after // 1)))  # whole seconds, rounded up
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class BarclampError(InvalidInput):

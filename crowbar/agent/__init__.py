@@ -4,14 +4,20 @@ There is no Python in the image, so this package only carries the scripts; `init
 says where each goes. The contract between the agent and the server follows.
 
 Boot
-    The kernel command line names the server: ``crowbar.url=http://ADDR:PORT``. /init mounts
-    /proc, /sys and /dev, loads the image's drivers and starts the agent, which brings every NIC
-    up and runs DHCP on the first one with link that gets a lease (udhcpc keeps renewing it).
+    The kernel command line names the server: ``crowbar.url=http://ADDR:PORT``; a machine the
+    server already knows also gets ``crowbar.nonce=<one-time nonce>`` (docs/security.md). /init
+    mounts /proc, /sys and /dev, loads the image's drivers and starts the agent, which brings every
+    NIC up and runs DHCP on the first one with link that gets a lease (udhcpc keeps renewing it).
 
 1. Discovery, unauthenticated: ``POST {url}/api/v2/discovery`` with ``Content-Type:
-   application/json`` and the inventory (below) as the body. A 2xx answer is a JSON object
-   ``{"node": "d52-54-00-12-34-56.example.com", "token": "<opaque>"}``; the token may hold any
-   printable characters but spaces. Anything else, or no answer, is retried every 5 s.
+   application/json``, ``X-Crowbar-Nonce: <nonce>`` when the kernel command line has one, and the
+   inventory (below, at most 256 KiB) as the body. A 2xx answer is a JSON object
+   ``{"node": "d52-54-00-12-34-56.example.com", "token": "<opaque>", ...}``; the token may hold any
+   printable characters but spaces. A known machine without a valid nonce is refused (403; 409
+   when its node does not boot the discovery image any more): after three refusals in a row the
+   agent reboots the machine, whose next boot script carries a fresh nonce (or boots what its node
+   boots now). 429 (too many new machines) is retried after 20-40 s, anything else or no answer
+   every 5 s.
 
 2. Instructions: ``GET {url}/api/v2/agent/next`` with ``Authorization: Bearer <token>``.
    A 2xx answer is one of::
@@ -22,9 +28,11 @@ Boot
        {"action": "poweroff"}                  poweroff -f: nothing is acknowledged
 
    Job ids match ``[A-Za-z0-9._-]+``; ``timeout`` (seconds) is optional. The server may hold the
-   request up to 30 s before answering (long poll). Three failures in a row (non-2xx, e.g. 401
-   for a token the server no longer knows, or no answer) send the agent back to step 1, so a
-   node deleted on the server is simply discovered again. Unknown actions are logged and skipped.
+   request up to 30 s before answering (long poll). A 401 (the server no longer knows the token:
+   the node was deleted, or re-found by a later boot) sends the agent back to step 1, so a node
+   deleted on the server is simply discovered again; any other failure is retried every 5 s with
+   the same token (a restarting server does not cost the node its token). Unknown actions are
+   logged and skipped.
 
 3. Job result: the script runs with ``sh`` in /tmp, stdin /dev/null, with ``CROWBAR_URL`` and
    ``CROWBAR_NODE`` in its environment; past ``timeout`` it gets SIGTERM (exit code 143). Then

@@ -1,20 +1,26 @@
 #!/bin/sh
 # The discovery agent: gets an address, posts the inventory, then does what the server says.
 # The protocol is documented in crowbar/agent/__init__.py. Runs under busybox sh; /init restarts
-# it should it ever exit.
+# it should it ever exit. Sourced (`. agent.sh`, $0 is then the shell), it only defines functions.
 
-LIB=/usr/lib/crowbar
-STATE=/run/crowbar
+LIB=${CROWBAR_LIB:-/usr/lib/crowbar}
+STATE=${CROWBAR_STATE:-/run/crowbar}
 mkdir -p "$STATE"
 
 log() { echo "crowbar-agent: $*"; }
 jget() { awk -v mode=get -v key="$1" -f "$LIB/json.awk" < "$2"; }
 
 # busybox wget has no timeout of its own; 60 s covers a server that holds /next for up to 30 s.
-http() { timeout 60 wget -q -O "$@"; }
+# Its error message ("server returned error: HTTP/1.1 409 Conflict") goes to $STATE/http.err,
+# where http_status finds the HTTP status of the last failed request.
+http() { timeout 60 wget -q -O "$@" 2> "$STATE/http.err"; }
+http_status() { sed -n 's/.*server returned error: HTTP\/[0-9.]* \([0-9][0-9][0-9]\).*/\1/p' "$STATE/http.err" | head -n 1; }
+
+# Booting again is how the machine gets a fresh boot script (and nonce) from the server.
+restart_machine() { sync; reboot -f; }
 
 cmdline_arg() {
-    for word in $(cat /proc/cmdline); do
+    for word in $(cat "${CROWBAR_CMDLINE:-/proc/cmdline}"); do
         case $word in "$1="*) echo "${word#*=}"; return ;; esac
     done
 }
@@ -53,20 +59,49 @@ network_up() {
     done
 }
 
-# Posts the inventory until the server answers with a node name and token.
+# Posts the inventory until the server answers with a node name and token. A machine the server
+# knows proves this boot with the one-time nonce its boot script put on the kernel command line
+# (crowbar.nonce=). Refusals (403, 409: the nonce is spent or expired, or the node no longer boots
+# discovery) are not solved by asking again: after three in a row the machine boots again, which
+# fetches a fresh boot script. Too many new machines at once (429): wait longer.
+post_inventory() {
+    if [ -n "$NONCE" ]; then
+        http "$STATE/registration.json" --header "Content-Type: application/json" \
+            --header "X-Crowbar-Nonce: $NONCE" --post-file "$STATE/inventory.json" "$URL/api/v2/discovery"
+    else
+        http "$STATE/registration.json" --header "Content-Type: application/json" \
+            --post-file "$STATE/inventory.json" "$URL/api/v2/discovery"
+    fi
+}
+
 register() {
     sh "$LIB/inventory.sh" "$(cat "$STATE/boot_nic")" > "$STATE/inventory.json"
+    refused=0
     while :; do
-        if http "$STATE/registration.json" --header "Content-Type: application/json" \
-            --post-file "$STATE/inventory.json" "$URL/api/v2/discovery"; then
+        if post_inventory; then
             NODE=$(jget node "$STATE/registration.json")
             TOKEN=$(jget token "$STATE/registration.json")
             [ -n "$TOKEN" ] && { log "discovered as $NODE"; return; }
             log "discovery answer has no token"
-        else
-            log "could not post the inventory to $URL"
+            sleep 5
+            continue
         fi
-        sleep 5
+        status=$(http_status)
+        case $status in
+        403 | 409)
+            refused=$((refused + 1))
+            log "the server refused this boot's discovery (HTTP $status, $refused times)"
+            if [ $refused -ge 3 ]; then
+                log "booting again for a fresh boot script"
+                restart_machine
+                return 1
+            fi
+            sleep 5
+            ;;
+        429) refused=0; log "the server takes no new machines right now (HTTP 429)"; sleep $((20 + RANDOM % 20)) ;;
+        "") refused=0; log "could not post the inventory to $URL"; sleep 5 ;;
+        *) refused=0; log "discovery failed (HTTP $status)"; sleep 5 ;;
+        esac
     done
 }
 
@@ -102,13 +137,16 @@ run_job() {
     log "job $job exited with $code"
 }
 
-# Asks for the next action until the server stops answering; then the caller registers again
-# (the node may have been deleted, or its token replaced).
+# Asks for the next action until the server no longer knows the token (401: the node was
+# deleted, or its token replaced); then the caller registers again. Any other failure (the server
+# restarting, unreachable) is retried with the same token.
 follow() {
     failures=0
-    while [ $failures -lt 3 ]; do
+    while :; do
         if ! http "$STATE/next.json" --header "Authorization: Bearer $TOKEN" "$URL/api/v2/agent/next"; then
+            [ "$(http_status)" = 401 ] && break
             failures=$((failures + 1))
+            [ $((failures % 12)) -eq 1 ] && log "no answer from $URL ($failures times), trying again"
             sleep 5
             continue
         fi
@@ -121,22 +159,27 @@ follow() {
             sleep "$seconds"
             ;;
         run) run_job ;;
-        reboot) log "rebooting"; sync; reboot -f ;;
+        reboot) log "rebooting"; restart_machine ;;
         poweroff) log "powering off"; sync; poweroff -f ;;
         *) log "unknown action '$action'"; sleep 5 ;;
         esac
     done
-    log "lost the server, registering again"
+    log "the server no longer knows this node's token, registering again"
 }
 
-URL=$(cmdline_arg crowbar.url)
-URL=${URL%/}
-if [ -z "$URL" ]; then
-    log "no crowbar.url= on the kernel command line; nothing to do"
-    exec sleep 2147483647
-fi
-network_up
-while :; do
-    register
-    follow
-done
+main() {
+    URL=$(cmdline_arg crowbar.url)
+    URL=${URL%/}
+    NONCE=$(cmdline_arg crowbar.nonce)
+    if [ -z "$URL" ]; then
+        log "no crowbar.url= on the kernel command line; nothing to do"
+        exec sleep 2147483647
+    fi
+    network_up
+    while :; do
+        register || continue
+        follow
+    done
+}
+
+case $0 in */agent.sh | agent.sh) main ;; esac

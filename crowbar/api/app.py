@@ -1,7 +1,8 @@
 """The FastAPI application, assembled from one router per resource.
 
 Every route except the health check, discovery, the node agent's and the boot files needs an
-admin token (`Authorization: Bearer <token>`). Errors have one JSON body (crowbar.api.errors).
+admin token (`Authorization: Bearer <token>`); those open ones may be limited to the provisioning
+listener (crowbar.api.listeners). Errors have one JSON body (crowbar.api.errors).
 Each route is one call into a service inside the request's unit of work (crowbar.api.deps).
 List endpoints answer {"items": [...], "next": "<path and query of the next page>" | null}, except
 the two that something else bounds: GET /networks (the template) and GET /deployment_roles (one
@@ -20,6 +21,7 @@ from crowbar.api import (
     deployments,
     errors,
     events,
+    listeners,
     network,
     noderoles,
     nodes,
@@ -40,6 +42,9 @@ def create_app(settings: AppSettings) -> FastAPI:
                               "the annealer.", docs_url="/api/v2/docs", openapi_url="/api/v2/openapi.json")
     app.state.settings = settings  # read through crowbar.api.deps.settings only
     errors.install(app)
+    if settings.provision_listeners is not None:
+        app.add_middleware(listeners.ProvisioningListeners, listeners=settings.provision_listeners,
+                           prefixes=provisioning.PROVISIONING_PATHS)
 
     @app.get("/api/v2/health", tags=["health"])
     def health():

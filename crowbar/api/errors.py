@@ -22,7 +22,7 @@ def _field_of(loc: tuple) -> str:
 
 
 async def _crowbar_error(_req: Request, exc: CrowbarError):
-    return JSONResponse(exc.to_dict(), status_code=exc.status)
+    return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
 
 
 async def _validation(_req: Request, exc: RequestValidationError):

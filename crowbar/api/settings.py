@@ -9,10 +9,11 @@ successful commit for each kind of work a service signalled (`crowbar.db.session
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from crowbar.db.session import Database
 from crowbar.config import DEFAULT_DOMAIN
+from crowbar.db.session import Database
+from crowbar.provisioner.discovery import TokenBucket
 
 
 def _nobody_to_wake(kind: str) -> None:
@@ -26,3 +27,11 @@ class AppSettings:
     advertise_url: str | None = None  # the URL booting machines reach the API at (default: as asked)
     discovery_image: object | None = None  # has .kernel and .initrd paths (served under /boot/discovery)
     wake: Callable[[str], None] = _nobody_to_wake  # kind: "anneal" | "power"
+    # Discovery and the provisioning routes (docs/security.md):
+    approve_discovered: bool = False  # new machines wait in `pending` until `crowbar nodes approve`
+    discovery_limit: TokenBucket = field(default_factory=TokenBucket)  # nodes created through discovery
+    # The listeners (`--listen` values) that serve /boot, discovery and the agent; None: every one.
+    provision_listeners: tuple[str, ...] | None = None
+    # The requester's MAC on the provisioning interface, from its address (None: not a neighbour
+    # there); unset, the server does not bind provisioning requests to the link.
+    link_address: Callable[[str | None], str | None] | None = None

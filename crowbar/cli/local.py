@@ -25,11 +25,12 @@ from crowbar.cli.client import CliError
 
 
 def serve(listens: list[str], database: str | None, workers: int, data_dir: Path | None,
-          provision: str | None, advertise_url: str | None, domain: str | None) -> None:
-    """Run the API server, its loops and (with `provision`) the provisioner, until stopped."""
+          provision: str | None, advertise_url: str | None, domain: str | None, **options) -> None:
+    """Run the API server, its loops and (with `provision`) the provisioner, until stopped.
+    `options`: the discovery and provisioning-listener settings of crowbar.server.main.serve."""
     from crowbar.server.main import serve
 
-    serve(listens, database, workers, data_dir, provision, advertise_url, domain)
+    serve(listens, database, workers, data_dir, provision, advertise_url, domain, **options)
 
 
 def upgrade_database(url: str) -> tuple[str | None, str | None]:

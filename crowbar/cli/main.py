@@ -55,11 +55,24 @@ def cli(ctx: click.Context, endpoint: str | None) -> None:
               help="run DHCP/TFTP/HTTP boot on the admin network through INTERFACE, whose address is ADDRESS")
 @click.option("--advertise-url", help="URL booting machines use to reach the API (default http://ADDRESS:PORT)")
 @click.option("--domain", help="DNS domain of discovered nodes (default crowbar.local)")
+@click.option("--provision-only-on", "provision_only_on", multiple=True, metavar="LISTEN",
+              help="serve /boot, discovery and the agent's routes only on this --listen value (repeatable; "
+                   "default with --provision: the listeners on its ADDRESS)")
+@click.option("--approve-discovered", is_flag=True,
+              help="new machines wait in `pending` until `crowbar nodes approve`")
+@click.option("--discovery-rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="new nodes per second that discovery may create (sustained)")
+@click.option("--discovery-burst", type=click.IntRange(min=1), default=50, show_default=True,
+              help="new nodes that discovery may create at once")
 def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir: Path | None,
-           provision: str | None, advertise_url: str | None, domain: str | None) -> None:
+           provision: str | None, advertise_url: str | None, domain: str | None,
+           provision_only_on: tuple[str, ...], approve_discovered: bool, discovery_rate: float,
+           discovery_burst: int) -> None:
     """Run the API server and the annealer (and the provisioner with --provision)."""
     try:
-        local.serve(list(listen), database, workers, data_dir, provision, advertise_url, domain)
+        local.serve(list(listen), database, workers, data_dir, provision, advertise_url, domain,
+                    provision_only_on=list(provision_only_on), approve_discovered=approve_discovered,
+                    discovery_rate=discovery_rate, discovery_burst=discovery_burst)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from None
 
@@ -208,6 +221,23 @@ def _post_action(collection: str, action: str):
 
 nodes.command("allocate", help="Take a discovered node into service (reserves its admin address).")(
     _post_action("nodes", "allocate"))
+@nodes.command("approve")
+@click.argument("node_keys", metavar="NODE...", nargs=-1, required=True)
+@output_option
+@pass_ctx
+def nodes_approve(ctx: Context, node_keys: tuple[str, ...], output: str) -> None:
+    """Accept newly discovered machines that wait in `pending` (server --approve-discovered)."""
+    approved, failed = [], []
+    for key in node_keys:
+        try:
+            approved.append(ctx.api.post(f"/nodes/{key}/approve"))
+        except CliError as exc:
+            failed.append(f"{key}: {exc}")
+    emit_list(approved, NODE_COLUMNS, output)
+    if failed:
+        raise CliError(f"not approved: {'; '.join(failed)}")
+
+
 nodes.command("reinstall", help="Install the node's OS again.")(_post_action("nodes", "reinstall"))
 nodes.command("reset", help="Send the node back to discovery.")(_post_action("nodes", "reset"))
 

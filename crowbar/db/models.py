@@ -112,6 +112,10 @@ class Node(Base):
     power_driver: Mapped[str] = mapped_column(String(32), default="manual", server_default="manual")
     power: Mapped[dict] = mapped_column(JSONType, default=dict)
     agent_action: Mapped[str | None] = mapped_column(String(16))  # reboot | poweroff, for the agent to take
+    # Migration 0005: the one-time nonce in the node's latest discovery boot script (SHA-256, never
+    # the nonce itself) and until when it may re-find the node (crowbar.services.boot, docs/security.md).
+    boot_nonce_hash: Mapped[str | None] = mapped_column(String(64))
+    boot_nonce_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class NodeMac(Base):

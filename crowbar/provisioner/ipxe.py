@@ -4,7 +4,8 @@ dnsmasq hands every iPXE client the same URL, `<boot url>/${netX/mac:hexhyp}.ipx
 the setting (netX is the NIC that just did DHCP), so each machine fetches a script named after its
 own MAC and the server answers from the node's bootenv (`crowbar.provisioner.lifecycle`):
 
-- no node, or bootenv `discovery`: the discovery image, told where the server is (`crowbar.url=`);
+- no node, or bootenv `discovery`: the discovery image, told where the server is (`crowbar.url=`)
+  and, for a known node, the one-time nonce its agent proves this boot with (`crowbar.nonce=`);
 - `<os>-install`: that OS's installer from the INSTALLERS-like table passed in, or a script that
   says plainly that none is configured and hands the machine back to its firmware;
 - `local`: the first local disk;
@@ -70,12 +71,19 @@ def mac_from_script_name(name: str) -> str:
     return normalize_mac(name[: -len(SCRIPT_SUFFIX)])
 
 
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
 def render(bootenv: str | None, params: BootParams, *, mac: str | None = None,
-           installers: Mapping[str, Installer] | None = None) -> str:
-    """The iPXE script for a machine whose node has `bootenv` (None: no node, an unknown machine)."""
+           installers: Mapping[str, Installer] | None = None, nonce: str | None = None) -> str:
+    """The iPXE script for a machine whose node has `bootenv` (None: no node, an unknown machine).
+
+    `nonce` (discovery only) goes on the kernel command line as `crowbar.nonce=`."""
     who = normalize_mac(mac) if mac else "unknown machine"
+    if nonce is not None and not _NONCE.match(nonce):
+        raise ValueError("a boot nonce is 16-128 characters of A-Z a-z 0-9 _ -")
     if bootenv in (None, DISCOVERY):
-        return _discovery(params, who)
+        return _discovery(params, who, nonce)
     if bootenv == LOCAL:
         return _local(who)
     if bootenv == NONE:
@@ -112,11 +120,12 @@ def _boot_args(params: BootParams) -> list[str]:
             *(f"console={c}" for c in params.console)]
 
 
-def _discovery(params: BootParams, who: str) -> str:
+def _discovery(params: BootParams, who: str, nonce: str | None) -> str:
+    args = _boot_args(params) + ([f"crowbar.nonce={nonce}"] if nonce else [])
     return _script(who, DISCOVERY,
                    "echo Crowbar: booting the discovery image",
                    *_kernel_lines(params.url(params.discovery_kernel),
-                                  params.url(params.discovery_initrd), _boot_args(params)))
+                                  params.url(params.discovery_initrd), args))
 
 
 def _install(os: str, params: BootParams, who: str, installers: Mapping[str, Installer]) -> str:

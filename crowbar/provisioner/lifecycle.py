@@ -10,6 +10,11 @@ with the operator's ways out (reset, reinstall, delete, release of an allocation
 which any working state can fall into: reported by the node, or set by a supervisor when a
 waiting state outlives its timeout (MAAS and Ironic both learned that an unwatched "deploying"
 state is a node lost forever).
+
+A newly discovered machine waits in `pending` instead of `discovered` when the server holds new
+machines for the operator's approval (`crowbar server --approve-discovered`, as MAAS's "New"
+machines wait to be accepted): nothing runs on it and it cannot be allocated until
+`crowbar nodes approve` moves it on to discovered.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from datetime import timedelta
 
 from crowbar.errors import IllegalTransition, InvalidInput
 
+PENDING = "pending"
 DISCOVERING = "discovering"
 DISCOVERED = "discovered"
 ALLOCATED = "allocated"
@@ -39,13 +45,15 @@ NONE = "none"
 OS_INSTALL = "{os}-install"
 DEFAULT_OS = "debian-12"
 
-# States a node record may be created in: discovered when the discovery agent posts its inventory,
-# discovering when an operator registers a machine (by MAC) before it has booted.
-INITIAL = frozenset({DISCOVERING, DISCOVERED})
+# States a node record may be created in: discovered when the discovery agent posts its inventory
+# (pending instead when new machines wait for the operator's approval), discovering when an
+# operator registers a machine (by MAC) before it has booted.
+INITIAL = frozenset({PENDING, DISCOVERING, DISCOVERED})
 
 _OUT = (PROBLEM, DELETE)  # every live state can fail or be deleted
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
+    PENDING: (DISCOVERED, *_OUT),                                    # -> discovered: approve
     DISCOVERING: (DISCOVERED, *_OUT),
     DISCOVERED: (ALLOCATED, RESET, *_OUT),
     ALLOCATED: (HARDWARE_INSTALLING, DISCOVERED, RESET, *_OUT),      # -> discovered: release
@@ -66,6 +74,7 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
 # also ran from sledgehammer), so only hardware-installed moves the node on to its OS installer.
 # A problem node gets the discovery image too: reachable by the agent, and nothing on disk is touched.
 BOOTENVS: dict[str, str] = {
+    PENDING: DISCOVERY,
     DISCOVERING: DISCOVERY,
     DISCOVERED: DISCOVERY,
     ALLOCATED: DISCOVERY,
@@ -82,7 +91,7 @@ BOOTENVS: dict[str, str] = {
 }
 
 # How long a node may sit in a state that waits on the machine itself before it counts as stuck.
-# States that wait on a person (discovered, allocated, ready, problem) never time out.
+# States that wait on a person (pending, discovered, allocated, ready, problem) never time out.
 TIMEOUTS: dict[str, timedelta] = {
     DISCOVERING: timedelta(minutes=10),
     HARDWARE_INSTALLING: timedelta(minutes=30),

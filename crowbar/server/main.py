@@ -5,12 +5,16 @@ before uvicorn and stop after it; the app only wakes them (`AppSettings.wake`).
 
 The API can listen on several addresses at once, TCP (`HOST:PORT`) and unix sockets (`unix:PATH`):
 in the lab the server listens on the admin bridge for booting machines and on a unix socket for
-the CLI on the host.
+the CLI on the host. The provisioning routes (/boot, discovery, the agent's) are served on the
+listeners named by --provision-only-on; with --provision and no such option, on the TCP listeners
+on the provisioning address (or a wildcard), and bound to the link: a booting machine's requests
+must come from its own MAC on the provisioning interface (docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -24,6 +28,8 @@ from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
 from crowbar.db.session import Database
 from crowbar.engine.annealer import Annealer
+from crowbar.provisioner import neighbors
+from crowbar.provisioner.discovery import DEFAULT_BURST, DEFAULT_RATE, TokenBucket
 from crowbar.provisioner.service import Provisioner, ProvisionerConfig
 from crowbar.server.annealer import AnnealerLoop
 from crowbar.server.loop import Loop
@@ -64,6 +70,46 @@ def bind(spec: str) -> socket.socket:
     return sock
 
 
+def provisioning_listeners(listens: list[str], only_on: list[str] | tuple[str, ...],
+                           provision_address: str | None) -> tuple[str, ...] | None:
+    """The listeners that serve the provisioning routes (None: every listener).
+
+    `only_on` (--provision-only-on) names them, each one of `listens`. Without it, a server that
+    provisions (`provision_address`) serves them on its TCP listeners on that address or on a
+    wildcard address; a server that does not, on every listener (as before).
+    """
+    if only_on:
+        unknown = [spec for spec in only_on if spec not in listens]
+        if unknown:
+            raise ValueError(f"--provision-only-on {unknown[0]!r} is not one of the --listen values "
+                             f"({', '.join(listens)})")
+        return tuple(dict.fromkeys(only_on))
+    if provision_address is None:
+        return None
+    try:
+        wanted = ipaddress.ip_address(provision_address)
+    except ValueError:
+        raise ValueError(f"--provision: {provision_address!r} is not an IP address") from None
+    picked = []
+    for spec in listens:
+        if spec.startswith("unix:"):
+            continue
+        host = parse_listen(spec)[0]
+        if host in ("", "0.0.0.0", "::") or host == provision_address or _same_ip(host, wanted):
+            picked.append(spec)
+    if not picked:
+        raise ValueError(f"--provision: no --listen on {provision_address} (or 0.0.0.0) for booting machines; "
+                         "name the listener they reach with --provision-only-on")
+    return tuple(picked)
+
+
+def _same_ip(host: str, wanted) -> bool:
+    try:
+        return ipaddress.ip_address(host) == wanted
+    except ValueError:
+        return False
+
+
 def publish_token(data_dir: Path, listens: list[str]) -> None:
     """Copy the admin token where the local CLI looks for each endpoint's token."""
     token = (data_dir / "admin.token").read_text().strip()
@@ -79,8 +125,15 @@ def publish_token(data_dir: Path, listens: list[str]) -> None:
 
 def serve(listens: list[str], database: str | None, workers: int, data_dir: Path | None = None,
           provision: str | None = None, advertise_url: str | None = None,
-          domain: str | None = None) -> None:
+          domain: str | None = None, *, provision_only_on: list[str] | tuple[str, ...] = (),
+          approve_discovered: bool = False, discovery_rate: float = DEFAULT_RATE,
+          discovery_burst: int = DEFAULT_BURST) -> None:
     data_dir = Path(data_dir or config.data_dir())
+    interface, _, address = (provision or "").partition("=")
+    if provision and (not interface or not address):
+        raise ValueError(f"--provision must be INTERFACE=ADDRESS (got {provision!r})")
+    provision_on = provisioning_listeners(listens, provision_only_on, address if provision else None)
+    discovery_limit = TokenBucket(discovery_rate, discovery_burst)
     sockets = [bind(spec) for spec in listens]
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = config.database_url(database, data_dir)
@@ -99,9 +152,6 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     (data_dir / "runs").mkdir(exist_ok=True)
     provisioner = None
     if provision:
-        interface, _, address = provision.partition("=")
-        if not interface or not address:
-            raise ValueError(f"--provision must be INTERFACE=ADDRESS (got {provision!r})")
         tcp = next((parse_listen(s) for s in listens if not s.startswith("unix:")), None)
         advertise_url = advertise_url or (f"http://{address}:{tcp[1]}" if tcp else None)
         if not advertise_url:
@@ -132,10 +182,18 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     try:
         for loop in loops.values():
             loop.start()  # the provisioner's first: it builds the discovery image and starts dnsmasq
-        app = create_app(AppSettings(db=db, domain=domain or config.DEFAULT_DOMAIN, advertise_url=advertise_url,
-                                     discovery_image=provisioner.image if provisioner else None, wake=wake))
+        app = create_app(AppSettings(
+            db=db, domain=domain or config.DEFAULT_DOMAIN, advertise_url=advertise_url,
+            discovery_image=provisioner.image if provisioner else None, wake=wake,
+            approve_discovered=approve_discovered, discovery_limit=discovery_limit,
+            provision_listeners=provision_on,
+            link_address=neighbors.resolver(interface) if provision else None))
         log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(),
                  ", ".join(listens))
+        log.info("provisioning routes on %s%s; new machines %s; at most %g new nodes/s through discovery "
+                 "(bursts of %d)", ", ".join(provision_on) if provision_on else "every listener",
+                 f", bound to the link on {interface}" if provision else "",
+                 "wait for approval" if approve_discovered else "are accepted", discovery_rate, discovery_burst)
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
         asyncio.run(server.serve(sockets=sockets))
     except _Terminated:

@@ -1,29 +1,38 @@
 """Provisioning: discovery of booting machines, their agents, and the node lifecycle (a move that
 needs the machine to boot again reboots it through its agent, or queues a power cycle).
 
-Discovery is the only unauthenticated write in the API, and it can only create a node or re-find
-one that is running the discovery image (its state boots `discovery`); it returns a fresh per-node
-token (stored hashed, the previous one revoked) that authenticates everything the agent does later.
+Discovery is the only unauthenticated write in the API (docs/security.md). It creates a node for
+a machine none of whose MACs is known, or re-finds the one node that owns them, and answers a
+fresh per-node token (stored hashed, the previous one revoked) that authenticates everything the
+agent does later. A re-find must prove the boot: the one-time nonce the server put in that node's
+discovery boot script (crowbar.services.boot). Refused, it changes nothing: no token revoked, no
+MAC moved, no state changed. MACs are never taken from another node; nodes are created no faster
+than the server's token bucket allows; with approval on, a new node waits in `pending`.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import secrets
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from crowbar.config import DEFAULT_DOMAIN
 from crowbar.db.events import record
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
 from crowbar.db.session import signal_work
-from crowbar.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from crowbar.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
 from crowbar.network.mac import normalize_mac as _normalize_mac
 from crowbar.provisioner import lifecycle
+from crowbar.provisioner.discovery import NONCE_HEADER, TokenBucket, check_inventory
 from crowbar.services import auth, lookup, nodes, power
+from crowbar.services.boot import UNCHECKED, Peer, hash_nonce
 
 WAIT_SECONDS = 3
+log = logging.getLogger("crowbar.discovery")
 
 
 def normalize_mac(value) -> str:
@@ -38,8 +47,7 @@ def discovered_name(mac: str, domain: str) -> str:
 
 
 def _inventory_macs(inventory: dict) -> tuple[str, list[str]]:
-    if not isinstance(inventory, dict):
-        raise InvalidInput("the inventory must be a JSON object", field="inventory")
+    check_inventory(inventory)
     nics = inventory.get("nics")
     if not isinstance(nics, list) or not nics:
         raise InvalidInput("the inventory needs a non-empty list of nics", field="nics")
@@ -50,11 +58,12 @@ def _inventory_macs(inventory: dict) -> tuple[str, list[str]]:
         try:
             macs.append(normalize_mac(nic.get("mac")))
         except InvalidInput:
-            raise InvalidInput(f"nics[{i}].mac {nic.get('mac')!r} is not a MAC address", field="nics") from None
+            raise InvalidInput(f"nics[{i}].mac {str(nic.get('mac'))[:40]!r} is not a MAC address",
+                               field="nics") from None
     boot = normalize_mac(inventory["boot_mac"]) if inventory.get("boot_mac") else macs[0]
     if boot not in macs:
         macs.insert(0, boot)
-    return boot, macs
+    return boot, list(dict.fromkeys(macs))
 
 
 def _issue_node_token(session: Session, node: Node) -> str:
@@ -74,38 +83,121 @@ def set_state(session: Session, node: Node, target: str, reason: str = "", actor
     node.bootenv = lifecycle.bootenv_for(target, node.os or lifecycle.DEFAULT_OS)
 
 
-def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN) -> dict:
-    """Create (or re-find, by any of its MACs) the node that posted this inventory."""
+def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *, nonce: str | None = None,
+             peer: Peer = UNCHECKED, approve: bool = False, limit: TokenBucket | None = None,
+             now: datetime | None = None) -> dict:
+    """Create the node that posted this inventory, or re-find the one node that owns its MACs.
+
+    Refused, with nothing written: MACs of two nodes (409); a node that does not boot the discovery
+    image (409); a re-find without the nonce of the node's latest discovery boot, or with a wrong
+    or expired one (403); a request that the server knows does not come from one of the machine's
+    own NICs (403, `peer`); a new node over the rate `limit` (429). `approve`: new nodes wait for
+    the operator in `pending`, unavailable.
+    """
     boot, macs = _inventory_macs(inventory)
+    if not peer.may_be(macs):
+        log.warning("refused discovery of %s from %s: not one of its NICs", ", ".join(macs[:4]), peer.describe())
+        raise Forbidden(f"this inventory was posted from {peer.describe()}, which is none of its NICs: "
+                        "discovery must come from the machine itself, on the provisioning network")
+    owners = _owners(session, macs)
+    if len(owners) > 1:
+        held = "; ".join(f"{name}: {', '.join(owned)}" for name, owned in sorted(owners.values()))
+        raise Conflict(f"the inventory's MACs belong to {len(owners)} different nodes ({held}): discovery never "
+                       "moves a MAC from one node to another; delete the node that should no longer have it")
     inventory = dict(inventory, boot_mac=boot)
     dmi = inventory.get("dmi") if isinstance(inventory.get("dmi"), dict) else {}
     if dmi.get("product") and "product_name" not in inventory:
         inventory["product_name"] = dmi["product"]  # what conduit bus_order patterns match on
-    node_id = session.scalar(select(NodeMac.node_id).where(NodeMac.mac.in_(macs)).limit(1))
-    created = node_id is None
+    created = not owners
     if created:
-        info = nodes.create_node(session, discovered_name(boot, domain), actor="discovery")
-        node = session.get(Node, info["id"])
-        node.state, node.state_changed_at, node.bootenv = lifecycle.DISCOVERED, utcnow(), lifecycle.DISCOVERY
-        record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle",
-                                "actor": "discovery", "to_state": lifecycle.DISCOVERED,
-                                "message": f"discovered by {boot}"}])
+        node = _create_discovered(session, boot, domain, approve, limit)
     else:
-        node = session.get(Node, node_id)
+        node = session.get(Node, next(iter(owners)))
         if lifecycle.bootenv_for(node.state) != lifecycle.DISCOVERY:
             raise Conflict(f"node {node.name!r} is {node.state}: it boots {node.bootenv}, not the discovery image; "
                            "reset it (`crowbar nodes reset`) to rediscover it")
+        _consume_nonce(session, node, nonce, peer, now or datetime.now(timezone.utc))
         if node.state in (lifecycle.DISCOVERING, lifecycle.RESET):
             set_state(session, node, lifecycle.DISCOVERED, f"inventory posted by {boot}", "discovery")
     node.discovery, node.alive, node.agent_action = inventory, True, None
     if node.boot_mac != boot:
         node.boot_mac = boot
-    session.execute(delete(NodeMac).where((NodeMac.node_id == node.id) | NodeMac.mac.in_(macs)))
-    session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in dict.fromkeys(macs)])
+    # Every MAC is this node's or nobody's (checked above): the node's set becomes the inventory's.
+    session.execute(delete(NodeMac).where(NodeMac.node_id == node.id))
+    session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in macs])
     token = _issue_node_token(session, node)
     session.flush()
     signal_work(session, "anneal")
-    return {"node": node.name, "token": token, "created": created, "id": node.id}
+    return {"node": node.name, "token": token, "created": created, "id": node.id, "state": node.state}
+
+
+def _owners(session: Session, macs: list[str]) -> dict[int, tuple[str, list[str]]]:
+    """The nodes that own any of `macs` (as a node MAC or a boot MAC): id -> (name, their MACs)."""
+    owned: dict[int, tuple[str, list[str]]] = {}
+    rows = session.execute(select(Node.id, Node.name, NodeMac.mac).join(NodeMac, NodeMac.node_id == Node.id)
+                           .where(NodeMac.mac.in_(macs))).all()
+    rows += session.execute(select(Node.id, Node.name, Node.boot_mac).where(Node.boot_mac.in_(macs))).all()
+    for node_id, name, mac in rows:
+        entry = owned.setdefault(node_id, (name, []))
+        if mac not in entry[1]:
+            entry[1].append(mac)
+    return owned
+
+
+def _create_discovered(session: Session, boot: str, domain: str, approve: bool,
+                       limit: TokenBucket | None) -> Node:
+    wait = limit.take() if limit is not None else 0.0
+    if wait:
+        raise RateLimited(f"too many new machines: discovery creates at most {limit.rate:g} nodes per second "
+                          f"(bursts of {limit.burst}); try again in {wait:.0f} s", retry_after=wait)
+    state = lifecycle.PENDING if approve else lifecycle.DISCOVERED
+    info = nodes.create_node(session, discovered_name(boot, domain), available=not approve, actor="discovery")
+    node = session.get(Node, info["id"])
+    node.state, node.state_changed_at, node.bootenv = state, utcnow(), lifecycle.DISCOVERY
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": "discovery",
+                      "to_state": state, "message": f"discovered by {boot}"
+                      + (": waits for the operator's approval" if approve else "")}])
+    return node
+
+
+def _consume_nonce(session: Session, node: Node, nonce: str | None, peer: Peer, now: datetime) -> None:
+    """Accept the re-find of `node` only with the nonce of its latest discovery boot; spend it."""
+    problem = None
+    if not nonce:
+        problem = (f"no nonce: re-finding an existing node needs the {NONCE_HEADER} its discovery boot script "
+                   "put on the kernel command line (crowbar.nonce=)")
+    elif node.boot_nonce_hash is None:
+        problem = "no discovery boot of this node is waiting to be proven (its nonce was used, or none was served)"
+    elif not hmac.compare_digest(node.boot_nonce_hash, hash_nonce(nonce)):
+        problem = "the nonce is not the one of this node's latest discovery boot"
+    else:
+        expires = node.boot_nonce_expires_at
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=timezone.utc)
+        if expires is None or expires < now:
+            problem = "the nonce of this node's discovery boot has expired"
+    if problem is None:  # spent here, by a conditional update: of two posts racing with one nonce, one wins
+        spent = session.execute(update(Node).where(Node.id == node.id, Node.boot_nonce_hash == hash_nonce(nonce))
+                                .values(boot_nonce_hash=None, boot_nonce_expires_at=None))
+        if spent.rowcount != 1:
+            problem = "the nonce was used by another post at the same moment"
+    if problem:
+        log.warning("refused to re-find node %s from %s: %s", node.name, peer.describe(), problem)
+        raise Forbidden(f"node {node.name!r} exists: {problem}. Rebooting the machine serves it a new one.",
+                        field="nonce")
+
+
+def approve(session: Session, key, actor: str = "system") -> dict:
+    """Accept a machine that waits in `pending`: it becomes discovered and available."""
+    node = lookup.node(session, key)
+    set_state(session, node, lifecycle.DISCOVERED, "approved by the operator", actor)
+    if not node.available:
+        record(session, [{"object_type": "node", "object_id": node.id, "action": "set-available",
+                          "actor": actor, "from_state": "false", "to_state": "true"}])
+        node.available = True
+    session.flush()
+    signal_work(session, "anneal")  # its discovery roles may run now
+    return nodes.node_dict(node, full=True)
 
 
 def node_for_token(session: Session, token: str | None) -> Node:

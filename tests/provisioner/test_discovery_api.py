@@ -6,20 +6,7 @@ import pytest
 
 from crowbar.db.models import AgentJob, ApiToken
 from crowbar.services import auth
-
-INVENTORY = {
-    "kernel": "6.1.0-test", "firmware": "bios", "boot_mac": "52:54:00:AA:00:01",
-    "cpu": {"model": "QEMU", "count": 2}, "memory": {"total_bytes": 1, "installed_bytes": 2},
-    "disks": [{"name": "vda", "size_bytes": 1073741824}],
-    "nics": [{"name": "eth0", "mac": "52:54:00:aa:00:01", "speed": None, "driver": "virtio_net", "bus": "0000:00:03.0"},
-             {"name": "eth1", "mac": "52:54:00:aa:00:02", "speed": 1000, "driver": "e1000", "bus": "0000:00:04.0"}],
-    "dmi": {"vendor": "QEMU", "product": "Standard PC", "serial": None},
-}
-
-
-def discover(api, inventory=INVENTORY):
-    # discovery is open: no admin token
-    return api.post("/api/v2/discovery", content=json.dumps(inventory), headers={"authorization": ""})
+from discoverykit import INVENTORY, boot_nonce, discover
 
 
 def test_discovery_creates_a_node_in_discovered_with_a_node_token(api, db):
@@ -40,7 +27,8 @@ def test_discovery_creates_a_node_in_discovered_with_a_node_token(api, db):
 
 def test_booting_again_refinds_the_node_by_any_mac_and_revokes_the_old_token(api):
     first = discover(api).json()
-    again = discover(api, dict(INVENTORY, boot_mac="52:54:00:aa:00:02")).json()
+    nonce = boot_nonce(api, "52:54:00:aa:00:02")  # the boot script the machine got from its 2nd NIC
+    again = discover(api, dict(INVENTORY, boot_mac="52:54:00:aa:00:02"), nonce=nonce).json()
     assert again["node"] == first["node"] and again["created"] is False
     old = api.get("/api/v2/agent/next", headers={"authorization": f"Bearer {first['token']}"})
     assert old.status_code == 401

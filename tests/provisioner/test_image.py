@@ -208,6 +208,7 @@ def test_digest_follows_the_inputs(image_cache, monkeypatch, discovery_image):
 # --- booting it: the agent against a server that speaks the contract ---
 
 TOKENS = ("revoked-before-first-use", "t0k3n-for/the+agent=")
+NONCE = "Nonce-of_this-boot-0123456789abcdef"  # what a known machine's boot script puts on its kernel line
 JOB_SCRIPT = (
     "echo \"kernel=$(uname -r)\"\n"
     "echo \"mac=$(cat /sys/class/net/eth0/address)\"\n"
@@ -218,13 +219,14 @@ JOB_SCRIPT = (
 
 class ContractServer:
     """The server side of crowbar.agent's contract, recording what the agent sends. The first
-    token is refused, as if the node had been deleted, so the agent must discover itself again;
-    the second gets wait, then a job, then poweroff."""
+    token is refused (401), as if the node had been deleted, so the agent must discover itself
+    again; the second gets wait, then a job, then poweroff."""
 
     def __init__(self, sock):
         self.inventory: dict | None = None
         self.inventory_at: float | None = None
         self.discoveries = 0
+        self.nonces: list[str | None] = []  # the X-Crowbar-Nonce of each discovery post
         self.token: str | None = None  # the one the server accepts
         self.result: dict | None = None
         self.actions = [{"action": "wait", "seconds": 1},
@@ -258,6 +260,7 @@ class ContractServer:
                     server.inventory = self._body()
                     server.inventory_at = server.inventory_at or time.monotonic()
                     server.discoveries += 1
+                    server.nonces.append(self.headers.get("X-Crowbar-Nonce"))
                     mac = server.inventory["boot_mac"].replace(":", "-")
                     token = TOKENS[min(server.discoveries, len(TOKENS)) - 1]
                     server.token = token if server.discoveries > 1 else None
@@ -334,7 +337,7 @@ def test_boot_discover_and_run_a_job(discovery_image, tmp_path):
             "qemu-system-x86_64", "-machine", "q35", "-accel", "tcg", "-m", str(MEMORY_MB), "-smp", "2",
             "-nodefaults", "-display", "none", "-no-reboot",
             "-kernel", str(discovery_image.kernel), "-initrd", str(discovery_image.initrd),
-            "-append", f"console=ttyS0 quiet panic=-1 crowbar.url=http://{ADMIN}:{port}",
+            "-append", f"console=ttyS0 quiet panic=-1 crowbar.url=http://{ADMIN}:{port} crowbar.nonce={NONCE}",
             "-serial", f"file:{log}",
             "-smbios", f"type=1,manufacturer=Crowbar Lab,product=Test VM,serial={SERIAL}",
             "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no",
@@ -385,7 +388,9 @@ def test_boot_discover_and_run_a_job(discovery_image, tmp_path):
         assert inv["dmi"] == {"vendor": "Crowbar Lab", "product": "Test VM", "serial": SERIAL}
 
         assert server.discoveries == 2, f"the agent did not discover itself again{context}"
-        assert server.requests[:4] == ["POST /api/v2/discovery"] + ["GET /api/v2/agent/next"] * 3
+        # A 401 (the token is unknown) sends the agent back to discovery at once.
+        assert server.requests[:3] == ["POST /api/v2/discovery", "GET /api/v2/agent/next", "POST /api/v2/discovery"]
+        assert server.nonces == [NONCE, NONCE], "the agent must post the nonce from its kernel command line"
         assert server.result is not None, f"no job result{context}"
         assert server.result["exit_code"] == 3
         output = server.result["output"].splitlines()

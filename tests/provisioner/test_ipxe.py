@@ -35,6 +35,18 @@ def test_unknown_machines_and_discovery_boot_the_discovery_image(bootenv):
     assert "# crowbar: unknown machine, bootenv discovery" in script
 
 
+def test_a_known_nodes_discovery_script_carries_its_nonce_on_the_kernel_line():
+    nonce = "AbC-123_" * 4
+    kernel = next(line for line in lines(ipxe.render("discovery", PARAMS, mac=MAC, nonce=nonce))
+                  if line.startswith("kernel "))
+    assert f"crowbar.nonce={nonce}" in kernel.split()[2:]
+    assert "crowbar.nonce" not in ipxe.render("discovery", PARAMS, mac=MAC)
+    assert "crowbar.nonce" not in ipxe.render("local", PARAMS, mac=MAC, nonce=nonce)
+    for bad in ("short", "with space in it 12345", "${evil}-0123456789abcdef", "x" * 129):
+        with pytest.raises(ValueError, match="nonce"):
+            ipxe.render("discovery", PARAMS, nonce=bad)
+
+
 def test_discovery_paths_and_console_are_parameters():
     params = BootParams(server_url="http://s", boot_url="http://s/boot",
                         discovery_kernel="http://mirror/k", discovery_initrd="img/initramfs.gz",

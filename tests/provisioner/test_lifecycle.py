@@ -100,8 +100,16 @@ def test_stuck_states_time_out_with_a_reason():
     assert lc.timed_out("readying", 0, 16 * 60) is not None
 
 
+def test_pending_machines_wait_for_the_operator_in_the_discovery_image():
+    assert lc.PENDING in lc.INITIAL and lc.bootenv_for("pending") == "discovery"
+    lc.check("pending", "discovered")  # approve
+    for target in ("allocated", "hardware-installing", "ready"):
+        with pytest.raises(IllegalTransition, match="from pending"):
+            lc.check("pending", target)
+
+
 def test_states_that_wait_for_a_person_never_time_out():
-    for state in ("discovered", "allocated", "ready", "problem", "delete"):
+    for state in ("pending", "discovered", "allocated", "ready", "problem", "delete"):
         assert lc.timed_out(state, 0, 10**9) is None
 
 
