@@ -69,13 +69,6 @@ class Forbidden(CrowbarError):
     kind = "forbidden"
 
 
-class TooLarge(CrowbarError):
-    """The request body is larger than the route accepts (HTTP 413)."""
-
-    status = 413
-    kind = "too_large"
-
-
 class RateLimited(CrowbarError):
     """Too many requests of this kind right now; try again after `retry_after` seconds (HTTP 429)."""
 
