@@ -13,7 +13,9 @@ host itself, before or without any API to talk to:
 
 Each such need is one function here that imports its server-side entry point only when called, so
 every other command starts without loading the server, the database layer or the provisioner.
-tests/test_layers.py refuses an import of server-side code from any other client module.
+tests/test_layers.py refuses an import of server-side code from any other client module. The
+server-side errors a person can cause (a database URL that cannot be used, a database that cannot
+be reached) become a CliError here: one line, no traceback.
 """
 
 from __future__ import annotations
@@ -28,20 +30,33 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
           provision: str | None, advertise_url: str | None, domain: str | None, **options) -> None:
     """Run the API server, its loops and (with `provision`) the provisioner, until stopped.
     `options`: the discovery and provisioning-listener settings of crowbar.server.main.serve."""
+    from crowbar.db.session import UnusableDatabase
     from crowbar.server.main import serve
 
-    serve(listens, database, workers, data_dir, provision, advertise_url, domain, **options)
+    try:
+        serve(listens, database, workers, data_dir, provision, advertise_url, domain, **options)
+    except UnusableDatabase as exc:
+        raise CliError(str(exc)) from None
 
 
 def upgrade_database(url: str) -> tuple[str | None, str | None]:
-    """Apply every pending migration; the schema revision (before, after)."""
+    """Apply every pending migration; the schema revision (before, after). Opens the database
+    first: a URL that cannot be used or a database that cannot be reached is one line, and
+    nothing is written."""
     from crowbar.db import migrate
-    from crowbar.db.session import Database
+    from crowbar.db.session import Database, UnusableDatabase
 
-    database = Database(url)
-    before = migrate.current_revision(database.engine)
-    migrate.upgrade(database.engine)
-    return before, migrate.current_revision(database.engine)
+    try:
+        database = Database(url)
+        try:
+            database.check()
+            before = migrate.current_revision(database.engine)
+            migrate.upgrade(database.engine)
+            return before, migrate.current_revision(database.engine)
+        finally:
+            database.dispose()
+    except UnusableDatabase as exc:
+        raise CliError(str(exc)) from None
 
 
 def build_discovery_image(cache: Path, kernel_version: str | None, progress: Callable[[str, int, int], None]):

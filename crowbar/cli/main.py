@@ -1,7 +1,14 @@
-"""The `crowbar` command: every listing and show takes `-o json`; errors are one line, exit 1."""
+"""The `crowbar` command: every listing and show takes `-o json`; errors are one line, exit 1.
+
+Whatever the input, a command that fails prints exactly one line on stderr (`error: ...`) and
+exits non-zero: 1 for an error, 2 for a usage error (and `anneal --wait` timing out), 130 when
+interrupted (Ctrl-C). A Python traceback is a bug: `main` still turns an unexpected exception
+into one line, and CROWBAR_DEBUG=1 shows the traceback.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import timedelta
@@ -12,8 +19,8 @@ import click
 from crowbar import config
 from crowbar.cli import barclamps as barclamp_upload
 from crowbar.cli import local
-from crowbar.cli.client import PAGE, CliError, Client
-from crowbar.cli.output import console, emit_list, emit_object, limit_option, output_option
+from crowbar.cli.client import PAGE, CliError, Client, seg
+from crowbar.cli.output import SECONDS, console, emit_list, emit_object, limit_option, output_option, plain
 from crowbar.cli.power import COMMANDS as power_commands
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
@@ -35,7 +42,27 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Interrupted(Exception):
+    """Ctrl-C while a command ran: `main` prints one line and exits 130."""
+
+
+class CrowbarGroup(click.Group):
+    """The top-level group: Ctrl-C inside a command becomes Interrupted, which click passes through
+    untouched (it would print an empty line for a KeyboardInterrupt, then Abort)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            client = ctx.obj._client if isinstance(ctx.obj, Context) else None
+            sending = client.sending if client is not None else None
+            if sending and not sending.startswith("GET "):
+                raise Interrupted(f"interrupted during {sending}: the server may still carry it out; "
+                                  "check before running it again") from None
+            raise Interrupted("interrupted") from None
+
+
+@click.group(cls=CrowbarGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoint", envvar="CROWBAR_ENDPOINT", help=f"API URL (default http://{config.DEFAULT_LISTEN})")
 @click.version_option(package_name="crowbar")
 @click.pass_context
@@ -73,8 +100,10 @@ def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir
         local.serve(list(listen), database, workers, data_dir, provision, advertise_url, domain,
                     provision_only_on=list(provision_only_on), approve_discovered=approve_discovered,
                     discovery_rate=discovery_rate, discovery_burst=discovery_burst)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+    except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(os_error(exc)) from None
 
 
 @cli.group()
@@ -86,8 +115,15 @@ def db() -> None:
 @click.option("--database", envvar="CROWBAR_DATABASE_URL")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR")
 def db_upgrade(database: str | None, data_dir: Path | None) -> None:
-    """Apply every pending migration (the server also does this when it starts)."""
-    before, after = local.upgrade_database(config.database_url(database, data_dir))
+    """Apply every pending migration (the server also does this when it starts).
+
+    Creates no directory but the data directory, and that only for the default database in it."""
+    try:
+        if database is None:
+            data_dir = config.make_data_dir(data_dir)
+        before, after = local.upgrade_database(config.database_url(database, data_dir))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     click.echo(f"schema at revision {after}" + (f" (was {before or 'empty'})" if before != after else " (up to date)"))
 
 
@@ -111,7 +147,7 @@ def barclamps_list(ctx: Context, limit: int | None, output: str) -> None:
 @output_option
 @pass_ctx
 def barclamps_show(ctx: Context, barclamp: str, output: str) -> None:
-    emit_object(ctx.api.get(f"/barclamps/{barclamp}"), output)
+    emit_object(ctx.api.get(f"/barclamps/{seg(barclamp)}"), output)
 
 
 @barclamps.command("import")
@@ -149,7 +185,7 @@ def roles_list(ctx: Context, barclamp: str | None, limit: int | None, output: st
 @output_option
 @pass_ctx
 def roles_show(ctx: Context, role: str, output: str) -> None:
-    emit_object(ctx.api.get(f"/roles/{role}"), output)
+    emit_object(ctx.api.get(f"/roles/{seg(role)}"), output)
 
 
 # -- nodes ---------------------------------------------------------------------------------------
@@ -173,7 +209,7 @@ def nodes_list(ctx: Context, state: str | None, name: str | None, limit: int | N
 @output_option
 @pass_ctx
 def nodes_show(ctx: Context, node: str, output: str) -> None:
-    emit_object(ctx.api.get(f"/nodes/{node}"), output)
+    emit_object(ctx.api.get(f"/nodes/{seg(node)}"), output)
 
 
 @nodes.command("create")
@@ -197,7 +233,7 @@ def nodes_create(ctx: Context, name: str, admin: bool, dead: bool, reserved: boo
 @pass_ctx
 def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | None, output: str) -> None:
     """Mark a node alive or dead, available or reserved."""
-    emit_object(ctx.api.patch(f"/nodes/{node}", {"alive": alive, "available": available}), output)
+    emit_object(ctx.api.patch(f"/nodes/{seg(node)}", {"alive": alive, "available": available}), output)
 
 
 @nodes.command("delete")
@@ -205,7 +241,7 @@ def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | 
 @output_option
 @pass_ctx
 def nodes_delete(ctx: Context, node: str, output: str) -> None:
-    emit_object(ctx.api.delete(f"/nodes/{node}"), output)
+    emit_object(ctx.api.delete(f"/nodes/{seg(node)}"), output)
 
 
 def _post_action(collection: str, action: str):
@@ -214,7 +250,7 @@ def _post_action(collection: str, action: str):
     @output_option
     @pass_ctx
     def command(ctx: Context, key: str, output: str) -> None:
-        emit_object(ctx.api.post(f"/{collection}/{key}/{action}"), output)
+        emit_object(ctx.api.post(f"/{collection}/{seg(key)}/{action}"), output)
 
     return command
 
@@ -230,7 +266,7 @@ def nodes_approve(ctx: Context, node_keys: tuple[str, ...], output: str) -> None
     approved, failed = [], []
     for key in node_keys:
         try:
-            approved.append(ctx.api.post(f"/nodes/{key}/approve"))
+            approved.append(ctx.api.post(f"/nodes/{seg(key)}/approve"))
         except CliError as exc:
             failed.append(f"{key}: {exc}")
     emit_list(approved, NODE_COLUMNS, output)
@@ -253,7 +289,7 @@ for _command in power_commands:  # nodes power | power-requests | set-power | po
 def nodes_states(ctx: Context, dot: bool, output: str) -> None:
     """The node lifecycle: states, where each may go next, what each boots."""
     if dot:
-        click.echo(ctx.api.request("GET", "/node_states", params={"format": "dot"}).text)
+        click.echo(ctx.api.request("GET", "/node_states", params={"format": "dot"}, text=True).text)
         return
     rows = [{"state": st, "next": s["next"], "bootenv": s["bootenv"],
              "timeout": str(timedelta(minutes=s["timeout_minutes"])) if s["timeout_minutes"] is not None else ""}
@@ -280,7 +316,7 @@ def deployments_list(ctx: Context, limit: int | None, output: str) -> None:
 @output_option
 @pass_ctx
 def deployments_show(ctx: Context, deployment: str, output: str) -> None:
-    emit_object(ctx.api.get(f"/deployments/{deployment}"), output)
+    emit_object(ctx.api.get(f"/deployments/{seg(deployment)}"), output)
 
 
 @deployments.command("create")
@@ -301,15 +337,16 @@ def deployments_create(ctx: Context, name: str, parent: str | None, description:
 @pass_ctx
 def deployments_bind(ctx: Context, deployment: str, role: str, node: str, output: str) -> None:
     """Bind ROLE to NODE in DEPLOYMENT (and whatever the role requires)."""
-    result = ctx.api.post(f"/deployments/{deployment}/bind", {"role": role, "node": node})
+    result = ctx.api.post(f"/deployments/{seg(deployment)}/bind", {"role": role, "node": node})
     if output == "json":
         emit_object(result, output)
         return
     nr = result["noderole"]
-    console.print(f"noderole {nr['id']}: {nr['role']} on {nr['node']} in {nr['deployment']} ({nr['state']}); "
-                  f"{len(result['created'])} noderoles created")
+    console.print(plain(f"noderole {nr['id']}: {nr['role']} on {nr['node']} in {nr['deployment']} ({nr['state']}); "
+                        f"{len(result['created'])} noderoles created"))
     if result["reopened"]:
-        console.print(f"deployment {deployment} was committed and is proposed again: commit it to run the new noderoles")
+        console.print(plain(f"deployment {deployment} was committed and is proposed again: "
+                            "commit it to run the new noderoles"))
 
 
 deployments.command("commit", help="Commit a deployment: its noderoles become runnable.")(
@@ -322,7 +359,7 @@ deployments.command("propose", help="Reopen a deployment for changes.")(_post_ac
 @output_option
 @pass_ctx
 def deployments_delete(ctx: Context, deployment: str, output: str) -> None:
-    emit_object(ctx.api.delete(f"/deployments/{deployment}"), output)
+    emit_object(ctx.api.delete(f"/deployments/{seg(deployment)}"), output)
 
 
 # -- noderoles -----------------------------------------------------------------------------------
@@ -350,7 +387,7 @@ def noderoles_list(ctx: Context, deployment, node, role, state, limit: int | Non
 @output_option
 @pass_ctx
 def noderoles_show(ctx: Context, noderole: str, output: str) -> None:
-    emit_object(ctx.api.get(f"/node_roles/{noderole}"), output)
+    emit_object(ctx.api.get(f"/node_roles/{seg(noderole)}"), output)
 
 
 @noderoles.command("retry")
@@ -358,7 +395,7 @@ def noderoles_show(ctx: Context, noderole: str, output: str) -> None:
 @output_option
 @pass_ctx
 def noderoles_retry(ctx: Context, noderole: str, output: str) -> None:
-    emit_object(ctx.api.post(f"/node_roles/{noderole}/retry"), output)
+    emit_object(ctx.api.post(f"/node_roles/{seg(noderole)}/retry"), output)
 
 
 @noderoles.command("parents")
@@ -366,7 +403,7 @@ def noderoles_retry(ctx: Context, noderole: str, output: str) -> None:
 @output_option
 @pass_ctx
 def noderoles_parents(ctx: Context, noderole: str, output: str) -> None:
-    emit_list(ctx.api.list_all(f"/node_roles/{noderole}/parents"), NODEROLE_COLUMNS, output)
+    emit_list(ctx.api.list_all(f"/node_roles/{seg(noderole)}/parents"), NODEROLE_COLUMNS, output)
 
 
 @noderoles.command("children")
@@ -374,7 +411,7 @@ def noderoles_parents(ctx: Context, noderole: str, output: str) -> None:
 @output_option
 @pass_ctx
 def noderoles_children(ctx: Context, noderole: str, output: str) -> None:
-    emit_list(ctx.api.list_all(f"/node_roles/{noderole}/children"), NODEROLE_COLUMNS, output)
+    emit_list(ctx.api.list_all(f"/node_roles/{seg(noderole)}/children"), NODEROLE_COLUMNS, output)
 
 
 @noderoles.command("log")
@@ -384,14 +421,14 @@ def noderoles_children(ctx: Context, noderole: str, output: str) -> None:
 @pass_ctx
 def noderoles_log(ctx: Context, noderole: str, all_runs: bool, output: str) -> None:
     """The log of the noderole's last run (or of all its runs)."""
-    runs = ctx.api.list_all(f"/node_roles/{noderole}/runs")
+    runs = ctx.api.list_all(f"/node_roles/{seg(noderole)}/runs")
     if not all_runs:
         runs = runs[-1:]
     if output == "json":
         emit_list(runs, [], output)
         return
     if not runs:
-        console.print(f"noderole {noderole} has not run yet")
+        console.print(plain(f"noderole {noderole} has not run yet"))
     for run in runs:
         click.echo(f"--- run {run['id']} ({run['state']}, started {run['started_at']})")
         click.echo(run["log"].rstrip("\n"))
@@ -418,7 +455,7 @@ def attribs_list(ctx: Context, limit: int | None, output: str) -> None:
 @output_option
 @pass_ctx
 def attribs_get(ctx: Context, name: str, node: str | None, output: str) -> None:
-    emit_object(ctx.api.get(f"/attribs/{name}", node=node), output)
+    emit_object(ctx.api.get(f"/attribs/{seg(name)}", node=node), output)
 
 
 @attribs.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
@@ -429,7 +466,7 @@ def attribs_get(ctx: Context, name: str, node: str | None, output: str) -> None:
 @pass_ctx
 def attribs_set(ctx: Context, name: str, value: str, node: str, output: str) -> None:
     """Set an attrib on a node; VALUE is JSON when it parses, else a string."""
-    emit_object(ctx.api.put(f"/attribs/{name}", {"node": node, "value": value}), output)
+    emit_object(ctx.api.put(f"/attribs/{seg(name)}", {"node": node, "value": value}), output)
 
 
 # -- anneal and events ---------------------------------------------------------------------------
@@ -444,7 +481,7 @@ def _summary(status: dict) -> str:
 
 @cli.command()
 @click.option("--wait", is_flag=True, help="wait, with live progress, until finished or failed")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to wait")
+@click.option("--timeout", type=SECONDS, default=3600, show_default=True, help="seconds to wait")
 @click.option("--deployment")
 @output_option
 @pass_ctx
@@ -534,22 +571,56 @@ from crowbar.lab.cli import lab_group  # noqa: E402
 cli.add_command(lab_group)
 
 
+NO_COMMAND = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2; before, the help and exit 0
+MAX_LINE = 2000  # an error line longer than this is cut in the middle
+
+
+def one_line(message: str) -> str:
+    """The message on one line (whatever the server said), at most MAX_LINE characters, with
+    control characters (a terminal's escape sequences) and undecodable bytes shown as escapes."""
+    line = " ".join(str(message).split())
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+    if len(line) > MAX_LINE:
+        line = f"{line[:MAX_LINE - 400]} [... {len(line) - MAX_LINE + 100} characters ...] {line[-300:]}"
+    return line
+
+
+def os_error(exc: OSError) -> str:
+    """An OSError as `PATH: reason`."""
+    if exc.filename is not None and exc.strerror:
+        return f"{os.fsdecode(exc.filename)}: {exc.strerror}"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {one_line(message)}", err=True)
+    sys.exit(code)
+
+
 def main() -> None:
+    """The `crowbar` entry point: one line on stderr and a non-zero exit for every failure."""
+    for stream in (sys.stdout, sys.stderr):  # text the terminal's encoding cannot show: escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         cli(standalone_mode=False)
     except CliError as exc:
-        click.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever the server said
-        sys.exit(exc.code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(str(exc), exc.code)
+    except (Interrupted, KeyboardInterrupt, click.exceptions.Abort) as exc:
+        _fail(str(exc) if isinstance(exc, Interrupted) else "interrupted", 130)
+    except NO_COMMAND as exc:  # `crowbar nodes`: which one? (not the whole help as an error)
+        group = exc.ctx.command
+        names = ", ".join(group.list_commands(exc.ctx)) if isinstance(group, click.Group) else ""
+        _fail(f"{exc.ctx.command_path}: give a command ({names}); see {exc.ctx.command_path} --help", 2)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc.format_message(), exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except Exception as exc:  # a bug: still one line, and the way to see the traceback
+        if os.environ.get("CROWBAR_DEBUG", "") not in ("", "0"):
+            raise
+        _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in crowbar; run with CROWBAR_DEBUG=1 to see the "
+              "traceback)", 1)
 
 
 if __name__ == "__main__":

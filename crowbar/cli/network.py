@@ -15,7 +15,7 @@ from typing import Any
 import click
 import yaml
 
-from crowbar.cli.client import CliError
+from crowbar.cli.client import CliError, seg
 from crowbar.cli.output import emit_list, emit_object, limit_option, output_option
 
 NETWORK_COLUMNS = ["id", "name", "category", "subnet", "vlan", "use_vlan", "conduit", "router",
@@ -27,21 +27,57 @@ PLAN_FORMATS = ["table", "json", "networkd", "netplan", "ifupdown"]
 NEUTRON_FILES = ["ml2", "linuxbridge", "dhcp", "l3"]
 
 
+MAX_DOCUMENT_BYTES = 4 << 20  # a network template is a few KiB; the API refuses big bodies anyway
+MAX_DOCUMENT_NODES = 100_000  # values after YAML aliases are expanded (a "billion laughs" stops here)
+MAX_DOCUMENT_DEPTH = 64  # the API's limit too
+
+
 def _read_document(path: Path, what: str) -> Any:
-    """YAML or JSON from a file, or one clear line saying why not."""
+    """YAML or JSON from a file, or one clear line saying why not: a file that cannot be read,
+    is not UTF-8 text, is too big, is not valid YAML, or expands (through aliases) or nests
+    beyond what any template needs."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
         raise CliError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CliError(f"{path}: cannot read {what}: {exc}") from None
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise CliError(f"{path}: too big for {what} (more than {MAX_DOCUMENT_BYTES >> 20} MiB)")
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: cannot read {what}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise CliError(f"{path}: not valid YAML or JSON{where}: {problem}") from None
+    except RecursionError:
+        raise CliError(f"{path}: not {what}: nested too deeply") from None
+    _check_size(document, path, what)
+    return document
+
+
+def _check_size(document: Any, path: Path, what: str) -> None:
+    """Count the values as sending them would (aliases expanded), stopping at the limits: a
+    document that refers to itself or to an alias of an alias of ... is refused, not sent."""
+    budget = MAX_DOCUMENT_NODES
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise CliError(f"{path}: not {what}: more than {MAX_DOCUMENT_NODES} values (after YAML aliases)")
+        if depth > MAX_DOCUMENT_DEPTH:
+            raise CliError(f"{path}: not {what}: nested deeper than {MAX_DOCUMENT_DEPTH} levels (or refers to itself)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _echo_files(files: dict[str, str]) -> None:
@@ -211,7 +247,7 @@ def network_list(ctx, output: str) -> None:
 @click.pass_obj
 def network_show(ctx, name: str, output: str) -> None:
     """One network, with how much of each range is in use."""
-    out = ctx.api.get(f"/networks/{name}")
+    out = ctx.api.get(f"/networks/{seg(name)}")
     if output != "json":
         out = {k: v for k, v in out.items() if k != "template"}
         out["ranges"] = "\n".join(f"{n} {r['start']}-{r['end']} ({r['used']}/{r['size']} used)"
@@ -256,7 +292,7 @@ def network_update(ctx, name: str, clear: tuple, preview: bool, force: bool, out
         body[field] = None
     if not body:
         raise CliError("nothing to change: give at least one option (see --help)")
-    _emit_change(ctx.api.request("PATCH", f"/networks/{name}" + _query(preview, force), json=body).json(),
+    _emit_change(ctx.api.request("PATCH", f"/networks/{seg(name)}" + _query(preview, force), json=body).json(),
                  output)
 
 
@@ -268,7 +304,7 @@ def network_update(ctx, name: str, clear: tuple, preview: bool, force: bool, out
 @click.pass_obj
 def network_delete(ctx, name: str, preview: bool, force: bool, output: str) -> None:
     """Delete a network (nodes with addresses on it need --force: they are released)."""
-    _emit_change(ctx.api.request("DELETE", f"/networks/{name}" + _query(preview, force)).json(), output)
+    _emit_change(ctx.api.request("DELETE", f"/networks/{seg(name)}" + _query(preview, force)).json(), output)
 
 
 @network.command("allocate")
@@ -282,7 +318,7 @@ def network_allocate(ctx, network_name: str, node: str, range_name: str | None, 
                      output: str) -> None:
     """Give NODE an address on NETWORK (its existing one if it has one)."""
     body = {"node": node, "range": range_name, "address": address}
-    result = ctx.api.request("POST", f"/networks/{network_name}/allocations", ok=(200, 201),
+    result = ctx.api.request("POST", f"/networks/{seg(network_name)}/allocations", ok=(200, 201),
                              json={k: v for k, v in body.items() if v is not None}).json()
     if output == "json":
         emit_object(result, output)
@@ -301,7 +337,7 @@ def network_allocate(ctx, network_name: str, node: str, range_name: str | None, 
 @click.pass_obj
 def network_allocations(ctx, network_name: str, limit: int | None, output: str) -> None:
     """The addresses allocated on NETWORK, in address order."""
-    emit_list(ctx.api.list_all(f"/networks/{network_name}/allocations", limit), ALLOCATION_COLUMNS, output)
+    emit_list(ctx.api.list_all(f"/networks/{seg(network_name)}/allocations", limit), ALLOCATION_COLUMNS, output)
 
 
 @network.command("release")
@@ -311,7 +347,7 @@ def network_allocations(ctx, network_name: str, limit: int | None, output: str) 
 @click.pass_obj
 def network_release(ctx, network_name: str, node: str, output: str) -> None:
     """Give NODE's address on NETWORK back."""
-    result = ctx.api.delete(f"/networks/{network_name}/allocations/{node}")
+    result = ctx.api.delete(f"/networks/{seg(network_name)}/allocations/{seg(node)}")
     if output == "json":
         emit_object(result, output)
     else:
@@ -326,7 +362,7 @@ def network_release(ctx, network_name: str, node: str, output: str) -> None:
 def network_plan(ctx, node: str, output: str) -> None:
     """NODE's interfaces (NICs, bonds, VLANs, bridges), addresses and default route."""
     fmt = "json" if output == "table" else output
-    plan = ctx.api.get(f"/nodes/{node}/network_plan", format=fmt)
+    plan = ctx.api.get(f"/nodes/{seg(node)}/network_plan", format=fmt)
     if output == "json":
         click.echo(json.dumps(plan, indent=2))
     elif output == "table":
@@ -398,7 +434,7 @@ def neutron_networks_list(ctx, output: str) -> None:
 @click.pass_obj
 def neutron_networks_show(ctx, network_key: str, output: str) -> None:
     """One tenant network (by id, id prefix or name)."""
-    emit_object(ctx.api.get(f"/neutron/networks/{network_key}"), output)
+    emit_object(ctx.api.get(f"/neutron/networks/{seg(network_key)}"), output)
 
 
 @neutron_networks.command("delete")
@@ -407,7 +443,7 @@ def neutron_networks_show(ctx, network_key: str, output: str) -> None:
 @click.pass_obj
 def neutron_networks_delete(ctx, network_key: str, output: str) -> None:
     """Delete a tenant network (by id, id prefix or name); its segment returns to the pool."""
-    emit_object(ctx.api.delete(f"/neutron/networks/{network_key}"), output)
+    emit_object(ctx.api.delete(f"/neutron/networks/{seg(network_key)}"), output)
 
 
 @neutron.command("whois")
@@ -427,11 +463,11 @@ def neutron_whois(ctx, device: str, ports: Path | None, routers: Path | None, ou
                 items = _read_document(path, key)
                 if not isinstance(items, list):
                     raise CliError(f"{path}: expected a list of {key}")
-                body[key] = [{k.lower().replace(" ", "_"): v for k, v in item.items()}
+                body[key] = [{(k.lower().replace(" ", "_") if isinstance(k, str) else k): v for k, v in item.items()}
                              if isinstance(item, dict) else item for item in items]
         result = ctx.api.post("/neutron/whois", body)
     else:
-        result = ctx.api.get(f"/neutron/whois/{device}")
+        result = ctx.api.get(f"/neutron/whois/{seg(device)}")
     if output == "json":
         emit_object(result, output)
         return
@@ -451,7 +487,7 @@ def neutron_whois(ctx, device: str, ports: Path | None, routers: Path | None, ou
 @click.pass_obj
 def neutron_config(ctx, node: str, only: str | None, output: str) -> None:
     """NODE's ml2_conf.ini, linuxbridge_agent.ini, dhcp_agent.ini and l3_agent.ini."""
-    result = ctx.api.get(f"/nodes/{node}/neutron")
+    result = ctx.api.get(f"/nodes/{seg(node)}/neutron")
     if only:
         suffix = {"ml2": "ml2_conf.ini", "linuxbridge": "linuxbridge_agent.ini",
                   "dhcp": "dhcp_agent.ini", "l3": "l3_agent.ini"}[only]

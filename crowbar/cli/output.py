@@ -1,4 +1,9 @@
-"""Tables for people, JSON for scripts (`-o json`)."""
+"""Tables for people, JSON for scripts (`-o json`).
+
+Values in tables are shown as they are: never read as rich markup (a description `[/]` is text,
+not a tag that breaks the table), and with control characters as escapes (a name or an attribute
+that holds a terminal escape sequence cannot drive the terminal; line breaks and tabs stay).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
@@ -18,8 +24,34 @@ def output_option(f):
                         show_default=True, help="table for people, json for scripts")(f)
 
 
+class Seconds(click.ParamType):
+    """A number of seconds to wait: zero or more (inf waits for ever); NaN is refused."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not seconds >= 0:  # negative, or NaN (which compares false to everything)
+            self.fail(f"{value!r} is not a number of seconds (0 or more)", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
 def limit_option(f):
     return click.option("--limit", type=click.IntRange(min=1), help="show at most this many (default: all)")(f)
+
+
+CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)] if c not in (0x09, 0x0a)}
+
+
+def plain(text: str) -> Text:
+    """Text as it is: no markup, control characters (but line breaks and tabs) as escapes."""
+    return Text(text.translate(CONTROLS))
 
 
 def _cell(value) -> str:
@@ -35,11 +67,11 @@ def emit_list(rows: list[dict], columns: list[str], output: str, title: str | No
     if output == "json":
         click.echo(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(title=title, show_lines=False)
+    table = Table(title=plain(title) if title else None, show_lines=False)
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*[_cell(row.get(c)) for c in columns])
+        table.add_row(*[plain(_cell(row.get(c))) for c in columns])
     console.print(table)
     if not rows:
         console.print("(none)")
@@ -55,5 +87,5 @@ def emit_object(obj: dict, output: str) -> None:
     for key, value in obj.items():
         if isinstance(value, (dict, list)) and value and not all(isinstance(v, (str, int)) for v in (value if isinstance(value, list) else [0])):
             value = json.dumps(value, indent=2, default=str)
-        table.add_row(key, _cell(value) if not isinstance(value, str) else value)
+        table.add_row(plain(str(key)), plain(_cell(value) if not isinstance(value, str) else value))
     console.print(table)

@@ -9,12 +9,13 @@ crowbar.cli.network), so this module does not import crowbar.cli.main, which reg
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import click
 
-from crowbar.cli.client import CliError
-from crowbar.cli.output import emit_list, emit_object, output_option
+from crowbar.cli.client import CliError, seg, shown
+from crowbar.cli.output import SECONDS, emit_list, emit_object, output_option
 
 REQUEST_COLUMNS = ["id", "node", "action", "state", "result", "actor", "created_at", "finished_at"]
 DONE = ("succeeded", "failed")
@@ -39,14 +40,14 @@ def follow(api, request: dict, timeout: float, poll: float = 0.2) -> dict:
 @click.argument("node")
 @click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
 @click.option("--wait", is_flag=True, help="wait until the request succeeded or failed")
-@click.option("--timeout", type=float, default=120, show_default=True, help="seconds --wait waits")
+@click.option("--timeout", type=SECONDS, default=120, show_default=True, help="seconds --wait waits")
 @output_option
 @click.pass_obj
 def nodes_power(ctx, node: str, action: str, wait: bool, timeout: float, output: str) -> None:
     """Power a node on, off, cycle it, or ask its status: queues a request for its power driver
     (the answer of `status` is the request's result: on, off or unknown)."""
     api = ctx.api
-    request = api.request("POST", f"/nodes/{node}/power", ok=(202,), json={"action": action}).json()
+    request = api.request("POST", f"/nodes/{seg(node)}/power", ok=(202,), json={"action": action}).json()
     if wait:
         request = follow(api, request, timeout)
     emit_object(request, output)
@@ -65,11 +66,24 @@ def nodes_power_requests(ctx, node: str | None, state: str | None, output: str) 
 def _setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise CliError(f"setting {text!r}: expected KEY=VALUE (a JSON value, or else a string)")
+        raise CliError(f"setting {shown(text)}: expected KEY=VALUE (a JSON value, or else a string)")
     try:
-        return key, json.loads(value)
-    except ValueError:
+        return key, json.loads(value, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise CliError(f"setting {key}: the JSON value is nested too deeply") from None
+    except ValueError:  # NaN, Infinity and 1e999 are not JSON: they stay strings
         return key, value
+
+
+def _not_json(word: str):
+    raise ValueError(f"{word} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 @click.command("set-power")
@@ -82,7 +96,7 @@ def nodes_set_power(ctx, node: str, driver: str, settings: tuple[str, ...], outp
     """Give a node its power driver and the driver's settings (VALUE is JSON, or else a string:
     `qmp=/run/vm1.qmp timeout=5 command='["qemu-system-x86_64", "-daemonize"]'`). The server
     checks them against the driver's settings (`crowbar nodes power-drivers`)."""
-    emit_object(ctx.api.put(f"/nodes/{node}/power", {"driver": driver, "settings": dict(map(_setting, settings))}),
+    emit_object(ctx.api.put(f"/nodes/{seg(node)}/power", {"driver": driver, "settings": dict(map(_setting, settings))}),
                 output)
 
 

@@ -12,23 +12,87 @@ from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from crowbar.db.sql import is_postgresql
 
+EXAMPLES = "sqlite:///PATH/crowbar.db or postgresql://USER@HOST/NAME"
+
+
+class UnusableDatabase(Exception):
+    """A database URL that cannot be used (not a URL, an unknown engine, a driver that is not
+    installed, a SQLite file in a directory that does not exist), or a database that cannot be
+    opened or prepared. The message is one line for a person; the commands that open a database
+    (`crowbar server`, `crowbar db upgrade`) print it instead of a traceback."""
+
+
+def parse_url(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError):  # the text itself may hold a password: do not repeat it
+        raise UnusableDatabase(f"the database URL is not a URL that can be used (expected {EXAMPLES})") from None
+
+
+def shown(url: str | URL) -> str:
+    """The URL for a message or a log line: its password hidden."""
+    try:
+        return (url if isinstance(url, URL) else make_url(url)).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(an unparseable URL)"
+
+
+def reason(exc: DBAPIError) -> str:
+    """What the database driver said, on one line."""
+    return " ".join(str(exc.orig or exc).split()) or type(exc.orig).__name__
+
 
 def make_engine(url: str, **kwargs) -> Engine:
-    parsed = make_url(url)
+    """An engine for `url`, or UnusableDatabase with the reason. Creates no directory: a SQLite
+    file's directory must exist (only `crowbar server` and `crowbar db upgrade` create a
+    directory, the data directory they own)."""
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **kwargs)
+        _check_sqlite_path(parsed)
+        engine = _create(parsed, url, connect_args={"timeout": 60, "check_same_thread": False}, **kwargs)
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+    return _create(parsed, url, pool_pre_ping=True, pool_size=10, max_overflow=20, **kwargs)
+
+
+def _create(parsed: URL, url: str, **kwargs) -> Engine:
+    try:
+        return create_engine(url, **kwargs)
+    except NoSuchModuleError:
+        raise UnusableDatabase(f"database {shown(parsed)}: unknown database engine {parsed.drivername!r} "
+                               f"(expected {EXAMPLES})") from None
+    except ArgumentError as exc:
+        raise UnusableDatabase(f"database {shown(parsed)}: {' '.join(str(exc).split())}") from None
+    except ImportError as exc:
+        raise UnusableDatabase(f"database {shown(parsed)}: the driver for {parsed.drivername} is not "
+                               f"installed ({exc})") from None
+
+
+def _check_sqlite_path(parsed: URL) -> None:
+    if not parsed.database or parsed.database == ":memory:":
+        raise UnusableDatabase(f"database {shown(parsed)}: an in-memory SQLite database is not shared between "
+                               "connections and vanishes on exit: give a file, sqlite:///PATH/crowbar.db")
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1"):
+        return  # a SQLite URI filename (file:...): SQLite itself reads it
+    path = Path(parsed.database)
+    try:
+        if path.exists() and not path.is_file():
+            what = "is a directory, not a database file" if path.is_dir() else "is not a regular file"
+            raise UnusableDatabase(f"database {shown(parsed)}: {path} {what}")
+        if not path.exists() and not path.parent.is_dir():
+            what = "is not a directory" if path.parent.exists() else "does not exist"
+            raise UnusableDatabase(f"database {shown(parsed)}: cannot create {path}: the directory "
+                                   f"{path.parent} {what} (create it first)")
+    except OSError as exc:  # a name too long, a directory that cannot be searched
+        raise UnusableDatabase(f"database {shown(parsed)}: {exc.strerror or exc}") from None
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -69,6 +133,15 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+
+    def check(self) -> None:
+        """Open one connection: UnusableDatabase with the database's own reason if it cannot be
+        opened (no server, refused, no such database, wrong password, not a database file)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except DBAPIError as exc:
+            raise UnusableDatabase(f"cannot open the database {shown(self.url)}: {reason(exc)}") from None
 
     @property
     def postgresql(self) -> bool:

@@ -19,14 +19,16 @@ import logging
 import os
 import signal
 import socket
+import stat
 from pathlib import Path
 
 import uvicorn
+from sqlalchemy.exc import DBAPIError
 
 from crowbar import config
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
-from crowbar.db.session import Database
+from crowbar.db.session import Database, UnusableDatabase, reason, shown
 from crowbar.engine.annealer import Annealer
 from crowbar.provisioner import neighbors
 from crowbar.provisioner.discovery import DEFAULT_BURST, DEFAULT_RATE, TokenBucket
@@ -48,15 +50,38 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_listen(spec: str) -> None:
+    """ValueError, one line, for a --listen value that cannot be served on: HOST:PORT that is not,
+    or unix:PATH whose directory does not exist (none is created) or that names something other
+    than a socket (a stale socket is replaced; a file never is)."""
+    if not spec.startswith("unix:"):
+        parse_listen(spec)
+        return
+    path = Path(spec[5:])
+    if not spec[5:]:
+        raise ValueError(f"--listen {spec!r}: no socket path (expected unix:PATH)")
+    try:
+        if not path.parent.is_dir():
+            raise ValueError(f"--listen {spec}: the directory {path.parent} does not exist (create it first)")
+        if path.is_symlink() or path.exists() and not stat.S_ISSOCK(path.stat().st_mode):
+            raise ValueError(f"--listen {spec}: {path} exists and is not a socket (not replacing it)")
+    except OSError as exc:
+        raise ValueError(f"--listen {spec}: {exc.strerror or exc}") from None
+
+
 def bind(spec: str) -> socket.socket:
     """A bound socket for one --listen value; uvicorn starts listening on it."""
+    check_listen(spec)
     if spec.startswith("unix:"):
         path = spec[5:]
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        if os.path.exists(path):
+        if os.path.exists(path):  # a socket left by a server that stopped (check_listen: nothing else)
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            sock.close()
+            raise ValueError(f"cannot listen on {spec}: {exc.strerror or exc}") from None
         os.chmod(path, 0o600)  # the token protects the API; the mode keeps other users off the socket too
         return sock
     host, port = parse_listen(spec)
@@ -128,21 +153,29 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
           domain: str | None = None, *, provision_only_on: list[str] | tuple[str, ...] = (),
           approve_discovered: bool = False, discovery_rate: float = DEFAULT_RATE,
           discovery_burst: int = DEFAULT_BURST) -> None:
-    data_dir = Path(data_dir or config.data_dir())
+    # Startup refuses bad input before it binds or migrates anything: the --listen values, the data
+    # directory (the one directory it creates, see config.make_data_dir), the database URL, and a
+    # database that cannot be opened (UnusableDatabase, one line).
+    for spec in listens:
+        check_listen(spec)
     interface, _, address = (provision or "").partition("=")
     if provision and (not interface or not address):
         raise ValueError(f"--provision must be INTERFACE=ADDRESS (got {provision!r})")
     provision_on = provisioning_listeners(listens, provision_only_on, address if provision else None)
     discovery_limit = TokenBucket(discovery_rate, discovery_burst)
-    sockets = [bind(spec) for spec in listens]
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data_dir = config.make_data_dir(data_dir)
     url = config.database_url(database, data_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = Database(url)
-    bootstrap.prepare(db)
+    db.check()
+    sockets = [bind(spec) for spec in listens]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token_file = data_dir / "admin.token"
-    with db.session() as s:
-        created = auth.ensure_admin_token(s, token_file)
+    try:
+        bootstrap.prepare(db)
+        with db.session() as s:
+            created = auth.ensure_admin_token(s, token_file)
+    except DBAPIError as exc:
+        raise UnusableDatabase(f"cannot prepare the database {shown(url)}: {reason(exc)}") from None
     if created:
         log.info("created the admin API token in %s", token_file)
     elif not token_file.exists():

@@ -235,14 +235,21 @@ class Server:
     def fails(self, *args, code: int | None = None, **kw) -> Result:
         """Run the CLI and insist on the error contract: non-zero exit, one `error:` line, no traceback."""
         r = self.cli(*args, **kw)
-        assert r.returncode != 0, str(r)
-        if code is not None:
-            assert r.returncode == code, str(r)
-        assert "Traceback" not in r.stdout + r.stderr, str(r)
-        lines = r.stderr.splitlines()
-        assert len(lines) == 1, f"expected exactly one line on stderr:\n{r}"
-        assert lines[0].startswith("error: ") and len(lines[0]) > len("error: ") + 5, str(r)
+        one_error_line(r, code)
         return r
+
+
+def one_error_line(r: Result, code: int | None = None) -> str:
+    """The CLI's error contract for a finished run: non-zero exit (`code` if given), exactly one
+    `error: ...` line on stderr, no traceback; the line."""
+    assert r.returncode != 0, str(r)
+    if code is not None:
+        assert r.returncode == code, str(r)
+    assert "Traceback" not in r.stdout + r.stderr, str(r)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, f"expected exactly one line on stderr:\n{r}"
+    assert lines[0].startswith("error: ") and len(lines[0]) > len("error: ") + 5, str(r)
+    return lines[0]
 
 
 class Servers:
