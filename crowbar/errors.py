@@ -50,6 +50,13 @@ class Unauthorized(CrowbarError):
     kind = "unauthorized"
 
 
+class TooLarge(CrowbarError):
+    """A request body (or an upload) is over its size limit (HTTP 413)."""
+
+    status = 413
+    kind = "too_large"
+
+
 class BarclampError(InvalidInput):
     """A barclamp definition is wrong; the message names the file and the role."""
 

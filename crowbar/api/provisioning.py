@@ -3,14 +3,12 @@ and the operator's lifecycle and power actions (admin token)."""
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from crowbar.api import deps
+from crowbar.api import body, deps
 from crowbar.api.deps import Actor, Settings, UnitOfWork
 from crowbar.errors import InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
@@ -29,10 +27,7 @@ class JobResult(BaseModel):
 async def discovery(request: Request, s: UnitOfWork, config: Settings):
     """The discovery agent posts its inventory; answers the node's name and its token."""
     raw = await request.body()
-    try:
-        inventory = json.loads(raw.decode("utf-8", errors="replace"))
-    except ValueError as exc:
-        raise InvalidInput(f"the inventory is not JSON: {exc}", field="body") from None
+    inventory = body.loads(raw, what="the inventory")  # strict JSON, whatever the content type says
     # Not on the event loop: the session waits for SQLite's write lock, and a request holding it
     # may need the loop to finish, which would stall the whole server for the busy timeout (60 s).
     # (The unit of work's session is opened and committed in the threadpool too.)

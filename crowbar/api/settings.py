@@ -26,3 +26,4 @@ class AppSettings:
     advertise_url: str | None = None  # the URL booting machines reach the API at (default: as asked)
     discovery_image: object | None = None  # has .kernel and .initrd paths (served under /boot/discovery)
     wake: Callable[[str], None] = _nobody_to_wake  # kind: "anneal" | "power"
+    max_body: int = 1 << 20  # bytes of a request body, unless the route has its own limit (crowbar.api.body)
