@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
-from crowbar.api import deps
+from crowbar.api import deps, errors
 from crowbar.api.deps import Actor, Paging, UnitOfWork
 from crowbar.barclamps import limits
 from crowbar.barclamps.limits import MAX_UPLOAD_BODY
@@ -116,8 +116,9 @@ def list_barclamps(s: UnitOfWork, page: Paging, name: str | None = None):
                  f"(`files`: barclamp.yml and scripts/ROLE/NAME). Limits: barclamp.yml {limits.MAX_YAML_BYTES:,} "
                  f"bytes, each script {limits.MAX_SCRIPT_BYTES:,}, {limits.MAX_FILES} files and "
                  f"{limits.MAX_TOTAL_BYTES:,} bytes in all, this body {MAX_UPLOAD_BODY:,} bytes."),
-             responses={413: {"description": f"The body is larger than {MAX_UPLOAD_BODY:,} bytes"},
-                        422: {"description": "The barclamp is invalid; the message names the file, role and reason"}})
+             responses=errors.responses(
+                 413, 422, _413=f"The body is larger than {MAX_UPLOAD_BODY:,} bytes",
+                 _422="The barclamp is invalid; the message names the file, role and reason"))
 def import_barclamp(s: UnitOfWork, who: Actor, body: Upload):
     return catalog.import_path_or_files(s, body.path, body.files, body.source, actor=who)
 

@@ -11,11 +11,13 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from crowbar.api.settings import AppSettings
 from crowbar.db.session import pending_work
+from crowbar.db.sql import MAX_ID
 from crowbar.errors import Unauthorized
 from crowbar.services import auth
 
@@ -51,18 +53,27 @@ def unit_of_work(config: Settings) -> Iterator[Session]:
 
 UnitOfWork = Annotated[Session, Depends(unit_of_work, scope="function")]
 
+BEARER = HTTPBearer(auto_error=False, description="the admin token: `Authorization: Bearer <token>`")
+API_KEY = APIKeyHeader(name="X-Auth-Token", auto_error=False, description="or the admin token in this header")
+
 
 def bearer(request: Request) -> str | None:
     """The token of `Authorization: Bearer <token>` (node agents authenticate with it too)."""
-    header = request.headers.get("authorization", "")
+    return _bearer(request.headers)
+
+
+def _bearer(headers) -> str | None:
+    header = headers.get("authorization", "")
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
-def actor(request: Request, config: Settings) -> str:
-    """The name of the admin token's owner; 401 without a valid admin token."""
-    token = bearer(request)
+def authenticate(config: AppSettings, headers) -> str:
+    """The name of the owner of the admin token in `headers` (`Authorization: Bearer <token>` or
+    `X-Auth-Token`); Unauthorized without a valid admin token. The edge (crowbar.api.edge) calls it
+    for every admin route before the body is read."""
+    token = _bearer(headers)
     if token is None:
-        token = request.headers.get("x-auth-token")
+        token = headers.get("x-auth-token")
     with config.db.session() as s:
         row = auth.verify(s, token)
         if row is None:
@@ -70,6 +81,15 @@ def actor(request: Request, config: Settings) -> str:
         if row.kind != "admin":
             raise Unauthorized("this token may not use the admin API")
         return row.name
+
+
+def actor(request: Request, config: Settings,
+          _documented_bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+          _documented_key: Annotated[str | None, Security(API_KEY)] = None) -> str:
+    """The admin token's owner, as the edge authenticated it before the route (the security
+    parameters only document the two ways of sending the token in the OpenAPI document)."""
+    name = getattr(request.state, "actor", None)
+    return name if name is not None else authenticate(config, request.headers)
 
 
 Actor = Annotated[str, Depends(actor)]
@@ -105,7 +125,7 @@ class Page:
 
 def paging(request: Request,
            limit: int = Query(LIMIT, ge=1, le=MAX_LIMIT, description="at most this many items"),
-           marker: int | None = Query(None, ge=0, description="the last id of the previous page")) -> Page:
+           marker: int | None = Query(None, ge=0, le=MAX_ID, description="the last id of the previous page")) -> Page:
     return Page(request, limit, marker)
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 
 from crowbar.api import deps
+from crowbar.api.body import JSONResponse
 from crowbar.api.deps import Paging, UnitOfWork
+from crowbar.db.sql import MAX_ID
 from crowbar.services import anneal
 
 router = APIRouter(prefix="/api/v2", dependencies=[Depends(deps.actor)])
@@ -21,8 +22,9 @@ def anneal_status(s: UnitOfWork, deployment: str | None = None):
 
 
 @router.get("/events", tags=["events"])
-def list_events(s: UnitOfWork, page: Paging, object_type: str | None = None, object_id: int | None = None,
-                after: int | None = Query(None, ge=0, description="the same as marker (its older name)")):
+def list_events(s: UnitOfWork, page: Paging, object_type: str | None = None,
+                object_id: int | None = Query(None, ge=0, le=MAX_ID, description="events of this object"),
+                after: int | None = Query(None, ge=0, le=MAX_ID, description="the same as marker (its older name)")):
     """Audit events, always oldest first (ascending id).
 
     Without `marker` (or `after`): the newest `limit` events, the tail of the log; `next` is null,

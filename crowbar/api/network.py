@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Query
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from crowbar.api import deps
+from crowbar.api.body import JSONResponse
 from crowbar.api.deps import Actor, TextPaging, UnitOfWork
 from crowbar.services import network as svc
 

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from crowbar.api import deps
+from crowbar.api import deps, errors
 from crowbar.api.deps import Actor, Settings, UnitOfWork
 from crowbar.api.settings import AppSettings
 from crowbar.errors import InvalidInput, NotFound
@@ -33,16 +33,13 @@ class JobResult(BaseModel):
     output: str = ""
 
 
-def _error(description: str) -> dict:
-    return {"description": description + " (the error body: error, message, field)"}
-
-
-DISCOVERY_ERRORS = {403: _error("a re-find without the nonce of the node's latest discovery boot, or from "
-                                "another machine"),
-                    409: _error("MACs of two nodes, or a node that does not boot the discovery image"),
-                    413: _error(f"an inventory over {MAX_INVENTORY_BYTES // 1024} KiB"),
-                    422: _error("not an inventory, or over a limit (depth, NICs, lengths)"),
-                    429: _error("too many new machines; Retry-After says when to try again")}
+DISCOVERY_ERRORS = errors.responses(
+    403, 409, 413, 422, 429,
+    _403="a re-find without the nonce of the node's latest discovery boot, or from another machine",
+    _409="MACs of two nodes, or a node that does not boot the discovery image",
+    _413=f"an inventory over {MAX_INVENTORY_BYTES // 1024} KiB",
+    _422="not an inventory, or over a limit (depth, NICs, lengths)",
+    _429="too many new machines; Retry-After says when to try again")
 
 
 async def _body(request: Request, limit: int) -> bytes:

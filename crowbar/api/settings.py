@@ -35,3 +35,4 @@ class AppSettings:
     # The requester's MAC on the provisioning interface, from its address (None: not a neighbour
     # there); unset, the server does not bind provisioning requests to the link.
     link_address: Callable[[str | None], str | None] | None = None
+    max_body: int = 1 << 20  # bytes of a request body, unless the route has its own limit (crowbar.api.body)

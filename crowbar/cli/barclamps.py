@@ -56,6 +56,9 @@ def _read(path: Path, limit: int) -> str:
         raise CliError(f"{path}: {exc.strerror}") from None
     if len(data) > limit:
         raise CliError(f"{path}: larger than the server's limit of {limit:,} bytes")
+    nul = data.find(b"\0")
+    if nul >= 0:  # a binary file; the server refuses NUL in any JSON string it is sent
+        raise CliError(f"{path}: contains a NUL byte at offset {nul}: not a text file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -9,6 +9,10 @@ from sqlalchemy import Connection, Engine, Select, tuple_
 from sqlalchemy.orm import Session
 
 CHUNK = 5000  # stays far below SQLite's limit on bound parameters
+# Ids are INTEGER columns: 32 bits on PostgreSQL. A larger number names no row, and PostgreSQL
+# refuses to even compare a column with it ("integer out of range"); SQLite cannot bind one past
+# 64 bits. Lookups answer "not found" past it, and paging markers refuse it.
+MAX_ID = 2**31 - 1
 
 
 def chunks(items: Sequence, size: int = CHUNK) -> Iterable[list]:

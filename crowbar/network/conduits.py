@@ -18,6 +18,7 @@ Choices:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -52,6 +53,8 @@ def parse_speed(value: Any) -> int | None:
         raise InvalidInput(f"NIC speed {value!r} is not a number of Mb/s nor like 1g, 100m",
                            field="speed")
     number, unit = float(match.group(1)), (match.group(2) or "m").lower()
+    if not math.isfinite(number):  # 400 digits read as inf
+        raise InvalidInput(f"NIC speed ({len(str(value))} characters) is out of range", field="speed")
     return round(number * (1000 if unit == "g" else 1))
 
 
@@ -77,6 +80,11 @@ class Nic:
         name = field_of(item, "name")
         if not name:
             raise InvalidInput(f"NIC {item!r} has no name", field="name")
+        # What an agent posted: the text fields must be text, or they cannot be sorted or named.
+        for key in ("name", "mac", "driver", "bus"):
+            value = field_of(item, key)
+            if value is not None and not isinstance(value, str):
+                raise InvalidInput(f"NIC {str(name)[:40]!r}: {key} {str(value)[:40]!r} is not a string", field=key)
         return cls(name=name, mac=field_of(item, "mac"), speed=parse_speed(field_of(item, "speed")),
                    driver=field_of(item, "driver"), bus=field_of(item, "bus"))
 
@@ -95,7 +103,9 @@ class Nic:
 
 def _natural_key(name: str) -> list:
     """eth2 before eth10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+    # ASCII digits only: "²" is a digit to str.isdigit but not to int(), "٣" to \d but not to us;
+    # split on [0-9] so that every odd part is a number and every even part text (comparable).
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"([0-9]+)", name))]
 
 
 def order_nics(nics: Iterable[Any], bus_order: Sequence[str] = ()) -> list[Nic]:

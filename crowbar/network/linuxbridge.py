@@ -249,13 +249,18 @@ class DeviceOwner(NamedTuple):
 
 _ID_FRAGMENT = re.compile(r"^[0-9a-f-]+$")
 _PORT_PREFIXES = (TAP_PREFIX, DHCP_DEVICE_PREFIX, ROUTER_INTERNAL_PREFIX, ROUTER_GATEWAY_PREFIX)
-_VLAN_DEVICE = re.compile(r"^.+\.(\d+)$")
+_VLAN_DEVICE = re.compile(r"^.+\.([0-9]+)$")
 
 
 def _segment(network: Any) -> tuple[str | None, int | None]:
     kind = field_of(network, "network_type", "provider:network_type")
     segmentation_id = field_of(network, "segmentation_id", "provider:segmentation_id")
-    return kind, None if segmentation_id is None else int(segmentation_id)
+    if segmentation_id is None:
+        return kind, None
+    try:  # what a client posted (a port list, a network list): not always a number
+        return kind, int(segmentation_id)
+    except (TypeError, ValueError, OverflowError):
+        return kind, None
 
 
 def _owner(kind: str, item: Any) -> DeviceOwner:
@@ -298,7 +303,7 @@ def whois(device: str, networks: Iterable[Any] = (), ports: Iterable[Any] = (),
             return _by_id_prefix(device, kind, device[len(prefix):], items)
     if device.startswith(VXLAN_PREFIX):
         vni = device[len(VXLAN_PREFIX):]
-        return _by_segment(device, "vxlan", int(vni), networks) if vni.isdigit() else None
+        return _by_segment(device, "vxlan", int(vni), networks) if vni.isascii() and vni.isdigit() else None
     vlan = _VLAN_DEVICE.match(device)
     if vlan:
         return _by_segment(device, "vlan", int(vlan.group(1)), networks)

@@ -24,6 +24,7 @@ Actions run in the server's power worker, never inside a request or a transactio
 from __future__ import annotations
 
 import abc
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -121,7 +122,17 @@ class PowerDriver(abc.ABC):
             if isinstance(value, bool) and bool not in setting.types or not isinstance(value, setting.types):
                 raise InvalidInput(f"power driver {self.name}: setting {key!r} must be of type {setting.kind}",
                                    field=f"settings.{key}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not _finite(value):
+                raise InvalidInput(f"power driver {self.name}: setting {key!r} is out of range", field=f"settings.{key}")
         return {key: value for key, value in settings.items() if value is not None}
+
+
+def _finite(number: int | float) -> bool:
+    """A number the drivers can compute with (10**400 or 1e308 * 10 cannot be a float of seconds)."""
+    try:
+        return math.isfinite(float(number))
+    except OverflowError:
+        return False
 
 
 def driver_names() -> list[str]:

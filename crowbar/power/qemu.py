@@ -26,6 +26,7 @@ from crowbar.power.base import PowerDriver, PowerError, PowerNode, Setting, Stat
 
 OFF_STATES = frozenset({"prelaunch", "paused", "shutdown"})
 DEFAULT_TIMEOUT = 10.0
+MAX_TIMEOUT = 3600.0  # per exchange; sockets cannot wait past time_t anyway (1e10 s overflows)
 
 
 class QmpError(Exception):
@@ -126,9 +127,9 @@ class QemuPower(PowerDriver):
             if "-daemonize" not in command:
                 raise InvalidInput("power driver qemu: the VM command must use -daemonize, so that the VM "
                                    "outlives whoever powered it on", field="settings.command")
-        if "timeout" in settings and not settings["timeout"] > 0:
-            raise InvalidInput("power driver qemu: setting 'timeout' must be a positive number of seconds",
-                               field="settings.timeout")
+        if "timeout" in settings and not 0 < settings["timeout"] <= MAX_TIMEOUT:
+            raise InvalidInput(f"power driver qemu: setting 'timeout' must be a positive number of seconds, "
+                               f"at most {MAX_TIMEOUT:g}", field="settings.timeout")
         return settings
 
     def power_on(self, node: PowerNode) -> str:

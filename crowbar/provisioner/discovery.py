@@ -14,13 +14,13 @@ Pure: no database. The discovery service (crowbar.services.provisioning) and its
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
 
+from crowbar.documents import loads_strict
 from crowbar.errors import InvalidInput, TooLarge
 
 MAX_INVENTORY_BYTES = 256 * 1024
@@ -36,29 +36,13 @@ DEFAULT_RATE = 1.0  # nodes created through discovery per second, sustained, per
 DEFAULT_BURST = 50  # ... and at once (a rack powered on together)
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} does not fit a JSON number")
-    return value
-
-
 def parse_inventory(raw: bytes) -> dict:
     """The inventory in `raw` (the request body), checked against every limit above."""
     if len(raw) > MAX_INVENTORY_BYTES:
         raise too_large(len(raw))
     # Firmware may put non-UTF-8 bytes in DMI strings; the agent sends them byte for byte.
     text = raw.decode("utf-8", errors="replace")
-    try:
-        inventory = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise InvalidInput(f"the inventory is nested deeper than {MAX_DEPTH} levels", field="body") from None
-    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, an integer of thousands of digits
-        raise InvalidInput(f"the inventory is not JSON: {str(exc)[:200]}", field="body") from None
+    inventory = loads_strict(text, field="body", what="the inventory")  # no NaN, surrogates, NUL
     check_inventory(inventory)
     return inventory
 

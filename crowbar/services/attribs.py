@@ -12,7 +12,7 @@ from crowbar.db.events import record
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
 from crowbar.db.session import signal_work
 from crowbar.db.sql import keyset
-from crowbar.documents import MISSING, dig, put
+from crowbar.documents import MISSING, check_strict, dig, loads_strict, put
 from crowbar.engine import attribs as ea
 from crowbar.engine import graph
 from crowbar.errors import InvalidInput, NotFound
@@ -79,12 +79,13 @@ def get(session: Session, name: str, node: str | None = None) -> dict:
 
 
 def parse_value(raw):
-    """CLI values arrive as text: JSON when it parses (numbers, true, objects), else a plain string."""
+    """CLI values arrive as text: strict JSON when it parses as such (numbers, true, objects), else
+    a plain string ("NaN" stays the string "NaN")."""
     if not isinstance(raw, str):
         return raw
     try:
-        return json.loads(raw)
-    except ValueError:
+        return loads_strict(raw, field="value")
+    except InvalidInput:
         return raw
 
 
@@ -92,7 +93,7 @@ def set_on_node(session: Session, name: str, value, node: str, actor: str = "sys
     """Set a node hint; noderoles on that node which own or want the attrib run again."""
     a = _attrib(session, name)
     n = lookup.node(session, node)
-    value = parse_value(value)
+    value = check_strict(parse_value(value), field="value", what=f"attrib {a.name!r}")  # before it is stored
     try:
         jsonschema.validate(value, a.schema or {})
     except jsonschema.ValidationError as exc:

@@ -11,6 +11,7 @@ from crowbar.db.events import record
 from crowbar.db.models import Deployment, DeploymentRole, NodeRole, Role
 from crowbar.db.session import signal_work
 from crowbar.db.sql import keyset
+from crowbar.documents import check_strict
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.services import lookup
@@ -214,6 +215,7 @@ def set_role_data(session: Session, deployment_key, role_key, data: dict, actor:
     """Set a deployment role's proposed data (committed on the next commit)."""
     if not isinstance(data, dict):
         raise InvalidInput("deployment role data must be a JSON object", field="data")
+    check_strict(data, field="data", what="deployment role data")  # no NaN, lone surrogates: refused, not stored
     d = lookup.deployment(session, deployment_key)
     role = lookup.role(session, role_key)
     dr = session.scalar(select(DeploymentRole).where(DeploymentRole.deployment_id == d.id,

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crowbar.db.models import Barclamp, Deployment, Node, NodeRole, Role
-from crowbar.db.sql import chunks
+from crowbar.db.sql import MAX_ID, chunks
 from crowbar.errors import InvalidInput, NotFound
 
 # RFC 1123 host names (labels of letters, digits and inner hyphens; 253 characters at most), lower
@@ -41,24 +41,26 @@ class NodeRef(NamedTuple):
     name: str
 
 
-MAX_ID_DIGITS = 18  # ids fit a signed 64-bit integer; a longer number can name nothing
-
-
 def is_id(key) -> bool:
     """True for a reference made of ASCII digits only ("²" and "٣" are digits to Python, not to us)."""
     key = str(key).strip()
     return key.isascii() and key.isdigit()
 
 
-def _as_id(key: str) -> int | None:
-    """The id a digits-only reference names, or None when it is too long to be any row's id."""
-    return int(key) if len(key) <= MAX_ID_DIGITS else None
+def as_id(key) -> int | None:
+    """The id a reference names: its number when it is all ASCII digits and no larger than any
+    row's id can be (crowbar.db.sql.MAX_ID), else None (no row has it)."""
+    key = str(key).strip()
+    if not is_id(key) or len(key) > len(str(MAX_ID)):
+        return None
+    number = int(key)
+    return number if number <= MAX_ID else None
 
 
 def _by_key(session: Session, model, key: str | int, kind: str):
     key = str(key).strip()
     if is_id(key):
-        row = session.get(model, _as_id(key)) if _as_id(key) is not None else None
+        row = session.get(model, as_id(key)) if as_id(key) is not None else None
     else:
         row = session.scalar(select(model).where(model.name == key)) if hasattr(model, "name") else None
     if row is None:
@@ -80,12 +82,12 @@ def node_refs(session: Session, keys: list) -> list[NodeRef]:
     for part in chunks(sorted({r for r in refs if not is_id(r)})):
         for node_id, name in session.execute(select(Node.id, Node.name).where(Node.name.in_(part))):
             by_name[name] = NodeRef(node_id, name)
-    for part in chunks(sorted({_as_id(r) for r in refs if is_id(r) and _as_id(r) is not None})):
+    for part in chunks(sorted({as_id(r) for r in refs if as_id(r) is not None})):
         for node_id, name in session.execute(select(Node.id, Node.name).where(Node.id.in_(part))):
             by_id[node_id] = NodeRef(node_id, name)
     out, missing = [], []
     for r in refs:
-        hit = by_id.get(_as_id(r)) if is_id(r) else by_name.get(r)
+        hit = by_id.get(as_id(r)) if is_id(r) else by_name.get(r)
         if hit is None:
             missing.append(r)
         else:
@@ -110,7 +112,7 @@ def deployment(session: Session, key) -> Deployment:
 
 def noderole(session: Session, key) -> NodeRole:
     key = str(key).strip()
-    row = session.get(NodeRole, _as_id(key)) if is_id(key) and _as_id(key) is not None else None
+    row = session.get(NodeRole, as_id(key)) if as_id(key) is not None else None
     if row is None:
         raise NotFound(f"noderole {key!r} does not exist", field="noderole")
     return row

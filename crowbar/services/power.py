@@ -79,7 +79,8 @@ def request_power(session: Session, key, action: str, actor: str = "system") -> 
 
 
 def show_request(session: Session, request_id) -> dict:
-    req = session.get(PowerRequest, int(request_id)) if lookup.is_id(request_id) else None
+    number = lookup.as_id(request_id)
+    req = session.get(PowerRequest, number) if number is not None else None
     if req is None:
         raise NotFound(f"power request {request_id!r} does not exist", field="power_request")
     return request_dict(req, session.get(Node, req.node_id).name)

@@ -224,9 +224,10 @@ def agent_next(session: Session, node: Node) -> dict:
 
 
 def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> dict:
-    if not str(job_id).isdigit():
+    number = lookup.as_id(job_id)  # ASCII digits within an id's range: "²" and 25 digits name no job
+    if number is None:
         raise NotFound(f"job {job_id!r} does not exist", field="job")
-    job = session.get(AgentJob, int(job_id))
+    job = session.get(AgentJob, number)
     if job is None or job.node_id != node.id:
         raise NotFound(f"job {job_id!r} does not exist for node {node.name}", field="job")
     if job.state == "done":

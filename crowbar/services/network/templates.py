@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
 from crowbar.db.models import utcnow
+from crowbar.documents import check_strict
 from crowbar.errors import CrowbarError, InvalidInput, NotFound
 from crowbar.network.model import (
     BusOrder, ConduitMapEntry, Network, NetworkTemplate, NetworkValidationError, default_template,
@@ -236,6 +237,7 @@ def parse_template(source: Mapping[str, Any] | str) -> NetworkTemplate:
         except yaml.YAMLError as exc:
             raise InvalidInput(f"template: not valid YAML or JSON: {exc}".replace("\n", " "),
                                field="template") from None
+    check_strict(source, field="template", what="the template")  # YAML: .nan, "\ud800", dates...
     try:
         return load_template(source)
     except NetworkValidationError as exc:

@@ -1,0 +1,136 @@
+"""The HTTP edge: what every request goes through before a route, its dependencies or its models
+see it, in this order:
+
+1. Authentication. An admin route is one that depends on `deps.actor` (every router but the open
+   ones: health, discovery, the agent's, /boot); its token is checked from the headers alone, so a
+   caller without a valid admin token gets 401 whatever its body (it is not even read). The name
+   is left in `request.state.actor`, where `deps.actor` finds it.
+2. The URL: a NUL character in the path or the query is refused (422): nothing is named so, and
+   PostgreSQL cannot even compare text with one.
+   A path some routes take, with a method none takes, is 405, and Allow names that path's methods.
+3. The body: at most `body.limit_for(route path)` bytes (413: from Content-Length before reading,
+   else as it arrives), and a JSON body (no content type, application/json, application/*+json)
+   must be strict JSON (`body.loads`: 422). The route then reads the same bytes.
+
+What is refused here answers the one error body (crowbar.api.errors) and has touched nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import unquote_to_bytes
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from crowbar.api import body, deps, errors
+from crowbar.errors import InvalidInput
+
+PARSE_IN_THREAD = 64 * 1024  # bytes
+
+
+def _calls(dependant, call) -> bool:
+    return dependant.call is call or any(_calls(d, call) for d in dependant.dependencies)
+
+
+def needs_admin(route) -> bool:
+    """True for a route that needs the admin token (it depends on `deps.actor`)."""
+    dependant = getattr(route, "dependant", None)
+    return dependant is not None and _calls(dependant, deps.actor)
+
+
+def _check_url(scope: Scope) -> None:
+    if "\x00" in scope.get("path", ""):
+        raise InvalidInput("the path contains a NUL character", field="path")
+    if b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
+        raise InvalidInput("the query contains a NUL character", field="query")
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole body (None if the client went away), refused past `limit` bytes or when it is a
+    JSON body that is not strict JSON."""
+    headers = Headers(scope=scope)
+    declared = headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise body.too_large(int(declared), limit)
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise body.too_large(size, limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    raw = b"".join(chunks)
+    if raw and body.is_json(headers.get("content-type")):
+        if len(raw) > PARSE_IN_THREAD:  # a megabyte takes a while: not on the event loop
+            await run_in_threadpool(body.loads, raw)
+        else:
+            body.loads(raw)
+    return raw
+
+
+class Edge:
+    """ASGI middleware over the whole application. `routes` are the routes of the routers the
+    application includes, in the order it includes them (`create_app` passes them): the edge finds
+    the route a request is for as the router will, and so whether it is an admin route and its
+    body limit. A request for no route (404) is left to the router."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = [(route, needs_admin(route)) for route in routes]
+
+    def _route(self, scope: Scope) -> tuple[BaseRoute | None, bool, set[str]]:
+        """The route for `scope`, whether it is an admin route, and (when no route takes the
+        request's method, but some take its path) the methods of the path as the document lists
+        them: those of the routes declared with the same path as the first that matched."""
+        partial, allowed = None, set()
+        for route, admin in self.routes:
+            match, _child = route.matches(scope)
+            if match is Match.FULL:
+                return route, admin, set()
+            if match is Match.PARTIAL:
+                partial = partial or (route, admin)
+                if route.path == partial[0].path:
+                    allowed |= set(route.methods or ())
+        return (*(partial or (None, False)), allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        settings = scope["app"].state.settings
+        route, admin, allowed = self._route(scope)
+        try:
+            if admin:
+                name = await run_in_threadpool(deps.authenticate, settings, Headers(scope=scope))
+                scope.setdefault("state", {})["actor"] = name
+            if allowed:  # the router would name only the first route's methods
+                raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
+            _check_url(scope)
+            raw = await _read_body(scope, receive, body.limit_for(getattr(route, "path", None), settings.max_body))
+        except Exception as exc:  # noqa: BLE001 - answered as the app's handlers would, or re-raised
+            response = errors.response_for(exc)
+            if response is None:
+                raise
+            await response(scope, receive, send)
+            return
+        if raw is None:  # the client is gone
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
