@@ -30,6 +30,11 @@ LIMITS = {
     "/api/v2/barclamps": MAX_UPLOAD_BODY,  # files of a barclamp (the import checks its own limits on them)
 }
 
+# Routes that parse their body themselves, as strict JSON by a rule of their own, so the edge only
+# limits its size: discovery decodes an inventory's non-UTF-8 bytes (firmware DMI strings) as
+# U+FFFD instead of refusing the machine (crowbar.provisioner.discovery.parse_inventory).
+OWN_PARSER = frozenset({"/api/v2/discovery"})
+
 
 def limit_for(route_path: str | None, default: int = MAX_BODY) -> int:
     return LIMITS.get(route_path or "", default)

@@ -10,7 +10,8 @@ see it, in this order:
    A path some routes take, with a method none takes, is 405, and Allow names that path's methods.
 3. The body: at most `body.limit_for(route path)` bytes (413: from Content-Length before reading,
    else as it arrives), and a JSON body (no content type, application/json, application/*+json)
-   must be strict JSON (`body.loads`: 422). The route then reads the same bytes.
+   must be strict JSON (`body.loads`: 422), except on a route that parses its own body by a rule of
+   its own (`body.OWN_PARSER`: discovery). The route then reads the same bytes.
 
 What is refused here answers the one error body (crowbar.api.errors) and has touched nothing.
 """
@@ -49,7 +50,7 @@ def _check_url(scope: Scope) -> None:
         raise InvalidInput("the query contains a NUL character", field="query")
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+async def _read_body(scope: Scope, receive: Receive, limit: int, parse: bool = True) -> bytes | None:
     """The whole body (None if the client went away), refused past `limit` bytes or when it is a
     JSON body that is not strict JSON."""
     headers = Headers(scope=scope)
@@ -69,7 +70,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None
         if not message.get("more_body", False):
             break
     raw = b"".join(chunks)
-    if raw and body.is_json(headers.get("content-type")):
+    if parse and raw and body.is_json(headers.get("content-type")):
         if len(raw) > PARSE_IN_THREAD:  # a megabyte takes a while: not on the event loop
             await run_in_threadpool(body.loads, raw)
         else:
@@ -115,7 +116,9 @@ class Edge:
             if allowed:  # the router would name only the first route's methods
                 raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
             _check_url(scope)
-            raw = await _read_body(scope, receive, body.limit_for(getattr(route, "path", None), settings.max_body))
+            path = getattr(route, "path", None)
+            raw = await _read_body(scope, receive, body.limit_for(path, settings.max_body),
+                                   parse=path not in body.OWN_PARSER)
         except Exception as exc:  # noqa: BLE001 - answered as the app's handlers would, or re-raised
             response = errors.response_for(exc)
             if response is None:
