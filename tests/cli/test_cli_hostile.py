@@ -16,7 +16,6 @@ server would, chosen by the first segment of the endpoint's path.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -33,11 +32,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-_spec = importlib.util.spec_from_file_location(
-    "crowbar_e2e_fixtures", Path(__file__).resolve().parents[1] / "e2e" / "conftest.py")
-e2e = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(e2e, "Servers"):
-    _spec.loader.exec_module(e2e)
+from e2e_fixtures import e2e  # noqa: E402  (tests/e2e_fixtures.py)
 
 NOT_UTF8 = os.fsdecode(b"\xff\xfe-node")  # passed to the child as the raw bytes ff fe
 BIG = "a" * 120_000  # an argument near Linux's limit for one (MAX_ARG_STRLEN, 128 KiB); 10 MB cannot be passed

@@ -4,10 +4,7 @@ loaded read-only by path."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,11 +17,7 @@ from netdb_helpers import TWO_NICS
 
 pytestmark = pytest.mark.e2e
 
-_spec = importlib.util.spec_from_file_location(
-    "crowbar_e2e_fixtures", Path(__file__).resolve().parents[1] / "e2e" / "conftest.py")
-e2e = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(e2e, "Servers"):
-    _spec.loader.exec_module(e2e)
+from e2e_fixtures import e2e  # noqa: E402  (tests/e2e_fixtures.py)
 
 
 @pytest.fixture(scope="module")
