@@ -101,7 +101,7 @@ def list_requests(session: Session, node=None, state: str | None = None, *, limi
 
 
 # -- drivers and settings ------------------------------------------------------------------------
-def drivers() -> dict:
+def drivers() -> list[dict]:
     """Every power driver: its summary, its timeout and its settings (what `set_power` checks)."""
     return [get_driver(name).describe() for name in driver_names()]
 
