@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # openssh-server: the script jig's SSH tests. The virtual lab (`make demo`, the e2e tests): a kernel
 # and busybox-static for the discovery image, qemu (with its iPXE NIC ROMs, ipxe-qemu), dnsmasq's
 # binary (dnsmasq-base: no system-wide DNS service), iPXE's undionly.kpxe/ipxe.efi, iproute2.
-APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2
+# fdisk: sfdisk, copied into the discovery image to partition disks for an OS install.
+APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk
 
 .PHONY: demo test deps venv benchmark clean
 

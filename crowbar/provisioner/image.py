@@ -2,7 +2,8 @@
 
 Built only from what this machine has installed (linux-image-amd64 for /boot/vmlinuz-<ver> and
 /lib/modules/<ver>, busybox-static for /bin/busybox), so building needs no network and no root
-tools: the initramfs is a newc cpio written here. The drivers come with their dependencies from
+tools: the initramfs is a newc cpio written here. A few host programs the install jobs need
+(DISCOVERY_TOOLS: sfdisk, wipefs) are copied in with the shared libraries ldd names. The drivers come with their dependencies from
 modules.dep and are loaded by /init with insmod in dependency order; compressed modules are
 decompressed at build time because busybox insmod cannot read xz or zstd. Firmware files are not
 shipped: NICs that need them (bnx2, some Broadcom and QLogic parts) are left to a later image.
@@ -48,7 +49,17 @@ DISCOVERY_MODULES = (
     "megaraid_sas", "mpt3sas", "hpsa", "smartpqi",
     # network features: raw sockets for udhcpc, VLANs, bonds, bridges
     "af_packet", "8021q", "bonding", "bridge",
+    # installing an OS: the root filesystem, the EFI system partition (vfat with its code pages)
+    "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "crc32c_generic",
 )
+
+# Host programs the agent's jobs need beyond busybox, each copied with the shared libraries `ldd`
+# names (and the dynamic loader), at the same paths: name -> (path on this host, Debian package).
+# sfdisk writes GPT partition tables (busybox fdisk cannot); wipefs erases filesystem signatures.
+DISCOVERY_TOOLS: dict[str, tuple[str, str]] = {
+    "sfdisk": ("/sbin/sfdisk", "fdisk"),
+    "wipefs": ("/sbin/wipefs", "util-linux"),
+}
 
 Progress = Callable[[str, int, int], None]
 
@@ -193,6 +204,26 @@ def _is_static(elf: bytes) -> bool:
     return all(struct.unpack_from("<I", elf, phoff + i * phentsize)[0] != 3 for i in range(phnum))
 
 
+def tool_files(tools: dict[str, tuple[str, str]] = DISCOVERY_TOOLS) -> dict[str, Path]:
+    """Every file the host programs in `tools` need, as initramfs path -> host file: the programs
+    themselves (under usr/sbin, as busybox leaves it free) and the libraries and loader `ldd` names,
+    at the paths the loader looks for them. ImageError names the package of a missing program."""
+    files: dict[str, Path] = {}
+    for name, (path, package) in sorted(tools.items()):
+        program = Path(path)
+        if not program.is_file():
+            raise ImageError(f"{path} is missing: install the {package} package")
+        files[f"usr/sbin/{name}"] = program
+        out = subprocess.run(["ldd", str(program)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise ImageError(f"ldd {path} failed: {(out.stderr or out.stdout).strip()}")
+        for line in out.stdout.splitlines():
+            match = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+            if match:
+                files[match.group(1).lstrip("/")] = Path(match.group(1))
+    return files
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -222,6 +253,7 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
     modules = resolve_modules(DISCOVERY_MODULES, (module_root / "modules.dep").read_text(),
                               builtin.read_text() if builtin.is_file() else "")
     agent = initramfs_files()
+    tools = tool_files()
 
     module_hashes = {}
     for done, rel in enumerate(modules, start=1):
@@ -232,6 +264,7 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
         "kernel": _sha256(vmlinuz.read_bytes()),
         "modules": module_hashes,
         "busybox": _sha256(busybox),
+        "tools": {path: _sha256(host.read_bytes()) for path, host in sorted(tools.items())},
         "agent": {path: _sha256(data) for path, data in sorted(agent.items())},
         "builder": _sha256(Path(__file__).read_bytes()),
     }
@@ -245,7 +278,7 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
     work.chmod(0o755)  # mkdtemp makes it private; the image is served over HTTP
     try:
-        entries = _initramfs_entries(version, module_root, modules, busybox, agent, report)
+        entries = _initramfs_entries(version, module_root, modules, busybox, agent, tools, report)
         report("compressing", 0, 1)
         with open(work / "initrd.img", "wb") as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
@@ -264,7 +297,8 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
 
 
 def _initramfs_entries(version: str, module_root: Path, modules: Sequence[str], busybox: bytes,
-                       agent: dict[str, bytes], report: Progress) -> list[CpioEntry]:
+                       agent: dict[str, bytes], tools: dict[str, Path],
+                       report: Progress) -> list[CpioEntry]:
     """Everything in the initramfs, parents before children as the kernel's unpacker needs."""
     entries = {name: CpioEntry.directory(name) for name in ("dev", "proc", "sys", "run", "tmp", "mnt")}
     # The kernel opens /dev/console for /init before anything could mount devtmpfs.
@@ -283,6 +317,8 @@ def _initramfs_entries(version: str, module_root: Path, modules: Sequence[str], 
     entries["etc/crowbar/modules"] = CpioEntry.file("etc/crowbar/modules", "".join(order).encode())
     for path, data in agent.items():
         entries[path] = CpioEntry.file(path, data, 0o755)
+    for path, host in tools.items():
+        entries[path] = CpioEntry.file(path, host.read_bytes(), 0o755)
 
     for name in list(entries):
         parent = os.path.dirname(name)
