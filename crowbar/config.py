@@ -27,6 +27,21 @@ def data_dir() -> Path:
     return Path(base) / "crowbar"
 
 
+def cache_dir() -> Path:
+    """Built images, cached by content and shared by every server and lab on this host (a second
+    build with the same inputs reuses them): `CROWBAR_CACHE_DIR`, else ~/.cache/crowbar."""
+    env = os.environ.get("CROWBAR_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "crowbar"
+
+
+def os_image_dir() -> Path:
+    """The OS image store (`crowbar os build` writes it, the server serves it)."""
+    return cache_dir() / "os"
+
+
 def database_url(explicit: str | None = None, directory: Path | None = None) -> str:
     if explicit:
         return explicit

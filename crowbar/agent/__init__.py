@@ -34,8 +34,10 @@ Boot
    the same token (a restarting server does not cost the node its token). Unknown actions are
    logged and skipped.
 
-3. Job result: the script runs with ``sh`` in /tmp, stdin /dev/null, with ``CROWBAR_URL`` and
-   ``CROWBAR_NODE`` in its environment; past ``timeout`` it gets SIGTERM (exit code 143). Then
+3. Job result: the script runs with ``sh`` in /tmp, stdin /dev/null, with ``CROWBAR_URL``,
+   ``CROWBAR_NODE``, ``CROWBAR_TOKEN`` and ``CROWBAR_JOB`` in its environment (an install job posts
+   its phases to ``{url}/api/v2/agent/progress/<id>`` with the token, and writes the token into the
+   installed system for its call home: ``POST {url}/api/v2/agent/booted``); past ``timeout`` it gets SIGTERM (exit code 143). Then
    ``POST {url}/api/v2/agent/jobs/<id>`` with the same Authorization header and the body
    ``{"exit_code": 0, "output": "..."}``: stdout and stderr together, the last 256 KiB, every line
    ending in a newline. A 2xx answer (its body is ignored) ends the job; otherwise it is tried 5
@@ -82,3 +84,20 @@ def initramfs_files() -> dict[str, bytes]:
     """The agent's files by their path in the initramfs (no leading slash)."""
     package = resources.files(__name__)
     return {target: package.joinpath(source).read_bytes() for target, source in _LAYOUT.items()}
+
+
+# The node-side pieces of an installed system (crowbar.provisioner.osimage puts them in every OS
+# image): the call-home service that moves an installed node to readying and ready at first boot,
+# cloud-init's datasource settings, SSH host keys made per node.
+_INSTALLED = {
+    "usr/lib/crowbar/crowbar-callhome": "installed/crowbar-callhome",
+    "etc/systemd/system/crowbar-callhome.service": "installed/crowbar-callhome.service",
+    "etc/cloud/cloud.cfg.d/90-crowbar.cfg": "installed/90-crowbar.cfg",
+    "etc/systemd/system/ssh.service.d/crowbar-hostkeys.conf": "installed/ssh-hostkeys.conf",
+}
+
+
+def installed_files() -> dict[str, bytes]:
+    """The node-side files of an installed system by their path in its root (no leading slash)."""
+    package = resources.files(__name__)
+    return {target: package.joinpath(source).read_bytes() for target, source in _INSTALLED.items()}

@@ -114,7 +114,7 @@ run_job() {
     log "running job $job"
     (
         cd /tmp || exit 1
-        export CROWBAR_URL="$URL" CROWBAR_NODE="$NODE"
+        export CROWBAR_URL="$URL" CROWBAR_NODE="$NODE" CROWBAR_TOKEN="$TOKEN" CROWBAR_JOB="$job"
         case $limit in
         "" | *[!0-9]*) sh "$STATE/job.sh" ;;
         *) timeout "$limit" sh "$STATE/job.sh" ;;

@@ -18,7 +18,8 @@ from crowbar.api.settings import AppSettings
 from crowbar.errors import InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import MAX_INVENTORY_BYTES, NONCE_HEADER, parse_inventory, too_large
-from crowbar.services import boot, provisioning
+from crowbar.provisioner import osimage
+from crowbar.services import boot, install, os_images, provisioning
 
 # The routes booting machines use, by path prefix: the iPXE scripts and discovery image, the
 # discovery post, the agent's polls and job results.
@@ -31,6 +32,38 @@ admin_router = APIRouter(prefix="/api/v2", tags=["provisioning"], dependencies=[
 class JobResult(BaseModel):
     exit_code: int
     output: str = ""
+
+
+class JobProgress(BaseModel):
+    phase: str
+    bytes: int = 0
+    total: int = 0
+
+
+class Booted(BaseModel):
+    step: str
+    boot_id: str = ""
+    kernel: str = ""
+    os: str = ""
+    reason: str = ""
+
+
+class Deploy(BaseModel):
+    os: str | None = None
+
+
+class DeployMany(BaseModel):
+    nodes: list[str]
+    os: str | None = None
+
+
+class Release(BaseModel):
+    erase: str | None = "quick"
+
+
+def _install_context(config: AppSettings) -> install.Context:
+    return install.Context(images=config.os_images, public_key=config.ssh_public_key,
+                           private_key=config.ssh_private_key)
 
 
 DISCOVERY_ERRORS = errors.responses(
@@ -92,6 +125,38 @@ def agent_job(job_id: str, body: JobResult, request: Request, s: UnitOfWork):
     return provisioning.job_result(s, node, job_id, body.exit_code, body.output)
 
 
+@open_router.post("/api/v2/agent/progress/{job_id}")
+def agent_progress(job_id: str, body: JobProgress, request: Request, s: UnitOfWork):
+    """An install job's phase and bytes written (the installer's script posts them)."""
+    node = provisioning.node_for_token(s, deps.bearer(request))
+    return install.progress(s, node, job_id, body.phase, body.bytes, body.total)
+
+
+@open_router.post("/api/v2/agent/booted")
+def agent_booted(body: Booted, request: Request, s: UnitOfWork, config: Settings):
+    """The installed system calls home at boot: booted, ready, or failed (with a reason)."""
+    node = provisioning.node_for_token(s, deps.bearer(request))
+    facts = {"boot_id": body.boot_id, "kernel": body.kernel, "os": body.os, "reason": body.reason}
+    return install.booted(s, node, body.step, facts, _install_context(config))
+
+
+@open_router.get("/boot/os/{name}/{digest}/{file}")
+def os_image_file(name: str, digest: str, file: str, config: Settings):
+    """An OS image (Range requests supported) or its manifest; SHA256SUMS lists the image's checksum."""
+    store = config.os_images
+    image = next((i for i in (osimage.built(store, name) if store and osimage.NAME_RE.match(name) else [])
+                  if i.name == name and i.digest == digest), None)
+    if image is None:
+        raise NotFound(f"no image {name}/{digest}")
+    if file == osimage.ROOT_IMAGE:
+        return FileResponse(image.path, media_type="application/octet-stream")
+    if file == osimage.MANIFEST:
+        return FileResponse(image.path.parent / osimage.MANIFEST, media_type="application/json")
+    if file == "SHA256SUMS":
+        return PlainTextResponse(f"{image.manifest['sha256']}  {osimage.ROOT_IMAGE}\n")
+    raise NotFound(f"no file {file!r} in image {name}/{digest}")
+
+
 @open_router.get("/boot/{name}", response_class=PlainTextResponse)
 def boot_script(name: str, request: Request, s: UnitOfWork, config: Settings):
     """The iPXE script a machine asks for by its MAC; unknown machines get the discovery image."""
@@ -124,9 +189,46 @@ def approve(key: str, s: UnitOfWork, who: Actor):
     return provisioning.approve(s, key, actor=who)
 
 
+@admin_router.post("/nodes/{key}/deploy")
+def deploy(key: str, s: UnitOfWork, who: Actor, config: Settings, body: Deploy | None = None):
+    """Install an OS (`os`, default the node's or debian-12) on an allocated node."""
+    return install.deploy(s, [key], (body or Deploy()).os, _install_context(config), actor=who)[0]
+
+
+@admin_router.post("/nodes/deploy")
+def deploy_many(body: DeployMany, s: UnitOfWork, who: Actor, config: Settings):
+    """Deploy several allocated nodes at once: all of them, or none (one transaction)."""
+    return {"items": install.deploy(s, body.nodes, body.os, _install_context(config), actor=who)}
+
+
 @admin_router.post("/nodes/{key}/reinstall")
-def reinstall(key: str, s: UnitOfWork, who: Actor):
-    return provisioning.transition(s, key, lifecycle.REINSTALL, actor=who)
+def reinstall(key: str, s: UnitOfWork, who: Actor, config: Settings, body: Deploy | None = None):
+    """Install the node's OS (or `os`) again: a fresh root filesystem."""
+    return install.reinstall(s, key, (body or Deploy()).os, _install_context(config), actor=who)
+
+
+@admin_router.post("/nodes/{key}/release")
+def release(key: str, s: UnitOfWork, who: Actor, body: Release | None = None):
+    """Back to the pool (discovered): disks erased (`erase`: quick or full; null for an allocated
+    node that was never installed), admin address released."""
+    return install.release(s, key, (body or Release()).erase, actor=who)
+
+
+@admin_router.get("/os_images")
+def list_os_images(s: UnitOfWork, config: Settings):
+    """The OS catalog: what can be built, what is built, which nodes run what (one page: few)."""
+    return os_images.catalog(s, config.os_images)
+
+
+@admin_router.get("/os_images/{name}")
+def show_os_image(name: str, s: UnitOfWork, config: Settings):
+    return os_images.show(s, config.os_images, name)
+
+
+@admin_router.delete("/os_images/{name}")
+def delete_os_image(name: str, s: UnitOfWork, config: Settings):
+    """Delete an OS's built images; refused (409) while a node is being installed with it."""
+    return os_images.delete(s, config.os_images, name)
 
 
 @admin_router.post("/nodes/{key}/reset")

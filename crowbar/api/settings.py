@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from crowbar.config import DEFAULT_DOMAIN
 from crowbar.db.session import Database
@@ -36,3 +37,8 @@ class AppSettings:
     # there); unset, the server does not bind provisioning requests to the link.
     link_address: Callable[[str | None], str | None] | None = None
     max_body: int = 1 << 20  # bytes of a request body, unless the route has its own limit (crowbar.api.body)
+    # OS deployment (crowbar.services.install): the image store served under /boot/os, and the
+    # admin server's SSH key pair (the public key goes to root on every installed node).
+    os_images: Path | None = None
+    ssh_public_key: str = ""
+    ssh_private_key: str | None = None

@@ -69,6 +69,20 @@ def build_discovery_image(cache: Path, kernel_version: str | None, progress: Cal
         raise CliError(str(exc)) from None
 
 
+def build_os_image(store: Path, name: str, progress: Callable[[str, int, int], None], *,
+                   mirror: str | None = None, force: bool = False):
+    """OS `name`'s image in `store` (.name, .digest, .path, .manifest), built or from the cache."""
+    from crowbar.errors import CrowbarError
+    from crowbar.provisioner import osimage
+
+    try:
+        return osimage.build(store, name, progress, mirror=mirror, force=force)
+    except CrowbarError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"building {name}: {exc}") from None
+
+
 def host_kernel_version() -> str:
     """The kernel the discovery image will be built from; raises when this host has none usable."""
     from crowbar.provisioner.image import default_kernel_version

@@ -22,6 +22,7 @@ from crowbar.cli import local
 from crowbar.cli.client import PAGE, CliError, Client, seg
 from crowbar.cli.output import SECONDS, console, emit_list, emit_object, limit_option, output_option, plain
 from crowbar.cli.power import COMMANDS as power_commands
+from crowbar.cli.install import install_commands, os_group
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
 NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_count", "status"]
@@ -91,15 +92,17 @@ def cli(ctx: click.Context, endpoint: str | None) -> None:
               help="new nodes per second that discovery may create (sustained)")
 @click.option("--discovery-burst", type=click.IntRange(min=1), default=50, show_default=True,
               help="new nodes that discovery may create at once")
+@click.option("--os-images", type=click.Path(path_type=Path), envvar="CROWBAR_OS_IMAGES",
+              help="OS image store served to installing nodes (default: <cache dir>/os, where `crowbar os build` writes)")
 def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir: Path | None,
            provision: str | None, advertise_url: str | None, domain: str | None,
            provision_only_on: tuple[str, ...], approve_discovered: bool, discovery_rate: float,
-           discovery_burst: int) -> None:
+           discovery_burst: int, os_images: Path | None) -> None:
     """Run the API server and the annealer (and the provisioner with --provision)."""
     try:
         local.serve(list(listen), database, workers, data_dir, provision, advertise_url, domain,
                     provision_only_on=list(provision_only_on), approve_discovered=approve_discovered,
-                    discovery_rate=discovery_rate, discovery_burst=discovery_burst)
+                    discovery_rate=discovery_rate, discovery_burst=discovery_burst, os_images=os_images)
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -274,11 +277,12 @@ def nodes_approve(ctx: Context, node_keys: tuple[str, ...], output: str) -> None
         raise CliError(f"not approved: {'; '.join(failed)}")
 
 
-nodes.command("reinstall", help="Install the node's OS again.")(_post_action("nodes", "reinstall"))
 nodes.command("reset", help="Send the node back to discovery.")(_post_action("nodes", "reset"))
 
 
 for _command in power_commands:  # nodes power | power-requests | set-power | power-drivers
+    nodes.add_command(_command)
+for _command in install_commands:  # nodes deploy | reinstall | release | ssh
     nodes.add_command(_command)
 
 
@@ -565,6 +569,7 @@ def images_build_discovery(kernel_version: str | None, cache: Path | None, outpu
 
 cli.add_command(network)
 cli.add_command(neutron)
+cli.add_command(os_group)
 
 from crowbar.lab.cli import lab_group  # noqa: E402
 

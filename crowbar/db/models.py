@@ -116,6 +116,9 @@ class Node(Base):
     # the nonce itself) and until when it may re-find the node (crowbar.services.boot, docs/security.md).
     boot_nonce_hash: Mapped[str | None] = mapped_column(String(64))
     boot_nonce_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Migration 0006: the OS install (crowbar.services.install): image, disk, firmware, the phase
+    # the installer reports with bytes written, and when each step started.
+    install: Mapped[dict] = mapped_column(JSONType, default=dict, server_default="{}")
 
 
 class NodeMac(Base):
@@ -136,6 +139,8 @@ class AgentJob(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
     server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id"))
     script: Mapped[str] = mapped_column(Text)
+    # script (a jig's run) | install (write the OS image) | erase (release): what its result moves
+    kind: Mapped[str] = mapped_column(String(16), default="script", server_default="script")
     timeout: Mapped[int] = mapped_column(Integer, default=3600)
     state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | sent | done
     exit_code: Mapped[int | None] = mapped_column(Integer)

@@ -29,7 +29,7 @@ import httpx
 from crowbar import config
 from crowbar.cli import local
 from crowbar.procs import StillRunning, cmdline, pid_alive, read_pidfile, stop_pid
-from crowbar.lab.vm import ADMIN_BRIDGE, DATA_BRIDGE, MAX_NICS, MAX_VMS, Vm
+from crowbar.lab.vm import ADMIN_BRIDGE, DATA_BRIDGE, FIRMWARES, MAX_NICS, MAX_VMS, OVMF_CODE, OVMF_VARS, Vm
 
 STATE_FILE = "lab.json"
 ADMIN_ADDRESS = "192.168.124.10"  # in the default network template's admin 192.168.124.0/24, outside its ranges
@@ -104,6 +104,23 @@ def _per_vm(value, count: int, what: str, cast) -> list:
     return items
 
 
+def firmware_plan(value: str, count: int) -> list[str]:
+    """Each VM's firmware: bios, uefi, mixed (vm2, vm4... UEFI) or one per VM (bios,uefi)."""
+    if value == "mixed":
+        items = ["uefi" if i % 2 == 0 else "bios" for i in range(1, count + 1)]
+    else:
+        items = [v.strip() for v in str(value).split(",")]
+        if any(v not in FIRMWARES for v in items):
+            raise LabError(f"--firmware {value!r}: expected bios, uefi, mixed or one per VM (bios,uefi)")
+        if len(items) == 1:
+            items = items * count
+        if len(items) != count:
+            raise LabError(f"--firmware lists {len(items)} values for {count} VMs: give one, or one per VM")
+    if "uefi" in items and not (OVMF_CODE.is_file() and OVMF_VARS.is_file()):
+        raise LabError(f"UEFI VMs need OVMF ({OVMF_CODE}): install the ovmf package")
+    return items
+
+
 @dataclass
 class LabState:
     namespace: str
@@ -173,10 +190,13 @@ class Lab:
         return Client(self.endpoint, timeout=timeout)
 
     # -- up -------------------------------------------------------------------------------------
-    def up(self, nodes: int, nics=1, memory=512, disk=4, kvm: bool = False, server_timeout: float = 90.0) -> LabState:
-        """Create the namespace, bridges, taps, server and VMs, and power the VMs on."""
+    def up(self, nodes: int, nics=1, memory=512, disk=4, kvm: bool = False, server_timeout: float = 90.0,
+           firmware: str = "bios") -> LabState:
+        """Create the namespace, bridges, taps, server and VMs, and power the VMs on. `firmware`:
+        bios, uefi, mixed (every second VM UEFI) or one per VM (bios,uefi)."""
         if not 1 <= nodes <= MAX_VMS:
             raise LabError(f"--nodes must be between 1 and {MAX_VMS}")
+        firmwares = firmware_plan(firmware, nodes)
         nic_counts = _per_vm(nics, nodes, "nics", int)
         memories = _per_vm(memory, nodes, "memory", int)
         disks = _per_vm(disk, nodes, "disk", float)
@@ -213,7 +233,7 @@ class Lab:
         self.state = LabState(namespace=NS_PREFIX + token, lab_byte=int(token[:2], 16), dir=str(self.dir),
                               created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self.state.vms = [Vm.plan(i, self.state.lab_byte, self.dir, memories[i - 1], disks[i - 1],
-                                  nic_counts[i - 1], accel) for i in range(1, nodes + 1)]
+                                  nic_counts[i - 1], accel, firmwares[i - 1]) for i in range(1, nodes + 1)]
         self._save()  # before anything exists: `down` can always find what follows
         try:
             self._network()
@@ -303,8 +323,8 @@ class Lab:
             self._save()
         for vm in st.vms:
             local.power_on_vm(vm.name, vm.qmp)
-            self.say(f"{vm.name}: {vm.memory_mb} MB, {len(vm.nics)} NIC(s) {', '.join(vm.macs)}, "
-                     f"{vm.disk_gb:g} GB disk: powered on ({vm.accel})")
+            self.say(f"{vm.name}: {vm.firmware.upper()}, {vm.memory_mb} MB, {len(vm.nics)} NIC(s) "
+                     f"{', '.join(vm.macs)}, {vm.disk_gb:g} GB disk: powered on ({vm.accel})")
 
     # -- discovery ------------------------------------------------------------------------------
     def vm_pid(self, vm: Vm) -> int | None:

@@ -5,10 +5,16 @@ socket: a machine plugged in but switched off, which the qemu power driver switc
 `cont`. The same argv is the node's power `command` setting, so `crowbar nodes power NODE on`
 starts it again after `off` (qemu quit). Only the first NIC (virtio, on the admin bridge) boots:
 qemu's iPXE ROM PXE-boots it; the other NICs (e1000, on the data bridge) carry no boot ROM.
+
+Firmware: `bios` is qemu's pc machine with SeaBIOS; `uefi` is the q35 machine with OVMF (Debian's
+`ovmf` package: the code read-only, a copy of the variable store per VM), whose network boot also
+goes through the NIC's iPXE (its EFI driver). Both boot the NIC first and the disk second, so a
+node whose boot script says `exit` (iPXE's "boot the next device") falls through to its disk.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +22,9 @@ MAX_VMS = 15      # MACs end in <vm*16 + nic>, one byte
 MAX_NICS = 16
 ADMIN_BRIDGE = "br-admin"
 DATA_BRIDGE = "br-data"
+FIRMWARES = ("bios", "uefi")
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 
 
 def mac(lab_byte: int, vm: int, nic: int) -> str:
@@ -43,14 +52,17 @@ class Vm:
     dir: str
     nics: list[Nic] = field(default_factory=list)
     accel: str = "tcg"
+    firmware: str = "bios"
     pid: int | None = None
     node: str | None = None
 
     @classmethod
     def plan(cls, index: int, lab_byte: int, lab_dir: Path, memory_mb: int, disk_gb: float, nics: int,
-             accel: str = "tcg") -> Vm:
+             accel: str = "tcg", firmware: str = "bios") -> Vm:
+        if firmware not in FIRMWARES:
+            raise ValueError(f"firmware {firmware!r}: expected {' or '.join(FIRMWARES)}")
         vm = cls(name=f"vm{index}", index=index, memory_mb=memory_mb, disk_gb=disk_gb, cpus=1,
-                 dir=str(Path(lab_dir) / "vms" / f"vm{index}"), accel=accel)
+                 dir=str(Path(lab_dir) / "vms" / f"vm{index}"), accel=accel, firmware=firmware)
         for n in range(nics):
             vm.nics.append(Nic(mac=mac(lab_byte, index, n), tap=f"tap{index}-{n}",
                                bridge=ADMIN_BRIDGE if n == 0 else DATA_BRIDGE,
@@ -92,6 +104,10 @@ class Vm:
         return int(self.disk_gb * (1 << 30))
 
     @property
+    def efivars(self) -> Path:
+        return Path(self.dir) / "OVMF_VARS.fd"
+
+    @property
     def sercon(self) -> Path:
         return Path(self.dir) / "sercon-port"
 
@@ -102,11 +118,14 @@ class Vm:
         with open(self.disk, "wb") as f:
             f.truncate(self.disk_bytes)
         self.sercon.write_bytes((0x3F8).to_bytes(2, "little"))
+        if self.firmware == "uefi":
+            shutil.copyfile(OVMF_VARS, self.efivars)
         self.console.touch()
 
     def argv(self, qemu: str = "qemu-system-x86_64") -> list[str]:
         """qemu's command line: paused, daemonized, serial to console.log (appended across starts)."""
-        args = [qemu, "-name", self.name, "-machine", "pc", "-accel", self.accel,
+        machine = "q35" if self.firmware == "uefi" else "pc"
+        args = [qemu, "-name", self.name, "-machine", machine, "-accel", self.accel,
                 "-m", str(self.memory_mb), "-smp", str(self.cpus),
                 "-display", "none", "-vga", "none", "-monitor", "none",
                 "-chardev", f"file,id=serial0,path={self.console},append=on", "-serial", "chardev:serial0",
@@ -114,8 +133,12 @@ class Vm:
                 # in the console log too. The port is a little-endian integer file (see prepare).
                 "-fw_cfg", f"name=etc/sercon-port,file={self.sercon}",
                 "-qmp", f"unix:{self.qmp},server=on,wait=off",
-                "-pidfile", str(self.pidfile), "-daemonize", "-S", "-boot", "order=n",
-                "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe"]
+                "-pidfile", str(self.pidfile), "-daemonize", "-S",
+                "-drive", f"file={self.disk},format=raw,if=none,id=disk0,cache=unsafe",
+                "-device", "virtio-blk-pci,drive=disk0,bootindex=2"]
+        if self.firmware == "uefi":
+            args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                     "-drive", f"if=pflash,format=raw,unit=1,file={self.efivars}"]
         for i, nic in enumerate(self.nics):
             args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no"]
             device = f"{nic.model},netdev=net{i},mac={nic.mac}"

@@ -6,7 +6,8 @@ diagram (`to_dot`) and docs/node-lifecycle.md cannot drift apart. The walk follo
     discovering -> discovered -> allocated -> hardware-installing -> hardware-installed
         -> installing -> installed -> readying -> ready
 
-with the operator's ways out (reset, reinstall, delete, release of an allocation) and `problem`,
+with the operator's ways out (reset, reinstall, delete, release: an allocated node straight back to
+discovered, an installed one through `releasing`, where its disks are erased) and `problem`,
 which any working state can fall into: reported by the node, or set by a supervisor when a
 waiting state outlives its timeout (MAAS and Ironic both learned that an unwatched "deploying"
 state is a node lost forever).
@@ -37,6 +38,7 @@ PROBLEM = "problem"
 RESET = "reset"
 REINSTALL = "reinstall"
 DELETE = "delete"
+RELEASING = "releasing"
 
 # Bootenvs, as the iPXE renderer knows them. An OS install bootenv is "<os>-install".
 DISCOVERY = "discovery"
@@ -56,22 +58,25 @@ TRANSITIONS: dict[str, tuple[str, ...]] = {
     PENDING: (DISCOVERED, *_OUT),                                    # -> discovered: approve
     DISCOVERING: (DISCOVERED, *_OUT),
     DISCOVERED: (ALLOCATED, RESET, *_OUT),
-    ALLOCATED: (HARDWARE_INSTALLING, DISCOVERED, RESET, *_OUT),      # -> discovered: release
+    ALLOCATED: (HARDWARE_INSTALLING, DISCOVERED, RELEASING, RESET, *_OUT),  # -> discovered: release
     HARDWARE_INSTALLING: (HARDWARE_INSTALLED, *_OUT),
     HARDWARE_INSTALLED: (INSTALLING, *_OUT),
     INSTALLING: (INSTALLED, *_OUT),
-    INSTALLED: (READYING, REINSTALL, RESET, *_OUT),
+    INSTALLED: (READYING, REINSTALL, RELEASING, RESET, *_OUT),
     READYING: (READY, *_OUT),
-    READY: (READYING, REINSTALL, RESET, *_OUT),                       # -> readying: re-run config
-    PROBLEM: (READYING, REINSTALL, RESET, DELETE),                    # the operator's retries
+    READY: (READYING, REINSTALL, RELEASING, RESET, *_OUT),            # -> readying: re-run config
+    PROBLEM: (READYING, REINSTALL, RELEASING, RESET, DELETE),         # the operator's retries
     RESET: (DISCOVERING, *_OUT),
     REINSTALL: (INSTALLING, *_OUT),
+    RELEASING: (DISCOVERED, *_OUT),                                   # disks erased: back in the pool
     DELETE: (),                                                       # then the record is removed
 }
 
-# What a node in each state gets when it PXE-boots. Allocated and hardware-installing nodes stay in
-# the discovery image: its agent applies BIOS/RAID settings as jobs (Crowbar 1's hardware install
-# also ran from sledgehammer), so only hardware-installed moves the node on to its OS installer.
+# What a node in each state gets when it PXE-boots. Everything up to `installed` runs in the
+# discovery image: its agent applies BIOS/RAID settings as jobs (Crowbar 1's hardware install also
+# ran from sledgehammer) and then writes the OS image to disk as a job (crowbar.provisioner.install:
+# image-based, like Ironic's agent), so the `<os>-install` bootenv, a network installer booted by
+# iPXE, is only for OS installer plugins that need one. Installed nodes boot their local disk.
 # A problem node gets the discovery image too: reachable by the agent, and nothing on disk is touched.
 BOOTENVS: dict[str, str] = {
     PENDING: DISCOVERY,
@@ -79,14 +84,15 @@ BOOTENVS: dict[str, str] = {
     DISCOVERED: DISCOVERY,
     ALLOCATED: DISCOVERY,
     HARDWARE_INSTALLING: DISCOVERY,
-    HARDWARE_INSTALLED: OS_INSTALL,
-    INSTALLING: OS_INSTALL,
+    HARDWARE_INSTALLED: DISCOVERY,
+    INSTALLING: DISCOVERY,
     INSTALLED: LOCAL,
     READYING: LOCAL,
     READY: LOCAL,
     PROBLEM: DISCOVERY,
     RESET: DISCOVERY,
-    REINSTALL: OS_INSTALL,
+    REINSTALL: DISCOVERY,
+    RELEASING: DISCOVERY,
     DELETE: NONE,
 }
 
@@ -101,6 +107,7 @@ TIMEOUTS: dict[str, timedelta] = {
     READYING: timedelta(minutes=15),
     RESET: timedelta(minutes=15),
     REINSTALL: timedelta(minutes=15),
+    RELEASING: timedelta(minutes=240),  # a full erase writes every byte of every disk
 }
 
 STATES: tuple[str, ...] = tuple(TRANSITIONS)

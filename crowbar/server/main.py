@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import uvicorn
@@ -152,7 +153,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
           provision: str | None = None, advertise_url: str | None = None,
           domain: str | None = None, *, provision_only_on: list[str] | tuple[str, ...] = (),
           approve_discovered: bool = False, discovery_rate: float = DEFAULT_RATE,
-          discovery_burst: int = DEFAULT_BURST) -> None:
+          discovery_burst: int = DEFAULT_BURST, os_images: Path | None = None) -> None:
     # Startup refuses bad input before it binds or migrates anything: the --listen values, the data
     # directory (the one directory it creates, see config.make_data_dir), the database URL, and a
     # database that cannot be opened (UnusableDatabase, one line).
@@ -183,6 +184,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     if token_file.exists():
         publish_token(data_dir, listens)
     (data_dir / "runs").mkdir(exist_ok=True)
+    ssh_key = ensure_ssh_key(data_dir)
     provisioner = None
     if provision:
         tcp = next((parse_listen(s) for s in listens if not s.startswith("unix:")), None)
@@ -220,7 +222,9 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
             discovery_image=provisioner.image if provisioner else None, wake=wake,
             approve_discovered=approve_discovered, discovery_limit=discovery_limit,
             provision_listeners=provision_on,
-            link_address=neighbors.resolver(interface) if provision else None))
+            link_address=neighbors.resolver(interface) if provision else None,
+            os_images=os_images or config.os_image_dir(), ssh_public_key=ssh_key.with_suffix(".pub").read_text().strip(),
+            ssh_private_key=str(ssh_key)))
         log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(),
                  ", ".join(listens))
         log.info("provisioning routes on %s%s; new machines %s; at most %g new nodes/s through discovery "
@@ -237,6 +241,22 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     if terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
+
+
+def ensure_ssh_key(data_dir: Path) -> Path:
+    """The admin server's SSH key pair (<data dir>/ssh/id_ed25519), made on first start: its public
+    key goes to root on every installed node, the script jig and `crowbar nodes ssh` use it."""
+    key = data_dir / "ssh" / "id_ed25519"
+    if key.is_file() and key.with_suffix(".pub").is_file():
+        return key
+    key.parent.mkdir(mode=0o700, exist_ok=True)
+    key.unlink(missing_ok=True)
+    out = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "crowbar-admin", "-f", str(key)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"cannot make the admin SSH key {key}: {out.stderr.strip() or out.returncode}")
+    log.info("created the admin SSH key pair %s", key)
+    return key
 
 
 class _Terminated(BaseException):

@@ -6,7 +6,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, load_only
 
 from crowbar.db.events import record
-from crowbar.db.models import Deployment, Node, NodeRole, Role
+from crowbar.db.models import Deployment, Node, NodeRole, Role, utcnow
 from crowbar.db.session import signal_work
 from crowbar.db.sql import keyset
 from crowbar.engine import graph
@@ -15,13 +15,27 @@ from crowbar.provisioner import lifecycle
 from crowbar.services import lookup
 
 
+def set_state(session: Session, node: Node, target: str, reason: str = "", actor: str = "system") -> None:
+    """Move a node along its lifecycle (refused unless the table allows it), with its bootenv."""
+    lifecycle.check(node.state, target)
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": actor,
+                      "from_state": node.state, "to_state": target, "message": reason}])
+    node.state, node.state_reason, node.state_changed_at = target, reason, utcnow()
+    node.bootenv = lifecycle.bootenv_for(target, node.os or lifecycle.DEFAULT_OS)
+
+
+def agent_driven(node: Node) -> bool:
+    """Whether the node runs a live discovery agent (which reboots it on request)."""
+    return node.bootenv == lifecycle.DISCOVERY and node.alive
+
+
 def node_dict(node: Node, full: bool = False) -> dict:
     out = {"id": node.id, "name": node.name, "state": node.state, "admin": node.admin, "alive": node.alive,
            "available": node.available, "bootenv": node.bootenv}
     if full:
         out.update(state_reason=node.state_reason, boot_mac=node.boot_mac, os=node.os,
                    power_driver=node.power_driver, description=node.description, discovery=node.discovery,
-                   hints=node.hints, created_at=node.created_at.isoformat())
+                   hints=node.hints, install=node.install or {}, created_at=node.created_at.isoformat())
     return out
 
 

@@ -28,7 +28,8 @@ from crowbar.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimi
 from crowbar.network.mac import normalize_mac as _normalize_mac
 from crowbar.provisioner import lifecycle
 from crowbar.provisioner.discovery import NONCE_HEADER, TokenBucket, check_inventory
-from crowbar.services import auth, lookup, nodes, power
+from crowbar.services import auth, install, lookup, nodes, power
+from crowbar.services.nodes import agent_driven, set_state
 from crowbar.services.boot import UNCHECKED, Peer, hash_nonce
 
 WAIT_SECONDS = 3
@@ -74,15 +75,6 @@ def _issue_node_token(session: Session, node: Node) -> str:
     return token
 
 
-def set_state(session: Session, node: Node, target: str, reason: str = "", actor: str = "system") -> None:
-    """Move a node along its lifecycle (refused unless the table allows it), with its bootenv."""
-    lifecycle.check(node.state, target)
-    record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": actor,
-                            "from_state": node.state, "to_state": target, "message": reason}])
-    node.state, node.state_reason, node.state_changed_at = target, reason, utcnow()
-    node.bootenv = lifecycle.bootenv_for(target, node.os or lifecycle.DEFAULT_OS)
-
-
 def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *, nonce: str | None = None,
              peer: Peer = UNCHECKED, approve: bool = False, limit: TokenBucket | None = None,
              now: datetime | None = None) -> dict:
@@ -117,6 +109,7 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *,
             raise Conflict(f"node {node.name!r} is {node.state}: it boots {node.bootenv}, not the discovery image; "
                            "reset it (`crowbar nodes reset`) to rediscover it")
         _consume_nonce(session, node, nonce, peer, now or datetime.now(timezone.utc))
+        install.refound(session, node)
         if node.state in (lifecycle.DISCOVERING, lifecycle.RESET):
             set_state(session, node, lifecycle.DISCOVERED, f"inventory posted by {boot}", "discovery")
     node.discovery, node.alive, node.agent_action = inventory, True, None
@@ -219,6 +212,7 @@ def agent_next(session: Session, node: Node) -> dict:
                          .order_by(AgentJob.id).limit(1))
     if job is not None:
         job.state, job.sent_at = "sent", utcnow()
+        install.job_taken(session, node, job)
         return {"action": "run", "job": str(job.id), "script": job.script, "timeout": job.timeout}
     return {"action": "wait", "seconds": WAIT_SECONDS}
 
@@ -235,15 +229,12 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> 
     if not isinstance(exit_code, int):
         raise InvalidInput("exit_code must be an integer", field="exit_code")
     job.state, job.exit_code, job.output, job.finished_at = "done", exit_code, str(output or ""), utcnow()
+    install.job_done(session, node, job)
     signal_work(session, "anneal")  # the annealer completes the run that waits for this job
     return {"job": job.id, "state": job.state}
 
 
 # -- operator actions -----------------------------------------------------------------------------
-def _agent_driven(node: Node) -> bool:
-    return node.bootenv == lifecycle.DISCOVERY and node.alive
-
-
 def allocate(session: Session, key, actor: str = "system") -> dict:
     """Take a discovered node into service: reserve its admin address; it reboots to get it."""
     from crowbar.services import network
@@ -253,7 +244,7 @@ def allocate(session: Session, key, actor: str = "system") -> dict:
     allocation = None
     if "admin" in network.current_template(session).networks:
         allocation = network.allocate(session, "admin", node.id, actor=actor)
-    if _agent_driven(node):
+    if agent_driven(node):
         node.agent_action = "reboot"
     session.flush()
     signal_work(session, "anneal")
@@ -265,7 +256,7 @@ def transition(session: Session, key, target: str, actor: str = "system") -> dic
     node = lookup.node(session, key)
     # Who reboots it depends on what it runs now, before the move: a live discovery agent
     # reboots on request; anything else (an installed OS, a dead agent) is power-cycled.
-    agent_reboots = _agent_driven(node)
+    agent_reboots = agent_driven(node)
     set_state(session, node, lifecycle.parse(target), f"{target} requested", actor)
     if agent_reboots:
         node.agent_action = "reboot"

@@ -37,18 +37,52 @@ def test_vm_plan_and_qemu_argv(tmp_path):
     argv = vm.argv()
     joined = " ".join(argv)
     assert argv[0] == "qemu-system-x86_64"
-    for expected in ("-machine pc", "-accel tcg", "-m 384", "-smp 1", "-daemonize", "-S", "-boot order=n",
+    for expected in ("-machine pc", "-accel tcg", "-m 384", "-smp 1", "-daemonize", "-S",
                      f"-pidfile {vm.pidfile}", f"-qmp unix:{vm.qmp},server=on,wait=off",
-                     f"file={vm.disk},format=raw,if=virtio"):
+                     f"file={vm.disk},format=raw,if=none,id=disk0"):
         assert expected in joined, expected
-    assert f"path={vm.console},append=on" in joined
+    assert f"path={vm.console},append=on" in joined and "pflash" not in joined
     devices = [argv[i + 1] for i, a in enumerate(argv) if a == "-device"]
-    assert devices[0] == "virtio-net-pci,netdev=net0,mac=52:54:00:cb:1a:20,bootindex=1"
-    assert all(d.endswith(",romfile=") for d in devices[1:])  # only the admin NIC PXE-boots
+    assert devices[0] == "virtio-blk-pci,drive=disk0,bootindex=2"  # the disk after the NIC
+    assert devices[1] == "virtio-net-pci,netdev=net0,mac=52:54:00:cb:1a:20,bootindex=1"
+    assert all(d.endswith(",romfile=") for d in devices[2:])  # only the admin NIC PXE-boots
     vm.prepare()
     assert vm.disk.stat().st_size == int(1.5 * (1 << 30)) and vm.disk.stat().st_blocks == 0  # sparse
     assert vm.sercon.read_bytes() == b"\xf8\x03"
     assert Vm.from_dict(json.loads(json.dumps(vm.to_dict()))) == vm
+
+
+def test_uefi_vms_get_q35_and_ovmf_with_their_own_variable_store(tmp_path):
+    from crowbar.lab.vm import OVMF_CODE
+
+    vm = Vm.plan(1, 0x1A, tmp_path, memory_mb=512, disk_gb=4, nics=1, firmware="uefi")
+    joined = " ".join(vm.argv())
+    assert "-machine q35" in joined
+    assert f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}" in joined
+    assert f"if=pflash,format=raw,unit=1,file={vm.efivars}" in joined
+    if OVMF_CODE.is_file():
+        vm.prepare()
+        assert vm.efivars.stat().st_size > 0
+    with pytest.raises(ValueError, match="expected bios or uefi"):
+        Vm.plan(1, 0x1A, tmp_path, memory_mb=512, disk_gb=4, nics=1, firmware="coreboot")
+
+
+@pytest.mark.parametrize("value, count, expected", [
+    ("bios", 2, ["bios", "bios"]), ("uefi", 1, ["uefi"]), ("mixed", 3, ["bios", "uefi", "bios"]),
+    ("bios,uefi", 2, ["bios", "uefi"]),
+])
+def test_firmware_plans(value, count, expected):
+    from crowbar.lab.lab import firmware_plan
+
+    assert firmware_plan(value, count) == expected
+
+
+@pytest.mark.parametrize("value, words", [("efi", "expected bios, uefi, mixed"), ("bios,uefi,bios", "lists 3 values")])
+def test_bad_firmware_plans(value, words):
+    from crowbar.lab.lab import LabError, firmware_plan
+
+    with pytest.raises(LabError, match=words):
+        firmware_plan(value, 2)
 
 
 def test_per_vm_values():

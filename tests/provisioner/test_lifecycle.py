@@ -77,8 +77,8 @@ def test_every_live_state_can_fail_and_be_deleted():
 
 @pytest.mark.parametrize("state, bootenv", [
     ("discovering", "discovery"), ("discovered", "discovery"), ("allocated", "discovery"),
-    ("hardware-installing", "discovery"), ("hardware-installed", "debian-12-install"),
-    ("installing", "debian-12-install"), ("reinstall", "debian-12-install"),
+    ("hardware-installing", "discovery"), ("hardware-installed", "discovery"),
+    ("installing", "discovery"), ("reinstall", "discovery"), ("releasing", "discovery"),
     ("installed", "local"), ("readying", "local"), ("ready", "local"),
     ("problem", "discovery"), ("reset", "discovery"), ("delete", "none"),
 ])
@@ -86,8 +86,10 @@ def test_bootenv_per_state(state, bootenv):
     assert lc.bootenv_for(state) == bootenv
 
 
-def test_install_bootenv_names_the_nodes_os():
-    assert lc.bootenv_for("installing", os="ubuntu-24.04") == "ubuntu-24.04-install"
+def test_installing_runs_in_the_discovery_image_whatever_the_os():
+    # the agent writes the OS image as a job (crowbar.provisioner.install): no network installer
+    assert lc.bootenv_for("installing", os="ubuntu-24.04") == "discovery"
+    assert lc.bootenv_for("installed", os="ubuntu-24.04") == "local"
 
 
 def test_stuck_states_time_out_with_a_reason():

@@ -1,0 +1,420 @@
+"""OS images: a root filesystem image per OS recipe, built with mmdebstrap, cached by content.
+
+An image is what the installer writes to a node's root partition (like Ironic's partition images and
+MAAS's root images): one ext4 filesystem holding a whole installed system, with grub's BIOS and UEFI
+modules, cloud-init (first-boot configuration from a NoCloud seed the installer writes) and the
+node-side pieces of Crowbar (crowbar/agent/installed: the call-home service). Building it needs no
+root tools beyond mmdebstrap and mke2fs, and no network but the Debian mirror.
+
+The recipe is data (crowbar/provisioner/os/<name>.toml): suite, mirror, packages, kernel, what to
+leave out. The cache key is the sha256 of the recipe, this builder, the node-side files and the
+mirror's InRelease for the suite (which pins every package version the build can get), so a second
+build against the same mirror state answers the cached image at once; a new mirror state builds anew.
+
+Layout of an image store (the server serves it; `crowbar os list` reads it):
+
+    <store>/<name>/<digest>/root.img.gz     the ext4 filesystem, shrunk to its minimum and gzipped
+    <store>/<name>/<digest>/manifest.json   name, version, arch, kernel, size, sha256, packages, ...
+
+The filesystem has a fixed UUID derived from the digest, so its grub.cfg and fstab are written at
+build time and stay right on every node (the partition it lands in is bigger: the first boot grows
+the filesystem to fill it, cloud-init's resize_rootfs). Shrunk and compressed, an image is about a
+fifth of the raw filesystem: measured under emulation (docs/benchmarks.md), the bytes a node has to
+receive and copy cost more than gunzip does, so the compressed image installs faster.
+`size` and `sha256` in the manifest are the served file's (what the installer checks before
+anything boots); `fs_size` is the filesystem's, what the root partition must hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import tomllib
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from crowbar.agent import installed_files
+from crowbar.errors import CrowbarError, NotFound
+
+RECIPES_DIR = Path(__file__).parent / "os"
+ROOT_IMAGE = "root.img.gz"
+MANIFEST = "manifest.json"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+Progress = Callable[[str, int, int], None]
+
+
+class OsImageError(CrowbarError):
+    """The image cannot be built here (no mmdebstrap, no mirror, a failed step)."""
+
+    status = 500
+    kind = "os_image_build_failed"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    title: str
+    family: str
+    version: str
+    suite: str
+    arch: str
+    components: tuple[str, ...]
+    mirror: str
+    kernel: str
+    bootloader: str
+    first_boot: str
+    packages: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    source: str = ""  # the recipe file's text, part of the cache key
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "title": self.title, "family": self.family, "version": self.version,
+                "suite": self.suite, "arch": self.arch, "components": list(self.components),
+                "mirror": self.mirror, "kernel": self.kernel, "bootloader": self.bootloader,
+                "first_boot": self.first_boot, "packages": list(self.packages)}
+
+
+@dataclass(frozen=True)
+class OsImage:
+    name: str
+    digest: str
+    path: Path  # the root.img
+    manifest: dict = field(default_factory=dict)
+
+
+# --- recipes ---
+
+def recipes(directory: Path = RECIPES_DIR) -> dict[str, Recipe]:
+    """Every recipe in the catalog, by name."""
+    found = {}
+    for path in sorted(directory.glob("*.toml")):
+        recipe = load_recipe(path)
+        found[recipe.name] = recipe
+    return found
+
+
+def recipe(name: str, directory: Path = RECIPES_DIR) -> Recipe:
+    known = recipes(directory)
+    if name not in known:
+        raise NotFound(f"no OS recipe {name!r}: the catalog has {', '.join(sorted(known)) or 'none'}",
+                       field="os")
+    return known[name]
+
+
+def load_recipe(path: Path) -> Recipe:
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise OsImageError(f"OS recipe {path}: {exc}") from None
+    required = ("name", "version", "suite", "packages", "kernel")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise OsImageError(f"OS recipe {path}: missing {', '.join(missing)}")
+    if not NAME_RE.match(str(data["name"])):
+        raise OsImageError(f"OS recipe {path}: name {data['name']!r} is not a valid OS name")
+    return Recipe(name=data["name"], title=data.get("title", data["name"]), family=data.get("family", "debian"),
+                  version=str(data["version"]), suite=data["suite"], arch=data.get("arch", "amd64"),
+                  components=tuple(data.get("components", ["main"])), mirror=data.get("mirror", "host"),
+                  kernel=data["kernel"], bootloader=data.get("bootloader", "grub"),
+                  first_boot=data.get("first_boot", "cloud-init"), packages=tuple(data["packages"]),
+                  exclude=tuple(data.get("exclude", ())), source=text)
+
+
+def host_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this host's apt uses: the first `deb` URI that is not a security archive,
+    from sources.list.d/*.sources (deb822) or sources.list."""
+    uris: list[str] = []
+    for path in sorted((sources_dir / "sources.list.d").glob("*.sources")):
+        block_types, block_uris = [], []
+        for line in path.read_text().splitlines() + [""]:
+            if not line.strip():
+                if "deb" in block_types:
+                    uris += block_uris
+                block_types, block_uris = [], []
+                continue
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "types":
+                block_types = value.split()
+            elif key.strip().lower() == "uris":
+                block_uris = value.split()
+    listing = sources_dir / "sources.list"
+    if listing.is_file():
+        for line in listing.read_text().splitlines():
+            words = [w for w in line.split() if not w.startswith("[")]
+            if len(words) >= 2 and words[0] == "deb":
+                uris.append(words[1])
+    for uri in uris:
+        if "security" not in uri and "debian" in uri:
+            return uri.rstrip("/")
+    raise OsImageError("no Debian mirror in this host's apt sources (/etc/apt): set `mirror` in the recipe")
+
+
+def mirror_url(item: Recipe) -> str:
+    return host_mirror() if item.mirror == "host" else item.mirror.rstrip("/")
+
+
+def mirror_state(mirror: str, suite: str, timeout: float = 20) -> bytes:
+    """The suite's InRelease from the mirror: it pins every package version a build can get."""
+    url = f"{mirror}/dists/{suite}/InRelease"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            return answer.read()
+    except urllib.error.HTTPError as exc:
+        raise OsImageError(f"the Debian mirror {mirror} has no suite {suite!r} ({url}: HTTP {exc.code})") from None
+    except (OSError, ValueError) as exc:
+        raise OsImageError(f"cannot reach the Debian mirror {mirror} ({url}: {exc})") from None
+
+
+# --- the store ---
+
+def image_uuid(digest: str) -> str:
+    """The root filesystem's UUID: fixed by the image's content digest."""
+    return str(uuid.UUID(digest[:32]))
+
+
+def built(store: Path, name: str | None = None) -> list[OsImage]:
+    """The images in `store` (of OS `name`), newest build first per OS."""
+    found = []
+    for manifest_path in sorted(store.glob(f"{name or '*'}/*/{MANIFEST}")):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue
+        image = manifest_path.parent / ROOT_IMAGE
+        if image.is_file():
+            found.append(OsImage(manifest["name"], manifest["digest"], image, manifest))
+    return sorted(found, key=lambda i: (i.name, i.manifest.get("built_at", "")), reverse=False)
+
+
+def current(store: Path, name: str) -> OsImage | None:
+    """The newest built image of OS `name`, or None."""
+    images = [image for image in built(store, name) if image.name == name]
+    return images[-1] if images else None
+
+
+# --- the build ---
+
+def _sha256_file(path: Path, report: Progress | None = None) -> str:
+    digest = hashlib.sha256()
+    total, done = path.stat().st_size, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            digest.update(chunk)
+            done += len(chunk)
+            if report:
+                report("checksum", done, total)
+    return digest.hexdigest()
+
+
+def cache_key(item: Recipe, mirror: str, release: bytes) -> str:
+    parts = {
+        "recipe": hashlib.sha256(item.source.encode()).hexdigest(),
+        "mirror": mirror,
+        "inrelease": hashlib.sha256(release).hexdigest(),
+        "builder": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "node": {path: hashlib.sha256(data).hexdigest() for path, data in sorted(installed_files().items())},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def build(store: Path, name: str, progress: Progress | None = None, *, mirror: str | None = None,
+          recipes_dir: Path = RECIPES_DIR, force: bool = False) -> OsImage:
+    """The image of OS `name`, from `store` when one with the same inputs was built before.
+
+    `progress(step, done, total)` hears of "mirror", "cached", then "mmdebstrap" (one call per line
+    mmdebstrap prints, total 0), "node files", "filesystem" and "checksum" (bytes).
+    """
+    report = progress or (lambda step, done, total: None)
+    item = recipe(name, recipes_dir)
+    if shutil.which("mmdebstrap") is None:
+        raise OsImageError("mmdebstrap is not installed: apt-get install mmdebstrap")
+    if shutil.which("mke2fs") is None:
+        raise OsImageError("mke2fs is not installed: apt-get install e2fsprogs")
+    source = (mirror or mirror_url(item)).rstrip("/")
+    report("mirror", 0, 1)
+    release = mirror_state(source, item.suite)
+    report("mirror", 1, 1)
+    digest = cache_key(item, source, release)
+    final = store / item.name / digest
+    if (final / MANIFEST).is_file() and (final / ROOT_IMAGE).is_file() and not force:
+        report("cached", 1, 1)
+        manifest = json.loads((final / MANIFEST).read_text())
+        return OsImage(item.name, digest, final / ROOT_IMAGE, manifest)
+
+    (store / item.name).mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=store / item.name))
+    started = time.monotonic()
+    try:
+        root = work / "root"
+        _mmdebstrap(item, source, root, report)
+        report("node files", 0, 1)
+        fs_uuid = image_uuid(digest)
+        kernel = _customize(root, fs_uuid)
+        packages = _packages(root)
+        report("node files", 1, 1)
+        raw = work / "root.img"
+        _make_filesystem(root, raw, fs_uuid, report)
+        shutil.rmtree(root)
+        fs_size = raw.stat().st_size
+        image = work / ROOT_IMAGE
+        _compress(raw, image, report)
+        raw.unlink()
+        sha = _sha256_file(image, report)
+        manifest = {
+            "name": item.name, "title": item.title, "version": item.version, "arch": item.arch,
+            "family": item.family, "suite": item.suite, "digest": digest, "kernel": kernel,
+            "fs_uuid": fs_uuid, "fs_type": "ext4", "fs_size": fs_size, "compression": "gzip",
+            "size": image.stat().st_size, "sha256": sha,
+            "mirror": source, "bootloader": item.bootloader, "first_boot": item.first_boot,
+            "packages": packages, "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "build_seconds": round(time.monotonic() - started, 1),
+        }
+        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        work.chmod(0o755)  # mkdtemp makes it private; the image is served over HTTP
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return OsImage(item.name, digest, final / ROOT_IMAGE, manifest)
+
+
+def _mmdebstrap(item: Recipe, mirror: str, root: Path, report: Progress) -> None:
+    include = ",".join((item.kernel, *item.packages))
+    command = ["mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
+               f"--architectures={item.arch}", f"--components={','.join(item.components)}",
+               f"--include={include}", "--aptopt=Acquire::Languages \"none\"",
+               "--verbose"]
+    for pattern in item.exclude:
+        command.append(f"--dpkgopt=path-exclude={pattern}")
+    # keep the copyright files documentation exclusion would drop
+    command.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+    command += [item.suite, str(root), mirror]
+    tail: list[str] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", env=dict(os.environ, LC_ALL="C.UTF-8")) as proc:
+        for count, line in enumerate(proc.stdout, start=1):
+            tail = (tail + [line.rstrip()])[-30:]
+            report(f"mmdebstrap: {line.strip()[:100]}", count, 0)
+        proc.wait()
+    if proc.returncode != 0:
+        detail = "\n".join(tail[-12:])
+        raise OsImageError(f"mmdebstrap failed (exit {proc.returncode}):\n{detail}")
+
+
+def _customize(root: Path, fs_uuid: str) -> str:
+    """Makes the tree an image: node-side files, fstab, grub.cfg, no identity of its own (machine-id,
+    SSH host keys and hostname come at first boot). Answers the kernel version."""
+    kernels = sorted(root.glob("boot/vmlinuz-*"))
+    if not kernels:
+        raise OsImageError("the image has no kernel in /boot (is the recipe's kernel package right?)")
+    version = kernels[-1].name.removeprefix("vmlinuz-")
+    for path, data in installed_files().items():
+        target = root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        target.chmod(0o755 if not path.endswith((".service", ".cfg", ".conf")) else 0o644)
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    for unit, target in (("crowbar-callhome.service", "/etc/systemd/system/crowbar-callhome.service"),
+                         ("systemd-networkd.service", "/lib/systemd/system/systemd-networkd.service")):
+        link = wants / unit
+        if not link.exists():
+            link.symlink_to(target)
+    online = root / "etc/systemd/system/network-online.target.wants"
+    online.mkdir(parents=True, exist_ok=True)
+    if not (online / "systemd-networkd-wait-online.service").exists():
+        (online / "systemd-networkd-wait-online.service").symlink_to(
+            "/lib/systemd/system/systemd-networkd-wait-online.service")
+    (root / "etc/fstab").write_text(f"UUID={fs_uuid} / ext4 errors=remount-ro 0 1\n")
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    (root / "etc/hostname").unlink(missing_ok=True)
+    for key in root.glob("etc/ssh/ssh_host_*"):
+        key.unlink()
+    args = "root=UUID={uuid} ro console=tty0 console=ttyS0,115200n8 net.ifnames=0 biosdevname=0"
+    grub = root / "boot/grub"
+    grub.mkdir(parents=True, exist_ok=True)
+    (grub / "grub.cfg").write_text(
+        "# Written by Crowbar's image builder; update-grub on the node replaces it (kernel upgrades).\n"
+        "set timeout=1\n"
+        "serial --unit=0 --speed=115200\n"
+        "terminal_input console serial\nterminal_output console serial\n"
+        f"search --no-floppy --fs-uuid --set=root {fs_uuid}\n"
+        f"menuentry 'Debian GNU/Linux ({version})' {{\n"
+        f"  linux /boot/vmlinuz-{version} {args.format(uuid=fs_uuid)}\n"
+        f"  initrd /boot/initrd.img-{version}\n"
+        "}\n")
+    default = root / "etc/default/grub"
+    if default.is_file():
+        text = default.read_text()
+        text = re.sub(r'^GRUB_CMDLINE_LINUX=.*$', 'GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8 '
+                      'net.ifnames=0 biosdevname=0"', text, flags=re.M)
+        text = re.sub(r'^GRUB_TIMEOUT=.*$', 'GRUB_TIMEOUT=1', text, flags=re.M)
+        default.write_text(text)
+    return version
+
+
+def _packages(root: Path) -> list[dict]:
+    out = subprocess.run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+                          "-f", "${Package}\t${Version}\n"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise OsImageError(f"cannot list the image's packages: {out.stderr.strip()}")
+    rows = [line.split("\t") for line in out.stdout.splitlines() if "\t" in line]
+    return [{"name": name, "version": version} for name, version in sorted(rows)]
+
+
+def _make_filesystem(root: Path, image: Path, fs_uuid: str, report: Progress) -> None:
+    """An ext4 filesystem of the tree, then shrunk to its minimum size (resize2fs -M)."""
+    used = sum(entry.stat(follow_symlinks=False).st_size for entry in root.rglob("*"))
+    size_mib = int(used * 1.3 / (1 << 20)) + 128
+    report("filesystem", 0, 3)
+    steps = (["mke2fs", "-q", "-F", "-t", "ext4", "-L", "crowbar-root", "-U", fs_uuid, "-J", "size=32",
+              "-O", "^metadata_csum_seed,^orphan_file", "-E", "lazy_itable_init=0",
+              "-d", str(root), str(image), f"{size_mib}M"],
+             ["e2fsck", "-f", "-y", "-q", str(image)],
+             ["resize2fs", "-M", str(image)])
+    for done, command in enumerate(steps, start=1):
+        out = subprocess.run(command, capture_output=True, text=True)
+        if out.returncode not in (0, 1) or (out.returncode and command[0] != "e2fsck"):
+            raise OsImageError(f"{command[0]} failed: {(out.stderr or out.stdout).strip()[:500]}")
+        report("filesystem", done, 3)
+
+
+def _compress(raw: Path, out: Path, report: Progress) -> None:
+    """gzip -n (no name or time in the header: the same filesystem gives the same bytes)."""
+    total = raw.stat().st_size
+    report("compress", 0, total)
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(["gzip", "-n", "-6", "-c", str(raw)], stdout=sink, stderr=subprocess.PIPE)
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                report("compress", min(total, sink.tell() * 4), total)
+        if proc.returncode != 0:
+            raise OsImageError(f"gzip failed: {proc.stderr.read().decode(errors='replace').strip()[:300]}")
+    report("compress", total, total)
+
+
+def delete(store: Path, name: str) -> list[str]:
+    """Removes every built image of OS `name`; answers the digests removed."""
+    removed = []
+    for image in built(store, name):
+        if image.name == name:
+            shutil.rmtree(image.path.parent, ignore_errors=True)
+            removed.append(image.digest)
+    return removed

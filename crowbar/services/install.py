@@ -1,0 +1,381 @@
+"""OS deployment: deploy, reinstall and release nodes, and what their installer and first boot report.
+
+The walk (crowbar.provisioner.lifecycle): `deploy` takes an allocated node through
+hardware-installing (no hardware jobs yet: passes straight through) to hardware-installed and queues
+one install job for its discovery agent (crowbar.provisioner.install makes the script); the agent
+taking the job moves it to installing; the job's phases and bytes land in `node.install`; its result
+moves the node to installed (the agent then reboots it onto its disk) or to problem with the failing
+phase and the job's last lines. At first boot the installed system calls home (`booted`):
+installed -> readying, then ready once its sshd answers. From installed on, the node's SSH address
+and the server's key are set in its hints (unless the operator set them), so the script jig reaches it.
+
+`reinstall` runs the same job again from the discovery image (the node is power-cycled into it);
+`release` erases the node's disks from the discovery image (signatures, or every byte) and puts it
+back in the pool, discovered, its admin address released.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from crowbar.db.events import record
+from crowbar.db.models import AgentJob, Node, utcnow
+from crowbar.db.session import signal_work
+from crowbar.errors import Conflict, CrowbarError, InvalidInput, NotFound
+from crowbar.provisioner import install, lifecycle, osimage
+from crowbar.services import lookup, nodes, power
+from crowbar.services.nodes import agent_driven, set_state
+
+log = logging.getLogger("crowbar.install")
+
+INSTALL, ERASE = "install", "erase"
+INSTALL_TIMEOUT = 40 * 60
+ERASE_MODES = ("quick", "full")
+PROGRESS_PATH = "/api/v2/agent/progress"
+SSH_AUTO = "ssh_auto"  # node.install key: the hints' ssh address/key were set by the installer
+
+
+@dataclass(frozen=True)
+class Context:
+    """What deploying needs from the server: where images are, and the admin server's SSH key."""
+
+    images: Path | None            # the OS image store (crowbar.provisioner.osimage)
+    public_key: str = ""           # the admin server's SSH public key, for root on every node
+    private_key: str | None = None  # its private key file, for the script jig's SSH sessions
+
+
+def image_path(image: osimage.OsImage) -> str:
+    """Where the server serves an image, under its HTTP boot endpoint."""
+    return f"/boot/os/{image.name}/{image.digest}/{osimage.ROOT_IMAGE}"
+
+
+def _image(ctx: Context, os_name: str) -> osimage.OsImage:
+    if ctx.images is None:
+        raise Conflict("this server has no OS image store (crowbar server --os-images)", field="os")
+    if not osimage.NAME_RE.match(os_name or ""):
+        raise InvalidInput(f"{os_name!r} is not an OS name", field="os")
+    image = osimage.current(ctx.images, os_name)
+    if image is None:
+        known = sorted({i.name for i in osimage.built(ctx.images)})
+        raise Conflict(f"OS {os_name!r} has no built image (built: {', '.join(known) or 'none'}); "
+                       f"build it with `crowbar os build {os_name}`", field="os")
+    return image
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _set_install(node: Node, **values) -> None:
+    node.install = {**(node.install or {}), **values}
+
+
+def _step(session: Session, node: Node, target: str, reason: str, actor: str) -> None:
+    """set_state, and the time the node entered each step in node.install["steps"]."""
+    set_state(session, node, target, reason, actor)
+    steps = list((node.install or {}).get("steps", []))
+    steps.append({"state": target, "at": _now()})
+    _set_install(node, steps=steps[-30:])
+
+
+# --- the first-boot data ---
+
+def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str, str]:
+    """cloud-init's NoCloud seed for `node`: meta-data, user-data, network-config."""
+    from crowbar.services import network
+
+    short = node.name.split(".")[0]
+    meta = {"instance-id": instance, "local-hostname": node.name}
+    user = {"hostname": short, "fqdn": node.name, "prefer_fqdn_over_hostname": True,
+            "manage_etc_hosts": True, "disable_root": False, "ssh_pwauth": False,
+            "ssh_authorized_keys": [ctx.public_key] if ctx.public_key else [],
+            "resize_rootfs": True}
+    try:
+        files = network.node_plan(session, node.id, "netplan")["files"]
+        netconf = yaml.safe_load(next(iter(files.values())))
+    except CrowbarError as exc:  # no plan (no admin network, no NIC inventory): DHCP on every NIC
+        log.info("node %s has no interface plan (%s): its OS uses DHCP", node.name, exc)
+        netconf = {"network": {"version": 2, "ethernets": {
+            "all": {"match": {"name": "eth*"}, "dhcp4": True}}}}
+    return {"meta-data": yaml.safe_dump(meta, sort_keys=False),
+            "user-data": "#cloud-config\n" + yaml.safe_dump(user, sort_keys=False),
+            "network-config": yaml.safe_dump(netconf["network"], sort_keys=False)}
+
+
+def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage) -> AgentJob:
+    discovery = node.discovery or {}
+    hints = (node.hints or {}).get("crowbar", {}).get("root_device") or {}
+    disk = install.choose_root_disk(discovery.get("disks") or [], hints)
+    firmware = discovery.get("firmware") if discovery.get("firmware") in ("bios", "uefi") else "bios"
+    job = AgentJob(node_id=node.id, kind=INSTALL, script="", timeout=INSTALL_TIMEOUT)
+    session.add(job)
+    session.flush()
+    plan = install.InstallPlan(
+        node=node.name, disk=f"/dev/{disk['name']}", disk_bytes=int(disk["size_bytes"]), firmware=firmware,
+        image_path=image_path(image), image_size=int(image.manifest["size"]),
+        image_sha256=image.manifest["sha256"], fs_size=int(image.manifest["fs_size"]),
+        progress_path=f"{PROGRESS_PATH}/{job.id}",
+        seed=seed(session, node, ctx, f"crowbar-{node.id}-{job.id}"))
+    job.script = install.install_script(plan)
+    _set_install(node, os=image.name, image=image.digest, sha256=image.manifest["sha256"],
+                 size=plan.image_size, disk=plan.disk, firmware=firmware, job=job.id,
+                 phase="queued", bytes=0, total=plan.fs_size, started_at=_now(), finished_at=None,
+                 error=None)
+    return job
+
+
+def _cancel_jobs(session: Session, node: Node, reason: str) -> None:
+    session.execute(update(AgentJob).where(AgentJob.node_id == node.id, AgentJob.kind.in_([INSTALL, ERASE]),
+                                           AgentJob.state != "done")
+                    .values(state="done", exit_code=-1, output=reason, finished_at=utcnow()))
+
+
+def _reach(session: Session, node: Node, agent_reboots: bool, actor: str) -> None:
+    """Make the node boot what its state says: the agent reboots it, or it is power-cycled."""
+    if agent_reboots:
+        return  # the agent is in the discovery image already and takes its job on its next poll
+    power.queue(session, node, "cycle", actor)
+
+
+# --- operator actions ---
+
+def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, actor: str = "system") -> list[dict]:
+    """Install `os_name` (default: the node's OS, else debian-12) on allocated nodes, all or none."""
+    if not keys:
+        raise InvalidInput("name at least one node to deploy", field="nodes")
+    out = []
+    for key in keys:
+        node = lookup.node(session, key)
+        if node.state != lifecycle.ALLOCATED:
+            raise Conflict(f"node {node.name!r} is {node.state}: only allocated nodes are deployed "
+                           f"(`crowbar nodes allocate {node.name}` first; `reinstall` for an installed one)")
+        name = os_name or node.os or lifecycle.DEFAULT_OS
+        image = _image(ctx, name)
+        node.os = name
+        _set_install(node, steps=[])
+        _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}", actor)
+        _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
+        _cancel_jobs(session, node, "replaced by a new install")
+        _plan_job(session, node, ctx, image)
+        _reach(session, node, agent_driven(node), actor)
+        out.append(nodes.node_dict(node, full=True))
+    signal_work(session, "anneal")
+    return out
+
+
+def reinstall(session: Session, key, os_name: str | None, ctx: Context, actor: str = "system") -> dict:
+    """Install the node's OS again (or `os_name`): it boots the discovery image and the job runs."""
+    node = lookup.node(session, key)
+    name = os_name or node.os or lifecycle.DEFAULT_OS
+    image = _image(ctx, name)
+    agent_reboots = agent_driven(node)
+    _drop_auto_ssh(node)
+    node.os = name
+    _set_install(node, steps=[])
+    _step(session, node, lifecycle.REINSTALL, f"reinstall {name} requested", actor)
+    _cancel_jobs(session, node, "replaced by a new install")
+    _plan_job(session, node, ctx, image)
+    if agent_reboots:
+        pass
+    else:
+        power.queue(session, node, "cycle", actor)
+    signal_work(session, "anneal")
+    return nodes.node_dict(node, full=True)
+
+
+def erase_script(disks: list[dict], mode: str) -> str:
+    """The agent's erase job: every non-removable disk of the inventory, signatures or every byte."""
+    names = [f"/dev/{d['name']}" for d in disks if d.get("name") and not d.get("removable")]
+    q = shlex.quote
+    lines = ["#!/bin/sh", f"# Crowbar release: erase ({mode}) {' '.join(names) or 'no disks'}", "set -eu"]
+    for disk in names:
+        lines.append(f"echo 'crowbar-erase: {disk}'")
+        lines.append(f"for p in /sys/class/block/{disk[5:]}/{disk[5:]}*; do "
+                     "[ -e \"$p\" ] && wipefs -q -a \"/dev/${p##*/}\" || true; done")
+        lines.append(f"wipefs -q -a {q(disk)}")
+        if mode == "full":
+            lines.append(f"dd if=/dev/zero of={q(disk)} bs=4M conv=fsync 2>&1 | tail -n 1 || true")
+        else:  # the partition tables: the primary at the start, GPT's backup in the last MiB
+            lines.append(f"dd if=/dev/zero of={q(disk)} bs=1M count=2 conv=fsync 2>/dev/null")
+            lines.append(f"sectors=$(cat /sys/class/block/{disk[5:]}/size); "
+                         f"dd if=/dev/zero of={q(disk)} bs=512 seek=$((sectors - 2048)) count=2048 "
+                         "conv=fsync 2>/dev/null")
+    lines.append("sync")
+    lines.append("echo 'crowbar-erase: done'")
+    return "\n".join(lines) + "\n"
+
+
+def release(session: Session, key, erase: str | None = "quick", actor: str = "system") -> dict:
+    """Back to the pool: an allocated node straight to discovered (erase None), anything installed
+    through `releasing`, where the agent erases its disks."""
+    node = lookup.node(session, key)
+    if erase is not None and erase not in ERASE_MODES:
+        raise InvalidInput(f"erase {erase!r}: expected {' or '.join(ERASE_MODES)}", field="erase")
+    if node.state == lifecycle.ALLOCATED and erase is None:
+        set_state(session, node, lifecycle.DISCOVERED, "released by the operator", actor)
+        _free(session, node, actor)
+        return nodes.node_dict(node, full=True)
+    agent_reboots = agent_driven(node)
+    _drop_auto_ssh(node)
+    _step(session, node, lifecycle.RELEASING, f"release with {erase or 'quick'} erase requested", actor)
+    _cancel_jobs(session, node, "replaced by a release")
+    job = AgentJob(node_id=node.id, kind=ERASE, script=erase_script((node.discovery or {}).get("disks") or [],
+                                                                     erase or "quick"), timeout=4 * 3600)
+    session.add(job)
+    session.flush()
+    _set_install(node, phase="erase-queued", job=job.id, erase=erase or "quick")
+    _reach(session, node, agent_reboots, actor)
+    signal_work(session, "anneal")
+    return nodes.node_dict(node, full=True)
+
+
+def _free(session: Session, node: Node, actor: str) -> None:
+    from crowbar.services import network
+
+    try:
+        network.release(session, "admin", node.id, actor=actor)
+    except (NotFound, Conflict):
+        pass  # no admin network, or no address held
+
+
+# --- what the agent reports ---
+
+def job_taken(session: Session, node: Node, job: AgentJob) -> None:
+    """The agent took an install job: hardware-installed or reinstall -> installing."""
+    if job.kind == INSTALL and node.state in (lifecycle.HARDWARE_INSTALLED, lifecycle.REINSTALL):
+        _step(session, node, lifecycle.INSTALLING, f"installing {node.os} on {(node.install or {}).get('disk')}", "agent")
+        _set_install(node, phase="started")
+
+
+def progress(session: Session, node: Node, job_id: str, phase: object, written: object, total: object) -> dict:
+    """An install job's phase and bytes written, as its script reports them."""
+    number = lookup.as_id(job_id)
+    job = session.get(AgentJob, number) if number is not None else None
+    if job is None or job.node_id != node.id:
+        raise NotFound(f"job {job_id!r} does not exist for node {node.name}", field="job")
+    if not isinstance(phase, str) or not phase or len(phase) > 40:
+        raise InvalidInput("phase must be a short string", field="phase")
+    values = {"phase": phase, "updated_at": _now()}
+    for name, value in (("bytes", written), ("total", total)):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 50:
+            values[name] = value
+    previous = (node.install or {}).get("phase")
+    _set_install(node, **values)
+    if phase != previous:
+        record(session, [{"object_type": "node", "object_id": node.id, "action": "install", "actor": "agent",
+                          "message": f"install phase {phase}" + (f" ({values.get('bytes', 0)} of "
+                                                                  f"{values.get('total', 0)} bytes)"
+                                                                  if phase == "verify-image" else "")}])
+    return {"node": node.name, "phase": phase}
+
+
+def _tail(output: str, lines: int = 12) -> str:
+    return "\n".join(output.strip().splitlines()[-lines:])
+
+
+def job_done(session: Session, node: Node, job: AgentJob) -> None:
+    """An install or erase job ended: the lifecycle moves on, or the node is a problem."""
+    if job.kind == INSTALL and node.state == lifecycle.INSTALLING and (node.install or {}).get("job") == job.id:
+        if job.exit_code == 0:
+            _set_install(node, phase="installed", finished_at=_now(), error=None,
+                         bytes=(node.install or {}).get("total", 0))
+            _step(session, node, lifecycle.INSTALLED, f"{node.os} installed on {(node.install or {}).get('disk')}", "agent")
+            node.agent_action = "reboot"
+        else:
+            phase = (node.install or {}).get("phase", "start")
+            reason = f"install failed in phase {phase} (exit {job.exit_code}): {_tail(job.output or '', 6)}"
+            _set_install(node, error=reason, finished_at=_now())
+            _step(session, node, lifecycle.PROBLEM, reason[:2000], "agent")
+    elif job.kind == ERASE and node.state == lifecycle.RELEASING and (node.install or {}).get("job") == job.id:
+        if job.exit_code == 0:
+            _set_install(node, phase="erased", finished_at=_now())
+            _step(session, node, lifecycle.DISCOVERED, f"disks erased ({(node.install or {}).get('erase', 'quick')})", "agent")
+            _free(session, node, "agent")
+        else:
+            reason = f"erase failed (exit {job.exit_code}): {_tail(job.output or '', 6)}"
+            _step(session, node, lifecycle.PROBLEM, reason[:2000], "agent")
+
+
+def refound(session: Session, node: Node) -> None:
+    """The node's discovery agent registered again: an install it had taken was cut short."""
+    if node.state != lifecycle.INSTALLING:
+        return
+    job = session.get(AgentJob, (node.install or {}).get("job") or 0)
+    if job is not None and job.state == "sent":
+        job.state, job.exit_code, job.finished_at = "done", -1, utcnow()
+        job.output = "the node booted again while installing"
+        reason = f"install interrupted in phase {(node.install or {}).get('phase')}: the node booted again"
+        _set_install(node, error=reason, finished_at=_now())
+        _step(session, node, lifecycle.PROBLEM, reason, "agent")
+
+
+def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context) -> dict:
+    """The installed system calls home: booted (installed -> readying), ready (readying -> ready),
+    or failed (-> problem). Any other state: the node is alive, nothing moves."""
+    if step not in ("booted", "ready", "failed"):
+        raise InvalidInput("step must be booted, ready or failed", field="step")
+    node.alive = True
+    clean = {k: str(v)[:200] for k, v in (facts or {}).items() if k in ("boot_id", "kernel", "os", "reason")}
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "boot", "actor": "node",
+                      "message": f"installed system {step}: {json.dumps(clean, sort_keys=True)}"}])
+    if step == "booted" and node.state == lifecycle.INSTALLED:
+        _set_auto_ssh(session, node, ctx)
+        _step(session, node, lifecycle.READYING, f"booted {clean.get('os', '')} ({clean.get('kernel', '')})", "node")
+    elif step == "ready" and node.state == lifecycle.READYING:
+        _set_install(node, booted=clean)
+        _step(session, node, lifecycle.READY, "sshd answers", "node")
+        signal_work(session, "anneal")
+    elif step == "failed" and node.state in (lifecycle.INSTALLED, lifecycle.READYING):
+        _step(session, node, lifecycle.PROBLEM, f"first boot failed: {clean.get('reason', '')}", "node")
+    return {"node": node.name, "state": node.state}
+
+
+def _admin_address(session: Session, node: Node) -> str | None:
+    from crowbar.services import network
+
+    address = network.node_addresses(session, [node.id]).get(node.id, {}).get("admin")
+    return str(address).split("/")[0] if address else None
+
+
+def _set_auto_ssh(session: Session, node: Node, ctx: Context) -> None:
+    """The node's SSH address (its admin address) and the server's key, unless the operator set them."""
+    hints = json.loads(json.dumps(node.hints or {}))
+    ssh = hints.setdefault("crowbar", {}).setdefault("ssh", {})
+    if ssh.get("address"):
+        return
+    address = _admin_address(session, node)
+    if not address:
+        return
+    ssh["address"] = address
+    if ctx.private_key and not ssh.get("key"):
+        ssh["key"] = ctx.private_key
+    node.hints = hints
+    _set_install(node, **{SSH_AUTO: True})
+
+
+def _drop_auto_ssh(node: Node) -> None:
+    if not (node.install or {}).get(SSH_AUTO):
+        return
+    hints = json.loads(json.dumps(node.hints or {}))
+    ssh = hints.get("crowbar", {}).get("ssh", {})
+    ssh.pop("address", None)
+    ssh.pop("key", None)
+    node.hints = hints
+    _set_install(node, **{SSH_AUTO: False})
+
+
+def nodes_running(session: Session) -> dict[str, list[str]]:
+    """OS name -> names of the nodes that run it or are installing it."""
+    out: dict[str, list[str]] = {}
+    for name, os_name in session.execute(select(Node.name, Node.os).where(Node.os.is_not(None)).order_by(Node.id)):
+        out.setdefault(os_name, []).append(name)
+    return out

@@ -1,0 +1,233 @@
+"""OS deployment through the real API on both engines: deploy, the install job and its progress,
+the call home, reinstall, release with erase, the OS catalog and image serving (Range).
+
+The image store holds a small stand-in image (the API only reads its manifest and serves its bytes);
+the real image, built by mmdebstrap and written by the real agent, is proven in the lab
+(tests/lab/test_lab_deploy.py).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from crowbar.api.app import create_app
+from crowbar.api.settings import AppSettings
+from crowbar.db.models import AgentJob, Node
+from discoverykit import INVENTORY, discover
+
+GIB = 1 << 30
+DIGEST = "ab" * 32
+INV = dict(INVENTORY, disks=[{"name": "vda", "size_bytes": 8 * GIB}, {"name": "vdb", "size_bytes": 2 * GIB}])
+
+
+def make_image(store, name="debian-12", digest=DIGEST, payload=b"x" * 100_000):
+    folder = store / name / digest
+    folder.mkdir(parents=True)
+    data = gzip.compress(payload, mtime=0)
+    (folder / "root.img.gz").write_bytes(data)
+    manifest = {"name": name, "digest": digest, "version": "12", "arch": "amd64", "kernel": "6.1.0-test",
+                "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "fs_size": 600 << 20,
+                "fs_uuid": "ab" * 8, "packages": [{"name": "bash", "version": "5.2"}],
+                "built_at": "2026-12-01T00:00:00+00:00"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+@pytest.fixture
+def store(tmp_path):
+    path = tmp_path / "os"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def dapi(db, admin_token, store):
+    app = create_app(AppSettings(db=db, os_images=store, ssh_public_key="ssh-ed25519 AAAAtest crowbar-admin",
+                                 ssh_private_key="/srv/crowbar/ssh/id_ed25519"))
+    with TestClient(app, headers={"authorization": f"Bearer {admin_token}"}) as client:
+        yield client
+
+
+def agent(token):
+    return {"authorization": f"Bearer {token}"}
+
+
+def discovered(dapi, allocate=True):
+    body = discover(dapi, INV).json()
+    if allocate:
+        r = dapi.post(f"/api/v2/nodes/{body['node']}/allocate")
+        assert r.status_code == 200, r.text
+    return body
+
+
+def take_job(dapi, token):
+    """The agent's next action; the reboot allocation asked for comes first."""
+    nxt = dapi.get("/api/v2/agent/next", headers=agent(token)).json()
+    if nxt["action"] == "reboot":
+        nxt = dapi.get("/api/v2/agent/next", headers=agent(token)).json()
+    return nxt
+
+
+def test_deploy_walks_the_lifecycle_to_ready(dapi, store, db):
+    make_image(store)
+    node = discovered(dapi)
+    r = dapi.post("/api/v2/nodes/deploy", json={"nodes": [node["node"]], "os": "debian-12"})
+    assert r.status_code == 200, r.text
+    shown = r.json()["items"][0]
+    assert shown["state"] == "hardware-installed" and shown["os"] == "debian-12"
+    assert shown["install"]["disk"] == "/dev/vda" and shown["install"]["firmware"] == "bios"  # vdb < 4 GiB
+
+    job = take_job(dapi, node["token"])
+    assert job["action"] == "run" and "crowbar-install" in job["script"] and "--target=i386-pc" in job["script"]
+    assert "ssh-ed25519 AAAAtest crowbar-admin" in job["script"]  # root's key, through cloud-init
+    assert f"hostname: {node['node'].split('.')[0]}" in job["script"]
+    assert dapi.get(f"/api/v2/nodes/{node['node']}").json()["state"] == "installing"
+
+    r = dapi.post(f"/api/v2/agent/progress/{job['job']}", json={"phase": "write-image", "bytes": 300 << 20,
+                                                               "total": 600 << 20}, headers=agent(node["token"]))
+    assert r.status_code == 200, r.text
+    install = dapi.get(f"/api/v2/nodes/{node['node']}").json()["install"]
+    assert install["phase"] == "write-image" and install["bytes"] == 300 << 20
+    assert dapi.post(f"/api/v2/agent/progress/{job['job']}", json={"phase": "x"},
+                     headers=agent("not-a-token")).status_code == 401
+
+    r = dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0, "output": "ok"},
+                  headers=agent(node["token"]))
+    assert r.status_code == 200, r.text
+    after = dapi.get(f"/api/v2/nodes/{node['node']}").json()
+    assert after["state"] == "installed" and after["bootenv"] == "local"
+    assert dapi.get("/api/v2/agent/next", headers=agent(node["token"])).json() == {"action": "reboot"}
+
+    # first boot: the installed system calls home with the same token
+    r = dapi.post("/api/v2/agent/booted", json={"step": "booted", "os": "Debian GNU/Linux 12 (bookworm)"},
+                  headers=agent(node["token"]))
+    assert r.json()["state"] == "readying"
+    r = dapi.post("/api/v2/agent/booted", json={"step": "ready"}, headers=agent(node["token"]))
+    assert r.json()["state"] == "ready"
+    final = dapi.get(f"/api/v2/nodes/{node['node']}").json()
+    ssh = final["hints"]["crowbar"]["ssh"]  # the script jig's target, set from the admin address
+    assert ssh["address"].startswith("192.168.124.") and ssh["key"] == "/srv/crowbar/ssh/id_ed25519"
+    steps = [s["state"] for s in final["install"]["steps"]]
+    assert steps == ["hardware-installing", "hardware-installed", "installing", "installed", "readying", "ready"]
+    events = dapi.get("/api/v2/events", params={"object_type": "node"}).json()["items"]
+    assert any(e["action"] == "install" and "write-image" in e["message"] for e in events)
+
+
+def test_a_failed_install_is_a_problem_with_its_phase_and_output(dapi, store):
+    make_image(store)
+    node = discovered(dapi)
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy", json={})
+    job = take_job(dapi, node["token"])
+    dapi.post(f"/api/v2/agent/progress/{job['job']}", json={"phase": "verify-image"}, headers=agent(node["token"]))
+    dapi.post(f"/api/v2/agent/jobs/{job['job']}", headers=agent(node["token"]), json={
+        "exit_code": 1, "output": "crowbar-install: image checksum mismatch: expected aa, got bb\n"})
+    shown = dapi.get(f"/api/v2/nodes/{node['node']}").json()
+    assert shown["state"] == "problem" and shown["bootenv"] == "discovery"
+    assert "install failed in phase verify-image" in shown["state_reason"]
+    assert "checksum mismatch" in shown["state_reason"]
+
+
+def test_a_node_that_boots_again_mid_install_is_a_problem(dapi, store):
+    make_image(store)
+    node = discovered(dapi)
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy")
+    take_job(dapi, node["token"])
+    from discoverykit import boot_nonce
+
+    nonce = boot_nonce(dapi, INV["boot_mac"])
+    assert discover(dapi, INV, nonce=nonce).status_code == 201
+    shown = dapi.get(f"/api/v2/nodes/{node['node']}").json()
+    assert shown["state"] == "problem" and "booted again" in shown["state_reason"]
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"nodes": ["nope"], "os": "debian-12"}, 404, "nope"),
+    ({"nodes": [], "os": "debian-12"}, 422, "at least one node"),
+    ({"nodes": ["NODE"], "os": "centos-9"}, 409, "no built image"),
+    ({"nodes": ["NODE"], "os": "../etc"}, 422, "not an OS name"),
+])
+def test_deploy_refusals_write_nothing(dapi, store, body, status, words):
+    make_image(store)
+    node = discovered(dapi)
+    body = dict(body, nodes=[node["node"] if n == "NODE" else n for n in body["nodes"]])
+    r = dapi.post("/api/v2/nodes/deploy", json=body)
+    assert r.status_code == status and words in r.json()["message"], r.text
+    assert dapi.get(f"/api/v2/nodes/{node['node']}").json()["state"] == "allocated"
+
+
+def test_deploying_many_is_all_or_nothing(dapi, store):
+    make_image(store)
+    a = discovered(dapi)
+    b = discover(dapi, dict(INV, boot_mac="52:54:00:bb:00:01", nics=[{"name": "eth0", "mac": "52:54:00:bb:00:01"}])).json()
+    r = dapi.post("/api/v2/nodes/deploy", json={"nodes": [a["node"], b["node"]]})  # b is only discovered
+    assert r.status_code == 409 and "only allocated nodes" in r.json()["message"]
+    assert dapi.get(f"/api/v2/nodes/{a['node']}").json()["state"] == "allocated"
+
+
+def test_release_erases_and_returns_the_node_to_the_pool(dapi, store, db):
+    make_image(store)
+    node = discovered(dapi)
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy")
+    job = take_job(dapi, node["token"])
+    dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(node["token"]))
+    r = dapi.post(f"/api/v2/nodes/{node['node']}/release", json={"erase": "quick"})
+    assert r.status_code == 200 and r.json()["state"] == "releasing", r.text
+    with db.session() as s:  # the installed OS has no agent: the node is power-cycled into discovery
+        erase = s.query(AgentJob).filter_by(kind="erase").one()
+        assert "wipefs -q -a /dev/vda" in erase.script and "wipefs -q -a /dev/vdb" in erase.script
+    nxt = take_job(dapi, node["token"])
+    assert nxt["action"] == "run" and nxt["job"] == str(erase.id)
+    dapi.post(f"/api/v2/agent/jobs/{nxt['job']}", json={"exit_code": 0}, headers=agent(node["token"]))
+    shown = dapi.get(f"/api/v2/nodes/{node['node']}").json()
+    assert shown["state"] == "discovered"
+    assert "address" not in shown["hints"].get("crowbar", {}).get("ssh", {})
+    allocations = dapi.get("/api/v2/networks/admin/allocations").json()
+    assert not any(a.get("node") == node["node"] for a in (allocations.get("items", allocations)))
+    assert dapi.post(f"/api/v2/nodes/{node['node']}/release", json={"erase": "shred"}).status_code == 422
+
+
+def test_reinstall_queues_a_fresh_install(dapi, store, db):
+    make_image(store)
+    node = discovered(dapi)
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy")
+    job = take_job(dapi, node["token"])
+    dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(node["token"]))
+    r = dapi.post(f"/api/v2/nodes/{node['node']}/reinstall", json={})
+    assert r.status_code == 200 and r.json()["state"] == "reinstall" and r.json()["bootenv"] == "discovery"
+    again = take_job(dapi, node["token"])
+    assert again["action"] == "run" and again["job"] != job["job"]
+    assert dapi.get(f"/api/v2/nodes/{node['node']}").json()["state"] == "installing"
+
+
+def test_the_os_catalog(dapi, store):
+    manifest = make_image(store)
+    node = discovered(dapi)
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy")
+    rows = {r["name"]: r for r in dapi.get("/api/v2/os_images").json()}
+    assert rows["debian-12"]["built"] and rows["debian-12"]["buildable"]
+    assert rows["debian-12"]["current"]["sha256"] == manifest["sha256"]
+    assert rows["debian-12"]["nodes"] == [{"node": node["node"], "state": "hardware-installed"}]
+    shown = dapi.get("/api/v2/os_images/debian-12").json()
+    assert shown["recipe"]["suite"] == "bookworm" and shown["images"][0]["packages"][0]["name"] == "bash"
+    r = dapi.delete("/api/v2/os_images/debian-12")  # a node is being installed with it
+    assert r.status_code == 409 and node["node"] in r.json()["message"]
+    assert dapi.get("/api/v2/os_images/nope").status_code == 404
+
+
+def test_images_are_served_with_range_and_checksums(dapi, store):
+    manifest = make_image(store)
+    base = f"/boot/os/debian-12/{DIGEST}"
+    whole = dapi.get(f"{base}/root.img.gz", headers={"authorization": ""})
+    assert whole.status_code == 200 and hashlib.sha256(whole.content).hexdigest() == manifest["sha256"]
+    part = dapi.get(f"{base}/root.img.gz", headers={"authorization": "", "range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == whole.content[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(whole.content)}"
+    sums = dapi.get(f"{base}/SHA256SUMS", headers={"authorization": ""}).text
+    assert sums == f"{manifest['sha256']}  root.img.gz\n"
+    for bad in (f"/boot/os/debian-12/{'cd' * 32}/root.img.gz", f"{base}/../../etc/passwd", f"{base}/other"):
+        assert dapi.get(bad, headers={"authorization": ""}).status_code == 404
