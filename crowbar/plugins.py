@@ -37,8 +37,8 @@ BUILTIN: dict[str, dict[str, str]] = {
         "qemu": "crowbar.power.qemu:QemuPower",
         "manual": "crowbar.power.manual:ManualPower",
     },
-    OS_INSTALLERS: {},
-    IMAGE_BUILDERS: {},
+    OS_INSTALLERS: {"image": "crowbar.provisioner.install:ImageInstaller"},
+    IMAGE_BUILDERS: {"mmdebstrap": "crowbar.provisioner.osimage:MmdebstrapBuilder"},
 }
 
 

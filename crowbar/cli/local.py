@@ -83,6 +83,13 @@ def build_os_image(store: Path, name: str, progress: Callable[[str, int, int], N
         raise CliError(f"building {name}: {exc}") from None
 
 
+def os_image_built(store: Path, name: str) -> bool:
+    """Whether the image store has an image of OS `name`."""
+    from crowbar.provisioner import osimage
+
+    return osimage.current(store, name) is not None
+
+
 def host_kernel_version() -> str:
     """The kernel the discovery image will be built from; raises when this host has none usable."""
     from crowbar.provisioner.image import default_kernel_version

@@ -47,12 +47,18 @@ def lab_group() -> None:
               help="bios (SeaBIOS), uefi (OVMF), mixed (every second VM UEFI), or one per VM: bios,uefi")
 @click.option("--wait", is_flag=True, help="wait, with progress, until every VM is discovered")
 @click.option("--timeout", type=float, default=600, show_default=True, help="seconds --wait waits")
+@click.option("--os", "os_name", default="debian-12", show_default=True,
+              help="OS --deploy installs (built first when the image store has none)")
+@click.option("--deploy", is_flag=True, help="then take every VM to ready: allocate, install --os, boot its disk")
 @dir_option
 def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: str, wait: bool, timeout: float,
-           directory: Path | None) -> None:
+           os_name: str, deploy: bool, directory: Path | None) -> None:
     """Create the lab: namespace, bridges, a provisioning server, N PXE-booting VMs."""
     lab = _lab(directory)
     started = time.monotonic()
+    if deploy:
+        wait = True
+        _ensure_os_image(os_name)
     try:
         state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm, firmware=firmware)
     except LabError as exc:
@@ -64,6 +70,9 @@ def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: s
         return
     _wait(lab, timeout)
     console.print(f"all {len(state.vms)} VMs discovered in {time.monotonic() - started:.0f}s")
+    if deploy:
+        _deploy(lab, os_name, timeout=max(timeout, 1800))
+        console.print(f"all {len(state.vms)} VMs ready on {os_name} in {time.monotonic() - started:.0f}s")
     _print_vms(lab.status())
     hint = "" if lab.dir == config.lab_dir().absolute() else f"CROWBAR_LAB_DIR={lab.dir} "
     console.print(f"the CLI now reaches the lab's server: try `{hint}crowbar nodes list`")
@@ -85,6 +94,44 @@ def _wait(lab: Lab, timeout: float) -> None:
             lab.wait_discovered(timeout, progress)
         except LabError as exc:
             raise CliError(str(exc), code=2 if "within" in str(exc) else 1) from None
+
+
+def _ensure_os_image(os_name: str) -> None:
+    """Build the OS image now (with progress) unless the store has it: the lab's server serves it."""
+    from crowbar.cli import local
+
+    if local.os_image_built(config.os_image_dir(), os_name):
+        return
+    console.print(f"building the {os_name} image (once: it is cached by content)")
+    last = [""]
+
+    def progress(step: str, done: int, total: int) -> None:
+        phase = step.split(":")[0]
+        if phase != last[0]:
+            last[0] = phase
+            console.print(f"[dim]os build:[/] {phase}")
+
+    local.build_os_image(config.os_image_dir(), os_name, progress)
+
+
+def _deploy(lab: Lab, os_name: str, timeout: float) -> None:
+    seen: dict[str, tuple] = {}
+
+    def progress(nodes: dict[str, dict]) -> None:
+        for vm, node in sorted(nodes.items()):
+            install = node.get("install") or {}
+            total, done = install.get("total") or 0, install.get("bytes") or 0
+            pct = f" {done / total:.0%}" if total and node["state"] == "installing" else ""
+            key = (node["state"], install.get("phase"), pct[:-2])
+            if seen.get(vm) != key:
+                seen[vm] = key
+                phase = f" {install.get('phase')}" if node["state"] == "installing" else ""
+                console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {vm}: {node['state']}{phase}{pct}")
+
+    try:
+        lab.deploy_all(os_name, timeout, progress)
+    except LabError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _print_vms(status: dict) -> None:

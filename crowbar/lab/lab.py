@@ -392,6 +392,36 @@ class Lab:
                                f"(see `crowbar lab console {pending[0]}`){last_error}")
             time.sleep(1.0)
 
+    # -- deploy ---------------------------------------------------------------------------------
+    def deploy_all(self, os_name: str, timeout: float = 1800.0,
+                   progress: Callable[[dict[str, dict]], None] | None = None) -> dict[str, dict]:
+        """Allocate every discovered VM's node, deploy `os_name` on all of them in one request, and
+        poll until each is ready; `progress({vm name: node})` hears of every poll. LabError names a
+        node that became a problem, with its reason, or the ones not ready in time."""
+        api = self.api()
+        found = self.match_nodes(api)
+        missing = [vm.name for vm in self.state.vms if vm.name not in found]
+        if missing:
+            raise LabError(f"not discovered yet: {', '.join(missing)}")
+        for node in found.values():
+            if node["state"] == "discovered":
+                api.post(f"/nodes/{node['name']}/allocate")
+        api.post("/nodes/deploy", {"nodes": [n["name"] for n in found.values()], "os": os_name})
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = {vm: api.get(f"/nodes/{node['name']}") for vm, node in found.items()}
+            if progress:
+                progress(nodes)
+            problems = [f"{n['name']}: {n.get('state_reason')}" for n in nodes.values() if n["state"] == "problem"]
+            if problems:
+                raise LabError("deploy failed on " + "; ".join(problems))
+            if all(n["state"] == "ready" for n in nodes.values()):
+                return nodes
+            if time.monotonic() > deadline:
+                waiting = ", ".join(f"{vm} ({n['state']})" for vm, n in nodes.items() if n["state"] != "ready")
+                raise LabError(f"not ready within {timeout:g}s: {waiting}")
+            time.sleep(2.0)
+
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict:
         if self.state is None:

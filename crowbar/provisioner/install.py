@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from crowbar.errors import InvalidInput
+from crowbar.provisioner.installers import OsInstaller
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -275,3 +276,12 @@ echo {q(plan.firmware)} > $T/etc/crowbar/firmware
 sync
 phase installed "" {plan.fs_size}
 """
+
+
+class ImageInstaller(OsInstaller):
+    """The built-in installer: an image streamed to the root partition by the agent (this module)."""
+
+    name = "image"
+
+    def job(self, plan: InstallPlan) -> str:
+        return install_script(plan)

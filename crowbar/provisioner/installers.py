@@ -1,24 +1,18 @@
-"""OS installers and boot images: the room for the plugins that put an operating system on a node.
+"""OS installers and image builders: the plugins that put an operating system on a node.
 
-Nothing is registered here yet (the plugin groups are empty in crowbar/plugins.py); the next issues
-add the plugins, and this module is where their interfaces live. Both kinds are found by name
-through the one plugin registry (`crowbar.plugins.get(group, name)`), so a separate package can add
-one with an entry point, like a jig or a power driver.
+Both kinds are found by name through the one plugin registry (`crowbar.plugins.get(group, name)`),
+so a separate package can add one with an entry point, like a jig or a power driver. An OS recipe
+(crowbar/provisioner/os/<name>.toml) names the builder that makes its image (`builder`, default
+`mmdebstrap`) and the installer that puts it on a node (`installer`, default `image`).
 
-An OS installer (entry point group `crowbar.os_installers`) is named after the OS it installs, the
-`<os>` of the node's `<os>-install` bootenv (crowbar.provisioner.lifecycle, e.g. `debian-12`). It
-provides what the provisioner needs while a node is in `hardware-installed` .. `installing`:
-
-- `boot(params)`: the kernel, initrd and kernel arguments iPXE boots the installer with, as the
-  `installers` table that `crowbar.provisioner.ipxe.render` takes (today no one passes it, so an
-  install bootenv answers "no installer configured for <os>");
-- `answers(node, params)`: the unattended-install file (preseed, kickstart, autoinstall, ...) for one
-  node, which the installer fetches from the server; it ends the install by reporting the node
-  `installed` through the API, so the lifecycle moves on and the next boot is from the local disk.
-
-An image builder (entry point group `crowbar.image_builders`) builds a kernel and initramfs that the
-provisioner serves, from what the server host has installed and cached by content, the way
-`crowbar.provisioner.image.build_discovery_image` builds the discovery image.
+- An image builder (entry point group `crowbar.image_builders`) builds an OS image from a recipe on
+  the admin host, into the image store the server serves, cached by content; the built-in
+  `mmdebstrap` is crowbar.provisioner.osimage.
+- An OS installer (entry point group `crowbar.os_installers`) makes the job the discovery agent
+  runs to install an image on one node, from an InstallPlan (disk, firmware, image, first-boot
+  data); the built-in `image` is crowbar.provisioner.install (GPT, stream and check, grub, seed).
+  An installer that needs a network installer instead (preseed, kickstart) would boot it through the
+  `<os>-install` bootenv (crowbar.provisioner.ipxe renders it from its kernel, initrd and arguments).
 
 Plugins here are pure machinery, like the rest of crowbar/provisioner/: no database sessions; what
 they need of a node is handed to them.
@@ -27,33 +21,33 @@ they need of a node is handed to them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from crowbar.provisioner.image import DiscoveryImage, Progress
-from crowbar.provisioner.ipxe import BootParams, Installer
+from crowbar.provisioner.image import Progress
+
+if TYPE_CHECKING:
+    from crowbar.provisioner.install import InstallPlan
+    from crowbar.provisioner.osimage import OsImage, Recipe
 
 
 class OsInstaller(abc.ABC):
-    """Installs one operating system on a node over the network."""
-
-    name: str = ""  # the <os> of the `<os>-install` bootenv
-
-    @abc.abstractmethod
-    def boot(self, params: BootParams) -> Installer:
-        """What iPXE boots to start the installer (paths are relative to the boot endpoint)."""
-
-    @abc.abstractmethod
-    def answers(self, node: Mapping[str, object], params: BootParams) -> str:
-        """The unattended-install file for `node` (as the API shows it: name, addresses, ...)."""
-
-
-class ImageBuilder(abc.ABC):
-    """Builds a boot image (kernel + initramfs) from what this host has installed."""
+    """Installs an OS image on a node, as one job of its discovery agent."""
 
     name: str = ""
 
     @abc.abstractmethod
-    def build(self, cache_dir: Path, progress: Progress | None = None) -> DiscoveryImage:
-        """The image's kernel, initrd and content digest; from `cache_dir` when built before with the
-        same inputs. `progress(step, done, total)` hears of the steps."""
+    def job(self, plan: InstallPlan) -> str:
+        """The shell script (busybox sh) the agent runs; it reports its phases and ends with exit 0
+        only when the node's disk boots the image (InvalidInput for a plan it cannot carry out)."""
+
+
+class ImageBuilder(abc.ABC):
+    """Builds an OS image from a recipe on the admin host."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def build(self, store: Path, recipe: Recipe, progress: Progress | None = None, *,
+              mirror: str | None = None, force: bool = False) -> OsImage:
+        """The image, from `store` when one with the same inputs was built before."""

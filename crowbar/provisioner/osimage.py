@@ -7,9 +7,11 @@ node-side pieces of Crowbar (crowbar/agent/installed: the call-home service). Bu
 root tools beyond mmdebstrap and mke2fs, and no network but the Debian mirror.
 
 The recipe is data (crowbar/provisioner/os/<name>.toml): suite, mirror, packages, kernel, what to
-leave out. The cache key is the sha256 of the recipe, this builder, the node-side files and the
-mirror's InRelease for the suite (which pins every package version the build can get), so a second
-build against the same mirror state answers the cached image at once; a new mirror state builds anew.
+leave out, and the plugins that build and install it (`builder`, `installer`; this module is the
+built-in `mmdebstrap` image builder). The cache key is the sha256 of the recipe, the builder's
+FORMAT (raised whenever what it writes changes), the node-side files and the mirror's InRelease for
+the suite (which pins every package version the build can get), so a second build against the same
+mirror state answers the cached image at once; a new mirror state builds anew.
 
 Layout of an image store (the server serves it; `crowbar os list` reads it):
 
@@ -44,10 +46,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from crowbar import plugins
 from crowbar.agent import installed_files
 from crowbar.errors import CrowbarError, NotFound
+from crowbar.provisioner.installers import ImageBuilder
 
 RECIPES_DIR = Path(__file__).parent / "os"
+FORMAT = 1  # of what the builder writes: raise it when that changes (it is part of the cache key)
 ROOT_IMAGE = "root.img.gz"
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -77,13 +82,16 @@ class Recipe:
     first_boot: str
     packages: tuple[str, ...]
     exclude: tuple[str, ...] = ()
+    builder: str = "mmdebstrap"  # the image builder plugin (crowbar.image_builders)
+    installer: str = "image"     # the OS installer plugin (crowbar.os_installers)
     source: str = ""  # the recipe file's text, part of the cache key
 
     def as_dict(self) -> dict:
         return {"name": self.name, "title": self.title, "family": self.family, "version": self.version,
                 "suite": self.suite, "arch": self.arch, "components": list(self.components),
                 "mirror": self.mirror, "kernel": self.kernel, "bootloader": self.bootloader,
-                "first_boot": self.first_boot, "packages": list(self.packages)}
+                "first_boot": self.first_boot, "packages": list(self.packages), "builder": self.builder,
+                "installer": self.installer}
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,8 @@ def load_recipe(path: Path) -> Recipe:
                   components=tuple(data.get("components", ["main"])), mirror=data.get("mirror", "host"),
                   kernel=data["kernel"], bootloader=data.get("bootloader", "grub"),
                   first_boot=data.get("first_boot", "cloud-init"), packages=tuple(data["packages"]),
-                  exclude=tuple(data.get("exclude", ())), source=text)
+                  exclude=tuple(data.get("exclude", ())), builder=data.get("builder", "mmdebstrap"),
+                  installer=data.get("installer", "image"), source=text)
 
 
 def host_mirror(sources_dir: Path = Path("/etc/apt")) -> str:
@@ -224,7 +233,7 @@ def cache_key(item: Recipe, mirror: str, release: bytes) -> str:
         "recipe": hashlib.sha256(item.source.encode()).hexdigest(),
         "mirror": mirror,
         "inrelease": hashlib.sha256(release).hexdigest(),
-        "builder": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "builder": [item.builder, FORMAT],
         "node": {path: hashlib.sha256(data).hexdigest() for path, data in sorted(installed_files().items())},
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -232,13 +241,28 @@ def cache_key(item: Recipe, mirror: str, release: bytes) -> str:
 
 def build(store: Path, name: str, progress: Progress | None = None, *, mirror: str | None = None,
           recipes_dir: Path = RECIPES_DIR, force: bool = False) -> OsImage:
-    """The image of OS `name`, from `store` when one with the same inputs was built before.
-
-    `progress(step, done, total)` hears of "mirror", "cached", then "mmdebstrap" (one call per line
-    mmdebstrap prints, total 0), "node files", "filesystem" and "checksum" (bytes).
-    """
-    report = progress or (lambda step, done, total: None)
+    """The image of OS `name`, built by its recipe's image builder (from `store` when one with the
+    same inputs was built before)."""
     item = recipe(name, recipes_dir)
+    builder = plugins.get(plugins.IMAGE_BUILDERS, item.builder)
+    return builder.build(store, item, progress, mirror=mirror, force=force)
+
+
+class MmdebstrapBuilder(ImageBuilder):
+    """Debian and its derivatives, from a mirror, with mmdebstrap (this module)."""
+
+    name = "mmdebstrap"
+
+    def build(self, store: Path, recipe: Recipe, progress: Progress | None = None, *,
+              mirror: str | None = None, force: bool = False) -> OsImage:
+        return _build(store, recipe, progress, mirror=mirror, force=force)
+
+
+def _build(store: Path, item: Recipe, progress: Progress | None = None, *, mirror: str | None = None,
+           force: bool = False) -> OsImage:
+    """`progress(step, done, total)` hears of "mirror", "cached", then "mmdebstrap" (one call per
+    line mmdebstrap prints, total 0), "node files", "filesystem", "compress" and "checksum" (bytes)."""
+    report = progress or (lambda step, done, total: None)
     if shutil.which("mmdebstrap") is None:
         raise OsImageError("mmdebstrap is not installed: apt-get install mmdebstrap")
     if shutil.which("mke2fs") is None:
@@ -382,10 +406,10 @@ def _make_filesystem(root: Path, image: Path, fs_uuid: str, report: Progress) ->
     used = sum(entry.stat(follow_symlinks=False).st_size for entry in root.rglob("*"))
     size_mib = int(used * 1.3 / (1 << 20)) + 128
     report("filesystem", 0, 3)
-    steps = (["mke2fs", "-q", "-F", "-t", "ext4", "-L", "crowbar-root", "-U", fs_uuid, "-J", "size=32",
+    steps = (["mke2fs", "-q", "-F", "-t", "ext4", "-L", "crowbar-root", "-U", fs_uuid, "-b", "4096", "-J", "size=32",
               "-O", "^metadata_csum_seed,^orphan_file", "-E", "lazy_itable_init=0",
               "-d", str(root), str(image), f"{size_mib}M"],
-             ["e2fsck", "-f", "-y", "-q", str(image)],
+             ["e2fsck", "-f", "-y", str(image)],
              ["resize2fs", "-M", str(image)])
     for done, command in enumerate(steps, start=1):
         out = subprocess.run(command, capture_output=True, text=True)

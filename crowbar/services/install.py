@@ -27,6 +27,7 @@ import yaml
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from crowbar import plugins
 from crowbar.db.events import record
 from crowbar.db.models import AgentJob, Node, utcnow
 from crowbar.db.session import signal_work
@@ -125,7 +126,13 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
         image_sha256=image.manifest["sha256"], fs_size=int(image.manifest["fs_size"]),
         progress_path=f"{PROGRESS_PATH}/{job.id}",
         seed=seed(session, node, ctx, f"crowbar-{node.id}-{job.id}"))
-    job.script = install.install_script(plan)
+    recipes = osimage.recipes()
+    installer_name = recipes[image.name].installer if image.name in recipes else "image"
+    try:
+        installer = plugins.get(plugins.OS_INSTALLERS, installer_name)
+    except plugins.UnknownPlugin as exc:
+        raise Conflict(f"OS {image.name}: {exc}", field="os") from None
+    job.script = installer.job(plan)
     _set_install(node, os=image.name, image=image.digest, sha256=image.manifest["sha256"],
                  size=plan.image_size, disk=plan.disk, firmware=firmware, job=job.id,
                  phase="queued", bytes=0, total=plan.fs_size, started_at=_now(), finished_at=None,

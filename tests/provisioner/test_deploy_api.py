@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
-from crowbar.db.models import AgentJob, Node
+from crowbar.db.models import AgentJob
 from discoverykit import INVENTORY, discover
 
 GIB = 1 << 30
@@ -25,13 +25,13 @@ DIGEST = "ab" * 32
 INV = dict(INVENTORY, disks=[{"name": "vda", "size_bytes": 8 * GIB}, {"name": "vdb", "size_bytes": 2 * GIB}])
 
 
-def make_image(store, name="debian-12", digest=DIGEST, payload=b"x" * 100_000):
+def make_image(store, name="debian-12", digest=DIGEST, payload=b"x" * 100_000, fs_size=600 << 20):
     folder = store / name / digest
     folder.mkdir(parents=True)
     data = gzip.compress(payload, mtime=0)
     (folder / "root.img.gz").write_bytes(data)
     manifest = {"name": name, "digest": digest, "version": "12", "arch": "amd64", "kernel": "6.1.0-test",
-                "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "fs_size": 600 << 20,
+                "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "fs_size": fs_size,
                 "fs_uuid": "ab" * 8, "packages": [{"name": "bash", "version": "5.2"}],
                 "built_at": "2026-12-01T00:00:00+00:00"}
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -231,3 +231,16 @@ def test_images_are_served_with_range_and_checksums(dapi, store):
     assert sums == f"{manifest['sha256']}  root.img.gz\n"
     for bad in (f"/boot/os/debian-12/{'cd' * 32}/root.img.gz", f"{base}/../../etc/passwd", f"{base}/other"):
         assert dapi.get(bad, headers={"authorization": ""}).status_code == 404
+
+
+def test_root_device_hints_set_as_an_attrib_choose_the_disk(dapi, store):
+    make_image(store, fs_size=2 << 30)
+    node = discovered(dapi)
+    r = dapi.put("/api/v2/attribs/root-device", json={"node": node["node"], "value": {"size": "< 4"}})
+    assert r.status_code == 200, r.text
+    r = dapi.post(f"/api/v2/nodes/{node['node']}/deploy")  # vdb (2 GiB) is too small for the image
+    assert r.status_code == 422 and "does not fit on /dev/vdb" in r.json()["message"], r.text
+    dapi.put("/api/v2/attribs/root-device", json={"node": node["node"], "value": {"name": "vda"}})
+    assert dapi.post(f"/api/v2/nodes/{node['node']}/deploy").json()["install"]["disk"] == "/dev/vda"
+    r = dapi.put("/api/v2/attribs/root-device", json={"node": node["node"], "value": {"wwn": "x"}})
+    assert r.status_code == 422

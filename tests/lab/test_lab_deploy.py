@@ -1,0 +1,165 @@
+"""OS deployment end to end, through the CLI only: two qemu VMs, one BIOS (SeaBIOS) and one UEFI
+(OVMF), go from power-on to ready on the real Debian 12 image (mmdebstrap, built once and cached by
+content in the stable cache directory), written by their discovery agents and booted from disk.
+
+Then, on the installed systems, over SSH with the admin server's key: the hostname, the admin
+address and the OS are what Crowbar says. vm2 reboots and comes back from its disk (the server's
+boot log shows the local boot script, not the discovery image), then is released with a quick
+erase: its disk has no partition table left and the node is discovered again. vm1 is reinstalled
+with a corrupted copy of the image (one byte changed): refused before boot, a problem naming the
+checksum; reinstalled with the good image, the marker file written before is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from test_lab_e2e import Cli, _crowbar, _missing  # tests/lab is on the path, as for discoverykit
+
+OS = "debian-12"
+BAD_OS = "debian-12-corrupt"
+
+
+def _missing_deploy() -> str | None:
+    if reason := _missing():
+        return reason
+    for tool, package in (("mmdebstrap", "mmdebstrap"), ("sfdisk", "fdisk"), ("ssh", "openssh-client")):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (Debian package {package})"
+    from crowbar.lab.vm import OVMF_CODE
+
+    if not OVMF_CODE.is_file():
+        return f"{OVMF_CODE} is missing (Debian package ovmf)"
+    return None
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing_deploy() is not None, reason=str(_missing_deploy()))]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """The CLI with its own lab, data and config dirs, and an image store made of the cached debian-12
+    image (built here when the cache has none) plus a corrupted copy."""
+    from crowbar import config
+    from crowbar.cli import local
+    from crowbar.provisioner import osimage
+
+    image = osimage.current(config.os_image_dir(), OS)
+    if image is None:  # the stable cache: a second run finds it
+        image = local.build_os_image(config.os_image_dir(), OS, lambda *a: None)
+    cache = tmp_path / "cache"
+    store = cache / "os"
+    (store / OS).mkdir(parents=True)
+    (store / OS / image.digest).symlink_to(image.path.parent)
+    bad = store / BAD_OS / ("0" * 64)
+    bad.mkdir(parents=True)
+    data = bytearray(image.path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one byte changed
+    (bad / osimage.ROOT_IMAGE).write_bytes(bytes(data))
+    (bad / osimage.MANIFEST).write_text(json.dumps(dict(image.manifest, name=BAD_OS, digest="0" * 64)))
+
+    cli = Cli(tmp_path)
+    cli.env["CROWBAR_CACHE_DIR"] = str(cache)
+    yield cli
+    done = subprocess.run([_crowbar(), "lab", "down"], env=cli.env, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0 or (cli.lab_dir / "lab.json").exists():
+        from crowbar.lab.lab import Lab
+
+        Lab(cli.lab_dir).down()
+
+
+def _ssh(cli, node: str, command: str) -> str:
+    done = cli("nodes", "ssh", node, "--", command, timeout=60)
+    return done.stdout.strip()
+
+
+def _wait_state(cli, node: str, states: tuple[str, ...], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = cli.json("nodes", "show", node)
+        if shown["state"] in states:
+            return shown
+        assert time.monotonic() < deadline, f"{node} is {shown['state']}, not {states}{cli.context()}"
+        time.sleep(3)
+
+
+def test_bios_and_uefi_vms_are_deployed_rebooted_reinstalled_and_released(cli):
+    timings = {}
+    started = time.monotonic()
+    cli("lab", "up", "--nodes", "2", "--firmware", "bios,uefi", "--disk", "4", "--wait", "--timeout", "400",
+        timeout=500)
+    timings["lab up to discovered"] = time.monotonic() - started
+    vms = {vm["name"]: vm for vm in cli.json("lab", "status")["vms"]}
+    vm1, vm2 = vms["vm1"]["node"], vms["vm2"]["node"]
+    for name, firmware in ((vm1, "bios"), (vm2, "uefi")):
+        assert cli.json("nodes", "show", name)["discovery"]["firmware"] == firmware
+        cli("nodes", "allocate", name)
+
+    # power-on to ready, both at once
+    started = time.monotonic()
+    cli("nodes", "deploy", vm1, vm2, "--os", OS, "--wait", "--timeout", "1200", timeout=1300)
+    timings["deploy to ready"] = time.monotonic() - started
+    addresses = {a["node"]: a["address"] for a in cli.json("network", "allocations", "admin")}
+    for name, firmware in ((vm1, "bios"), (vm2, "uefi")):
+        node = cli.json("nodes", "show", name)
+        assert node["state"] == "ready" and node["bootenv"] == "local" and node["os"] == OS
+        assert node["install"]["firmware"] == firmware and node["install"]["disk"] == "/dev/vda"
+        assert node["hints"]["crowbar"]["ssh"]["address"] == addresses[name].split("/")[0]
+        # what the installed system says about itself, over SSH with the server's key
+        assert _ssh(cli, name, "hostname -f") == name
+        assert addresses[name].split("/")[0] in _ssh(cli, name, "ip -4 -o addr show")
+        assert 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"' in _ssh(cli, name, "cat /etc/os-release")
+        assert _ssh(cli, name, "findmnt -n -o SOURCE /") == "/dev/vda3"
+        assert (_ssh(cli, name, "test -d /sys/firmware/efi && echo uefi || echo bios")) == firmware
+        assert _ssh(cli, name, "cat /root/.ssh/authorized_keys").count("crowbar-admin") == 1
+        assert "root:*" in _ssh(cli, name, "grep ^root: /etc/shadow") or \
+            "root:!" in _ssh(cli, name, "grep ^root: /etc/shadow")  # no password anywhere
+        _ssh(cli, name, "echo before > /root/marker")
+
+    # vm2 reboots: it comes back from its disk, never the discovery image
+    node2 = cli.json("nodes", "show", vm2)
+    before = max(e["id"] for e in cli.json("events", "--type", "node", "--id", str(node2["id"]), "--limit", "500"))
+    boot_id = _ssh(cli, vm2, "cat /proc/sys/kernel/random/boot_id")
+    subprocess.run([_crowbar(), "nodes", "ssh", vm2, "--", "systemctl reboot"], env=cli.env,
+                   capture_output=True, timeout=60)
+    # vm1: reinstalled with a corrupted image meanwhile
+    cli("nodes", "reinstall", vm1, "--os", BAD_OS)
+    deadline = time.monotonic() + 400
+    while True:
+        try:
+            if _ssh(cli, vm2, "cat /proc/sys/kernel/random/boot_id") not in ("", boot_id):
+                break
+        except AssertionError:
+            pass
+        assert time.monotonic() < deadline, f"vm2 did not come back{cli.context()}"
+        time.sleep(5)
+    assert _ssh(cli, vm2, "cat /root/marker") == "before"
+    boots = [e for e in cli.json("events", "--type", "node", "--id", str(node2["id"]), "--limit", "500")
+             if e["id"] > before and e["action"] == "boot" and "boot script" in e["message"]]
+    assert boots and all(e["message"].endswith(": local") for e in boots), boots
+
+    # release vm2 with a quick erase: no partition table left, discovered again
+    cli("nodes", "release", vm2, "--erase", "quick", "--wait", "--timeout", "600", timeout=700)
+    released = cli.json("nodes", "show", vm2)
+    assert released["state"] == "discovered" and released["bootenv"] == "discovery"
+    disk = Path(vms["vm2"]["disk"])
+    dump = subprocess.run(["sfdisk", "--dump", str(disk)], capture_output=True, text=True)
+    assert dump.returncode != 0 or "label:" not in dump.stdout, dump.stdout
+    assert subprocess.run(["blkid", "-p", str(disk)], capture_output=True).returncode == 2  # nothing found
+
+    # vm1: the corrupted image was refused before boot
+    bad = _wait_state(cli, vm1, ("problem", "installed", "ready"), 900)
+    assert bad["state"] == "problem" and bad["bootenv"] == "discovery", bad["state_reason"]
+    assert "checksum mismatch" in bad["state_reason"] and "verify-image" in bad["state_reason"]
+    # reinstalled with the good image: a fresh root filesystem
+    started = time.monotonic()
+    cli("nodes", "reinstall", vm1, "--os", OS, "--wait", "--timeout", "900", timeout=1000)
+    timings["reinstall to ready"] = time.monotonic() - started
+    assert _ssh(cli, vm1, "test -e /root/marker && echo kept || echo gone") == "gone"
+    print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
