@@ -1,7 +1,8 @@
 """The FastAPI application, assembled from one router per resource.
 
-Every route except the health check, discovery, the node agent's and the boot files needs an
-admin token (`Authorization: Bearer <token>`), checked before anything else (crowbar.api.edge:
+Every route except the health check, the metrics, discovery, the node agent's and the boot files
+needs a user's token (`Authorization: Bearer <token>`) and a role (viewer: reads, operator:
+changes, admin: users), checked before anything else (crowbar.api.edge:
 then the body's size and strict JSON); the open ones may be limited to the provisioning listener
 (crowbar.api.listeners). Errors have one JSON body (crowbar.api.errors).
 Each route is one call into a service inside the request's unit of work (crowbar.api.deps).
@@ -30,15 +31,17 @@ from crowbar.api import (
     nodes,
     power,
     provisioning,
+    users,
 )
 from crowbar.api.settings import AppSettings
 
 ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, attribs.router, events.router,
-           network.router, power.router, provisioning.open_router, provisioning.admin_router)
+           network.router, power.router, provisioning.open_router, provisioning.admin_router, users.router,
+           users.tokens)
 # The errors the routers' routes may answer, as the OpenAPI document declares them: the edge's
 # (413, 422); lookups, conflicts and the database (404, 409, 503); 401: the admin token on admin
 # routes (checked first), a node token on the agent's. (A route may declare more of its own.)
-ROUTER_ERRORS = errors.responses(401, *errors.DATABASE, *errors.EDGE)
+ROUTER_ERRORS = errors.responses(401, 403, *errors.DATABASE, *errors.EDGE)
 
 
 def create_app(settings: AppSettings) -> FastAPI:

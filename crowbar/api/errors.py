@@ -85,9 +85,9 @@ class ErrorBody(BaseModel):
 
 
 WHY = {
-    401: "No valid token: an admin route checks the admin token before it reads the body; the "
+    401: "No valid token: a user's route checks the token before it reads the body; the "
          "agent's routes need a node token",
-    403: "The caller may not do this (a missing or wrong proof)",
+    403: "The caller may not do this: its role is below the route's, or a missing or wrong proof",
     404: "An object the request names does not exist",
     409: "The current state forbids it, or it conflicts with existing data",
     413: "The request body is over its size limit",
