@@ -566,6 +566,11 @@ def images_build_discovery(kernel_version: str | None, cache: Path | None, outpu
 cli.add_command(network)
 cli.add_command(neutron)
 
+from crowbar.cli.users import COMMANDS as user_commands  # noqa: E402
+
+for _command in user_commands:  # users | tokens | whoami
+    cli.add_command(_command)
+
 from crowbar.lab.cli import lab_group  # noqa: E402
 
 cli.add_command(lab_group)

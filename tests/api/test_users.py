@@ -169,3 +169,49 @@ def test_both_ways_of_sending_a_token_carry_the_role(api, header):
     client = TestClient(api.app)
     assert client.get("/api/v2/nodes", headers=headers).status_code == 200
     assert client.post("/api/v2/nodes", headers=headers, json={"name": "x.example.com"}).status_code == 403
+
+
+def test_cli_users_and_tokens(api, admin_token, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from crowbar.cli import main
+    from crowbar.cli.client import Client
+
+    def client_for(token):
+        http = TestClient(api.app, base_url="http://testserver/api/v2", headers={"authorization": f"Bearer {token}"})
+        fake = Client.__new__(Client)
+        fake.endpoint, fake.token_source, fake.http, fake.sending = "http://testserver", None, http, None
+        return fake
+
+    current = {"token": admin_token}
+    monkeypatch.setattr(main, "Client", lambda endpoint: client_for(current["token"]))
+
+    def run(*args, code=0):
+        result = CliRunner().invoke(main.cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    created = json.loads(run("users", "create", "vera", "--role", "viewer", "--token", "laptop", "--expires", "12h",
+                             "-o", "json"))
+    assert created["role"] == "viewer" and created["token"]["token"].startswith("cb_")
+    assert "vera" in run("users", "list") and "viewer" in run("users", "list", "--role", "viewer")
+    table = run("tokens", "create", "ci", "--user", "vera", "--expires", "never")
+    secret = next(line.split(": ", 1)[1] for line in table.splitlines() if line.startswith("token: "))
+    current["token"] = secret
+    assert json.loads(run("whoami", "-o", "json"))["user"] == "vera"
+    mine = json.loads(run("tokens", "list", "-o", "json"))
+    assert {t["name"] for t in mine} == {"laptop", "ci"}
+    ci = next(t for t in mine if t["name"] == "ci")
+    refused = CliRunner().invoke(main.cli, ["users", "list"])
+    assert "role viewer" in str(refused.exception) and "[HTTP 403]" in str(refused.exception)
+    rotated = json.loads(run("tokens", "rotate", str(ci["id"]), "--expires", "30d", "-o", "json"))
+    current["token"] = rotated["token"]
+    assert json.loads(run("tokens", "revoke", str(ci["id"]), "--yes", "-o", "json"))["name"] == "ci"
+    current["token"] = admin_token
+    run("users", "set-role", "vera", "operator")
+    assert json.loads(run("users", "show", "vera", "-o", "json"))["role"] == "operator"
+    run("users", "delete", "vera", "--yes")
+    assert "vera" not in run("users", "list")
+    assert "not a duration" in run("tokens", "create", "x", "--expires", "soon", code=2)
