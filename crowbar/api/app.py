@@ -14,7 +14,8 @@ per role).
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from crowbar import __version__
 from crowbar.api import (
@@ -29,6 +30,7 @@ from crowbar.api import (
     network,
     noderoles,
     nodes,
+    observe,
     power,
     provisioning,
     users,
@@ -53,15 +55,29 @@ def create_app(settings: AppSettings) -> FastAPI:
                   default_response_class=body.JSONResponse)
     app.state.settings = settings  # read through crowbar.api.deps.settings only
     errors.install(app)
+    metrics = observe.Metrics(settings)
     # Authentication, then the URL and the body, before any route: the edge knows the routes.
     app.add_middleware(edge.Edge, routes=[route for router in ROUTERS for route in router.routes])
-    if settings.provision_listeners is not None:  # added last: outermost, before authentication
+    if settings.provision_listeners is not None:  # outermost but one, before authentication
         app.add_middleware(listeners.ProvisioningListeners, listeners=settings.provision_listeners,
                            prefixes=provisioning.PROVISIONING_PATHS)
+    # Added last: outermost, it sees every answer (the access log and the request metrics).
+    observed: list = []  # every route, filled in below (the middleware is built at the first request)
+    app.add_middleware(observe.Observe, routes=observed, metrics=metrics)
 
     @app.get("/api/v2/health", tags=["health"], responses=errors.responses(*errors.EDGE))
     def health():
-        return {"status": "ok", "version": __version__}
+        """200 when the database answers and every supervised part of the server (the annealer's
+        heartbeat, the loops, dnsmasq) is well; 503 naming those that are not, in `failed`."""
+        healthy, out = observe.health(settings)
+        return body.JSONResponse({**out, "version": __version__}, status_code=200 if healthy else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}}})
+    def prometheus_metrics():
+        """Prometheus metrics (text exposition format): requests by route and code, latency, nodes
+        and noderoles by state, the annealer's queue and run durations, supervised services."""
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     for router in ROUTERS:
         app.include_router(router, responses=ROUTER_ERRORS)
@@ -72,6 +88,8 @@ def create_app(settings: AppSettings) -> FastAPI:
         return errors.add_schemas(document())  # (document() is generated once, then cached)
 
     app.openapi = openapi
+    observed += [route for route in app.router.routes if isinstance(getattr(route, "path", None), str)]
+    observed += [route for router in ROUTERS for route in router.routes]
 
     @app.get("/", include_in_schema=False)
     def root():

@@ -19,6 +19,7 @@ import click
 from crowbar import config
 from crowbar.cli import barclamps as barclamp_upload
 from crowbar.cli import local
+from crowbar.cli import server_config
 from crowbar.cli.client import PAGE, CliError, Client, seg
 from crowbar.cli.output import SECONDS, console, emit_list, emit_object, limit_option, output_option, plain
 from crowbar.cli.power import COMMANDS as power_commands
@@ -28,14 +29,14 @@ NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_
 
 
 class Context:
-    def __init__(self, endpoint: str | None):
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str | None, ca: str | None = None):
+        self.endpoint, self.ca = endpoint, ca
         self._client: Client | None = None
 
     @property
     def api(self) -> Client:
         if self._client is None:
-            self._client = Client(self.endpoint)
+            self._client = Client(self.endpoint, **({"ca": self.ca} if self.ca else {}))
         return self._client
 
 
@@ -64,15 +65,19 @@ class CrowbarGroup(click.Group):
 
 @click.group(cls=CrowbarGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoint", envvar="CROWBAR_ENDPOINT", help=f"API URL (default http://{config.DEFAULT_LISTEN})")
+@click.option("--ca", envvar="CROWBAR_CA", help="PEM file of the CA that signed an https:// server's certificate "
+                                                "(default: the system's CAs)")
 @click.version_option(package_name="crowbar")
 @click.pass_context
-def cli(ctx: click.Context, endpoint: str | None) -> None:
+def cli(ctx: click.Context, endpoint: str | None, ca: str | None) -> None:
     """Crowbar: bare-metal provisioning and orchestration."""
-    ctx.obj = Context(endpoint)
+    ctx.obj = Context(endpoint, ca)
 
 
 # -- server and database -------------------------------------------------------------------------
-@cli.command()
+@cli.group(invoke_without_command=True)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), envvar="CROWBAR_CONFIG",
+              help="TOML file with any of these settings (the command line and environment win over it)")
 @click.option("--listen", multiple=True, default=[config.DEFAULT_LISTEN], show_default=True,
               help="HOST:PORT or unix:PATH to serve the API on (repeatable)")
 @click.option("--database", envvar="CROWBAR_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir)")
@@ -91,19 +96,35 @@ def cli(ctx: click.Context, endpoint: str | None) -> None:
               help="new nodes per second that discovery may create (sustained)")
 @click.option("--discovery-burst", type=click.IntRange(min=1), default=50, show_default=True,
               help="new nodes that discovery may create at once")
-def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir: Path | None,
-           provision: str | None, advertise_url: str | None, domain: str | None,
-           provision_only_on: tuple[str, ...], approve_discovered: bool, discovery_rate: float,
-           discovery_burst: int) -> None:
-    """Run the API server and the annealer (and the provisioner with --provision)."""
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain): the API serves HTTPS")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key of --tls-cert")
+@click.option("--allow-http", is_flag=True,
+              help="serve the API in clear on addresses other than loopback (tokens cross the network unencrypted)")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="a log line per request")
+@click.pass_context
+def server(ctx: click.Context, config_file: Path | None, **settings) -> None:
+    """Run the API server and the annealer (and the provisioner with --provision).
+
+    Settings come from the command line, then the environment, then the --config file."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_file is not None:
+        settings |= server_config.read(ctx, config_file)
     try:
-        local.serve(list(listen), database, workers, data_dir, provision, advertise_url, domain,
-                    provision_only_on=list(provision_only_on), approve_discovered=approve_discovered,
-                    discovery_rate=discovery_rate, discovery_burst=discovery_burst)
+        local.serve(list(settings.pop("listen")), settings.pop("database"), settings.pop("workers"),
+                    settings.pop("data_dir"), settings.pop("provision"), settings.pop("advertise_url"),
+                    settings.pop("domain"), provision_only_on=list(settings.pop("provision_only_on")),
+                    **{k: str(v) if isinstance(v, Path) else v for k, v in settings.items()})
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(os_error(exc)) from None
+
+
+server_config.add_commands(server)
 
 
 @cli.group()
