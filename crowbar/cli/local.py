@@ -124,3 +124,35 @@ def reissue_admin_token(url: str, data_dir: Path) -> tuple[Path, list[Path]]:
             auth.write_secret(path, token)
             updated.append(path)
     return token_file, updated
+
+
+def backup_database(url: str, target: Path) -> int:
+    """`crowbar db backup`: the size of the backup written to `target` (crowbar.db.backup)."""
+    from crowbar.db.backup import BackupError, backup
+    from crowbar.db.session import Database, UnusableDatabase
+
+    try:
+        database = Database(url)
+        try:
+            database.check()
+            return backup(database, target)
+        finally:
+            database.dispose()
+    except (UnusableDatabase, BackupError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def restore_database(url: str, source: Path, force: bool = False) -> str | None:
+    """`crowbar db restore`: the schema revision of the restored database (crowbar.db.backup)."""
+    from crowbar.db.backup import BackupError, restore
+    from crowbar.db.session import Database, UnusableDatabase
+
+    try:
+        database = Database(url)
+        try:
+            database.check()
+            return restore(database, source, force=force)
+        finally:
+            database.dispose()
+    except (UnusableDatabase, BackupError) as exc:
+        raise CliError(str(exc)) from None

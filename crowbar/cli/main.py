@@ -21,7 +21,17 @@ from crowbar.cli import barclamps as barclamp_upload
 from crowbar.cli import local
 from crowbar.cli import server_config
 from crowbar.cli.client import PAGE, CliError, Client, seg
-from crowbar.cli.output import SECONDS, console, emit_list, emit_object, limit_option, output_option, plain
+from crowbar.cli.output import (
+    SECONDS,
+    confirm,
+    confirm_option,
+    console,
+    emit_list,
+    emit_object,
+    limit_option,
+    output_option,
+    plain,
+)
 from crowbar.cli.power import COMMANDS as power_commands
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
@@ -146,6 +156,41 @@ def db_upgrade(database: str | None, data_dir: Path | None) -> None:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     click.echo(f"schema at revision {after}" + (f" (was {before or 'empty'})" if before != after else " (up to date)"))
+
+
+def _database_url(database: str | None, data_dir: Path | None) -> str:
+    try:
+        if database is None:
+            data_dir = config.make_data_dir(data_dir)
+        return config.database_url(database, data_dir)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+@db.command("backup")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--database", envvar="CROWBAR_DATABASE_URL")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR")
+def db_backup(file: Path, database: str | None, data_dir: Path | None) -> None:
+    """Copy the whole database to FILE while the server runs (SQLite: the online backup API;
+    PostgreSQL: pg_dump). FILE holds token hashes: it is written readable by its owner only."""
+    size = local.backup_database(_database_url(database, data_dir), file)
+    click.echo(f"backed up to {file} ({size} bytes)")
+
+
+@db.command("restore")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--database", envvar="CROWBAR_DATABASE_URL")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR")
+@click.option("--force", is_flag=True, help="even if a server's heartbeat says it uses the database")
+@confirm_option
+def db_restore(file: Path, database: str | None, data_dir: Path | None, force: bool, yes: bool) -> None:
+    """Replace everything in the database with the backup in FILE, then migrate it to this
+    Crowbar's schema. Stop the server first."""
+    url = _database_url(database, data_dir)
+    confirm(f"replace everything in the database with {file}?", yes)
+    revision = local.restore_database(url, file, force=force)
+    click.echo(f"restored {file}; schema at revision {revision}")
 
 
 # -- barclamps and roles -------------------------------------------------------------------------
