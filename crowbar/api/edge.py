@@ -8,7 +8,8 @@ see it, in this order:
    a viewer, changes an operator, users an admin) 403. The caller is left in
    `request.state.caller`, where `deps.caller` finds it.
 2. The URL: a NUL character in the path or the query is refused (422): nothing is named so, and
-   PostgreSQL cannot even compare text with one.
+   PostgreSQL cannot even compare text with one. On a user's route, a query parameter the route
+   does not declare is refused (400 bad_request, field "query").
    A path some routes take, with a method none takes, is 405, and Allow names that path's methods.
 3. The body: at most `body.limit_for(route path)` bytes (413: from Content-Length before reading,
    else as it arrives), and a JSON body (no content type, application/json, application/*+json)
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -31,7 +32,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crowbar.api import body, deps, errors
-from crowbar.errors import Forbidden, InvalidInput
+from crowbar.errors import CrowbarError, Forbidden, InvalidInput
 
 PARSE_IN_THREAD = 64 * 1024  # bytes
 
@@ -53,6 +54,32 @@ def needs_user(route) -> bool:
     """True for a route that needs a user's token (it depends on `deps.caller`)."""
     dependant = getattr(route, "dependant", None)
     return dependant is not None and deps.calls(dependant, deps.caller)
+
+
+def query_names(route) -> frozenset[str] | None:
+    """The query parameters `route` declares (its dependencies' included); None: it takes any."""
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return None
+    names, stack = set(), [dependant]
+    while stack:
+        d = stack.pop()
+        names.update(getattr(p, "alias", None) or p.name for p in d.query_params)
+        stack.extend(d.dependencies)
+    return frozenset(names)
+
+
+def _check_query(scope: Scope, known: frozenset[str] | None) -> None:
+    """A query parameter the route does not take is refused (400), not silently ignored: a
+    misspelt filter (`?stat=error`) would otherwise answer everything."""
+    if known is None:
+        return
+    unknown = sorted({k for k, _v in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                               keep_blank_values=True)} - known)
+    if unknown:
+        raise CrowbarError(f"unknown query parameter {unknown[0]!r}" + (
+            f" (this route takes {', '.join(sorted(known))})" if known else " (this route takes none)"),
+            field="query")
 
 
 def _check_url(scope: Scope) -> None:
@@ -99,6 +126,7 @@ class Edge:
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.routes = [(route, deps.required_role(route) if needs_user(route) else None) for route in routes]
+        self.queries = {id(route): query_names(route) for route in routes}
 
     def _route(self, scope: Scope) -> tuple[BaseRoute | None, str | None, set[str]]:
         """The route for `scope`, the role it needs (None: an open route), and (when no route takes the
@@ -131,6 +159,8 @@ class Edge:
             if allowed:  # the router would name only the first route's methods
                 raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
             _check_url(scope)
+            if needed and route is not None:
+                _check_query(scope, self.queries.get(id(route)))
             path = getattr(route, "path", None)
             raw = await _read_body(scope, receive, body.limit_for(path, settings.max_body),
                                    parse=path not in body.OWN_PARSER)
