@@ -41,9 +41,9 @@ ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, a
            network.router, power.router, provisioning.open_router, provisioning.admin_router, users.router,
            users.tokens)
 # The errors the routers' routes may answer, as the OpenAPI document declares them: the edge's
-# (413, 422); lookups, conflicts and the database (404, 409, 503); 401: the admin token on admin
-# routes (checked first), a node token on the agent's. (A route may declare more of its own.)
-ROUTER_ERRORS = errors.responses(401, 403, *errors.DATABASE, *errors.EDGE)
+# (413, 422); lookups, conflicts and the database (404, 409, 503); 401: a user's token on user
+# routes (checked first, then its role: 403), a node token on the agent's; 400: an unknown query parameter. (A route may declare more of its own.)
+ROUTER_ERRORS = errors.responses(400, 401, 403, *errors.DATABASE, *errors.EDGE)
 
 
 def create_app(settings: AppSettings) -> FastAPI:
@@ -65,7 +65,7 @@ def create_app(settings: AppSettings) -> FastAPI:
     observed: list = []  # every route, filled in below (the middleware is built at the first request)
     app.add_middleware(observe.Observe, routes=observed, metrics=metrics)
 
-    @app.get("/api/v2/health", tags=["health"], responses=errors.responses(*errors.EDGE))
+    @app.get("/api/v2/health", tags=["health"], responses=errors.responses(*errors.EDGE, 503))
     def health():
         """200 when the database answers and every supervised part of the server (the annealer's
         heartbeat, the loops, dnsmasq) is well; 503 naming those that are not, in `failed`."""
@@ -73,7 +73,7 @@ def create_app(settings: AppSettings) -> FastAPI:
         return body.JSONResponse({**out, "version": __version__}, status_code=200 if healthy else 503)
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
-             responses={200: {"content": {"text/plain": {}}}})
+             responses={200: {"content": {"text/plain": {}}}, **errors.responses(*errors.EDGE)})
     def prometheus_metrics():
         """Prometheus metrics (text exposition format): requests by route and code, latency, nodes
         and noderoles by state, the annealer's queue and run durations, supervised services."""

@@ -96,6 +96,7 @@ class ErrorBody(BaseModel):
 
 
 WHY = {
+    400: "A query parameter the route does not take",
     401: "No valid token: a user's route checks the token before it reads the body; the "
          "agent's routes need a node token",
     403: "The caller may not do this: its role is below the route's, or a missing or wrong proof",

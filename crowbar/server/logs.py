@@ -50,8 +50,8 @@ class Redact(logging.Filter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             record.fields = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
-        if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.exc_info or record.exc_text:  # another handler may have formatted it already
+            record.exc_text = redact(record.exc_text or logging.Formatter().formatException(record.exc_info))
         return True
 
 
