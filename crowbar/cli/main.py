@@ -304,9 +304,12 @@ def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | 
 
 @nodes.command("delete")
 @click.argument("node")
+@confirm_option
 @output_option
 @pass_ctx
-def nodes_delete(ctx: Context, node: str, output: str) -> None:
+def nodes_delete(ctx: Context, node: str, yes: bool, output: str) -> None:
+    """Delete a node (asks first on a terminal; --yes does not)."""
+    confirm(f"delete node {node!r}?", yes)
     emit_object(ctx.api.delete(f"/nodes/{seg(node)}"), output)
 
 
@@ -422,9 +425,12 @@ deployments.command("propose", help="Reopen a deployment for changes.")(_post_ac
 
 @deployments.command("delete")
 @click.argument("deployment")
+@confirm_option
 @output_option
 @pass_ctx
-def deployments_delete(ctx: Context, deployment: str, output: str) -> None:
+def deployments_delete(ctx: Context, deployment: str, yes: bool, output: str) -> None:
+    """Delete a deployment (asks first on a terminal; --yes does not)."""
+    confirm(f"delete deployment {deployment!r}?", yes)
     emit_object(ctx.api.delete(f"/deployments/{seg(deployment)}"), output)
 
 

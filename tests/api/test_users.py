@@ -215,3 +215,23 @@ def test_cli_users_and_tokens(api, admin_token, monkeypatch):
     run("users", "delete", "vera", "--yes")
     assert "vera" not in run("users", "list")
     assert "not a duration" in run("tokens", "create", "x", "--expires", "soon", code=2)
+
+
+def test_deletes_ask_on_a_terminal_and_yes_skips(monkeypatch):
+    import click
+    import pytest as _pytest
+
+    from crowbar.cli import output
+
+    class Tty:
+        @staticmethod
+        def isatty():
+            return True
+
+    monkeypatch.setattr("sys.stdin", Tty())
+    asked = []
+    monkeypatch.setattr(click, "confirm", lambda q, default: asked.append(q) or False)
+    with _pytest.raises(click.Abort):
+        output.confirm("delete node 'x'?", yes=False)
+    output.confirm("delete node 'x'?", yes=True)  # --yes: no question
+    assert asked == ["delete node 'x'?"]
