@@ -1,7 +1,8 @@
 """The FastAPI application, assembled from one router per resource.
 
-Every route except the health check, discovery, the node agent's and the boot files needs an
-admin token (`Authorization: Bearer <token>`), checked before anything else (crowbar.api.edge:
+Every route except the health check, the metrics, discovery, the node agent's and the boot files
+needs a user's token (`Authorization: Bearer <token>`) and a role (viewer: reads, operator:
+changes, admin: users), checked before anything else (crowbar.api.edge:
 then the body's size and strict JSON); the open ones may be limited to the provisioning listener
 (crowbar.api.listeners). Errors have one JSON body (crowbar.api.errors).
 Each route is one call into a service inside the request's unit of work (crowbar.api.deps).
@@ -13,7 +14,8 @@ per role).
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from crowbar import __version__
 from crowbar.api import (
@@ -28,17 +30,20 @@ from crowbar.api import (
     network,
     noderoles,
     nodes,
+    observe,
     power,
     provisioning,
+    users,
 )
 from crowbar.api.settings import AppSettings
 
 ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, attribs.router, events.router,
-           network.router, power.router, provisioning.open_router, provisioning.admin_router)
+           network.router, power.router, provisioning.open_router, provisioning.admin_router, users.router,
+           users.tokens)
 # The errors the routers' routes may answer, as the OpenAPI document declares them: the edge's
-# (413, 422); lookups, conflicts and the database (404, 409, 503); 401: the admin token on admin
-# routes (checked first), a node token on the agent's. (A route may declare more of its own.)
-ROUTER_ERRORS = errors.responses(401, *errors.DATABASE, *errors.EDGE)
+# (413, 422); lookups, conflicts and the database (404, 409, 503); 401: a user's token on user
+# routes (checked first, then its role: 403), a node token on the agent's; 400: an unknown query parameter. (A route may declare more of its own.)
+ROUTER_ERRORS = errors.responses(400, 401, 403, *errors.DATABASE, *errors.EDGE)
 
 
 def create_app(settings: AppSettings) -> FastAPI:
@@ -50,15 +55,29 @@ def create_app(settings: AppSettings) -> FastAPI:
                   default_response_class=body.JSONResponse)
     app.state.settings = settings  # read through crowbar.api.deps.settings only
     errors.install(app)
+    metrics = observe.Metrics(settings)
     # Authentication, then the URL and the body, before any route: the edge knows the routes.
     app.add_middleware(edge.Edge, routes=[route for router in ROUTERS for route in router.routes])
-    if settings.provision_listeners is not None:  # added last: outermost, before authentication
+    if settings.provision_listeners is not None:  # outermost but one, before authentication
         app.add_middleware(listeners.ProvisioningListeners, listeners=settings.provision_listeners,
                            prefixes=provisioning.PROVISIONING_PATHS)
+    # Added last: outermost, it sees every answer (the access log and the request metrics).
+    observed: list = []  # every route, filled in below (the middleware is built at the first request)
+    app.add_middleware(observe.Observe, routes=observed, metrics=metrics)
 
-    @app.get("/api/v2/health", tags=["health"], responses=errors.responses(*errors.EDGE))
+    @app.get("/api/v2/health", tags=["health"], responses=errors.responses(*errors.EDGE, 503))
     def health():
-        return {"status": "ok", "version": __version__}
+        """200 when the database answers and every supervised part of the server (the annealer's
+        heartbeat, the loops, dnsmasq) is well; 503 naming those that are not, in `failed`."""
+        healthy, out = observe.health(settings)
+        return body.JSONResponse({**out, "version": __version__}, status_code=200 if healthy else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {}}}, **errors.responses(*errors.EDGE)})
+    def prometheus_metrics():
+        """Prometheus metrics (text exposition format): requests by route and code, latency, nodes
+        and noderoles by state, the annealer's queue and run durations, supervised services."""
+        return PlainTextResponse(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     for router in ROUTERS:
         app.include_router(router, responses=ROUTER_ERRORS)
@@ -69,6 +88,8 @@ def create_app(settings: AppSettings) -> FastAPI:
         return errors.add_schemas(document())  # (document() is generated once, then cached)
 
     app.openapi = openapi
+    observed += [route for route in app.router.routes if isinstance(getattr(route, "path", None), str)]
+    observed += [route for router in ROUTERS for route in router.routes]
 
     @app.get("/", include_in_schema=False)
     def root():

@@ -1,8 +1,8 @@
 """FastAPI dependencies every router shares: the settings, the caller's identity, the unit of
 work, and list paging.
 
-Routes declare them with the `Annotated` aliases below (`s: UnitOfWork`, `who: Actor`,
-`page: Paging`), so a route is its parameters plus one call into a service.
+Routes declare them with the `Annotated` aliases below (`s: UnitOfWork`, `who: Actor` (the user's
+name, for events), `caller: CallerOf` (the user, its role and token), `page: Paging`), so a route is its parameters plus one call into a service.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from crowbar.db.session import pending_work
 from crowbar.db.sql import MAX_ID
 from crowbar.errors import Unauthorized
 from crowbar.services import auth
+from crowbar.services.auth import Caller
 
 LIMIT, MAX_LIMIT = 100, 1000
 
@@ -53,8 +54,8 @@ def unit_of_work(config: Settings) -> Iterator[Session]:
 
 UnitOfWork = Annotated[Session, Depends(unit_of_work, scope="function")]
 
-BEARER = HTTPBearer(auto_error=False, description="the admin token: `Authorization: Bearer <token>`")
-API_KEY = APIKeyHeader(name="X-Auth-Token", auto_error=False, description="or the admin token in this header")
+BEARER = HTTPBearer(auto_error=False, description="a user's API token: `Authorization: Bearer <token>`")
+API_KEY = APIKeyHeader(name="X-Auth-Token", auto_error=False, description="or the token in this header")
 
 
 def bearer(request: Request) -> str | None:
@@ -67,32 +68,65 @@ def _bearer(headers) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
-def authenticate(config: AppSettings, headers) -> str:
-    """The name of the owner of the admin token in `headers` (`Authorization: Bearer <token>` or
-    `X-Auth-Token`); Unauthorized without a valid admin token. The edge (crowbar.api.edge) calls it
-    for every admin route before the body is read."""
+def authenticate(config: AppSettings, headers) -> Caller:
+    """Who the user's token in `headers` (`Authorization: Bearer <token>` or `X-Auth-Token`) speaks
+    for; Unauthorized without a valid one. The edge (crowbar.api.edge) calls it for every route
+    that needs a user before the body is read, then checks the role the route needs."""
     token = _bearer(headers)
     if token is None:
         token = headers.get("x-auth-token")
     with config.db.session() as s:
-        row = auth.verify(s, token)
-        if row is None:
+        who = auth.caller(s, token)
+        if who is None:
+            if auth.is_expired_token(s, token):
+                raise Unauthorized("this API token has expired: create or rotate one (crowbar tokens)")
+            if auth.verify(s, token) is not None:
+                raise Unauthorized("this token may not use the API (it is a node's token)")
             raise Unauthorized("a valid API token is required (Authorization: Bearer <token>)")
-        if row.kind != "admin":
-            raise Unauthorized("this token may not use the admin API")
-        return row.name
+        return who
 
 
-def actor(request: Request, config: Settings,
-          _documented_bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-          _documented_key: Annotated[str | None, Security(API_KEY)] = None) -> str:
-    """The admin token's owner, as the edge authenticated it before the route (the security
-    parameters only document the two ways of sending the token in the OpenAPI document)."""
-    name = getattr(request.state, "actor", None)
-    return name if name is not None else authenticate(config, request.headers)
+def caller(request: Request, config: Settings,
+           _documented_bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+           _documented_key: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
+    """The caller, as the edge authenticated it before the route (the security parameters only
+    document the two ways of sending the token in the OpenAPI document)."""
+    who = getattr(request.state, "caller", None)
+    return who if who is not None else authenticate(config, request.headers)
+
+
+def actor(who: Annotated[Caller, Depends(caller)]) -> str:
+    """The name of the user the request speaks for: what events record as their actor."""
+    return who.name
 
 
 Actor = Annotated[str, Depends(actor)]
+CallerOf = Annotated[Caller, Depends(caller)]
+
+
+def admin_only() -> None:
+    """Marks a route only admins may call, whatever its method (the edge checks it)."""
+
+
+def any_user() -> None:
+    """Marks a route every user may call, whatever its method (its service checks what it may
+    touch: a user's own tokens)."""
+
+
+def required_role(route) -> str:
+    """The role a route that needs a user needs: `admin_only` and `any_user` say so; otherwise a
+    read (GET, HEAD) needs a viewer and any other method an operator."""
+    dependant = getattr(route, "dependant", None)
+    if dependant is not None and calls(dependant, admin_only):
+        return "admin"
+    if dependant is not None and calls(dependant, any_user):
+        return "viewer"
+    return "viewer" if set(getattr(route, "methods", None) or ()) <= {"GET", "HEAD"} else "operator"
+
+
+def calls(dependant, call) -> bool:
+    """True when `dependant` depends on `call`, directly or through its dependencies."""
+    return dependant.call is call or any(calls(d, call) for d in dependant.dependencies)
 
 
 class Page:

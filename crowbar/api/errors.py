@@ -4,12 +4,15 @@
 CrowbarError (raised by services) keeps its status and kind; request validation is 422 "invalid";
 a database constraint is 409 "conflict" and a database that cannot be reached 503 "unavailable",
 whether the route's flush or the unit of work's commit hit it (crowbar.api.deps.unit_of_work).
-The router's own answers (no such path 404, wrong method 405) have the same body.
+The router's own answers (no such path 404, wrong method 405) and a bug (500 "internal", nothing
+of the exception in it) have the same body.
 
 The OpenAPI document declares these answers on every route (`responses`, from create_app).
 """
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,9 +65,17 @@ async def _validation(_req: Request, exc: RequestValidationError):
                                      for e in errs]}, status_code=422)
 
 
+async def _internal(_req: Request, exc: Exception):
+    """A bug: the one error body, with nothing of the exception (the log has the traceback)."""
+    logging.getLogger("crowbar.api").error("internal error", exc_info=exc)
+    return JSONResponse({"error": "internal", "message": "internal server error (the server log has the "
+                                                         "details)"}, status_code=500)
+
+
 def install(app: FastAPI) -> None:
     for kind in (CrowbarError, IntegrityError, OperationalError, HTTPException):
         app.add_exception_handler(kind, _answer)
+    app.add_exception_handler(Exception, _internal)  # Starlette's outermost handler: the 500
     app.add_exception_handler(RequestValidationError, _validation)
 
 
@@ -85,9 +96,10 @@ class ErrorBody(BaseModel):
 
 
 WHY = {
-    401: "No valid token: an admin route checks the admin token before it reads the body; the "
+    400: "A query parameter the route does not take",
+    401: "No valid token: a user's route checks the token before it reads the body; the "
          "agent's routes need a node token",
-    403: "The caller may not do this (a missing or wrong proof)",
+    403: "The caller may not do this: its role is below the route's, or a missing or wrong proof",
     404: "An object the request names does not exist",
     409: "The current state forbids it, or it conflicts with existing data",
     413: "The request body is over its size limit",

@@ -36,6 +36,9 @@ class AppSettings:
     # The requester's MAC on the provisioning interface, from its address (None: not a neighbour
     # there); unset, the server does not bind provisioning requests to the link.
     link_address: Callable[[str | None], str | None] | None = None
+    # The server process's own checks for GET /health and /metrics: name -> {"ok": bool, "detail"?}
+    # (its loops, the annealer's heartbeat, dnsmasq); None: the database is the only check.
+    checks: Callable[[], dict[str, dict]] | None = None
     max_body: int = 1 << 20  # bytes of a request body, unless the route has its own limit (crowbar.api.body)
     # OS deployment (crowbar.services.install): the image store served under /boot/os, and the
     # admin server's SSH key pair (the public key goes to root on every installed node).

@@ -10,9 +10,11 @@ node of that name, and no other resource).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import ssl
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -97,8 +99,36 @@ def find_token_with_source(endpoint: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+def sends_in_clear(endpoint: str) -> bool:
+    """True when a token sent to `endpoint` would cross a network unencrypted: http:// to a host
+    that is not loopback (a unix socket and https:// are fine)."""
+    if config.unix_socket_path(endpoint) or not endpoint.startswith("http://"):
+        return False
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def verify_setting(ca: str | None) -> ssl.SSLContext | bool:
+    """How the CLI checks an https:// server: against `ca` (--ca, CROWBAR_CA: a PEM file of the CA
+    that signed the server's certificate), else the system's CAs. Never off."""
+    ca = ca or os.environ.get("CROWBAR_CA")
+    if not ca:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except FileNotFoundError:
+        raise CliError(f"CA file {shown(ca)}: no such file (--ca, CROWBAR_CA)") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise CliError(f"CA file {shown(ca)}: not a PEM certificate ({exc})") from None
+
+
 class Client:
-    def __init__(self, endpoint: str | None = None, timeout: float = 60.0):
+    def __init__(self, endpoint: str | None = None, timeout: float = 60.0, ca: str | None = None):
         try:
             self.endpoint = config.endpoint(endpoint)
         except ValueError as exc:
@@ -107,6 +137,9 @@ class Client:
         if token and not TOKEN.fullmatch(token):
             raise CliError(f"the token from {self.token_source} is not a Crowbar token (expected printable ASCII "
                            "without spaces, like the server's admin.token)")
+        if token and sends_in_clear(self.endpoint) and os.environ.get("CROWBAR_ALLOW_HTTP") != "1":
+            raise CliError(f"not sending the token in clear to {self.endpoint}: use https:// (the server's "
+                           "--tls-cert), or set CROWBAR_ALLOW_HTTP=1 on a network you trust")
         headers = {"authorization": f"Bearer {token}"} if token else {}
         sock = config.unix_socket_path(self.endpoint)
         try:
@@ -114,7 +147,8 @@ class Client:
                 self.http = httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://crowbar/api/v2",
                                          headers=headers, timeout=timeout)
             else:
-                self.http = httpx.Client(base_url=self.endpoint + "/api/v2", headers=headers, timeout=timeout)
+                self.http = httpx.Client(base_url=self.endpoint + "/api/v2", headers=headers, timeout=timeout,
+                                         verify=verify_setting(ca))
         except httpx.InvalidURL as exc:
             raise CliError(f"endpoint {self.endpoint!r}: {exc} (expected {config.ENDPOINT_FORMS})") from None
         self.timeout = timeout

@@ -110,3 +110,70 @@ def power_on_vm(name: str, qmp: Path) -> None:
     from crowbar.power.qemu import QemuPower
 
     QemuPower().power_on(PowerNode(name=name, settings={"qmp": str(qmp)}))
+
+
+def reissue_admin_token(url: str, data_dir: Path) -> tuple[Path, list[Path]]:
+    """Re-issue the admin token in the database at `url` (crowbar.services.auth): the new one in
+    <data dir>/admin.token, and in each of this user's CLI token files that held the old one."""
+    from sqlalchemy import select
+
+    from crowbar import config
+    from crowbar.db.models import ApiToken
+    from crowbar.db.session import Database, UnusableDatabase
+    from crowbar.services import auth, bootstrap
+
+    token_file = data_dir / "admin.token"
+    try:
+        database = Database(url)
+        try:
+            database.check()
+            bootstrap.prepare(database)
+            with database.session() as s:
+                old = s.scalar(select(ApiToken.token_hash).where(ApiToken.name == auth.ADMIN_TOKEN))
+                token = auth.reissue_admin_token(s, token_file, actor="local")
+        finally:
+            database.dispose()
+    except UnusableDatabase as exc:
+        raise CliError(str(exc)) from None
+    updated = []
+    for path in sorted(config.token_registry().glob("*.token")):
+        try:
+            held = path.read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if old is not None and auth.hash_token(held) == old:
+            auth.write_secret(path, token)
+            updated.append(path)
+    return token_file, updated
+
+
+def backup_database(url: str, target: Path) -> int:
+    """`crowbar db backup`: the size of the backup written to `target` (crowbar.db.backup)."""
+    from crowbar.db.backup import BackupError, backup
+    from crowbar.db.session import Database, UnusableDatabase
+
+    try:
+        database = Database(url)
+        try:
+            database.check()
+            return backup(database, target)
+        finally:
+            database.dispose()
+    except (UnusableDatabase, BackupError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def restore_database(url: str, source: Path, force: bool = False) -> str | None:
+    """`crowbar db restore`: the schema revision of the restored database (crowbar.db.backup)."""
+    from crowbar.db.backup import BackupError, restore
+    from crowbar.db.session import Database, UnusableDatabase
+
+    try:
+        database = Database(url)
+        try:
+            database.check()
+            return restore(database, source, force=force)
+        finally:
+            database.dispose()
+    except (UnusableDatabase, BackupError) as exc:
+        raise CliError(str(exc)) from None

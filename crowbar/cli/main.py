@@ -19,8 +19,19 @@ import click
 from crowbar import config
 from crowbar.cli import barclamps as barclamp_upload
 from crowbar.cli import local
+from crowbar.cli import server_config
 from crowbar.cli.client import PAGE, CliError, Client, seg
-from crowbar.cli.output import SECONDS, console, emit_list, emit_object, limit_option, output_option, plain
+from crowbar.cli.output import (
+    SECONDS,
+    confirm,
+    confirm_option,
+    console,
+    emit_list,
+    emit_object,
+    limit_option,
+    output_option,
+    plain,
+)
 from crowbar.cli.power import COMMANDS as power_commands
 from crowbar.cli.install import install_commands, os_group
 
@@ -29,14 +40,14 @@ NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_
 
 
 class Context:
-    def __init__(self, endpoint: str | None):
-        self.endpoint = endpoint
+    def __init__(self, endpoint: str | None, ca: str | None = None):
+        self.endpoint, self.ca = endpoint, ca
         self._client: Client | None = None
 
     @property
     def api(self) -> Client:
         if self._client is None:
-            self._client = Client(self.endpoint)
+            self._client = Client(self.endpoint, **({"ca": self.ca} if self.ca else {}))
         return self._client
 
 
@@ -65,15 +76,19 @@ class CrowbarGroup(click.Group):
 
 @click.group(cls=CrowbarGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoint", envvar="CROWBAR_ENDPOINT", help=f"API URL (default http://{config.DEFAULT_LISTEN})")
+@click.option("--ca", envvar="CROWBAR_CA", help="PEM file of the CA that signed an https:// server's certificate "
+                                                "(default: the system's CAs)")
 @click.version_option(package_name="crowbar")
 @click.pass_context
-def cli(ctx: click.Context, endpoint: str | None) -> None:
+def cli(ctx: click.Context, endpoint: str | None, ca: str | None) -> None:
     """Crowbar: bare-metal provisioning and orchestration."""
-    ctx.obj = Context(endpoint)
+    ctx.obj = Context(endpoint, ca)
 
 
 # -- server and database -------------------------------------------------------------------------
-@cli.command()
+@cli.group(invoke_without_command=True)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), envvar="CROWBAR_CONFIG",
+              help="TOML file with any of these settings (the command line and environment win over it)")
 @click.option("--listen", multiple=True, default=[config.DEFAULT_LISTEN], show_default=True,
               help="HOST:PORT or unix:PATH to serve the API on (repeatable)")
 @click.option("--database", envvar="CROWBAR_DATABASE_URL", help="SQLAlchemy URL (default: SQLite in the data dir)")
@@ -94,19 +109,35 @@ def cli(ctx: click.Context, endpoint: str | None) -> None:
               help="new nodes that discovery may create at once")
 @click.option("--os-images", type=click.Path(path_type=Path), envvar="CROWBAR_OS_IMAGES",
               help="OS image store served to installing nodes (default: <cache dir>/os, where `crowbar os build` writes)")
-def server(listen: tuple[str, ...], database: str | None, workers: int, data_dir: Path | None,
-           provision: str | None, advertise_url: str | None, domain: str | None,
-           provision_only_on: tuple[str, ...], approve_discovered: bool, discovery_rate: float,
-           discovery_burst: int, os_images: Path | None) -> None:
-    """Run the API server and the annealer (and the provisioner with --provision)."""
+@click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain): the API serves HTTPS")
+@click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key of --tls-cert")
+@click.option("--allow-http", is_flag=True,
+              help="serve the API in clear on addresses other than loopback (tokens cross the network unencrypted)")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="a log line per request")
+@click.pass_context
+def server(ctx: click.Context, config_file: Path | None, **settings) -> None:
+    """Run the API server and the annealer (and the provisioner with --provision).
+
+    Settings come from the command line, then the environment, then the --config file."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_file is not None:
+        settings |= server_config.read(ctx, config_file)
     try:
-        local.serve(list(listen), database, workers, data_dir, provision, advertise_url, domain,
-                    provision_only_on=list(provision_only_on), approve_discovered=approve_discovered,
-                    discovery_rate=discovery_rate, discovery_burst=discovery_burst, os_images=os_images)
+        local.serve(list(settings.pop("listen")), settings.pop("database"), settings.pop("workers"),
+                    settings.pop("data_dir"), settings.pop("provision"), settings.pop("advertise_url"),
+                    settings.pop("domain"), provision_only_on=list(settings.pop("provision_only_on")),
+                    **{k: str(v) if isinstance(v, Path) else v for k, v in settings.items()})
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(os_error(exc)) from None
+
+
+server_config.add_commands(server)
 
 
 @cli.group()
@@ -128,6 +159,41 @@ def db_upgrade(database: str | None, data_dir: Path | None) -> None:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     click.echo(f"schema at revision {after}" + (f" (was {before or 'empty'})" if before != after else " (up to date)"))
+
+
+def _database_url(database: str | None, data_dir: Path | None) -> str:
+    try:
+        if database is None:
+            data_dir = config.make_data_dir(data_dir)
+        return config.database_url(database, data_dir)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+@db.command("backup")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--database", envvar="CROWBAR_DATABASE_URL")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR")
+def db_backup(file: Path, database: str | None, data_dir: Path | None) -> None:
+    """Copy the whole database to FILE while the server runs (SQLite: the online backup API;
+    PostgreSQL: pg_dump). FILE holds token hashes: it is written readable by its owner only."""
+    size = local.backup_database(_database_url(database, data_dir), file)
+    click.echo(f"backed up to {file} ({size} bytes)")
+
+
+@db.command("restore")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--database", envvar="CROWBAR_DATABASE_URL")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="CROWBAR_DATA_DIR")
+@click.option("--force", is_flag=True, help="even if a server's heartbeat says it uses the database")
+@confirm_option
+def db_restore(file: Path, database: str | None, data_dir: Path | None, force: bool, yes: bool) -> None:
+    """Replace everything in the database with the backup in FILE, then migrate it to this
+    Crowbar's schema. Stop the server first."""
+    url = _database_url(database, data_dir)
+    confirm(f"replace everything in the database with {file}?", yes)
+    revision = local.restore_database(url, file, force=force)
+    click.echo(f"restored {file}; schema at revision {revision}")
 
 
 # -- barclamps and roles -------------------------------------------------------------------------
@@ -241,9 +307,12 @@ def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | 
 
 @nodes.command("delete")
 @click.argument("node")
+@confirm_option
 @output_option
 @pass_ctx
-def nodes_delete(ctx: Context, node: str, output: str) -> None:
+def nodes_delete(ctx: Context, node: str, yes: bool, output: str) -> None:
+    """Delete a node (asks first on a terminal; --yes does not)."""
+    confirm(f"delete node {node!r}?", yes)
     emit_object(ctx.api.delete(f"/nodes/{seg(node)}"), output)
 
 
@@ -360,9 +429,12 @@ deployments.command("propose", help="Reopen a deployment for changes.")(_post_ac
 
 @deployments.command("delete")
 @click.argument("deployment")
+@confirm_option
 @output_option
 @pass_ctx
-def deployments_delete(ctx: Context, deployment: str, output: str) -> None:
+def deployments_delete(ctx: Context, deployment: str, yes: bool, output: str) -> None:
+    """Delete a deployment (asks first on a terminal; --yes does not)."""
+    confirm(f"delete deployment {deployment!r}?", yes)
     emit_object(ctx.api.delete(f"/deployments/{seg(deployment)}"), output)
 
 
@@ -570,6 +642,11 @@ def images_build_discovery(kernel_version: str | None, cache: Path | None, outpu
 cli.add_command(network)
 cli.add_command(neutron)
 cli.add_command(os_group)
+
+from crowbar.cli.users import COMMANDS as user_commands  # noqa: E402
+
+for _command in user_commands:  # users | tokens | whoami
+    cli.add_command(_command)
 
 from crowbar.lab.cli import lab_group  # noqa: E402
 

@@ -42,6 +42,22 @@ class Seconds(click.ParamType):
 SECONDS = Seconds()
 
 
+def confirm_option(f):
+    """--yes: a command that deletes asks first when it runs on a terminal, unless --yes is given."""
+    return click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation")(f)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask `question` on a terminal (abort unless answered yes); off a terminal, or with --yes,
+    go ahead: scripts are not stopped by a question nobody can answer."""
+    import sys
+
+    if yes or not sys.stdin.isatty():
+        return
+    if not click.confirm(question, default=False):
+        raise click.Abort()
+
+
 def limit_option(f):
     return click.option("--limit", type=click.IntRange(min=1), help="show at most this many (default: all)")(f)
 

@@ -264,11 +264,27 @@ class Event(Base):
     message: Mapped[str] = mapped_column(Text, default="")
 
 
+class User(Base):
+    """An account: its role says what its tokens may do (crowbar.services.users: ROLES)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # admin | operator | viewer
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ApiToken(Base):
+    """A token, stored as its SHA-256 hash: a user's (kind "user") or a node agent's (kind "node")."""
+
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    kind: Mapped[str] = mapped_column(String(16), default="admin")  # admin | node
+    kind: Mapped[str] = mapped_column(String(16), default="user")  # user | node
     node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: never
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

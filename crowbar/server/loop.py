@@ -22,6 +22,7 @@ class Loop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_error: str | None = None  # the last step's failure, None once a step succeeds
 
     # -- what a loop does ---------------------------------------------------------------------
     def open(self) -> None:
@@ -46,6 +47,14 @@ class Loop:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
+    def health(self) -> dict:
+        """{"ok": bool, "detail"?}: the thread runs and its last step did not fail."""
+        if self._thread is None or not self._thread.is_alive():
+            return {"ok": False, "detail": "the thread is not running"}
+        if self.last_error is not None:
+            return {"ok": False, "detail": f"the last step failed: {self.last_error}"}
+        return {"ok": True}
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -62,8 +71,10 @@ class Loop:
         while not self._stop.is_set():
             try:
                 busy = self.step()
-            except Exception:  # keep going; the failure is in the log and its transaction rolled back
+                self.last_error = None
+            except Exception as exc:  # keep going; the failure is in the log and its transaction rolled back
                 log.exception("%s step failed", self.name)
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 busy = False
             if not busy:
                 self._wake.wait(self.interval)

@@ -9,6 +9,12 @@ the CLI on the host. The provisioning routes (/boot, discovery, the agent's) are
 listeners named by --provision-only-on; with --provision and no such option, on the TCP listeners
 on the provisioning address (or a wildcard), and bound to the link: a booting machine's requests
 must come from its own MAC on the provisioning interface (docs/security.md).
+
+TLS (`tls_cert`, `tls_key`): every TCP listener that is not a provisioning listener serves HTTPS
+(booting machines fetch /boot over plain HTTP; unix sockets are guarded by their mode). Without
+TLS, a TCP listener on an address other than loopback that is not a provisioning listener is
+refused unless `allow_http`: a user's token would cross the network in clear.
+Logs: crowbar.server.logs (levels, text or JSON, secrets removed); docs/operations.md.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 from pathlib import Path
@@ -30,11 +37,12 @@ from crowbar import config
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
 from crowbar.db.session import Database, UnusableDatabase, reason, shown
-from crowbar.engine.annealer import Annealer
+from crowbar.engine.annealer import HEARTBEAT_SECONDS, Annealer
 from crowbar.provisioner import neighbors
 from crowbar.provisioner.discovery import DEFAULT_BURST, DEFAULT_RATE, TokenBucket
 from crowbar.provisioner.service import Provisioner, ProvisionerConfig
 from crowbar.server.annealer import AnnealerLoop
+from crowbar.server import logs
 from crowbar.server.loop import Loop
 from crowbar.server.power import PowerWorker
 from crowbar.server.reconciler import Reconciler
@@ -136,6 +144,99 @@ def _same_ip(host: str, wanted) -> bool:
         return False
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context from a PEM certificate (chain) and its key; None without both.
+    ValueError, one line, when only one is given or they cannot be loaded."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise ValueError(f"TLS: {exc.filename}: no such file") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"TLS: cannot load the certificate {cert} and key {key}: "
+                         f"{getattr(exc, 'reason', None) or exc.strerror or exc}") from None
+    return context
+
+
+def tls_listeners(listens: list[str], provision_on: tuple[str, ...] | None, tls: bool,
+                  allow_http: bool) -> list[str]:
+    """The --listen values served over TLS: with TLS, every TCP listener that is not a provisioning
+    listener. Without TLS, ValueError for a TCP listener off loopback that is not a provisioning
+    listener, unless `allow_http` (a token would cross the network in clear)."""
+    api_only = [spec for spec in listens if not spec.startswith("unix:")
+                and (provision_on is None or spec not in provision_on)]
+    if tls:
+        return api_only
+    exposed = [spec for spec in api_only if not is_loopback(parse_listen(spec)[0])]
+    if exposed and not allow_http:
+        raise ValueError(f"--listen {exposed[0]}: the API would take tokens in clear over the network; give "
+                         "--tls-cert and --tls-key (or --allow-http on a network you trust)")
+    return []
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, with TLS on some of its sockets only (`tls`: socket -> context); uvicorn's own
+    `ssl` setting would apply to every socket, the provisioning listener's and unix sockets too."""
+
+    def __init__(self, config: uvicorn.Config, tls: dict[socket.socket, ssl.SSLContext]):
+        super().__init__(config)
+        self.tls = tls
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=[sock for sock in sockets or [] if sock not in self.tls])
+        if self.should_exit:
+            return
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def create_protocol(_loop=None):
+            return config.http_protocol_class(config=config, server_state=self.server_state,
+                                              app_state=self.lifespan.state, _loop=_loop)
+
+        for sock, context in self.tls.items():
+            self.servers.append(await loop.create_server(create_protocol, sock=sock, ssl=context,
+                                                         backlog=config.backlog))
+
+
+def server_checks(db: Database, annealer: Annealer, loops: dict[str, Loop], provisioner):
+    """The server's own checks for GET /health and /metrics: each loop's thread and last step, the
+    annealer's heartbeat in the database, and dnsmasq (with --provision)."""
+    from crowbar.db.models import Server, utcnow
+
+    stale = 5 * HEARTBEAT_SECONDS
+
+    def checks() -> dict[str, dict]:
+        out = {loop.name: loop.health() for loop in loops.values()}
+        try:
+            with db.session() as s:
+                beat = s.get(Server, annealer.server_id).heartbeat_at
+            age = (utcnow() - beat).total_seconds()
+            out["annealer_heartbeat"] = {"ok": age <= stale, "age_seconds": round(age, 1)} | (
+                {} if age <= stale else {"detail": f"no heartbeat for {age:.0f}s (expected every {HEARTBEAT_SECONDS:g}s)"})
+        except Exception as exc:  # noqa: BLE001 - the database check says more
+            out["annealer_heartbeat"] = {"ok": False, "detail": f"cannot read it: {type(exc).__name__}"}
+        if provisioner is not None:
+            pid = provisioner.dnsmasq.pid if provisioner.dnsmasq else None
+            out["dnsmasq"] = {"ok": bool(pid), "pid": pid} | ({} if pid else {"detail": "dnsmasq is not running"})
+        return out
+
+    return checks
+
+
 def publish_token(data_dir: Path, listens: list[str]) -> None:
     """Copy the admin token where the local CLI looks for each endpoint's token."""
     token = (data_dir / "admin.token").read_text().strip()
@@ -153,7 +254,9 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
           provision: str | None = None, advertise_url: str | None = None,
           domain: str | None = None, *, provision_only_on: list[str] | tuple[str, ...] = (),
           approve_discovered: bool = False, discovery_rate: float = DEFAULT_RATE,
-          discovery_burst: int = DEFAULT_BURST, os_images: Path | None = None) -> None:
+          discovery_burst: int = DEFAULT_BURST, tls_cert: str | None = None, tls_key: str | None = None,
+          allow_http: bool = False, log_level: str = "info", log_format: str = "text",
+          access_log: bool = True, os_images: str | Path | None = None) -> None:
     # Startup refuses bad input before it binds or migrates anything: the --listen values, the data
     # directory (the one directory it creates, see config.make_data_dir), the database URL, and a
     # database that cannot be opened (UnusableDatabase, one line).
@@ -163,13 +266,15 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     if provision and (not interface or not address):
         raise ValueError(f"--provision must be INTERFACE=ADDRESS (got {provision!r})")
     provision_on = provisioning_listeners(listens, provision_only_on, address if provision else None)
+    tls = tls_context(tls_cert, tls_key)
+    secure = tls_listeners(listens, provision_on, tls is not None, allow_http)
+    logs.setup(log_level, log_format, access_log)
     discovery_limit = TokenBucket(discovery_rate, discovery_burst)
     data_dir = config.make_data_dir(data_dir)
     url = config.database_url(database, data_dir)
     db = Database(url)
     db.check()
     sockets = [bind(spec) for spec in listens]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token_file = data_dir / "admin.token"
     try:
         bootstrap.prepare(db)
@@ -223,21 +328,26 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
             approve_discovered=approve_discovered, discovery_limit=discovery_limit,
             provision_listeners=provision_on,
             link_address=neighbors.resolver(interface) if provision else None,
-            os_images=os_images or config.os_image_dir(), ssh_public_key=ssh_key.with_suffix(".pub").read_text().strip(),
-            ssh_private_key=str(ssh_key)))
+            checks=server_checks(db, annealer, loops, provisioner),
+            os_images=Path(os_images) if os_images else config.os_image_dir(),
+            ssh_public_key=ssh_key.with_suffix(".pub").read_text().strip(), ssh_private_key=str(ssh_key)))
         log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(),
                  ", ".join(listens))
         log.info("provisioning routes on %s%s; new machines %s; at most %g new nodes/s through discovery "
                  "(bursts of %d)", ", ".join(provision_on) if provision_on else "every listener",
                  f", bound to the link on {interface}" if provision else "",
                  "wait for approval" if approve_discovered else "are accepted", discovery_rate, discovery_burst)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        if secure:
+            log.info("TLS on %s", ", ".join(secure))
+        server = _Server(uvicorn.Config(app, log_level=log_level, log_config=None, access_log=False),
+                         tls={sock: tls for spec, sock in zip(listens, sockets) if spec in secure})
         asyncio.run(server.serve(sockets=sockets))
     except _Terminated:
         terminated = True
     finally:
         for loop in reversed(list(loops.values())):
             loop.stop()
+        log.info("stopped")
     if terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)

@@ -11,9 +11,9 @@ from crowbar.db.models import ApiToken
 from crowbar.services import auth
 
 PLACEHOLDERS = {"key": "1", "name": "test-marker", "role": "test-server"}
-# Open by design: health; discovery (can only create or re-find a node) and the agent routes, which
+# Open by design: health and the Prometheus metrics (counts, no names); discovery (can only create or re-find a node) and the agent routes, which
 # take a node token instead (tests/provisioner/test_discovery_api.py); PXE boot files.
-OPEN = {"/api/v2/health", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/x1"}
+OPEN = {"/api/v2/health", "/metrics", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/x1"}
 OPEN_PREFIXES = ("/boot/",)
 
 
@@ -47,7 +47,7 @@ def test_every_route_but_health_needs_a_valid_token(api, anonymous):
             assert r.json()["error"] == "unauthorized" and "token" in r.json()["message"]
 
 
-def test_valid_tokens_only_admin_ones_and_stored_hashed(api, anonymous, admin_token, db):
+def test_valid_tokens_only_users_ones_and_stored_hashed(api, anonymous, admin_token, db):
     assert anonymous.get("/api/v2/nodes", headers={"authorization": f"Bearer {admin_token}"}).status_code == 200
     assert anonymous.get("/api/v2/nodes", headers={"x-auth-token": admin_token}).status_code == 200
     assert api.get("/api/v2/nodes").status_code == 200
@@ -55,7 +55,7 @@ def test_valid_tokens_only_admin_ones_and_stored_hashed(api, anonymous, admin_to
     with db.session() as s:
         s.add(ApiToken(name="node-1", kind="node", token_hash=auth.hash_token(token)))
     r = anonymous.get("/api/v2/nodes", headers={"authorization": f"Bearer {token}"})
-    assert r.status_code == 401 and "admin" in r.json()["message"]
+    assert r.status_code == 401 and "node" in r.json()["message"]
     with db.session() as s:
         hashes = [t.token_hash for t in s.query(ApiToken)]
     assert admin_token not in hashes and auth.hash_token(admin_token) in hashes

@@ -27,7 +27,7 @@ from crowbar.services.network.templates import parse_template
 
 V2 = "/api/v2"
 JSON = {"content-type": "application/json"}
-OPEN = {"/api/v2/health", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/{job_id}"}
+OPEN = {"/api/v2/health", "/metrics", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/{job_id}"}
 
 
 def error(r, status: int, kind: str | None = None) -> dict:

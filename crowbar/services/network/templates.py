@@ -57,9 +57,9 @@ class TemplateInvalid(InvalidInput):
 
     def __init__(self, problems: list[NetworkValidationError]):
         first = problems[0]
-        more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" \
-            if len(problems) > 1 else ""
-        super().__init__(first.message + more, field=first.field)
+        shown = [p.message for p in problems[:10]]  # every problem, in the message the CLI prints
+        more = f"; and {len(problems) - 10} more (see problems)" if len(problems) > 10 else ""
+        super().__init__("; ".join(shown) + more, field=first.field)
         self.network, self.reason, self.problems = first.network, first.reason, problems
 
     def to_dict(self) -> dict:

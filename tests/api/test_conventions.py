@@ -1,0 +1,92 @@
+"""API conventions operators' scripts rely on: unknown query parameters refused, Location on 201,
+the one error body for a 500, the health check naming what failed, metrics by route, and logs
+that never hold a secret."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from fastapi.testclient import TestClient
+
+from crowbar.api.app import create_app
+from crowbar.api.settings import AppSettings
+from crowbar.server import logs
+
+
+def test_unknown_query_parameters_are_400(api):
+    r = api.get("/api/v2/nodes", params={"stat": "error"})
+    assert r.status_code == 400 and r.json()["error"] == "bad_request" and "'stat'" in r.json()["message"]
+    assert r.json()["field"] == "query"
+    assert api.get("/api/v2/nodes", params={"state": "ready", "limit": 5}).status_code == 200
+    assert api.get("/api/v2/events", params={"after": 0, "limit": 3}).status_code == 200
+    r = api.get("/api/v2/whoami", params={"x": "1"})
+    assert r.status_code == 400 and "takes none" in r.json()["message"]
+    # the next links the API makes are always accepted
+    for i in range(3):
+        api.post("/api/v2/nodes", json={"name": f"q{i}.example.com"})
+    page = api.get("/api/v2/nodes", params={"limit": 1, "name": "q"}).json()
+    assert api.get(page["next"]).status_code == 200
+
+
+def test_location_on_201(api):
+    r = api.post("/api/v2/nodes", json={"name": "loc.example.com"})
+    assert r.status_code == 201 and r.headers["location"] == f"/api/v2/nodes/{r.json()['id']}"
+    assert api.get(r.headers["location"]).json()["name"] == "loc.example.com"
+    r = api.post("/api/v2/deployments", json={"name": "web"})
+    assert r.headers["location"] == f"/api/v2/deployments/{r.json()['id']}"
+    r = api.post("/api/v2/deployments/web/bind", json={"role": "test-client", "node": "loc.example.com"})
+    assert r.status_code == 201 and api.get(r.headers["location"]).status_code == 200
+
+
+def test_a_bug_is_a_500_with_the_one_error_body(db, admin_token, monkeypatch):
+    from crowbar.services import nodes
+
+    def broken(*_a, **_k):
+        raise RuntimeError("secret internals cb_abcdefghijklmnop")
+
+    monkeypatch.setattr(nodes, "list_nodes", broken)
+    client = TestClient(create_app(AppSettings(db=db)), raise_server_exceptions=False,
+                        headers={"authorization": f"Bearer {admin_token}"})
+    r = client.get("/api/v2/nodes")
+    assert r.status_code == 500 and r.json()["error"] == "internal" and "secret" not in r.text
+
+
+def test_health_names_what_failed_and_metrics_count_routes(db, admin_token):
+    checks = {"annealer": {"ok": True}, "dnsmasq": {"ok": False, "detail": "dnsmasq is not running"}}
+    client = TestClient(create_app(AppSettings(db=db, checks=lambda: checks)))
+    r = client.get("/api/v2/health")
+    assert r.status_code == 503 and r.json()["failed"] == ["dnsmasq"] and r.json()["checks"]["database"]["ok"]
+    checks["dnsmasq"] = {"ok": True}
+    assert client.get("/api/v2/health").json() | {"version": None} == {
+        "status": "ok", "failed": [], "version": None, "checks": {"database": {"ok": True}, **checks}}
+    auth = {"authorization": f"Bearer {admin_token}"}
+    client.get("/api/v2/nodes/1", headers=auth)
+    client.get("/api/v2/nodes/2", headers=auth)
+    client.get("/api/v2/nope")
+    text = client.get("/metrics").text
+    assert 'crowbar_http_requests_total{code="404",method="GET",route="/api/v2/nodes/{key}"} 2.0' in text
+    assert 'route="unmatched"' in text
+    assert 'crowbar_service_up{service="dnsmasq"} 1.0' in text and "crowbar_database_up 1.0" in text
+    assert 'crowbar_annealer_run_duration_seconds_bucket{le="+Inf"}' in text
+
+
+def test_logs_never_hold_secrets_and_json_is_one_object_a_line():
+    stream = io.StringIO()
+    handler = logs.setup("debug", "json", stream=stream)
+    try:
+        log = logging.getLogger("crowbar.test")
+        log.info("got %s", "Authorization: Bearer cb_AAAAAAAAAAAAAAAAAAAAAA and postgresql://u:pw1@h/db",
+                 extra={"fields": {"path": "/x?token=cb_BBBBBBBBBBBBBBBB"}})
+        try:
+            raise ValueError("password=hunter2")
+        except ValueError:
+            log.exception("failed")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    text = stream.getvalue()
+    assert "cb_AAAA" not in text and "cb_BBBB" not in text and "pw1" not in text and "hunter2" not in text
+    assert lines[0]["logger"] == "crowbar.test" and lines[0]["level"] == "info" and "path" in lines[0]
+    assert "traceback" in lines[1]
