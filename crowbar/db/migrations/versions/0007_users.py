@@ -3,7 +3,7 @@
 The admin token of earlier servers becomes the token of a user `admin` with the role admin.
 
 Revision ID: 0007
-Revises: 0006 (the lead re-chains the session's migrations at merge)
+Revises: 0006
 """
 from datetime import datetime, timezone
 
