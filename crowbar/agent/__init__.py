@@ -80,10 +80,14 @@ _LAYOUT = {
 }
 
 
+def _read(layout: dict[str, str]) -> dict[str, bytes]:
+    package = resources.files(__name__)
+    return {target: package.joinpath(source).read_bytes() for target, source in layout.items()}
+
+
 def initramfs_files() -> dict[str, bytes]:
     """The agent's files by their path in the initramfs (no leading slash)."""
-    package = resources.files(__name__)
-    return {target: package.joinpath(source).read_bytes() for target, source in _LAYOUT.items()}
+    return _read(_LAYOUT)
 
 
 # The node-side pieces of an installed system (crowbar.provisioner.osimage puts them in every OS
@@ -99,5 +103,4 @@ _INSTALLED = {
 
 def installed_files() -> dict[str, bytes]:
     """The node-side files of an installed system by their path in its root (no leading slash)."""
-    package = resources.files(__name__)
-    return {target: package.joinpath(source).read_bytes() for target, source in _INSTALLED.items()}
+    return _read(_INSTALLED)

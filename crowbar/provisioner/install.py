@@ -273,6 +273,10 @@ umask 077
 printf 'URL=%s\\nTOKEN=%s\\n' "$CROWBAR_URL" "$CROWBAR_TOKEN" > $T/etc/crowbar/node.conf
 umask 022
 echo {q(plan.firmware)} > $T/etc/crowbar/firmware
+# Boot on as soon as one link is configured: a planned NIC without carrier must not hold the boot.
+mkdir -p $T/etc/systemd/system/systemd-networkd-wait-online.service.d
+printf '[Service]\nExecStart=\nExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=90\n' \
+    > $T/etc/systemd/system/systemd-networkd-wait-online.service.d/crowbar.conf
 sync
 phase installed "" {plan.fs_size}
 """

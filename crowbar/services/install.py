@@ -107,9 +107,21 @@ def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str,
         log.info("node %s has no interface plan (%s): its OS uses DHCP", node.name, exc)
         netconf = {"network": {"version": 2, "ethernets": {
             "all": {"match": {"name": "eth*"}, "dhcp4": True}}}}
+    _cloud_init_routes(netconf["network"])
     return {"meta-data": yaml.safe_dump(meta, sort_keys=False),
             "user-data": "#cloud-config\n" + yaml.safe_dump(user, sort_keys=False),
             "network-config": yaml.safe_dump(netconf["network"], sort_keys=False)}
+
+
+def _cloud_init_routes(network: dict) -> None:
+    """cloud-init (22.4, Debian 12) reads netplan v2 but not netplan's `to: default`: spell it out."""
+    for section in network.values():
+        if not isinstance(section, dict):
+            continue
+        for interface in section.values():
+            for route in (interface or {}).get("routes", []) if isinstance(interface, dict) else []:
+                if route.get("to") == "default":
+                    route["to"] = "::/0" if ":" in str(route.get("via", "")) else "0.0.0.0/0"
 
 
 def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage) -> AgentJob:

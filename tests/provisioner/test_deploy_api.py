@@ -244,3 +244,24 @@ def test_root_device_hints_set_as_an_attrib_choose_the_disk(dapi, store):
     assert dapi.post(f"/api/v2/nodes/{node['node']}/deploy").json()["install"]["disk"] == "/dev/vda"
     r = dapi.put("/api/v2/attribs/root-device", json={"node": node["node"], "value": {"wwn": "x"}})
     assert r.status_code == 422
+
+
+def test_the_network_config_cloud_init_reads_has_no_default_keyword(dapi, store, db):
+    """netplan's `to: default` is not understood by Debian 12's cloud-init: the seed spells it out."""
+    from crowbar.services import install
+
+    make_image(store)
+    node = discovered(dapi)
+    with db.session() as s:
+        from crowbar.db.models import Node
+
+        seed = install.seed(s, s.get(Node, node["id"]), install.Context(images=store), "i-1")
+    assert "default" not in seed["network-config"]
+    import yaml
+
+    config = yaml.safe_load(seed["network-config"])
+    assert config["version"] == 2
+    admin = config["ethernets"]["eth0"]
+    assert admin["addresses"][0].startswith("192.168.124.")
+    routes = [r for e in config["ethernets"].values() for r in e.get("routes", [])]
+    assert {"to": "0.0.0.0/0", "via": "192.168.124.1"} in routes, config
