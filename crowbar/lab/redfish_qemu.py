@@ -27,8 +27,9 @@ from sushy_tools import error
 from sushy_tools.emulator import main as emulator
 from sushy_tools.emulator.resources.systems.base import AbstractSystemsDriver
 
-from crowbar.power.base import PowerError, PowerNode
-from crowbar.power.qemu import QemuPower, Qmp, VmAbsent
+from crowbar.cli import local
+
+QEMU_POWER, PowerNode, Qmp, POWER_ERRORS = local.qemu_power()
 
 DEFAULT_BIOS = {"BootMode": "Bios", "EmbeddedSata": "Raid", "NicBoot1": "NetworkBoot", "ProcTurboMode": "Enabled",
                 "SriovGlobalEnable": "Disabled"}
@@ -49,7 +50,7 @@ class LabQemuDriver(AbstractSystemsDriver):
         self._systems = json.loads(Path(self._config["CROWBAR_LAB_SYSTEMS"]).read_text())
         self._state_dir = Path(self._config["SUSHY_EMULATOR_STATE_DIR"])
         self._state_dir.mkdir(parents=True, exist_ok=True)
-        self._power = QemuPower()
+        self._power = QEMU_POWER
 
     # -- identity --------------------------------------------------------------------------------
     def _get(self, identity: str) -> dict:
@@ -131,7 +132,7 @@ class LabQemuDriver(AbstractSystemsDriver):
                         qmp.execute("inject-nmi")
                 else:
                     raise error.NotSupportedError(f"power state {state} is not supported")
-            except (PowerError, VmAbsent, OSError) as exc:
+            except (*POWER_ERRORS, OSError) as exc:
                 raise error.FishyError(f"{system['name']}: {exc}") from None
 
     # -- boot ------------------------------------------------------------------------------------
