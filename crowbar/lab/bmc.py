@@ -53,9 +53,9 @@ def missing_tools(kind: str) -> list[str]:
         need = {"ipmi_sim": "openipmi", "nft": "nftables"}
         return [f"{tool} (Debian package {pkg})" for tool, pkg in need.items() if not shutil.which(tool)]
     if kind == "redfish":
-        try:
-            import sushy_tools  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("sushy_tools") is None:
             return ["sushy-tools (PyPI package sushy-tools)"]
     return []
 
@@ -124,7 +124,8 @@ class IpmiSim:
     serial_port: int = 0
     namespace: str | None = None
     pid: int | None = None
-    lan_device: str = ""  # what `lan_config_program` calls the BMC (the nft redirect's comment)
+    lan_device: str = ""  # the device name ipmi_sim passes to `lan_config_program`
+    startnow: bool = False  # start the VM (power on) when ipmi_sim starts
 
     def __post_init__(self):
         self.lan_port = self.lan_port or free_port(socket.SOCK_DGRAM)
@@ -184,7 +185,7 @@ set_working_mc 0x20
   endlan
   serial 15 127.0.0.1 {self.serial_port} codec VM
   startcmd "{start}"
-  startnow false
+  startnow {"true" if self.startnow else "false"}
   poweroff_wait 5
   kill_wait 5
   user 2 true "{self.username}" "{password}" admin 10 md5
@@ -401,8 +402,99 @@ class RedfishEmulator:
         else:
             _wait_port(self.address, self.port, proc.pid, timeout, "the Redfish emulator", self.log)
 
+    def reset(self, system: str, reset_type: str, timeout: float = 30.0) -> None:
+        """POST ComputerSystem.Reset (the lab's first power-on goes through the BMC too)."""
+        argv = _netns(self.namespace, [sys.executable, "-c", (
+            "import sys, httpx; r = httpx.post(sys.argv[1], json={'ResetType': sys.argv[2]}, auth=(sys.argv[3], "
+            "sys.stdin.read()), verify=sys.argv[4], timeout=%r); sys.exit(0 if r.status_code < 300 else "
+            "print(r.status_code, r.text[:200]) or 1)" % timeout),
+            f"{self.url}/redfish/v1/Systems/{system}/Actions/ComputerSystem.Reset", reset_type, REDFISH_USER,
+            str(self.ca)])
+        done = subprocess.run(argv, input=self.password, capture_output=True, text=True, timeout=timeout + 5)
+        if done.returncode != 0:
+            raise BmcError(f"Redfish reset {reset_type} of {system}: {(done.stdout + done.stderr).strip()[-300:]}")
+
     def stop(self) -> list[int]:
         return [self.pid] if self.pid and stop_pid(self.pid, "crowbar.lab.redfish_qemu", timeout=5) else []
+
+
+# -- the lab's BMCs (crowbar lab up --bmc) ------------------------------------------------------------
+REDFISH_PORT = 8443
+
+
+def foreground(argv: list[str]) -> list[str]:
+    """A lab VM's qemu argv for ipmi_sim's startcmd: not daemonized, not paused (ipmi_sim's power
+    state is whether this process runs)."""
+    return [a for a in argv if a not in ("-daemonize", "-S")]
+
+
+class LabBmcs:
+    """The BMCs of a lab's VMs: `kind` ipmi (one ipmi_sim per VM, which starts the VM: power on),
+    redfish (one emulator for every VM; the VMs start as before, paused, and are powered on through
+    Redfish) or none. `state` is what lab.json keeps of them."""
+
+    def __init__(self, kind: str, state: dict | None = None):
+        if kind not in KINDS:
+            raise BmcError(f"--bmc {kind!r}: expected one of {', '.join(KINDS)}")
+        self.kind, self.state = kind, state if state is not None else {}
+
+    def start(self, vms, namespace: str, address: str, lab_dir: Path, save) -> None:
+        """Start the BMCs (and, for ipmi, the VMs through them); `save()` records each as it starts."""
+        if self.kind == "ipmi":
+            for vm in vms:
+                sim = IpmiSim(name=vm.name, dir=str(Path(vm.dir) / "bmc"), vm_argv=foreground(vm.argv()),
+                              namespace=namespace, startnow=True)
+                self.state.setdefault("ipmi", {})[vm.name] = sim.to_dict()
+                save()
+                sim.start()
+                self.state["ipmi"][vm.name] = sim.to_dict()
+                save()
+        elif self.kind == "redfish":
+            systems = [{"name": vm.name, "uuid": _uuid(vm.macs[0]), "qmp": str(vm.qmp), "command": vm.argv(),
+                        "macs": vm.macs} for vm in vms]
+            emulator = RedfishEmulator(dir=str(lab_dir / "redfish"), systems=systems, address=address,
+                                       port=REDFISH_PORT, namespace=namespace)
+            self.state["redfish"] = emulator.to_dict()
+            save()
+            emulator.start()
+            self.state["redfish"] = emulator.to_dict()
+            save()
+
+    def ipmi_sim(self, vm: str) -> IpmiSim | None:
+        data = self.state.get("ipmi", {}).get(vm)
+        return IpmiSim.from_dict(data) if data else None
+
+    def redfish(self) -> RedfishEmulator | None:
+        data = self.state.get("redfish")
+        return RedfishEmulator.from_dict(data) if data else None
+
+    def power(self, vm: str) -> tuple[str, dict] | None:
+        """(driver, settings) that power `vm` through its BMC; None without BMCs."""
+        if self.kind == "ipmi" and (sim := self.ipmi_sim(vm)):
+            return "ipmi", sim.settings()
+        if self.kind == "redfish" and (emulator := self.redfish()):
+            return "redfish", emulator.settings(vm)
+        return None
+
+    def vm_pid(self, vm: str) -> int | None:
+        sim = self.ipmi_sim(vm)
+        return sim.vm_pid() if sim else None
+
+    def stop(self) -> list[str]:
+        done = []
+        for name in list(self.state.get("ipmi", {})):
+            if pids := self.ipmi_sim(name).stop():
+                done.append(f"stopped the IPMI BMC of {name} (ipmi_sim and its VM: pids {pids})")
+        if (emulator := self.redfish()) and emulator.stop():
+            done.append(f"stopped the Redfish BMC (pid {emulator.pid})")
+        return done
+
+
+def _uuid(mac: str) -> str:
+    """A stable system UUID from the VM's first MAC."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"crowbar-lab-{mac}"))
 
 
 def _make_tls(directory: Path, address: str) -> None:

@@ -43,16 +43,19 @@ def lab_group() -> None:
 @click.option("--memory", default="512", show_default=True, help="MB of RAM per VM, or one per VM: 384,512")
 @click.option("--disk", default="4", show_default=True, help="GB of (sparse) disk per VM, or one per VM")
 @click.option("--kvm", is_flag=True, help="try hardware acceleration (default: TCG, software emulation)")
+@click.option("--bmc", type=click.Choice(["ipmi", "redfish", "none"]), default="none", show_default=True,
+              help="give each VM a BMC (ipmi_sim, or the Redfish emulator) that powers it; discovered "
+                   "nodes are then powered through it (docs/architecture.md, lab BMCs)")
 @click.option("--wait", is_flag=True, help="wait, with progress, until every VM is discovered")
 @click.option("--timeout", type=float, default=600, show_default=True, help="seconds --wait waits")
 @dir_option
-def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, wait: bool, timeout: float,
+def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, bmc: str, wait: bool, timeout: float,
            directory: Path | None) -> None:
     """Create the lab: namespace, bridges, a provisioning server, N PXE-booting VMs."""
     lab = _lab(directory)
     started = time.monotonic()
     try:
-        state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm)
+        state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm, bmc=bmc)
     except LabError as exc:
         raise CliError(str(exc)) from None
     console.print(f"lab running in namespace [bold]{state.namespace}[/]: server {state.server['url']} "

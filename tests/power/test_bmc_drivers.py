@@ -7,6 +7,7 @@ both engines: write-only passwords, one clear line per failure, a stopped BMC bl
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -24,11 +25,7 @@ from crowbar.power.base import PowerError, PowerNode, get_driver
 QEMU = "qemu-system-x86_64"
 need_qemu = pytest.mark.skipif(not shutil.which(QEMU), reason="qemu-system-x86_64 (Debian qemu-system-x86) missing")
 need_ipmi_sim = pytest.mark.skipif(not shutil.which("ipmi_sim"), reason="ipmi_sim (Debian openipmi) missing")
-try:
-    import sushy_tools  # noqa: F401
-    HAVE_SUSHY_TOOLS = True
-except ImportError:
-    HAVE_SUSHY_TOOLS = False
+HAVE_SUSHY_TOOLS = importlib.util.find_spec("sushy_tools") is not None
 need_sushy_tools = pytest.mark.skipif(not HAVE_SUSHY_TOOLS, reason="sushy-tools (PyPI) missing")
 
 
