@@ -169,7 +169,8 @@ class IpmiSim:
         _write_secret(self.password_file, password)
         start = " ".join(_quote(a) for a in self.vm_argv + ipmi_qemu_args(self.serial_port))
         # The hook runs as ipmi_sim's child, so in ipmi_sim's namespace already.
-        lan_config = f"{sys.executable} -m crowbar.lab.bmc lan-config --port {self.lan_port}"
+        # ipmi_sim appends `get|set|check parm...`: the device name is part of the program string.
+        lan_config = f"{sys.executable} -W ignore::RuntimeWarning -m crowbar.lab.bmc lan-config --port {self.lan_port} {self.lan_device}"
         conf = f"""# ipmi_sim for lab VM {self.name} (written by crowbar.lab.bmc)
 name "{self.name}"
 set_working_mc 0x20

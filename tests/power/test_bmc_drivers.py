@@ -267,3 +267,36 @@ def test_a_bmc_that_stops_answering_fails_its_request_and_blocks_nothing_else(po
         assert secret not in events and secret not in caplog.text
     power_api.wait(_ask(power_api, "ipmi1", "off")["id"])
     power_api.wait(_ask(power_api, "rf1", "off")["id"])
+
+
+# -- a lab BMC's address, set over IPMI, answers IPMI (ipmi_sim's lan_config_program) -------------------
+@need_qemu
+@need_ipmi_sim
+@pytest.mark.skipif(not shutil.which("nft"), reason="nft (Debian nftables) missing")
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_the_address_set_on_a_lab_bmc_answers_ipmi(tmp_path):
+    import subprocess
+
+    namespace = f"cbbmc-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    bmc = None
+    try:
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        bmc = IpmiSim(name="vm1", dir=str(tmp_path / "bmc"), vm_argv=tiny_vm(tmp_path / "vm"), namespace=namespace)
+        bmc.start()
+        ipmitool = ["ip", "netns", "exec", namespace, "ipmitool", "-I", "lanplus", "-U", "admin", "-E"]
+        env = {**os.environ, "IPMI_PASSWORD": bmc.password}
+        for args in (["lan", "set", "1", "ipsrc", "static"], ["lan", "set", "1", "ipaddr", "192.168.128.21"],
+                     ["lan", "set", "1", "netmask", "255.255.255.0"]):
+            subprocess.run(ipmitool + ["-H", "127.0.0.1", "-p", str(bmc.lan_port), *args], check=True, env=env,
+                           capture_output=True)
+        printed = subprocess.run(ipmitool + ["-H", "127.0.0.1", "-p", str(bmc.lan_port), "lan", "print", "1"],
+                                 env=env, capture_output=True, text=True).stdout
+        assert "192.168.128.21" in printed and "255.255.255.0" in printed
+        status = subprocess.run(ipmitool + ["-H", "192.168.128.21", "chassis", "power", "status"], env=env,
+                                capture_output=True, text=True)
+        assert status.stdout.strip() == "Chassis Power is off", status.stderr
+    finally:
+        if bmc:
+            bmc.stop()
+        subprocess.run(["ip", "netns", "del", namespace])
