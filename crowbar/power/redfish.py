@@ -66,41 +66,33 @@ class RedfishPower(PowerDriver):
 
     # -- verbs -----------------------------------------------------------------------------------
     def power_on(self, node: PowerNode) -> str:
-        import sushy
-
-        with self._system(node, "power on") as system:
-            if system.power_state == sushy.PowerState.ON:
-                return f"{node.name} is already on"
-            system.reset_system(sushy.ResetType.ON)
-        return f"{node.name} powered on (Redfish {self._where(node)})"
+        return self._reset(node, "power on", "ON", "already on", "ON", " powered on")
 
     def power_off(self, node: PowerNode) -> str:
-        import sushy
-
-        with self._system(node, "power off") as system:
-            if system.power_state == sushy.PowerState.OFF:
-                return f"{node.name} is already off"
-            system.reset_system(sushy.ResetType.FORCE_OFF)
-        return f"{node.name} powered off (Redfish {self._where(node)})"
+        return self._reset(node, "power off", "OFF", "already off", "FORCE_OFF", " powered off")
 
     def power_cycle(self, node: PowerNode) -> str:
-        import sushy
-
-        with self._system(node, "power cycle") as system:
-            if system.power_state == sushy.PowerState.OFF:
-                system.reset_system(sushy.ResetType.ON)
-                return f"{node.name} was off: powered on (Redfish {self._where(node)})"
-            system.reset_system(sushy.ResetType.FORCE_RESTART)
-        return f"{node.name} reset (Redfish {self._where(node)})"
+        return self._reset(node, "power cycle", "OFF", "was off: powered on", "FORCE_RESTART", " reset", when_so="ON")
 
     def soft_off(self, node: PowerNode) -> str:
+        return self._reset(node, "soft power off", "OFF", "already off", "GRACEFUL_SHUTDOWN",
+                           ": the OS was asked to shut down")
+
+    def _reset(self, node: PowerNode, action: str, state: str, so: str, reset: str, done: str,
+               when_so: str | None = None) -> str:
+        """ComputerSystem.Reset `reset`, unless the system's PowerState is `state` already: then
+        `so` (after a Reset `when_so`, if given); `done` follows the node's name. Names are sushy's
+        PowerState and ResetType."""
         import sushy
 
-        with self._system(node, "soft power off") as system:
-            if system.power_state == sushy.PowerState.OFF:
-                return f"{node.name} is already off"
-            system.reset_system(sushy.ResetType.GRACEFUL_SHUTDOWN)
-        return f"{node.name}: the OS was asked to shut down (Redfish {self._where(node)})"
+        with self._system(node, action) as system:
+            if system.power_state == getattr(sushy.PowerState, state):
+                if when_so:
+                    system.reset_system(getattr(sushy.ResetType, when_so))
+                    return f"{node.name} {so} (Redfish {self._where(node)})"
+                return f"{node.name} is {so}"
+            system.reset_system(getattr(sushy.ResetType, reset))
+        return f"{node.name}{done} (Redfish {self._where(node)})"
 
     def status(self, node: PowerNode) -> Status:
         import sushy
