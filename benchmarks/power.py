@@ -60,7 +60,7 @@ def main() -> int:
         redfish.start()
         try:
             nodes = {"ipmi": PowerNode("bench", ipmi.settings()), "redfish": PowerNode("bench", redfish.settings("bench"))}
-            print(f"| driver | calls | at once | p50 | p99 | calls/s |\n|---|---:|---:|---:|---:|---:|")
+            print("| driver | calls | at once | p50 | p99 | calls/s |\n|---|---:|---:|---:|---:|---:|")
             for name, node in nodes.items():
                 driver = get_driver(name)
                 driver.power_on(node)
