@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 # and busybox-static for the discovery image, qemu (with its iPXE NIC ROMs, ipxe-qemu), dnsmasq's
 # binary (dnsmasq-base: no system-wide DNS service), iPXE's undionly.kpxe/ipxe.efi, iproute2.
 # fdisk: sfdisk, copied into the discovery image to partition disks for an OS install.
-APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk
+# The lab's IPMI BMCs (crowbar lab up --bmc ipmi, the ipmi driver tests): openipmi (ipmi_sim), nftables
+# (a BMC's configured address answers on UDP 623), ipmitool (in-band BMC reads in the discovery image).
+APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
+	openipmi ipmitool nftables
 
 .PHONY: demo test deps venv benchmark clean
 

@@ -36,6 +36,8 @@ BUILTIN: dict[str, dict[str, str]] = {
     POWER: {
         "qemu": "crowbar.power.qemu:QemuPower",
         "manual": "crowbar.power.manual:ManualPower",
+        "ipmi": "crowbar.power.ipmi:IpmiPower",
+        "redfish": "crowbar.power.redfish:RedfishPower",
     },
     OS_INSTALLERS: {"image": "crowbar.provisioner.install:ImageInstaller"},
     IMAGE_BUILDERS: {"mmdebstrap": "crowbar.provisioner.osimage:MmdebstrapBuilder"},

@@ -24,7 +24,8 @@ class PowerSettings(BaseModel):
 
 @router.post("/nodes/{key}/power", status_code=202)
 def request_power(key: str, body: PowerAction, s: UnitOfWork, who: Actor):
-    """Queue on, off, cycle or status for the node; the answer is the request (follow it with
+    """Queue on, off, cycle, status, soft-off (the OS shuts down) or boot-pxe|boot-disk|boot-http (the
+    next boot only) for the node; the answer is the request (follow it with
     GET /power_requests/{id})."""
     return power.request_power(s, key, body.action, actor=who)
 
@@ -32,6 +33,12 @@ def request_power(key: str, body: PowerAction, s: UnitOfWork, who: Actor):
 @router.put("/nodes/{key}/power")
 def set_power(key: str, body: PowerSettings, s: UnitOfWork, who: Actor):
     return power.set_power(s, key, body.driver, body.settings, actor=who)
+
+
+@router.get("/nodes/{key}/power")
+def show_power(key: str, s: UnitOfWork):
+    """The node's power driver and settings; secret settings (passwords) show only as "(set)"."""
+    return power.show_power(s, key)
 
 
 @router.get("/power_requests/{request_id}")

@@ -104,6 +104,15 @@ def ipxe_bios_loader() -> Path:
     return IPXE_DIR / BIOS_BOOT_FILE
 
 
+def qemu_power():
+    """(the qemu power driver, PowerNode, Qmp, the errors they raise): for the lab's Redfish BMC,
+    which powers the lab's VMs through their QMP sockets (crowbar.lab.redfish_qemu)."""
+    from crowbar.power.base import PowerError, PowerNode
+    from crowbar.power.qemu import QemuPower, Qmp, VmAbsent
+
+    return QemuPower(), PowerNode, Qmp, (PowerError, VmAbsent)
+
+
 def power_on_vm(name: str, qmp: Path) -> None:
     """Power on one of the lab's qemu VMs through its QMP socket (the qemu power driver)."""
     from crowbar.power.base import PowerNode

@@ -38,14 +38,16 @@ def follow(api, request: dict, timeout: float, poll: float = 0.2) -> dict:
 
 @click.command("power")
 @click.argument("node")
-@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
+@click.argument("action", type=click.Choice(["on", "off", "cycle", "status", "soft-off", "boot-pxe", "boot-disk",
+                                             "boot-http"]))
 @click.option("--wait", is_flag=True, help="wait until the request succeeded or failed")
 @click.option("--timeout", type=SECONDS, default=120, show_default=True, help="seconds --wait waits")
 @output_option
 @click.pass_obj
 def nodes_power(ctx, node: str, action: str, wait: bool, timeout: float, output: str) -> None:
     """Power a node on, off, cycle it, or ask its status: queues a request for its power driver
-    (the answer of `status` is the request's result: on, off or unknown)."""
+    (the answer of `status` is the request's result: on, off or unknown). soft-off asks the OS to
+    shut down; boot-pxe, boot-disk, boot-http choose the next boot's device (BMC drivers)."""
     api = ctx.api
     request = api.request("POST", f"/nodes/{seg(node)}/power", ok=(202,), json={"action": action}).json()
     if wait:
@@ -90,14 +92,41 @@ def _finite(text: str) -> float:
 @click.argument("node")
 @click.argument("driver")
 @click.argument("settings", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--secret", "secrets", multiple=True, metavar="KEY",
+              help="a secret setting (password) read from a hidden prompt, or from a line of stdin when "
+                   "it is not a terminal: it stays out of the shell history and the process list")
 @output_option
 @click.pass_obj
-def nodes_set_power(ctx, node: str, driver: str, settings: tuple[str, ...], output: str) -> None:
+def nodes_set_power(ctx, node: str, driver: str, settings: tuple[str, ...], secrets: tuple[str, ...],
+                    output: str) -> None:
     """Give a node its power driver and the driver's settings (VALUE is JSON, or else a string:
-    `qmp=/run/vm1.qmp timeout=5 command='["qemu-system-x86_64", "-daemonize"]'`). The server
-    checks them against the driver's settings (`crowbar nodes power-drivers`)."""
-    emit_object(ctx.api.put(f"/nodes/{seg(node)}/power", {"driver": driver, "settings": dict(map(_setting, settings))}),
-                output)
+    `qmp=/run/vm1.qmp timeout=5 command='["qemu-system-x86_64", "-daemonize"]'`;
+    `address=10.0.9.5 username=crowbar --secret password`). The server checks them against the
+    driver's settings (`crowbar nodes power-drivers`); secret ones are never shown back."""
+    values = dict(map(_setting, settings))
+    for key in secrets:
+        values[key] = _read_secret(key)
+    answer = ctx.api.put(f"/nodes/{seg(node)}/power", {"driver": driver, "settings": values})
+    emit_object(answer, output)
+
+
+def _read_secret(key: str) -> str:
+    stdin = click.get_text_stream("stdin")
+    if stdin.isatty():
+        return click.prompt(key, hide_input=True)
+    line = stdin.readline().rstrip("\n")
+    if not line:
+        raise CliError(f"--secret {key}: no line on stdin")
+    return line
+
+
+@click.command("show-power")
+@click.argument("node")
+@output_option
+@click.pass_obj
+def nodes_show_power(ctx, node: str, output: str) -> None:
+    """A node's power driver and settings (secret ones only as "(set)")."""
+    emit_object(ctx.api.get(f"/nodes/{seg(node)}/power"), output)
 
 
 @click.command("power-drivers")
@@ -116,4 +145,4 @@ def nodes_power_drivers(ctx, output: str) -> None:
     emit_list(rows, ["driver", "summary", "timeout", "settings"], output)
 
 
-COMMANDS = [nodes_power, nodes_power_requests, nodes_set_power, nodes_power_drivers]
+COMMANDS = [nodes_power, nodes_power_requests, nodes_set_power, nodes_show_power, nodes_power_drivers]

@@ -45,14 +45,17 @@ def lab_group() -> None:
 @click.option("--kvm", is_flag=True, help="try hardware acceleration (default: TCG, software emulation)")
 @click.option("--firmware", default="bios", show_default=True,
               help="bios (SeaBIOS), uefi (OVMF), mixed (every second VM UEFI), or one per VM: bios,uefi")
+@click.option("--bmc", type=click.Choice(["ipmi", "redfish", "none"]), default="none", show_default=True,
+              help="give each VM a BMC (ipmi_sim, or the Redfish emulator) that powers it; discovered "
+                   "nodes are then powered through it (docs/architecture.md, lab BMCs)")
 @click.option("--wait", is_flag=True, help="wait, with progress, until every VM is discovered")
 @click.option("--timeout", type=float, default=600, show_default=True, help="seconds --wait waits")
 @click.option("--os", "os_name", default="debian-12", show_default=True,
               help="OS --deploy installs (built first when the image store has none)")
 @click.option("--deploy", is_flag=True, help="then take every VM to ready: allocate, install --os, boot its disk")
 @dir_option
-def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: str, wait: bool, timeout: float,
-           os_name: str, deploy: bool, directory: Path | None) -> None:
+def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: str, bmc: str, wait: bool,
+           timeout: float, os_name: str, deploy: bool, directory: Path | None) -> None:
     """Create the lab: namespace, bridges, a provisioning server, N PXE-booting VMs."""
     lab = _lab(directory)
     started = time.monotonic()
@@ -60,7 +63,7 @@ def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: s
         wait = True
         _ensure_os_image(os_name)
     try:
-        state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm, firmware=firmware)
+        state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm, firmware=firmware, bmc=bmc)
     except LabError as exc:
         raise CliError(str(exc)) from None
     console.print(f"lab running in namespace [bold]{state.namespace}[/]: server {state.server['url']} "

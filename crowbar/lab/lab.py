@@ -29,6 +29,7 @@ import httpx
 from crowbar import config
 from crowbar.cli import local
 from crowbar.procs import StillRunning, cmdline, pid_alive, read_pidfile, stop_pid
+from crowbar.lab import bmc as lab_bmc
 from crowbar.lab.vm import ADMIN_BRIDGE, DATA_BRIDGE, FIRMWARES, MAX_NICS, MAX_VMS, OVMF_CODE, OVMF_VARS, Vm
 
 STATE_FILE = "lab.json"
@@ -130,17 +131,20 @@ class LabState:
     bridges: list[str] = field(default_factory=list)
     server: dict = field(default_factory=dict)  # pid, log, socket, data_dir, url
     vms: list[Vm] = field(default_factory=list)
+    bmc: str = "none"  # ipmi | redfish | none: the VMs' BMCs (crowbar.lab.bmc)
+    bmcs: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"namespace": self.namespace, "lab_byte": self.lab_byte, "dir": self.dir,
                 "created_at": self.created_at, "bridges": self.bridges, "server": self.server,
-                "vms": [vm.to_dict() for vm in self.vms]}
+                "vms": [vm.to_dict() for vm in self.vms], "bmc": self.bmc, "bmcs": self.bmcs}
 
     @classmethod
     def from_dict(cls, data: dict) -> LabState:
         return cls(namespace=data["namespace"], lab_byte=data["lab_byte"], dir=data["dir"],
                    created_at=data.get("created_at", ""), bridges=list(data.get("bridges", [])),
-                   server=dict(data.get("server", {})), vms=[Vm.from_dict(v) for v in data.get("vms", [])])
+                   server=dict(data.get("server", {})), vms=[Vm.from_dict(v) for v in data.get("vms", [])],
+                   bmc=data.get("bmc", "none"), bmcs=dict(data.get("bmcs", {})))
 
 
 class Lab:
@@ -191,9 +195,9 @@ class Lab:
 
     # -- up -------------------------------------------------------------------------------------
     def up(self, nodes: int, nics=1, memory=512, disk=4, kvm: bool = False, server_timeout: float = 90.0,
-           firmware: str = "bios") -> LabState:
-        """Create the namespace, bridges, taps, server and VMs, and power the VMs on. `firmware`:
-        bios, uefi, mixed (every second VM UEFI) or one per VM (bios,uefi)."""
+           firmware: str = "bios", bmc: str = "none") -> LabState:
+        """Create the namespace, bridges, taps, server and VMs (with BMCs: `bmc`), and power the VMs
+        on. `firmware`: bios, uefi, mixed (every second VM UEFI) or one per VM (bios,uefi)."""
         if not 1 <= nodes <= MAX_VMS:
             raise LabError(f"--nodes must be between 1 and {MAX_VMS}")
         firmwares = firmware_plan(firmware, nodes)
@@ -206,7 +210,9 @@ class Lab:
             raise LabError("--memory must be at least 256 (MB): the discovery image unpacks into RAM")
         if any(d <= 0 for d in disks):
             raise LabError("--disk must be a positive number of GB")
-        if missing := missing_tools():
+        if bmc not in lab_bmc.KINDS:
+            raise LabError(f"--bmc {bmc!r}: expected one of {', '.join(lab_bmc.KINDS)}")
+        if missing := missing_tools() + lab_bmc.missing_tools(bmc):
             raise LabError("the lab needs " + ", ".join(missing))
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, bridges and taps)")
@@ -231,7 +237,7 @@ class Lab:
         while namespace_exists(NS_PREFIX + token):  # another lab's: never ours to touch
             token = secrets.token_hex(3)
         self.state = LabState(namespace=NS_PREFIX + token, lab_byte=int(token[:2], 16), dir=str(self.dir),
-                              created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                              created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), bmc=bmc)
         self.state.vms = [Vm.plan(i, self.state.lab_byte, self.dir, memories[i - 1], disks[i - 1],
                                   nic_counts[i - 1], accel, firmwares[i - 1]) for i in range(1, nodes + 1)]
         self._save()  # before anything exists: `down` can always find what follows
@@ -313,6 +319,16 @@ class Lab:
 
     def _start_vms(self) -> None:
         st = self.state
+        if st.bmc == "ipmi":  # each ipmi_sim starts its VM: the BMC powers it on
+            for vm in st.vms:
+                vm.prepare()
+            self._bmcs().start(st.vms, st.namespace, ADMIN_ADDRESS, self.dir, self._save)
+            for vm in st.vms:
+                vm.pid = read_pidfile(vm.pidfile) or self._bmcs().vm_pid(vm.name)
+                self.say(f"{vm.name}: {vm.memory_mb} MB, {len(vm.nics)} NIC(s) {', '.join(vm.macs)}: "
+                         f"powered on by its IPMI BMC (ipmi_sim, KCS in-band)")
+            self._save()
+            return
         for vm in st.vms:
             vm.prepare()
             done = subprocess.run(["ip", "netns", "exec", st.namespace, *vm.argv()], stdin=subprocess.DEVNULL,
@@ -321,8 +337,13 @@ class Lab:
                 raise LabError(f"qemu for {vm.name} failed ({done.returncode}): {done.stderr.strip()}")
             vm.pid = int(vm.pidfile.read_text().split()[0])
             self._save()
+        if st.bmc == "redfish":
+            self._bmcs().start(st.vms, st.namespace, ADMIN_ADDRESS, self.dir, self._save)
         for vm in st.vms:
-            local.power_on_vm(vm.name, vm.qmp)
+            if st.bmc == "redfish":
+                self._bmcs().redfish().reset(vm.name, "On")
+            else:
+                local.power_on_vm(vm.name, vm.qmp)
             self.say(f"{vm.name}: {vm.firmware.upper()}, {vm.memory_mb} MB, {len(vm.nics)} NIC(s) "
                      f"{', '.join(vm.macs)}, {vm.disk_gb:g} GB disk: powered on ({vm.accel})")
 
@@ -354,13 +375,21 @@ class Lab:
             found[vm.name] = node
             if vm.node != node["name"]:
                 vm.node, changed = node["name"], True
-            if node.get("power_driver") != "qemu" and node.get("discovery"):
+            wanted = "qemu" if self.state.bmc == "none" else self.state.bmc
+            if node.get("power_driver") != wanted and node.get("discovery"):
                 self._set_power(api, vm, node["name"])
         if changed:
             self._save()
         return found
 
+    def _bmcs(self) -> lab_bmc.LabBmcs:
+        return lab_bmc.LabBmcs(self.state.bmc, self.state.bmcs)
+
     def _set_power(self, api, vm: Vm, node: str) -> None:
+        if through_bmc := self._bmcs().power(vm.name):  # powered through its BMC, never QMP
+            driver, settings = through_bmc
+            api.put(f"/nodes/{node}/power", {"driver": driver, "settings": settings})
+            return
         command = vm.argv()  # the server runs in the namespace already
         api.put(f"/nodes/{node}/power", {"driver": "qemu", "settings": {"qmp": str(vm.qmp), "command": command}})
 
@@ -493,6 +522,7 @@ class Lab:
     def _stop_processes(self, done: list[str]) -> None:
         """The VMs, the server, what else runs in the namespace or uses the lab dir."""
         st, marker = self.state, str(self.dir)
+        done += self._bmcs().stop()
         for vm in st.vms:
             for pid in {self.vm_pid(vm), vm.pid} - {None}:
                 if stop_pid(pid, vm.dir, timeout=5):
@@ -540,6 +570,7 @@ class Lab:
         self.socket.unlink(missing_ok=True)
         shutil.rmtree(self.dir / "server", ignore_errors=True)
         shutil.rmtree(self.dir / "vms", ignore_errors=True)
+        shutil.rmtree(self.dir / "redfish", ignore_errors=True)
         (self.dir / "server.log").unlink(missing_ok=True)
         self.state_file.unlink(missing_ok=True)
         try:

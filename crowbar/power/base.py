@@ -1,16 +1,15 @@
 """The power driver interface and the registry that finds drivers by name.
 
-Four verbs and a description, nothing else, because that is what every way of powering a machine
+Four verbs and a description, because that is what every way of powering a machine
 has in common:
 
 - `qemu` (the lab) speaks QMP to the VM's monitor socket;
 - `manual` tells the operator what to do;
-- an IPMI driver (later) runs `ipmitool -I lanplus -H <address> -U <user> -E chassis power
-  on|off|cycle|status` with the node's `address`, `username` and `password` settings, and maps
-  "Chassis Power is on/off" to status;
-- a Redfish driver (later) POSTs `{"ResetType": "On"|"ForceOff"|"ForceRestart"}` to the system's
-  `Actions/ComputerSystem.Reset` and reads `PowerState`, with `address`, `username`, `password`
-  and an optional `system` id.
+- `ipmi` (crowbar.power.ipmi) speaks IPMI 2.0 LAN (RMCP+) to a BMC with pyghmi;
+- `redfish` (crowbar.power.redfish) speaks Redfish to a BMC with sushy.
+
+Besides the four verbs, a driver may offer `soft_off` (the OS is asked to shut down) and
+`boot_device` (pxe, disk or http for the next boot only); the defaults refuse with a PowerError.
 
 Driver-specific data lives in `PowerNode.settings`, so new drivers need no new fields. A driver
 declares those settings (`settings`: name -> Setting, shown by `crowbar nodes power-drivers` and
@@ -95,6 +94,19 @@ class PowerDriver(abc.ABC):
 
     @abc.abstractmethod
     def status(self, node: PowerNode) -> Status: ...
+
+    def soft_off(self, node: PowerNode) -> str:
+        """Ask the OS to shut down (an ACPI power button press); drivers that can, override this."""
+        raise PowerError(f"{node.name}: power driver {self.name} has no soft power off")
+
+    def boot_device(self, node: PowerNode, device: str) -> str:
+        """Boot from `device` (pxe, disk, http) at the next boot only; drivers that can, override this."""
+        raise PowerError(f"{node.name}: power driver {self.name} cannot choose the boot device")
+
+    def shown(self, settings: dict) -> dict:
+        """`settings` as the API and CLI may show them: secret ones (passwords) only as "(set)"."""
+        return {key: "(set)" if key in self.settings and self.settings[key].secret else value
+                for key, value in (settings or {}).items()}
 
     def describe(self) -> dict:
         """{"name", "summary", "timeout", "settings": {key: {description, required, secret, type}}},

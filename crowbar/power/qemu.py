@@ -161,6 +161,13 @@ class QemuPower(PowerDriver):
         self._act(node, lambda qmp: qmp.execute("system_reset"))
         return f"{node.name} reset"
 
+    def soft_off(self, node: PowerNode) -> str:
+        try:
+            self._act(node, lambda qmp: qmp.execute("system_powerdown"))
+        except VmAbsent:
+            return f"{node.name} is already off"
+        return f"{node.name}: the OS was asked to shut down (ACPI power button)"
+
     def status(self, node: PowerNode) -> Status:
         node.setting("qmp")  # a node without a socket is misconfigured, not of unknown status
         try:

@@ -25,7 +25,13 @@ from crowbar.services import power
 
 log = logging.getLogger(__name__)
 
-METHODS = {"on": "power_on", "off": "power_off", "cycle": "power_cycle", "status": "status"}
+METHODS = {"on": "power_on", "off": "power_off", "cycle": "power_cycle", "status": "status", "soft-off": "soft_off"}
+
+
+def _act(driver, action: str, node: PowerNode) -> str:
+    if action.startswith("boot-"):  # boot-pxe, boot-disk, boot-http: the next boot only
+        return driver.boot_device(node, action.removeprefix("boot-"))
+    return getattr(driver, METHODS[action])(node)
 
 
 class PowerWorker(Loop):
@@ -116,7 +122,7 @@ class PowerWorker(Loop):
 
         def call() -> None:
             try:
-                outcome.append((True, getattr(driver, METHODS[request.action])(node)))
+                outcome.append((True, _act(driver, request.action, node)))
             except PowerError as exc:
                 outcome.append((False, str(exc)))
             except Exception as exc:  # a driver bug is a failed request with the reason, not a dead worker

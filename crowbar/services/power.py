@@ -30,7 +30,7 @@ from crowbar.errors import InvalidInput, NotFound
 from crowbar.power.base import driver_names, get_driver
 from crowbar.services import lookup, nodes
 
-ACTIONS = ("on", "off", "cycle", "status")
+ACTIONS = ("on", "off", "cycle", "status", "soft-off", "boot-pxe", "boot-disk", "boot-http")
 STATES = ("queued", "running", "succeeded", "failed")
 DONE = ("succeeded", "failed")
 
@@ -117,7 +117,17 @@ def set_power(session: Session, key, driver: str, settings, actor: str = "system
     node.power_driver, node.power = driver, plugin.validate(settings)
     record(session, [{"object_type": "node", "object_id": node.id, "action": "set-power", "actor": actor,
                       "message": driver}])
-    return nodes.node_dict(node, full=True)
+    return nodes.node_dict(node, full=True) | {"power": plugin.shown(node.power)}
+
+
+def show_power(session: Session, key) -> dict:
+    """A node's power driver and its settings, secret ones (passwords) only as "(set)"."""
+    node = lookup.node(session, key)
+    try:
+        settings = get_driver(node.power_driver).shown(node.power or {})
+    except KeyError:
+        settings = {k: "(set)" for k in node.power or {}}  # a driver gone: show no values at all
+    return {"node": node.name, "driver": node.power_driver, "settings": settings}
 
 
 # -- the power worker's side ---------------------------------------------------------------------

@@ -60,7 +60,7 @@ def test_a_power_action_is_a_request_answered_202_and_carried_out_by_the_worker(
 def test_power_requests_are_refused_for_bad_actions_unknown_nodes_and_drivers(power_api, db):
     make_node(power_api, "n1.example.com")
     r = power_api.post("/api/v2/nodes/n1.example.com/power", json={"action": "explode"})
-    assert r.status_code == 422 and r.json()["field"] == "action" and "on, off, cycle or status" in r.json()["message"]
+    assert r.status_code == 422 and r.json()["field"] == "action" and "on, off, cycle, status, soft-off, boot-pxe, boot-disk or boot-http" in r.json()["message"]
     assert power_api.post("/api/v2/nodes/nope.example.com/power", json={"action": "on"}).status_code == 404
     with db.session() as s:
         s.query(Node).filter_by(name="n1.example.com").one().power_driver = "ipmi-from-the-future"

@@ -1,0 +1,565 @@
+"""Lab BMCs: real IPMI and Redfish protocol servers that really power the lab's qemu VMs.
+
+- IPMI: OpenIPMI's `ipmi_sim` (Debian package openipmi), one per VM. It serves IPMI 2.0 over LAN
+  (RMCP+) to the power driver and owns the VM process: its `startcmd` is the VM's qemu command
+  line (in the foreground, without -daemonize: ipmi_sim's power state is whether that process
+  runs). qemu connects back to ipmi_sim's "VM" serial codec through `ipmi-bmc-extern` with an
+  `isa-ipmi-kcs` device, so the VM sees its BMC in-band (/dev/ipmi0, `ipmitool` in the discovery
+  image) as a server does, and chassis off/reset/soft-off reach the VM through that channel.
+  Every ipmi_sim listens on 127.0.0.1 on a port of its own; the address the BMC is configured to
+  (`ipmitool lan set 1 ipaddr` in-band, by the bmc-config role) is made real by the
+  `lan_config_program` hook, `python -m crowbar.lab.bmc lan-config ...`, which puts that address
+  on the namespace's loopback and redirects UDP 623 for it to the BMC's port (nftables): the
+  address the role chose from the `bmc` network answers IPMI, as a real BMC's NIC would.
+- Redfish: sushy-tools' emulator (PyPI) with `crowbar.lab.redfish_qemu`, a systems driver for the
+  lab VMs (power through their QMP sockets, one-time boot override, BIOS attributes with pending
+  settings applied at the next reset), behind HTTP basic auth (sushy-tools' htpasswd file, bcrypt)
+  and TLS with a certificate of the lab's own CA (so the driver's verify stays on).
+
+Passwords are generated here (`new_password`), written only to files of mode 0600 in the BMC's
+directory, and never printed. Processes are stopped by PID (`stop`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crowbar.procs import pid_alive, stop_pid
+
+IPMI_PORT = 623
+KINDS = ("ipmi", "redfish", "none")
+# ipmi_sim's manufacturer and product ids (as `ipmitool mc info` shows them in-band). 0x1291 is the
+# id OpenIPMI's own examples use; the product id is ours.
+MFG_ID, PRODUCT_ID = 0x1291, 0xCB01
+REDFISH_USER = "crowbar-lab"
+
+
+class BmcError(Exception):
+    """A lab BMC could not be started or configured; one line."""
+
+
+def missing_tools(kind: str) -> list[str]:
+    if kind == "ipmi":
+        need = {"ipmi_sim": "openipmi", "nft": "nftables"}
+        return [f"{tool} (Debian package {pkg})" for tool, pkg in need.items() if not shutil.which(tool)]
+    if kind == "redfish":
+        import importlib.util
+
+        if importlib.util.find_spec("sushy_tools") is None:
+            return ["sushy-tools (PyPI package sushy-tools)"]
+    return []
+
+
+def new_password(length: int = 16) -> str:
+    """A generated password of letters and digits (IPMI 2.0 allows up to 20 bytes)."""
+    alphabet = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _netns(namespace: str | None, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", namespace, *argv] if namespace else argv
+
+
+def _wait_port(host: str, port: int, pid: int, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise BmcError(f"{what} exited: {_tail(log)}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise BmcError(f"{what} did not listen on {host}:{port} within {timeout:g}s: {_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return f"({path} is missing)"
+
+
+# -- IPMI: ipmi_sim ----------------------------------------------------------------------------------
+def ipmi_qemu_args(serial_port: int) -> list[str]:
+    """What a VM's qemu command line needs to reach its ipmi_sim in-band (KCS at 0xca2, as on
+    most servers)."""
+    return ["-chardev", f"socket,id=ipmi0,host=127.0.0.1,port={serial_port},reconnect=1",
+            "-device", "ipmi-bmc-extern,id=bmc0,chardev=ipmi0", "-device", "isa-ipmi-kcs,bmc=bmc0"]
+
+
+@dataclass
+class IpmiSim:
+    """One ipmi_sim for one VM, in `dir` (config, state, log). `vm_argv` is the VM's qemu command
+    line without -daemonize (ipmi_sim runs it); `ipmi_qemu_args(serial_port)` is added to it."""
+
+    name: str
+    dir: str
+    vm_argv: list[str]
+    username: str = "admin"
+    lan_port: int = 0
+    serial_port: int = 0
+    namespace: str | None = None
+    pid: int | None = None
+    lan_device: str = ""  # the device name ipmi_sim passes to `lan_config_program`
+    startnow: bool = False  # start the VM (power on) when ipmi_sim starts
+
+    def __post_init__(self):
+        self.lan_port = self.lan_port or free_port(socket.SOCK_DGRAM)
+        self.serial_port = self.serial_port or free_port(socket.SOCK_STREAM)
+        self.lan_device = self.lan_device or f"bmc-{self.name}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def password_file(self) -> Path:
+        return self.path / "password"
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text()
+
+    @property
+    def log(self) -> Path:
+        return self.path / "ipmi_sim.log"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IpmiSim:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def settings(self, address: str = "127.0.0.1") -> dict:
+        """The ipmi power driver's settings for this BMC, as the lab set it up."""
+        port = self.lan_port if address == "127.0.0.1" else IPMI_PORT
+        return {"address": address, "port": port, "username": self.username, "password": self.password}
+
+    def write_config(self, password: str | None = None) -> None:
+        """lan.conf and the emulator command file. The factory user is `username` with a generated
+        password (no default credentials), admin on the LAN channel, RMCP+ only."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "state").mkdir(exist_ok=True)
+        password = password or (self.password if self.password_file.exists() else new_password())
+        _write_secret(self.password_file, password)
+        start = " ".join(_quote(a) for a in self.vm_argv + ipmi_qemu_args(self.serial_port))
+        # The hook runs as ipmi_sim's child, so in ipmi_sim's namespace already.
+        # ipmi_sim appends `get|set|check parm...`: the device name is part of the program string.
+        lan_config = f"{sys.executable} -W ignore::RuntimeWarning -m crowbar.lab.bmc lan-config --port {self.lan_port} {self.lan_device}"
+        conf = f"""# ipmi_sim for lab VM {self.name} (written by crowbar.lab.bmc)
+name "{self.name}"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {self.lan_port}
+    priv_limit admin
+    allowed_auths_callback md5
+    allowed_auths_user md5
+    allowed_auths_operator md5
+    allowed_auths_admin md5
+    guid {secrets.token_hex(16)}
+    lan_config_program "{lan_config}"
+  endlan
+  serial 15 127.0.0.1 {self.serial_port} codec VM
+  startcmd "{start}"
+  startnow {"true" if self.startnow else "false"}
+  poweroff_wait 5
+  kill_wait 5
+  user 2 true "{self.username}" "{password}" admin 10 md5
+"""
+        _write_secret(self.path / "lan.conf", conf)
+        # mc_add: ipmb, device id, no device SDRs, device revision, firmware 1.0, IPMI 2.0 support
+        # bits, manufacturer, product.
+        (self.path / "bmc.emu").write_text(
+            "mc_setbmc 0x20\n"
+            f"mc_add 0x20 0 no-device-sdrs 0x23 1 0 0x9f {MFG_ID:#x} {PRODUCT_ID:#x} persist_sdr\n"
+            "sel_enable 0x20 1000 0x0a\n"
+            "mc_enable 0x20\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start ipmi_sim (detached, in the namespace if any); returns when it answers RMCP."""
+        if not (self.path / "lan.conf").exists():
+            self.write_config()
+        argv = _netns(self.namespace, ["ipmi_sim", "-n", "-c", str(self.path / "lan.conf"),
+                                       "-f", str(self.path / "bmc.emu"), "-s", str(self.path / "state")])
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=self.path)
+        self.pid = proc.pid
+        deadline = time.monotonic() + timeout
+        while not rmcp_ping("127.0.0.1", self.lan_port, self.namespace):
+            if proc.poll() is not None:
+                raise BmcError(f"ipmi_sim for {self.name} exited ({proc.returncode}): {_tail(self.log)}")
+            if time.monotonic() > deadline:
+                raise BmcError(f"ipmi_sim for {self.name} did not answer within {timeout:g}s: {_tail(self.log)}")
+            time.sleep(0.1)
+
+    def vm_pid(self) -> int | None:
+        """The VM's qemu, ipmi_sim's child (None when the machine is off)."""
+        if not self.pid:
+            return None
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return next((int(c) for c in children if pid_alive(int(c))), None)
+
+    def stop(self) -> list[int]:
+        """Stop ipmi_sim and the VM it runs; returns the PIDs stopped."""
+        stopped = []
+        vm = self.vm_pid()
+        # ipmi_sim first (it would start nothing new), then its VM.
+        for pid, marker in ((self.pid, str(self.path)), (vm, "qemu")):
+            if pid and stop_pid(pid, marker, timeout=5):
+                stopped.append(pid)
+        return stopped
+
+
+def rmcp_ping(host: str, port: int, namespace: str | None = None, timeout: float = 0.5) -> bool:
+    """Whether an IPMI BMC answers an RMCP presence ping (ASF) on host:port. In a namespace,
+    through `ip netns exec` (the caller may live outside it)."""
+    if namespace:
+        code = (f"import sys; from crowbar.lab.bmc import rmcp_ping; "
+                f"sys.exit(0 if rmcp_ping({host!r}, {port}, timeout={timeout}) else 1)")
+        return subprocess.run(_netns(namespace, [sys.executable, "-c", code]), capture_output=True).returncode == 0
+    ping = bytes([0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x00, 0x00, 0x00])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(ping, (host, port))
+            data = s.recv(512)
+        except OSError:
+            return False
+    return len(data) >= 8 and data[8:9] == b"\x40" if len(data) > 8 else bool(data)
+
+
+def _quote(arg: str) -> str:
+    """An argument for ipmi_sim's startcmd, which runs it through /bin/sh."""
+    if arg and all(c.isalnum() or c in "-_./=:,@%+" for c in arg):
+        return arg
+    return "'" + arg.replace("'", "'\\''") + "'"
+
+
+# -- the lan_config_program hook ----------------------------------------------------------------------
+NFT_TABLE = "crowbar_lab_bmc"
+
+
+def lan_config(port: int, namespace: str | None, device: str, op: str, params: list[str],
+               state_file: Path) -> str:
+    """ipmi_sim's `lan_config_program`: `get parm...` answers `parm:value` lines; `set|check parm
+    value...` applies an address: the address goes on the namespace's loopback and UDP 623 to it is
+    redirected to this BMC's port. The current values live in `state_file` (JSON)."""
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {}
+    if op == "get":
+        defaults = {"ip_addr": "0.0.0.0", "ip_addr_src": "static", "mac_addr": "00:00:00:00:00:00",
+                    "subnet_mask": "0.0.0.0", "default_gw_ip_addr": "0.0.0.0",
+                    "default_gw_mac_addr": "00:00:00:00:00:00", "backup_gw_ip_addr": "0.0.0.0",
+                    "backup_gw_mac_addr": "00:00:00:00:00:00"}
+        return "".join(f"{p}:{state.get(p, defaults.get(p, ''))}\n" for p in params)
+    pairs = dict(zip(params[::2], params[1::2]))
+    if "ip_addr" in pairs:
+        ipaddress.IPv4Address(pairs["ip_addr"])  # a bad address fails the set
+    if op == "check":
+        return ""
+    old = state.get("ip_addr")
+    state.update(pairs)
+    new = state.get("ip_addr")
+    if new != old:
+        _move_address(port, namespace, old, new)
+    state_file.write_text(json.dumps(state))
+    return ""
+
+
+def _move_address(port: int, namespace: str | None, old: str | None, new: str | None) -> None:
+    def run(*argv: str, check: bool = True) -> None:
+        done = subprocess.run(_netns(namespace, list(argv)), capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise BmcError(f"{' '.join(argv)}: {done.stderr.strip()}")
+
+    run("nft", "add", "table", "ip", NFT_TABLE)
+    run("nft", "add", "chain", "ip", NFT_TABLE, "output", "{ type nat hook output priority -100 ; }")
+    if old and old != "0.0.0.0":
+        run("ip", "addr", "del", f"{old}/32", "dev", "lo", check=False)
+        listing = subprocess.run(_netns(namespace, ["nft", "-a", "list", "chain", "ip", NFT_TABLE, "output"]),
+                                 capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            if f"ip daddr {old} " in line and "# handle" in line:
+                run("nft", "delete", "rule", "ip", NFT_TABLE, "output", "handle", line.rsplit(" ", 1)[1])
+    if new and new != "0.0.0.0":
+        run("ip", "addr", "replace", f"{new}/32", "dev", "lo")
+        run("nft", "add", "rule", "ip", NFT_TABLE, "output", "ip", "daddr", new, "udp", "dport", str(IPMI_PORT),
+            "redirect", "to", f":{port}")
+
+
+# -- Redfish: sushy-tools with the lab's qemu driver ----------------------------------------------------
+@dataclass
+class RedfishEmulator:
+    """One sushy-tools emulator for the lab's VMs, in `dir`. `systems`: [{name, uuid, qmp,
+    command}] (command: the VM's daemonized qemu argv, which a power-on after `off` runs)."""
+
+    dir: str
+    systems: list[dict] = field(default_factory=list)
+    address: str = "127.0.0.1"
+    port: int = 0
+    namespace: str | None = None
+    pid: int | None = None
+
+    def __post_init__(self):
+        self.port = self.port or free_port(socket.SOCK_STREAM)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.address}:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.path / "ca.pem"
+
+    @property
+    def password(self) -> str:
+        return (self.path / "password").read_text()
+
+    @property
+    def log(self) -> Path:
+        return self.path / "emulator.log"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RedfishEmulator:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def settings(self, system: str) -> dict:
+        """The redfish power driver's settings for one of the VMs."""
+        return {"address": self.url, "username": REDFISH_USER, "password": self.password, "system": system,
+                "ca_path": str(self.ca)}
+
+    def write_config(self) -> None:
+        import bcrypt
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "password").exists():
+            _write_secret(self.path / "password", new_password())
+        hashed = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=5)).decode()
+        _write_secret(self.path / "htpasswd", f"{REDFISH_USER}:{hashed}\n")
+        _make_tls(self.path, self.address)
+        (self.path / "systems.json").write_text(json.dumps(self.systems, indent=2))
+        (self.path / "emulator.conf").write_text(
+            f"SUSHY_EMULATOR_LISTEN_IP = {self.address!r}\n"
+            f"SUSHY_EMULATOR_LISTEN_PORT = {self.port}\n"
+            f"SUSHY_EMULATOR_SSL_CERT = {str(self.path / 'cert.pem')!r}\n"
+            f"SUSHY_EMULATOR_SSL_KEY = {str(self.path / 'key.pem')!r}\n"
+            f"SUSHY_EMULATOR_AUTH_FILE = {str(self.path / 'htpasswd')!r}\n"
+            f"SUSHY_EMULATOR_STATE_DIR = {str(self.path / 'state')!r}\n"
+            f"CROWBAR_LAB_SYSTEMS = {str(self.path / 'systems.json')!r}\n")
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.write_config()
+        argv = _netns(self.namespace, [sys.executable, "-m", "crowbar.lab.redfish_qemu",
+                                       "--config", str(self.path / "emulator.conf")])
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=self.path, env=env)
+        self.pid = proc.pid
+        if self.namespace:
+            deadline = time.monotonic() + timeout
+            while "Running on" not in self.log.read_text(errors="replace"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BmcError(f"the Redfish emulator did not start: {_tail(self.log)}")
+                time.sleep(0.2)
+        else:
+            _wait_port(self.address, self.port, proc.pid, timeout, "the Redfish emulator", self.log)
+
+    def reset(self, system: str, reset_type: str, timeout: float = 30.0) -> None:
+        """POST ComputerSystem.Reset (the lab's first power-on goes through the BMC too)."""
+        argv = _netns(self.namespace, [sys.executable, "-c", (
+            "import sys, httpx; r = httpx.post(sys.argv[1], json={'ResetType': sys.argv[2]}, auth=(sys.argv[3], "
+            "sys.stdin.read()), verify=sys.argv[4], timeout=%r); sys.exit(0 if r.status_code < 300 else "
+            "print(r.status_code, r.text[:200]) or 1)" % timeout),
+            f"{self.url}/redfish/v1/Systems/{system}/Actions/ComputerSystem.Reset", reset_type, REDFISH_USER,
+            str(self.ca)])
+        done = subprocess.run(argv, input=self.password, capture_output=True, text=True, timeout=timeout + 5)
+        if done.returncode != 0:
+            raise BmcError(f"Redfish reset {reset_type} of {system}: {(done.stdout + done.stderr).strip()[-300:]}")
+
+    def stop(self) -> list[int]:
+        return [self.pid] if self.pid and stop_pid(self.pid, "crowbar.lab.redfish_qemu", timeout=5) else []
+
+
+# -- the lab's BMCs (crowbar lab up --bmc) ------------------------------------------------------------
+REDFISH_PORT = 8443
+
+
+def foreground(argv: list[str]) -> list[str]:
+    """A lab VM's qemu argv for ipmi_sim's startcmd: not daemonized, not paused (ipmi_sim's power
+    state is whether this process runs)."""
+    return [a for a in argv if a not in ("-daemonize", "-S")]
+
+
+class LabBmcs:
+    """The BMCs of a lab's VMs: `kind` ipmi (one ipmi_sim per VM, which starts the VM: power on),
+    redfish (one emulator for every VM; the VMs start as before, paused, and are powered on through
+    Redfish) or none. `state` is what lab.json keeps of them."""
+
+    def __init__(self, kind: str, state: dict | None = None):
+        if kind not in KINDS:
+            raise BmcError(f"--bmc {kind!r}: expected one of {', '.join(KINDS)}")
+        self.kind, self.state = kind, state if state is not None else {}
+
+    def start(self, vms, namespace: str, address: str, lab_dir: Path, save) -> None:
+        """Start the BMCs (and, for ipmi, the VMs through them); `save()` records each as it starts."""
+        if self.kind == "ipmi":
+            for vm in vms:
+                sim = IpmiSim(name=vm.name, dir=str(Path(vm.dir) / "bmc"), vm_argv=foreground(vm.argv()),
+                              namespace=namespace, startnow=True)
+                self.state.setdefault("ipmi", {})[vm.name] = sim.to_dict()
+                save()
+                sim.start()
+                self.state["ipmi"][vm.name] = sim.to_dict()
+                save()
+        elif self.kind == "redfish":
+            systems = [{"name": vm.name, "uuid": _uuid(vm.macs[0]), "qmp": str(vm.qmp), "command": vm.argv(),
+                        "macs": vm.macs} for vm in vms]
+            emulator = RedfishEmulator(dir=str(lab_dir / "redfish"), systems=systems, address=address,
+                                       port=REDFISH_PORT, namespace=namespace)
+            self.state["redfish"] = emulator.to_dict()
+            save()
+            emulator.start()
+            self.state["redfish"] = emulator.to_dict()
+            save()
+
+    def ipmi_sim(self, vm: str) -> IpmiSim | None:
+        data = self.state.get("ipmi", {}).get(vm)
+        return IpmiSim.from_dict(data) if data else None
+
+    def redfish(self) -> RedfishEmulator | None:
+        data = self.state.get("redfish")
+        return RedfishEmulator.from_dict(data) if data else None
+
+    def power(self, vm: str) -> tuple[str, dict] | None:
+        """(driver, settings) that power `vm` through its BMC; None without BMCs."""
+        if self.kind == "ipmi" and (sim := self.ipmi_sim(vm)):
+            return "ipmi", sim.settings()
+        if self.kind == "redfish" and (emulator := self.redfish()):
+            return "redfish", emulator.settings(vm)
+        return None
+
+    def vm_pid(self, vm: str) -> int | None:
+        sim = self.ipmi_sim(vm)
+        return sim.vm_pid() if sim else None
+
+    def stop(self) -> list[str]:
+        done = []
+        for name in list(self.state.get("ipmi", {})):
+            if pids := self.ipmi_sim(name).stop():
+                done.append(f"stopped the IPMI BMC of {name} (ipmi_sim and its VM: pids {pids})")
+        if (emulator := self.redfish()) and emulator.stop():
+            done.append(f"stopped the Redfish BMC (pid {emulator.pid})")
+        return done
+
+
+def _uuid(mac: str) -> str:
+    """A stable system UUID from the VM's first MAC."""
+    import uuid
+
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"crowbar-lab-{mac}"))
+
+
+def _make_tls(directory: Path, address: str) -> None:
+    """A CA (ca.pem) and a server certificate for `address` signed by it (cert.pem, key.pem)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    if (directory / "cert.pem").exists():
+        return
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crowbar lab BMC CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (directory / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
+    _write_secret(directory / "key.pem", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                           serialization.NoEncryption()).decode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m crowbar.lab.bmc lan-config --port P [--namespace NS] <device> get|set|check ...`:
+    ipmi_sim's lan_config_program (runs as ipmi_sim's child, in the lab's namespace)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="crowbar.lab.bmc")
+    sub = parser.add_subparsers(dest="command", required=True)
+    lc = sub.add_parser("lan-config")
+    lc.add_argument("--port", type=int, required=True)
+    lc.add_argument("device")
+    lc.add_argument("op", choices=["get", "set", "check"])
+    lc.add_argument("params", nargs="*")
+    args = parser.parse_args(argv)
+    try:
+        # ipmi_sim runs the hook in its own directory (the BMC's): the state lives there.
+        sys.stdout.write(lan_config(args.port, None, args.device, args.op, args.params, Path("lan-state.json")))
+    except (BmcError, ValueError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
