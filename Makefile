@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 # openssh-server: the script jig's SSH tests. The virtual lab (`make demo`, the e2e tests): a kernel
 # and busybox-static for the discovery image, qemu (with its iPXE NIC ROMs, ipxe-qemu), dnsmasq's
 # binary (dnsmasq-base: no system-wide DNS service), iPXE's undionly.kpxe/ipxe.efi, iproute2.
-# fdisk: sfdisk, copied into the discovery image to partition disks for an OS install.
+# OS deployment: fdisk (sfdisk, copied into the discovery image to partition disks), mmdebstrap (builds
+# the OS images), ovmf (UEFI lab VMs), openssh-client (`crowbar nodes ssh`, the script jig).
 # The lab's IPMI BMCs (crowbar lab up --bmc ipmi, the ipmi driver tests): openipmi (ipmi_sim), nftables
 # (a BMC's configured address answers on UDP 623), ipmitool (in-band BMC reads in the discovery image).
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
-	openipmi ipmitool nftables
+	mmdebstrap ovmf openssh-client openipmi ipmitool nftables
 
 .PHONY: demo test deps venv benchmark clean
 
