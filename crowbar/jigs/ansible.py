@@ -30,18 +30,18 @@ event format without doing any of that better. The only dependency is ansible-co
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from crowbar.documents import dig, merge
 from crowbar.jigs import transport
 from crowbar.jigs.base import Jig, RunContext, RunResult
+from crowbar.jigs.trees import check_tree, seconds, write_tree
 
 DEFAULT_TIMEOUT = 3600.0  # seconds for the whole ansible-playbook run, unless crowbar/ansible/timeout says
 DEFAULT_PYTHON = "/usr/bin/python3"  # the nodes' Python, unless crowbar/ansible/python says
@@ -65,10 +65,10 @@ class AnsibleJig(Jig):
 
     def run_batch(self, ctxs: list[RunContext]) -> list[RunResult]:
         first = ctxs[0]
-        problem = _check_files(first.scripts, f"{first.role}.yml")
+        problem = check_tree(first.scripts, "ansible", f"{first.role}.yml")
         raw = max((dig(c.attrs, "crowbar/ansible/timeout", DEFAULT_TIMEOUT) for c in ctxs),
-                  key=lambda v: _number(v) or 0)
-        timeout = _number(raw)
+                  key=lambda v: seconds(v) or 0)
+        timeout = seconds(raw)
         if timeout is None:
             problem = f"crowbar/ansible/timeout must be a positive number of seconds, not {raw!r}"
         exe = ansible_playbook()
@@ -113,10 +113,7 @@ class _Run:
     def go(self) -> dict[int, RunResult]:
         root = self.workdir / "ansible"
         root.mkdir(parents=True, exist_ok=True)
-        for f in self.ctxs[0].scripts:
-            path = root / f["name"]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f["content"])
+        write_tree(self.ctxs[0].scripts, root)
         state = self.workdir / ".crowbar"
         (state / "tmp").mkdir(parents=True, exist_ok=True)
         # SSH control sockets: a short path (a socket's path is limited to 108 bytes)
@@ -130,7 +127,7 @@ class _Run:
         argv = [self.exe, "-i", str(state / "inventory.json"), "-e", f"@{state / 'vars.json'}", playbook]
         names = ", ".join(self.by_host)
         self.say_all(f"==> ansible-playbook {playbook} on {len(self.by_host)} host(s): {names}")
-        forks = max((_number(dig(c.attrs, "crowbar/ansible/forks", DEFAULT_FORKS)) or DEFAULT_FORKS)
+        forks = max((seconds(dig(c.attrs, "crowbar/ansible/forks", DEFAULT_FORKS)) or DEFAULT_FORKS)
                     for c in self.ctxs)
         env = {**os.environ, **_ansible_env(state, events, min(len(self.by_host), int(forks)), control)}
         try:
@@ -305,24 +302,3 @@ def _close_masters(cp: Path) -> None:
         subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "crowbar-master"],
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=10, check=False)
-
-
-def _check_files(files: list[dict], main: str) -> str | None:
-    """The tree's paths are the barclamp's (checked at import); still, none may leave the work dir."""
-    names = set()
-    for f in files:
-        p = PurePosixPath(f.get("name") or "")
-        if not p.parts or p.is_absolute() or ".." in p.parts or any(q.startswith(".") for q in p.parts):
-            return f"file {str(p)!r} of the ansible tree is not a plain relative path"
-        names.add(p.as_posix())
-    if main not in names:
-        return f"the barclamp has no ansible/{main} (the role's playbook)"
-    return None
-
-
-def _number(raw) -> float | None:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        return None
-    return value if not isinstance(raw, bool) and 0 < value < math.inf else None
