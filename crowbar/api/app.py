@@ -26,6 +26,7 @@ from crowbar.api import (
     events,
     listeners,
     network,
+    portable,
     noderoles,
     nodes,
     power,
@@ -34,7 +35,7 @@ from crowbar.api import (
 from crowbar.api.settings import AppSettings
 
 ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, attribs.router, events.router,
-           network.router, power.router, provisioning.open_router, provisioning.admin_router)
+           network.router, power.router, portable.router, provisioning.open_router, provisioning.admin_router)
 # The errors the routers' routes may answer, as the OpenAPI document declares them: the edge's
 # (413, 422); lookups, conflicts and the database (404, 409, 503); 401: the admin token on admin
 # routes (checked first), a node token on the agent's. (A route may declare more of its own.)
