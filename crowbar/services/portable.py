@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import jsonschema
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from crowbar import plugins
 from crowbar.barclamps import builtin_paths, loader
 from crowbar.db.events import record
 from crowbar.db.models import (Attrib, Barclamp, Deployment, DeploymentRole, Node, NodeMac, NodeRole,
@@ -39,6 +41,59 @@ from crowbar.services import catalog, deployments, lookup, network
 
 FORMAT_DEPLOYMENT = "crowbar-deployment/1"
 FORMAT_SERVER = "crowbar-server/1"
+_OBJ, _STR, _LIST = {"type": "object"}, {"type": "string"}, {"type": "array"}
+_OPT_STR = {"type": ["string", "null"]}
+_ATTRIB = {"type": "object", "required": ["name", "map", "default", "schema", "description"],
+           "properties": {"name": _STR, "map": _STR, "schema": {"type": ["object", "boolean"]}, "description": _STR}}
+_NAMES = {"type": "array", "items": _STR}
+# What import_server reads, checked before anything is written (a hand-edited file: a 422, never a 500).
+SERVER_SCHEMA = {
+    "type": "object", "required": ["format", "barclamps", "network", "nodes", "allocations", "deployments", "edges"],
+    "properties": {
+        "barclamps": {"type": "array", "items": {
+            "type": "object", "required": ["name", "description", "version", "attribs", "roles"],
+            "properties": {"name": _STR, "description": _STR, "version": _STR, "attribs": {"type": "array", "items": _ATTRIB},
+                           "roles": {"type": "array", "items": {
+                               "type": "object",
+                               "required": ["name", "description", "jig", "requires", "flags", "wants_attribs",
+                                            "conflicts", "template", "scripts", "attribs"],
+                               "properties": {"name": _STR, "description": _STR, "jig": _STR, "requires": _NAMES,
+                                              "flags": _NAMES, "wants_attribs": _NAMES, "conflicts": _NAMES,
+                                              "template": _OBJ, "attribs": {"type": "array", "items": _ATTRIB},
+                                              "scripts": {"type": "array", "items": {
+                                                  "type": "object", "required": ["name", "content"],
+                                                  "properties": {"name": _STR, "content": _STR}}}}}}}}},
+        "network": _OBJ,
+        "nodes": {"type": "array", "items": {
+            "type": "object", "required": ["name", "description", "admin", "alive", "available", "bootenv", "state",
+                                           "os", "boot_mac", "power_driver", "power", "discovery", "hints", "macs"],
+            "properties": {"name": _STR, "description": _STR, "admin": {"type": "boolean"},
+                           "alive": {"type": "boolean"}, "available": {"type": "boolean"}, "bootenv": _STR,
+                           "state": _STR, "os": _OPT_STR, "boot_mac": _OPT_STR, "power_driver": _STR,
+                           "power": _OBJ, "discovery": _OBJ, "hints": _OBJ, "macs": _NAMES}}},
+        "allocations": {"type": "array", "items": {
+            "type": "object", "required": ["network", "node", "range", "address"],
+            "properties": {"network": _STR, "node": _STR, "range": _STR, "address": _STR}}},
+        "deployments": {"type": "array", "items": {
+            "type": "object", "required": ["name", "description", "system", "state", "parent", "roles", "noderoles"],
+            "properties": {"name": _STR, "description": _STR, "system": {"type": "boolean"},
+                           "state": {"enum": ["proposed", "committed"]}, "parent": _OPT_STR,
+                           "roles": {"type": "array", "items": {
+                               "type": "object", "required": ["role", "proposed", "committed"],
+                               "properties": {"role": _STR, "proposed": _OBJ, "committed": _OBJ}}},
+                           "noderoles": {"type": "array", "items": {
+                               "type": "object", "required": ["node", "role", "state", "cohort", "proposed",
+                                                              "committed", "wall", "run_count", "status"],
+                               "properties": {"node": _STR, "role": _STR,
+                                              "state": {"enum": ["proposed", "todo", "transition", "active",
+                                                                 "error", "blocked"]},
+                                              "cohort": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                                              "run_count": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                                              "proposed": _OBJ, "committed": _OBJ, "wall": _OBJ, "status": _STR}}}}}},
+        "edges": {"type": "array", "items": {"type": "array", "items": _STR, "minItems": 4, "maxItems": 4}},
+    },
+}
+
 NODE_FIELDS = ("name", "description", "admin", "alive", "available", "bootenv", "state", "os", "boot_mac",
                "power_driver", "power", "discovery", "hints")
 
@@ -277,6 +332,16 @@ def import_server(session: Session, doc, merge: bool = False, actor: str = "syst
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_SERVER:
         raise InvalidInput(f"not a server document: 'format' must be {FORMAT_SERVER!r}", field="format")
     check_strict(doc, field="document", what="the server document")
+    problem = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(SERVER_SCHEMA).iter_errors(doc))
+    if problem is not None:
+        where = "/".join(str(p) for p in problem.absolute_path) or "(the document)"
+        raise InvalidInput(f"server document: {where}: {problem.message[:300]}", field="document")
+    jigs = set(plugins.names(plugins.JIGS))
+    for bc in doc["barclamps"]:
+        for r in bc["roles"]:
+            if r["jig"] not in jigs or set(r["flags"]) - loader.FLAGS or not loader.NAME.fullmatch(r["name"]):
+                raise InvalidInput(f"server document: barclamp {bc['name']!r}: role {r['name']!r} has an unknown "
+                                   f"jig or flag, or a bad name", field="document")
     why = _empty(session)
     if why and not merge:
         raise Conflict(f"this server is not empty (it has {', '.join(why)}): import into an empty database, "

@@ -163,3 +163,28 @@ def test_the_ansible_inventory(api, db, deployment):
         assert n1["ansible_host"] == "10.0.0.1" and n1["crowbar_attrs"]["crowbar"]["ssh"]["address"] == "10.0.0.1"
         assert inv["test-library"] == {"hosts": ["n1.example.com", "n2.example.com"]}  # d2; d1 (test-client needs it)
         assert inv["all"]["hosts"] == ["n1.example.com", "n2.example.com", "n3.example.com"]
+
+
+@pytest.mark.parametrize("damage", ["drop-key", "bad-type", "bad-jig", "unknown-role", "not-a-doc"])
+def test_a_damaged_server_document_is_a_422_and_writes_nothing(api, db, request, tmp_path, damage):
+    _state(db)
+    doc = api.get("/api/v2/export").json()
+    if damage == "drop-key":
+        del doc["nodes"][0]["hints"]
+    elif damage == "bad-type":
+        doc["deployments"][0]["noderoles"][0]["cohort"] = "three"
+    elif damage == "bad-jig":
+        doc["barclamps"][0]["roles"][0]["jig"] = "chef"
+    elif damage == "unknown-role":
+        doc["deployments"][-1]["noderoles"][0]["role"] = "no-such-role"
+    else:
+        doc = {"format": "crowbar-server/1", "barclamps": "all of them"}
+    other = _second_server(db, request, tmp_path)
+    try:
+        before = other.get("/api/v2/export").json()
+        r = other.post("/api/v2/import", json=doc)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] and r.json()["message"].startswith(("server document:", "the document's"))
+        assert other.get("/api/v2/export").json() == before
+    finally:
+        other.close()
