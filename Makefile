@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # and busybox-static for the discovery image, qemu (with its iPXE NIC ROMs, ipxe-qemu), dnsmasq's
 # binary (dnsmasq-base: no system-wide DNS service), iPXE's undionly.kpxe/ipxe.efi, iproute2.
 # fdisk: sfdisk, copied into the discovery image to partition disks for an OS install.
-APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk
+# puppet: the puppet jig's tests run `puppet apply` here (Debian 12's Puppet 7; Chef is not packaged).
+APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk puppet
 
 .PHONY: demo test deps venv benchmark clean
 
