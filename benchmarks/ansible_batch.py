@@ -2,7 +2,8 @@
 all of them, as the annealer hands a batching jig) against one run per node (the same jig with
 batching off, so each noderole is its own ansible-playbook run, 8 at a time: the annealer's workers).
 
-    python benchmarks/ansible_batch.py --targets 1 10 50 [--workers 8] [--markdown]
+    python benchmarks/ansible_batch.py --targets 1 10 50 [--workers 8] [--forks N] [--modes batched per-node]
+                                       [--markdown]
 
 Each target is its own sshd in its own network namespace (a veth pair to this namespace, an
 address 10.231.<i>.2), so Ansible opens a real SSH connection per host. The role: three tasks
@@ -27,7 +28,7 @@ from pathlib import Path
 from crowbar import plugins
 from crowbar.db.session import Database
 from crowbar.engine.annealer import Annealer
-from crowbar.jigs.ansible import AnsibleJig, ansible_playbook
+from crowbar.jigs.ansible import DEFAULT_FORKS, AnsibleJig, ansible_playbook
 from crowbar.services import attribs, bootstrap, catalog, deployments, nodes
 
 BARCLAMP = """\
@@ -136,14 +137,14 @@ MaxStartups 100
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 
 
-def case(n: int, batched: bool, workers: int, targets: Targets, tmp: Path) -> dict:
-    db = Database(f"sqlite:///{tmp / f'bench-{n}-{batched}.db'}")
+def case(n: int, batched: bool, workers: int, forks: int, targets: Targets, tmp: Path) -> dict:
+    db = Database(f"sqlite:///{tmp / f'bench-{n}-{batched}-{forks}.db'}")
     bootstrap.prepare(db)
     bc = tmp / "abench"
     (bc / "ansible").mkdir(parents=True, exist_ok=True)
     (bc / "barclamp.yml").write_text(BARCLAMP)
     (bc / "ansible" / "abench.yml").write_text(PLAYBOOK)
-    out = tmp / f"out-{n}-{batched}"
+    out = tmp / f"out-{n}-{batched}-{forks}"
     out.mkdir()
     with db.session() as s:
         catalog.import_barclamp(s, bc)
@@ -154,7 +155,8 @@ def case(n: int, batched: bool, workers: int, targets: Targets, tmp: Path) -> di
             for attrib, value in (("ssh-address", targets.address(i)), ("ssh-key", str(targets.dir / "client_key"))):
                 attribs.set_on_node(s, attrib, value, name)
             deployments.bind(s, "bench", "abench", name)
-        deployments.set_role_data(s, "bench", "abench", {"bench_dir": str(out)})
+        deployments.set_role_data(s, "bench", "abench", {"bench_dir": str(out),
+                                                         "crowbar": {"ansible": {"forks": forks}}})
     annealer = Annealer(db, workers=workers)
     annealer.run_until_idle(timeout=600)  # the nodes' own roles first, so that all targets start together
     with db.session() as s:
@@ -166,14 +168,17 @@ def case(n: int, batched: bool, workers: int, targets: Targets, tmp: Path) -> di
     annealer.close(drain=0)
     written = len(list(out.iterdir()))
     db.dispose()
-    return {"targets": n, "mode": "batched" if batched else "per node", "workers": workers,
+    return {"targets": n, "mode": "batched" if batched else "per node", "workers": workers, "forks": forks,
             "seconds": round(elapsed, 2), "per_target": round(elapsed / n, 3), "ok": written == n}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, nargs="+", default=[1, 10, 50])
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=8, help="annealer workers (per-node runs at once)")
+    parser.add_argument("--forks", type=int, default=DEFAULT_FORKS,
+                        help="crowbar/ansible/forks: hosts one run works on at once")
+    parser.add_argument("--modes", nargs="+", choices=["batched", "per-node"], default=["batched", "per-node"])
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0 or ansible_playbook() is None or not shutil.which("ip"):
@@ -183,11 +188,11 @@ def main() -> None:
         tmp = Path(tmpdir)
         with Targets(max(args.targets), tmp) as targets:
             for n in args.targets:
-                for batched in (True, False):
-                    result = case(n, batched, args.workers, targets, tmp)
+                for batched in [m == "batched" for m in args.modes]:
+                    result = case(n, batched, args.workers, args.forks, targets, tmp)
                     results.append(result)
                     print(json.dumps(result), flush=True)
-    if args.markdown:
+    if args.markdown and len(args.modes) == 2:
         print("\n| targets | batched (s) | per node (s) | speed-up |\n|---|---|---|---|")
         for n in args.targets:
             b = next(r for r in results if r["targets"] == n and r["mode"] == "batched")

@@ -12,8 +12,16 @@ import yaml
 from crowbar.cli.client import CliError, seg
 from crowbar.cli.output import console, emit_object, plain
 
+document_file = click.argument("file", type=click.Path(path_type=Path, allow_dash=True))
+result_format = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
 doc_format = click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
                           help="document format")
+
+target_file = click.option("--file", "target", type=click.Path(path_type=Path), help="write here instead of stdout")
+
+
+def export_options(command):
+    return doc_format(target_file(command))
 
 
 def _write(doc: dict, output: str, target: Path | None) -> None:
@@ -45,19 +53,19 @@ def _read(path: Path) -> dict:
 
 @click.command("export")
 @click.argument("deployment")
-@doc_format
-@click.option("--file", "target", type=click.Path(path_type=Path), help="write here instead of stdout")
+@export_options
 @click.pass_obj
 def deployments_export(ctx, deployment: str, output: str, target: Path | None) -> None:
     """The deployment as a portable document (for `crowbar deployments import`)."""
     _write(ctx.api.get(f"/deployments/{seg(deployment)}/export"), output, target)
 
 
-@click.command("import")
-@click.argument("file", type=click.Path(path_type=Path, allow_dash=True))
-@click.option("--dry-run", is_flag=True, help="only show the plan")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@click.pass_obj
+def import_command(flag):
+    """`import FILE` with its one flag and -o table|json."""
+    return lambda f: click.command("import")(document_file(flag(result_format(click.pass_obj(f)))))
+
+
+@import_command(click.option("--dry-run", is_flag=True, help="only show the plan"))
 def deployments_import(ctx, file: Path, dry_run: bool, output: str) -> None:
     """Recreate a deployment from its document: shows the plan, then carries it out."""
     result = ctx.api.request("POST", "/deployments/import", params={"dry_run": str(dry_run).lower()},
@@ -72,8 +80,7 @@ def deployments_import(ctx, file: Path, dry_run: bool, output: str) -> None:
 
 
 @click.command("export")
-@doc_format
-@click.option("--file", "target", type=click.Path(path_type=Path), help="write here instead of stdout")
+@export_options
 @click.pass_obj
 def server_export(ctx, output: str, target: Path | None) -> None:
     """The whole server's state: barclamps, networks and allocations, nodes, deployments.
@@ -81,11 +88,8 @@ def server_export(ctx, output: str, target: Path | None) -> None:
     _write(ctx.api.get("/export"), output, target)
 
 
-@click.command("import")
-@click.argument("file", type=click.Path(path_type=Path, allow_dash=True))
-@click.option("--merge", is_flag=True, help="into a non-empty server: add only what is missing (by name)")
-@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table")
-@click.pass_obj
+@import_command(click.option("--merge", is_flag=True, help="into a non-empty server: add only what is missing "
+                                                        "(by name)"))
 def server_import(ctx, file: Path, merge: bool, output: str) -> None:
     """Recreate an exported state (into an empty server, unless --merge)."""
     result = ctx.api.request("POST", "/import", params={"merge": str(merge).lower()}, json=_read(file)).json()

@@ -45,7 +45,9 @@ from crowbar.jigs.trees import check_tree, seconds, write_tree
 
 DEFAULT_TIMEOUT = 3600.0  # seconds for the whole ansible-playbook run, unless crowbar/ansible/timeout says
 DEFAULT_PYTHON = "/usr/bin/python3"  # the nodes' Python, unless crowbar/ansible/python says
-DEFAULT_FORKS = 25        # hosts Ansible works on at once, unless crowbar/ansible/forks says
+# Hosts Ansible works on at once, unless crowbar/ansible/forks says: its controller spends CPU per
+# host and task, so more forks than a few per core only add contention (docs/benchmarks.md).
+DEFAULT_FORKS = max(8, 4 * (os.cpu_count() or 2))
 PLUGINS = Path(__file__).with_name("ansible_plugins")
 POLL = 0.2  # seconds between looks at the event file while the run goes
 
@@ -205,8 +207,11 @@ class _Run:
         for host, ctx in self.by_host.items():
             stat = self.stats.get(host)
             log = self.logs[host]
-            failed = bool(self.failures[host]) or killed or stat is None or \
-                bool(stat.get("failures") or stat.get("unreachable"))
+            unplayed = stat is None and rc == 0  # no play of the playbook is for this host
+            failed = bool(self.failures[host]) or killed or (stat is None and not unplayed) or \
+                bool(stat and (stat.get("failures") or stat.get("unreachable")))
+            if unplayed:
+                log.append(f"<== no play of {ctx.role}.yml matched host {host} (ansible-playbook exited with 0)\n")
             if stat is not None:
                 log.append("<== " + " ".join(f"{k}={stat.get(k, 0)}" for k in
                                              ("ok", "changed", "unreachable", "failures", "skipped",
@@ -288,7 +293,6 @@ def _ansible_env(state: Path, events: Path, forks: int, control: Path) -> dict[s
         "ANSIBLE_PYTHON_INTERPRETER": DEFAULT_PYTHON,
         "ANSIBLE_TRANSFORM_INVALID_GROUP_CHARS": "ignore",  # role names have '-'; groups keep them
         "ANSIBLE_LOCAL_TEMP": str(state / "tmp"),
-        "ANSIBLE_HOME": str(state / "home"),
         "ANSIBLE_SSH_ARGS": ("-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null "
                              f"-o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes "
                              f"-o ConnectTimeout={transport.SSH_CONNECT_TIMEOUT}"),

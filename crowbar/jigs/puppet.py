@@ -109,12 +109,7 @@ def _driver(ctx: RunContext, token: str, timeout: int) -> str:
     facts = " ".join(f"FACTER_{k}={shlex.quote(v)}" for k, v in
                      (("crowbar_node", ctx.node.name), ("crowbar_role", ctx.role), ("crowbar_run_id", str(ctx.run_id))))
     return f"""\
-exec 2>&1
-d=$(mktemp -d) || exit 1
-trap 'rm -rf "$d"' EXIT
-trap 'exit 1' HUP INT TERM PIPE
-tar -xf - -C "$d" || exit 1
-if ! command -v puppet >/dev/null 2>&1; then
+{transport.UNPACK}if ! command -v puppet >/dev/null 2>&1; then
   echo "puppet is missing: installing puppet-agent"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q puppet-agent </dev/null || {{ echo "{mark}end:127"; exit 1; }}
 fi

@@ -34,6 +34,15 @@ from pathlib import Path
 from crowbar.jigs.base import AgentChannel, NodeInfo, RunContext
 
 LOCAL, AGENT, SSH = "local", "agent", "ssh"
+# How a jig's sh program starts on the node: output and errors together, the bundle on its stdin
+# unpacked into a temporary directory "$d", removed however the program ends.
+UNPACK = """\
+exec 2>&1
+d=$(mktemp -d) || exit 1
+trap 'rm -rf "$d"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+tar -xf - -C "$d" || exit 1
+"""
 SSH_CONNECT_TIMEOUT = 10
 SSH_GRACE = 30  # extra seconds before a silent SSH session or agent job is given up (the node enforces the timeout)
 

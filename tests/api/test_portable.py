@@ -4,13 +4,19 @@ refused into a non-empty one unless merge, and the Ansible inventory."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import test_cli_lists
+import yaml
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
+from crowbar.cli import main
+from crowbar.cli.client import CliError
 from crowbar.services import attribs, auth, catalog, deployments, network, nodes
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "barclamps" / "webhello"
@@ -188,3 +194,30 @@ def test_a_damaged_server_document_is_a_422_and_writes_nothing(api, db, request,
         assert other.get("/api/v2/export").json() == before
     finally:
         other.close()
+
+
+cli = test_cli_lists.cli  # the `crowbar ...` in-process fixture
+
+
+def test_the_cli_round_trip(cli, api, db, tmp_path):
+    _state(db)
+    doc = tmp_path / "d1.yaml"
+    cli("deployments", "export", "d1", "--file", str(doc))
+    exported = yaml.safe_load(doc.read_text())
+    assert exported["format"] == "crowbar-deployment/1"
+    assert yaml.safe_load(cli("deployments", "export", "d1")) == exported      # stdout, YAML by default
+    assert json.loads(cli("deployments", "export", "d1", "-o", "json")) == exported
+    api.delete("/api/v2/deployments/d2")
+    api.delete("/api/v2/deployments/d1")
+    out = cli("deployments", "import", str(doc), "--dry-run")
+    assert "plan (dry run, nothing written)" in out and "- create deployment d1 under system" in out
+    assert "imported" in cli("deployments", "import", str(doc))
+    assert yaml.safe_load(cli("deployments", "export", "d1")) == exported
+    inventory = json.loads(cli("inventory", "ansible", "--list"))
+    assert inventory["webhello"] == {"hosts": ["n3.example.com"]}
+    assert cli("inventory", "ansible", "--host", "n3.example.com").strip() == "{}"
+    server = tmp_path / "server.json"
+    cli("export", "-o", "json", "--file", str(server))
+    refused = CliRunner().invoke(main.cli, ["import", str(server)])
+    assert isinstance(refused.exception, CliError) and "not empty" in str(refused.exception)  # main() prints it
+    assert '"imported": {}' in cli("import", str(server), "--merge", "-o", "json")

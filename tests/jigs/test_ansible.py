@@ -184,13 +184,17 @@ def _setup(db, tmp_path, sshd, names: list[str], out: Path, slow: int = 0) -> No
         deployments.set_role_data(s, "d1", "ab-writer", {"out_dir": str(out), "greeting": "hey", "slow": slow})
     # The nodes' own roles (system deployment) run first; d1 is committed once they are done, so that
     # all of its writers are runnable at the same moment (a batch is what is runnable at a claim).
-    annealer = Annealer(db, workers=2)
-    try:
-        annealer.run_until_idle(timeout=60)
-    finally:
-        annealer._pool.shutdown(wait=True)
+    _anneal(db, timeout=60)
     with db.session() as s:
         deployments.commit(s, "d1")
+
+
+def _anneal(db, timeout: float) -> None:
+    annealer = Annealer(db, workers=2)
+    try:
+        annealer.run_until_idle(timeout=timeout)
+    finally:
+        annealer._pool.shutdown(wait=True)
 
 
 def _runs(s, role: str) -> list[tuple[Run, NodeRole, str]]:
@@ -204,11 +208,7 @@ def test_the_annealer_hands_a_whole_role_to_one_run_and_facts_reach_children(db,
     out = tmp_path / "out"
     out.mkdir()
     _setup(db, tmp_path, sshd, names, out)
-    annealer = Annealer(db, workers=2)
-    try:
-        annealer.run_until_idle(timeout=300)
-    finally:
-        annealer._pool.shutdown(wait=True)
+    _anneal(db, timeout=300)
     with db.session() as s:
         writers, readers = _runs(s, "ab-writer"), _runs(s, "ab-reader")
         assert len(writers) == len(readers) == 4   # one run row per noderole
@@ -264,13 +264,19 @@ def test_a_batch_jig_crash_fails_each_noderole_of_the_batch(db, tmp_path, sshd, 
         raise RuntimeError("exploded")
 
     monkeypatch.setattr(AnsibleJig, "run_batch", boom)
-    annealer = Annealer(db, workers=2)
-    try:
-        annealer.run_until_idle(timeout=60)
-    finally:
-        annealer._pool.shutdown(wait=True)
+    _anneal(db, timeout=60)
     assert calls == [2]
     with db.session() as s:
         for run, nr, _node_name in _runs(s, "ab-writer"):
             assert nr.state == "error" and "jig ansible crashed: RuntimeError: exploded" in run.log
 
+
+
+def test_a_host_no_play_is_for_succeeds_and_says_so(tmp_path, sshd):
+    playbook = ("- hosts: other-group\n  gather_facts: false\n  tasks: [{name: x, ansible.builtin.command: 'true'}]\n"
+                "- hosts: all\n  gather_facts: false\n  tasks: [{name: y, ansible.builtin.command: 'true'}]\n")
+    only_other = "- hosts: other-group\n  gather_facts: false\n  tasks: [{name: x, ansible.builtin.command: 'true'}]\n"
+    ctx = _ctx(tmp_path, 1, _node(1, sshd), {}, playbook)
+    assert AnsibleJig().run(ctx).ok
+    result = AnsibleJig().run(_ctx(tmp_path, 2, _node(2, sshd), {}, only_other))
+    assert result.ok and "no play of w.yml matched host n2.example.com" in result.log
