@@ -49,6 +49,7 @@ DEFAULT_PYTHON = "/usr/bin/python3"  # the nodes' Python, unless crowbar/ansible
 # host and task, so more forks than a few per core only add contention (docs/benchmarks.md).
 DEFAULT_FORKS = max(8, 4 * (os.cpu_count() or 2))
 PLUGINS = Path(__file__).with_name("ansible_plugins")
+CONNECT_TIMEOUT = 30  # seconds for an SSH connection to a node
 POLL = 0.2  # seconds between looks at the event file while the run goes
 
 
@@ -295,7 +296,11 @@ def _ansible_env(state: Path, events: Path, forks: int, control: Path) -> dict[s
         "ANSIBLE_LOCAL_TEMP": str(state / "tmp"),
         "ANSIBLE_SSH_ARGS": ("-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null "
                              f"-o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes "
-                             f"-o ConnectTimeout={transport.SSH_CONNECT_TIMEOUT}"),
+                             f"-o ConnectTimeout={CONNECT_TIMEOUT}"),
+        # A node busy with 49 other sessions (or a loaded admin server) may answer slowly: wait
+        # longer than an interactive session would, and try a dropped connection again.
+        "ANSIBLE_TIMEOUT": str(CONNECT_TIMEOUT),
+        "ANSIBLE_SSH_RETRIES": "2",
         "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control),
     }
 

@@ -250,7 +250,7 @@ def test_the_run_log_streams_while_the_playbook_runs(db, tmp_path, sshd):
     assert "TASK [write]" not in seen_while_running[0]   # it really was the middle of the run
     with db.session() as s:
         (run, nr, _node_name), = _runs(s, "ab-writer")
-        assert nr.state == "active" and "TASK [write] changed" in run.log
+        assert nr.state == "active" and "TASK [write] changed" in run.log, run.log
 
 
 def test_a_batch_jig_crash_fails_each_noderole_of_the_batch(db, tmp_path, sshd, monkeypatch):
