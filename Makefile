@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 # the OS images), ovmf (UEFI lab VMs), openssh-client (`crowbar nodes ssh`, the script jig).
 # The lab's IPMI BMCs (crowbar lab up --bmc ipmi, the ipmi driver tests): openipmi (ipmi_sim), nftables
 # (a BMC's configured address answers on UDP 623), ipmitool (in-band BMC reads in the discovery image).
+# puppet: the puppet jig's tests run `puppet apply` here (Debian 12's Puppet 7; Chef is not packaged).
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
-	mmdebstrap ovmf openssh-client openipmi ipmitool nftables
+	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet
 
 .PHONY: demo test deps venv benchmark clean
 

@@ -32,6 +32,8 @@ BUILTIN: dict[str, dict[str, str]] = {
         "noop": "crowbar.jigs.noop:NoopJig",
         "test": "crowbar.jigs.test:TestJig",
         "script": "crowbar.jigs.script:ScriptJig",
+        "ansible": "crowbar.jigs.ansible:AnsibleJig",
+        "puppet": "crowbar.jigs.puppet:PuppetJig",
     },
     POWER: {
         "qemu": "crowbar.power.qemu:QemuPower",

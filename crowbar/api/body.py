@@ -28,6 +28,8 @@ MAX_BODY = 1 * MiB
 LIMITS = {
     "/api/v2/discovery": MAX_INVENTORY_BYTES,  # an inventory; the only body anyone on the admin network may post
     "/api/v2/barclamps": MAX_UPLOAD_BODY,  # files of a barclamp (the import checks its own limits on them)
+    "/api/v2/import": 256 * MiB,  # a whole server's state (crowbar.api.portable), barclamps' files included
+    "/api/v2/deployments/import": 16 * MiB,  # a deployment document
 }
 
 # Routes that parse their body themselves, as strict JSON by a rule of their own, so the edge only

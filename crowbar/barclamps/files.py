@@ -1,7 +1,10 @@
 """A barclamp's files, as text, from a directory on the server or from an upload, checked before
 anything parses them.
 
-A barclamp is `barclamp.yml` and `scripts/ROLE/NAME` (NAME: the role's scripts, run in name order).
+A barclamp is `barclamp.yml`, `scripts/ROLE/NAME` (NAME: the role's scripts, run in name order),
+and the trees of the configuration-tool jigs: `ansible/...` (playbooks `ansible/ROLE.yml`, ordinary
+Ansible roles under `ansible/roles/`) and `puppet/...` (`puppet/manifests/ROLE.pp`, modules under
+`puppet/modules/`), read whole, at any depth, hidden entries (`.git`, `.gitignore`) skipped.
 Reading a directory never follows a symbolic link below the directory itself (each name is opened
 relative to its parent's descriptor with O_NOFOLLOW, so nothing can lead outside the directory, not
 even a link swapped in while it is read) and refuses anything but plain files and directories where
@@ -27,6 +30,7 @@ from crowbar.errors import BarclampError
 
 YML = "barclamp.yml"
 SCRIPTS = "scripts"
+TREES = ("ansible", "puppet")  # read whole for the ansible and puppet jigs (crowbar/jigs/)
 # What the script jig can run locally, over SSH and through the discovery agent's busybox tar:
 # printable ASCII (a plain tar header; no control characters in logs), not hidden (the jig keeps its
 # state in .crowbar beside the scripts), no '/'.
@@ -110,6 +114,15 @@ def _kind(mode: int) -> str:
         if test(mode):
             return name
     return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def tree_path_problem(rel: str) -> str | None:
+    """Why a file path under a jig's tree (TREES) can not be stored and unpacked on a node, or None."""
+    for part in PurePosixPath(rel).parts:
+        problem = script_name_problem(part)
+        if problem:
+            return problem.replace("script names", "file and directory names")
+    return None
 
 
 class _Walk:
@@ -196,8 +209,19 @@ class _Walk:
         self.budget.count(YML)
         files = {YML: self.read_file(root_fd, YML, st)}
         st = self.lstat(root_fd, SCRIPTS)
-        if st is None:
-            return files
+        if st is not None:
+            self.scripts(root_fd, st, files)
+        for tree in TREES:
+            st = self.lstat(root_fd, tree)
+            if st is None:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise self.fail(tree, f"{_kind(st.st_mode)}, not a directory")
+            with self.opened(root_fd, tree) as tree_fd:
+                self.tree(tree_fd, tree, files, depth=1)
+        return files
+
+    def scripts(self, root_fd: int, st: os.stat_result, files: dict[str, str]) -> None:
         if not stat.S_ISDIR(st.st_mode):
             raise self.fail(SCRIPTS, f"{_kind(st.st_mode)}, not a directory of role directories")
         with self.opened(root_fd, SCRIPTS) as scripts_fd:
@@ -210,7 +234,28 @@ class _Walk:
                                                      "a script must be a regular file"):
                         _check_script(str(self.root / script), script, "path")
                         files[script] = self.read_file(role_fd, script, st)
-        return files
+
+    def tree(self, dir_fd: int, rel: str, files: dict[str, str], depth: int) -> None:
+        """Every regular file below `rel`, recursively (hidden entries skipped, nothing followed)."""
+        if depth > 16:
+            raise self.fail(rel, "nested more than 16 directories deep")
+        for name in self.entries(dir_fd, rel):
+            if name.startswith("."):
+                continue
+            child = f"{rel}/{name}"
+            st = self.lstat(dir_fd, child)
+            if st is None:
+                continue
+            problem = tree_path_problem(name)
+            if problem:
+                raise self.fail(child, problem)
+            if stat.S_ISDIR(st.st_mode):
+                with self.opened(dir_fd, child) as fd:
+                    self.tree(fd, child, files, depth + 1)
+            elif stat.S_ISREG(st.st_mode):
+                files[child] = self.read_file(dir_fd, child, st)
+            else:
+                raise self.fail(child, f"{_kind(st.st_mode)}: only plain files and directories")
 
 
 def from_directory(path: Path | str) -> tuple[Path, dict[str, str]]:
@@ -260,14 +305,18 @@ def from_upload(files: Mapping[str, str], where: Path) -> dict[str, str]:
             raise fail(where, f"file path {shown} must be relative and plain (no '..', '.', '//' or "
                        "trailing '/')", "files")
         budget.count(rel)
-        if rel != YML and not (len(p.parts) == 3 and p.parts[0] == SCRIPTS):
+        in_tree = len(p.parts) >= 2 and p.parts[0] in TREES
+        if rel != YML and not (len(p.parts) == 3 and p.parts[0] == SCRIPTS) and not in_tree:
             # This also refuses a name used for a file and a directory ("scripts/r" and "scripts/r/x").
-            raise fail(where, f"file path {shown}: a barclamp is {YML} and {SCRIPTS}/ROLE/NAME, nothing else",
-                       "files")
+            raise fail(where, f"file path {shown}: a barclamp is {YML}, {SCRIPTS}/ROLE/NAME, "
+                       f"{TREES[0]}/... and {TREES[1]}/..., nothing else", "files")
+        if in_tree and (tree_path_problem(rel) or any(q.startswith(".") for q in p.parts)
+                        or len(p.parts) > 17 or any(rel.startswith(o + "/") for o in out)):
+            raise fail(where, f"file path {shown}: {tree_path_problem(rel) or 'not a plain file path'}", "files")
         target = str(where / rel)
         text = _text(target, files[rel], "files")
         budget.add(rel, len(text.encode("utf-8")))
-        if rel != YML:
+        if rel != YML and not in_tree:
             _check_script(target, rel, "files")
         out[rel] = text
     if YML not in out:

@@ -241,11 +241,7 @@ def parse(root: Path, texts: Mapping[str, str]) -> BarclampDef:
         template = raw.get("template") or {}
         if not isinstance(template, dict):
             raise _fail(path, "template must be a mapping", rname)
-        prefix = f"{files.SCRIPTS}/{rname}/"
-        scripts = [{"name": rel[len(prefix):], "content": text}
-                   for rel, text in sorted(texts.items()) if rel.startswith(prefix)]
-        if jig == "script" and not scripts:
-            raise _fail(path, f"jig 'script' needs scripts in {root / files.SCRIPTS / rname}", rname)
+        scripts = _jig_files(jig, rname, texts, root, path)
         roles.append(RoleDef(
             name=rname, jig=jig, description=_text(raw.get("description"), "description", path, rname),
             requires=_str_list(raw.get("requires"), path, rname, "requires"), flags=flags,
@@ -261,6 +257,31 @@ def parse(root: Path, texts: Mapping[str, str]) -> BarclampDef:
         raise _fail(path, f"duplicate attribs {dupes}")
     return BarclampDef(name=name, description=_text(meta.get("description"), "description", path),
                        version=str(version), path=root, roles=roles, attribs=attribs)
+
+
+# What a role of each file-carrying jig must have: (the directory its files come from, the file it runs).
+JIG_FILES = {"ansible": ("ansible", "{role}.yml"), "puppet": ("puppet", "manifests/{role}.pp")}
+
+
+def _jig_files(jig: str, rname: str, texts: Mapping[str, str], root: Path, path: Path) -> list[dict]:
+    """The files a role's jig gets (`RunContext.scripts`): the script jig its scripts/ROLE/*; the
+    ansible and puppet jigs the barclamp's whole ansible/ or puppet/ tree (paths relative to it),
+    which must hold the role's playbook or manifest."""
+    if jig in JIG_FILES:
+        tree, main = JIG_FILES[jig]
+        main = main.format(role=rname)
+        prefix = f"{tree}/"
+        found = [{"name": rel[len(prefix):], "content": text}
+                 for rel, text in sorted(texts.items()) if rel.startswith(prefix)]
+        if not any(f["name"] == main for f in found):
+            raise _fail(path, f"jig {jig!r} needs {root / tree / main}", rname)
+        return found
+    prefix = f"{files.SCRIPTS}/{rname}/"
+    scripts = [{"name": rel[len(prefix):], "content": text}
+               for rel, text in sorted(texts.items()) if rel.startswith(prefix)]
+    if jig == "script" and not scripts:
+        raise _fail(path, f"jig 'script' needs scripts in {root / files.SCRIPTS / rname}", rname)
+    return scripts
 
 
 class ProvidedRole(NamedTuple):

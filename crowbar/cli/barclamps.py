@@ -1,7 +1,8 @@
 """`crowbar barclamps import DIR`: what the CLI reads and sends, checked before it sends anything.
 
-The CLI reads what the server would read in a barclamp directory (barclamp.yml and
-scripts/ROLE/NAME; other files under scripts/ stay behind), follows no symbolic link and reads no
+The CLI reads what the server would read in a barclamp directory (barclamp.yml,
+scripts/ROLE/NAME, and the ansible/ and puppet/ trees whole but for hidden entries; other files
+under scripts/ stay behind), follows no symbolic link and reads no
 special file inside the directory, and checks the server's limits first, so a barclamp the server
 would refuse for its size is refused here in one line, without a large upload.
 """
@@ -91,6 +92,8 @@ def files_of(directory: Path) -> dict[str, str]:
             if not stat.S_ISREG(st.st_mode):
                 raise _refuse(script, st, "a regular file")
             found.append((f"scripts/{role.name}/{script.name}", script, st.st_size, MAX_SCRIPT_BYTES))
+    for tree in ("ansible", "puppet"):  # crowbar/barclamps/files.py: TREES
+        found += _tree(directory / tree, tree)
     if len(found) > MAX_FILES:
         raise CliError(f"{directory}: {len(found)} files; the server takes at most {MAX_FILES}")
     total = 0
@@ -101,6 +104,31 @@ def files_of(directory: Path) -> dict[str, str]:
     if total > MAX_TOTAL_BYTES:
         raise CliError(f"{directory}: {total:,} bytes of files; the server takes at most {MAX_TOTAL_BYTES:,}")
     return {rel: _read(path, limit) for rel, path, _size, limit in found}
+
+
+def _tree(path: Path, rel: str, depth: int = 1) -> list[tuple[str, Path, int, int]]:
+    """Every regular file below `path` (a jig's tree), hidden entries skipped, no link followed."""
+    st = _lstat(path)
+    if st is None:
+        return []
+    if not stat.S_ISDIR(st.st_mode):
+        raise _refuse(path, st, "a directory")
+    if depth > 16:
+        raise CliError(f"{path}: nested more than 16 directories deep")
+    out = []
+    for child in _listing(path):
+        if child.name.startswith("."):
+            continue
+        st = _lstat(child)
+        if st is None:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out += _tree(child, f"{rel}/{child.name}", depth + 1)
+        elif stat.S_ISREG(st.st_mode):
+            out.append((f"{rel}/{child.name}", child, st.st_size, MAX_SCRIPT_BYTES))
+        else:
+            raise _refuse(child, st, "a regular file or directory")
+    return out
 
 
 def upload_body(files: dict[str, str], source: str) -> bytes:

@@ -32,6 +32,7 @@ from crowbar.cli.output import (
     output_option,
     plain,
 )
+from crowbar.cli.portable import COMMANDS as portable_commands
 from crowbar.cli.power import COMMANDS as power_commands
 from crowbar.cli.install import install_commands, os_group
 
@@ -427,6 +428,10 @@ deployments.command("commit", help="Commit a deployment: its noderoles become ru
 deployments.command("propose", help="Reopen a deployment for changes.")(_post_action("deployments", "propose"))
 
 
+for _command in portable_commands["deployments"]:  # deployments export | import
+    deployments.add_command(_command)
+
+
 @deployments.command("delete")
 @click.argument("deployment")
 @confirm_option
@@ -493,10 +498,14 @@ def noderoles_children(ctx: Context, noderole: str, output: str) -> None:
 @noderoles.command("log")
 @click.argument("noderole")
 @click.option("--all", "all_runs", is_flag=True, help="every run, not only the last")
+@click.option("--follow", "-f", is_flag=True, help="while the last run goes, print its log as it grows")
 @output_option
 @pass_ctx
-def noderoles_log(ctx: Context, noderole: str, all_runs: bool, output: str) -> None:
+def noderoles_log(ctx: Context, noderole: str, all_runs: bool, follow: bool, output: str) -> None:
     """The log of the noderole's last run (or of all its runs)."""
+    if follow and output != "json":
+        _follow_log(ctx, noderole)
+        return
     runs = ctx.api.list_all(f"/node_roles/{seg(noderole)}/runs")
     if not all_runs:
         runs = runs[-1:]
@@ -508,6 +517,26 @@ def noderoles_log(ctx: Context, noderole: str, all_runs: bool, output: str) -> N
     for run in runs:
         click.echo(f"--- run {run['id']} ({run['state']}, started {run['started_at']})")
         click.echo(run["log"].rstrip("\n"))
+
+
+def _follow_log(ctx: Context, noderole: str, interval: float = 1.0) -> None:
+    """Print the last run's log, then what is added to it, until that run is no longer running."""
+    shown_run, printed = None, 0
+    while True:
+        runs = ctx.api.list_all(f"/node_roles/{seg(noderole)}/runs")
+        run = runs[-1] if runs else None
+        if run is not None:
+            if run["id"] != shown_run:
+                click.echo(f"--- run {run['id']} ({run['state']}, started {run['started_at']})")
+                shown_run, printed = run["id"], 0
+            if len(run["log"]) < printed:  # the final log replaced the streamed one: print it whole
+                click.echo("--- the run's final log")
+                printed = 0
+            click.echo(run["log"][printed:], nl=False)
+            printed = len(run["log"])
+            if run["state"] != "running":
+                return
+        time.sleep(interval)
 
 
 # -- attribs -------------------------------------------------------------------------------------
@@ -640,6 +669,8 @@ def images_build_discovery(kernel_version: str | None, cache: Path | None, outpu
 
 
 cli.add_command(network)
+for _command in portable_commands["cli"]:  # export | import | inventory ansible
+    cli.add_command(_command)
 cli.add_command(neutron)
 cli.add_command(os_group)
 

@@ -5,6 +5,12 @@ One dispatcher thread per server does all database work in batches:
              per node; nodes locked with FOR UPDATE SKIP LOCKED on PostgreSQL so several servers can
              share one database), moves them to transition, snapshots their attribute documents into
              run rows, and hands them to a pool of `workers` threads;
+  dispatch - a jig whose class says `batch = True` (the ansible jig) gets every noderole of one
+             role and deployment claimed in that transaction in one `run_batch` call (one tool run
+             for N nodes); other jigs get one `run` per noderole. Either way every noderole keeps
+             its own run row, result, log and wall, and a node still runs one thing at a time;
+  output   - text a running jig passes to `ctx.output` is appended to its run's log each step, so
+             `crowbar noderoles log ID` follows a run while it goes (the result's log replaces it);
   complete - results from workers (or from asynchronous jigs, any thread) are queued and applied
              together in one transaction: state, wall, log, events, then the ripple to children.
 A heartbeat row per server lets any server recover the runs of one that died (transition -> todo).
@@ -74,6 +80,7 @@ class Annealer:
         self.server_id: int | None = None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jig")
         self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._output: queue.SimpleQueue = queue.SimpleQueue()  # (run id, text) a running jig printed
         self._in_flight = 0  # claimed by this server and not yet applied
         self._last_heartbeat = 0.0
         self._last_reap = 0.0
@@ -116,6 +123,7 @@ class Annealer:
             self.reap_dead_servers()
             self._last_reap = now
         self._poll_agent_jobs()
+        self._apply_output()
         applied = self._apply_completions()
         claimed = 0
         if self._in_flight < self.backlog:
@@ -162,6 +170,11 @@ class Annealer:
             nodes = {n.id: n for n in s.scalars(select(Node).where(Node.id.in_(list(picked))))}
             docs = RunDocuments(s)
             attrs = docs.build(noderoles, nodes)
+            held: dict[tuple[int, int], list[str]] = {}  # (node, deployment) -> its roles there: inventory groups
+            for node_id, dep_id, role_name in s.execute(
+                    select(NodeRole.node_id, NodeRole.deployment_id, Role.name).join(Role, Role.id == NodeRole.role_id)
+                    .where(NodeRole.node_id.in_(list(picked))).order_by(NodeRole.id)):
+                held.setdefault((node_id, dep_id), []).append(role_name)
             graph.set_states(s, {State.TRANSITION.value: [(nr.id, nr.state) for nr in noderoles]},
                              self.actor, "claim", f"server {self.server_id}")
             run_rows = s.execute(
@@ -181,14 +194,41 @@ class Annealer:
                     node=NodeInfo(id=node.id, name=node.name, admin=node.admin, attrs=node_attrs(node)),
                     scripts=list(role.scripts or []), workdir=self.workdir / f"crowbar-run-{run_id}",
                     agent=_AgentChannel(self, node.id, run_id) if node.bootenv == DISCOVERY else None,
+                    deployment_id=nr.deployment_id, groups=held.get((node.id, nr.deployment_id), []),
                 ))
         self._in_flight += len(contexts) + len(skipped)
         for run_id, nr_id, result in skipped:
             self._done.put((run_id, nr_id, result))
+        batches: dict[tuple, list[RunContext]] = {}
         for ctx in contexts:
             ctx.complete = self._completer(ctx)
-            self._pool.submit(self._execute, ctx)
+            ctx.output = self._streamer(ctx)
+            key = (ctx.jig, ctx.role, ctx.deployment_id) if _batching(ctx.jig) else (ctx.run_id,)
+            batches.setdefault(key, []).append(ctx)
+        for batch in batches.values():
+            self._pool.submit(self._execute_batch if len(batch) > 1 else self._execute, *batch)
         return len(contexts) + len(skipped)
+
+    def _streamer(self, ctx: RunContext):
+        def output(text: str) -> None:
+            if text:
+                self._output.put((ctx.run_id, text))
+                self.wake()
+
+        return output
+
+    @staticmethod
+    def _execute_batch(*ctxs: RunContext) -> None:
+        """One run of a batching jig for several noderoles; each still completes on its own."""
+        try:
+            results = get_jig(ctxs[0].jig).run_batch(list(ctxs))
+            if results is not None and len(results) != len(ctxs):
+                raise RuntimeError(f"returned {len(results)} results for {len(ctxs)} noderoles")
+        except Exception as exc:
+            log.exception("jig %s crashed on noderoles %s", ctxs[0].jig, [c.noderole_id for c in ctxs])
+            results = [RunResult(ok=False, log=f"jig {ctxs[0].jig} crashed: {type(exc).__name__}: {exc}\n")] * len(ctxs)
+        for ctx, result in zip(ctxs, results or []):
+            ctx.complete(result)
 
     def _completer(self, ctx: RunContext):
         fired = threading.Lock()
@@ -212,6 +252,23 @@ class Annealer:
             ctx.complete(result)
 
     # -- completing ------------------------------------------------------------------------------
+    def _apply_output(self) -> None:
+        """Append what running jigs printed to their runs' logs (one statement for all of them)."""
+        chunks_by_run: dict[int, list[str]] = {}
+        try:
+            while True:
+                run_id, text_ = self._output.get_nowait()
+                chunks_by_run.setdefault(run_id, []).append(text_)
+        except queue.Empty:
+            pass
+        if not chunks_by_run:
+            return
+        table = Run.__table__
+        with self.db.session() as s:
+            s.execute(update(table).where(table.c.id == bindparam("k"), table.c.state == "running")
+                      .values(log=table.c.log + bindparam("chunk")),
+                      [{"k": k, "chunk": "".join(v)} for k, v in chunks_by_run.items()])
+
     def _apply_completions(self, block: float = 0.0) -> int:
         items = []
         try:
@@ -333,6 +390,14 @@ class Annealer:
                       .values(stopped=True))
         if runs:
             log.warning("recovered %d runs from %s", len(runs), "; ".join(servers.values()))
+
+
+def _batching(jig: str) -> bool:
+    """Whether the jig takes batches (an unknown jig runs alone and fails with the registry's reason)."""
+    try:
+        return bool(get_jig(jig).batch)
+    except Exception:
+        return False
 
 
 def queue_job(session: Session, node_id: int, script: str, timeout: int, run_id: int | None,

@@ -45,6 +45,11 @@ class RunContext:
     workdir: Path                   # private scratch directory, removed after the run
     complete: Callable[[RunResult], None] = lambda _result: None  # for asynchronous jigs
     agent: AgentChannel | None = None  # set when the node runs the discovery agent (no SSH needed)
+    deployment_id: int = 0          # the noderole's deployment (batches never mix deployments)
+    groups: list[str] = field(default_factory=list)  # the roles the node holds in that deployment
+    # Appends text to the run's log while it runs (`crowbar noderoles log ID` shows it at once); the
+    # RunResult's log replaces it all when the run completes. Callable from any thread.
+    output: Callable[[str], None] = lambda _text: None
 
 
 class AgentChannel(abc.ABC):
@@ -64,9 +69,24 @@ class Jig(abc.ABC):
     """
 
     name: str = ""
+    # A batching jig is handed every noderole of one role and deployment the annealer claimed
+    # together (`run_batch`), so that one tool run can cover many nodes.
+    batch: bool = False
 
     @abc.abstractmethod
     def run(self, ctx: RunContext) -> RunResult | None: ...
+
+    def run_batch(self, ctxs: list[RunContext]) -> list[RunResult] | None:
+        """Run several noderoles of one role and deployment (on different nodes) together: return
+        one RunResult per context, in order, or None after arranging for each `ctx.complete`.
+        By default, one `run` after another."""
+        out = []
+        for ctx in ctxs:
+            result = self.run(ctx)
+            if result is None:
+                raise TypeError(f"jig {self.name}: an asynchronous run can not be part of a default batch")
+            out.append(result)
+        return out
 
 
 def jig_names() -> list[str]:

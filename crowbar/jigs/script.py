@@ -23,6 +23,7 @@ import time
 from crowbar.documents import dig, merge
 from crowbar.jigs import transport
 from crowbar.jigs.base import Jig, RunContext, RunResult
+from crowbar.jigs.trees import seconds
 
 DEFAULT_TIMEOUT = 3600.0  # seconds for all of a run's scripts, unless `crowbar/script/timeout` says
 STATE_DIR = ".crowbar"  # beside the scripts, holds attrs.json and wall.json; script names can't clash
@@ -33,7 +34,7 @@ class ScriptJig(Jig):
 
     def run(self, ctx: RunContext) -> RunResult | None:
         raw = dig(ctx.attrs, "crowbar/script/timeout", DEFAULT_TIMEOUT)
-        timeout = _seconds(raw)
+        timeout = seconds(raw)
         problem = _check_names(ctx.scripts)
         if timeout is None:
             problem = f"crowbar/script/timeout must be a positive number of seconds, not {raw!r}"
@@ -198,12 +199,7 @@ def _driver(ctx: RunContext, token: str, timeout: int) -> str:
         "step " + ("" if _has_shebang(s) else "/bin/sh ") + shlex.quote(f"./{s['name']}")
         for s in ctx.scripts)
     return f"""\
-exec 2>&1
-d=$(mktemp -d) || exit 1
-trap 'rm -rf "$d"' EXIT
-trap 'exit 1' HUP INT TERM PIPE
-tar -xf - -C "$d" || exit 1
-cd "$d" || exit 1
+{transport.UNPACK}cd "$d" || exit 1
 export CROWBAR_ATTRS="$d/{STATE_DIR}/attrs.json" CROWBAR_WALL="$d/{STATE_DIR}/wall.json" {env}
 deadline=$(( $(date +%s) + {timeout} ))
 step() {{
@@ -296,11 +292,3 @@ def _check_names(scripts: list[dict]) -> str | None:
         seen.add(name)
     return None
 
-
-def _seconds(raw) -> float | None:
-    """A timeout as positive finite seconds (numeric strings allowed, as the CLI may store them)."""
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        return None
-    return value if not isinstance(raw, bool) and 0 < value < math.inf else None

@@ -1,6 +1,7 @@
 """How a jig reaches a node: this machine, one SSH session, or the node's discovery agent.
 
-Every jig that runs something on a node (the script jig today; Ansible and Puppet jigs next) needs
+Every jig that runs something on a node (the script and puppet jigs; the ansible jig only uses
+`route`, `SshTarget` and `wait`, since ansible-playbook makes its own connections) needs
 the same three ways there, chosen the same way for the same node (`route`):
 
 - LOCAL: the node is the admin node, this machine: a process here, in the run's work directory,
@@ -18,6 +19,7 @@ to pick apart.
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import os
 import secrets
@@ -32,6 +34,15 @@ from pathlib import Path
 from crowbar.jigs.base import AgentChannel, NodeInfo, RunContext
 
 LOCAL, AGENT, SSH = "local", "agent", "ssh"
+# How a jig's sh program starts on the node: output and errors together, the bundle on its stdin
+# unpacked into a temporary directory "$d", removed however the program ends.
+UNPACK = """\
+exec 2>&1
+d=$(mktemp -d) || exit 1
+trap 'rm -rf "$d"' EXIT
+trap 'exit 1' HUP INT TERM PIPE
+tar -xf - -C "$d" || exit 1
+"""
 SSH_CONNECT_TIMEOUT = 10
 SSH_GRACE = 30  # extra seconds before a silent SSH session or agent job is given up (the node enforces the timeout)
 
@@ -88,17 +99,53 @@ class SshTarget:
         return argv + ["--", str(self.address), "sh -c " + shlex.quote(program)]
 
 
-def run_ssh(target: SshTarget, program: str, bundle: Path, output: Path, limit: float) -> tuple[str, int | None]:
+def run_ssh(target: SshTarget, program: str, bundle: Path, output: Path, limit: float,
+            on_output: Callable[[str], None] | None = None) -> tuple[str, int | None]:
     """Run the sh `program` on `target` with the file `bundle` on its stdin, for at most `limit`
     seconds. Returns what it printed (stdout and stderr, through the file `output`, so a daemon it
-    leaves behind can't hold a pipe open) and its exit code, None if it was killed at the limit."""
+    leaves behind can't hold a pipe open) and its exit code, None if it was killed at the limit.
+    `on_output`, if given, hears the text as it comes."""
+    return run_program(target.argv(program), bundle, output, limit, on_output)
+
+
+def run_program(argv: list[str], bundle: Path, output: Path, limit: float,
+                on_output: Callable[[str], None] | None = None, cwd: Path | None = None) -> tuple[str, int | None]:
+    """`run_ssh` for any command line (`["sh", "-c", program]` runs a program here, for LOCAL)."""
     with open(bundle, "rb") as stdin, open(output, "w+b") as out:
-        proc = subprocess.Popen(target.argv(program), stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
                                 start_new_session=True)
-        killed = wait(proc, time.monotonic() + limit)
+        deadline = time.monotonic() + limit
+        if on_output is None:
+            killed = wait(proc, deadline)
+        else:
+            killed = _follow(proc, output, deadline, on_output)
         out.seek(0)
         text = out.read().decode(errors="replace")
     return text, None if killed else proc.returncode
+
+
+FOLLOW_POLL = 0.2  # seconds between looks at a followed output file
+
+
+def _follow(proc: subprocess.Popen, output: Path, deadline: float, on_output: Callable[[str], None]) -> bool:
+    """`wait`, passing what `proc` writes to `output` to `on_output` as it comes."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(output, "rb") as feed:
+        while True:
+            try:
+                proc.wait(timeout=FOLLOW_POLL)
+                killed = False
+            except subprocess.TimeoutExpired:
+                killed = None
+            if killed is None and time.monotonic() >= deadline:
+                killed = wait(proc, deadline)
+            text = decoder.decode(feed.read())
+            if killed is not None:
+                text += decoder.decode(b"", final=True)
+            if text:
+                on_output(text)
+            if killed is not None:
+                return killed
 
 
 def run_agent(agent: AgentChannel, program: str, bundle: bytes, timeout: int,

@@ -455,8 +455,8 @@ UPLOADS = [
     ("double-slash", {**GOOD_FILES, "scripts//fx-a/10.sh": "x"}, "relative and plain"),
     ("dot-dot", {**GOOD_FILES, "scripts/../../etc/passwd": "x"}, "relative and plain"),
     ("absolute", {**GOOD_FILES, "/etc/passwd": "x"}, "relative and plain"),
-    ("deeper", {**GOOD_FILES, "scripts/fx-a/sub/10.sh": "x"}, "barclamp.yml and scripts/ROLE/NAME"),
-    ("elsewhere", {**GOOD_FILES, "README": "x"}, "barclamp.yml and scripts/ROLE/NAME"),
+    ("deeper", {**GOOD_FILES, "scripts/fx-a/sub/10.sh": "x"}, "barclamp.yml, scripts/ROLE/NAME, ansible/..."),
+    ("elsewhere", {**GOOD_FILES, "README": "x"}, "barclamp.yml, scripts/ROLE/NAME, ansible/..."),
     ("nul", {**GOOD_FILES, "scripts/fx-a/10-run.sh": "a\0b"}, "NUL"),
     ("no-barclamp-yml", {"scripts/fx-a/10-run.sh": "true\n"}, "missing from the upload"),
 ]

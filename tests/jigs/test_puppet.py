@@ -1,0 +1,82 @@
+"""The puppet jig for real: `puppet apply` (Debian's puppet package) here for the admin node and
+over SSH to a real sshd on loopback; attributes in through Hiera, walls out, failures named."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from crowbar.jigs.base import NodeInfo, RunContext
+from crowbar.jigs.puppet import PuppetJig
+
+pytestmark = pytest.mark.skipif(shutil.which("puppet") is None, reason="puppet missing (apt-get install puppet)")
+
+MODULE = """\
+class greeter(String $message, String $dir, Integer $count = 1) {
+  file { "${dir}/greeting.txt":
+    content => "${message} x${count} on ${facts['crowbar_node']} for ${facts['crowbar_role']}\\n",
+  }
+  crowbar::wall { 'greeter':
+    data => {'greeter' => {'file' => "${dir}/greeting.txt", 'count' => $count}},
+  }
+  crowbar::wall { 'zz-more':
+    data => {'greeter' => {'more' => true}},
+  }
+}
+"""
+
+
+def _ctx(tmp_path, node: NodeInfo, manifest: str, attrs: dict, role: str = "greeter", output=None) -> RunContext:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    files = [{"name": f"manifests/{role}.pp", "content": manifest},
+             {"name": "modules/greeter/manifests/init.pp", "content": MODULE}]
+    return RunContext(run_id=3, noderole_id=30, node=node, role=role, jig="puppet", attrs=attrs, scripts=files,
+                      workdir=workdir, output=output or (lambda _t: None))
+
+
+def test_hiera_in_wall_out_on_the_admin_node(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    streamed = []
+    ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "include greeter\n",
+               {"greeter::message": "hello", "greeter::dir": str(out), "greeter::count": 2},
+               output=streamed.append)
+    result = PuppetJig().run(ctx)
+    assert result.ok, result.log
+    assert (out / "greeting.txt").read_text() == "hello x2 on admin.example.com for greeter\n"
+    assert result.wall == {"greeter": {"file": str(out / "greeting.txt"), "count": 2, "more": True}}
+    assert "<== puppet apply exited with 2 (changes applied)" in result.log
+    assert "@@" not in result.log and "@@" not in "".join(streamed)
+    assert "Applied catalog" in "".join(streamed)   # the console output came while it ran
+
+
+def test_a_failed_resource_is_named_over_ssh(tmp_path, sshd):
+    manifest = ('include greeter\n'
+                'exec { "migrate": command => "/bin/sh -c \'echo no database >&2; exit 3\'", logoutput => true }\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = _ctx(tmp_path, NodeInfo(id=2, name="n2.example.com", admin=False, attrs=sshd), manifest,
+               {"greeter::message": "hi", "greeter::dir": str(out)})
+    result = PuppetJig().run(ctx)
+    assert not result.ok and result.wall == {}
+    last = result.log.strip().splitlines()[-1]
+    assert last.startswith("!! resource Exec[migrate]: ") and "returned 3" in last, result.log
+    assert (out / "greeting.txt").read_text() == "hi x1 on n2.example.com for greeter\n"  # the rest applied
+
+
+def test_a_manifest_error_names_file_and_line(tmp_path):
+    ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "\nnotify { 'x': messagee => 1 }\n", {})
+    result = PuppetJig().run(ctx)
+    assert not result.ok
+    last = result.log.strip().splitlines()[-1]
+    assert last.startswith("!! manifest manifests/greeter.pp:2: "), result.log
+    assert "messagee" in last
+
+
+def test_a_role_without_its_manifest_fails_before_running(tmp_path):
+    ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "", {}, role="other")
+    ctx.scripts = [f for f in ctx.scripts if f["name"].startswith("modules/")]
+    result = PuppetJig().run(ctx)
+    assert not result.ok and "the barclamp has no puppet/manifests/other.pp" in result.log
