@@ -102,11 +102,22 @@ function diffLines(committed, proposed) {
     b.filter((l) => !sa.has(l)).map((l) => h("div", { class: "diff-add" }, `+ ${l}`)));
 }
 
-async function proposals(d, holder) {
+let chain = Promise.resolve();
+function proposals(d, holder) {  // one after the other: each sees the cards the previous one drew
+  holder.dataset.pending = Number(holder.dataset.pending || 0) + 1;
+  const done = () => { holder.dataset.pending = Number(holder.dataset.pending) - 1; };
+  chain = chain.then(() => drawProposals(d, holder), () => drawProposals(d, holder)).finally(done);
+  return chain;
+}
+
+async function drawProposals(d, holder) {
   const droles = await get(`deployment_roles?deployment=${encodeURIComponent(d.name)}`);
   const items = droles.items || droles;
-  const roles = await Promise.all(items.map((dr) => get(`roles/${encodeURIComponent(dr.role)}`)));
+  // Cards already shown stay as they are (an edit in progress survives a new binding).
+  const shown = new Map([...holder.querySelectorAll("[data-proposal]")].map((el) => [el.dataset.proposal, el]));
+  const roles = await Promise.all(items.map((dr) => shown.has(dr.role) ? null : get(`roles/${encodeURIComponent(dr.role)}`)));
   holder.replaceChildren(...items.map((dr, i) => {
+    if (shown.has(dr.role)) return shown.get(dr.role);
     const role = roles[i], data = JSON.parse(JSON.stringify(dr.proposed || {})), errors = new Map();
     const diff = h("div", {}, diffLines(dr.committed, dr.proposed));
     const saveError = h("p", { class: "field-error", "data-save-error": dr.role });
@@ -184,19 +195,25 @@ route(/^\/deployments\/([^/?]+)$/, async (main, key) => {
     if (selectedId) { cy.getElementById(`nr:${selectedId}`).select(); }
   }
 
+  let commitB = null, proposeB = null, count = 0;
   function drawActions(items) {
+    count = items.length;
+    if (commitB) {  // built once (a live refresh must not reset what the user is typing): only states change
+      commitB.disabled = d.state === "committed" && !d.system; proposeB.disabled = d.state === "proposed";
+      return;
+    }
     if (!canChange()) { actions.replaceChildren(h("span", { class: "muted" }, "read-only: viewers change nothing")); return; }
     const roleSel = h("select", { name: "role", "aria-label": "role" });
     const nodeIn = h("input", { name: "node", placeholder: "node name", "aria-label": "node", list: "node-names" });
     listAll("roles", 2000).then((roles) => roleSel.replaceChildren(...roles.map((r) => h("option", { value: r.name }, r.name))));
-    actions.replaceChildren(
-      h("button", { id: "commit", class: "primary", disabled: d.state === "committed" && !d.system, onclick: async () => {
-        if (!(await confirmList(`Commit ${d.name}?`, [`commit the proposed data of ${d.name}`, `the annealer then runs its ${items.length} noderoles`], "Commit"))) return;
-        try { await api("POST", `deployments/${d.id}/commit`); toast(`${d.name} committed`); refresh(); } catch (e) { toast(e.message, true); }
-      } }, "Commit"),
-      h("button", { id: "propose", disabled: d.state === "proposed", onclick: async () => {
-        try { await api("POST", `deployments/${d.id}/propose`); refresh(); } catch (e) { toast(e.message, true); }
-      } }, "Propose"),
+    commitB = h("button", { id: "commit", class: "primary", disabled: d.state === "committed" && !d.system, onclick: async () => {
+      if (!(await confirmList(`Commit ${d.name}?`, [`commit the proposed data of ${d.name}`, `the annealer then runs its ${count} noderoles`], "Commit"))) return;
+      try { await api("POST", `deployments/${d.id}/commit`); toast(`${d.name} committed`); refresh(); } catch (e) { toast(e.message, true); }
+    } }, "Commit");
+    proposeB = h("button", { id: "propose", disabled: d.state === "proposed", onclick: async () => {
+      try { await api("POST", `deployments/${d.id}/propose`); refresh(); } catch (e) { toast(e.message, true); }
+    } }, "Propose");
+    actions.replaceChildren(commitB, proposeB,
       h("form", { class: "bar", id: "bind", onsubmit: async (ev) => {
         ev.preventDefault();
         try { await api("POST", `deployments/${d.id}/bind`, { role: roleSel.value, node: nodeIn.value.trim() });

@@ -133,7 +133,7 @@ route(/^\/nodes$/, async (main) => {
     info.textContent = rows.length ? `nodes ${first + 1}–${first + rows.length}${next ? "" : " (last page)"}` : "";
     prev.disabled = markers.length === 0; nextB.disabled = !next;
     bulk.replaceChildren(h("span", { id: "selected-count" }, `${selected.size} selected`),
-      BULK.map(([label, key]) => h("button", { disabled: selected.size === 0, "data-action": key,
+      ...BULK.map(([label, key]) => h("button", { disabled: selected.size === 0, "data-action": key,
         class: key === "delete" || key === "release" ? "danger" : "", onclick: () => runBulk(key) }, label)),
       selected.size ? h("button", { onclick: () => { selected.clear(); draw(); } }, "Clear selection") : "");
   }
