@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, load_only
 from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, Role, utcnow
 from crowbar.db.session import signal_work
-from crowbar.db.sql import keyset
+from crowbar.db.sql import json_number, keyset
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.provisioner import lifecycle
@@ -71,8 +71,8 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
 
 # Inventory values the node list shows, filters and sorts by, read from the discovery inventory in
 # SQL (JSON paths; -1: not discovered yet), so a page loads only its rows' values.
-MEMORY = func.coalesce(Node.discovery[("memory", "total_bytes")].as_integer(), -1)
-CPUS = func.coalesce(Node.discovery[("cpu", "count")].as_integer(), -1)
+MEMORY = func.coalesce(json_number(Node.discovery, "memory", "total_bytes"), -1)
+CPUS = func.coalesce(json_number(Node.discovery, "cpu", "count"), -1)
 SORTS = {"id": Node.id, "name": Node.name, "state": Node.state, "memory": MEMORY, "cpus": CPUS}
 
 
@@ -118,8 +118,8 @@ def list_nodes(session: Session, *, state: str | None = None, name: str | None =
         q = q.limit(limit)
     out = []
     for node, memory, cpus in session.execute(q):
-        out.append({**node_dict(node), "os": node.os, "memory_bytes": None if memory < 0 else memory,
-                    "cpus": None if cpus < 0 else cpus})
+        out.append({**node_dict(node), "os": node.os, "memory_bytes": None if memory < 0 else int(memory),
+                    "cpus": None if cpus < 0 else int(cpus)})
     return out
 
 
