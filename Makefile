@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
 	mmdebstrap ovmf openssh-client openipmi ipmitool nftables npm chromium
 
-.PHONY: demo test deps venv web screenshots benchmark clean
+.PHONY: demo test deps venv web benchmark clean
 
 demo: deps venv web
 	$(BIN)/python -m crowbar.demo
@@ -39,10 +39,6 @@ $(VENDOR)/.built: $(WEB)/package.json $(WEB)/package-lock.json
 	cat $(WEB)/node_modules/cytoscape/LICENSE $(WEB)/node_modules/elkjs/LICENSE.md \
 	  $(WEB)/node_modules/cytoscape-elk/LICENSE > $(VENDOR)/LICENSES.txt
 	touch $@
-
-# The screenshots in docs/ui.md, taken by the browser against a server with sample data.
-screenshots: deps venv web
-	$(BIN)/python -m tests.web.screenshots docs/ui
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
