@@ -15,7 +15,6 @@ loopback. SQLite always; PostgreSQL too with --postgres.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import tempfile

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, load_only
 from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, Role, utcnow
 from crowbar.db.session import signal_work
-from crowbar.db.sql import json_number, keyset
+from crowbar.db.sql import json_number
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.provisioner import lifecycle
