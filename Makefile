@@ -10,19 +10,36 @@ BIN := $(VENV)/bin
 # The lab's IPMI BMCs (crowbar lab up --bmc ipmi, the ipmi driver tests): openipmi (ipmi_sim), nftables
 # (a BMC's configured address answers on UDP 623), ipmitool (in-band BMC reads in the discovery image).
 # puppet: the puppet jig's tests run `puppet apply` here (Debian 12's Puppet 7; Chef is not packaged).
+# The web UI: npm (`make web` fetches its pinned third-party scripts, Cytoscape.js and ELK), chromium
+# (the browser the UI tests drive through Playwright, whose own browser download is not reachable).
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
-	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet
+	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet npm chromium
 
-.PHONY: demo test deps venv benchmark clean
+.PHONY: demo test deps venv web benchmark clean
 
-demo: deps venv
+demo: deps venv web
 	$(BIN)/python -m crowbar.demo
 
-test: deps venv
+test: deps venv web
 	scripts/run-tests.sh
 
-benchmark: deps venv
+benchmark: deps venv web
 	scripts/run-benchmarks.sh
+
+# The web UI's third-party scripts, at the versions package-lock.json pins, copied where the server
+# serves them (crowbar/web/static/vendor/, not committed: built here from the lock file).
+WEB := crowbar/web
+VENDOR := $(WEB)/static/vendor
+web: $(VENDOR)/.built
+
+$(VENDOR)/.built: $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts
+	mkdir -p $(VENDOR)
+	cp $(WEB)/node_modules/cytoscape/dist/cytoscape.min.js $(WEB)/node_modules/elkjs/lib/elk.bundled.js \
+	  $(WEB)/node_modules/cytoscape-elk/dist/cytoscape-elk.js $(VENDOR)/
+	cat $(WEB)/node_modules/cytoscape/LICENSE $(WEB)/node_modules/elkjs/LICENSE.md \
+	  $(WEB)/node_modules/cytoscape-elk/LICENSE > $(VENDOR)/LICENSES.txt
+	touch $@
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,4 +58,4 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(WEB)/node_modules $(VENDOR)

@@ -14,7 +14,7 @@ per role).
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from crowbar import __version__
@@ -22,6 +22,7 @@ from crowbar.api import (
     attribs,
     body,
     catalog,
+    dashboard,
     deployments,
     edge,
     errors,
@@ -34,13 +35,15 @@ from crowbar.api import (
     observe,
     power,
     provisioning,
+    ui,
     users,
+    websession,
 )
 from crowbar.api.settings import AppSettings
 
 ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, attribs.router, events.router,
            network.router, power.router, portable.router, provisioning.open_router, provisioning.admin_router,
-           users.router, users.tokens)
+           users.router, users.tokens, websession.open_router, websession.router, dashboard.router)
 # The errors the routers' routes may answer, as the OpenAPI document declares them: the edge's
 # (413, 422); lookups, conflicts and the database (404, 409, 503); 401: a user's token on user
 # routes (checked first, then its role: 403), a node token on the agent's; 400: an unknown query parameter. (A route may declare more of its own.)
@@ -92,8 +95,6 @@ def create_app(settings: AppSettings) -> FastAPI:
     observed += [route for route in app.router.routes if isinstance(getattr(route, "path", None), str)]
     observed += [route for router in ROUTERS for route in router.routes]
 
-    @app.get("/", include_in_schema=False)
-    def root():
-        return Response(status_code=307, headers={"location": "/api/v2/docs"})
+    ui.mount(app)  # the web UI under /ui; `/` redirects there
 
     return app

@@ -8,6 +8,7 @@ name, for events), `caller: CallerOf` (the user, its role and token), `page: Pag
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from http.cookies import CookieError, SimpleCookie
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -18,8 +19,8 @@ from sqlalchemy.orm import Session
 from crowbar.api.settings import AppSettings
 from crowbar.db.session import pending_work
 from crowbar.db.sql import MAX_ID
-from crowbar.errors import Unauthorized
-from crowbar.services import auth
+from crowbar.errors import Forbidden, Unauthorized
+from crowbar.services import auth, websessions
 from crowbar.services.auth import Caller
 
 LIMIT, MAX_LIMIT = 100, 1000
@@ -68,15 +69,37 @@ def _bearer(headers) -> str | None:
     return header[7:].strip() if header.lower().startswith("bearer ") else None
 
 
-def authenticate(config: AppSettings, headers) -> Caller:
-    """Who the user's token in `headers` (`Authorization: Bearer <token>` or `X-Auth-Token`) speaks
-    for; Unauthorized without a valid one. The edge (crowbar.api.edge) calls it for every route
-    that needs a user before the body is read, then checks the role the route needs."""
+SESSION_COOKIE = "crowbar_session"  # the web UI's session (crowbar.services.websessions)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def session_secret(headers) -> str | None:
+    """The web UI session's secret from the request's cookie, if it has one."""
+    try:
+        morsel = SimpleCookie(headers.get("cookie", "")).get(SESSION_COOKIE)
+    except CookieError:
+        return None
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def authenticate(config: AppSettings, headers, method: str = "GET") -> Caller:
+    """Who the user's token in `headers` (`Authorization: Bearer <token>` or `X-Auth-Token`, else
+    the web UI's session cookie) speaks for; Unauthorized without a valid one. A change (any method
+    but GET, HEAD, OPTIONS) authenticated by the cookie must carry the session's CSRF token in
+    `X-CSRF-Token` (403 otherwise). The edge (crowbar.api.edge) calls it for every route that
+    needs a user before the body is read, then checks the role the route needs."""
     token = _bearer(headers)
     if token is None:
         token = headers.get("x-auth-token")
+    cookie = session_secret(headers) if token is None else None
+    if cookie is not None:
+        token = cookie
     with config.db.session() as s:
         who = auth.caller(s, token)
+        if who is not None and cookie is not None and method.upper() not in SAFE_METHODS \
+                and not websessions.csrf_ok(cookie, headers.get("x-csrf-token")):
+            raise Forbidden("a change made with the web UI's session cookie needs its CSRF token in the "
+                            "X-CSRF-Token header", field="csrf")
         if who is None:
             if auth.is_expired_token(s, token):
                 raise Unauthorized("this API token has expired: create or rotate one (crowbar tokens)")
@@ -92,7 +115,7 @@ def caller(request: Request, config: Settings,
     """The caller, as the edge authenticated it before the route (the security parameters only
     document the two ways of sending the token in the OpenAPI document)."""
     who = getattr(request.state, "caller", None)
-    return who if who is not None else authenticate(config, request.headers)
+    return who if who is not None else authenticate(config, request.headers, request.method)
 
 
 def actor(who: Annotated[Caller, Depends(caller)]) -> str:

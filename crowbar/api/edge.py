@@ -151,7 +151,7 @@ class Edge:
         route, needed, allowed = self._route(scope)
         try:
             if needed:  # the role the route needs
-                who = await run_in_threadpool(deps.authenticate, settings, Headers(scope=scope))
+                who = await run_in_threadpool(deps.authenticate, settings, Headers(scope=scope), scope.get("method", "GET"))
                 scope.setdefault("state", {})["caller"] = who
                 if not who.may(needed):
                     raise Forbidden(f"user {who.name!r} has the role {who.role}: this needs {needed} or above",

@@ -13,10 +13,11 @@ router = APIRouter(prefix="/api/v2", tags=["node_roles"], dependencies=[Depends(
 
 @router.get("/node_roles")
 def list_noderoles(s: UnitOfWork, page: Paging, deployment: str | None = None, node: str | None = None,
-                   role: str | None = None, state: str | None = None):
-    """NodeRoles by id; deployment, node and role (ids or names) and state filter them."""
+                   role: str | None = None, state: str | None = None, parents: bool = False):
+    """NodeRoles by id; deployment, node and role (ids or names) and state filter them. With
+    `parents=true` each has `parents`: the ids of the noderoles it requires (the graph's edges)."""
     return page.answer(noderoles.list_noderoles(s, deployment, node, role, state, limit=page.fetch,
-                                                marker=page.marker))
+                                                marker=page.marker, parents=parents))
 
 
 @router.get("/node_roles/{key}")

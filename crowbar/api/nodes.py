@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from crowbar.api import deps
@@ -27,9 +27,15 @@ class NodePatch(BaseModel):
 
 
 @router.get("/nodes")
-def list_nodes(s: UnitOfWork, page: Paging, state: str | None = None, name: str | None = None):
-    """Nodes by id; `state` (lifecycle state) and `name` (a prefix) filter them."""
-    return page.answer(nodes.list_nodes(s, state=state, name=name, limit=page.fetch, marker=page.marker))
+def list_nodes(s: UnitOfWork, page: Paging, state: str | None = None, name: str | None = None,
+               deployment: str | None = None,
+               memory_min: int | None = Query(None, ge=0, le=2**40, description="MiB of memory, at least"),
+               cpus_min: int | None = Query(None, ge=0, le=2**20, description="CPUs, at least"),
+               sort: str = Query("id", description="id, name, state, memory or cpus; -name: descending")):
+    """Nodes in `sort` order (then by id); `state` (lifecycle state), `name` (a prefix), `deployment`
+    (has a noderole there), `memory_min`, `cpus_min` filter them. `marker`: the last node's id."""
+    return page.answer(nodes.list_nodes(s, state=state, name=name, deployment=deployment, memory_min=memory_min,
+                                        cpus_min=cpus_min, sort=sort, limit=page.fetch, marker=page.marker))
 
 
 @router.post("/nodes", status_code=201)

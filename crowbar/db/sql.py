@@ -1,12 +1,14 @@
 """Small SQL helpers every layer shares: batching ids under the bound-parameter limit, which
-engine a session or connection talks to, and keyset paging."""
+engine a session or connection talks to, keyset paging, numbers read from JSON columns."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, Engine, Select, tuple_
+from sqlalchemy import Connection, Engine, Float, Select, tuple_
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import ColumnElement
 
 CHUNK = 5000  # stays far below SQLite's limit on bound parameters
 # Ids are INTEGER columns: 32 bits on PostgreSQL. A larger number names no row, and PostgreSQL
@@ -41,3 +43,40 @@ def keyset(query: Select, key, limit: int | None = None, marker=None) -> Select:
         query = query.where(tuple_(*columns) > tuple_(*marker) if isinstance(key, tuple) else key > marker)
     query = query.order_by(*columns)
     return query if limit is None else query.limit(limit)
+
+
+class json_number(ColumnElement):  # noqa: N801 - used like a SQL function
+    """The number at `path` (keys) in the JSON column `column`, as a float; NULL where the path is
+    missing or holds anything but a number (a string there is no error, unlike a plain CAST on
+    PostgreSQL). For reading inventory values (memory, CPUs) in a WHERE or ORDER BY."""
+
+    type = Float()
+    inherit_cache = True
+
+    def __init__(self, column, *path: str):
+        self.column, self.path = column, tuple(path)
+
+    def _gen_cache_key(self, anon_map, bindparams):  # the path is part of the SQL text
+        return (json_number, self.column._gen_cache_key(anon_map, bindparams), self.path)
+
+
+def _path_ok(path: tuple[str, ...]) -> None:
+    for key in path:
+        if not key.replace("_", "").isalnum():
+            raise ValueError(f"json_number: path key {key!r} must be letters, digits and '_'")
+
+
+@compiles(json_number)
+def _json_number_sqlite(element, compiler, **kw):
+    _path_ok(element.path)
+    column, path = compiler.process(element.column, **kw), "$." + ".".join(element.path)
+    return (f"(CASE WHEN json_type({column}, '{path}') IN ('integer', 'real') "
+            f"THEN CAST(json_extract({column}, '{path}') AS REAL) END)")
+
+
+@compiles(json_number, "postgresql")
+def _json_number_postgresql(element, compiler, **kw):
+    _path_ok(element.path)
+    column, path = compiler.process(element.column, **kw), "{" + ",".join(element.path) + "}"
+    return (f"(CASE WHEN jsonb_typeof({column} #> '{path}') = 'number' "
+            f"THEN CAST({column} #>> '{path}' AS DOUBLE PRECISION) END)")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 
+import jsonschema
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
-from crowbar.db.models import Deployment, DeploymentRole, NodeRole, Role
+from crowbar.db.models import Attrib, Deployment, DeploymentRole, NodeRole, Role
 from crowbar.db.session import signal_work
 from crowbar.db.sql import keyset
-from crowbar.documents import check_strict
+from crowbar.documents import MISSING, check_strict, dig
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.services import lookup
@@ -222,6 +223,14 @@ def set_role_data(session: Session, deployment_key, role_key, data: dict, actor:
                                                      DeploymentRole.role_id == role.id))
     if dr is None:
         raise InvalidInput(f"role {role.name!r} is not bound in deployment {d.name!r}", field="role")
+    for attrib in session.scalars(select(Attrib).where(Attrib.role_id == role.id).order_by(Attrib.id)):
+        value = dig(data, attrib.map)  # each attrib's value, where present, must match its schema
+        if value is not MISSING:
+            try:
+                jsonschema.validate(value, attrib.schema or {})
+            except jsonschema.ValidationError as exc:
+                raise InvalidInput(f"attrib {attrib.name!r} ({attrib.map}): {exc.message}",
+                                   field=f"data.{attrib.map.replace('/', '.')}") from None
     dr.proposed = data
     if d.state == "committed" and not d.system:
         session.execute(update(Deployment).where(Deployment.id == d.id).values(state="proposed"))

@@ -37,9 +37,10 @@ def noderole_dicts(session: Session, rows: list[NodeRole], full: bool = False) -
 
 def list_noderoles(session: Session, deployment: str | None = None, node: str | None = None,
                    role: str | None = None, state: str | None = None, limit: int | None = None,
-                   marker: int | None = None) -> list[dict]:
+                   marker: int | None = None, parents: bool = False) -> list[dict]:
     """NodeRoles in id order: `limit` of them after id `marker` (all without), filtered by
-    deployment, node, role (references) and state."""
+    deployment, node, role (references) and state; with `parents`, each has the ids of the
+    noderoles it requires (one more query per page)."""
     q = select(NodeRole)
     if deployment:
         q = q.where(NodeRole.deployment_id == lookup.deployment(session, deployment).id)
@@ -49,7 +50,16 @@ def list_noderoles(session: Session, deployment: str | None = None, node: str | 
         q = q.where(NodeRole.role_id == lookup.role(session, role).id)
     if state:
         q = q.where(NodeRole.state == states.parse(state).value)
-    return noderole_dicts(session, list(session.scalars(keyset(q, NodeRole.id, limit, marker))))
+    out = noderole_dicts(session, list(session.scalars(keyset(q, NodeRole.id, limit, marker))))
+    if parents and out:
+        edges: dict[int, list[int]] = {item["id"]: [] for item in out}
+        for child, parent in session.execute(select(NodeRoleEdge.child_id, NodeRoleEdge.parent_id)
+                                             .where(NodeRoleEdge.child_id.in_(list(edges)))
+                                             .order_by(NodeRoleEdge.parent_id)):
+            edges[child].append(parent)
+        for item in out:
+            item["parents"] = edges[item["id"]]
+    return out
 
 
 def show_noderole(session: Session, key) -> dict:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session, load_only
 
 from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, Role, utcnow
 from crowbar.db.session import signal_work
-from crowbar.db.sql import keyset
+from crowbar.db.sql import json_number
 from crowbar.engine import graph
-from crowbar.errors import Conflict
+from crowbar.errors import Conflict, InvalidInput
 from crowbar.provisioner import lifecycle
 from crowbar.services import lookup
 
@@ -69,18 +69,58 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
     return node_dict(node, full=True)
 
 
+# Inventory values the node list shows, filters and sorts by, read from the discovery inventory in
+# SQL (JSON paths; -1: not discovered yet), so a page loads only its rows' values.
+MEMORY = func.coalesce(json_number(Node.discovery, "memory", "total_bytes"), -1)
+CPUS = func.coalesce(json_number(Node.discovery, "cpu", "count"), -1)
+SORTS = {"id": Node.id, "name": Node.name, "state": Node.state, "memory": MEMORY, "cpus": CPUS}
+
+
 def list_nodes(session: Session, *, state: str | None = None, name: str | None = None,
-               limit: int | None = None, marker: int | None = None) -> list[dict]:
-    """Nodes in id order: `limit` of them after id `marker` (all without), in lifecycle `state`,
-    whose name starts with `name`."""
+               deployment: str | None = None, memory_min: int | None = None, cpus_min: int | None = None,
+               sort: str = "id", limit: int | None = None, marker: int | None = None) -> list[dict]:
+    """Nodes in `sort` order (id, name, state, memory, cpus; `-` before it: descending; then by id):
+    `limit` of them after the node with id `marker` (all without), in lifecycle `state`, whose name
+    starts with `name`, with a noderole in `deployment`, at least `memory_min` MiB of memory and
+    `cpus_min` CPUs. The marker is the last node of the previous page: the page starts after its
+    place in the order (keyset paging: as fast on page 100 as on page 1)."""
+    descending, key = sort.startswith("-"), sort.lstrip("-")
+    if key not in SORTS:
+        raise InvalidInput(f"cannot sort nodes by {key!r}: expected one of {', '.join(SORTS)} (- before it: "
+                           "descending)", field="sort")
+    column = SORTS[key]
     # Only the columns a list shows: not the discovery inventory and hints (kilobytes per node).
-    q = select(Node).options(load_only(Node.id, Node.name, Node.state, Node.admin, Node.alive, Node.available,
-                                       Node.bootenv))
+    q = select(Node, MEMORY, CPUS).options(load_only(Node.id, Node.name, Node.state, Node.admin, Node.alive,
+                                                     Node.available, Node.bootenv, Node.os))
     if state:
         q = q.where(Node.state == lifecycle.parse(state))
     if name:
         q = q.where(Node.name.startswith(name.strip().lower(), autoescape=True))
-    return [node_dict(n) for n in session.scalars(keyset(q, Node.id, limit, marker))]
+    if deployment:
+        d = lookup.deployment(session, deployment)
+        q = q.where(Node.id.in_(select(NodeRole.node_id).where(NodeRole.deployment_id == d.id)))
+    if memory_min is not None:
+        q = q.where(MEMORY >= memory_min * 2**20)
+    if cpus_min is not None:
+        q = q.where(CPUS >= cpus_min)
+    if marker is not None:
+        after: tuple = (marker,)
+        columns: tuple = (Node.id,)
+        if key != "id":
+            found = session.execute(select(column).where(Node.id == marker)).first()
+            if found is None:
+                raise InvalidInput(f"node {marker} (where the previous page ended) no longer exists: start from "
+                                   "the first page", field="marker")
+            after, columns = (found[0], marker), (column, Node.id)
+        q = q.where(tuple_(*columns) < tuple_(*after) if descending else tuple_(*columns) > tuple_(*after))
+    q = q.order_by(*((column.desc(), Node.id.desc()) if descending else (column, Node.id)))
+    if limit is not None:
+        q = q.limit(limit)
+    out = []
+    for node, memory, cpus in session.execute(q):
+        out.append({**node_dict(node), "os": node.os, "memory_bytes": None if memory < 0 else int(memory),
+                    "cpus": None if cpus < 0 else int(cpus)})
+    return out
 
 
 def show_node(session: Session, key) -> dict:

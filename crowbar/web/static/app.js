@@ -1,0 +1,203 @@
+// The web UI's shell: the API client (session cookie + CSRF token), sign-in, the hash router, live
+// updates from the event log, and small DOM helpers. Pages are in pages.js and deployments.js.
+// Everything the UI shows comes from /api/v2, the same API as the CLI's.
+
+export const state = { user: null, role: null, csrf: null };
+
+export function canChange() { return state.role === "operator" || state.role === "admin"; }
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(body && body.message ? body.message : `HTTP ${status}`);
+    this.status = status; this.body = body || {};
+  }
+}
+
+// One call to the API. Changes carry the session's CSRF token; errors throw ApiError with the
+// API's one error body ({error, message, field}).
+export async function api(method, path, body) {
+  const headers = { "accept": "application/json" };
+  if (method !== "GET") headers["x-csrf-token"] = state.csrf || "";
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const r = await fetch(path.startsWith("/") ? path : `/api/v2/${path}`, {
+    method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body) });
+  let out = null;
+  const text = await r.text();
+  try { out = text ? JSON.parse(text) : null; } catch (e) { out = { message: text }; }
+  if (r.status === 401 && state.user) { state.user = null; signIn(); }
+  if (!r.ok) throw new ApiError(r.status, out);
+  return out;
+}
+export const get = (path) => api("GET", path);
+
+// h("a", {href: "#/"}, "text", child...): elements built from data, never HTML strings.
+export function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+export const badge = (s) => h("span", { class: `badge s-${s}`, "data-state": s }, s);
+export const fmtBytes = (n) => n == null ? "–" : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
+export const fmtTime = (t) => t ? new Date(t).toLocaleString() : "–";
+
+export function toast(message, error = false) {
+  const t = h("div", { class: `toast${error ? " error" : ""}` }, message);
+  document.getElementById("toasts").append(t);
+  setTimeout(() => t.remove(), error ? 8000 : 4000);
+}
+
+// A confirmation listing what will happen; resolves true when the user goes ahead.
+export function confirmList(title, lines, okLabel = "Go ahead") {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-title").textContent = title;
+  const body = document.getElementById("confirm-body");
+  body.replaceChildren(h("ul", {}, lines.map((l) => h("li", {}, l))));
+  document.getElementById("confirm-ok").textContent = okLabel;
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+    dialog.showModal();
+    document.getElementById("confirm-cancel").focus();
+  });
+}
+
+// Every item of a list, following `next` (at most `max` items).
+export async function listAll(path, max = 10000) {
+  let url = path.startsWith("/") ? path : `/api/v2/${path}`, items = [];
+  while (url && items.length < max) { const page = await get(url); items = items.concat(page.items); url = page.next; }
+  return items;
+}
+
+// -- live updates --------------------------------------------------------------------------------
+// The UI follows the event log (GET /events?marker=<last id seen>) every POLL_MS and tells the
+// current page which objects changed. Polling rather than server-sent events: the API's threads
+// are not held by idle browsers, it works through any proxy, and an event page costs one indexed
+// range read; a change shows within POLL_MS.
+export const POLL_MS = 1500;
+let lastEvent = null, listeners = [], timer = null;
+
+export function onEvents(fn) { listeners.push(fn); }
+
+async function pollEvents() {
+  timer = null;
+  try {
+    if (lastEvent === null) {
+      const tail = await get("events?limit=1");
+      lastEvent = tail.items.length ? tail.items[tail.items.length - 1].id : 0;
+    } else {
+      let url = `/api/v2/events?marker=${lastEvent}&limit=500`;
+      while (url) {
+        const page = await get(url);
+        if (page.items.length) {
+          lastEvent = page.items[page.items.length - 1].id;
+          for (const fn of listeners) { try { fn(page.items); } catch (e) { console.error(e); } }
+        }
+        url = page.next;
+      }
+    }
+  } catch (e) { if (!(e instanceof ApiError && e.status === 401)) console.warn("events:", e.message); }
+  if (state.user) timer = setTimeout(pollEvents, POLL_MS);
+}
+
+// -- router ------------------------------------------------------------------------------------
+const routes = [];
+export function route(pattern, render) { routes.push([pattern, render]); }
+let cleanup = [];
+export function onLeave(fn) { cleanup.push(fn); }
+
+export function query() {
+  const q = location.hash.split("?")[1] || "";
+  return Object.fromEntries(new URLSearchParams(q));
+}
+export function setQuery(params) {
+  const clean = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== "" && v != null));
+  const qs = new URLSearchParams(clean).toString();
+  const base = location.hash.split("?")[0] || "#/";
+  history.replaceState(null, "", qs ? `${base}?${qs}` : base);
+}
+
+async function render() {
+  if (!state.user) return;
+  for (const fn of cleanup) fn();
+  cleanup = []; listeners = [];
+  const path = (location.hash.slice(1) || "/").split("?")[0];
+  const main = document.getElementById("main");
+  for (const a of document.querySelectorAll("nav a")) {
+    const target = a.getAttribute("href").slice(1);
+    a.classList.toggle("current", target === "/" ? path === "/" : path.startsWith(target));
+  }
+  for (const [pattern, fn] of routes) {
+    const m = path.match(pattern);
+    if (m) {
+      try { await fn(main, ...m.slice(1).map(decodeURIComponent)); }
+      catch (e) { main.replaceChildren(h("h1", {}, "Something went wrong"), h("p", { class: "field-error" }, e.message)); }
+      return;
+    }
+  }
+  main.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the dashboard")));
+}
+
+// -- sign-in -----------------------------------------------------------------------------------
+function showUser() {
+  document.getElementById("nav").hidden = !state.user;
+  const who = document.getElementById("who");
+  who.replaceChildren();
+  if (!state.user) return;
+  who.append(`${state.user} (${state.role})`, h("button", { id: "sign-out", onclick: async () => {
+    try { await api("DELETE", "session"); } catch (e) { /* gone already */ }
+    state.user = null; signIn();
+  } }, "Sign out"));
+}
+
+function signIn(message) {
+  showUser();
+  const main = document.getElementById("main");
+  const error = h("p", { class: "field-error", id: "signin-error" }, message || "");
+  const token = h("input", { id: "token", type: "password", autocomplete: "off", required: true,
+                             placeholder: "cb_…", "aria-label": "API token" });
+  const form = h("form", { class: "card signin", onsubmit: async (ev) => {
+    ev.preventDefault();
+    try {
+      const out = await api("POST", "session", { token: token.value });
+      token.value = "";
+      Object.assign(state, { user: out.user, role: out.role, csrf: out.csrf });
+      start();
+    } catch (e) { error.textContent = e.message; }
+  } },
+  h("h1", {}, "Sign in to Crowbar"),
+  h("p", { class: "muted" }, "Users sign in with one of their API tokens (Crowbar has no passwords): ",
+    h("code", {}, "crowbar tokens create NAME"), ". The token is exchanged for a session; it is not kept in the browser."),
+  h("label", {}, "API token", token), error, h("p", {}, h("button", { class: "primary", id: "sign-in" }, "Sign in")));
+  main.replaceChildren(form);
+  token.focus();
+}
+
+function start() {
+  showUser();
+  lastEvent = null;
+  if (!timer) pollEvents();
+  render();
+}
+
+window.addEventListener("hashchange", render);
+
+export async function boot() {
+  try {
+    const me = await get("session");
+    if (!me.csrf) throw new ApiError(401, {});
+    Object.assign(state, { user: me.user, role: me.role, csrf: me.csrf });
+    start();
+  } catch (e) { signIn(); }
+}
+
+import("./pages.js").then(() => import("./deployments.js")).then(boot);

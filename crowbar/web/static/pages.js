@@ -1,0 +1,333 @@
+// Dashboard, nodes (list and page), barclamps and roles, networks, events.
+import { api, get, h, badge, fmtBytes, fmtTime, toast, confirmList, listAll, route, onEvents, onLeave,
+         query, setQuery, canChange, ApiError } from "./app.js";
+
+const LIFECYCLE_ORDER = ["pending", "discovered", "allocated", "hardware-installing", "hardware-installed",
+  "installing", "installed", "readying", "ready", "problem"];
+
+function kv(obj) {
+  return h("dl", { class: "kv" }, Object.entries(obj).flatMap(([k, v]) =>
+    [h("dt", {}, k), h("dd", {}, v instanceof Node ? v : typeof v === "object" && v !== null ? JSON.stringify(v) : String(v ?? "–"))]));
+}
+
+function table(headers, rows, attrs = {}) {
+  return h("table", attrs, h("thead", {}, h("tr", {}, headers.map((x) => h("th", {}, x)))),
+    h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "none"))));
+}
+
+// Re-run `fn` at most once per `ms` when events arrive that `match` accepts.
+function liveRefresh(match, fn, ms = 300) {
+  let pending = null;
+  onEvents((events) => {
+    if (!events.some(match) || pending) return;
+    pending = setTimeout(async () => { pending = null; await fn(); }, ms);
+  });
+  onLeave(() => clearTimeout(pending));
+}
+
+// -- dashboard -----------------------------------------------------------------------------------
+route(/^\/$/, async (main) => {
+  const body = h("div", { id: "dashboard" });
+  main.replaceChildren(h("h1", {}, "Dashboard"), body);
+  async function draw() {
+    const d = await get("dashboard");
+    const a = d.anneal, total = a.total || 0, counts = a.counts;
+    const bar = h("div", { class: "progress", title: "annealer progress" },
+      ["active", "transition", "todo", "blocked", "error"].map((s) =>
+        h("span", { class: `s-${s}`, style: `width:${total ? (100 * (counts[s] || 0) / total) : 0}%` })));
+    const nodeStates = Object.entries(d.nodes.by_state).sort((x, y) => LIFECYCLE_ORDER.indexOf(x[0]) - LIFECYCLE_ORDER.indexOf(y[0]));
+    body.replaceChildren(
+      h("div", { class: "cards" },
+        h("div", { class: "card", id: "card-nodes" }, h("h2", {}, `Nodes (${d.nodes.total})`),
+          table(["state", "nodes"], nodeStates.map(([s, n]) =>
+            h("tr", {}, h("td", {}, h("a", { href: `#/nodes?state=${s}` }, badge(s))), h("td", {}, n))))),
+        h("div", { class: "card", id: "card-noderoles" }, h("h2", {}, `Noderoles (${d.noderoles.total})`),
+          table(["state", "noderoles"], Object.entries(d.noderoles.by_state).map(([s, n]) =>
+            h("tr", {}, h("td", {}, badge(s)), h("td", {}, n))))),
+        h("div", { class: "card", id: "card-anneal" }, h("h2", {}, "Annealer"),
+          h("p", {}, badge(a.status), ` ${counts.active || 0} of ${total} committed noderoles active`),
+          bar,
+          h("p", { class: "muted" }, `${counts.transition || 0} running, ${counts.todo || 0} to do, ${counts.blocked || 0} blocked, ${counts.error || 0} failed`,
+            a.waiting_on_unavailable_nodes ? `; ${a.waiting_on_unavailable_nodes} wait on dead or reserved nodes` : ""))),
+      h("h2", {}, "Deployments"),
+      table(["deployment", "state", "status", "noderoles", "parent"], d.deployments.map((x) => h("tr", {},
+        h("td", {}, h("a", { href: `#/deployments/${encodeURIComponent(x.name)}` }, x.name)), h("td", {}, x.state),
+        h("td", {}, badge(x.status)), h("td", {}, x.noderoles), h("td", {}, x.parent || "–")))),
+      h("h2", {}, `Latest failures (${d.failures_total})`),
+      table(["noderole", "role", "node", "deployment", "since"], d.failures.map((f) => h("tr", {},
+        h("td", {}, h("a", { href: `#/deployments/${encodeURIComponent(f.deployment)}?noderole=${f.id}` }, `#${f.id}`)),
+        h("td", {}, f.role), h("td", {}, h("a", { href: `#/nodes/${f.node}` }, f.node)), h("td", {}, f.deployment),
+        h("td", {}, fmtTime(f.updated_at)))), { id: "failures" }));
+  }
+  await draw();
+  liveRefresh(() => true, draw, 800);
+});
+
+// -- nodes list ------------------------------------------------------------------------------------
+const SORTABLE = { name: "name", state: "state", memory: "memory", cpus: "cpus", id: "id" };
+const BULK = [
+  // [label, key, confirmation verb, request(node, extra)]
+  ["Allocate", "allocate", "allocate", (n) => api("POST", `nodes/${n.id}/allocate`)],
+  ["Deploy…", "deploy", "deploy", (n, x) => api("POST", `nodes/${n.id}/deploy`, x.os ? { os: x.os } : {})],
+  ["Power on", "on", "power on", (n) => api("POST", `nodes/${n.id}/power`, { action: "on" })],
+  ["Power off", "off", "power off", (n) => api("POST", `nodes/${n.id}/power`, { action: "off" })],
+  ["Power cycle", "cycle", "power cycle", (n) => api("POST", `nodes/${n.id}/power`, { action: "cycle" })],
+  ["Reinstall", "reinstall", "reinstall the OS on", (n) => api("POST", `nodes/${n.id}/reinstall`)],
+  ["Release", "release", "release (erase the disks of)", (n) => api("POST", `nodes/${n.id}/release`)],
+  ["Delete", "delete", "delete", (n) => api("DELETE", `nodes/${n.id}`)],
+];
+
+route(/^\/nodes$/, async (main) => {
+  const q = query();
+  const f = { name: q.name || "", state: q.state || "", deployment: q.deployment || "", memory_min: q.memory_min || "",
+              cpus_min: q.cpus_min || "", sort: q.sort || "name", limit: q.limit || "100" };
+  let markers = [], rows = [], selected = new Map(), next = null, current = null;
+  const [states, deps] = await Promise.all([get("node_states").catch(() => ({})), listAll("deployments", 500)]);
+  const stateNames = Object.keys(states.states || {}).length ? Object.keys(states.states) : LIFECYCLE_ORDER;
+  const input = (name, label, attrs = {}) => h("label", {}, label, h("input", { name, value: f[name], ...attrs }));
+  const select = (name, label, options) => h("label", {}, label, h("select", { name },
+    h("option", { value: "" }, "any"), options.map((o) => h("option", { value: o, selected: o === f[name] }, o))));
+  const form = h("form", { class: "filters", id: "node-filters", onsubmit: (ev) => {
+    ev.preventDefault();
+    for (const el of form.elements) if (el.name) f[el.name] = el.value.trim();
+    markers = []; load(null);
+  } },
+  input("name", "Name starts with", { type: "search", placeholder: "e.g. rack1-" }),
+  select("state", "State", stateNames), select("deployment", "Deployment", deps.map((d) => d.name)),
+  input("memory_min", "Memory ≥ MiB", { type: "number", min: 0, style: "width:7rem" }),
+  input("cpus_min", "CPUs ≥", { type: "number", min: 0, style: "width:5rem" }),
+  h("button", { class: "primary" }, "Filter"));
+  const info = h("span", { class: "muted", id: "page-info" });
+  const prev = h("button", { id: "prev", onclick: () => { markers.pop(); load(markers[markers.length - 1] ?? null); } }, "← Previous");
+  const nextB = h("button", { id: "next", onclick: () => { markers.push(next); load(next); } }, "Next →");
+  const bulk = h("div", { class: "bar", id: "bulk" });
+  const tbody = h("tbody");
+  const head = h("tr");
+  const grid = h("table", { id: "nodes" }, h("thead", {}, head), tbody);
+  main.replaceChildren(h("h1", {}, "Nodes"), form, canChange() ? bulk : "", h("div", { class: "pager" }, prev, nextB, info), grid);
+
+  function header() {
+    const col = (label, key) => {
+      if (!key) return h("th", {}, label);
+      const on = f.sort.replace("-", "") === key;
+      return h("th", { "aria-sort": on ? (f.sort.startsWith("-") ? "descending" : "ascending") : "none" },
+        h("button", { class: "sort", onclick: () => { f.sort = on && !f.sort.startsWith("-") ? `-${key}` : key; markers = []; load(null); } },
+          label, on ? (f.sort.startsWith("-") ? " ▼" : " ▲") : ""));
+    };
+    const all = h("input", { type: "checkbox", "aria-label": "select all on this page", id: "select-all",
+      checked: rows.length > 0 && rows.every((n) => selected.has(n.id)),
+      onchange: (ev) => { for (const n of rows) ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } });
+    head.replaceChildren(canChange() ? h("th", {}, all) : "", col("Name", "name"), col("State", "state"), col("OS"),
+      col("Memory", "memory"), col("CPUs", "cpus"), col("Alive"), col("Available"), col("Boot env"));
+  }
+  function draw(changed = new Set()) {
+    header();
+    tbody.replaceChildren(...rows.map((n) => h("tr", { class: changed.has(n.id) ? "flash" : "", "data-node": n.name },
+      canChange() ? h("td", {}, h("input", { type: "checkbox", "aria-label": `select ${n.name}`, checked: selected.has(n.id),
+        onchange: (ev) => { ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } })) : "",
+      h("td", {}, h("a", { href: `#/nodes/${n.name}` }, n.name)), h("td", {}, badge(n.state)), h("td", {}, n.os || "–"),
+      h("td", {}, fmtBytes(n.memory_bytes)), h("td", {}, n.cpus ?? "–"), h("td", {}, n.alive ? "yes" : "no"),
+      h("td", {}, n.available ? "yes" : "no"), h("td", {}, n.bootenv))));
+    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "no nodes match")));
+    const first = markers.length * Number(f.limit);
+    info.textContent = rows.length ? `nodes ${first + 1}–${first + rows.length}${next ? "" : " (last page)"}` : "";
+    prev.disabled = markers.length === 0; nextB.disabled = !next;
+    bulk.replaceChildren(h("span", { id: "selected-count" }, `${selected.size} selected`),
+      ...BULK.map(([label, key]) => h("button", { disabled: selected.size === 0, "data-action": key,
+        class: key === "delete" || key === "release" ? "danger" : "", onclick: () => runBulk(key) }, label)),
+      selected.size ? h("button", { onclick: () => { selected.clear(); draw(); } }, "Clear selection") : "");
+  }
+  async function load(marker, changed) {
+    const params = new URLSearchParams(Object.entries({ ...f }).filter(([, v]) => v !== ""));
+    if (marker != null) params.set("marker", marker);
+    setQuery({ ...f });
+    try {
+      const page = await get(`nodes?${params}`);
+      const before = new Map(rows.map((n) => [n.id, n.state]));
+      rows = page.items; current = marker;
+      next = page.next ? new URLSearchParams(page.next.split("?")[1]).get("marker") : null;
+      const flashed = changed ? new Set(rows.filter((n) => before.has(n.id) && before.get(n.id) !== n.state).map((n) => n.id)) : new Set();
+      draw(flashed);
+    } catch (e) { toast(e.message, true); }
+  }
+  async function runBulk(key) {
+    const [label, , verb, request] = BULK.find((b) => b[1] === key);
+    const nodes = [...selected.values()];
+    const extra = {};
+    if (key === "deploy") {
+      const images = await get("os_images").catch(() => ({ items: [] }));
+      const names = images.items.map((i) => i.name);
+      extra.os = window.prompt(`OS to deploy (${names.join(", ") || "none built yet"}); empty: each node's default`, names[0] || "") || "";
+    }
+    const ok = await confirmList(`${label.replace("…", "")} ${nodes.length} node${nodes.length > 1 ? "s" : ""}?`,
+      nodes.map((n) => `${verb} ${n.name}${extra.os ? ` with ${extra.os}` : ""} (now ${n.state})`), label.replace("…", ""));
+    if (!ok) return;
+    let failed = 0;
+    for (const n of nodes) {
+      try { await request(n, extra); } catch (e) { failed++; toast(`${n.name}: ${e.message}`, true); }
+    }
+    toast(`${verb}: ${nodes.length - failed} of ${nodes.length} accepted`);
+    selected.clear();
+    load(current, true);
+  }
+  await load(null);
+  liveRefresh((e) => e.object_type === "node" || e.object_type === "power_request", () => load(current, true));
+});
+
+// -- node page ---------------------------------------------------------------------------------------
+function installSteps(install) {
+  const steps = install.steps || [];
+  return table(["step", "at", "took"], steps.map((s, i) => {
+    const nextAt = steps[i + 1] ? new Date(steps[i + 1].at) : null;
+    const took = nextAt ? `${((nextAt - new Date(s.at)) / 1000).toFixed(1)} s` : "(current)";
+    return h("tr", {}, h("td", {}, badge(s.state)), h("td", {}, fmtTime(s.at)), h("td", {}, took));
+  }), { id: "install-steps" });
+}
+
+function inventory(d) {
+  if (!d || !Object.keys(d).length) return h("p", { class: "muted" }, "not discovered yet");
+  const disks = d.disks || [], nics = d.nics || [];
+  return h("div", {},
+    kv({ CPU: `${d.cpu?.count ?? "?"} × ${d.cpu?.model ?? "?"}`, Memory: fmtBytes(d.memory?.total_bytes),
+         Installed: fmtBytes(d.memory?.installed_bytes), Firmware: d.firmware || "–", Kernel: d.kernel || "–",
+         System: [d.dmi?.vendor, d.dmi?.product, d.dmi?.serial].filter(Boolean).join(" / ") || "–",
+         BMC: d.bmc ? JSON.stringify(d.bmc) : "–" }),
+    h("h3", {}, "Disks"), table(["name", "size", "model", "serial", "rotational"], disks.map((x) => h("tr", {},
+      h("td", {}, x.name), h("td", {}, fmtBytes(x.size_bytes)), h("td", {}, x.model || ""), h("td", {}, x.serial || ""),
+      h("td", {}, x.rotational ? "yes" : "no")))),
+    h("h3", {}, "NICs"), table(["name", "MAC", "speed", "driver", "bus", "link"], nics.map((x) => h("tr", {},
+      h("td", {}, x.name), h("td", {}, x.mac), h("td", {}, x.speed ?? "–"), h("td", {}, x.driver || ""), h("td", {}, x.bus || ""),
+      h("td", {}, x.link ? "up" : "down")))));
+}
+
+route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
+  async function draw() {
+    const n = await get(`nodes/${encodeURIComponent(key)}`);
+    const [noderoles, power, events, plan] = await Promise.all([
+      listAll(`node_roles?node=${n.id}`, 1000), get(`nodes/${n.id}/power`).catch(() => null),
+      get(`events?object_type=node&object_id=${n.id}&limit=30`), get(`nodes/${n.id}/network_plan`).catch((e) => ({ error: e.message }))]);
+    const powerBar = canChange() ? h("div", { class: "bar", id: "power-actions" }, ["on", "off", "cycle", "status"].map((a) =>
+      h("button", { "data-power": a, onclick: async () => {
+        if (a !== "status" && !(await confirmList(`Power ${a} ${n.name}?`, [`power ${a} ${n.name} through ${n.power_driver}`]))) return;
+        try { const r = await api("POST", `nodes/${n.id}/power`, { action: a }); toast(`power ${a} queued (request ${r.id})`); }
+        catch (e) { toast(e.message, true); }
+      } }, `Power ${a}`))) : "";
+    main.replaceChildren(
+      h("h1", {}, n.name, " ", badge(n.state)),
+      h("div", { class: "grid2" },
+        h("div", { class: "card" }, h("h2", {}, "Lifecycle"), kv({ State: badge(n.state), Reason: n.state_reason || "–",
+          "Boot env": n.bootenv, OS: n.os || "–", Alive: n.alive, Available: n.available, "Boot MAC": n.boot_mac || "–",
+          Admin: n.admin, Created: fmtTime(n.created_at), Description: n.description || "–" }),
+          h("h3", {}, "OS install"), kv({ Phase: n.install.phase || "–", Image: n.install.image || "–", Disk: n.install.disk || "–" }),
+          installSteps(n.install)),
+        h("div", { class: "card" }, h("h2", {}, "Power"), kv({ Driver: power?.driver || n.power_driver,
+          Settings: power ? JSON.stringify(power.settings) : "–" }), powerBar)),
+      h("h2", {}, "Inventory"), h("div", { class: "card" }, inventory(n.discovery)),
+      h("h2", {}, "Addresses and interface plan"),
+      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) :
+        h("div", {}, kv({ format: plan.format }), Object.entries(plan.files || {}).map(([name, text]) =>
+          h("div", {}, h("h3", {}, name), h("pre", {}, text))))),
+      h("h2", {}, `Noderoles (${noderoles.length})`),
+      table(["noderole", "role", "deployment", "state", "runs"], noderoles.map((r) => h("tr", {},
+        h("td", {}, h("a", { href: `#/deployments/${encodeURIComponent(r.deployment)}?noderole=${r.id}` }, `#${r.id}`)),
+        h("td", {}, r.role), h("td", {}, r.deployment), h("td", {}, badge(r.state)), h("td", {}, r.run_count))), { id: "node-noderoles" }),
+      h("h2", {}, "Recent events"), eventsTable(events.items.slice().reverse()));
+    node = n;
+  }
+  let node = null;
+  await draw();
+  liveRefresh((e) => (e.object_type === "node" && node && e.object_id === node.id) || e.object_type === "noderole", draw, 500);
+});
+
+export function eventsTable(items, attrs = {}) {
+  return table(["#", "at", "actor", "object", "action", "from → to", "message"], items.map((e) => h("tr", { "data-event": e.id },
+    h("td", {}, e.id), h("td", {}, fmtTime(e.at)), h("td", {}, e.actor), h("td", {}, objectLink(e)), h("td", {}, e.action),
+    h("td", {}, e.from || e.to ? `${e.from || ""} → ${e.to || ""}` : ""), h("td", {}, e.message || ""))), attrs);
+}
+
+function objectLink(e) {
+  const label = `${e.object_type} ${e.object_id}`;
+  if (e.object_type === "node") return h("a", { href: `#/nodes/${e.object_id}` }, label);
+  if (e.object_type === "deployment") return h("a", { href: `#/deployments/${e.object_id}` }, label);
+  return label;
+}
+
+// -- barclamps and roles ---------------------------------------------------------------------------
+route(/^\/roles$/, async (main) => {
+  const [barclamps, roles] = await Promise.all([listAll("barclamps", 1000), listAll("roles", 5000)]);
+  main.replaceChildren(h("h1", {}, "Barclamps and roles"),
+    table(["barclamp", "version", "description"], barclamps.map((b) => h("tr", {}, h("td", {}, b.name), h("td", {}, b.version || ""),
+      h("td", {}, b.description || "")))),
+    h("h2", {}, "Roles"),
+    table(["role", "barclamp", "jig", "requires", "flags", "attribs"], roles.map((r) => h("tr", {},
+      h("td", {}, h("a", { href: `#/roles/${r.name}` }, r.name)), h("td", {}, r.barclamp), h("td", {}, r.jig),
+      h("td", {}, (r.requires || []).join(", ")), h("td", {}, (r.flags || []).join(", ")), h("td", {}, "…")))));
+});
+
+route(/^\/roles\/([^/?]+)$/, async (main, key) => {
+  const r = await get(`roles/${encodeURIComponent(key)}`);
+  main.replaceChildren(h("h1", {}, `Role ${r.name}`), kv({ barclamp: r.barclamp, jig: r.jig, requires: (r.requires || []).join(", ") || "–",
+    flags: (r.flags || []).join(", ") || "–", "wants attribs": (r.wants_attribs || []).join(", ") || "–", description: r.description || "–" }),
+    h("h2", {}, "Attribs"), table(["name", "map", "default", "schema"], (r.attribs || []).map((a) => h("tr", {},
+      h("td", {}, a.name), h("td", {}, a.map), h("td", {}, JSON.stringify(a.default)), h("td", {}, h("code", {}, JSON.stringify(a.schema)))))),
+    h("h2", {}, "Template"), h("pre", {}, JSON.stringify(r.template, null, 2)));
+});
+
+// -- networks ------------------------------------------------------------------------------------------
+route(/^\/networks$/, async (main) => {
+  const nets = await get("networks");
+  const items = nets.items || nets.networks || [];
+  const body = h("div");
+  main.replaceChildren(h("h1", {}, "Networks"), body);
+  if (!items.length) { body.append(h("p", { class: "muted" }, "no networks defined")); return; }
+  for (const net of items) {
+    const allocs = await get(`networks/${encodeURIComponent(net.name)}/allocations?limit=1000`).catch(() => ({ items: [], next: null }));
+    const ranges = net.ranges || [];
+    body.append(h("div", { class: "card", "data-network": net.name }, h("h2", {}, net.name),
+      kv({ subnet: net.subnet || "–", vlan: net.vlan ?? "–", conduit: net.conduit || "–", router: net.router?.address || net.router || "–" }),
+      h("h3", {}, "Ranges"), table(["range", "first", "last", "allocated"], ranges.map((r) => {
+        const used = allocs.items.filter((a) => a.range === r.name).length;
+        return h("tr", {}, h("td", {}, r.name), h("td", {}, r.first), h("td", {}, r.last), h("td", {}, `${used}${allocs.next ? "+" : ""}`));
+      })),
+      h("h3", {}, `Allocations (${allocs.items.length}${allocs.next ? "+" : ""})`),
+      table(["address", "node", "range"], allocs.items.slice(0, 200).map((a) => h("tr", {}, h("td", {}, a.address),
+        h("td", {}, a.node ? h("a", { href: `#/nodes/${a.node}` }, a.node) : "–"), h("td", {}, a.range || ""))))));
+  }
+  const neutron = await get("neutron/networks").catch(() => null);
+  if (neutron) body.append(h("h2", {}, "Neutron tenant segments"), table(["id", "type", "physical network", "segment"],
+    neutron.items.map((n) => h("tr", {}, h("td", {}, n.id), h("td", {}, n.type || n.network_type || ""),
+      h("td", {}, n.physical_network || ""), h("td", {}, n.segment ?? n.segmentation_id ?? "")))));
+});
+
+// -- events --------------------------------------------------------------------------------------------
+route(/^\/events$/, async (main) => {
+  const q = query();
+  const f = { object_type: q.object_type || "", object_id: q.object_id || "", actor: q.actor || "" };
+  let items = [];
+  const form = h("form", { class: "filters", id: "event-filters", onsubmit: (ev) => {
+    ev.preventDefault();
+    for (const el of form.elements) if (el.name) f[el.name] = el.value.trim();
+    setQuery(f); load();
+  } },
+  h("label", {}, "Object type", h("select", { name: "object_type" }, h("option", { value: "" }, "any"),
+    ["node", "noderole", "deployment", "deployment_role", "power_request", "user", "token", "network", "run"].map((t) =>
+      h("option", { value: t, selected: t === f.object_type }, t)))),
+  h("label", {}, "Object id", h("input", { name: "object_id", value: f.object_id, type: "number", min: 0, style: "width:7rem" })),
+  h("label", {}, "Actor", h("input", { name: "actor", value: f.actor, style: "width:9rem" })),
+  h("button", { class: "primary" }, "Filter"));
+  const holder = h("div");
+  main.replaceChildren(h("h1", {}, "Events"), h("p", { class: "muted" }, "Newest first; new events appear as they happen."), form, holder);
+  const keep = (e) => (!f.object_type || e.object_type === f.object_type) && (!f.object_id || String(e.object_id) === f.object_id)
+    && (!f.actor || e.actor === f.actor);
+  function draw() { holder.replaceChildren(eventsTable(items.slice().reverse().filter(keep), { id: "events" })); }
+  async function load() {
+    const params = new URLSearchParams({ limit: "200" });
+    if (f.object_type) params.set("object_type", f.object_type);
+    if (f.object_id) params.set("object_id", f.object_id);
+    try { items = (await get(`events?${params}`)).items; draw(); } catch (e) { toast(e.message, true); }
+  }
+  await load();
+  onEvents((events) => { items = items.concat(events).slice(-500); draw(); });
+});
+
+export { kv, table, liveRefresh };
