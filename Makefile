@@ -10,10 +10,11 @@ BIN := $(VENV)/bin
 # The lab's IPMI BMCs (crowbar lab up --bmc ipmi, the ipmi driver tests): openipmi (ipmi_sim), nftables
 # (a BMC's configured address answers on UDP 623), ipmitool (in-band BMC reads in the discovery image).
 # puppet: the puppet jig's tests run `puppet apply` here (Debian 12's Puppet 7; Chef is not packaged).
-# The web UI: npm (`make web` fetches its pinned third-party scripts, Cytoscape.js and ELK), chromium
-# (the browser the UI tests drive through Playwright, whose own browser download is not reachable).
+# The web UI: chromium (the browser the UI tests drive through Playwright, whose own browser download
+# is not reachable). `make web` needs an npm command: Debian's npm package, unless one is there already
+# (a Node.js from elsewhere brings its own, and its package conflicts with Debian's npm).
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
-	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet npm chromium
+	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium
 
 .PHONY: demo test deps venv web benchmark clean
 
@@ -33,6 +34,8 @@ VENDOR := $(WEB)/static/vendor
 web: $(VENDOR)/.built
 
 $(VENDOR)/.built: $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v npm >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm; }
 	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts
 	mkdir -p $(VENDOR)
 	cp $(WEB)/node_modules/cytoscape/dist/cytoscape.min.js $(WEB)/node_modules/elkjs/lib/elk.bundled.js \
