@@ -139,6 +139,18 @@ def lab_endpoint(directory: Path | None = None) -> str | None:
     return f"unix://{sock}" if pid_alive(pid) and sock.exists() else None
 
 
+def lab_namespace(endpoint: str | None, directory: Path | None = None) -> str | None:
+    """The network namespace of the running lab whose server `endpoint` is, or None: the lab's nodes
+    are reachable only from inside it (`crowbar nodes ssh` enters it)."""
+    directory = Path(directory or lab_dir())
+    if endpoint is None or endpoint != lab_endpoint(directory):
+        return None
+    try:
+        return str(json.loads((directory / "lab.json").read_text())["namespace"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def unix_socket_path(url: str) -> str | None:
     return url[len("unix://"):] if url.startswith("unix://") else None
 

@@ -111,15 +111,18 @@ def nodes_release(ctx, node: str, erase: str, wait: bool, timeout: float, output
     emit_object(answer, output)
 
 
-def ssh_command(node: dict, key: Path | None, command: tuple[str, ...], known_hosts: Path) -> list[str]:
-    """The ssh command line for `node` (its SSH address and key hints, set when it was installed)."""
+def ssh_command(node: dict, key: Path | None, command: tuple[str, ...], known_hosts: Path,
+                namespace: str | None = None) -> list[str]:
+    """The ssh command line for `node` (its SSH address and key hints, set when it was installed);
+    run inside `namespace` (the virtual lab's) when its nodes are only reachable there."""
     ssh = ((node.get("hints") or {}).get("crowbar") or {}).get("ssh") or {}
     address = ssh.get("address")
     if not address:
         raise CliError(f"node {node['name']} has no SSH address yet (it is {node['state']}; installed nodes get "
                        "their admin address; else `crowbar attribs set ssh-address ADDR --node NODE`)")
-    argv = ["ssh", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
-            "-o", "ConnectTimeout=10", "-p", str(ssh.get("port", 22))]
+    argv = ["ip", "netns", "exec", namespace] if namespace else []
+    argv += ["ssh", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+             "-o", "ConnectTimeout=10", "-p", str(ssh.get("port", 22))]
     chosen = key or (Path(ssh["key"]) if ssh.get("key") and os.access(ssh["key"], os.R_OK) else None)
     if chosen:
         argv += ["-i", str(chosen), "-o", "IdentitiesOnly=yes"]
@@ -141,7 +144,8 @@ def nodes_ssh(ctx, node: str, command: tuple[str, ...], key: Path | None) -> Non
         raise CliError("ssh is not installed here: apt-get install openssh-client")
     known = config.data_dir() / "known_hosts"
     known.parent.mkdir(parents=True, exist_ok=True)
-    argv = ssh_command(ctx.api.get(f"/nodes/{seg(node)}"), key, command, known)
+    argv = ssh_command(ctx.api.get(f"/nodes/{seg(node)}"), key, command, known,
+                       config.lab_namespace(ctx.api.endpoint))
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 

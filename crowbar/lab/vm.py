@@ -138,7 +138,10 @@ class Vm:
                 "-device", "virtio-blk-pci,drive=disk0,bootindex=2"]
         if self.firmware == "uefi":
             args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-                     "-drive", f"if=pflash,format=raw,unit=1,file={self.efivars}"]
+                     "-drive", f"if=pflash,format=raw,unit=1,file={self.efivars}",
+                     # IPv4 PXE only (a BIOS setup setting on a real server): after iPXE's `exit` for a
+                     # local boot, OVMF would otherwise try PXE over IPv6 for a minute before the disk.
+                     "-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=n"]
         for i, nic in enumerate(self.nics):
             args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no"]
             device = f"{nic.model},netdev=net{i},mac={nic.mac}"

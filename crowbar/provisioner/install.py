@@ -246,15 +246,21 @@ while kill -0 $WRITER 2>/dev/null; do
     now=$(awk '{{print $7}}' /sys/class/block/${{DISK##*/}}/stat)
     phase write-image "" $(( (now - before) * 512 ))
 done
-wait $WRITER || {{ echo "crowbar-install: writing the image failed"; cat /tmp/dd.err; exit 1; }}
+if wait $WRITER; then wrote=0; else wrote=$?; fi
 WRITER=
-wait $SUMMER
+wait $SUMMER || true
+# The checksum first: a damaged image also makes gunzip fail (its CRC), and the checksum says why.
 phase verify-image "" {plan.fs_size}
 got=$(cut -d' ' -f1 /tmp/image.sha256)
 if [ "$got" != {q(plan.image_sha256)} ]; then
-    echo "crowbar-install: image checksum mismatch: expected {plan.image_sha256}, got $got"
+    echo "crowbar-install: image checksum mismatch: expected {plan.image_sha256}, got $got (of the bytes received)"
     echo "crowbar-install: the disk was not made bootable"
     wipefs -q -a "$ROOT" || true
+    exit 1
+fi
+if [ "$wrote" -ne 0 ]; then
+    echo "crowbar-install: writing the image failed (exit $wrote)"
+    cat /tmp/dd.err
     exit 1
 fi
 

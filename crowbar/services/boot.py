@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crowbar.db.events import record
 from crowbar.db.models import Node, NodeMac
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import NONCE_TTL
@@ -73,8 +72,8 @@ def boot_script(session: Session, mac: str, params: ipxe.BootParams, peer: Peer 
         else:  # someone else asks for this node's script: it boots, but proves nothing
             log.warning("discovery script for %s (node %s) asked by %s: served without a nonce",
                         mac, node.name, peer.describe())
-    # The boot log: which script each boot of a known node got (how a reboot is proven to come back
-    # from the local disk, not the discovery image).
-    record(session, [{"object_type": "node", "object_id": node.id, "action": "boot", "actor": "firmware",
-                      "message": f"boot script for {mac}: {node.bootenv}"}])
+    # The boot log: which script each boot of a known node got (how a reboot is shown to come back
+    # from the local disk, not the discovery image). A log line, not an event: the route is open,
+    # and a flood of requests must not grow the database.
+    log.info("boot script for %s (node %s): %s", mac, node.name, node.bootenv)
     return ipxe.render(node.bootenv, params, mac=mac, nonce=nonce)

@@ -27,7 +27,8 @@ from crowbar.services.network.templates import parse_template
 
 V2 = "/api/v2"
 JSON = {"content-type": "application/json"}
-OPEN = {"/api/v2/health", "/metrics", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/{job_id}"}
+OPEN = {"/api/v2/health", "/metrics", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/{job_id}",
+        "/api/v2/agent/progress/{job_id}", "/api/v2/agent/booted"}
 
 
 def error(r, status: int, kind: str | None = None) -> dict:

@@ -145,3 +145,23 @@ def test_the_script_is_valid_busybox_sh(tmp_path):
         path.write_text(install.install_script(_plan(firmware=firmware)))
         done = subprocess.run(["busybox", "sh", "-n", str(path)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+
+
+def test_nodes_ssh_enters_the_lab_namespace_only_for_the_labs_server(tmp_path, monkeypatch):
+    from crowbar import config
+    from crowbar.cli.install import ssh_command
+
+    node = {"name": "n1", "state": "ready", "hints": {"crowbar": {"ssh": {"address": "192.168.124.81",
+                                                                          "key": str(tmp_path / "nokey")}}}}
+    argv = ssh_command(node, None, ("hostname",), tmp_path / "known_hosts", "cblab-abc")
+    assert argv[:4] == ["ip", "netns", "exec", "cblab-abc"] and argv[-3:] == ["root@192.168.124.81", "--", "hostname"]
+    assert "-i" not in argv  # the key file is not readable here: ssh's own keys
+    assert ssh_command(node, None, (), tmp_path / "known_hosts")[0] == "ssh"
+    monkeypatch.setattr(config, "lab_endpoint", lambda directory=None: "unix:///lab/api.sock")
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "lab.json").write_text('{"namespace": "cblab-abc"}')
+    assert config.lab_namespace("unix:///lab/api.sock", lab) == "cblab-abc"
+    assert config.lab_namespace("http://127.0.0.1:3000", lab) is None
+    with pytest.raises(Exception, match="no SSH address yet"):
+        ssh_command({"name": "n2", "state": "installing", "hints": {}}, None, (), tmp_path / "k")

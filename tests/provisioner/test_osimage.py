@@ -1,0 +1,137 @@
+"""The OS image builder without the network: recipes, the host's mirror, clear errors, and a whole
+build with mmdebstrap replaced by a tiny tree (the real mmdebstrap build runs in the lab tests,
+tests/lab/test_lab_deploy.py, and the demo): the filesystem, compression, manifest and the cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from crowbar.errors import NotFound
+from crowbar.provisioner import osimage
+
+
+def test_the_catalog_has_debian_12_as_data():
+    recipe = osimage.recipe("debian-12")
+    assert recipe.suite == "bookworm" and recipe.kernel == "linux-image-amd64"
+    assert {"openssh-server", "python3", "cloud-init", "grub-pc-bin", "grub-efi-amd64-bin"} <= set(recipe.packages)
+    assert recipe.builder == "mmdebstrap" and recipe.installer == "image"
+    with pytest.raises(NotFound, match="the catalog has debian-12"):
+        osimage.recipe("windows-11")
+
+
+def test_a_recipe_is_a_file(tmp_path):
+    (tmp_path / "mini-1.toml").write_text('name = "mini-1"\nversion = "1"\nsuite = "bookworm"\n'
+                                          'kernel = "linux-image-amd64"\npackages = ["bash"]\n')
+    assert set(osimage.recipes(tmp_path)) == {"mini-1"}
+    (tmp_path / "bad.toml").write_text('name = "bad"\n')
+    with pytest.raises(osimage.OsImageError, match="missing version, suite, packages, kernel"):
+        osimage.recipes(tmp_path)
+
+
+def test_the_host_mirror_from_deb822_and_one_line_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\n"
+        "Types: deb-src\nURIs: http://src.example/debian\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n")
+    assert osimage.host_mirror(tmp_path) == "http://mirror.example/debian"
+    other = tmp_path / "other"
+    (other / "sources.list.d").mkdir(parents=True)
+    (other / "sources.list").write_text("# comment\ndeb [arch=amd64] http://one.example/debian bookworm main\n")
+    assert osimage.host_mirror(other) == "http://one.example/debian"
+    empty = tmp_path / "empty"
+    (empty / "sources.list.d").mkdir(parents=True)
+    with pytest.raises(osimage.OsImageError, match="no Debian mirror"):
+        osimage.host_mirror(empty)
+
+
+def test_a_missing_mmdebstrap_is_one_clear_line(tmp_path, monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(osimage.shutil, "which", lambda name: None if name == "mmdebstrap" else real(name))
+    with pytest.raises(osimage.OsImageError, match="mmdebstrap is not installed: apt-get install mmdebstrap"):
+        osimage.build(tmp_path, "debian-12")
+
+
+def test_an_unreachable_mirror_is_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if shutil.which("mmdebstrap") is None:
+        pytest.skip("mmdebstrap is not installed (Debian package mmdebstrap): the check comes after it")
+    with pytest.raises(osimage.OsImageError, match=f"cannot reach the Debian mirror http://127.0.0.1:{port}"):
+        osimage.build(tmp_path, "debian-12", mirror=f"http://127.0.0.1:{port}/debian")
+
+
+@pytest.mark.skipif(shutil.which("mke2fs") is None or shutil.which("dpkg-query") is None,
+                    reason="needs mke2fs (e2fsprogs) and dpkg-query (dpkg)")
+def test_a_build_makes_a_checked_image_with_a_manifest_and_is_cached(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_mmdebstrap(item, mirror, root, report):
+        calls.append(mirror)
+        (root / "boot").mkdir(parents=True)
+        (root / "boot" / "vmlinuz-6.1.0-test").write_bytes(b"kernel")
+        (root / "etc" / "ssh").mkdir(parents=True)
+        (root / "etc" / "ssh" / "ssh_host_ed25519_key").write_text("secret of the build host")
+        (root / "etc" / "machine-id").write_text("0123456789abcdef\n")
+        (root / "etc" / "hostname").write_text("buildhost\n")
+        (root / "etc" / "default").mkdir()
+        (root / "etc" / "default" / "grub").write_text('GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX=""\n')
+        (root / "var" / "lib" / "dpkg").mkdir(parents=True)
+        (root / "var" / "lib" / "dpkg" / "status").write_text(
+            "Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2\nArchitecture: amd64\n\n"
+            "Package: openssh-server\nStatus: install ok installed\nVersion: 1:9.2p1-2\nArchitecture: amd64\n")
+
+    monkeypatch.setattr(osimage, "_mmdebstrap", fake_mmdebstrap)
+    monkeypatch.setattr(osimage, "mirror_state", lambda mirror, suite, timeout=20: b"InRelease of " + suite.encode())
+    monkeypatch.setattr(osimage.shutil, "which", lambda name: f"/usr/bin/{name}")
+    steps = []
+    image = osimage.build(tmp_path, "debian-12", lambda step, done, total: steps.append(step),
+                          mirror="http://mirror.example/debian")
+    m = image.manifest
+    assert image.path == tmp_path / "debian-12" / image.digest / "root.img.gz"
+    assert m["name"] == "debian-12" and m["version"] == "12" and m["arch"] == "amd64" and m["kernel"] == "6.1.0-test"
+    assert m["sha256"] == hashlib.sha256(image.path.read_bytes()).hexdigest() and m["size"] == image.path.stat().st_size
+    assert m["packages"] == [{"name": "bash", "version": "5.2.15-2"}, {"name": "openssh-server", "version": "1:9.2p1-2"}]
+    assert m["fs_uuid"] == osimage.image_uuid(image.digest) and m["built_at"] and m["build_seconds"] >= 0
+    assert {"mirror", "node files", "filesystem", "compress", "checksum"} <= set(steps)
+    assert json.loads((image.path.parent / "manifest.json").read_text()) == m
+
+    raw = tmp_path / "root.img"
+    raw.write_bytes(gzip.decompress(image.path.read_bytes()))
+    assert raw.stat().st_size == m["fs_size"]
+    blkid = subprocess.run(["blkid", "-o", "export", str(raw)], capture_output=True, text=True).stdout
+    assert f"UUID={m['fs_uuid']}" in blkid and "TYPE=ext4" in blkid
+
+    def cat(path):
+        return subprocess.run(["debugfs", "-R", f"cat {path}", str(raw)], capture_output=True, text=True).stdout
+
+    def ls(path):
+        return subprocess.run(["debugfs", "-R", f"ls {path}", str(raw)], capture_output=True, text=True).stdout
+
+    assert cat("/etc/fstab") == f"UUID={m['fs_uuid']} / ext4 errors=remount-ro 0 1\n"
+    assert f"search --no-floppy --fs-uuid --set=root {m['fs_uuid']}" in cat("/boot/grub/grub.cfg")
+    assert "console=ttyS0,115200n8" in cat("/boot/grub/grub.cfg")
+    assert cat("/etc/machine-id") == ""                      # each node makes its own
+    assert "ssh_host_ed25519_key" not in ls("/etc/ssh")      # no host key of the build host
+    assert "hostname" not in ls("/etc").split()
+    assert "crowbar-callhome" in ls("/usr/lib/crowbar")
+    assert "crowbar-callhome.service" in ls("/etc/systemd/system/multi-user.target.wants")
+
+    # the same inputs: the cache answers, mmdebstrap does not run again
+    again = osimage.build(tmp_path, "debian-12", mirror="http://mirror.example/debian")
+    assert again.digest == image.digest and len(calls) == 1
+    # another mirror state: a new image
+    monkeypatch.setattr(osimage, "mirror_state", lambda mirror, suite, timeout=20: b"a newer InRelease")
+    assert osimage.build(tmp_path, "debian-12", mirror="http://mirror.example/debian").digest != image.digest
+    assert len(calls) == 2 and len(osimage.built(tmp_path)) == 2
+    assert osimage.delete(tmp_path, "debian-12") and osimage.built(tmp_path) == []
