@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
-from crowbar.api import deps
-from crowbar.api.deps import Actor, Paging, UnitOfWork
+from crowbar.api import deps, errors
+from crowbar.api.deps import ETAG, Actor, IfMatch, Paging, UnitOfWork, with_etag
 from crowbar.services import nodes
 
 router = APIRouter(prefix="/api/v2", tags=["nodes"], dependencies=[Depends(deps.actor)])
@@ -38,17 +38,18 @@ def create_node(body: NodeIn, s: UnitOfWork, who: Actor):
                              description=body.description, actor=who)
 
 
-@router.get("/nodes/{key}")
-def show_node(key: str, s: UnitOfWork):
-    return nodes.show_node(s, key)
+@router.get("/nodes/{key}", responses={200: {"headers": ETAG}})
+def show_node(key: str, s: UnitOfWork, response: Response):
+    """The node, with its ETag: send it as If-Match with a change."""
+    return with_etag(response, nodes.show_node(s, key))
 
 
-@router.patch("/nodes/{key}")
-def update_node(key: str, body: NodePatch, s: UnitOfWork, who: Actor):
-    return nodes.update_node(s, key, alive=body.alive, available=body.available, description=body.description,
-                             actor=who)
+@router.patch("/nodes/{key}", responses={200: {"headers": ETAG}, **errors.responses(412)})
+def update_node(key: str, body: NodePatch, s: UnitOfWork, who: Actor, response: Response, if_match: IfMatch = None):
+    return with_etag(response, nodes.update_node(s, key, alive=body.alive, available=body.available,
+                                                 description=body.description, actor=who, if_match=if_match))
 
 
-@router.delete("/nodes/{key}")
-def delete_node(key: str, s: UnitOfWork, who: Actor):
-    return nodes.delete_node(s, key, actor=who)
+@router.delete("/nodes/{key}", responses=errors.responses(412))
+def delete_node(key: str, s: UnitOfWork, who: Actor, if_match: IfMatch = None):
+    return nodes.delete_node(s, key, actor=who, if_match=if_match)
