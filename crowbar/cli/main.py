@@ -33,6 +33,7 @@ from crowbar.cli.output import (
     plain,
 )
 from crowbar.cli.power import COMMANDS as power_commands
+from crowbar.cli.role_data import role_data
 from crowbar.cli.install import install_commands, os_group
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
@@ -278,7 +279,9 @@ def nodes_list(ctx: Context, state: str | None, name: str | None, limit: int | N
 @output_option
 @pass_ctx
 def nodes_show(ctx: Context, node: str, output: str) -> None:
-    emit_object(ctx.api.get(f"/nodes/{seg(node)}"), output)
+    """The node (the table ends with its ETag, for `nodes update --if-match`)."""
+    shown, etag = ctx.api.read(f"/nodes/{seg(node)}")
+    emit_object(shown if output == "json" else shown | {"etag": etag}, output)
 
 
 @nodes.command("create")
@@ -298,22 +301,27 @@ def nodes_create(ctx: Context, name: str, admin: bool, dead: bool, reserved: boo
 @click.argument("node")
 @click.option("--alive/--dead", default=None)
 @click.option("--available/--reserved", default=None)
+@click.option("--description")
+@click.option("--if-match", help="change it only if its ETag is still this (`nodes show` prints it)")
 @output_option
 @pass_ctx
-def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | None, output: str) -> None:
-    """Mark a node alive or dead, available or reserved."""
-    emit_object(ctx.api.patch(f"/nodes/{seg(node)}", {"alive": alive, "available": available}), output)
+def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | None, description: str | None,
+                 if_match: str | None, output: str) -> None:
+    """Mark a node alive or dead, available or reserved; set its description."""
+    emit_object(ctx.api.patch(f"/nodes/{seg(node)}", {"alive": alive, "available": available,
+                                                      "description": description}, if_match=if_match), output)
 
 
 @nodes.command("delete")
 @click.argument("node")
+@click.option("--if-match", help="delete it only if its ETag is still this (`nodes show` prints it)")
 @confirm_option
 @output_option
 @pass_ctx
-def nodes_delete(ctx: Context, node: str, yes: bool, output: str) -> None:
+def nodes_delete(ctx: Context, node: str, if_match: str | None, yes: bool, output: str) -> None:
     """Delete a node (asks first on a terminal; --yes does not)."""
     confirm(f"delete node {node!r}?", yes)
-    emit_object(ctx.api.delete(f"/nodes/{seg(node)}"), output)
+    emit_object(ctx.api.delete(f"/nodes/{seg(node)}", if_match=if_match), output)
 
 
 def _post_action(collection: str, action: str):
@@ -422,6 +430,7 @@ def deployments_bind(ctx: Context, deployment: str, role: str, node: str, output
                             "commit it to run the new noderoles"))
 
 
+deployments.add_command(role_data)
 deployments.command("commit", help="Commit a deployment: its noderoles become runnable.")(
     _post_action("deployments", "commit"))
 deployments.command("propose", help="Reopen a deployment for changes.")(_post_action("deployments", "propose"))

@@ -1,0 +1,94 @@
+"""CLI conventions of issue 13, in-process against the real app: role data get/set/edit with
+If-Match (and a clear line when someone else changed it), listings' --columns/--sort/--limit,
+anneal's plain progress and what waiting noderoles wait on, registering machines by MAC."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from click.testing import CliRunner
+from fastapi.testclient import TestClient
+
+from crowbar.cli import main
+from crowbar.cli.client import CliError, Client
+
+
+@pytest.fixture
+def cli(api, admin_token, monkeypatch):
+    """`crowbar ...` in-process against the test app: run(*args) -> (exit code, output, error)."""
+    http = TestClient(api.app, base_url="http://testserver/api/v2", headers={"authorization": f"Bearer {admin_token}"})
+    fake = Client.__new__(Client)
+    fake.endpoint, fake.token_source, fake.http, fake.timeout, fake.sending = "http://testserver", None, http, 60, None
+    monkeypatch.setattr(main, "Client", lambda endpoint, **_: fake)
+
+    def run(*args: str, input: str | None = None):
+        result = CliRunner().invoke(main.cli, list(args), input=input)
+        error = str(result.exception) if isinstance(result.exception, CliError) else None
+        if result.exception is not None and error is None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, result.output, error
+
+    yield run
+    http.close()
+
+
+def _bound(api):
+    api.post("/api/v2/nodes", json={"name": "cli.example.com"})
+    api.post("/api/v2/deployments", json={"name": "web"})
+    api.post("/api/v2/deployments/web/bind", json={"role": "test-client", "node": "cli.example.com"})
+
+
+def test_role_data_get_set_and_set_paths(cli, api):
+    _bound(api)
+    code, out, err = cli("deployments", "role-data", "set", "web", "test-client", '{"port": 80, "tls": {"on": false}}')
+    assert code == 0 and err is None and "commit the deployment" in out
+    code, out, _ = cli("deployments", "role-data", "get", "web", "test-client", "-o", "json")
+    assert json.loads(out)["proposed"] == {"port": 80, "tls": {"on": False}}
+    code, out, _ = cli("deployments", "role-data", "set", "web", "test-client", "--set", "tls/on=true",
+                       "--set", "name=front")
+    assert code == 0
+    assert api.get("/api/v2/deployments/web/roles/test-client").json()["proposed"] == {
+        "port": 80, "tls": {"on": True}, "name": "front"}
+    code, out, _ = cli("deployments", "role-data", "get", "web", "test-client")
+    assert "etag" in out and "proposed differs from committed" in out
+    # --if-match with a stale ETag: refused, said plainly, nothing written
+    code, _, err = cli("deployments", "role-data", "set", "web", "test-client", "{}", "--if-match", '"stale"')
+    assert code == 1 and "someone else changed the data of role 'test-client' in deployment 'web'" in err
+    assert api.get("/api/v2/deployments/web/roles/test-client").json()["proposed"]["port"] == 80
+    code, _, err = cli("deployments", "role-data", "set", "web", "test-client", "[1]")
+    assert code == 1 and "must be a JSON object" in err
+
+
+def test_role_data_edit_refuses_to_overwrite_a_change_made_meanwhile(cli, api, monkeypatch):
+    _bound(api)
+
+    def someone_else_writes_meanwhile(text, **_):
+        assert json.loads(text) == {}
+        api.put("/api/v2/deployments/web/roles/test-client", json={"data": {"theirs": 1}})
+        return '{"mine": 1}'
+
+    monkeypatch.setattr(click, "edit", someone_else_writes_meanwhile)
+    code, _, err = cli("deployments", "role-data", "edit", "web", "test-client")
+    assert code == 1 and "someone else changed the data" in err and "nothing was written" in err
+    kept = err.split("your version is in ")[1].split(".json")[0] + ".json"
+    assert json.loads(open(kept).read()) == {"mine": 1}
+    assert api.get("/api/v2/deployments/web/roles/test-client").json()["proposed"] == {"theirs": 1}
+    # without a change meanwhile, the edit is saved
+    monkeypatch.setattr(click, "edit", lambda text, **_: text.replace("1", "2"))
+    code, out, err = cli("deployments", "role-data", "edit", "web", "test-client")
+    assert code == 0 and "data saved" in out
+    assert api.get("/api/v2/deployments/web/roles/test-client").json()["proposed"] == {"theirs": 2}
+
+
+def test_nodes_update_if_match(cli, api):
+    api.post("/api/v2/nodes", json={"name": "upd.example.com"})
+    code, out, _ = cli("nodes", "show", "upd.example.com")
+    etag = [line.split()[-1] for line in out.splitlines() if line.strip().startswith("etag")][0]
+    assert etag == api.get("/api/v2/nodes/upd.example.com").headers["etag"]
+    code, _, err = cli("nodes", "update", "upd.example.com", "--description", "a", "--if-match", etag)
+    assert code == 0
+    code, _, err = cli("nodes", "update", "upd.example.com", "--description", "b", "--if-match", etag)
+    assert code == 1 and "changed by someone else" in err and "nothing was changed" in err
+    assert api.get("/api/v2/nodes/upd.example.com").json()["description"] == "a"
