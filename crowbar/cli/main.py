@@ -31,6 +31,7 @@ from crowbar.cli.output import (
     limit_option,
     output_option,
     plain,
+    table_options,
 )
 from crowbar.cli.power import COMMANDS as power_commands
 from crowbar.cli.role_data import role_data
@@ -204,6 +205,7 @@ def barclamps() -> None:
 
 
 @barclamps.command("list")
+@table_options
 @limit_option
 @output_option
 @pass_ctx
@@ -241,6 +243,7 @@ def roles() -> None:
 
 
 @roles.command("list")
+@table_options
 @click.option("--barclamp")
 @limit_option
 @output_option
@@ -265,6 +268,7 @@ def nodes() -> None:
 
 
 @nodes.command("list")
+@table_options
 @click.option("--state", help="only nodes in this lifecycle state (see `crowbar nodes states`)")
 @click.option("--name", help="only nodes whose name starts with this")
 @limit_option
@@ -364,6 +368,7 @@ for _command in install_commands:  # nodes deploy | reinstall | release | ssh
 
 
 @nodes.command("states")
+@table_options
 @click.option("--dot", is_flag=True, help="the diagram as Graphviz dot, drawn from the transition table")
 @output_option
 @pass_ctx
@@ -385,6 +390,7 @@ def deployments() -> None:
 
 
 @deployments.command("list")
+@table_options
 @limit_option
 @output_option
 @pass_ctx
@@ -454,6 +460,7 @@ def noderoles() -> None:
 
 
 @noderoles.command("list")
+@table_options
 @click.option("--deployment")
 @click.option("--node")
 @click.option("--role")
@@ -484,6 +491,7 @@ def noderoles_retry(ctx: Context, noderole: str, output: str) -> None:
 
 
 @noderoles.command("parents")
+@table_options
 @click.argument("noderole")
 @output_option
 @pass_ctx
@@ -492,6 +500,7 @@ def noderoles_parents(ctx: Context, noderole: str, output: str) -> None:
 
 
 @noderoles.command("children")
+@table_options
 @click.argument("noderole")
 @output_option
 @pass_ctx
@@ -526,6 +535,7 @@ def attribs() -> None:
 
 
 @attribs.command("list")
+@table_options
 @limit_option
 @output_option
 @pass_ctx
@@ -604,6 +614,7 @@ def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, out
 
 
 @cli.command()
+@table_options
 @click.option("--type", "object_type", help="node, noderole, deployment, barclamp, ...")
 @click.option("--id", "object_id", type=int)
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True, help="the newest this many")

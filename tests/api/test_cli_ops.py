@@ -92,3 +92,45 @@ def test_nodes_update_if_match(cli, api):
     code, _, err = cli("nodes", "update", "upd.example.com", "--description", "b", "--if-match", etag)
     assert code == 1 and "changed by someone else" in err and "nothing was changed" in err
     assert api.get("/api/v2/nodes/upd.example.com").json()["description"] == "a"
+
+
+@pytest.fixture
+def narrow():
+    from crowbar.cli import output
+
+    width = output.console.width
+    output.console.width = 80
+    yield
+    output.console.width = width
+
+
+def test_listings_columns_sort_limit_and_80_columns(cli, api, narrow):
+    for name in ("b.example.com", "c.example.com", "a.example.com"):
+        api.post("/api/v2/nodes", json={"name": name, "description": "x" * 200})
+    api.patch("/api/v2/nodes/c.example.com", json={"available": False})
+    code, out, _ = cli("nodes", "list", "--columns", "name,state", "--sort", "name", "-o", "json")
+    assert code == 0 and json.loads(out) == [{"name": n, "state": "discovered"} for n in
+                                              ("a.example.com", "b.example.com", "c.example.com")] or \
+        [r["name"] for r in json.loads(out)] == ["a.example.com", "b.example.com", "c.example.com"]
+    assert list(json.loads(out)[0]) == ["name", "state"]
+    # descending, several fields, and --limit applied after sorting (the API's first 2 would be b, c)
+    code, out, _ = cli("nodes", "list", "--sort", "-name", "--limit", "2", "-o", "json")
+    assert [r["name"] for r in json.loads(out)] == ["c.example.com", "b.example.com"]
+    code, out, _ = cli("nodes", "list", "--sort", "available,-id", "--columns", "id,name,available", "-o", "json")
+    assert [r["name"] for r in json.loads(out)] == ["c.example.com", "a.example.com", "b.example.com"]
+    code, out, _ = cli("nodes", "list", "--limit", "2", "-o", "json")  # no sort: the API's first 2
+    assert [r["name"] for r in json.loads(out)] == ["b.example.com", "c.example.com"]
+    # an unknown field: a usage error naming the fields there are
+    code, out, _ = cli("nodes", "list", "--columns", "name,colour")
+    assert code == 2 and "unknown field colour" in out and "bootenv" in out
+    # tables fit 80 columns, and every listing keeps -o json
+    for args in (["nodes", "list"], ["events"], ["noderoles", "list"], ["roles", "list"], ["deployments", "list"],
+                 ["attribs", "list"], ["barclamps", "list"], ["users", "list"], ["tokens", "list"],
+                 ["nodes", "power-requests"], ["nodes", "states"]):
+        code, out, err = cli(*args)
+        assert code == 0, (args, out, err)
+        assert max(len(line) for line in out.splitlines()) <= 80, (args, out)
+        code, out, _ = cli(*args, "-o", "json")
+        assert code == 0 and isinstance(json.loads(out), list)
+        code, out, _ = cli(*args, "--sort", "-id" if args[-1] != "states" else "state", "--limit", "1", "-o", "json")
+        assert code == 0 and len(json.loads(out)) <= 1, args
