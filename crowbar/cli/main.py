@@ -574,43 +574,79 @@ def _summary(status: dict) -> str:
             f"{c['error']} error")
 
 
+def _print_waits(status: dict, limit: int = 20) -> None:
+    """What the waiting noderoles wait on (an error, a dead or reserved node), one line each."""
+    waits = status.get("waiting") or []
+    for w in waits[:limit]:
+        console.print(plain(f"  noderole {w['noderole']} ({w['deployment']}, {w['role']}) on {w['node']}: {w['reason']}"))
+    if len(waits) > limit:
+        console.print(plain(f"  ... and more: `crowbar anneal -o json` lists the first {len(waits)}"))
+
+
 @cli.command()
-@click.option("--wait", is_flag=True, help="wait, with live progress, until finished or failed")
+@click.option("--wait", is_flag=True, help="wait, with progress, until finished or failed")
 @click.option("--timeout", type=SECONDS, default=3600, show_default=True, help="seconds to wait")
 @click.option("--deployment")
 @output_option
 @pass_ctx
 def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, output: str) -> None:
-    """Annealer status; exit 0 finished, 1 failed, 2 timed out (with --wait)."""
+    """The annealer's status (it runs in the server, whenever there is work), and what waiting
+    noderoles wait on; exit 0 finished, 1 failed, 2 timed out (with --wait).
+
+    With --wait: a live bar on a terminal, else a plain line whenever the counts change."""
     def fetch() -> dict:
         return ctx.api.request("GET", "/anneal", ok=(200, 202, 409),
                                params={"deployment": deployment} if deployment else {}).json()
 
     status = fetch()
     if wait and status["status"] == "working":
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # slow import: only here
-
         deadline = time.monotonic() + timeout
-        with Progress(TextColumn("[bold]annealing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                      transient=not console.is_terminal) as bar:
-            task = bar.add_task(_summary(status), total=max(status["total"], 1), completed=status["counts"]["active"])
-            while status["status"] == "working" and time.monotonic() < deadline:
-                time.sleep(0.3)
+        if console.is_terminal and output != "json":
+            status = _wait_with_bar(fetch, status, deadline)
+        else:  # a log, a CI job, a pipe: plain lines, when something changed (and each minute)
+            started, last, last_at = time.monotonic(), None, 0.0
+            while True:
+                line = f"annealing: {status['counts']['active']}/{status['total']} active; {_summary(status)}"
+                if line != last or time.monotonic() - last_at >= 60:
+                    click.echo(f"{line} ({time.monotonic() - started:.0f}s)", err=output == "json")
+                    last, last_at = line, time.monotonic()
+                if status["status"] != "working" or time.monotonic() >= deadline:
+                    break
+                time.sleep(1.0)
                 status = fetch()
-                bar.update(task, total=max(status["total"], 1), completed=status["counts"]["active"],
-                           description=_summary(status))
     if output == "json":
         emit_object(status, output)
     else:
         console.print(f"anneal {status['status']}: {_summary(status)}")
         if status.get("waiting_on_unavailable_nodes"):
             console.print(f"{status['waiting_on_unavailable_nodes']} noderoles wait for nodes that are dead or reserved")
+        if status.get("waiting"):
+            console.print("waiting, and on what:")
+            _print_waits(status)
+        if status["status"] == "working" and not wait:
+            scope = f" --deployment {deployment}" if deployment else ""
+            console.print(plain(f"the server is annealing ({status['counts']['todo'] + status['counts']['transition']} "
+                                f"noderoles to run): watch it with `crowbar anneal --wait{scope}` or "
+                                "`crowbar noderoles list --state transition`"))
     if status["status"] == "working":
         if wait:
             raise CliError(f"anneal still working after {timeout:g}s: {_summary(status)}", code=2)
         sys.exit(0)
     sys.exit(EXIT[status["status"]])
+
+
+def _wait_with_bar(fetch, status: dict, deadline: float) -> dict:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # slow import: only here
+
+    with Progress(TextColumn("[bold]annealing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(_summary(status), total=max(status["total"], 1), completed=status["counts"]["active"])
+        while status["status"] == "working" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            status = fetch()
+            bar.update(task, total=max(status["total"], 1), completed=status["counts"]["active"],
+                       description=_summary(status))
+    return status
 
 
 @cli.command()

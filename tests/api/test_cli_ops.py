@@ -134,3 +134,47 @@ def test_listings_columns_sort_limit_and_80_columns(cli, api, narrow):
         assert code == 0 and isinstance(json.loads(out), list)
         code, out, _ = cli(*args, "--sort", "-id" if args[-1] != "states" else "state", "--limit", "1", "-o", "json")
         assert code == 0 and len(json.loads(out)) <= 1, args
+
+
+def test_anneal_says_it_runs_and_how_to_watch_then_prints_plain_progress(cli, api, monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    api.post("/api/v2/nodes", json={"name": "an.example.com"})
+    api.post("/api/v2/deployments", json={"name": "web"})
+    api.post("/api/v2/deployments/web/bind", json={"role": "test-async", "node": "an.example.com"})
+    api.post("/api/v2/deployments/web/commit")
+    code, out, _ = cli("anneal", "--deployment", "web")
+    assert code == 0 and "anneal working" in out
+    assert "watch it with `crowbar anneal --wait --deployment web`" in out
+    # --wait off a terminal: plain lines (no bar, no escape sequences), then the result
+    busy = []
+
+    def sleep(_seconds):  # the server's annealer, run while the CLI waits
+        if not busy:
+            busy.append(1)
+            api.anneal()
+            busy.clear()
+
+    monkeypatch.setattr(main, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    code, out, _ = cli("anneal", "--wait", "--deployment", "web", "--timeout", "60")
+    lines = out.splitlines()
+    assert code == 0 and "\x1b" not in out
+    assert lines[0].startswith("annealing: 0/1 active; 0 active, 1 todo, 0 running")
+    assert lines[-1] == "anneal finished: 1 active, 0 todo, 0 running, 0 blocked, 0 error"
+
+
+def test_anneal_prints_what_waiting_noderoles_wait_on(cli, api):
+    api.post("/api/v2/nodes", json={"name": "w1.example.com"})
+    api.post("/api/v2/deployments", json={"name": "db"})
+    api.post("/api/v2/deployments/db/bind", json={"role": "test-fails", "node": "w1.example.com"})
+    api.post("/api/v2/deployments/db/commit")
+    api.anneal()
+    api.post("/api/v2/deployments", json={"name": "web"})
+    api.post("/api/v2/deployments/web/bind", json={"role": "test-async", "node": "w1.example.com"})
+    api.post("/api/v2/deployments/web/commit")
+    api.anneal()
+    code, out, _ = cli("anneal", "--deployment", "web")
+    assert code == 1 and "anneal failed" in out and "waiting, and on what:" in out
+    assert "(web, test-async) on w1.example.com: waits on noderole" in out
+    assert "(deployment db, role test-fails) on node w1.example.com: error" in out
