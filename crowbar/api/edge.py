@@ -41,6 +41,7 @@ PARSE_IN_THREAD = 64 * 1024  # bytes
 # object's path, from the answer's body.
 LOCATIONS: dict[tuple[str, str], Callable[[dict], str]] = {
     ("POST", "/api/v2/nodes"): lambda b: f"/api/v2/nodes/{b['id']}",
+    ("POST", "/api/v2/nodes/register"): lambda b: f"/api/v2/nodes/{b['id']}",
     ("POST", "/api/v2/deployments"): lambda b: f"/api/v2/deployments/{b['id']}",
     ("POST", "/api/v2/deployments/{key}/bind"): lambda b: f"/api/v2/node_roles/{b['noderole']['id']}",
     ("POST", "/api/v2/barclamps"): lambda b: f"/api/v2/barclamps/{b['id']}",

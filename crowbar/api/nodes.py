@@ -6,8 +6,8 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
 from crowbar.api import deps, errors
-from crowbar.api.deps import ETAG, Actor, IfMatch, Paging, UnitOfWork, with_etag
-from crowbar.services import nodes
+from crowbar.api.deps import ETAG, Actor, IfMatch, Paging, Settings, UnitOfWork, with_etag
+from crowbar.services import nodes, provisioning
 
 router = APIRouter(prefix="/api/v2", tags=["nodes"], dependencies=[Depends(deps.actor)])
 
@@ -18,6 +18,11 @@ class NodeIn(BaseModel):
     alive: bool = True
     available: bool = True
     description: str = ""
+
+
+class Register(BaseModel):
+    macs: list[str] = Field(description="the machine's MACs; the first is the one it PXE-boots from")
+    name: str | None = Field(None, description="host name (default: the name discovery gives it, from the MAC)")
 
 
 class NodePatch(BaseModel):
@@ -36,6 +41,13 @@ def list_nodes(s: UnitOfWork, page: Paging, state: str | None = None, name: str 
 def create_node(body: NodeIn, s: UnitOfWork, who: Actor):
     return nodes.create_node(s, body.name, admin=body.admin, alive=body.alive, available=body.available,
                              description=body.description, actor=who)
+
+
+@router.post("/nodes/register", status_code=201)
+def register_node(body: Register, s: UnitOfWork, who: Actor, config: Settings):
+    """Register a machine by its MACs before it boots: a node in `discovering`, found by its MAC
+    when it PXE-boots and discovery runs (then `discovered`)."""
+    return provisioning.register(s, body.macs, body.name, config.domain, actor=who)
 
 
 @router.get("/nodes/{key}", responses={200: {"headers": ETAG}})

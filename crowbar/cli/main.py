@@ -301,6 +301,24 @@ def nodes_create(ctx: Context, name: str, admin: bool, dead: bool, reserved: boo
                                         "description": description}), output)
 
 
+@nodes.command("register")
+@click.argument("macs", metavar="MAC...", nargs=-1, required=True)
+@click.option("--name", help="host name (default: the name discovery gives it, from the first MAC)")
+@output_option
+@pass_ctx
+def nodes_register(ctx: Context, macs: tuple[str, ...], name: str | None, output: str) -> None:
+    """Register one machine by its MACs before it boots (the first is the MAC it PXE-boots from):
+    a node in `discovering`; when the machine boots, discovery finds it by MAC."""
+    node = ctx.api.post("/nodes/register", {"macs": list(macs), "name": name})
+    if output == "json":
+        emit_object(node, output)
+        return
+    console.print(plain(f"node {node['name']} (id {node['id']}) registered: {node['state']}, boots the discovery "
+                        f"image from {node['boot_mac']}. Power it on (crowbar nodes set-power, crowbar nodes power "
+                        f"{node['name']} on) or start it by hand: it must boot within the state's timeout "
+                        "(crowbar nodes states)."))
+
+
 @nodes.command("update")
 @click.argument("node")
 @click.option("--alive/--dead", default=None)

@@ -178,3 +178,11 @@ def test_anneal_prints_what_waiting_noderoles_wait_on(cli, api):
     assert code == 1 and "anneal failed" in out and "waiting, and on what:" in out
     assert "(web, test-async) on w1.example.com: waits on noderole" in out
     assert "(deployment db, role test-fails) on node w1.example.com: error" in out
+
+
+def test_nodes_register(cli, api):
+    code, out, err = cli("nodes", "register", "52:54:00:ab:00:01", "52:54:00:ab:00:02", "--name", "new.example.com")
+    assert code == 0 and "node new.example.com" in out and "discovering" in out and "52:54:00:ab:00:01" in out
+    assert api.get("/api/v2/nodes/new.example.com").json()["state"] == "discovering"
+    code, _, err = cli("nodes", "register", "52:54:00:AB:00:02")
+    assert code == 1 and "already belong to a node" in err
