@@ -18,8 +18,6 @@ import click
 
 from crowbar.cli.client import CliError, seg, shown
 from crowbar.cli.output import console, emit_object, output_option, plain
-from crowbar.documents import loads_strict, put
-from crowbar.errors import InvalidInput
 
 
 @click.group("role-data")
@@ -31,11 +29,32 @@ def _path(deployment: str, role: str) -> str:
     return f"/deployments/{seg(deployment)}/roles/{seg(role)}"
 
 
-def _json_object(text: str, where: str) -> dict:
+def _no_constant(word: str):
+    raise ValueError(f"{word} is not a JSON number")
+
+
+def _loads(text: str, where: str):
+    """JSON as the server reads it (NaN and Infinity are not JSON; the server checks the rest)."""
     try:
-        value = loads_strict(text, field="data", what=where)
-    except InvalidInput as exc:
-        raise CliError(exc.message) from None
+        return json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise CliError(f"{where} is nested too deeply") from None
+    except ValueError as exc:
+        raise CliError(f"{where} is not JSON: {exc}") from None
+
+
+def _put(doc: dict, path: str, value) -> None:
+    """Place `value` at the slash path (making the objects on the way)."""
+    parts = path.strip("/").split("/")
+    for part in parts[:-1]:
+        if not isinstance(doc.get(part), dict):
+            doc[part] = {}
+        doc = doc[part]
+    doc[parts[-1]] = value
+
+
+def _json_object(text: str, where: str) -> dict:
+    value = _loads(text, where)
     if not isinstance(value, dict):
         raise CliError(f"{where} must be a JSON object, not {type(value).__name__}")
     return value
@@ -47,8 +66,8 @@ def _assignment(text: str) -> tuple[str, object]:
     if not sep or not path.strip("/"):
         raise CliError(f"--set {shown(text)}: expected PATH=VALUE (PATH like web/port, VALUE JSON or a string)")
     try:
-        return path, loads_strict(raw, field="value")
-    except InvalidInput:
+        return path, _loads(raw, "the value")
+    except CliError:
         return path, raw
 
 
@@ -106,7 +125,7 @@ def role_data_set(ctx, deployment: str, role: str, data: str | None, file, assig
         current, etag = ctx.api.read(path)
         new = json.loads(json.dumps(current["proposed"]))
         for key, value in map(_assignment, assignments):
-            put(new, key, value)
+            _put(new, key, value)
         if_match = if_match or etag
     else:
         new = _json_object(file.read() if file is not None else data, "the role data")
