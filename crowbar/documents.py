@@ -4,18 +4,20 @@ Pure, at the bottom of the layers so that everyone may use it: the attribute lay
 (crowbar/engine/attribs.py) are built from these, and jigs read the documents a run hands them and
 combine the walls they return with them.
 
-Also the one rule for what may be stored as JSON at all (`check_strict`): the HTTP edge applies it
+Also a document's version as HTTP shows it (`etag`, `check_if_match`: ETag and If-Match), and
+the one rule for what may be stored as JSON at all (`check_strict`): the HTTP edge applies it
 to every request body, and services to JSON they make from text (YAML templates, CLI values).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import re
 
-from crowbar.errors import InvalidInput
+from crowbar.errors import InvalidInput, PreconditionFailed
 
 MISSING = object()  # what `dig` answers for a path that is not there (None may be a value)
 
@@ -136,3 +138,35 @@ def loads_strict(text: str, field: str = "body", what: str = "the value"):
     except ValueError as exc:  # JSONDecodeError, NaN, 1e400, an integer of more than 4,300 digits
         raise InvalidInput(f"{what} is not JSON: {exc}", field=field) from None
     return check_strict(value, field=field, what=what)
+
+
+# -- versions: ETag and If-Match ------------------------------------------------------------------
+def etag(document) -> str:
+    """A strong HTTP entity tag for a JSON document: a digest of its canonical form (sorted keys),
+    so it changes exactly when what a GET shows changes, whoever changed it, without a version
+    column to keep up to date."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return '"' + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:32] + '"'
+
+
+def if_match_ok(if_match: str | None, current: str) -> bool:
+    """Whether an If-Match header lets a write go ahead on a document whose ETag is `current`:
+    no header, `*`, or one of its comma-separated tags equal to it (strong comparison: a weak
+    `W/` tag never matches; a tag given without its quotes is read as quoted)."""
+    if if_match is None:
+        return True
+    for tag in (t.strip() for t in if_match.split(",")):
+        if tag == "*" or tag == current or (tag and not tag.startswith(("W/", '"')) and f'"{tag}"' == current):
+            return True
+    return False
+
+
+def check_if_match(if_match: str | None, document, what: str) -> None:
+    """PreconditionFailed (412) unless `if_match` matches `document`'s ETag: `what` (e.g. "node
+    'n1'") was changed since the caller read it. The caller holds the row locked (or the database's
+    only write lock), so nobody changes it between this check and the write."""
+    current = etag(document)
+    if not if_match_ok(if_match, current):
+        raise PreconditionFailed(f"{what} was changed by someone else since it was read (If-Match {if_match[:80]} "
+                                 f"is not its current ETag {current}): read it again and redo the change",
+                                 etag=current)

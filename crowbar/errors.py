@@ -88,3 +88,19 @@ class BarclampError(InvalidInput):
     """A barclamp definition is wrong; the message names the file and the role."""
 
     kind = "invalid_barclamp"
+
+
+class PreconditionFailed(CrowbarError):
+    """If-Match named a version the object no longer has: someone changed it since the caller read
+    it (HTTP 412). The answer carries the current ETag, so a client can read again and redo."""
+
+    status = 412
+    kind = "precondition_failed"
+
+    def __init__(self, message: str, *, etag: str, field: str | None = "If-Match"):
+        super().__init__(message, field=field)
+        self.etag = etag
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"ETag": self.etag}

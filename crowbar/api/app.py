@@ -13,9 +13,12 @@ per role).
 
 from __future__ import annotations
 
+import swagger_ui_bundle
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.staticfiles import StaticFiles
 
 from crowbar import __version__
 from crowbar.api import (
@@ -48,6 +51,7 @@ ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, a
 # (413, 422); lookups, conflicts and the database (404, 409, 503); 401: a user's token on user
 # routes (checked first, then its role: 403), a node token on the agent's; 400: an unknown query parameter. (A route may declare more of its own.)
 ROUTER_ERRORS = errors.responses(400, 401, 403, *errors.DATABASE, *errors.EDGE)
+DOCS, DOCS_ASSETS = "/api/v2/docs", "/api/v2/docs/assets"  # the OpenAPI page, and its files (no CDN)
 
 
 def create_app(settings: AppSettings) -> FastAPI:
@@ -55,7 +59,7 @@ def create_app(settings: AppSettings) -> FastAPI:
     runs them, and `settings.wake` tells them about new work."""
     app = FastAPI(title="Crowbar", version=__version__,
                   description="Bare-metal provisioning and orchestration: barclamps, deployments, noderoles, "
-                              "the annealer.", docs_url="/api/v2/docs", openapi_url="/api/v2/openapi.json",
+                              "the annealer.", docs_url=None, openapi_url="/api/v2/openapi.json",
                   default_response_class=body.JSONResponse)
     app.state.settings = settings  # read through crowbar.api.deps.settings only
     errors.install(app)
@@ -95,6 +99,16 @@ def create_app(settings: AppSettings) -> FastAPI:
     observed += [route for route in app.router.routes if isinstance(getattr(route, "path", None), str)]
     observed += [route for router in ROUTERS for route in router.routes]
 
+    @app.get(DOCS, include_in_schema=False)
+    def docs():
+        """The OpenAPI page (Swagger UI), whose scripts and styles this server serves: sites are
+        often offline, and a page from a CDN would be blank there."""
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
     ui.mount(app)  # the web UI under /ui; `/` redirects there
 
     return app

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel
 
-from crowbar.api import deps
-from crowbar.api.deps import Actor, Paging, UnitOfWork
+from crowbar.api import deps, errors
+from crowbar.api.deps import ETAG, Actor, IfMatch, Paging, UnitOfWork, with_etag
 from crowbar.services import deployments
 
 router = APIRouter(prefix="/api/v2", tags=["deployments"], dependencies=[Depends(deps.actor)])
@@ -72,6 +72,15 @@ def deployment_roles(deployment: str, s: UnitOfWork):
     return deployments.deployment_roles(s, deployment)
 
 
-@router.put("/deployments/{key}/roles/{role}")
-def set_role_data(key: str, role: str, body: RoleData, s: UnitOfWork, who: Actor):
-    return deployments.set_role_data(s, key, role, body.data, actor=who)
+@router.get("/deployments/{key}/roles/{role}", responses={200: {"headers": ETAG}})
+def role_data(key: str, role: str, s: UnitOfWork, response: Response):
+    """A bound role's proposed data (the next commit hands it to the role's noderoles) and committed
+    data, with its ETag: send it as If-Match with a change."""
+    return with_etag(response, deployments.role_data(s, key, role))
+
+
+@router.put("/deployments/{key}/roles/{role}", responses={200: {"headers": ETAG}, **errors.responses(412)})
+def set_role_data(key: str, role: str, body: RoleData, s: UnitOfWork, who: Actor, response: Response,
+                  if_match: IfMatch = None):
+    """Replace a bound role's proposed data (the deployment is proposed again; commit to run it)."""
+    return with_etag(response, deployments.set_role_data(s, key, role, body.data, actor=who, if_match=if_match))

@@ -2,7 +2,9 @@
 work, and list paging.
 
 Routes declare them with the `Annotated` aliases below (`s: UnitOfWork`, `who: Actor` (the user's
-name, for events), `caller: CallerOf` (the user, its role and token), `page: Paging`), so a route is its parameters plus one call into a service.
+name, for events), `caller: CallerOf` (the user, its role and token), `page: Paging`, `if_match:
+IfMatch` (the If-Match header of a write that must not overwrite a newer version)), so a route is
+its parameters plus one call into a service.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import Depends, Query, Request, Security
+from fastapi import Depends, Header, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from crowbar.api.settings import AppSettings
 from crowbar.db.session import pending_work
 from crowbar.db.sql import MAX_ID
+from crowbar.documents import etag
 from crowbar.errors import Forbidden, Unauthorized
 from crowbar.services import auth, websessions
 from crowbar.services.auth import Caller
@@ -150,6 +153,19 @@ def required_role(route) -> str:
 def calls(dependant, call) -> bool:
     """True when `dependant` depends on `call`, directly or through its dependencies."""
     return dependant.call is call or any(calls(d, call) for d in dependant.dependencies)
+
+
+IfMatch = Annotated[str | None, Header(
+    alias="If-Match", description="the ETag a GET of this object answered: the change is made only if nobody "
+                                  "changed the object since (412 otherwise); `*` or no header: whatever it is now")]
+ETAG = {"ETag": {"description": "the version of what the body shows: send it back in If-Match to change the "
+                                "object only if nobody else has changed it since", "schema": {"type": "string"}}}
+
+
+def with_etag(response: Response, document: dict) -> dict:
+    """`document`, answered with its ETag (`crowbar.documents.etag`) as a header."""
+    response.headers["ETag"] = etag(document)
+    return document
 
 
 class Page:

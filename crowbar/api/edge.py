@@ -10,7 +10,8 @@ see it, in this order:
 2. The URL: a NUL character in the path or the query is refused (422): nothing is named so, and
    PostgreSQL cannot even compare text with one. On a user's route, a query parameter the route
    does not declare is refused (400 bad_request, field "query").
-   A path some routes take, with a method none takes, is 405, and Allow names that path's methods.
+   A path some routes take, with a method none takes, is 405, and Allow names that path's methods
+   (the most literal path's, as the document lists them).
 3. The body: at most `body.limit_for(route path)` bytes (413: from Content-Length before reading,
    else as it arrives), and a JSON body (no content type, application/json, application/*+json)
    must be strict JSON (`body.loads`: 422), except on a route that parses its own body by a rule of
@@ -40,6 +41,7 @@ PARSE_IN_THREAD = 64 * 1024  # bytes
 # object's path, from the answer's body.
 LOCATIONS: dict[tuple[str, str], Callable[[dict], str]] = {
     ("POST", "/api/v2/nodes"): lambda b: f"/api/v2/nodes/{b['id']}",
+    ("POST", "/api/v2/nodes/register"): lambda b: f"/api/v2/nodes/{b['id']}",
     ("POST", "/api/v2/deployments"): lambda b: f"/api/v2/deployments/{b['id']}",
     ("POST", "/api/v2/deployments/{key}/bind"): lambda b: f"/api/v2/node_roles/{b['noderole']['id']}",
     ("POST", "/api/v2/barclamps"): lambda b: f"/api/v2/barclamps/{b['id']}",
@@ -131,17 +133,20 @@ class Edge:
     def _route(self, scope: Scope) -> tuple[BaseRoute | None, str | None, set[str]]:
         """The route for `scope`, the role it needs (None: an open route), and (when no route takes the
         request's method, but some take its path) the methods of the path as the document lists
-        them: those of the routes declared with the same path as the first that matched."""
-        partial, allowed = None, set()
+        them: those of the routes declared with the most literal of the paths that matched
+        (`/nodes/deploy` rather than `/nodes/{key}`), the first of them on a tie."""
+        partials: list[tuple[BaseRoute, str | None]] = []
         for route, needed in self.routes:
             match, _child = route.matches(scope)
             if match is Match.FULL:
                 return route, needed, set()
             if match is Match.PARTIAL:
-                partial = partial or (route, needed)
-                if route.path == partial[0].path:
-                    allowed |= set(route.methods or ())
-        return (*(partial or (None, None)), allowed)
+                partials.append((route, needed))
+        if not partials:
+            return None, None, set()
+        best = min(partials, key=lambda p: getattr(p[0], "path", "").count("{"))
+        allowed = set().union(*(r.methods or () for r, _n in partials if r.path == best[0].path))
+        return (*best, allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -102,6 +102,8 @@ WHY = {
     403: "The caller may not do this: its role is below the route's, or a missing or wrong proof",
     404: "An object the request names does not exist",
     409: "The current state forbids it, or it conflicts with existing data",
+    412: "If-Match does not match the object's ETag: someone changed it since it was read (the answer's "
+         "ETag header is the current one)",
     413: "The request body is over its size limit",
     422: "A parameter or the body is invalid (a JSON body must be strict JSON)",
     429: "Too many requests of this kind; Retry-After says when to try again",

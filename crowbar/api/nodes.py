@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
-from crowbar.api import deps
-from crowbar.api.deps import Actor, Paging, UnitOfWork
-from crowbar.services import nodes
+from crowbar.api import deps, errors
+from crowbar.api.deps import ETAG, Actor, IfMatch, Paging, Settings, UnitOfWork, with_etag
+from crowbar.services import nodes, provisioning
 
 router = APIRouter(prefix="/api/v2", tags=["nodes"], dependencies=[Depends(deps.actor)])
 
@@ -18,6 +18,11 @@ class NodeIn(BaseModel):
     alive: bool = True
     available: bool = True
     description: str = ""
+
+
+class Register(BaseModel):
+    macs: list[str] = Field(description="the machine's MACs; the first is the one it PXE-boots from")
+    name: str | None = Field(None, description="host name (default: the name discovery gives it, from the MAC)")
 
 
 class NodePatch(BaseModel):
@@ -44,17 +49,25 @@ def create_node(body: NodeIn, s: UnitOfWork, who: Actor):
                              description=body.description, actor=who)
 
 
-@router.get("/nodes/{key}")
-def show_node(key: str, s: UnitOfWork):
-    return nodes.show_node(s, key)
+@router.post("/nodes/register", status_code=201)
+def register_node(body: Register, s: UnitOfWork, who: Actor, config: Settings):
+    """Register a machine by its MACs before it boots: a node in `discovering`, found by its MAC
+    when it PXE-boots and discovery runs (then `discovered`)."""
+    return provisioning.register(s, body.macs, body.name, config.domain, actor=who)
 
 
-@router.patch("/nodes/{key}")
-def update_node(key: str, body: NodePatch, s: UnitOfWork, who: Actor):
-    return nodes.update_node(s, key, alive=body.alive, available=body.available, description=body.description,
-                             actor=who)
+@router.get("/nodes/{key}", responses={200: {"headers": ETAG}})
+def show_node(key: str, s: UnitOfWork, response: Response):
+    """The node, with its ETag: send it as If-Match with a change."""
+    return with_etag(response, nodes.show_node(s, key))
 
 
-@router.delete("/nodes/{key}")
-def delete_node(key: str, s: UnitOfWork, who: Actor):
-    return nodes.delete_node(s, key, actor=who)
+@router.patch("/nodes/{key}", responses={200: {"headers": ETAG}, **errors.responses(412)})
+def update_node(key: str, body: NodePatch, s: UnitOfWork, who: Actor, response: Response, if_match: IfMatch = None):
+    return with_etag(response, nodes.update_node(s, key, alive=body.alive, available=body.available,
+                                                 description=body.description, actor=who, if_match=if_match))
+
+
+@router.delete("/nodes/{key}", responses=errors.responses(412))
+def delete_node(key: str, s: UnitOfWork, who: Actor, if_match: IfMatch = None):
+    return nodes.delete_node(s, key, actor=who, if_match=if_match)

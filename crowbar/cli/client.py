@@ -231,6 +231,8 @@ class Client:
                            f"error body: is {self.endpoint} a Crowbar server?)")
         if 300 <= resp.status_code < 400 and resp.headers.get("location"):
             message += f"; it redirects to {resp.headers['location']}: set --endpoint to the server itself"
+        if resp.status_code == 412:
+            message += " (nothing was changed)"
         if resp.status_code == 401 and self.token_source:
             message += f" (the token from {self.token_source} was rejected)"
         elif resp.status_code == 401:
@@ -273,17 +275,31 @@ class Client:
         seen.add(str(url))
         return url
 
+    def read(self, path: str) -> tuple[dict, str | None]:
+        """An object and its ETag: pass the ETag as `if_match` to a change made from what was read,
+        and the server refuses the change (412, "changed by someone else") if the object changed."""
+        resp = self.request("GET", path)
+        return resp.json(), resp.headers.get("etag")
+
     def post(self, path: str, body: dict | None = None):
         return self.request("POST", path, json=body or {}).json()
 
-    def put(self, path: str, body: dict):
-        return self.request("PUT", path, json=body).json()
+    def put(self, path: str, body: dict, if_match: str | None = None):
+        return self.request("PUT", path, json=body, **_if_match(if_match)).json()
 
-    def patch(self, path: str, body: dict):
-        return self.request("PATCH", path, json=body).json()
+    def patch(self, path: str, body: dict, if_match: str | None = None):
+        return self.request("PATCH", path, json=body, **_if_match(if_match)).json()
 
-    def delete(self, path: str):
-        return self.request("DELETE", path).json()
+    def delete(self, path: str, if_match: str | None = None):
+        return self.request("DELETE", path, **_if_match(if_match)).json()
+
+
+def _if_match(etag: str | None) -> dict:
+    if etag is None:
+        return {}
+    if not TOKEN.fullmatch(etag):
+        raise CliError(f"{shown(etag)} is not an ETag (printable ASCII without spaces, as a GET answered it)")
+    return {"headers": {"if-match": etag}}
 
 
 def _why(exc: Exception) -> str:

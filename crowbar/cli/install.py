@@ -19,7 +19,7 @@ import click
 
 from crowbar import config
 from crowbar.cli.client import CliError, seg
-from crowbar.cli.output import SECONDS, console, emit_list, emit_object, output_option
+from crowbar.cli.output import SECONDS, console, emit_list, emit_object, output_option, table_options
 
 NODE_COLUMNS = ["name", "state", "os", "phase", "progress", "state_reason"]
 DONE = ("ready",)
@@ -194,6 +194,7 @@ def os_build(name: str, store: Path | None, mirror: str | None, force: bool, out
 
 
 @os_group.command("list")
+@table_options
 @output_option
 @click.pass_obj
 def os_list(ctx, output: str) -> None:

@@ -31,9 +31,11 @@ from crowbar.cli.output import (
     limit_option,
     output_option,
     plain,
+    table_options,
 )
 from crowbar.cli.portable import COMMANDS as portable_commands
 from crowbar.cli.power import COMMANDS as power_commands
+from crowbar.cli.role_data import role_data
 from crowbar.cli.install import install_commands, os_group
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
@@ -204,6 +206,7 @@ def barclamps() -> None:
 
 
 @barclamps.command("list")
+@table_options
 @limit_option
 @output_option
 @pass_ctx
@@ -241,6 +244,7 @@ def roles() -> None:
 
 
 @roles.command("list")
+@table_options
 @click.option("--barclamp")
 @limit_option
 @output_option
@@ -265,6 +269,7 @@ def nodes() -> None:
 
 
 @nodes.command("list")
+@table_options
 @click.option("--state", help="only nodes in this lifecycle state (see `crowbar nodes states`)")
 @click.option("--name", help="only nodes whose name starts with this")
 @limit_option
@@ -279,7 +284,9 @@ def nodes_list(ctx: Context, state: str | None, name: str | None, limit: int | N
 @output_option
 @pass_ctx
 def nodes_show(ctx: Context, node: str, output: str) -> None:
-    emit_object(ctx.api.get(f"/nodes/{seg(node)}"), output)
+    """The node (the table ends with its ETag, for `nodes update --if-match`)."""
+    shown, etag = ctx.api.read(f"/nodes/{seg(node)}")
+    emit_object(shown if output == "json" else shown | {"etag": etag}, output)
 
 
 @nodes.command("create")
@@ -295,26 +302,49 @@ def nodes_create(ctx: Context, name: str, admin: bool, dead: bool, reserved: boo
                                         "description": description}), output)
 
 
+@nodes.command("register")
+@click.argument("macs", metavar="MAC...", nargs=-1, required=True)
+@click.option("--name", help="host name (default: the name discovery gives it, from the first MAC)")
+@output_option
+@pass_ctx
+def nodes_register(ctx: Context, macs: tuple[str, ...], name: str | None, output: str) -> None:
+    """Register one machine by its MACs before it boots (the first is the MAC it PXE-boots from):
+    a node in `discovering`; when the machine boots, discovery finds it by MAC."""
+    node = ctx.api.post("/nodes/register", {"macs": list(macs), "name": name})
+    if output == "json":
+        emit_object(node, output)
+        return
+    console.print(plain(f"node {node['name']} (id {node['id']}) registered: {node['state']}, boots the discovery "
+                        f"image from {node['boot_mac']}. Power it on (crowbar nodes set-power, crowbar nodes power "
+                        f"{node['name']} on) or start it by hand: it must boot within the state's timeout "
+                        "(crowbar nodes states)."))
+
+
 @nodes.command("update")
 @click.argument("node")
 @click.option("--alive/--dead", default=None)
 @click.option("--available/--reserved", default=None)
+@click.option("--description")
+@click.option("--if-match", help="change it only if its ETag is still this (`nodes show` prints it)")
 @output_option
 @pass_ctx
-def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | None, output: str) -> None:
-    """Mark a node alive or dead, available or reserved."""
-    emit_object(ctx.api.patch(f"/nodes/{seg(node)}", {"alive": alive, "available": available}), output)
+def nodes_update(ctx: Context, node: str, alive: bool | None, available: bool | None, description: str | None,
+                 if_match: str | None, output: str) -> None:
+    """Mark a node alive or dead, available or reserved; set its description."""
+    emit_object(ctx.api.patch(f"/nodes/{seg(node)}", {"alive": alive, "available": available,
+                                                      "description": description}, if_match=if_match), output)
 
 
 @nodes.command("delete")
 @click.argument("node")
+@click.option("--if-match", help="delete it only if its ETag is still this (`nodes show` prints it)")
 @confirm_option
 @output_option
 @pass_ctx
-def nodes_delete(ctx: Context, node: str, yes: bool, output: str) -> None:
+def nodes_delete(ctx: Context, node: str, if_match: str | None, yes: bool, output: str) -> None:
     """Delete a node (asks first on a terminal; --yes does not)."""
     confirm(f"delete node {node!r}?", yes)
-    emit_object(ctx.api.delete(f"/nodes/{seg(node)}"), output)
+    emit_object(ctx.api.delete(f"/nodes/{seg(node)}", if_match=if_match), output)
 
 
 def _post_action(collection: str, action: str):
@@ -357,6 +387,7 @@ for _command in install_commands:  # nodes deploy | reinstall | release | ssh
 
 
 @nodes.command("states")
+@table_options
 @click.option("--dot", is_flag=True, help="the diagram as Graphviz dot, drawn from the transition table")
 @output_option
 @pass_ctx
@@ -378,6 +409,7 @@ def deployments() -> None:
 
 
 @deployments.command("list")
+@table_options
 @limit_option
 @output_option
 @pass_ctx
@@ -423,6 +455,7 @@ def deployments_bind(ctx: Context, deployment: str, role: str, node: str, output
                             "commit it to run the new noderoles"))
 
 
+deployments.add_command(role_data)
 deployments.command("commit", help="Commit a deployment: its noderoles become runnable.")(
     _post_action("deployments", "commit"))
 deployments.command("propose", help="Reopen a deployment for changes.")(_post_action("deployments", "propose"))
@@ -450,6 +483,7 @@ def noderoles() -> None:
 
 
 @noderoles.command("list")
+@table_options
 @click.option("--deployment")
 @click.option("--node")
 @click.option("--role")
@@ -480,6 +514,7 @@ def noderoles_retry(ctx: Context, noderole: str, output: str) -> None:
 
 
 @noderoles.command("parents")
+@table_options
 @click.argument("noderole")
 @output_option
 @pass_ctx
@@ -488,6 +523,7 @@ def noderoles_parents(ctx: Context, noderole: str, output: str) -> None:
 
 
 @noderoles.command("children")
+@table_options
 @click.argument("noderole")
 @output_option
 @pass_ctx
@@ -546,6 +582,7 @@ def attribs() -> None:
 
 
 @attribs.command("list")
+@table_options
 @limit_option
 @output_option
 @pass_ctx
@@ -584,38 +621,60 @@ def _summary(status: dict) -> str:
             f"{c['error']} error")
 
 
+def _print_waits(status: dict, limit: int = 20) -> None:
+    """What the waiting noderoles wait on (an error, a dead or reserved node), one line each."""
+    waits = status.get("waiting") or []
+    for w in waits[:limit]:
+        console.print(plain(f"  noderole {w['noderole']} ({w['deployment']}, {w['role']}) on {w['node']}: {w['reason']}"))
+    if len(waits) > limit:
+        console.print(plain(f"  ... and more: `crowbar anneal -o json` lists the first {len(waits)}"))
+
+
 @cli.command()
-@click.option("--wait", is_flag=True, help="wait, with live progress, until finished or failed")
+@click.option("--wait", is_flag=True, help="wait, with progress, until finished or failed")
 @click.option("--timeout", type=SECONDS, default=3600, show_default=True, help="seconds to wait")
 @click.option("--deployment")
 @output_option
 @pass_ctx
 def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, output: str) -> None:
-    """Annealer status; exit 0 finished, 1 failed, 2 timed out (with --wait)."""
+    """The annealer's status (it runs in the server, whenever there is work), and what waiting
+    noderoles wait on; exit 0 finished, 1 failed, 2 timed out (with --wait).
+
+    With --wait: a live bar on a terminal, else a plain line whenever the counts change."""
     def fetch() -> dict:
         return ctx.api.request("GET", "/anneal", ok=(200, 202, 409),
                                params={"deployment": deployment} if deployment else {}).json()
 
     status = fetch()
     if wait and status["status"] == "working":
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # slow import: only here
-
         deadline = time.monotonic() + timeout
-        with Progress(TextColumn("[bold]annealing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                      transient=not console.is_terminal) as bar:
-            task = bar.add_task(_summary(status), total=max(status["total"], 1), completed=status["counts"]["active"])
-            while status["status"] == "working" and time.monotonic() < deadline:
-                time.sleep(0.3)
+        if console.is_terminal and output != "json":
+            status = _wait_with_bar(fetch, status, deadline)
+        else:  # a log, a CI job, a pipe: plain lines, when something changed (and each minute)
+            started, last, last_at = time.monotonic(), None, 0.0
+            while True:
+                line = f"annealing: {status['counts']['active']}/{status['total']} active; {_summary(status)}"
+                if line != last or time.monotonic() - last_at >= 60:
+                    click.echo(f"{line} ({time.monotonic() - started:.0f}s)", err=output == "json")
+                    last, last_at = line, time.monotonic()
+                if status["status"] != "working" or time.monotonic() >= deadline:
+                    break
+                time.sleep(1.0)
                 status = fetch()
-                bar.update(task, total=max(status["total"], 1), completed=status["counts"]["active"],
-                           description=_summary(status))
     if output == "json":
         emit_object(status, output)
     else:
         console.print(f"anneal {status['status']}: {_summary(status)}")
         if status.get("waiting_on_unavailable_nodes"):
             console.print(f"{status['waiting_on_unavailable_nodes']} noderoles wait for nodes that are dead or reserved")
+        if status.get("waiting"):
+            console.print("waiting, and on what:")
+            _print_waits(status)
+        if status["status"] == "working" and not wait:
+            scope = f" --deployment {deployment}" if deployment else ""
+            console.print(plain(f"the server is annealing ({status['counts']['todo'] + status['counts']['transition']} "
+                                f"noderoles to run): watch it with `crowbar anneal --wait{scope}` or "
+                                "`crowbar noderoles list --state transition`"))
     if status["status"] == "working":
         if wait:
             raise CliError(f"anneal still working after {timeout:g}s: {_summary(status)}", code=2)
@@ -623,7 +682,22 @@ def anneal(ctx: Context, wait: bool, timeout: float, deployment: str | None, out
     sys.exit(EXIT[status["status"]])
 
 
+def _wait_with_bar(fetch, status: dict, deadline: float) -> dict:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # slow import: only here
+
+    with Progress(TextColumn("[bold]annealing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(_summary(status), total=max(status["total"], 1), completed=status["counts"]["active"])
+        while status["status"] == "working" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            status = fetch()
+            bar.update(task, total=max(status["total"], 1), completed=status["counts"]["active"],
+                       description=_summary(status))
+    return status
+
+
 @cli.command()
+@table_options
 @click.option("--type", "object_type", help="node, noderole, deployment, barclamp, ...")
 @click.option("--id", "object_id", type=int)
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True, help="the newest this many")

@@ -16,7 +16,7 @@ import click
 import yaml
 
 from crowbar.cli.client import CliError, seg
-from crowbar.cli.output import emit_list, emit_object, limit_option, output_option
+from crowbar.cli.output import emit_list, emit_object, limit_option, output_option, table_options
 
 NETWORK_COLUMNS = ["id", "name", "category", "subnet", "vlan", "use_vlan", "conduit", "router",
                    "router_pref", "mtu", "ranges", "allocations"]
@@ -233,6 +233,7 @@ def network_export(ctx, output: str) -> None:
 
 
 @network.command("list")
+@table_options
 @output_option
 @click.pass_obj
 def network_list(ctx, output: str) -> None:
@@ -331,6 +332,7 @@ def network_allocate(ctx, network_name: str, node: str, range_name: str | None, 
 
 
 @network.command("allocations")
+@table_options
 @click.argument("network_name", metavar="NETWORK")
 @limit_option
 @output_option
@@ -421,6 +423,7 @@ def neutron_networks_create(ctx, name: str, network_type: str | None, vlan: int 
 
 
 @neutron_networks.command("list")
+@table_options
 @output_option
 @click.pass_obj
 def neutron_networks_list(ctx, output: str) -> None:

@@ -1,5 +1,11 @@
 """Tables for people, JSON for scripts (`-o json`).
 
+Every listing takes `--columns a,b,c` (which fields, in that order; any field of its rows),
+`--sort FIELD[,-FIELD]` (`-` sorts that field descending; numbers as numbers, empty last) and
+`--limit N` (with --sort: the first N after sorting, so everything is read first). They apply to
+`-o json` too. Tables fit the terminal's width (80 columns too: cells wrap); off a terminal
+they are 200 columns wide unless COLUMNS says otherwise.
+
 Values in tables are shown as they are: never read as rich markup (a description `[/]` is text,
 not a tag that breaks the table), and with control characters as escapes (a name or an attribute
 that holds a terminal escape sequence cannot drive the terminal; line breaks and tabs stay).
@@ -8,6 +14,7 @@ that holds a terminal escape sequence cannot drive the terminal; line breaks and
 from __future__ import annotations
 
 import json
+import os
 
 import click
 from rich.console import Console
@@ -15,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 console = Console()
-if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+if not console.is_terminal and not os.environ.get("COLUMNS"):  # piped or captured: do not squeeze tables
     console = Console(width=200)
 
 
@@ -58,8 +65,69 @@ def confirm(question: str, yes: bool) -> None:
         raise click.Abort()
 
 
+def _stash(ctx: click.Context, param: click.Parameter, value):
+    ctx.meta[f"crowbar.table.{param.name}"] = value
+    return value
+
+
+def _limit(ctx: click.Context, param: click.Parameter, value):
+    """The limit a command asks the API for: none when the rows are sorted here first."""
+    _stash(ctx, param, value)
+    return None if ctx.meta.get("crowbar.table.sort") else value
+
+
 def limit_option(f):
-    return click.option("--limit", type=click.IntRange(min=1), help="show at most this many (default: all)")(f)
+    """--limit N, passed to the API (the first N in its order; all of them with --sort)."""
+    return click.option("--limit", type=click.IntRange(min=1), callback=_limit,
+                        help="show at most this many (default: all)")(f)
+
+
+def table_options(f):
+    """--columns and --sort on a listing (and --limit, if it has no limit_option of its own); put it
+    first, above the command's other options. emit_list applies them."""
+    if not any(p.name == "limit" for p in getattr(f, "__click_params__", [])):
+        f = click.option("--limit", type=click.IntRange(min=1), expose_value=False, callback=_stash,
+                         help="show at most this many (default: all)")(f)
+    f = click.option("--sort", metavar="FIELD[,-FIELD...]", is_eager=True, expose_value=False, callback=_stash,
+                     help="sort by these fields (-FIELD: descending)")(f)
+    return click.option("--columns", metavar="FIELD,...", is_eager=True, expose_value=False, callback=_stash,
+                        help="show these fields, in this order")(f)
+
+
+def _sorted(rows: list[dict], field: str, descending: bool) -> list[dict]:
+    """Rows by one field (numbers before text, as numbers); rows without it last either way."""
+    def key(row: dict):
+        value = row.get(field)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (0, value, "")
+        return (1, 0, _cell(value).lower())
+    empty = [r for r in rows if r.get(field) in (None, "")]
+    return sorted([r for r in rows if r.get(field) not in (None, "")], key=key, reverse=descending) + empty
+
+
+def _fields(spec: str, known: list[str], option: str) -> list[str]:
+    fields = [f.strip() for f in spec.split(",") if f.strip()]
+    unknown = [f for f in fields if f.lstrip("-") not in known]
+    if not fields or unknown:
+        raise click.UsageError(f"{option} {spec!r}: {'unknown field ' + ', '.join(unknown) if unknown else 'no field'}"
+                               f" (fields: {', '.join(known)})")
+    return fields
+
+
+def shape(rows: list[dict], columns: list[str]) -> tuple[list[dict], list[str]]:
+    """`rows` and `columns` as the command line's --columns, --sort and --limit ask."""
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    known = list(dict.fromkeys([*columns, *(k for row in rows for k in row)]))
+    if meta.get("crowbar.table.columns"):
+        columns = _fields(meta["crowbar.table.columns"], known, "--columns")
+        rows = [{c: row.get(c) for c in columns} for row in rows]
+    if meta.get("crowbar.table.sort"):
+        for field in reversed(_fields(meta["crowbar.table.sort"], known, "--sort")):
+            rows = _sorted(rows, field.lstrip("-"), field.startswith("-"))
+    if meta.get("crowbar.table.limit"):
+        rows = rows[: meta["crowbar.table.limit"]]
+    return rows, columns
 
 
 CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7f, *range(0x80, 0xa0)] if c not in (0x09, 0x0a)}
@@ -80,6 +148,7 @@ def _cell(value) -> str:
 
 
 def emit_list(rows: list[dict], columns: list[str], output: str, title: str | None = None) -> None:
+    rows, columns = shape(rows, columns)
     if output == "json":
         click.echo(json.dumps(rows, indent=2, default=str))
         return

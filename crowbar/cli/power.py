@@ -15,7 +15,7 @@ import time
 import click
 
 from crowbar.cli.client import CliError, seg, shown
-from crowbar.cli.output import SECONDS, emit_list, emit_object, output_option
+from crowbar.cli.output import SECONDS, emit_list, emit_object, output_option, table_options
 
 REQUEST_COLUMNS = ["id", "node", "action", "state", "result", "actor", "created_at", "finished_at"]
 DONE = ("succeeded", "failed")
@@ -56,6 +56,7 @@ def nodes_power(ctx, node: str, action: str, wait: bool, timeout: float, output:
 
 
 @click.command("power-requests")
+@table_options
 @click.argument("node", required=False)
 @click.option("--state", type=click.Choice(["queued", "running", "succeeded", "failed"]))
 @output_option
@@ -130,6 +131,7 @@ def nodes_show_power(ctx, node: str, output: str) -> None:
 
 
 @click.command("power-drivers")
+@table_options
 @output_option
 @click.pass_obj
 def nodes_power_drivers(ctx, output: str) -> None:

@@ -12,7 +12,7 @@ import re
 import click
 
 from crowbar.cli.client import seg
-from crowbar.cli.output import confirm, confirm_option, emit_list, emit_object, limit_option, output_option
+from crowbar.cli.output import confirm, confirm_option, emit_list, emit_object, limit_option, output_option, table_options
 
 USER_COLUMNS = ["id", "name", "role", "description", "created_at"]
 TOKEN_COLUMNS = ["id", "user", "name", "expires_at", "expired", "rotated_at", "created_at"]
@@ -58,6 +58,7 @@ def users() -> None:
 
 
 @users.command("list")
+@table_options
 @click.option("--role", type=click.Choice(ROLES), help="only users with this role")
 @limit_option
 @output_option
@@ -122,6 +123,7 @@ def tokens() -> None:
 
 
 @tokens.command("list")
+@table_options
 @click.option("--user", help="this user's tokens (another user's: admins only)")
 @limit_option
 @output_option

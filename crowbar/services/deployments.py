@@ -12,9 +12,9 @@ from crowbar.db.events import record
 from crowbar.db.models import Attrib, Deployment, DeploymentRole, NodeRole, Role
 from crowbar.db.session import signal_work
 from crowbar.db.sql import keyset
-from crowbar.documents import MISSING, check_strict, dig
+from crowbar.documents import MISSING, check_if_match, check_strict, dig
 from crowbar.engine import graph
-from crowbar.errors import Conflict, InvalidInput
+from crowbar.errors import Conflict, InvalidInput, NotFound
 from crowbar.services import lookup
 from crowbar.services.noderoles import noderole_dicts
 from crowbar.services.nodes import system_deployment
@@ -212,17 +212,38 @@ def delete_deployment(session: Session, key, actor: str = "system") -> dict:
     return {"id": d.id, "name": d.name, "deleted": True, "noderoles_deleted": len(ids)}
 
 
-def set_role_data(session: Session, deployment_key, role_key, data: dict, actor: str = "system") -> dict:
-    """Set a deployment role's proposed data (committed on the next commit)."""
+def _deployment_role(session: Session, deployment_key, role_key, lock: bool = False) \
+        -> tuple[Deployment, Role, DeploymentRole]:
+    d = lookup.deployment(session, deployment_key)
+    role = lookup.role(session, role_key)
+    q = select(DeploymentRole).where(DeploymentRole.deployment_id == d.id, DeploymentRole.role_id == role.id)
+    dr = session.scalar(q.with_for_update() if lock else q)
+    if dr is None:
+        raise NotFound(f"role {role.name!r} is not bound in deployment {d.name!r}", field="role")
+    return d, role, dr
+
+
+def _role_data_dict(d: Deployment, role: Role, dr: DeploymentRole) -> dict:
+    return {"id": dr.id, "deployment": d.name, "role": role.name, "proposed": dr.proposed, "committed": dr.committed}
+
+
+def role_data(session: Session, deployment_key, role_key) -> dict:
+    """A deployment role's proposed data (what the next commit hands its noderoles) and committed
+    data (what runs get now)."""
+    return _role_data_dict(*_deployment_role(session, deployment_key, role_key))
+
+
+def set_role_data(session: Session, deployment_key, role_key, data: dict, actor: str = "system",
+                  if_match: str | None = None) -> dict:
+    """Set a deployment role's proposed data (committed on the next commit). With `if_match` (an
+    If-Match header): only if `role_data` still shows what the caller read (412 otherwise)."""
     if not isinstance(data, dict):
         raise InvalidInput("deployment role data must be a JSON object", field="data")
     check_strict(data, field="data", what="deployment role data")  # no NaN, lone surrogates: refused, not stored
-    d = lookup.deployment(session, deployment_key)
-    role = lookup.role(session, role_key)
-    dr = session.scalar(select(DeploymentRole).where(DeploymentRole.deployment_id == d.id,
-                                                     DeploymentRole.role_id == role.id))
-    if dr is None:
-        raise InvalidInput(f"role {role.name!r} is not bound in deployment {d.name!r}", field="role")
+    d, role, dr = _deployment_role(session, deployment_key, role_key, lock=if_match is not None)
+    if if_match is not None:
+        check_if_match(if_match, _role_data_dict(d, role, dr), f"the data of role {role.name!r} in deployment "
+                                                                f"{d.name!r}")
     for attrib in session.scalars(select(Attrib).where(Attrib.role_id == role.id).order_by(Attrib.id)):
         value = dig(data, attrib.map)  # each attrib's value, where present, must match its schema
         if value is not MISSING:
@@ -236,4 +257,4 @@ def set_role_data(session: Session, deployment_key, role_key, data: dict, actor:
         session.execute(update(Deployment).where(Deployment.id == d.id).values(state="proposed"))
     record(session, [{"object_type": "deployment_role", "object_id": dr.id, "action": "set-data",
                             "actor": actor, "message": f"{d.name}/{role.name}"}])
-    return {"id": dr.id, "deployment": d.name, "role": role.name, "proposed": dr.proposed, "committed": dr.committed}
+    return _role_data_dict(d, role, dr)

@@ -9,6 +9,7 @@ from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, Role, utcnow
 from crowbar.db.session import signal_work
 from crowbar.db.sql import json_number
+from crowbar.documents import check_if_match
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.provisioner import lifecycle
@@ -127,9 +128,20 @@ def show_node(session: Session, key) -> dict:
     return node_dict(lookup.node(session, key), full=True)
 
 
-def update_node(session: Session, key, *, alive: bool | None = None, available: bool | None = None,
-                description: str | None = None, actor: str = "system") -> dict:
+def node_for_change(session: Session, key, if_match: str | None) -> Node:
+    """The node `key` names, about to change: with `if_match` (an If-Match header), its row is
+    locked and read again (PostgreSQL; SQLite's transactions already hold the only write lock)
+    and PreconditionFailed (412) says so when what `show_node` shows has changed since then."""
     node = lookup.node(session, key)
+    if if_match is not None:
+        session.refresh(node, with_for_update=True)
+        check_if_match(if_match, node_dict(node, full=True), f"node {node.name!r}")
+    return node
+
+
+def update_node(session: Session, key, *, alive: bool | None = None, available: bool | None = None,
+                description: str | None = None, actor: str = "system", if_match: str | None = None) -> dict:
+    node = node_for_change(session, key, if_match)
     events = []
     for attr, value in (("alive", alive), ("available", available)):
         if value is not None and getattr(node, attr) != value:
@@ -143,9 +155,9 @@ def update_node(session: Session, key, *, alive: bool | None = None, available: 
     return node_dict(node, full=True)
 
 
-def delete_node(session: Session, key, actor: str = "system") -> dict:
+def delete_node(session: Session, key, actor: str = "system", if_match: str | None = None) -> dict:
     """Remove a node and its noderoles; refused while it runs or while other nodes depend on it."""
-    node = lookup.node(session, key)
+    node = node_for_change(session, key, if_match)
     ids = list(session.scalars(select(NodeRole.id).where(NodeRole.node_id == node.id)))
     running = session.scalar(select(func.count()).select_from(NodeRole)
                              .where(NodeRole.node_id == node.id, NodeRole.state == "transition"))

@@ -124,6 +124,33 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *,
     return {"node": node.name, "token": token, "created": created, "id": node.id, "state": node.state}
 
 
+def register(session: Session, macs: list, name: str | None = None, domain: str = DEFAULT_DOMAIN,
+             actor: str = "system") -> dict:
+    """An operator registers a machine by its MACs before it boots (the first is its boot MAC): a
+    node in `discovering`, not alive, booting the discovery image. When the machine PXE-boots,
+    its boot script and discovery find this node by MAC (as a re-found node) and it moves on to
+    discovered. Refused (409) when a MAC is another node's; the name defaults to the one discovery
+    would give it."""
+    if not isinstance(macs, list) or not macs:
+        raise InvalidInput("give the machine's MACs (the first is the one it boots from)", field="macs")
+    macs = list(dict.fromkeys(normalize_mac(m) for m in macs))
+    owners = _owners(session, macs)
+    if owners:
+        held = "; ".join(f"{owner}: {', '.join(owned)}" for owner, owned in sorted(owners.values()))
+        raise Conflict(f"these MACs already belong to a node ({held})", field="macs")
+    boot = macs[0]
+    info = nodes.create_node(session, name or discovered_name(boot, domain), alive=False, actor=actor)
+    node = session.get(Node, info["id"])
+    node.boot_mac, node.bootenv = boot, lifecycle.DISCOVERY
+    node.state, node.state_changed_at = lifecycle.DISCOVERING, utcnow()
+    node.state_reason = f"registered by {actor}: waits for the machine to PXE-boot from {boot}"
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": actor,
+                      "to_state": lifecycle.DISCOVERING, "message": f"registered by MAC {', '.join(macs)}"}])
+    session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in macs])
+    session.flush()
+    return nodes.node_dict(node, full=True)
+
+
 def _owners(session: Session, macs: list[str]) -> dict[int, tuple[str, list[str]]]:
     """The nodes that own any of `macs` (as a node MAC or a boot MAC): id -> (name, their MACs)."""
     owned: dict[int, tuple[str, list[str]]] = {}

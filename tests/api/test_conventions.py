@@ -90,3 +90,14 @@ def test_logs_never_hold_secrets_and_json_is_one_object_a_line():
     assert "cb_AAAA" not in text and "cb_BBBB" not in text and "pw1" not in text and "hunter2" not in text
     assert lines[0]["logger"] == "crowbar.test" and lines[0]["level"] == "info" and "path" in lines[0]
     assert "traceback" in lines[1]
+
+
+def test_the_docs_page_and_its_assets_come_from_the_server(db):
+    client = TestClient(create_app(AppSettings(db=db)))
+    page = client.get("/api/v2/docs")
+    assert page.status_code == 200 and "cdn" not in page.text.lower() and "http" not in page.text.replace(
+        "/api/v2/openapi.json", "")
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+        assert f"/api/v2/docs/assets/{asset}" in page.text
+        r = client.get(f"/api/v2/docs/assets/{asset}")
+        assert r.status_code == 200 and len(r.content) > 500, asset
