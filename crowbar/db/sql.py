@@ -70,8 +70,10 @@ def _path_ok(path: tuple[str, ...]) -> None:
 def _json_number_sqlite(element, compiler, **kw):
     _path_ok(element.path)
     column, path = compiler.process(element.column, **kw), "$." + ".".join(element.path)
-    return (f"(CASE WHEN json_type({column}, '{path}') IN ('integer', 'real') "
-            f"THEN CAST(json_extract({column}, '{path}') AS REAL) END)")
+    # json_valid first: a row an older server stored with NaN or a lone surrogate is not JSON to
+    # SQLite, and json_type would fail the whole query (NULL for that row instead)
+    return (f"(CASE WHEN json_valid({column}) THEN CASE WHEN json_type({column}, '{path}') IN ('integer', 'real') "
+            f"THEN CAST(json_extract({column}, '{path}') AS REAL) END END)")
 
 
 @compiles(json_number, "postgresql")

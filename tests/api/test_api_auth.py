@@ -14,7 +14,8 @@ PLACEHOLDERS = {"key": "1", "name": "test-marker", "role": "test-server"}
 # Open by design: health and the Prometheus metrics (counts, no names); discovery (can only create or re-find a node) and the agent routes, which
 # take a node token instead (tests/provisioner/test_discovery_api.py); PXE boot files.
 OPEN = {"/api/v2/health", "/metrics", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/x1",
-        "/api/v2/agent/progress/x1", "/api/v2/agent/booted"}
+        "/api/v2/agent/progress/x1", "/api/v2/agent/booted",
+        "/api/v2/session"}  # the UI's sign-in: a token in the body
 OPEN_PREFIXES = ("/boot/",)
 
 

@@ -28,7 +28,8 @@ from crowbar.services.network.templates import parse_template
 V2 = "/api/v2"
 JSON = {"content-type": "application/json"}
 OPEN = {"/api/v2/health", "/metrics", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/{job_id}",
-        "/api/v2/agent/progress/{job_id}", "/api/v2/agent/booted"}
+        "/api/v2/agent/progress/{job_id}", "/api/v2/agent/booted",
+        "/api/v2/session"}  # the UI's sign-in: a token in the body
 
 
 def error(r, status: int, kind: str | None = None) -> dict:
