@@ -186,6 +186,11 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
         _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
         _cancel_jobs(session, node, "replaced by a new install")
         _plan_job(session, node, ctx, image)
+        if node.agent_action == "reboot":
+            # allocate's reboot (to take the reserved address in the discovery image) is not needed
+            # any more: the installed system gets that address from its seed, and the next boot is
+            # the one after the install. Saves a whole PXE boot and discovery.
+            node.agent_action = None
         _reach(session, node, agent_driven(node), actor)
         out.append(nodes.node_dict(node, full=True))
     signal_work(session, "anneal")

@@ -265,3 +265,12 @@ def test_the_network_config_cloud_init_reads_has_no_default_keyword(dapi, store,
     assert admin["addresses"][0].startswith("192.168.124.")
     routes = [r for e in config["ethernets"].values() for r in e.get("routes", [])]
     assert {"to": "0.0.0.0/0", "via": "192.168.124.1"} in routes, config
+
+
+def test_deploy_right_after_allocate_skips_the_allocation_reboot(dapi, store):
+    """The installed system gets its reserved address from the seed: no PXE round just for it."""
+    make_image(store)
+    node = discovered(dapi)  # allocated: its agent would reboot to take the reserved address
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy")
+    nxt = dapi.get("/api/v2/agent/next", headers=agent(node["token"])).json()
+    assert nxt["action"] == "run" and "crowbar-install" in nxt["script"]
