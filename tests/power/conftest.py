@@ -66,13 +66,16 @@ def wait_request(get, request_id: int, timeout: float = 20.0) -> dict:
 
 
 @pytest.fixture
-def power_api(db, admin_token):
-    """A TestClient on the app, with a power worker running on the same database."""
+def power_api(db, admin_token, tmp_path):
+    """A TestClient on the app, with a power worker running on the same database (and an empty OS
+    image store, `client.os_images`)."""
     from fastapi.testclient import TestClient
 
     worker = start_worker(db)
-    app = create_app(AppSettings(db=db, wake=lambda kind: worker.wake() if kind == "power" else None))
+    app = create_app(AppSettings(db=db, wake=lambda kind: worker.wake() if kind == "power" else None,
+                                 os_images=tmp_path / "os"))
     client = TestClient(app, headers={"authorization": f"Bearer {admin_token}"})
+    client.os_images = tmp_path / "os"
     client.worker = worker
     client.wait = lambda request_id, timeout=20.0: wait_request(client.get, request_id, timeout)
     yield client

@@ -4,6 +4,8 @@ event log. On both engines."""
 
 from __future__ import annotations
 
+import json
+
 import os
 import statistics
 import subprocess
@@ -154,11 +156,19 @@ def test_requests_on_one_node_run_one_at_a_time_in_order_and_nodes_in_parallel(p
     assert min(c[2] for c in n2) < max(c[3] for c in n1)  # another node does not wait for n1's queue
 
 
-def test_reinstall_queues_a_power_cycle_by_the_operator(power_api, driver, db):
+def test_reinstall_queues_a_power_cycle_by_the_operator(power_api, driver, db, tmp_path):
+    """An installed node runs no agent: reinstall power-cycles it into the discovery image."""
     driver("test")
     node = make_node(power_api, "n1.example.com", "test")
     with db.session() as s:
-        s.get(Node, node["id"]).state = "ready"
+        row = s.get(Node, node["id"])
+        row.state, row.bootenv = "ready", "local"
+        row.discovery = {"firmware": "bios", "disks": [{"name": "vda", "size_bytes": 8 << 30}]}
+    image = power_api.os_images / "debian-12" / ("ab" * 32)  # a stand-in: reinstall only reads its manifest
+    image.mkdir(parents=True)
+    (image / "root.img.gz").write_bytes(b"x")
+    (image / "manifest.json").write_text(json.dumps({"name": "debian-12", "digest": "ab" * 32, "size": 1,
+                                                     "sha256": "0" * 64, "fs_size": 1 << 30}))
     r = power_api.post("/api/v2/nodes/n1.example.com/reinstall")
     assert r.status_code == 200 and r.json()["state"] == "reinstall"
     page = power_api.get("/api/v2/power_requests", params={"node": "n1.example.com"}).json()
