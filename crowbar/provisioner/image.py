@@ -2,10 +2,10 @@
 
 Built only from what this machine has installed (linux-image-amd64 for /boot/vmlinuz-<ver> and
 /lib/modules/<ver>, busybox-static for /bin/busybox), so building needs no network and no root
-tools: the initramfs is a newc cpio written here. A few host programs the install jobs need
-(DISCOVERY_TOOLS: sfdisk, wipefs) are copied in with the shared libraries ldd names. The drivers come with their dependencies from
-modules.dep and are loaded by /init with insmod in dependency order; compressed modules are
-decompressed at build time because busybox insmod cannot read xz or zstd. Firmware files are not
+tools: the initramfs is a newc cpio written here. A few host programs the agent's jobs need
+(DISCOVERY_TOOLS: sfdisk, wipefs, ipmitool) are copied in with the shared libraries ldd names.
+The drivers come with their dependencies from modules.dep and are loaded by /init with insmod in
+dependency order; compressed modules are decompressed at build time because busybox insmod cannot read xz or zstd. Firmware files are not
 shipped: NICs that need them (bnx2, some Broadcom and QLogic parts) are left to a later image.
 
 Images are cached by content: the directory name is the sha256 of every input (kernel, modules,
@@ -51,14 +51,20 @@ DISCOVERY_MODULES = (
     "af_packet", "8021q", "bonding", "bridge",
     # installing an OS: the root filesystem, the EFI system partition (vfat with its code pages)
     "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "crc32c_generic",
+    # the BMC in-band (KCS, SMIC or BT found through ACPI/SMBIOS; /dev/ipmi0 for ipmitool)
+    "ipmi_si", "ipmi_devintf",
 )
 
 # Host programs the agent's jobs need beyond busybox, each copied with the shared libraries `ldd`
 # names (and the dynamic loader), at the same paths: name -> (path on this host, Debian package).
-# sfdisk writes GPT partition tables (busybox fdisk cannot); wipefs erases filesystem signatures.
+# sfdisk writes GPT partition tables (busybox fdisk cannot); wipefs erases filesystem signatures;
+# ipmitool reads the BMC for the inventory and configures it (the bmc-config role). ipmitool's
+# list of vendor names (/usr/share/misc/enterprise-numbers.txt, 4.7 MB) is left out: the
+# inventory has the BMC's manufacturer id, which is what the list maps.
 DISCOVERY_TOOLS: dict[str, tuple[str, str]] = {
     "sfdisk": ("/sbin/sfdisk", "fdisk"),
     "wipefs": ("/sbin/wipefs", "util-linux"),
+    "ipmitool": ("/usr/bin/ipmitool", "ipmitool"),
 }
 
 Progress = Callable[[str, int, int], None]
