@@ -188,7 +188,7 @@ def test_inventory_reads_the_bmc_with_ipmitool(tmp_path):
     bmc = IpmiSim(name="vm1", dir=str(tmp_path / "bmc"), vm_argv=["sleep", "600"])
     bmc.start()
     try:
-        ipmitool = f"ipmitool -I lanplus -H 127.0.0.1 -p {bmc.lan_port} -U admin -E"
+        ipmitool = f"ipmitool -I lanplus -C 3 -H 127.0.0.1 -p {bmc.lan_port} -U admin -E"
         env = {"PATH": os.environ["PATH"], "CROWBAR_LIB": str(AGENT), "CROWBAR_SYSFS": str(tmp_path / "sys"),
                "CROWBAR_IPMITOOL": ipmitool, "IPMI_PASSWORD": bmc.password,
                "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
