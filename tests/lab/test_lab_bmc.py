@@ -1,0 +1,103 @@
+"""Out-of-band power end to end, through the CLI only, one VM per BMC kind (kept short: these boot
+qemu with TCG on a small machine).
+
+- IPMI: the VM's BMC is OpenIPMI's ipmi_sim with an in-band KCS device. The discovery agent reads
+  it in-band (ipmitool in the discovery image: the inventory's bmc section), the bmc-config role
+  configures it from the discovery image (an address from the bmc network, a generated user and
+  password), and from then on the node is powered through IPMI at that address: a power cycle
+  reboots the VM (a new boot on its serial console), never through QMP.
+- Redfish: the VM's BMC is sushy-tools with the lab's systems driver; a power cycle through
+  Redfish reboots it the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from test_lab_e2e import Cli, _crowbar, _missing  # noqa: F401 (tests/lab is on the path)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+BOOT = "SeaBIOS (version"  # SeaBIOS copies its screen to the serial console at every boot
+
+
+@pytest.fixture
+def cli(tmp_path):
+    import subprocess
+
+    cli = Cli(tmp_path)
+    yield cli
+    done = subprocess.run([_crowbar(), "lab", "down"], env=cli.env, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0 or (cli.lab_dir / "lab.json").exists():
+        from crowbar.lab.lab import Lab
+
+        Lab(cli.lab_dir).down()
+
+
+def _boots(cli: Cli) -> int:
+    return (cli.lab_dir / "vms" / "vm1" / "console.log").read_text(errors="replace").count(BOOT)
+
+
+def _cycle_reboots(cli: Cli, node: str, through: str) -> dict:
+    """Power-cycle the node through its driver; the VM boots again (seen on its console)."""
+    before = _boots(cli)
+    done = cli.json("nodes", "power", node, "cycle", "--wait")
+    assert done["state"] == "succeeded", f"{done}{cli.context()}"
+    assert through in done["result"], done
+    deadline = time.monotonic() + 120
+    while _boots(cli) <= before:
+        assert time.monotonic() < deadline, f"no new boot on vm1's console after the cycle{cli.context()}"
+        time.sleep(1)
+    return done
+
+
+@pytest.mark.skipif(not (shutil.which("ipmi_sim") and shutil.which("ipmitool") and shutil.which("nft")),
+                    reason="ipmi_sim, ipmitool and nft (Debian openipmi, ipmitool, nftables) are needed")
+def test_ipmi_bmc_is_found_in_band_configured_by_the_role_and_powers_the_vm(cli):
+    cli("lab", "up", "--nodes", "1", "--bmc", "ipmi", "--wait", "--timeout", "300")
+    vm = cli.json("lab", "status")["vms"][0]
+    node = cli.json("nodes", "show", vm["node"])
+    bmc = node["discovery"]["bmc"]
+    # what the agent read in-band through the KCS device (ipmi_sim's manufacturer and product)
+    assert (bmc["manufacturer_id"], bmc["product_id"], bmc["ipmi_version"]) == (0x1291, 0xCB01, "2.0"), bmc
+    assert bmc["address"] == "0.0.0.0" and bmc["channel"] == 1
+
+    cli("deployments", "create", "bmc")
+    cli("deployments", "bind", "bmc", "bmc-config", vm["node"])
+    cli("deployments", "commit", "bmc")
+    done = cli("anneal", "--wait", "--timeout", "240", ok=False)
+    noderole = cli.json("noderoles", "list", "--deployment", "bmc", "--role", "bmc-config")[0]
+    log = cli("noderoles", "log", str(noderole["id"]), ok=False).stdout
+    assert done.returncode == 0, f"{cli.log[-3]}\n{log}{cli.context()}"
+    wall = cli.json("noderoles", "show", str(noderole["id"]))["wall"]["crowbar"]["bmc"]
+    allocations = {a["node"]: a["address"] for a in cli.json("network", "allocations", "bmc")}
+    address = allocations[vm["node"]]
+    assert wall["address"] == address and wall["username"].startswith("cb-"), wall
+    power = cli.json("nodes", "show-power", vm["node"])
+    assert power == {"node": vm["node"], "driver": "ipmi", "settings": {
+        "address": address, "port": 623, "username": wall["username"], "password": "(set)"}}
+    # the generated password is in the server's database only: not in the run log, events or logs
+    import json
+    import sqlite3
+
+    with sqlite3.connect(cli.lab_dir / "server" / "crowbar.db") as db:
+        stored = json.loads(db.execute("SELECT power FROM nodes WHERE name = ?", (vm["node"],)).fetchone()[0])
+    secret = stored["password"]
+    assert len(secret) == 16 and stored["username"] == wall["username"]
+    events = cli("events", "--limit", "1000", "-o", "json").stdout
+    assert secret not in log + events + (cli.lab_dir / "server.log").read_text(errors="replace")
+    print(f"bmc-config run log:\n{log}\ninventory bmc: {bmc}")
+
+    _cycle_reboots(cli, vm["node"], f"(IPMI {address})")
+
+
+@pytest.mark.skipif(shutil.which("ipmitool") is None, reason="ipmitool (Debian ipmitool) is needed")
+def test_redfish_bmc_powers_the_vm(cli):
+    pytest.importorskip("sushy_tools", reason="sushy-tools (PyPI) is needed")
+    cli("lab", "up", "--nodes", "1", "--bmc", "redfish", "--wait", "--timeout", "300")
+    vm = cli.json("lab", "status")["vms"][0]
+    node = cli.json("nodes", "show", vm["node"])
+    assert node["power_driver"] == "redfish" and node["discovery"]["bmc"] is None  # no in-band BMC
+    _cycle_reboots(cli, vm["node"], "Redfish")
