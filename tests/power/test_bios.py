@@ -16,14 +16,16 @@ from fastapi.testclient import TestClient
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
 from crowbar.power.base import PowerNode, get_driver
-from test_bmc_drivers import boots, need_qemu, need_sushy_tools, redfish_bmc, wait_for  # noqa: F401 (fixture)
+import test_bmc_drivers
 from test_bmc_config import _start_worker
+from test_bmc_drivers import boots, need_qemu, need_sushy_tools, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provisioner"))
 from test_deploy_api import INV, make_image  # noqa: E402
 from discoverykit import discover  # noqa: E402
 
 pytestmark = [need_qemu, need_sushy_tools]
+redfish_bmc = test_bmc_drivers.redfish_bmc  # the emulator with a qemu VM, as the driver tests use it
 
 
 @pytest.fixture
