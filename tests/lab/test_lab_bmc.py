@@ -17,23 +17,13 @@ import time
 
 import pytest
 
-from test_lab_e2e import Cli, _crowbar, _missing  # noqa: F401 (tests/lab is on the path)
+import test_lab_e2e  # tests/lab is on the path
+from test_lab_e2e import Cli, _missing
+
+cli = test_lab_e2e.cli  # the lab's CLI in a tmp dir; the teardown always takes the lab down
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
 BOOT = "SeaBIOS (version"  # SeaBIOS copies its screen to the serial console at every boot
-
-
-@pytest.fixture
-def cli(tmp_path):
-    import subprocess
-
-    cli = Cli(tmp_path)
-    yield cli
-    done = subprocess.run([_crowbar(), "lab", "down"], env=cli.env, capture_output=True, text=True, timeout=180)
-    if done.returncode != 0 or (cli.lab_dir / "lab.json").exists():
-        from crowbar.lab.lab import Lab
-
-        Lab(cli.lab_dir).down()
 
 
 def _boots(cli: Cli) -> int:

@@ -17,7 +17,7 @@ from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
 from crowbar.power.base import PowerNode, get_driver
 import test_bmc_drivers
-from test_bmc_config import _start_worker
+from powerkit import start_worker
 from test_bmc_drivers import boots, need_qemu, need_sushy_tools, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provisioner"))
@@ -33,7 +33,7 @@ def bapi(db, admin_token, tmp_path):
     store = tmp_path / "os"
     store.mkdir()
     make_image(store)
-    worker = _start_worker(db)
+    worker = start_worker(db)
     app = create_app(AppSettings(db=db, os_images=store, wake=lambda kind: worker.wake() if kind == "power" else None))
     with TestClient(app, headers={"authorization": f"Bearer {admin_token}"}) as client:
         yield client

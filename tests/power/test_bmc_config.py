@@ -22,6 +22,7 @@ import pytest
 
 import crowbar.agent
 from crowbar.engine.annealer import Annealer
+from powerkit import start_worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "provisioner"))
 from discoverykit import discover, inventory  # noqa: E402
@@ -156,20 +157,6 @@ def _power(api, node: str, action: str) -> tuple[str, str]:
     raise AssertionError(f"power {action} of {node} did not finish in 60 s")
 
 
-def _start_worker(db):
-    from crowbar.db.models import Server
-    from crowbar.server.power import PowerWorker
-
-    with db.session() as s:
-        server = Server(hostname=socket.gethostname(), pid=os.getpid())
-        s.add(server)
-        s.flush()
-        server_id = server.id
-    worker = PowerWorker(db, server_id=server_id, interval=0.2)
-    worker.start()
-    return worker
-
-
 @pytest.fixture
 def namespace():
     name = f"cbbmc-{uuid.uuid4().hex[:8]}"
@@ -194,7 +181,7 @@ def test_bmc_config_sets_up_a_real_bmc_and_the_node_is_powered_through_it(api, d
     worker = server = None
     try:
         # The server's HTTP listener and power worker live in the BMC's namespace, as in the lab.
-        worker = in_namespace(namespace, lambda: _start_worker(db))
+        worker = in_namespace(namespace, lambda: start_worker(db))
         sock = in_namespace(namespace, lambda: socket.create_server(("127.0.0.1", 0)))
         server = uvicorn.Server(uvicorn.Config(create_app(AppSettings(
             db=db, wake=lambda kind: worker.wake() if kind == "power" else None)), log_level="warning"))
