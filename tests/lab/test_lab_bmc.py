@@ -7,7 +7,9 @@ qemu with TCG on a small machine).
   password), and from then on the node is powered through IPMI at that address: a power cycle
   reboots the VM (a new boot on its serial console), never through QMP.
 - Redfish: the VM's BMC is sushy-tools with the lab's systems driver; a power cycle through
-  Redfish reboots it the same way.
+  Redfish reboots it the same way, and the node's BIOS settings are applied through the emulator's
+  Bios resource during hardware-installing (pending, a reset, read back) before its install job
+  goes to the agent (the install itself is tests/lab/test_lab_deploy.py's).
 """
 
 from __future__ import annotations
@@ -83,11 +85,46 @@ def test_ipmi_bmc_is_found_in_band_configured_by_the_role_and_powers_the_vm(cli)
     _cycle_reboots(cli, vm["node"], f"(IPMI {address})")
 
 
-@pytest.mark.skipif(shutil.which("ipmitool") is None, reason="ipmitool (Debian ipmitool) is needed")
-def test_redfish_bmc_powers_the_vm(cli):
+@pytest.fixture
+def os_store(cli, tmp_path):
+    """The cached debian-12 image (built when the cache has none, as tests/lab/test_lab_deploy.py
+    does) in the lab's image store: `deploy` needs one; the install itself is not waited for here."""
+    from crowbar import config
+    from crowbar.cli import local
+    from crowbar.provisioner import osimage
+
+    image = osimage.current(config.os_image_dir(), "debian-12")
+    if image is None:
+        image = local.build_os_image(config.os_image_dir(), "debian-12", lambda *a: None)
+    store = tmp_path / "cache" / "os" / "debian-12"
+    store.mkdir(parents=True)
+    (store / image.digest).symlink_to(image.path.parent)
+    cli.env["CROWBAR_CACHE_DIR"] = str(tmp_path / "cache")
+    return image
+
+
+@pytest.mark.skipif(shutil.which("mmdebstrap") is None, reason="mmdebstrap (Debian mmdebstrap) is needed for an OS image")
+def test_redfish_bmc_powers_the_vm_and_applies_bios_settings_before_the_install(cli, os_store):
     pytest.importorskip("sushy_tools", reason="sushy-tools (PyPI) is needed")
     cli("lab", "up", "--nodes", "1", "--bmc", "redfish", "--wait", "--timeout", "300")
     vm = cli.json("lab", "status")["vms"][0]
     node = cli.json("nodes", "show", vm["node"])
     assert node["power_driver"] == "redfish" and node["discovery"]["bmc"] is None  # no in-band BMC
     _cycle_reboots(cli, vm["node"], "Redfish")
+
+    # BIOS settings during hardware-installing: pending, a reset through Redfish, read back
+    cli("nodes", "allocate", vm["node"])
+    cli("attribs", "set", "bios-settings", '{"BootMode": "Uefi", "ProcTurboMode": "Disabled"}', "--node", vm["node"])
+    before = _boots(cli)
+    assert cli.json("nodes", "deploy", vm["node"])[0]["state"] == "hardware-installing"
+    deadline = time.monotonic() + 180
+    while (shown := cli.json("nodes", "show", vm["node"]))["state"] == "hardware-installing":
+        assert time.monotonic() < deadline, f"still hardware-installing{cli.context()}"
+        time.sleep(2)
+    bios = shown["install"]["bios"]
+    assert bios["state"] == "checked", f"{shown['state']}: {shown['state_reason']}"
+    assert "BootMode='Uefi', ProcTurboMode='Disabled' applied at a reset and checked" in bios["result"], bios
+    assert shown["state"] in ("hardware-installed", "installing", "installed"), shown["state_reason"]
+    assert _boots(cli) > before  # the reset that applied them
+    done = [(r["action"], r["state"]) for r in cli.json("nodes", "power-requests", vm["node"])]
+    assert ("bios-apply", "succeeded") in done, done
