@@ -1,9 +1,10 @@
 """BIOS settings during hardware-installing (Crowbar 1's bios barclamp), through the node's power
 driver (Redfish: the Bios resource's pending settings, applied at a reset, checked after).
 
-The wanted attributes are the node's `bios-settings` attrib (`crowbar attribs set bios-settings
-'{"BootMode": "Uefi"}' --node N`: name -> value, as the BIOS's Redfish attribute registry names
-them). `deploy` (crowbar.services.install) asks `start`: with settings wanted, the node stays in
+The wanted attributes are the node's `bios-settings` attrib (name -> value, as the BIOS's Redfish
+attribute registry names them), as `crowbar attribs get bios-settings --node N` shows it: the
+node's own (`crowbar attribs set bios-settings '{"BootMode": "Uefi"}' --node N`), else its
+deployment's (role `bios-config` bound to it, the role's data in that deployment). `deploy` (crowbar.services.install) asks `start`: with settings wanted, the node stays in
 hardware-installing, its install job is held, and a `bios-apply` power request is queued; the power
 worker runs it outside any transaction (the driver sets what differs as pending, resets the node,
 reads the attributes back). `applied` hears the outcome: checked -> hardware-installed and the job

@@ -40,14 +40,15 @@ def bapi(db, admin_token, tmp_path):
     worker.stop()
 
 
-def _deployable(bapi, redfish_bmc, bios: dict) -> tuple[str, dict]:
+def _deployable(bapi, redfish_bmc, bios: dict | None) -> tuple[str, dict]:
     body = discover(bapi, INV).json()
     node = body["node"]
     assert bapi.post(f"/api/v2/nodes/{node}/allocate").status_code == 200
     r = bapi.put(f"/api/v2/nodes/{node}/power", json={"driver": "redfish", "settings": redfish_bmc.settings("vm1")})
     assert r.status_code == 200, r.text
-    r = bapi.put("/api/v2/attribs/bios-settings", json={"node": node, "value": bios})
-    assert r.status_code == 200, r.text
+    if bios is not None:
+        r = bapi.put("/api/v2/attribs/bios-settings", json={"node": node, "value": bios})
+        assert r.status_code == 200, r.text
     return node, {"authorization": f"Bearer {body['token']}"}
 
 
@@ -105,3 +106,27 @@ def test_bios_settings_need_a_driver_that_can_apply_them(bapi, redfish_bmc):
     assert bapi.get(f"/api/v2/nodes/{node}").json()["state"] == "allocated"  # all or nothing
     r = bapi.post(f"/api/v2/nodes/{node}/power", json={"action": "bios-apply"})
     assert r.status_code == 422
+
+
+def test_a_deployment_gives_its_nodes_bios_settings_and_a_node_s_own_replace_them(bapi, redfish_bmc):
+    node, _agent = _deployable(bapi, redfish_bmc, None)
+    bapi.post("/api/v2/deployments", json={"name": "web"})
+    assert bapi.post("/api/v2/deployments/web/bind", json={"role": "bios-config", "node": node}).status_code == 201
+    r = bapi.put("/api/v2/deployments/web/roles/bios-config",
+                 json={"data": {"crowbar": {"bios": {"settings": {"SriovGlobalEnable": "Enabled"}}}}})
+    assert r.status_code == 200, r.text
+    assert bapi.post("/api/v2/deployments/web/commit").status_code == 200
+    got = bapi.get("/api/v2/attribs/bios-settings", params={"node": node}).json()
+    assert got["value"] == {"SriovGlobalEnable": "Enabled"}, got  # the deployment's, through its noderole
+
+    assert bapi.post("/api/v2/nodes/deploy", json={"nodes": [node], "os": "debian-12"}).status_code == 200
+    shown = _settled(bapi, node)
+    assert shown["state"] == "hardware-installed", shown["state_reason"]
+    assert shown["install"]["bios"]["wanted"] == {"SriovGlobalEnable": "Enabled"}
+    bios = get_driver("redfish").bios(PowerNode("vm1", redfish_bmc.settings("vm1")))
+    assert bios["SriovGlobalEnable"] == "Enabled"
+
+    # the node's own value replaces the deployment's
+    bapi.put("/api/v2/attribs/bios-settings", json={"node": node, "value": {"BootMode": "Uefi"}})
+    got = bapi.get("/api/v2/attribs/bios-settings", params={"node": node}).json()
+    assert (got["value"], got["source"]) == ({"BootMode": "Uefi"}, "hint")
