@@ -70,8 +70,8 @@ VM (the example above). Disks leave out loop, ram, zram, floppy and optical devi
 the physical ones (no lo, bridge, bond or VLAN), with the fields `crowbar.network.conduits.Nic`
 reads. ``bmc`` is null when the machine shows no IPMI device (ipmi_si found no KCS, SMIC or BT
 interface in ACPI or SMBIOS) or its BMC does not answer; ``vendor`` is the name ipmitool knows for
-the manufacturer id (the image leaves out its 4.7 MB list of names, so expect "Unknown (0x...)"
-and compare ``manufacturer_id``). Strings are sent byte for byte: firmware may put non-UTF-8 bytes in DMI strings, so the
+the manufacturer id: the image carries IANA's names of the usual server makers only
+(crowbar.provisioner.image.BMC_VENDORS), others read "Unknown (0x...)": compare ``manufacturer_id``. Strings are sent byte for byte: firmware may put non-UTF-8 bytes in DMI strings, so the
 server should decode the body with ``errors="replace"``.
 """
 

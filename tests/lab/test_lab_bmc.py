@@ -54,6 +54,7 @@ def test_ipmi_bmc_is_found_in_band_configured_by_the_role_and_powers_the_vm(cli)
     bmc = node["discovery"]["bmc"]
     # what the agent read in-band through the KCS device (ipmi_sim's manufacturer and product)
     assert (bmc["manufacturer_id"], bmc["product_id"], bmc["ipmi_version"]) == (0x1291, 0xCB01, "2.0"), bmc
+    assert bmc["vendor"] == "MontaVista Software, Inc."  # ipmi_sim's maker, from the image's IANA names
     assert bmc["address"] == "0.0.0.0" and bmc["channel"] == 1
 
     cli("deployments", "create", "bmc")

@@ -187,6 +187,10 @@ def test_build_contents(discovery_image):
     assert by_name["usr/sbin/ipmitool"]["data"] == Path("/usr/bin/ipmitool").read_bytes()
     for library in image.tool_files({"ipmitool": image.DISCOVERY_TOOLS["ipmitool"]}):
         assert library in by_name, f"{library} (ipmitool needs it) is not in the image"
+    registry = by_name["usr/share/misc/enterprise-numbers.txt"]["data"].decode()
+    if image.IANA_REGISTRY.is_file():
+        assert "674\n  Dell Inc.\n" in registry and "10876\n  Super Micro Computer Inc.\n" in registry
+        assert len(registry) < 4096
     for path in order:
         assert path.startswith(f"/lib/modules/{version}/") and path.endswith(".ko")
         assert by_name[path[1:]]["data"][:4] == b"\x7fELF"
