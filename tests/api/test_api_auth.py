@@ -16,7 +16,7 @@ PLACEHOLDERS = {"key": "1", "name": "test-marker", "role": "test-server"}
 OPEN = {"/api/v2/health", "/metrics", "/api/v2/discovery", "/api/v2/agent/next", "/api/v2/agent/jobs/x1",
         "/api/v2/agent/progress/x1", "/api/v2/agent/booted",
         "/api/v2/session"}  # the UI's sign-in: a token in the body
-OPEN_PREFIXES = ("/boot/",)
+OPEN_PREFIXES = ("/boot/", "/api/v2/agent/")  # the agent's routes take a node token
 
 
 def documented_routes(client: TestClient) -> list[tuple[str, str]]:
