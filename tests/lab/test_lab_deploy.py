@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
@@ -133,13 +132,15 @@ def test_bios_and_uefi_vms_are_deployed_rebooted_reinstalled_and_released(cli):
     cli("deployments", "commit", "web")
     cli("anneal", "--wait", "--timeout", "900", "--deployment", "web", timeout=1000)
     timings["webhello through ansible"] = time.monotonic() - started
-    namespace = cli.json("lab", "status")["namespace"]
-    for name in (vm1, vm2):
-        url = f"http://{addresses[name].split('/')[0]}:8080/"
-        page = subprocess.run(["ip", "netns", "exec", namespace, sys.executable, "-c",
-                               f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=10).read().decode())"],
-                              capture_output=True, text=True, timeout=60)
-        assert "Hello from webhello" in page.stdout, (name, page.stdout, page.stderr)
+    walls = {(nr["role"], nr["node"]): cli.json("noderoles", "show", str(nr["id"]))
+             for nr in cli.json("noderoles", "list", "--deployment", "web")}
+    assert {key[0] for key in walls} == {"webhello", "webhello-check"}
+    for (role, node_name), nr in walls.items():
+        assert nr["state"] == "active", (role, node_name, nr.get("status"))
+        if role == "webhello":  # where its service answers: the node's admin address
+            assert nr["wall"]["webhello_url"] == f"http://{addresses[node_name].split('/')[0]}:8080/"
+    # the check role fetched the page from the service over the admin network, on the node
+    assert "Hello from webhello" in walls[("webhello-check", vm1)]["wall"]["webhello_seen"]
 
     # vm2 reboots: it comes back from its disk, never the discovery image
     server_log = cli.lab_dir / "server.log"
