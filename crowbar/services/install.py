@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from crowbar import plugins
@@ -211,10 +211,7 @@ def reinstall(session: Session, key, os_name: str | None, ctx: Context, actor: s
     _step(session, node, lifecycle.REINSTALL, f"reinstall {name} requested", actor)
     _cancel_jobs(session, node, "replaced by a new install")
     _plan_job(session, node, ctx, image)
-    if agent_reboots:
-        pass
-    else:
-        power.queue(session, node, "cycle", actor)
+    _reach(session, node, agent_reboots, actor)
     signal_work(session, "anneal")
     return nodes.node_dict(node, full=True)
 
@@ -399,10 +396,3 @@ def _drop_auto_ssh(node: Node) -> None:
     node.hints = hints
     _set_install(node, **{SSH_AUTO: False})
 
-
-def nodes_running(session: Session) -> dict[str, list[str]]:
-    """OS name -> names of the nodes that run it or are installing it."""
-    out: dict[str, list[str]] = {}
-    for name, os_name in session.execute(select(Node.name, Node.os).where(Node.os.is_not(None)).order_by(Node.id)):
-        out.setdefault(os_name, []).append(name)
-    return out
