@@ -195,7 +195,7 @@ def image_uuid(digest: str) -> str:
 
 
 def built(store: Path, name: str | None = None) -> list[OsImage]:
-    """The images in `store` (of OS `name`), newest build first per OS."""
+    """The images in `store` (of OS `name`), by OS, oldest build first (`current` takes the last)."""
     found = []
     for manifest_path in sorted(store.glob(f"{name or '*'}/*/{MANIFEST}")):
         try:
@@ -205,7 +205,7 @@ def built(store: Path, name: str | None = None) -> list[OsImage]:
         image = manifest_path.parent / ROOT_IMAGE
         if image.is_file():
             found.append(OsImage(manifest["name"], manifest["digest"], image, manifest))
-    return sorted(found, key=lambda i: (i.name, i.manifest.get("built_at", "")), reverse=False)
+    return sorted(found, key=lambda i: (i.name, i.manifest.get("built_at", "")))
 
 
 def current(store: Path, name: str) -> OsImage | None:
