@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from crowbar.api import deps, errors
@@ -46,6 +46,7 @@ class Booted(BaseModel):
     kernel: str = ""
     os: str = ""
     reason: str = ""
+    host_keys: list[str] = Field(default_factory=list, max_length=8)  # its sshd's public keys
 
 
 class Deploy(BaseModel):
@@ -137,7 +138,7 @@ def agent_booted(body: Booted, request: Request, s: UnitOfWork, config: Settings
     """The installed system calls home at boot: booted, ready, or failed (with a reason)."""
     node = provisioning.node_for_token(s, deps.bearer(request))
     facts = {"boot_id": body.boot_id, "kernel": body.kernel, "os": body.os, "reason": body.reason}
-    return install.booted(s, node, body.step, facts, _install_context(config))
+    return install.booted(s, node, body.step, facts, _install_context(config), host_keys=body.host_keys)
 
 
 @open_router.get("/boot/os/{name}/{digest}/{file}")

@@ -114,15 +114,27 @@ def nodes_release(ctx, node: str, erase: str, wait: bool, timeout: float, output
 def ssh_command(node: dict, key: Path | None, command: tuple[str, ...], known_hosts: Path,
                 namespace: str | None = None) -> list[str]:
     """The ssh command line for `node` (its SSH address and key hints, set when it was installed);
-    run inside `namespace` (the virtual lab's) when its nodes are only reachable there."""
+    run inside `namespace` (the virtual lab's) when its nodes are only reachable there. The node's
+    reported host keys are checked strictly; a node that reported none is trusted on first use
+    (`known_hosts`)."""
     ssh = ((node.get("hints") or {}).get("crowbar") or {}).get("ssh") or {}
     address = ssh.get("address")
     if not address:
         raise CliError(f"node {node['name']} has no SSH address yet (it is {node['state']}; installed nodes get "
                        "their admin address; else `crowbar attribs set ssh-address ADDR --node NODE`)")
+    port = int(ssh.get("port", 22))
+    keys = (node.get("install") or {}).get("host_keys") or []
+    if keys:
+        # the keys the node reported at its last boot: checked strictly, in a file of its own that
+        # is rewritten each time (a reinstalled node's new keys replace the old ones)
+        known_hosts = known_hosts.parent / "known_hosts.d" / node["name"]
+        known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        host = address if port == 22 else f"[{address}]:{port}"
+        known_hosts.write_text("".join(f"{host} {key}\n" for key in keys))
     argv = ["ip", "netns", "exec", namespace] if namespace else []
-    argv += ["ssh", "-o", f"UserKnownHostsFile={known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
-             "-o", "ConnectTimeout=10", "-p", str(ssh.get("port", 22))]
+    argv += ["ssh", "-o", f"UserKnownHostsFile={known_hosts}",
+             "-o", f"StrictHostKeyChecking={'yes' if keys else 'accept-new'}",
+             "-o", "ConnectTimeout=10", "-p", str(port)]
     chosen = key or (Path(ssh["key"]) if ssh.get("key") and os.access(ssh["key"], os.R_OK) else None)
     if chosen:
         argv += ["-i", str(chosen), "-o", "IdentitiesOnly=yes"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -149,7 +150,7 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
     _set_install(node, os=image.name, image=image.digest, sha256=image.manifest["sha256"],
                  size=plan.image_size, disk=plan.disk, firmware=firmware, job=job.id,
                  phase="queued", bytes=0, total=plan.fs_size, started_at=_now(), finished_at=None,
-                 error=None)
+                 error=None, host_keys=[])
     return job
 
 
@@ -254,7 +255,7 @@ def release(session: Session, key, erase: str | None = "quick", actor: str = "sy
                                                                      erase or "quick"), timeout=4 * 3600)
     session.add(job)
     session.flush()
-    _set_install(node, phase="erase-queued", job=job.id, erase=erase or "quick")
+    _set_install(node, phase="erase-queued", job=job.id, erase=erase or "quick", host_keys=[])
     _reach(session, node, agent_reboots, actor)
     signal_work(session, "anneal")
     return nodes.node_dict(node, full=True)
@@ -340,12 +341,36 @@ def refound(session: Session, node: Node) -> None:
         _step(session, node, lifecycle.PROBLEM, reason, "agent")
 
 
-def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context) -> dict:
+HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) ([A-Za-z0-9+/]{40,1400}={0,2})$")
+
+
+def parse_host_keys(lines: list) -> list[str]:
+    """The node's sshd public keys as `type base64` (comments dropped), checked; refused as a whole
+    when one line is not a public key, so nothing half-valid is kept."""
+    keys = []
+    for line in lines or []:
+        fields = str(line).split()[:2]
+        key = " ".join(fields)
+        if not HOST_KEY_RE.match(key):
+            raise InvalidInput(f"{str(line)[:60]!r} is not an SSH public host key (ssh-ed25519, ecdsa or rsa)",
+                               field="host_keys")
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context,
+           host_keys: list | None = None) -> dict:
     """The installed system calls home: booted (installed -> readying), ready (readying -> ready),
-    or failed (-> problem). Any other state: the node is alive, nothing moves."""
+    or failed (-> problem). Any other state: the node is alive, nothing moves. With `ready` comes
+    its sshd's public host keys: the CLI's `nodes ssh` then checks them strictly (no trust on first
+    use, and a reinstalled node's new keys replace the old ones)."""
     if step not in ("booted", "ready", "failed"):
         raise InvalidInput("step must be booted, ready or failed", field="step")
+    keys = parse_host_keys(host_keys)
     node.alive = True
+    if keys:
+        _set_install(node, host_keys=keys)
     clean = {k: str(v)[:200] for k, v in (facts or {}).items() if k in ("boot_id", "kernel", "os", "reason")}
     record(session, [{"object_type": "node", "object_id": node.id, "action": "boot", "actor": "node",
                       "message": f"installed system {step}: {json.dumps(clean, sort_keys=True)}"}])

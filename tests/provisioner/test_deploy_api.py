@@ -107,15 +107,25 @@ def test_deploy_walks_the_lifecycle_to_ready(dapi, store, db):
     r = dapi.post("/api/v2/agent/booted", json={"step": "booted", "os": "Debian GNU/Linux 12 (bookworm)"},
                   headers=agent(node["token"]))
     assert r.json()["state"] == "readying"
-    r = dapi.post("/api/v2/agent/booted", json={"step": "ready"}, headers=agent(node["token"]))
+    # a line that is not a public key refuses the whole call: nothing is kept, the node stays readying
+    r = dapi.post("/api/v2/agent/booted", json={"step": "ready", "host_keys": [HOST_KEY, "ssh-ed25519 $(reboot)"]},
+                  headers=agent(node["token"]))
+    assert r.status_code == 422 and r.json()["field"] == "host_keys", r.text
+    assert dapi.get(f"/api/v2/nodes/{node['node']}").json()["state"] == "readying"
+    r = dapi.post("/api/v2/agent/booted", json={"step": "ready", "host_keys": [HOST_KEY + " root@n1"]},
+                  headers=agent(node["token"]))
     assert r.json()["state"] == "ready"
     final = dapi.get(f"/api/v2/nodes/{node['node']}").json()
+    assert final["install"]["host_keys"] == [HOST_KEY]  # the comment dropped
     ssh = final["hints"]["crowbar"]["ssh"]  # the script jig's target, set from the admin address
     assert ssh["address"].startswith("192.168.124.") and ssh["key"] == "/srv/crowbar/ssh/id_ed25519"
     steps = [s["state"] for s in final["install"]["steps"]]
     assert steps == ["hardware-installing", "hardware-installed", "installing", "installed", "readying", "ready"]
     events = dapi.get("/api/v2/events", params={"object_type": "node"}).json()["items"]
     assert any(e["action"] == "install" and "write-image" in e["message"] for e in events)
+
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcM0YkzJmO2z1rGfXh0n3b1nA6Q4cE0eWn8d2Vq9mKx"
 
 
 def test_a_failed_install_is_a_problem_with_its_phase_and_output(dapi, store):

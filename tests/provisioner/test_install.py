@@ -165,3 +165,24 @@ def test_nodes_ssh_enters_the_lab_namespace_only_for_the_labs_server(tmp_path, m
     assert config.lab_namespace("http://127.0.0.1:3000", lab) is None
     with pytest.raises(Exception, match="no SSH address yet"):
         ssh_command({"name": "n2", "state": "installing", "hints": {}}, None, (), tmp_path / "k")
+
+
+def test_nodes_ssh_checks_the_host_keys_the_node_reported_strictly(tmp_path):
+    from crowbar.cli.install import ssh_command
+
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBcM0YkzJmO2z1rGfXh0n3b1nA6Q4cE0eWn8d2Vq9mKx"
+    node = {"name": "n1.crowbar.local", "state": "ready", "install": {"host_keys": [key]},
+            "hints": {"crowbar": {"ssh": {"address": "192.168.124.81", "port": 2222}}}}
+    argv = ssh_command(node, None, ("hostname",), tmp_path / "known_hosts")
+    known = tmp_path / "known_hosts.d" / "n1.crowbar.local"
+    assert f"UserKnownHostsFile={known}" in argv and "StrictHostKeyChecking=yes" in argv
+    assert known.read_text() == f"[192.168.124.81]:2222 {key}\n"
+    # reinstalled: new keys replace the old ones, nothing stale is kept
+    node["install"]["host_keys"] = [key.replace("AAAAIBc", "AAAAIXc")]
+    node["hints"]["crowbar"]["ssh"]["port"] = 22
+    ssh_command(node, None, (), tmp_path / "known_hosts")
+    assert known.read_text() == f"192.168.124.81 {key.replace('AAAAIBc', 'AAAAIXc')}\n"
+    # none reported (an old image, or a node set up by hand): trust on first use, in the shared file
+    del node["install"]["host_keys"]
+    argv = ssh_command(node, None, (), tmp_path / "known_hosts")
+    assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in argv and "StrictHostKeyChecking=accept-new" in argv
