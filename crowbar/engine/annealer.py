@@ -76,7 +76,10 @@ class Annealer:
         # Called (from any thread) when there is something for `step()` to do: a finished run, a
         # queued agent job. The server's loop sets it to its wake-up; alone, nothing is woken.
         self.notify = notify or (lambda: None)
-        self.workdir = Path(workdir or tempfile.gettempdir())
+        # each run's scratch directory is crowbar-run-<run id> below this: a private directory when
+        # none is given, as run ids are only unique per database (two annealers on one machine,
+        # each with its own database, would otherwise share and remove each other's directories)
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="crowbar-runs-"))
         self.server_id: int | None = None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jig")
         self._done: queue.SimpleQueue = queue.SimpleQueue()

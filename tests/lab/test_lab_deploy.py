@@ -141,6 +141,8 @@ def test_bios_and_uefi_vms_are_deployed_rebooted_reinstalled_and_released(cli):
             assert nr["wall"]["webhello_url"] == f"http://{addresses[node_name].split('/')[0]}:8080/"
     # the check role fetched the page from the service over the admin network, on the node
     assert "Hello from webhello" in walls[("webhello-check", vm1)]["wall"]["webhello_seen"]
+    # a real service: a systemd unit, still answering after the Ansible run's SSH sessions ended
+    assert _ssh(cli, vm2, "systemctl is-active webhello; systemctl is-enabled webhello") == "active\nenabled"
 
     # vm2 reboots: it comes back from its disk, never the discovery image
     server_log = cli.lab_dir / "server.log"
@@ -160,6 +162,9 @@ def test_bios_and_uefi_vms_are_deployed_rebooted_reinstalled_and_released(cli):
         assert time.monotonic() < deadline, f"vm2 did not come back{cli.context()}"
         time.sleep(5)
     assert _ssh(cli, vm2, "cat /root/marker") == "before"
+    # and it came back with the node
+    assert _ssh(cli, vm2, "for i in $(seq 60); do systemctl is-active -q webhello && break; sleep 1; done; "
+                          "systemctl is-active webhello") == "active"
     # the server's boot log: every script vm2 got since, and it was the local disk's
     boots = [line for line in server_log.read_text(errors="replace")[before:].splitlines()
              if "boot script for" in line and f"(node {vm2})" in line]
