@@ -201,8 +201,12 @@ set_working_mc 0x20
             "sel_enable 0x20 1000 0x0a\n"
             "mc_enable 0x20\n")
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start ipmi_sim (detached, in the namespace if any); returns when it answers RMCP."""
+    def start(self, timeout: float = 60.0) -> None:
+        """Start ipmi_sim (detached, in the namespace if any); returns when it answers RMCP.
+
+        One probe process (in the namespace) pings until the BMC answers or `timeout` passes: a
+        Python started per ping took seconds each on a loaded machine, and ten seconds of them
+        made `lab up --bmc ipmi` fail while the BMC was merely slow to come up."""
         if not (self.path / "lan.conf").exists():
             self.write_config()
         argv = _netns(self.namespace, ["ipmi_sim", "-n", "-c", str(self.path / "lan.conf"),
@@ -211,13 +215,21 @@ set_working_mc 0x20
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=self.path)
         self.pid = proc.pid
-        deadline = time.monotonic() + timeout
-        while not rmcp_ping("127.0.0.1", self.lan_port, self.namespace):
+        probe = subprocess.Popen(_netns(self.namespace, rmcp_wait_argv("127.0.0.1", self.lan_port, timeout)),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while probe.poll() is None:
+                if proc.poll() is not None:
+                    raise BmcError(f"ipmi_sim for {self.name} exited ({proc.returncode}): {_tail(self.log)}")
+                time.sleep(0.1)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait()
+        if probe.returncode != 0:
             if proc.poll() is not None:
                 raise BmcError(f"ipmi_sim for {self.name} exited ({proc.returncode}): {_tail(self.log)}")
-            if time.monotonic() > deadline:
-                raise BmcError(f"ipmi_sim for {self.name} did not answer within {timeout:g}s: {_tail(self.log)}")
-            time.sleep(0.1)
+            raise BmcError(f"ipmi_sim for {self.name} did not answer within {timeout:g}s: {_tail(self.log)}")
 
     def vm_pid(self) -> int | None:
         """The VM's qemu, ipmi_sim's child (None when the machine is off)."""
@@ -240,22 +252,28 @@ set_working_mc 0x20
         return stopped
 
 
-def rmcp_ping(host: str, port: int, namespace: str | None = None, timeout: float = 0.5) -> bool:
-    """Whether an IPMI BMC answers an RMCP presence ping (ASF) on host:port. In a namespace,
-    through `ip netns exec` (the caller may live outside it)."""
-    if namespace:
-        code = (f"import sys; from crowbar.lab.bmc import rmcp_ping; "
-                f"sys.exit(0 if rmcp_ping({host!r}, {port}, timeout={timeout}) else 1)")
-        return subprocess.run(_netns(namespace, [sys.executable, "-c", code]), capture_output=True).returncode == 0
-    ping = bytes([0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x00, 0x00, 0x00])
+RMCP_PING = bytes([0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x00, 0x00, 0x00])
+# The waiting loop as a standard-library script (`python -S -E`: no site-packages, so it starts in
+# milliseconds even in a namespace on a loaded machine): argv host port seconds; exit 0 on an answer.
+_RMCP_WAIT = """import socket, sys, time
+host, port, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
+        s.settimeout(0.5)
         try:
-            s.sendto(ping, (host, port))
-            data = s.recv(512)
+            s.sendto(bytes.fromhex(sys.argv[4]), (host, port))
+            if s.recv(512):
+                sys.exit(0)
         except OSError:
-            return False
-    return len(data) >= 8 and data[8:9] == b"\x40" if len(data) > 8 else bool(data)
+            time.sleep(0.1)
+sys.exit(1)
+"""
+
+
+def rmcp_wait_argv(host: str, port: int, timeout: float) -> list[str]:
+    """A command that pings host:port with RMCP presence pings until one is answered (exit 0) or
+    `timeout` seconds pass (exit 1); run it in the BMC's namespace (`_netns`)."""
+    return [sys.executable, "-S", "-E", "-c", _RMCP_WAIT, host, str(port), f"{timeout:g}", RMCP_PING.hex()]
 
 
 def _quote(arg: str) -> str:
