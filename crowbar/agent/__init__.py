@@ -55,14 +55,23 @@ Inventory (what the agent posts in step 1)::
                 "rotational": true, "removable": false}],
      "nics": [{"name": "eth0", "mac": "52:54:00:12:34:56", "speed": 1000, "driver": "e1000",
                "bus": "0000:00:03.0", "link": true}],
-     "dmi": {"vendor": "QEMU", "product": "Standard PC (Q35 + ICH9, 2009)", "serial": null}}
+     "dmi": {"vendor": "QEMU", "product": "Standard PC (Q35 + ICH9, 2009)", "serial": null},
+     "bmc": {"vendor": "MontaVista Software, Inc.",   ipmitool mc info, in-band (/dev/ipmi0)
+             "manufacturer_id": 4753, "product_id": 51969, "firmware": "1.00", "ipmi_version": "2.0",
+             "channel": 1,                       the LAN channel read below
+             "mac": "00:00:00:00:00:00",         ipmitool lan print 1: the BMC's own NIC
+             "address_source": "Static Address", "address": "0.0.0.0", "netmask": "0.0.0.0",
+             "gateway": "0.0.0.0", "vlan": null}}     null: no 802.1q VLAN
 
 Values the machine does not report are null: a NIC's speed (Mb/s) without link or from virtio,
 a virtio disk's model. Compare memory with ``installed_bytes``, within a fraction of a percent
 of the RAM (qemu's -m); MemTotal also lacks what the kernel keeps for itself, 11% of a 512 MiB
 VM (the example above). Disks leave out loop, ram, zram, floppy and optical devices; NICs are
 the physical ones (no lo, bridge, bond or VLAN), with the fields `crowbar.network.conduits.Nic`
-reads. Strings are sent byte for byte: firmware may put non-UTF-8 bytes in DMI strings, so the
+reads. ``bmc`` is null when the machine shows no IPMI device (ipmi_si found no KCS, SMIC or BT
+interface in ACPI or SMBIOS) or its BMC does not answer; ``vendor`` is the name ipmitool knows for
+the manufacturer id: the image carries IANA's names of the usual server makers only
+(crowbar.provisioner.image.BMC_VENDORS), others read "Unknown (0x...)": compare ``manufacturer_id``. Strings are sent byte for byte: firmware may put non-UTF-8 bytes in DMI strings, so the
 server should decode the body with ``errors="replace"``.
 """
 

@@ -1,10 +1,12 @@
 #!/bin/sh
 # Prints this machine's inventory as JSON, read from /proc and /sys only (the discovery image
-# has no udev, lshw or dmidecode). Usage: inventory.sh [BOOT_NIC]
+# has no udev, lshw or dmidecode) and, for the BMC, from ipmitool in-band. Usage: inventory.sh [BOOT_NIC]
 # Shell collects one record per value, json.awk turns the records into JSON and does all quoting.
 
 LIB=${CROWBAR_LIB:-/usr/lib/crowbar}
 SYS=${CROWBAR_SYSFS:-/sys}
+DEV=${CROWBAR_DEV:-/dev}
+IPMITOOL=${CROWBAR_IPMITOOL:-ipmitool}  # tests point it at a BMC over the LAN
 boot_nic=$1
 
 rd() { head -n 1 "$1" 2>/dev/null; }  # one sysfs value; empty when absent or unreadable
@@ -20,6 +22,32 @@ pci_address() {
         esac
         p=${p%/*}
     done
+}
+
+# The BMC as the host sees it in-band (KCS or SSIF through ipmi_si, /dev/ipmi0): "Key : value"
+# lines of `ipmitool mc info` and `lan print 1`. bmc is null when there is no device or it does
+# not answer.
+field() { sed -n "s/^$1 *: *//p" "$2" | head -n 1; }
+bmc() {
+    [ -c "$DEV/ipmi0" ] || [ -c "$DEV/ipmi/0" ] || [ -c "$DEV/ipmidev/0" ] || [ -n "$CROWBAR_IPMITOOL" ] || return 1
+    info=${TMPDIR:-/tmp}/crowbar-mc.$$ lan=${TMPDIR:-/tmp}/crowbar-lan.$$
+    if ! timeout 20 $IPMITOOL mc info > "$info" 2>/dev/null; then rm -f "$info"; return 1; fi
+    timeout 20 $IPMITOOL lan print 1 > "$lan" 2>/dev/null
+    product=$(field "Product ID" "$info")
+    vlan=$(field "802.1q VLAN ID" "$lan")
+    rec bmc - vendor s "$(field "Manufacturer Name" "$info")"
+    rec bmc - manufacturer_id n "$(field "Manufacturer ID" "$info")"
+    rec bmc - product_id n "${product%% *}"
+    rec bmc - firmware s "$(field "Firmware Revision" "$info")"
+    rec bmc - ipmi_version s "$(field "IPMI Version" "$info")"
+    rec bmc - channel n 1
+    rec bmc - mac s "$(field "MAC Address" "$lan")"
+    rec bmc - address_source s "$(field "IP Address Source" "$lan")"
+    rec bmc - address s "$(field "IP Address" "$lan")"
+    rec bmc - netmask s "$(field "Subnet Mask" "$lan")"
+    rec bmc - gateway s "$(field "Default Gateway IP" "$lan")"
+    rec bmc - vlan n "$vlan"
+    rm -f "$info" "$lan"
 }
 
 {
@@ -73,4 +101,5 @@ pci_address() {
     rec dmi - vendor s "$(rd "$SYS/class/dmi/id/sys_vendor")"
     rec dmi - product s "$(rd "$SYS/class/dmi/id/product_name")"
     rec dmi - serial s "$(rd "$SYS/class/dmi/id/product_serial")"
+    bmc || rec . - bmc s ""
 } | awk -v mode=inventory -v lists="disks nics" -f "$LIB/json.awk"

@@ -1,16 +1,19 @@
 """Power routes (admin token): ask for a power action (202, queued for the power worker), follow
-the requests, give a node its driver and settings, list the drivers with their settings."""
+the requests, give a node its driver and settings, list the drivers with their settings. And the
+agent's BMC routes (node token, provisioning listener): what the `bmc-config` role's script asks
+while it configures the node's BMC (crowbar/services/bmc.py)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
 
 from crowbar.api import deps
 from crowbar.api.deps import Actor, Paging, UnitOfWork
-from crowbar.services import power
+from crowbar.services import bmc, power, provisioning
 
 router = APIRouter(prefix="/api/v2", tags=["power"], dependencies=[Depends(deps.actor)])
+agent_router = APIRouter(prefix="/api/v2/agent", tags=["power"])
 
 
 class PowerAction(BaseModel):
@@ -56,3 +59,37 @@ def list_requests(s: UnitOfWork, page: Paging, node: str | None = None, state: s
 def list_drivers():
     """Every power driver with its summary, timeout and settings schema (one page: they are few)."""
     return {"items": power.drivers(), "next": None}
+
+
+# -- the bmc-config role's script, on the node (node token) --------------------------------------------
+class BmcNetwork(BaseModel):
+    network: str = Field("bmc", max_length=64)
+
+
+class BmcCredentials(BaseModel):
+    network: str = Field("bmc", max_length=64)
+    username: str = Field(max_length=16)
+    password: str = Field(max_length=20)
+
+
+@agent_router.post("/bmc/address")
+def agent_bmc_address(request: Request, s: UnitOfWork, body: BmcNetwork | None = None):
+    """The node's BMC address on a network of the bmc conduit (allocated on first ask), netmask,
+    gateway and VLAN: while its bmc-config role runs."""
+    node = provisioning.node_for_token(s, deps.bearer(request))
+    return bmc.address(s, node, (body or BmcNetwork()).network)
+
+
+@agent_router.post("/bmc/credentials")
+def agent_bmc_credentials(body: BmcCredentials, request: Request, s: UnitOfWork):
+    """The user and password the role set on the BMC: the node is powered through `ipmi` with them
+    from now on; the answer names the status request that proves them (never the password)."""
+    node = provisioning.node_for_token(s, deps.bearer(request))
+    return bmc.credentials(s, node, body.network, body.username, body.password)
+
+
+@agent_router.get("/power_requests/{request_id}")
+def agent_power_request(request_id: str, request: Request, s: UnitOfWork):
+    """One of the node's own power requests (the role waits for its proof)."""
+    node = provisioning.node_for_token(s, deps.bearer(request))
+    return bmc.request(s, node, request_id)

@@ -8,7 +8,7 @@
   image) as a server does, and chassis off/reset/soft-off reach the VM through that channel.
   Every ipmi_sim listens on 127.0.0.1 on a port of its own; the address the BMC is configured to
   (`ipmitool lan set 1 ipaddr` in-band, by the bmc-config role) is made real by the
-  `lan_config_program` hook, `python -m crowbar.lab.bmc lan-config ...`, which puts that address
+  `lan_config_program` hook, `crowbar/lab/bmc_lan.py`, which puts that address
   on the namespace's loopback and redirects UDP 623 for it to the BMC's port (nftables): the
   address the role chose from the `bmc` network answers IPMI, as a real BMC's NIC would.
 - Redfish: sushy-tools' emulator (PyPI) with `crowbar.lab.redfish_qemu`, a systems driver for the
@@ -34,6 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from crowbar.lab import bmc_lan
 from crowbar.procs import pid_alive, stop_pid
 
 IPMI_PORT = 623
@@ -170,7 +171,7 @@ class IpmiSim:
         start = " ".join(_quote(a) for a in self.vm_argv + ipmi_qemu_args(self.serial_port))
         # The hook runs as ipmi_sim's child, so in ipmi_sim's namespace already.
         # ipmi_sim appends `get|set|check parm...`: the device name is part of the program string.
-        lan_config = f"{sys.executable} -W ignore::RuntimeWarning -m crowbar.lab.bmc lan-config --port {self.lan_port} {self.lan_device}"
+        lan_config = f"{sys.executable} -S -E {bmc_lan.__file__} --port {self.lan_port} {self.lan_device}"
         conf = f"""# ipmi_sim for lab VM {self.name} (written by crowbar.lab.bmc)
 name "{self.name}"
 set_working_mc 0x20
@@ -200,8 +201,12 @@ set_working_mc 0x20
             "sel_enable 0x20 1000 0x0a\n"
             "mc_enable 0x20\n")
 
-    def start(self, timeout: float = 10.0) -> None:
-        """Start ipmi_sim (detached, in the namespace if any); returns when it answers RMCP."""
+    def start(self, timeout: float = 60.0) -> None:
+        """Start ipmi_sim (detached, in the namespace if any); returns when it answers RMCP.
+
+        One probe process (in the namespace) pings until the BMC answers or `timeout` passes: a
+        Python started per ping took seconds each on a loaded machine, and ten seconds of them
+        made `lab up --bmc ipmi` fail while the BMC was merely slow to come up."""
         if not (self.path / "lan.conf").exists():
             self.write_config()
         argv = _netns(self.namespace, ["ipmi_sim", "-n", "-c", str(self.path / "lan.conf"),
@@ -210,13 +215,21 @@ set_working_mc 0x20
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, cwd=self.path)
         self.pid = proc.pid
-        deadline = time.monotonic() + timeout
-        while not rmcp_ping("127.0.0.1", self.lan_port, self.namespace):
+        probe = subprocess.Popen(_netns(self.namespace, rmcp_wait_argv("127.0.0.1", self.lan_port, timeout)),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while probe.poll() is None:
+                if proc.poll() is not None:
+                    raise BmcError(f"ipmi_sim for {self.name} exited ({proc.returncode}): {_tail(self.log)}")
+                time.sleep(0.1)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait()
+        if probe.returncode != 0:
             if proc.poll() is not None:
                 raise BmcError(f"ipmi_sim for {self.name} exited ({proc.returncode}): {_tail(self.log)}")
-            if time.monotonic() > deadline:
-                raise BmcError(f"ipmi_sim for {self.name} did not answer within {timeout:g}s: {_tail(self.log)}")
-            time.sleep(0.1)
+            raise BmcError(f"ipmi_sim for {self.name} did not answer within {timeout:g}s: {_tail(self.log)}")
 
     def vm_pid(self) -> int | None:
         """The VM's qemu, ipmi_sim's child (None when the machine is off)."""
@@ -239,22 +252,28 @@ set_working_mc 0x20
         return stopped
 
 
-def rmcp_ping(host: str, port: int, namespace: str | None = None, timeout: float = 0.5) -> bool:
-    """Whether an IPMI BMC answers an RMCP presence ping (ASF) on host:port. In a namespace,
-    through `ip netns exec` (the caller may live outside it)."""
-    if namespace:
-        code = (f"import sys; from crowbar.lab.bmc import rmcp_ping; "
-                f"sys.exit(0 if rmcp_ping({host!r}, {port}, timeout={timeout}) else 1)")
-        return subprocess.run(_netns(namespace, [sys.executable, "-c", code]), capture_output=True).returncode == 0
-    ping = bytes([0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x00, 0x00, 0x00])
+RMCP_PING = bytes([0x06, 0x00, 0xFF, 0x06, 0x00, 0x00, 0x11, 0xBE, 0x80, 0x00, 0x00, 0x00])
+# The waiting loop as a standard-library script (`python -S -E`: no site-packages, so it starts in
+# milliseconds even in a namespace on a loaded machine): argv host port seconds; exit 0 on an answer.
+_RMCP_WAIT = """import socket, sys, time
+host, port, deadline = sys.argv[1], int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
+        s.settimeout(0.5)
         try:
-            s.sendto(ping, (host, port))
-            data = s.recv(512)
+            s.sendto(bytes.fromhex(sys.argv[4]), (host, port))
+            if s.recv(512):
+                sys.exit(0)
         except OSError:
-            return False
-    return len(data) >= 8 and data[8:9] == b"\x40" if len(data) > 8 else bool(data)
+            time.sleep(0.1)
+sys.exit(1)
+"""
+
+
+def rmcp_wait_argv(host: str, port: int, timeout: float) -> list[str]:
+    """A command that pings host:port with RMCP presence pings until one is answered (exit 0) or
+    `timeout` seconds pass (exit 1); run it in the BMC's namespace (`_netns`)."""
+    return [sys.executable, "-S", "-E", "-c", _RMCP_WAIT, host, str(port), f"{timeout:g}", RMCP_PING.hex()]
 
 
 def _quote(arg: str) -> str:
@@ -264,58 +283,8 @@ def _quote(arg: str) -> str:
     return "'" + arg.replace("'", "'\\''") + "'"
 
 
-# -- the lan_config_program hook ----------------------------------------------------------------------
-NFT_TABLE = "crowbar_lab_bmc"
-
-
-def lan_config(port: int, namespace: str | None, device: str, op: str, params: list[str],
-               state_file: Path) -> str:
-    """ipmi_sim's `lan_config_program`: `get parm...` answers `parm:value` lines; `set|check parm
-    value...` applies an address: the address goes on the namespace's loopback and UDP 623 to it is
-    redirected to this BMC's port. The current values live in `state_file` (JSON)."""
-    try:
-        state = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        state = {}
-    if op == "get":
-        defaults = {"ip_addr": "0.0.0.0", "ip_addr_src": "static", "mac_addr": "00:00:00:00:00:00",
-                    "subnet_mask": "0.0.0.0", "default_gw_ip_addr": "0.0.0.0",
-                    "default_gw_mac_addr": "00:00:00:00:00:00", "backup_gw_ip_addr": "0.0.0.0",
-                    "backup_gw_mac_addr": "00:00:00:00:00:00"}
-        return "".join(f"{p}:{state.get(p, defaults.get(p, ''))}\n" for p in params)
-    pairs = dict(zip(params[::2], params[1::2]))
-    if "ip_addr" in pairs:
-        ipaddress.IPv4Address(pairs["ip_addr"])  # a bad address fails the set
-    if op == "check":
-        return ""
-    old = state.get("ip_addr")
-    state.update(pairs)
-    new = state.get("ip_addr")
-    if new != old:
-        _move_address(port, namespace, old, new)
-    state_file.write_text(json.dumps(state))
-    return ""
-
-
-def _move_address(port: int, namespace: str | None, old: str | None, new: str | None) -> None:
-    def run(*argv: str, check: bool = True) -> None:
-        done = subprocess.run(_netns(namespace, list(argv)), capture_output=True, text=True)
-        if check and done.returncode != 0:
-            raise BmcError(f"{' '.join(argv)}: {done.stderr.strip()}")
-
-    run("nft", "add", "table", "ip", NFT_TABLE)
-    run("nft", "add", "chain", "ip", NFT_TABLE, "output", "{ type nat hook output priority -100 ; }")
-    if old and old != "0.0.0.0":
-        run("ip", "addr", "del", f"{old}/32", "dev", "lo", check=False)
-        listing = subprocess.run(_netns(namespace, ["nft", "-a", "list", "chain", "ip", NFT_TABLE, "output"]),
-                                 capture_output=True, text=True).stdout
-        for line in listing.splitlines():
-            if f"ip daddr {old} " in line and "# handle" in line:
-                run("nft", "delete", "rule", "ip", NFT_TABLE, "output", "handle", line.rsplit(" ", 1)[1])
-    if new and new != "0.0.0.0":
-        run("ip", "addr", "replace", f"{new}/32", "dev", "lo")
-        run("nft", "add", "rule", "ip", NFT_TABLE, "output", "ip", "daddr", new, "udp", "dport", str(IPMI_PORT),
-            "redirect", "to", f":{port}")
+# -- the lan_config_program hook: crowbar/lab/bmc_lan.py (standard library only, started with -S -E,
+# since ipmi_sim runs it once per LAN parameter read: `lan print` reads about twenty) --------------
 
 
 # -- Redfish: sushy-tools with the lab's qemu driver ----------------------------------------------------
@@ -537,29 +506,3 @@ def _make_tls(directory: Path, address: str) -> None:
     (directory / "cert.pem").write_bytes(cert.public_bytes(pem))
     _write_secret(directory / "key.pem", key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
                                                            serialization.NoEncryption()).decode())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m crowbar.lab.bmc lan-config --port P [--namespace NS] <device> get|set|check ...`:
-    ipmi_sim's lan_config_program (runs as ipmi_sim's child, in the lab's namespace)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="crowbar.lab.bmc")
-    sub = parser.add_subparsers(dest="command", required=True)
-    lc = sub.add_parser("lan-config")
-    lc.add_argument("--port", type=int, required=True)
-    lc.add_argument("device")
-    lc.add_argument("op", choices=["get", "set", "check"])
-    lc.add_argument("params", nargs="*")
-    args = parser.parse_args(argv)
-    try:
-        # ipmi_sim runs the hook in its own directory (the BMC's): the state lives there.
-        sys.stdout.write(lan_config(args.port, None, args.device, args.op, args.params, Path("lan-state.json")))
-    except (BmcError, ValueError) as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -349,8 +349,11 @@ class Lab:
 
     # -- discovery ------------------------------------------------------------------------------
     def vm_pid(self, vm: Vm) -> int | None:
-        """The VM's qemu PID: from its pid file (a power-on after `off` starts a new qemu)."""
-        return read_pidfile(vm.pidfile) or vm.pid
+        """The VM's qemu PID: from its pid file (a power-on after `off` starts a new qemu), else (an
+        IPMI lab) the qemu its ipmi_sim runs, else the one recorded at `up`; the first that runs.
+        (ipmi_sim starts qemu itself: on a loaded machine its pid file may come after `up` looks.)"""
+        candidates = (read_pidfile(vm.pidfile), self._bmcs().vm_pid(vm.name), vm.pid)
+        return next((pid for pid in candidates if pid_alive(pid)), candidates[0] or vm.pid)
 
     def match_nodes(self, api=None) -> dict[str, dict]:
         """VM name -> its node (as GET /nodes/{id} shows it), matched by MAC; records the names and

@@ -80,6 +80,7 @@ class PowerDriver(abc.ABC):
     summary: str = ""
     settings: ClassVar[dict[str, Setting]] = {}
     timeout: float = 30.0  # seconds an action may take before the power worker gives up on it
+    timeouts: ClassVar[dict[str, float]] = {}  # longer limits for some actions (bios-apply: a reboot)
 
     @abc.abstractmethod
     def power_on(self, node: PowerNode) -> str: ...
@@ -102,6 +103,19 @@ class PowerDriver(abc.ABC):
     def boot_device(self, node: PowerNode, device: str) -> str:
         """Boot from `device` (pxe, disk, http) at the next boot only; drivers that can, override this."""
         raise PowerError(f"{node.name}: power driver {self.name} cannot choose the boot device")
+
+    def apply_bios(self, node: PowerNode, wanted: dict) -> str:
+        """Make the BIOS attributes `wanted` (name -> value) the ones in effect: pending settings, a
+        reset to apply them, then read back; PowerError naming every attribute that is not as
+        wanted, with both values. Drivers that can, override this (`can_apply_bios`)."""
+        raise PowerError(f"{node.name}: power driver {self.name} cannot apply BIOS settings")
+
+    @property
+    def can_apply_bios(self) -> bool:
+        return type(self).apply_bios is not PowerDriver.apply_bios
+
+    def timeout_for(self, action: str) -> float:
+        return self.timeouts.get(action, self.timeout)
 
     def shown(self, settings: dict) -> dict:
         """`settings` as the API and CLI may show them: secret ones (passwords) only as "(set)"."""

@@ -19,6 +19,7 @@ line naming the node and the BMC: refused credentials, no answer, TLS verificati
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
@@ -28,6 +29,9 @@ from crowbar.power.ipmi import scrub, valid_host
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 5, 15
 BOOT_TARGETS = {"pxe": "Pxe", "disk": "Hdd", "http": "UefiHttp"}  # Redfish BootSourceOverrideTarget
+# BIOS settings: how long after the reset the attributes may take to read as wanted (a real
+# server applies them in POST, minutes), and how often they are read meanwhile.
+BIOS_TIMEOUT, BIOS_POLL = 600.0, 5.0
 
 
 class RedfishPower(PowerDriver):
@@ -42,6 +46,7 @@ class RedfishPower(PowerDriver):
         "ca_path": Setting("optional: CA bundle (PEM file on the server) to verify the BMC's certificate with"),
     }
     timeout = 45.0
+    timeouts = {"bios-apply": BIOS_TIMEOUT + 60.0}
 
     def validate(self, settings) -> dict:
         settings = super().validate(settings)
@@ -127,6 +132,32 @@ class RedfishPower(PowerDriver):
             system.bios.set_attributes(attributes)
         return f"{node.name}: BIOS settings {', '.join(sorted(attributes))} pending until the next reset"
 
+    def apply_bios(self, node: PowerNode, wanted: dict) -> str:
+        """Pending settings for what differs, a reset (ForceRestart, or On) to apply them, then the
+        attributes read back until they are as wanted (a real BMC applies them during POST) or
+        BIOS_TIMEOUT passes: then PowerError with each attribute that is not, and both values."""
+        current = self.bios(node)
+        missing = sorted(set(wanted) - set(current))
+        if missing:
+            raise PowerError(f"{node.name}: BIOS settings: the BIOS has no attribute "
+                             + ", ".join(f"{name} (wanted {wanted[name]!r})" for name in missing))
+        changes = {name: value for name, value in wanted.items() if current.get(name) != value}
+        if not changes:
+            return f"{node.name}: BIOS settings {_pairs(wanted)} already in effect (Redfish {self._where(node)})"
+        self.set_bios(node, changes)
+        self.power_cycle(node)
+        deadline = time.monotonic() + BIOS_TIMEOUT
+        while True:
+            now = self.bios(node)
+            wrong = sorted(name for name, value in wanted.items() if now.get(name) != value)
+            if not wrong:
+                return (f"{node.name}: BIOS settings {_pairs(changes)} applied at a reset and checked "
+                        f"(Redfish {self._where(node)})")
+            if time.monotonic() > deadline:
+                raise PowerError(f"{node.name}: BIOS settings not in effect after the reset: " + ", ".join(
+                    f"{name} is {now.get(name)!r}, wanted {wanted[name]!r}" for name in wrong))
+            time.sleep(BIOS_POLL)
+
     # -- sessions and errors ---------------------------------------------------------------------
     @staticmethod
     def _where(node: PowerNode) -> str:
@@ -176,6 +207,10 @@ class RedfishPower(PowerDriver):
         if "timed out" in text.lower() or "timeout" in text.lower():
             return f"no answer from the BMC at {where} within {READ_TIMEOUT}s (it stopped answering)"
         return f"no answer from the BMC at {where} (unreachable: connection failed)"
+
+
+def _pairs(attributes: dict) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in sorted(attributes.items()))
 
 
 def _first_line(exc: Exception) -> str:

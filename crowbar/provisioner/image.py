@@ -2,10 +2,10 @@
 
 Built only from what this machine has installed (linux-image-amd64 for /boot/vmlinuz-<ver> and
 /lib/modules/<ver>, busybox-static for /bin/busybox), so building needs no network and no root
-tools: the initramfs is a newc cpio written here. A few host programs the install jobs need
-(DISCOVERY_TOOLS: sfdisk, wipefs) are copied in with the shared libraries ldd names. The drivers come with their dependencies from
-modules.dep and are loaded by /init with insmod in dependency order; compressed modules are
-decompressed at build time because busybox insmod cannot read xz or zstd. Firmware files are not
+tools: the initramfs is a newc cpio written here. A few host programs the agent's jobs need
+(DISCOVERY_TOOLS: sfdisk, wipefs, ipmitool) are copied in with the shared libraries ldd names.
+The drivers come with their dependencies from modules.dep and are loaded by /init with insmod in
+dependency order; compressed modules are decompressed at build time because busybox insmod cannot read xz or zstd. Firmware files are not
 shipped: NICs that need them (bnx2, some Broadcom and QLogic parts) are left to a later image.
 
 Images are cached by content: the directory name is the sha256 of every input (kernel, modules,
@@ -51,15 +51,23 @@ DISCOVERY_MODULES = (
     "af_packet", "8021q", "bonding", "bridge",
     # installing an OS: the root filesystem, the EFI system partition (vfat with its code pages)
     "ext4", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "crc32c_generic",
+    # the BMC in-band (KCS, SMIC or BT found through ACPI/SMBIOS; /dev/ipmi0 for ipmitool)
+    "ipmi_si", "ipmi_devintf",
 )
 
 # Host programs the agent's jobs need beyond busybox, each copied with the shared libraries `ldd`
 # names (and the dynamic loader), at the same paths: name -> (path on this host, Debian package).
-# sfdisk writes GPT partition tables (busybox fdisk cannot); wipefs erases filesystem signatures.
+# sfdisk writes GPT partition tables (busybox fdisk cannot); wipefs erases filesystem signatures;
+# ipmitool reads the BMC for the inventory and configures it (the bmc-config role).
 DISCOVERY_TOOLS: dict[str, tuple[str, str]] = {
     "sfdisk": ("/sbin/sfdisk", "fdisk"),
     "wipefs": ("/sbin/wipefs", "util-linux"),
+    "ipmitool": ("/usr/bin/ipmitool", "ipmitool"),
 }
+# ipmitool names a BMC's manufacturer from IANA's enterprise numbers (4.7 MB on the host): the
+# image has the entries of the usual server and BMC makers only; others read "Unknown (0x...)".
+IANA_REGISTRY = Path("/usr/share/misc/enterprise-numbers.txt")
+BMC_VENDORS = (2, 9, 11, 42, 343, 674, 2011, 4753, 7244, 10368, 10876, 19046, 20974, 47196)
 
 Progress = Callable[[str, int, int], None]
 
@@ -224,6 +232,22 @@ def tool_files(tools: dict[str, tuple[str, str]] = DISCOVERY_TOOLS) -> dict[str,
     return files
 
 
+def vendor_registry(source: Path = IANA_REGISTRY, numbers=BMC_VENDORS) -> bytes:
+    """IANA's enterprise-numbers file cut to `numbers` (ipmitool reads number lines, each followed
+    by the organization's name indented by two spaces); empty when the host has none."""
+    try:
+        lines = source.read_text(errors="replace").splitlines()
+    except OSError:
+        return b""
+    wanted = {str(n) for n in numbers}
+    out = []
+    for i, line in enumerate(lines):
+        if line in wanted:
+            out.append(line)
+            out.extend(lines[i + 1:i + 4])
+    return ("\n".join(out) + "\n").encode() if out else b""
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -254,6 +278,7 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
                               builtin.read_text() if builtin.is_file() else "")
     agent = initramfs_files()
     tools = tool_files()
+    data = {"usr/share/misc/enterprise-numbers.txt": vendor_registry()}
 
     module_hashes = {}
     for done, rel in enumerate(modules, start=1):
@@ -265,7 +290,8 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
         "modules": module_hashes,
         "busybox": _sha256(busybox),
         "tools": {path: _sha256(host.read_bytes()) for path, host in sorted(tools.items())},
-        "agent": {path: _sha256(data) for path, data in sorted(agent.items())},
+        "agent": {path: _sha256(content) for path, content in sorted(agent.items())},
+        "data": {path: _sha256(content) for path, content in sorted(data.items())},
         "builder": _sha256(Path(__file__).read_bytes()),
     }
     digest = _sha256(json.dumps(manifest, sort_keys=True).encode())
@@ -278,7 +304,7 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
     work.chmod(0o755)  # mkdtemp makes it private; the image is served over HTTP
     try:
-        entries = _initramfs_entries(version, module_root, modules, busybox, agent, tools, report)
+        entries = _initramfs_entries(version, module_root, modules, busybox, agent, tools, data, report)
         report("compressing", 0, 1)
         with open(work / "initrd.img", "wb") as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as out:
@@ -297,7 +323,7 @@ def build_discovery_image(cache_dir: Path, kernel_version: str | None = None,
 
 
 def _initramfs_entries(version: str, module_root: Path, modules: Sequence[str], busybox: bytes,
-                       agent: dict[str, bytes], tools: dict[str, Path],
+                       agent: dict[str, bytes], tools: dict[str, Path], data: dict[str, bytes],
                        report: Progress) -> list[CpioEntry]:
     """Everything in the initramfs, parents before children as the kernel's unpacker needs."""
     entries = {name: CpioEntry.directory(name) for name in ("dev", "proc", "sys", "run", "tmp", "mnt")}
@@ -315,10 +341,12 @@ def _initramfs_entries(version: str, module_root: Path, modules: Sequence[str], 
         order.append(f"/{target}\n")
         report("adding modules", done, len(modules))
     entries["etc/crowbar/modules"] = CpioEntry.file("etc/crowbar/modules", "".join(order).encode())
-    for path, data in agent.items():
-        entries[path] = CpioEntry.file(path, data, 0o755)
+    for path, script in agent.items():
+        entries[path] = CpioEntry.file(path, script, 0o755)
     for path, host in tools.items():
         entries[path] = CpioEntry.file(path, host.read_bytes(), 0o755)
+    for path, content in data.items():
+        entries[path] = CpioEntry.file(path, content)
 
     for name in list(entries):
         parent = os.path.dirname(name)

@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 METHODS = {"on": "power_on", "off": "power_off", "cycle": "power_cycle", "status": "status", "soft-off": "soft_off"}
 
 
-def _act(driver, action: str, node: PowerNode) -> str:
+def _act(driver, action: str, node: PowerNode, params: dict | None = None) -> str:
+    if action == "bios-apply":  # the node's wanted BIOS attributes (crowbar.services.bios)
+        return driver.apply_bios(node, params or {})
     if action.startswith("boot-"):  # boot-pxe, boot-disk, boot-http: the next boot only
         return driver.boot_device(node, action.removeprefix("boot-"))
     return getattr(driver, METHODS[action])(node)
@@ -122,7 +124,7 @@ class PowerWorker(Loop):
 
         def call() -> None:
             try:
-                outcome.append((True, _act(driver, request.action, node)))
+                outcome.append((True, _act(driver, request.action, node, request.params)))
             except PowerError as exc:
                 outcome.append((False, str(exc)))
             except Exception as exc:  # a driver bug is a failed request with the reason, not a dead worker
@@ -135,8 +137,8 @@ class PowerWorker(Loop):
         with self._lock:
             self._calls[request.node_id] = thread
         thread.start()
-        thread.join(driver.timeout)
+        thread.join(driver.timeout_for(request.action))
         if not outcome:
             return False, (f"{request.node}: power driver {request.driver} did not answer within "
-                           f"{driver.timeout:g}s ({request.action} timed out)")
+                           f"{driver.timeout_for(request.action):g}s ({request.action} timed out)")
         return outcome[0]

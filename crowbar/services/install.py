@@ -1,13 +1,14 @@
 """OS deployment: deploy, reinstall and release nodes, and what their installer and first boot report.
 
 The walk (crowbar.provisioner.lifecycle): `deploy` takes an allocated node through
-hardware-installing (no hardware jobs yet: passes straight through) to hardware-installed and queues
-one install job for its discovery agent (crowbar.provisioner.install makes the script); the agent
-taking the job moves it to installing; the job's phases and bytes land in `node.install`; its result
-moves the node to installed (the agent then reboots it onto its disk) or to problem with the failing
-phase and the job's last lines. At first boot the installed system calls home (`booted`):
-installed -> readying, then ready once its sshd answers. From installed on, the node's SSH address
-and the server's key are set in its hints (unless the operator set them), so the script jig reaches it.
+hardware-installing (BIOS settings, if the node has any: crowbar.services.bios; else straight
+through) to hardware-installed and queues one install job for its discovery agent
+(crowbar.provisioner.install makes the script); the agent taking the job moves it to installing;
+the job's phases and bytes land in `node.install`; its result moves the node to installed (the
+agent then reboots it onto its disk) or to problem with the failing phase and the job's last
+lines. At first boot the installed system calls home (`booted`): installed -> readying, then ready
+once its sshd answers. From installed on, the node's SSH address and the server's key are set in
+its hints (unless the operator set them), so the script jig reaches it.
 
 `reinstall` runs the same job again from the discovery image (the node is power-cycled into it);
 `release` erases the node's disks from the discovery image (signatures, or every byte) and puts it
@@ -34,7 +35,7 @@ from crowbar.db.models import AgentJob, Node, utcnow
 from crowbar.db.session import signal_work
 from crowbar.errors import Conflict, CrowbarError, InvalidInput, NotFound
 from crowbar.provisioner import install, lifecycle, osimage
-from crowbar.services import lookup, nodes, power
+from crowbar.services import bios, lookup, nodes, power
 from crowbar.services.nodes import agent_driven, set_state
 
 log = logging.getLogger("crowbar.install")
@@ -184,15 +185,16 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
         node.os = name
         _set_install(node, steps=[])
         _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}", actor)
-        _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
         _cancel_jobs(session, node, "replaced by a new install")
-        _plan_job(session, node, ctx, image)
+        job = _plan_job(session, node, ctx, image)
         if node.agent_action == "reboot":
             # allocate's reboot (to take the reserved address in the discovery image) is not needed
             # any more: the installed system gets that address from its seed, and the next boot is
             # the one after the install. Saves a whole PXE boot and discovery.
             node.agent_action = None
-        _reach(session, node, agent_driven(node), actor)
+        if not bios.start(session, node, job, actor):  # BIOS settings first: the job waits (services/bios.py)
+            _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
+            _reach(session, node, agent_driven(node), actor)
         out.append(nodes.node_dict(node, full=True))
     signal_work(session, "anneal")
     return out

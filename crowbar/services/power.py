@@ -31,6 +31,9 @@ from crowbar.power.base import driver_names, get_driver
 from crowbar.services import lookup, nodes
 
 ACTIONS = ("on", "off", "cycle", "status", "soft-off", "boot-pxe", "boot-disk", "boot-http")
+# Actions services queue as a step of something else, never asked for through the API: bios-apply
+# (crowbar.services.bios, during hardware-installing) takes the node's wanted BIOS attributes.
+INTERNAL_ACTIONS = ("bios-apply",)
 STATES = ("queued", "running", "succeeded", "failed")
 DONE = ("succeeded", "failed")
 
@@ -58,7 +61,7 @@ def request_dict(req: PowerRequest, node_name: str) -> dict:
 # -- asking --------------------------------------------------------------------------------------
 def queue(session: Session, node: Node, action: str, actor: str = "system") -> dict:
     """Queue `action` for `node` (for the services that power nodes as part of something else)."""
-    if action not in ACTIONS:
+    if action not in ACTIONS + INTERNAL_ACTIONS:
         raise InvalidInput(f"power action {action!r}: expected {', '.join(ACTIONS[:-1])} or {ACTIONS[-1]}",
                            field="action")
     req = PowerRequest(node_id=node.id, action=action, state="queued", result="", actor=actor)
@@ -75,6 +78,9 @@ def request_power(session: Session, key, action: str, actor: str = "system") -> 
         get_driver(node.power_driver)
     except KeyError as exc:
         raise InvalidInput(str(exc), field="power_driver") from None
+    if action in INTERNAL_ACTIONS:
+        raise InvalidInput(f"power action {action!r} is a step of deploying, not asked for by itself",
+                           field="action")
     return queue(session, node, action, actor)
 
 
@@ -142,6 +148,7 @@ class Claimed:
     actor: str
     driver: str
     settings: dict
+    params: dict | None = None  # bios-apply: the wanted BIOS attributes
 
 
 def claim(session: Session, server_id: int | None, limit: int, busy_nodes=()) -> list[Claimed]:
@@ -165,7 +172,14 @@ def claim(session: Session, server_id: int | None, limit: int, busy_nodes=()) ->
     rows = session.execute(select(PowerRequest, Node).join(Node, Node.id == PowerRequest.node_id)
                            .where(PowerRequest.id.in_(ids)).order_by(PowerRequest.id)).all()
     return [Claimed(id=req.id, node_id=node.id, node=node.name, action=req.action, actor=req.actor,
-                    driver=node.power_driver, settings=dict(node.power or {})) for req, node in rows]
+                    driver=node.power_driver, settings=dict(node.power or {}),
+                    params=_params(req.action, node)) for req, node in rows]
+
+
+def _params(action: str, node: Node) -> dict | None:
+    if action == "bios-apply":
+        return dict(((node.install or {}).get("bios") or {}).get("wanted") or {})
+    return None
 
 
 def finish(session: Session, claimed: Claimed, server_id: int | None, ok: bool, result: str) -> bool:
@@ -180,6 +194,10 @@ def finish(session: Session, claimed: Claimed, server_id: int | None, ok: bool, 
         return False
     record(session, [{"object_type": "node", "object_id": claimed.node_id, "action": f"power-{claimed.action}",
                       "actor": claimed.actor, "message": result if ok else f"failed: {result}"}])
+    if claimed.action == "bios-apply":
+        from crowbar.services import bios  # it queues power requests: imported here, not at the top
+
+        bios.applied(session, claimed.node_id, claimed.id, ok, result)
     return True
 
 

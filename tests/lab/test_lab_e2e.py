@@ -78,7 +78,11 @@ class Cli:
         parts = []
         for name, path in [("server", self.lab_dir / "server.log"),
                            ("dnsmasq", self.lab_dir / "server" / "provisioner" / "dnsmasq.log"),
-                           *((f"console {p.parent.name}", p) for p in sorted(self.lab_dir.glob("vms/*/console.log")))]:
+                           *((f"console {p.parent.name}", p) for p in sorted(self.lab_dir.glob("vms/*/console.log"))),
+                           # the lab's BMCs (`lab up --bmc`): ipmi_sim per VM, the Redfish emulator
+                           *((f"ipmi_sim {p.parent.parent.name}", p)
+                             for p in sorted(self.lab_dir.glob("vms/*/bmc/ipmi_sim.log"))),
+                           ("redfish emulator", self.lab_dir / "redfish" / "emulator.log")]:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-25:]
                 parts.append(f"\n--- {name} ({path}) ---\n" + "\n".join(lines))

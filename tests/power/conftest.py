@@ -7,7 +7,6 @@ server` does (AppSettings with a `wake` that wakes the worker) and stop the work
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -20,9 +19,8 @@ import uvicorn
 from crowbar import plugins
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
-from crowbar.db.models import Server
 from crowbar.server.power import PowerWorker
-from powerkit import CallLog, TestDriver
+from powerkit import CallLog, TestDriver, start_worker
 
 
 @pytest.fixture
@@ -42,17 +40,6 @@ def driver():
 
 
 # -- the app with a worker ------------------------------------------------------------------------
-def start_worker(db) -> PowerWorker:
-    with db.session() as s:
-        server = Server(hostname=socket.gethostname(), pid=os.getpid())
-        s.add(server)
-        s.flush()
-        server_id = server.id
-    worker = PowerWorker(db, server_id=server_id, interval=0.2)
-    worker.start()
-    return worker
-
-
 def wait_request(get, request_id: int, timeout: float = 20.0) -> dict:
     """Poll GET /power_requests/{id} (through `get(path)`) until it succeeded or failed."""
     deadline = time.monotonic() + timeout

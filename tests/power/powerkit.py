@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 
@@ -54,3 +56,19 @@ class TestDriver(PowerDriver):
 class FailingDriver(TestDriver):
     def _act(self, node, action):
         raise PowerError(f"{node.name}: the BMC said no")
+
+
+def start_worker(db):
+    """A PowerWorker on `db` under a server row of its own, started (its thread: this thread's
+    network namespace)."""
+    from crowbar.db.models import Server
+    from crowbar.server.power import PowerWorker
+
+    with db.session() as s:
+        server = Server(hostname=socket.gethostname(), pid=os.getpid())
+        s.add(server)
+        s.flush()
+        server_id = server.id
+    worker = PowerWorker(db, server_id=server_id, interval=0.2)
+    worker.start()
+    return worker

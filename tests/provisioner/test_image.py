@@ -179,7 +179,18 @@ def test_build_contents(discovery_image):
     assert (by_name["dev/console"]["rdevmajor"], by_name["dev/console"]["rdevminor"]) == (5, 1)
     order = by_name["etc/crowbar/modules"]["data"].decode().split()
     loaded = {image.module_name(path) for path in order}
-    assert {"virtio_net", "virtio_pci", "e1000", "virtio_blk", "ahci", "sd_mod", "8021q"} <= loaded
+    assert {"virtio_net", "virtio_pci", "e1000", "virtio_blk", "ahci", "sd_mod", "8021q",
+            "ipmi_msghandler", "ipmi_si", "ipmi_devintf"} <= loaded
+    assert order.index(next(p for p in order if p.endswith("/ipmi_msghandler.ko"))) < \
+        order.index(next(p for p in order if p.endswith("/ipmi_si.ko")))
+    # ipmitool with every library it links, at the paths its loader looks for them
+    assert by_name["usr/sbin/ipmitool"]["data"] == Path("/usr/bin/ipmitool").read_bytes()
+    for library in image.tool_files({"ipmitool": image.DISCOVERY_TOOLS["ipmitool"]}):
+        assert library in by_name, f"{library} (ipmitool needs it) is not in the image"
+    registry = by_name["usr/share/misc/enterprise-numbers.txt"]["data"].decode()
+    if image.IANA_REGISTRY.is_file():
+        assert "674\n  Dell Inc.\n" in registry and "10876\n  Super Micro Computer Inc.\n" in registry
+        assert len(registry) < 4096
     for path in order:
         assert path.startswith(f"/lib/modules/{version}/") and path.endswith(".ko")
         assert by_name[path[1:]]["data"][:4] == b"\x7fELF"

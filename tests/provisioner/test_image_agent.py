@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -164,3 +165,43 @@ def test_every_agent_file_is_a_shell_or_awk_script_busybox_can_parse():
         assert data.startswith(b"#!/bin/sh\n"), path
         check = subprocess.run([str(BUSYBOX), "sh", "-n"], input=data, capture_output=True)
         assert check.returncode == 0, f"{path}: {check.stderr.decode()}"
+
+
+def test_inventory_without_a_bmc_says_null(tmp_path):
+    sysfs = tmp_path / "sys"
+    fake_sysfs(sysfs)
+    (tmp_path / "dev").mkdir()
+    env = {"PATH": os.environ["PATH"], "CROWBAR_LIB": str(AGENT), "CROWBAR_SYSFS": str(sysfs),
+           "CROWBAR_DEV": str(tmp_path / "dev")}
+    result = subprocess.run([str(BUSYBOX), "sh", str(AGENT / "inventory.sh"), "eth0"],
+                            env=env, capture_output=True, check=True)
+    assert json.loads(result.stdout)["bmc"] is None
+
+
+@pytest.mark.skipif(not (shutil.which("ipmi_sim") and shutil.which("ipmitool")),
+                    reason="ipmi_sim and ipmitool (Debian openipmi, ipmitool) are not installed")
+def test_inventory_reads_the_bmc_with_ipmitool(tmp_path):
+    """The BMC section from a real BMC (ipmi_sim): the same ipmitool commands as in-band, over the
+    LAN here (CROWBAR_IPMITOOL), after its LAN settings were changed."""
+    from crowbar.lab.bmc import MFG_ID, PRODUCT_ID, IpmiSim
+
+    bmc = IpmiSim(name="vm1", dir=str(tmp_path / "bmc"), vm_argv=["sleep", "600"])
+    bmc.start()
+    try:
+        ipmitool = f"ipmitool -I lanplus -C 3 -H 127.0.0.1 -p {bmc.lan_port} -U admin -E"
+        env = {"PATH": os.environ["PATH"], "CROWBAR_LIB": str(AGENT), "CROWBAR_SYSFS": str(tmp_path / "sys"),
+               "CROWBAR_IPMITOOL": ipmitool, "IPMI_PASSWORD": bmc.password,
+               "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+        subprocess.run(f"{ipmitool} lan set 1 netmask 255.255.255.0", shell=True, env=env, check=True,
+                       capture_output=True)
+        result = subprocess.run([str(BUSYBOX), "sh", str(AGENT / "inventory.sh")], env=env,
+                                capture_output=True, check=True)
+    finally:
+        bmc.stop()
+    inv = json.loads(result.stdout)
+    assert inv["bmc"] == {
+        "vendor": "MontaVista Software, Inc.", "manufacturer_id": MFG_ID, "product_id": PRODUCT_ID,
+        "firmware": "1.00", "ipmi_version": "2.0", "channel": 1, "mac": "00:00:00:00:00:00",
+        "address_source": "Static Address", "address": "0.0.0.0", "netmask": "255.255.255.0",
+        "gateway": "0.0.0.0", "vlan": None}
+    assert bmc.password.encode() not in result.stdout + result.stderr
