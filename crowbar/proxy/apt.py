@@ -18,6 +18,7 @@ SUPPORT_DIR = Path("/usr/lib/apt-cacher-ng")   # the package's mirror lists (deb
 PROGRAM = "/usr/sbin/apt-cacher-ng"
 TRANSFER_LOG = "apt-cacher.log"
 CONF = "acng.conf"
+MAX_PORT = 32767  # apt-cacher-ng 3.7 cannot bind a port above this ("Error resolving address for binding")
 
 
 def conf_text(config: ProxyConfig, upstream: str) -> str:
@@ -57,10 +58,13 @@ def command(conf_dir: Path, offline: bool) -> list[str]:
     return [PROGRAM, "-c", str(conf_dir), "ForeGround=1", f"Offlinemode={int(offline)}"]
 
 
-def node_apt_conf(config: ProxyConfig) -> str:
+NODE_APT_CONF = "/etc/apt/apt.conf.d/00crowbar-proxy"
+
+
+def node_apt_conf(proxy_url: str) -> str:
     """The apt.conf.d file installed nodes get: every HTTP fetch through the admin server's proxy."""
     return (f'// Written by crowbar at install time: apt fetches through the admin server\'s cache.\n'
-            f'Acquire::http::Proxy "{config.url("apt")}";\n')
+            f'Acquire::http::Proxy "{proxy_url}";\n')
 
 
 @dataclass

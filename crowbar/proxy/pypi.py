@@ -59,6 +59,15 @@ def index_url(config: ProxyConfig, address: str | None = None) -> str:
     return f"{config.url('pypi', address)}/{INDEX}/+simple/"
 
 
+NODE_PIP_CONF = "/etc/pip.conf"
+
+
+def node_pip_conf(index: str) -> str:
+    """/etc/pip.conf for installed nodes: pip installs from the admin server's cache."""
+    host = index.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return f"# Written by crowbar at install time\n[global]\nindex-url = {index}\ntrusted-host = {host}\n"
+
+
 _FILE_GET = re.compile(r"\] GET /root/pypi/\+f/")
 _REMOTE = re.compile(r"reading remote: URL\(")
 _MISSING = re.compile(r"The project \S+ does not exist")

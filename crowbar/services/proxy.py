@@ -65,8 +65,8 @@ def apt_proxy_url(ctx: Proxies) -> str:
 
 def mirror_git(ctx: Proxies, url: str, ref: str) -> dict[str, str]:
     """Mirror `url` on the admin server (clone, or fetch what is new) and resolve `ref` (branch, tag
-    or commit) to its commit. Offline, nothing is fetched: the mirror must hold the commit already
-    (staged), else Conflict naming the repository and ref. Answers {"url", "sha"}: the clone URL
+    or commit) to its commit; a full sha the mirror holds needs no fetch. Offline, nothing is
+    fetched: `ref` resolves in the mirror as staged, else Conflict naming the repository and ref. Answers {"url", "sha"}: the clone URL
     nodes use and the 40-hex commit."""
     config = _need(ctx).config
     rel = git.repo_path(url)
@@ -74,12 +74,12 @@ def mirror_git(ctx: Proxies, url: str, ref: str) -> dict[str, str]:
     path = git.mirror_root(config) / rel
     with _locked(path.with_name(path.name + ".lock")):
         sha = _resolve(path, ref) if path.exists() else None
-        fresh = sha is not None and git.SHA_RE.match(ref) and sha == ref
-        if not fresh:
-            if config.offline:
+        if config.offline:  # what the mirror holds, as it was staged; nothing is fetched
+            if sha is None:
                 what = "is not staged" if not path.exists() else f"has no {ref!r} staged"
                 raise Conflict(f"offline: git mirror of {url} {what}; stage it while online with "
                                f"`crowbar proxy stage --git {url}@{ref}`", field="ref")
+        elif not (sha is not None and sha == ref):  # a branch or tag may have moved: fetch
             before = tree_bytes(path)
             _fetch(url, path)
             _count_upstream(config, "git", tree_bytes(path) - before)
