@@ -66,8 +66,8 @@ def apt_proxy_url(ctx: Proxies) -> str:
 def mirror_git(ctx: Proxies, url: str, ref: str) -> dict[str, str]:
     """Mirror `url` on the admin server (clone, or fetch what is new) and resolve `ref` (branch, tag
     or commit) to its commit; a full sha the mirror holds needs no fetch. Offline, nothing is
-    fetched: `ref` resolves in the mirror as staged, else Conflict naming the repository and ref. Answers {"url", "sha"}: the clone URL
-    nodes use and the 40-hex commit."""
+    fetched: `ref` resolves in the mirror as staged, else Conflict naming the repository and ref.
+    Answers {"url", "sha"}: the clone URL nodes use and the 40-hex commit."""
     config = _need(ctx).config
     rel = git.repo_path(url)
     git.check_ref(ref)
