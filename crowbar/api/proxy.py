@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from crowbar.api import deps
 from crowbar.api.deps import Actor, Settings, UnitOfWork
@@ -22,7 +22,7 @@ class Stage(BaseModel):
 
 
 class Offline(BaseModel):
-    offline: bool
+    offline: StrictBool
 
 
 @router.get("/proxy")
