@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -169,8 +170,6 @@ def _request(url: str, method: str, body=None, token: str | None = None) -> dict
 
 
 def _wait_port(address: str, port: int, deadline: float, what: str) -> None:
-    import socket
-
     while True:
         try:
             with socket.create_connection((address, port), timeout=1):

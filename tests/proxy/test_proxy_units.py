@@ -10,7 +10,7 @@ import pytest
 from crowbar.errors import InvalidInput
 from crowbar.proxy import ProxyConfig, apt, git, pypi
 from crowbar.server.main import proxy_config
-from crowbar.services import install, proxy
+from crowbar.services import install
 
 
 @pytest.fixture
@@ -138,6 +138,15 @@ class _Stopped:
             self.config.offline_flag.write_text("x")
         else:
             self.config.offline_flag.unlink(missing_ok=True)
+
+
+def test_deploying_through_the_api_points_nodes_at_the_proxies(config):
+    from crowbar.api.provisioning import _install_context
+    from crowbar.api.settings import AppSettings
+
+    ctx = _install_context(AppSettings(db=None, proxies=_Stopped(config)))
+    assert ctx.apt_proxy == "http://10.9.0.1:3142" and ctx.pip_index == "http://10.9.0.1:3141/root/pypi/+simple/"
+    assert _install_context(AppSettings(db=None)).apt_proxy is None
 
 
 def _client(db, token, proxies):
