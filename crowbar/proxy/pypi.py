@@ -45,8 +45,10 @@ def init_command(config: ProxyConfig, root_password: str) -> list[str]:
 
 def command(config: ProxyConfig, offline: bool, secret_file: Path) -> list[str]:
     listen = [f"--listen={f'[{a}]' if ':' in a else a}:{config.pypi_port}" for a in config.listen]
+    # --restrict-modify root: nobody on the admin network can create users or indexes (devpi lets
+    # anyone by default); pip only reads.
     return [program("devpi-server"), "--serverdir", str(server_dir(config)), *listen,
-            "--secretfile", str(secret_file), *(["--offline-mode"] if offline else [])]
+            "--secretfile", str(secret_file), "--restrict-modify", "root", *(["--offline-mode"] if offline else [])]
 
 
 def index_config(upstream: str) -> dict:

@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import secrets
+import shutil
 import socket
 import subprocess
 import threading
@@ -62,6 +63,12 @@ class Proxies:
     # -- lifecycle --
 
     def start(self) -> None:
+        """RuntimeError (one line) when a daemon's program is missing; else configure and start them."""
+        missing = [name for name in (apt.PROGRAM, pypi.program("devpi-server"), pypi.program("devpi-init"), "git")
+                   if not shutil.which(name)]
+        if missing:
+            raise RuntimeError(f"--proxies needs {', '.join(missing)} (Debian: apt-cacher-ng, git; "
+                               "PyPI: devpi-server, the `proxy` extra)")
         config = self.config
         for kind in KINDS:
             config.dir(kind).mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ def test_devpi_and_git_daemon_command_lines(config, tmp_path):
     argv = pypi.command(config, offline=True, secret_file=tmp_path / "s")
     assert "--listen=10.9.0.1:3141" in argv and "--listen=127.0.0.1:3141" in argv and argv[-1] == "--offline-mode"
     assert "--offline-mode" not in pypi.command(config, offline=False, secret_file=tmp_path / "s")
+    assert "--restrict-modify" in argv  # nobody else creates users or indexes
     assert "--no-root-pypi" in pypi.init_command(config, "pw")
     assert pypi.index_config("https://pypi.org/simple")["mirror_no_project_list"] is True
     assert pypi.index_url(config) == "http://10.9.0.1:3141/root/pypi/+simple/"
@@ -121,6 +122,14 @@ def test_server_proxy_settings(tmp_path):
     for bad in ("1,2", "a,b,c", "0,1,2", "40000,3141,9418"):
         with pytest.raises(ValueError, match="--proxy-ports"):
             proxy_config(tmp_path, None, None, None, bad)
+
+
+def test_a_missing_daemon_is_one_line(config, monkeypatch):
+    from crowbar.server import proxies
+
+    monkeypatch.setattr(proxies.apt, "PROGRAM", "/nonexistent/apt-cacher-ng")
+    with pytest.raises(RuntimeError, match="--proxies needs /nonexistent/apt-cacher-ng"):
+        proxies.Proxies(config).start()
 
 
 class _Stopped:
