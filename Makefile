@@ -13,8 +13,10 @@ BIN := $(VENV)/bin
 # The web UI: chromium (the browser the UI tests drive through Playwright, whose own browser download
 # is not reachable). `make web` needs an npm command: Debian's npm package, unless one is there already
 # (a Node.js from elsewhere brings its own, and its package conflicts with Debian's npm).
+# Online mode (docs/online-mode.md): apt-cacher-ng, the nodes' apt proxy (crowbar server --proxies runs its
+# own instance with its own config; the tests put it on free loopback ports).
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
-	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium
+	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium apt-cacher-ng
 
 .PHONY: demo test deps venv web benchmark clean
 

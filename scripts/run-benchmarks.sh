@@ -13,4 +13,5 @@ echo "== network";  $py benchmarks/network.py --postgres "$pg"
 echo "== list endpoints"; $py benchmarks/api_lists.py --sizes 100 1000 10000 --postgres "$pg"
 echo "== dhcp reservations"; $py benchmarks/dhcp_reservations.py --reservations 100 1000 10000
 if [ "$(id -u)" = 0 ]; then echo "== ansible batches"; $py benchmarks/ansible_batch.py --targets 1 10 50 --markdown; fi
+echo "== online mode: cold vs warm cache"; $py benchmarks/proxy.py
 if [ -f benchmarks/provisioning.py ]; then echo "== provisioning"; $py benchmarks/provisioning.py; fi

@@ -19,7 +19,7 @@ from crowbar.errors import InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import MAX_INVENTORY_BYTES, NONCE_HEADER, parse_inventory, too_large
 from crowbar.provisioner import osimage
-from crowbar.services import boot, install, os_images, provisioning
+from crowbar.services import boot, install, os_images, provisioning, proxy
 
 # The routes booting machines use, by path prefix: the iPXE scripts and discovery image, the
 # discovery post, the agent's polls and job results.
@@ -63,8 +63,11 @@ class Release(BaseModel):
 
 
 def _install_context(config: AppSettings) -> install.Context:
+    proxies = config.proxies
     return install.Context(images=config.os_images, public_key=config.ssh_public_key,
-                           private_key=config.ssh_private_key)
+                           private_key=config.ssh_private_key,
+                           apt_proxy=proxy.apt_proxy_url(proxies) if proxies else None,
+                           pip_index=proxy.pip_index_url(proxies) if proxies else None)
 
 
 DISCOVERY_ERRORS = errors.responses(

@@ -45,3 +45,6 @@ class AppSettings:
     os_images: Path | None = None
     ssh_public_key: str = ""
     ssh_private_key: str | None = None
+    # Online mode's caching proxies (crowbar.server.proxies.Proxies; None without --proxies):
+    # crowbar.services.proxy reads and stages through them, installs point the nodes' apt at them.
+    proxies: object | None = None

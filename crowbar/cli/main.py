@@ -35,6 +35,7 @@ from crowbar.cli.output import (
 )
 from crowbar.cli.portable import COMMANDS as portable_commands
 from crowbar.cli.power import COMMANDS as power_commands
+from crowbar.cli.proxy import proxy as proxy_group
 from crowbar.cli.role_data import role_data
 from crowbar.cli.install import install_commands, os_group
 
@@ -112,6 +113,13 @@ def cli(ctx: click.Context, endpoint: str | None, ca: str | None) -> None:
               help="new nodes that discovery may create at once")
 @click.option("--os-images", type=click.Path(path_type=Path), envvar="CROWBAR_OS_IMAGES",
               help="OS image store served to installing nodes (default: <cache dir>/os, where `crowbar os build` writes)")
+@click.option("--proxies", is_flag=True,
+              help="run the caching proxies for the nodes (apt-cacher-ng, devpi-server, git daemon) on the "
+                   "admin address and loopback; docs/online-mode.md")
+@click.option("--proxy-apt-upstream", metavar="URL",
+              help="Debian mirror behind the apt proxy (default: the one this host's apt uses)")
+@click.option("--proxy-pypi-upstream", metavar="URL", help="simple index behind the PyPI cache (default pypi.org)")
+@click.option("--proxy-ports", metavar="APT,PYPI,GIT", help="the proxies' ports (default 3142,3141,9418)")
 @click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain): the API serves HTTPS")
 @click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key of --tls-cert")
 @click.option("--allow-http", is_flag=True,
@@ -747,6 +755,7 @@ for _command in portable_commands["cli"]:  # export | import | inventory ansible
     cli.add_command(_command)
 cli.add_command(neutron)
 cli.add_command(os_group)
+cli.add_command(proxy_group)
 
 from crowbar.cli.users import COMMANDS as user_commands  # noqa: E402
 

@@ -45,6 +45,7 @@ from crowbar.server.annealer import AnnealerLoop
 from crowbar.server import logs
 from crowbar.server.loop import Loop
 from crowbar.server.power import PowerWorker
+from crowbar.server.proxies import Proxies
 from crowbar.server.reconciler import Reconciler
 from crowbar.server.watchdog import Watchdog
 from crowbar.services import auth, bootstrap
@@ -212,9 +213,9 @@ class _Server(uvicorn.Server):
                                                          backlog=config.backlog))
 
 
-def server_checks(db: Database, annealer: Annealer, loops: dict[str, Loop], provisioner):
+def server_checks(db: Database, annealer: Annealer, loops: dict[str, Loop], provisioner, proxy=None):
     """The server's own checks for GET /health and /metrics: each loop's thread and last step, the
-    annealer's heartbeat in the database, and dnsmasq (with --provision)."""
+    annealer's heartbeat in the database, dnsmasq (with --provision) and the proxies (--proxies)."""
     from crowbar.db.models import Server, utcnow
 
     stale = 5 * HEARTBEAT_SECONDS
@@ -232,6 +233,10 @@ def server_checks(db: Database, annealer: Annealer, loops: dict[str, Loop], prov
         if provisioner is not None:
             pid = provisioner.dnsmasq.pid if provisioner.dnsmasq else None
             out["dnsmasq"] = {"ok": bool(pid), "pid": pid} | ({} if pid else {"detail": "dnsmasq is not running"})
+        if proxy is not None:
+            for kind, pid in proxy.running().items():
+                out[f"proxy_{kind}"] = {"ok": bool(pid), "pid": pid} | (
+                    {} if pid else {"detail": f"the {kind} proxy is not running"})
         return out
 
     return checks
@@ -256,7 +261,9 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
           approve_discovered: bool = False, discovery_rate: float = DEFAULT_RATE,
           discovery_burst: int = DEFAULT_BURST, tls_cert: str | None = None, tls_key: str | None = None,
           allow_http: bool = False, log_level: str = "info", log_format: str = "text",
-          access_log: bool = True, os_images: str | Path | None = None) -> None:
+          access_log: bool = True, os_images: str | Path | None = None, proxies: bool = False,
+          proxy_apt_upstream: str | None = None, proxy_pypi_upstream: str | None = None,
+          proxy_ports: str | None = None) -> None:
     # Startup refuses bad input before it binds or migrates anything: the --listen values, the data
     # directory (the one directory it creates, see config.make_data_dir), the database URL, and a
     # database that cannot be opened (UnusableDatabase, one line).
@@ -299,6 +306,10 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
         provisioner = Provisioner(ProvisionerConfig(interface=interface, address=address,
                                                     advertise_url=advertise_url, data_dir=data_dir,
                                                     **({"domain": domain} if domain else {})))
+    proxy = None
+    if proxies:
+        proxy = Proxies(proxy_config(data_dir, address if provision else None, proxy_apt_upstream,
+                                     proxy_pypi_upstream, proxy_ports))
     annealer = Annealer(db, workers=workers, workdir=data_dir / "runs")
     annealer.register()  # this server's row; recovers the runs of servers that are gone
     # Stopped in reverse: the power worker before the annealer, so that its unfinished requests
@@ -320,6 +331,8 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     signal.signal(signal.SIGTERM, _raise_terminated)
     terminated = False
     try:
+        if proxy:
+            proxy.start()
         for loop in loops.values():
             loop.start()  # the provisioner's first: it builds the discovery image and starts dnsmasq
         app = create_app(AppSettings(
@@ -328,7 +341,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
             approve_discovered=approve_discovered, discovery_limit=discovery_limit,
             provision_listeners=provision_on,
             link_address=neighbors.resolver(interface) if provision else None,
-            checks=server_checks(db, annealer, loops, provisioner),
+            checks=server_checks(db, annealer, loops, provisioner, proxy), proxies=proxy,
             os_images=Path(os_images) if os_images else config.os_image_dir(),
             ssh_public_key=ssh_key.with_suffix(".pub").read_text().strip(), ssh_private_key=str(ssh_key)))
         log.info("database %s; API on %s (docs at /api/v2/docs)", db.engine.url.render_as_string(),
@@ -347,10 +360,33 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     finally:
         for loop in reversed(list(loops.values())):
             loop.stop()
+        if proxy:
+            proxy.stop()
         log.info("stopped")
     if terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
+
+
+def proxy_config(data_dir: Path, admin_address: str | None, apt_upstream: str | None,
+                 pypi_upstream: str | None, ports: str | None):
+    """The proxies' settings (--proxies): bound to the admin address (with --provision) and loopback;
+    `ports` is "APT,PYPI,GIT" (default 3142,3141,9418)."""
+    from crowbar.proxy import DEFAULT_PORTS, DEFAULT_PYPI_UPSTREAM, ProxyConfig, apt
+
+    numbers = list(DEFAULT_PORTS.values())
+    if ports:
+        words = ports.split(",")
+        if len(words) != 3 or not all(w.strip().isdigit() and 0 < int(w) < 65536 for w in words):
+            raise ValueError(f"--proxy-ports must be APT,PYPI,GIT port numbers (got {ports!r})")
+        numbers = [int(w) for w in words]
+        if numbers[0] > apt.MAX_PORT:
+            raise ValueError(f"--proxy-ports: apt-cacher-ng cannot listen on a port above {apt.MAX_PORT} "
+                             f"(got {numbers[0]})")
+    listen = tuple(dict.fromkeys([*([admin_address] if admin_address else []), "127.0.0.1"]))
+    return ProxyConfig(state_dir=data_dir / "proxy", listen=listen, node_address=admin_address or "127.0.0.1",
+                       apt_port=numbers[0], pypi_port=numbers[1], git_port=numbers[2],
+                       apt_upstream=apt_upstream or "host", pypi_upstream=pypi_upstream or DEFAULT_PYPI_UPSTREAM)
 
 
 def ensure_ssh_key(data_dir: Path) -> Path:

@@ -54,6 +54,8 @@ class Context:
     images: Path | None            # the OS image store (crowbar.provisioner.osimage)
     public_key: str = ""           # the admin server's SSH public key, for root on every node
     private_key: str | None = None  # its private key file, for the script jig's SSH sessions
+    apt_proxy: str | None = None    # online mode: the admin server's apt proxy URL, for the nodes' apt
+    pip_index: str | None = None    # and its PyPI cache's simple index, for the nodes' pip
 
 
 def image_path(image: osimage.OsImage) -> str:
@@ -111,9 +113,23 @@ def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str,
         netconf = {"network": {"version": 2, "ethernets": {
             "all": {"match": {"name": "eth*"}, "dhcp4": True}}}}
     _cloud_init_routes(netconf["network"])
+    if files := proxy_files(ctx):
+        user["write_files"] = files
     return {"meta-data": yaml.safe_dump(meta, sort_keys=False),
             "user-data": "#cloud-config\n" + yaml.safe_dump(user, sort_keys=False),
             "network-config": yaml.safe_dump(netconf["network"], sort_keys=False)}
+
+
+def proxy_files(ctx: Context) -> list[dict]:
+    """Online mode: the installed node's apt (and pip) fetch through the admin server's proxies."""
+    from crowbar.proxy import apt, pypi
+
+    files = []
+    if ctx.apt_proxy:
+        files.append({"path": apt.NODE_APT_CONF, "permissions": "0644", "content": apt.node_apt_conf(ctx.apt_proxy)})
+    if ctx.pip_index:
+        files.append({"path": pypi.NODE_PIP_CONF, "permissions": "0644", "content": pypi.node_pip_conf(ctx.pip_index)})
+    return files
 
 
 def _cloud_init_routes(network: dict) -> None:
