@@ -184,7 +184,8 @@ def load(doc, known_os: Iterable[str] | None = None) -> RuleSet:
     if not isinstance(doc, Mapping):
         raise InvalidInput("the rules must be a mapping with `rules` (a list) and `default`", field="rules")
     _unknown(doc, ("rules", "default"), "the rules document")
-    items = doc.get("rules") or []
+    items = doc.get("rules")
+    items = [] if items is None else items
     if not isinstance(items, list):
         raise InvalidInput("`rules` must be a list", field="rules")
     if len(items) > MAX_RULES:
@@ -210,7 +211,8 @@ def load(doc, known_os: Iterable[str] | None = None) -> RuleSet:
         rules.append(Rule(name=name, when=item.get("when"), expression=compile_expression(item.get("when"), where),
                           os=_os(item.get("os"), where, known), tags=_tags(item.get("tags"), where),
                           root_device=_root_device(item.get("root_device"), where), description=description))
-    default = doc.get("default") or {}
+    default = doc.get("default")
+    default = {} if default is None else default
     if not isinstance(default, Mapping):
         raise InvalidInput("`default` must be a mapping (os, tags, root_device)", field="rules")
     _unknown(default, DEFAULT_KEYS, "default")
