@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 
-from crowbar.api import deps
+from crowbar.api import deps, errors
 from crowbar.api.deps import ETAG, Actor, IfMatch, UnitOfWork, with_etag
 from crowbar.services import os_rules
 
@@ -34,7 +34,7 @@ def show_rules(s: UnitOfWork, response: Response):
     return with_etag(response, os_rules.show(s))
 
 
-@router.put("/os_rules")
+@router.put("/os_rules", responses=errors.responses(412))
 def set_rules(body: RulesIn, s: UnitOfWork, who: Actor, if_match: IfMatch = None):
     """Replace the rules (checked whole: nothing is saved when one rule is wrong); every node's tags
     are computed again."""

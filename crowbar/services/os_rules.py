@@ -68,7 +68,7 @@ def set_rules(session: Session, document, actor: str = "system", if_match: str |
     if if_match is not None:
         if row is not None:
             session.refresh(row, with_for_update=True)
-        check_if_match(if_match, show(session), "the OS rules")
+        check_if_match(if_match, show(session), "the OS rules document")
     if row is None:
         row = OsRules(id=1)
         session.add(row)

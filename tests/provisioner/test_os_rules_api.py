@@ -12,7 +12,10 @@ from sqlalchemy import select
 from crowbar.db.models import NodeRole, NodeTag
 from crowbar.engine.annealer import Annealer
 from discoverykit import INVENTORY, discover
-from test_deploy_api import agent, dapi, make_image, store, take_job  # noqa: F401  (fixtures)
+import test_deploy_api as deploy_kit
+from test_deploy_api import agent, make_image, take_job
+
+dapi, store = deploy_kit.dapi, deploy_kit.store  # the fixtures: the API with an image store
 
 GIB = 1 << 30
 RULES = """\
