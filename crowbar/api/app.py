@@ -36,6 +36,7 @@ from crowbar.api import (
     noderoles,
     nodes,
     observe,
+    os_rules,
     power,
     provisioning,
     proxy,
@@ -48,7 +49,7 @@ from crowbar.api.settings import AppSettings
 ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, attribs.router, events.router,
            network.router, power.router, power.agent_router, portable.router, provisioning.open_router,
            provisioning.admin_router, users.router, users.tokens, websession.open_router, websession.router,
-           dashboard.router, proxy.router)
+           dashboard.router, proxy.router, os_rules.router)
 # The errors the routers' routes may answer, as the OpenAPI document declares them: the edge's
 # (413, 422); lookups, conflicts and the database (404, 409, 503); 401: a user's token on user
 # routes (checked first, then its role: 403), a node token on the agent's; 400: an unknown query parameter. (A route may declare more of its own.)

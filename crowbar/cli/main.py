@@ -38,6 +38,7 @@ from crowbar.cli.power import COMMANDS as power_commands
 from crowbar.cli.proxy import proxy as proxy_group
 from crowbar.cli.role_data import role_data
 from crowbar.cli.install import install_commands, os_group
+from crowbar.cli.os_rules import rules_group
 
 NODE_COLUMNS = ["id", "name", "state", "admin", "alive", "available", "bootenv"]
 NODEROLE_COLUMNS = ["id", "deployment", "role", "node", "state", "cohort", "run_count", "status"]
@@ -280,11 +281,13 @@ def nodes() -> None:
 @table_options
 @click.option("--state", help="only nodes in this lifecycle state (see `crowbar nodes states`)")
 @click.option("--name", help="only nodes whose name starts with this")
+@click.option("--tag", help="only nodes with this tag (given by the OS rules or the `tags` attrib)")
 @limit_option
 @output_option
 @pass_ctx
-def nodes_list(ctx: Context, state: str | None, name: str | None, limit: int | None, output: str) -> None:
-    emit_list(ctx.api.list_all("/nodes", limit, state=state, name=name), NODE_COLUMNS, output)
+def nodes_list(ctx: Context, state: str | None, name: str | None, tag: str | None, limit: int | None,
+               output: str) -> None:
+    emit_list(ctx.api.list_all("/nodes", limit, state=state, name=name, tag=tag), NODE_COLUMNS + ["tags"], output)
 
 
 @nodes.command("show")
@@ -754,6 +757,7 @@ cli.add_command(network)
 for _command in portable_commands["cli"]:  # export | import | inventory ansible
     cli.add_command(_command)
 cli.add_command(neutron)
+os_group.add_command(rules_group)  # crowbar os rules ...
 cli.add_command(os_group)
 cli.add_command(proxy_group)
 

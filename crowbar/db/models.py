@@ -119,6 +119,9 @@ class Node(Base):
     # Migration 0006: the OS install (crowbar.services.install): image, disk, firmware, the phase
     # the installer reports with bytes written, and when each step started.
     install: Mapped[dict] = mapped_column(JSONType, default=dict, server_default="{}")
+    # Migration 0008: its tags (NodeTag), kept by crowbar.services.os_rules.
+    tag_rows: Mapped[list["NodeTag"]] = relationship(cascade="all, delete-orphan", passive_deletes=True,
+                                                     order_by="NodeTag.tag")
 
 
 class NodeMac(Base):
@@ -288,3 +291,23 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # None: never
     rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OsRules(Base):
+    """The OS rules (crowbar.provisioner.rules): one row, id 1, the document as set (migration 0008)."""
+
+    __tablename__ = "os_rules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    document: Mapped[dict] = mapped_column(JSONType, default=dict)  # {"rules": [...], "default": {...}}
+    source: Mapped[str] = mapped_column(Text, default="")  # the YAML as the operator gave it
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class NodeTag(Base):
+    """A node's tags: the operator's (its `tags` attrib) and the ones its OS rule gives, kept so that
+    nodes are found by tag in SQL (`crowbar nodes list --tag`) (migration 0008)."""
+
+    __tablename__ = "node_tags"
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)

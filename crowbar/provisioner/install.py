@@ -86,7 +86,7 @@ def root_space(disk_bytes: int, layout: Sequence[Partition] = LAYOUT) -> int:
 
 # --- the root disk ---
 
-def _check_hints(hints: Mapping) -> dict:
+def check_hints(hints: Mapping) -> dict:
     if not isinstance(hints, Mapping):
         raise InvalidInput("root device hints must be an object", field="root_device")
     unknown = sorted(set(hints) - set(HINT_KEYS))
@@ -127,7 +127,7 @@ def choose_root_disk(disks: Sequence[Mapping], hints: Mapping | None = None) -> 
     """The disk to install on: the one matching every hint (Ironic's root device hints: name,
     serial, model, size in GiB with an optional operator, rotational), or by default the smallest
     non-removable disk of at least 4 GiB. InvalidInput says why none fits."""
-    hints = _check_hints(hints or {})
+    hints = check_hints(hints or {})
     candidates = [dict(d) for d in disks if isinstance(d, Mapping) and d.get("name")]
     if hints:
         chosen = [d for d in candidates if _matches(d, hints)]

@@ -16,7 +16,7 @@ from crowbar.documents import MISSING, check_strict, dig, loads_strict, put
 from crowbar.engine import attribs as ea
 from crowbar.engine import graph
 from crowbar.errors import InvalidInput, NotFound
-from crowbar.services import lookup
+from crowbar.services import lookup, os_rules
 
 
 def _attrib(session: Session, name: str) -> Attrib:
@@ -106,6 +106,7 @@ def set_on_node(session: Session, name: str, value, node: str, actor: str = "sys
                             "message": f"{a.name} = {json.dumps(value)}"}])
     if old is not MISSING and old == value:
         return get(session, name, n.name)
+    os_rules.refresh_tags(session, [n])  # conditions read the hints (and the `tags` attrib)
     roles = [r.id for r in session.scalars(select(Role))
              if r.id == a.role_id or a.name in (r.wants_attribs or [])]
     affected = list(session.scalars(select(NodeRole.id).where(

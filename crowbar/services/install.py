@@ -10,7 +10,12 @@ lines. At first boot the installed system calls home (`booted`): installed -> re
 once its sshd answers. From installed on, the node's SSH address and the server's key are set in
 its hints (unless the operator set them), so the script jig reaches it.
 
+Without an OS named, `deploy` takes the one the OS rules choose (crowbar.services.os_rules), and the
+rules' root-device hints apply when the operator set none on the node.
+
 `reinstall` runs the same job again from the discovery image (the node is power-cycled into it);
+with a newer OS it is the node's upgrade. Either way the fresh root filesystem has lost what the
+node's roles configured, so once it is ready again its noderoles run again (`RERUN`).
 `release` erases the node's disks from the discovery image (signatures, or every byte) and puts it
 back in the pool, discovered, its admin address released.
 """
@@ -26,16 +31,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from crowbar import plugins
 from crowbar.db.events import record
-from crowbar.db.models import AgentJob, Node, utcnow
+from crowbar.db.models import AgentJob, Node, NodeRole, utcnow
 from crowbar.db.session import signal_work
 from crowbar.errors import Conflict, CrowbarError, InvalidInput, NotFound
-from crowbar.provisioner import install, lifecycle, osimage
-from crowbar.services import bios, lookup, nodes, power
+from crowbar.engine import graph
+from crowbar.provisioner import install, lifecycle, osimage, rules
+from crowbar.services import bios, lookup, nodes, os_rules, power
 from crowbar.services.nodes import agent_driven, set_state
 
 log = logging.getLogger("crowbar.install")
@@ -45,6 +51,7 @@ INSTALL_TIMEOUT = 40 * 60
 ERASE_MODES = ("quick", "full")
 PROGRESS_PATH = "/api/v2/agent/progress"
 SSH_AUTO = "ssh_auto"  # node.install key: the hints' ssh address/key were set by the installer
+RERUN = "rerun_noderoles"  # node.install key: a reinstall; its noderoles run again once it is ready
 
 
 @dataclass(frozen=True)
@@ -143,9 +150,13 @@ def _cloud_init_routes(network: dict) -> None:
                     route["to"] = "::/0" if ":" in str(route.get("via", "")) else "0.0.0.0/0"
 
 
-def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage) -> AgentJob:
+def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage,
+              choice: rules.Choice | None = None) -> AgentJob:
     discovery = node.discovery or {}
     hints = (node.hints or {}).get("crowbar", {}).get("root_device") or {}
+    hints_from = "node" if hints else None
+    if not hints and choice is not None and choice.root_device:
+        hints, hints_from = choice.root_device, f"rule {choice.rule}" if choice.rule else "rules default"
     disk = install.choose_root_disk(discovery.get("disks") or [], hints)
     firmware = discovery.get("firmware") if discovery.get("firmware") in ("bios", "uefi") else "bios"
     job = AgentJob(node_id=node.id, kind=INSTALL, script="", timeout=INSTALL_TIMEOUT)
@@ -167,7 +178,8 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
     _set_install(node, os=image.name, image=image.digest, sha256=image.manifest["sha256"],
                  size=plan.image_size, disk=plan.disk, firmware=firmware, job=job.id,
                  phase="queued", bytes=0, total=plan.fs_size, started_at=_now(), finished_at=None,
-                 error=None, host_keys=[])
+                 error=None, host_keys=[], root_device_from=hints_from,
+                 os_rule=(choice.rule or "default") if choice is not None else None)
     return job
 
 
@@ -196,13 +208,16 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
         if node.state != lifecycle.ALLOCATED:
             raise Conflict(f"node {node.name!r} is {node.state}: only allocated nodes are deployed "
                            f"(`crowbar nodes allocate {node.name}` first; `reinstall` for an installed one)")
-        name = os_name or node.os or lifecycle.DEFAULT_OS
+        choice = os_rules.choose(session, node)
+        name = os_name or choice.os or node.os or lifecycle.DEFAULT_OS
+        why = "" if os_name or not choice.os else f" (OS rule {choice.rule})" if choice.rule else " (OS rules default)"
         image = _image(ctx, name)
         node.os = name
         _set_install(node, steps=[])
-        _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}", actor)
+        _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}{why}", actor)
         _cancel_jobs(session, node, "replaced by a new install")
-        job = _plan_job(session, node, ctx, image)
+        job = _plan_job(session, node, ctx, image, choice)
+        os_rules.refresh_tags(session, [node])
         if node.agent_action == "reboot":
             # allocate's reboot (to take the reserved address in the discovery image) is not needed
             # any more: the installed system gets that address from its seed, and the next boot is
@@ -217,17 +232,20 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
 
 
 def reinstall(session: Session, key, os_name: str | None, ctx: Context, actor: str = "system") -> dict:
-    """Install the node's OS again (or `os_name`): it boots the discovery image and the job runs."""
+    """Install the node's OS again (or `os_name`: an upgrade when it is newer): it boots the
+    discovery image and the job runs; once it is ready again, its noderoles run again."""
     node = lookup.node(session, key)
+    previous = node.os
     name = os_name or node.os or lifecycle.DEFAULT_OS
     image = _image(ctx, name)
     agent_reboots = agent_driven(node)
     _drop_auto_ssh(node)
     node.os = name
-    _set_install(node, steps=[])
-    _step(session, node, lifecycle.REINSTALL, f"reinstall {name} requested", actor)
+    _set_install(node, steps=[], **{RERUN: True})
+    change = f"{previous} -> {name}" if previous and previous != name else name
+    _step(session, node, lifecycle.REINSTALL, f"reinstall {change} requested", actor)
     _cancel_jobs(session, node, "replaced by a new install")
-    _plan_job(session, node, ctx, image)
+    _plan_job(session, node, ctx, image, os_rules.choose(session, node))
     _reach(session, node, agent_reboots, actor)
     signal_work(session, "anneal")
     return nodes.node_dict(node, full=True)
@@ -398,10 +416,24 @@ def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context
     elif step == "ready" and node.state == lifecycle.READYING:
         _set_install(node, booted=clean)
         _step(session, node, lifecycle.READY, "sshd answers", "node")
+        if (node.install or {}).get(RERUN):
+            _rerun_noderoles(session, node)
         signal_work(session, "anneal")
     elif step == "failed" and node.state in (lifecycle.INSTALLED, lifecycle.READYING):
         _step(session, node, lifecycle.PROBLEM, f"first boot failed: {clean.get('reason', '')}", "node")
     return {"node": node.name, "state": node.state}
+
+
+def _rerun_noderoles(session: Session, node: Node) -> None:
+    """After a reinstall: the node's noderoles that had run (active or error) run again, so the
+    annealer configures the fresh system as it did the old one (destructive roles excepted: the
+    annealer runs those once)."""
+    ids = list(session.scalars(select(NodeRole.id).where(NodeRole.node_id == node.id,
+                                                          NodeRole.state.in_(("active", "error")))
+                               .order_by(NodeRole.id)))
+    _set_install(node, **{RERUN: False})
+    if ids:
+        graph.requeue(session, ids, "node", f"{node.name} was reinstalled ({node.os})")
 
 
 def _admin_address(session: Session, node: Node) -> str | None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select, text, tuple_
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session, load_only, selectinload
 
 from crowbar.db.events import record
-from crowbar.db.models import Deployment, Node, NodeRole, Role, utcnow
+from crowbar.db.models import Deployment, Node, NodeRole, NodeTag, Role, utcnow
 from crowbar.db.session import signal_work
 from crowbar.db.sql import json_number
 from crowbar.documents import check_if_match
@@ -36,7 +36,8 @@ def node_dict(node: Node, full: bool = False) -> dict:
     if full:
         out.update(state_reason=node.state_reason, boot_mac=node.boot_mac, os=node.os,
                    power_driver=node.power_driver, description=node.description, discovery=node.discovery,
-                   hints=node.hints, install=node.install or {}, created_at=node.created_at.isoformat())
+                   hints=node.hints, install=node.install or {}, created_at=node.created_at.isoformat(),
+                   tags=[t.tag for t in node.tag_rows])
     return out
 
 
@@ -79,11 +80,11 @@ SORTS = {"id": Node.id, "name": Node.name, "state": Node.state, "memory": MEMORY
 
 def list_nodes(session: Session, *, state: str | None = None, name: str | None = None,
                deployment: str | None = None, memory_min: int | None = None, cpus_min: int | None = None,
-               sort: str = "id", limit: int | None = None, marker: int | None = None) -> list[dict]:
+               tag: str | None = None, sort: str = "id", limit: int | None = None, marker: int | None = None) -> list[dict]:
     """Nodes in `sort` order (id, name, state, memory, cpus; `-` before it: descending; then by id):
     `limit` of them after the node with id `marker` (all without), in lifecycle `state`, whose name
     starts with `name`, with a noderole in `deployment`, at least `memory_min` MiB of memory and
-    `cpus_min` CPUs. The marker is the last node of the previous page: the page starts after its
+    `cpus_min` CPUs, tagged `tag` (crowbar.services.os_rules). The marker is the last node of the previous page: the page starts after its
     place in the order (keyset paging: as fast on page 100 as on page 1)."""
     descending, key = sort.startswith("-"), sort.lstrip("-")
     if key not in SORTS:
@@ -92,7 +93,8 @@ def list_nodes(session: Session, *, state: str | None = None, name: str | None =
     column = SORTS[key]
     # Only the columns a list shows: not the discovery inventory and hints (kilobytes per node).
     q = select(Node, MEMORY, CPUS).options(load_only(Node.id, Node.name, Node.state, Node.admin, Node.alive,
-                                                     Node.available, Node.bootenv, Node.os))
+                                                     Node.available, Node.bootenv, Node.os),
+                                             selectinload(Node.tag_rows))
     if state:
         q = q.where(Node.state == lifecycle.parse(state))
     if name:
@@ -100,6 +102,8 @@ def list_nodes(session: Session, *, state: str | None = None, name: str | None =
     if deployment:
         d = lookup.deployment(session, deployment)
         q = q.where(Node.id.in_(select(NodeRole.node_id).where(NodeRole.deployment_id == d.id)))
+    if tag:
+        q = q.where(Node.id.in_(select(NodeTag.node_id).where(NodeTag.tag == tag.strip().lower())))
     if memory_min is not None:
         q = q.where(MEMORY >= memory_min * 2**20)
     if cpus_min is not None:
@@ -120,7 +124,7 @@ def list_nodes(session: Session, *, state: str | None = None, name: str | None =
     out = []
     for node, memory, cpus in session.execute(q):
         out.append({**node_dict(node), "os": node.os, "memory_bytes": None if memory < 0 else int(memory),
-                    "cpus": None if cpus < 0 else int(cpus)})
+                    "cpus": None if cpus < 0 else int(cpus), "tags": [t.tag for t in node.tag_rows]})
     return out
 
 

@@ -28,7 +28,7 @@ from crowbar.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimi
 from crowbar.network.mac import normalize_mac as _normalize_mac
 from crowbar.provisioner import lifecycle
 from crowbar.provisioner.discovery import NONCE_HEADER, TokenBucket, check_inventory
-from crowbar.services import auth, install, lookup, nodes, power
+from crowbar.services import auth, install, lookup, nodes, os_rules, power
 from crowbar.services.nodes import agent_driven, set_state
 from crowbar.services.boot import UNCHECKED, Peer, hash_nonce
 
@@ -120,6 +120,7 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *,
     session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in macs])
     token = _issue_node_token(session, node)
     session.flush()
+    os_rules.refresh_tags(session, [node])  # rules over the inventory: its tags follow what it posted
     signal_work(session, "anneal")
     return {"node": node.name, "token": token, "created": created, "id": node.id, "state": node.state}
 
