@@ -44,7 +44,7 @@ route(/^\/users$/, async (main) => {
 
   async function load() {
     const users = await listAll("users", 5000);
-    holder.replaceChildren(table(["user", "role", "description", "tokens", "created", ""], users.map((u) => {
+    holder.replaceChildren(table(["user", "role", "description", "API tokens", "created", ""], users.map((u) => {
       const sel = h("select", { "aria-label": `role of ${u.name}`, "data-role-of": u.name, onchange: async () => {
         const to = sel.value;
         if (!(await confirmList(`Change ${u.name}'s role?`, [`${u.name}: ${u.role} → ${to}`, "it applies to every token of the user at once"], "Change"))) {
@@ -55,10 +55,10 @@ route(/^\/users$/, async (main) => {
         await load();
       } }, ROLES.map((r) => h("option", { value: r, selected: r === u.role }, r)));
       return h("tr", { "data-user": u.name }, h("td", {}, u.name), h("td", {}, sel), h("td", {}, u.description || ""),
-        h("td", {}, h("a", { href: `#/tokens?user=${encodeURIComponent(u.name)}` }, u.tokens ?? "–")), h("td", {}, fmtTime(u.created_at)),
+        h("td", {}, h("a", { href: `#/tokens?user=${encodeURIComponent(u.name)}` }, u.tokens ?? "tokens")), h("td", {}, fmtTime(u.created_at)),
         h("td", {}, u.name === state.user ? h("span", { class: "muted" }, "you") : h("button", { class: "danger", "data-delete-user": u.name,
           onclick: async () => {
-            if (!(await confirmList(`Delete user ${u.name}?`, [`delete ${u.name} (${u.role})`, `revoke its ${u.tokens ?? ""} tokens: they stop working at once`], "Delete"))) return;
+            if (!(await confirmList(`Delete user ${u.name}?`, [`delete ${u.name} (${u.role})`, "revoke its tokens: they stop working at once"], "Delete"))) return;
             try { await api("DELETE", `users/${encodeURIComponent(u.name)}`); toast(`user ${u.name} deleted`); } catch (e) { toast(e.message, true); }
             await load();
           } }, "Delete")));

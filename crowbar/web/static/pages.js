@@ -310,24 +310,33 @@ route(/^\/roles\/([^/?]+)$/, async (main, key) => {
 
 // -- networks ------------------------------------------------------------------------------------------
 route(/^\/networks$/, async (main) => {
+  // GET /networks answers the whole template as a list (not pages); GET /networks/{name} says how
+  // many addresses of each range are allocated (the list's per-range `used` is not filled in).
   const nets = await get("networks");
-  const items = nets.items || nets.networks || [];
-  const body = h("div");
+  const items = await Promise.all((Array.isArray(nets) ? nets : nets.items || []).map((n) =>
+    get(`networks/${encodeURIComponent(n.name)}`).catch(() => n)));
+  const body = h("div", { class: "grid2" });
   main.replaceChildren(h("h1", {}, "Networks"), body);
   if (!items.length) { body.append(h("p", { class: "muted" }, "no networks defined")); return; }
-  for (const net of items) {
-    const allocs = await get(`networks/${encodeURIComponent(net.name)}/allocations?limit=1000`).catch(() => ({ items: [], next: null }));
-    const ranges = net.ranges || [];
-    body.append(h("div", { class: "card", "data-network": net.name }, h("h2", {}, net.name),
-      kv({ subnet: net.subnet || "–", vlan: net.vlan ?? "–", conduit: net.conduit || "–", router: net.router?.address || net.router || "–" }),
-      h("h3", {}, "Ranges"), table(["range", "first", "last", "allocated"], ranges.map((r) => {
-        const used = allocs.items.filter((a) => a.range === r.name).length;
-        return h("tr", {}, h("td", {}, r.name), h("td", {}, r.first), h("td", {}, r.last), h("td", {}, `${used}${allocs.next ? "+" : ""}`));
+  const allocations = await Promise.all(items.map((net) =>
+    get(`networks/${encodeURIComponent(net.name)}/allocations?limit=200`).catch(() => ({ items: [], next: null }))));
+  items.forEach((net, i) => {
+    const allocs = allocations[i];
+    const ranges = Object.entries(net.ranges || {});
+    body.append(h("div", { class: "card", "data-network": net.name }, h("h2", {}, net.name, " ", h("span", { class: "muted" }, net.category || "")),
+      kv({ subnet: net.subnet || "–", VLAN: net.use_vlan ? net.vlan : "untagged", conduit: net.conduit || "–", router: net.router || "–",
+           MTU: net.mtu ?? "–", bridge: net.add_bridge ? "yes" : "no", team: net.use_team ? `mode ${net.team_mode}` : "no" }),
+      h("h3", {}, "Ranges"), table(["range", "first", "last", "allocated"], ranges.map(([name, r]) => {
+        const pct = r.size ? Math.round(100 * (r.used || 0) / r.size) : 0;
+        return h("tr", { "data-range": name }, h("td", {}, name), h("td", {}, r.start), h("td", {}, r.end),
+          h("td", {}, `${r.used ?? "?"} of ${r.size ?? "?"}`, h("div", { class: "progress", title: `${pct}% allocated` },
+            h("span", { class: pct > 90 ? "s-error" : pct > 70 ? "s-todo" : "s-active", style: `width:${pct}%` }))));
       })),
-      h("h3", {}, `Allocations (${allocs.items.length}${allocs.next ? "+" : ""})`),
-      table(["address", "node", "range"], allocs.items.slice(0, 200).map((a) => h("tr", {}, h("td", {}, a.address),
-        h("td", {}, a.node ? h("a", { href: `#/nodes/${a.node}` }, a.node) : "–"), h("td", {}, a.range || ""))))));
-  }
+      h("h3", {}, `Allocations (${net.allocations ?? allocs.items.length})`),
+      table(["address", "node", "range"], allocs.items.map((a) => h("tr", {}, h("td", {}, a.address),
+        h("td", {}, a.node ? h("a", { href: `#/nodes/${encodeURIComponent(a.node)}` }, a.node) : "–"), h("td", {}, a.range || "")))),
+      allocs.next ? h("p", { class: "muted" }, `the first ${allocs.items.length} shown (crowbar network allocations ${net.name})`) : ""));
+  });
   const neutron = await get("neutron/networks").catch(() => null);
   if (neutron) body.append(h("h2", {}, "Neutron tenant segments"), table(["id", "type", "physical network", "segment"],
     neutron.items.map((n) => h("tr", {}, h("td", {}, n.id), h("td", {}, n.type || n.network_type || ""),
