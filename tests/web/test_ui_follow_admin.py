@@ -118,7 +118,7 @@ def test_users_and_tokens_pages_for_an_admin_an_operator_and_a_viewer(ui):
     page.wait_for_selector(".toast:has-text('bob is now viewer')")
     assert ui.api.get("/users/bob").json()["role"] == "viewer"
     # a token for bob: its secret is shown once, and it works
-    page.click(f"#users tr[data-user=bob] a[href='#/tokens?user=bob']")
+    page.click("#users tr[data-user=bob] a[href='#/tokens?user=bob']")
     page.wait_for_selector("#create-token")
     page.fill("#create-token input[name=name]", "laptop")
     page.fill("#create-token input[name=user]", "bob")
