@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from web.conftest import Ui
@@ -50,6 +51,20 @@ def test_screenshots_of_every_page(servers, browser, tmp_path):
                              {"test-library": {"test": {"delay": 60, "lines": 120}}})
         r = ui.api.post("/networks/storage/allocations", json={"nodes": [f"rack1-n{i:03d}.ui.test" for i in range(12)]})
         assert r.status_code == 201, r.text
+        # a machine found by discovery (posted as the agent posts it): inventory, an admin address, a plan
+        inventory = {"kernel": "6.1.0-28-amd64", "firmware": "uefi", "boot_mac": "52:54:00:12:34:63",
+                     "cpu": {"model": "Intel Xeon Gold 6338", "count": 64},
+                     "memory": {"total_bytes": 256 << 30, "installed_bytes": 256 << 30},
+                     "disks": [{"name": "nvme0n1", "size_bytes": 1920383410176, "model": "SAMSUNG MZQL21T9", "serial": "S64", "rotational": False},
+                               {"name": "sda", "size_bytes": 8001563222016, "model": "ST8000NM", "serial": "ZA1", "rotational": True}],
+                     "nics": [{"name": "eno1", "mac": "52:54:00:12:34:63", "speed": 25000, "driver": "ice", "bus": "0000:31:00.0", "link": True},
+                              {"name": "eno2", "mac": "52:54:00:12:34:64", "speed": 25000, "driver": "ice", "bus": "0000:31:00.1", "link": True}],
+                     "dmi": {"vendor": "Supermicro", "product": "SYS-120U-TNR", "serial": "S421337"}}
+        r = httpx.post(f"{ui.url}/api/v2/discovery", json=inventory)
+        assert r.status_code == 201, r.text
+        found = r.json()["node"]
+        for net in ("admin", "storage"):
+            assert ui.api.post(f"/networks/{net}/allocations", json={"node": found}).status_code == 201
         ui.token("bob", "operator")
         ui.token("vera", "viewer")
         page = ui.signed_in("ada", "admin")
@@ -85,12 +100,14 @@ def test_screenshots_of_every_page(servers, browser, tmp_path):
         before = page.inner_text("#run-log").count("line ")
         page.wait_for_selector(f"#run-log:has-text('line {before + 2} of 120')", timeout=10000)
         assert page.get_attribute("#run-log", "data-state") == "running"
+        shot("node-discovered", f"#/nodes/{found}", "#node-addresses tr[data-address=storage]", "main:has-text('Xeon Gold')",
+             scroll_to="#inventory")
         shot("deployments", "#/deployments", "#deployments")
         shot("deployment-graph", f"#/deployments/web?noderole={failed}", "#run-log:has-text('failing on purpose')")
         shot("deployment-proposals", "#/deployments/web", "[data-proposal=test-server]", scroll_to="#proposals")
         shot("roles", "#/roles", "a[href='#/roles/test-server']")
         shot("role", "#/roles/test-server", "main:has-text('test-delay')")
-        shot("networks", "#/networks", "[data-network=storage] tr[data-range=host] td:has-text('12 of 230')")
+        shot("networks", "#/networks", "[data-network=storage] tr[data-range=host] td:has-text('13 of 230')")
         shot("events", "#/events", "#events tbody tr")
         shot("users", "#/users", "#users tr[data-user=bob]")
         page.goto(f"{ui.url}/ui/#/tokens")

@@ -253,11 +253,9 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
         h("td", {}, h("button", { "data-log": r.id, onclick: () => follow(r.id) }, r.state === "transition" ? "Follow log" : "Log")))),
       { id: "node-noderoles" }));
     rest.replaceChildren(
-      h("h2", {}, "Inventory"), h("div", { class: "card" }, inventory(n.discovery)),
+      h("h2", {}, "Inventory"), h("div", { class: "card", id: "inventory" }, inventory(n.discovery)),
       h("h2", {}, "Addresses and interface plan"),
-      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) :
-        h("div", {}, kv({ format: plan.format }), Object.entries(plan.files || {}).map(([name, text]) =>
-          h("div", {}, h("h3", {}, name), h("pre", {}, text))))),
+      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) : interfacePlan(plan)),
       h("h2", {}, "Recent events"), eventsTable(events.items.slice().reverse()));
     node = n;
   }
@@ -266,6 +264,23 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
   follow(selectedId);
   liveRefresh((e) => (e.object_type === "node" && node && e.object_id === node.id) || e.object_type === "noderole", draw, 500);
 });
+
+// GET /nodes/{id}/network_plan (json): the node's addresses (one per network), the interfaces
+// that carry them (NICs, bonds, VLANs, bridges) and its routes.
+function interfacePlan(plan) {
+  const attachments = Object.values(plan.attachments || {});
+  return h("div", {},
+    h("h3", {}, "Addresses"), table(["network", "address", "on", "conduit", "gateway"], attachments.map((a) => h("tr", { "data-address": a.network },
+      h("td", {}, a.network), h("td", {}, a.address), h("td", {}, a.interface || "the BMC"), h("td", {}, `${a.conduit} → ${a.conduit_interface || "–"}`),
+      h("td", {}, a.gateway || "–"))), { id: "node-addresses" }),
+    h("h3", {}, "Interfaces"), table(["interface", "kind", "MAC", "members / parent", "in", "MTU", "addresses"],
+      (plan.interfaces || []).map((i) => h("tr", {}, h("td", {}, i.name), h("td", {}, i.kind), h("td", {}, i.mac || ""),
+        h("td", {}, i.parent ? `${i.parent} VLAN ${i.vlan}` : (i.members || []).join(", ")),
+        h("td", {}, i.master || ""), h("td", {}, i.mtu), h("td", {}, (i.addresses || []).join(", "))))),
+    h("h3", {}, "Routes"), table(["to", "via", "interface", "network"], (plan.routes || []).map((r) => h("tr", {},
+      h("td", {}, r.to), h("td", {}, r.via), h("td", {}, r.interface), h("td", {}, r.network)))),
+    h("p", { class: "muted" }, "The files it renders to: ", h("code", {}, `crowbar network plan ${plan.node} -o networkd|netplan|ifupdown`)));
+}
 
 // A node's tags (computed by the OS rules, issue 11), as links to the nodes they filter.
 function tagList(tags) {
