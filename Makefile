@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
 	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium apt-cacher-ng
 
-.PHONY: demo test deps venv web benchmark clean
+.PHONY: demo test deps venv web benchmark clean ui-screenshots
 
 demo: deps venv web
 	$(BIN)/python -m crowbar.demo
@@ -28,6 +28,10 @@ test: deps venv web
 
 benchmark: deps venv web
 	scripts/run-benchmarks.sh
+
+# The screenshots in docs/ui.md (docs/ui/*.png), taken by a browser test of every page.
+ui-screenshots: deps venv web
+	CROWBAR_UI_SCREENSHOTS=$(CURDIR)/docs/ui $(BIN)/python -m pytest -q -p no:cacheprovider tests/web/test_ui_screenshots.py
 
 # The web UI's third-party scripts, at the versions package-lock.json pins, copied where the server
 # serves them (crowbar/web/static/vendor/, not committed: built here from the lock file).

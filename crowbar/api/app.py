@@ -25,6 +25,7 @@ from crowbar.api import (
     attribs,
     body,
     catalog,
+    console,
     dashboard,
     deployments,
     edge,
@@ -49,7 +50,7 @@ from crowbar.api.settings import AppSettings
 ROUTERS = (nodes.router, catalog.router, deployments.router, noderoles.router, attribs.router, events.router,
            network.router, power.router, power.agent_router, portable.router, provisioning.open_router,
            provisioning.admin_router, users.router, users.tokens, websession.open_router, websession.router,
-           dashboard.router, proxy.router, os_rules.router)
+           dashboard.router, proxy.router, os_rules.router, console.router)
 # The errors the routers' routes may answer, as the OpenAPI document declares them: the edge's
 # (413, 422); lookups, conflicts and the database (404, 409, 503); 401: a user's token on user
 # routes (checked first, then its role: 403), a node token on the agent's; 400: an unknown query parameter. (A route may declare more of its own.)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from crowbar.api import deps
 from crowbar.api.deps import Actor, Paging, UnitOfWork
@@ -46,3 +46,12 @@ def children(key: str, s: UnitOfWork, page: Paging):
 def runs(key: str, s: UnitOfWork, page: Paging):
     """The noderole's runs with their logs, oldest first (by id)."""
     return page.answer(noderoles.runs(s, key, limit=page.fetch, marker=page.marker))
+
+
+@router.get("/node_roles/{key}/log")
+def log(key: str, s: UnitOfWork,
+        run: int | None = Query(None, ge=1, le=2**62, description="a run of this noderole (default: its latest)"),
+        offset: int = Query(0, ge=0, le=2**40, description="characters of the log already read")):
+    """Follow a run's log: its text from `offset` on, its length and the run's state (running while
+    the jig still writes; then read it once more from 0: the final log replaces what streamed)."""
+    return noderoles.log(s, key, run=run, offset=offset)

@@ -1,7 +1,8 @@
 """The test jig, after Crowbar 2's: sleeps `test/delay` seconds and echoes its input to the wall.
 
-Role `test-fails` always fails; `test-async` completes from another thread after the delay, the way
-a jig that hands work to an external system would.
+`test/lines` N streams N lines to the run's log over the delay (ctx.output), the way a jig that
+prints as it works does. Role `test-fails` always fails; `test-async` completes from another
+thread after the delay, the way a jig that hands work to an external system would.
 """
 
 from __future__ import annotations
@@ -28,8 +29,14 @@ class TestJig(Jig):
 
             threading.Thread(target=later, name=f"test-async-{ctx.run_id}", daemon=True).start()
             return None
-        if delay:
+        lines, streamed = int(test.get("lines", 0) or 0), ""
+        for i in range(lines):
+            line = f"{ctx.role}: line {i + 1} of {lines}\n"
+            streamed += line
+            ctx.output(line)
+            time.sleep(delay / lines)
+        if delay and not lines:
             time.sleep(delay)
         if ctx.role == "test-fails" or test.get("fail"):
-            return RunResult(ok=False, log=f"{ctx.role}: failing on purpose (test jig)\n")
-        return RunResult(ok=True, wall=wall, log=f"{ctx.role} on {ctx.node.name}: ok after {delay}s\n")
+            return RunResult(ok=False, log=f"{streamed}{ctx.role}: failing on purpose (test jig)\n")
+        return RunResult(ok=True, wall=wall, log=f"{streamed}{ctx.role} on {ctx.node.name}: ok after {delay}s\n")

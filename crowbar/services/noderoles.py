@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from crowbar.db.models import Deployment, Node, NodeRole, NodeRoleEdge, Role, Run
 from crowbar.db.session import signal_work
 from crowbar.db.sql import keyset
 from crowbar.engine import graph, states
-from crowbar.errors import IllegalTransition
+from crowbar.errors import IllegalTransition, NotFound
 from crowbar.services import lookup
 
 
@@ -101,3 +101,27 @@ def runs(session: Session, key, limit: int | None = None, marker: int | None = N
     return [{"id": r.id, "noderole": nr.id, "state": r.state, "started_at": r.started_at.isoformat(),
              "finished_at": r.finished_at.isoformat() if r.finished_at else None, "log": r.log, "attrs": r.attrs}
             for r in session.scalars(q)]
+
+
+LOG_CHUNK = 256 * 1024  # characters per answer of log(): a follower asks again for the rest
+
+
+def log(session: Session, key, run: int | None = None, offset: int = 0) -> dict:
+    """Part of a run's log for a follower (the web UI streams a running one): the text from
+    character `offset` on (at most LOG_CHUNK), the log's length, and the run's state. `run` is a
+    run of this noderole (default: its latest). Only the asked part is read from the database.
+    A run that completes replaces its log with the jig's final one (which usually starts with what
+    was streamed): a follower reads it again from 0 once the state is no longer running."""
+    nr = lookup.noderole(session, key)
+    q = select(Run.id, Run.state, Run.started_at, Run.finished_at, func.length(Run.log),
+               func.substr(Run.log, offset + 1, LOG_CHUNK)).where(Run.node_role_id == nr.id)
+    q = q.where(Run.id == run) if run is not None else q.order_by(Run.id.desc()).limit(1)
+    row = session.execute(q).first()
+    if row is None:
+        if run is not None:
+            raise NotFound(f"noderole {nr.id} has no run {run}", field="run")
+        return {"noderole": nr.id, "run": None, "state": None, "offset": 0, "length": 0, "text": "",
+                "started_at": None, "finished_at": None}
+    run_id, state, started, finished, length, text_ = row
+    return {"noderole": nr.id, "run": run_id, "state": state, "offset": offset, "length": length or 0,
+            "text": text_ or "", "started_at": started.isoformat(), "finished_at": finished.isoformat() if finished else None}

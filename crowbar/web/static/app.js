@@ -150,6 +150,7 @@ async function render() {
 // -- sign-in -----------------------------------------------------------------------------------
 function showUser() {
   document.getElementById("nav").hidden = !state.user;
+  document.getElementById("nav-users").hidden = state.role !== "admin";
   const who = document.getElementById("who");
   who.replaceChildren();
   if (!state.user) return;
@@ -200,4 +201,4 @@ export async function boot() {
   } catch (e) { signIn(); }
 }
 
-import("./pages.js").then(() => import("./deployments.js")).then(boot);
+import("./pages.js").then(() => Promise.all([import("./deployments.js"), import("./admin.js")])).then(boot);

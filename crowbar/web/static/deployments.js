@@ -5,6 +5,7 @@
 import { api, get, h, badge, fmtTime, toast, confirmList, listAll, route, onEvents, onLeave, query, setQuery,
          canChange } from "./app.js";
 import { kv, table, liveRefresh } from "./pages.js";
+import { runLogPanel } from "./logs.js";
 
 const COLORS = { proposed: "#9aa3ae", todo: "#e0b000", transition: "#2f7de1", active: "#2a9d4b", error: "#d63b3b", blocked: "#8a4fbf" };
 
@@ -155,7 +156,7 @@ route(/^\/deployments\/([^/?]+)$/, async (main, key) => {
   main.replaceChildren(h("h1", {}, `Deployment ${d.name} `, status), actions,
     h("div", { class: "split" }, h("div", {}, legend, graphBox), panel), h("h2", {}, "Proposals"), proposalBox);
 
-  const cy = window.cytoscape({ container: graphBox, wheelSensitivity: 0.3, minZoom: 0.2, maxZoom: 2.5,
+  const cy = window.cytoscape({ container: graphBox, wheelSensitivity: 0.3, minZoom: 0.2, maxZoom: 1.5,
     style: [
       { selector: "node.noderole", style: { "background-color": (e) => COLORS[e.data("state")] || "#999", label: "data(label)",
         color: "#1d2430", "font-size": 11, "text-valign": "bottom", "text-margin-y": 4, width: 22, height: 22,
@@ -167,6 +168,7 @@ route(/^\/deployments\/([^/?]+)$/, async (main, key) => {
         "target-arrow-shape": "triangle", "curve-style": "bezier", "arrow-scale": 0.8 } }] });
   window.crowbarGraph = cy;  // for the browser tests and the curious
   let known = "", selectedId = Number(query().noderole) || null;
+  let follower = null;
 
   async function refresh() {
     const items = await listAll(`node_roles?deployment=${d.id}&parents=true&limit=1000`, 5000);
@@ -226,13 +228,14 @@ route(/^\/deployments\/([^/?]+)$/, async (main, key) => {
     selectedId = id; setQuery({ noderole: id });
     const [nr, runs] = await Promise.all([get(`node_roles/${id}`), listAll(`node_roles/${id}/runs`, 200)]);
     const last = runs[runs.length - 1];
+    // the run log streams while the run runs; the follower outlives the panel's redraws
+    if (!follower || follower.id !== id) { if (follower) follower.stop(); follower = { id, ...runLogPanel(id) }; }
     panel.replaceChildren(h("h2", {}, `#${nr.id} ${nr.role} on `, h("a", { href: `#/nodes/${nr.node}` }, nr.node)),
       h("p", {}, badge(nr.state), ` ${nr.run_count} runs`, nr.status ? ` — ${nr.status}` : ""),
       canChange() && (nr.state === "error" || nr.state === "active") ? h("button", { id: "retry", class: "primary", onclick: async () => {
         try { await api("POST", `node_roles/${id}/retry`); toast(`noderole ${id} queued again`); } catch (e) { toast(e.message, true); }
       } }, "Retry") : "",
-      h("h3", {}, `Run log${last ? ` (run ${last.id}, ${last.state}, ${fmtTime(last.started_at)})` : ""}`),
-      h("pre", { id: "run-log" }, last ? (last.log || "(empty)") : "(not run yet)"),
+      follower.panel,
       h("h3", {}, "Attributes as the run saw them"), h("pre", { id: "run-attrs" }, last ? JSON.stringify(last.attrs, null, 2) : "–"),
       h("h3", {}, "Wall"), h("pre", { id: "wall" }, JSON.stringify(nr.wall, null, 2)),
       h("h3", {}, "Proposed / committed"), h("pre", {}, JSON.stringify({ proposed: nr.proposed, committed: nr.committed }, null, 2)),

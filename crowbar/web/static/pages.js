@@ -1,4 +1,5 @@
 // Dashboard, nodes (list and page), barclamps and roles, networks, events.
+import { runLogPanel, consoleCard } from "./logs.js";
 import { api, get, h, badge, fmtBytes, fmtTime, toast, confirmList, listAll, route, onEvents, onLeave,
          query, setQuery, canChange, ApiError } from "./app.js";
 
@@ -79,7 +80,7 @@ const BULK = [
 
 route(/^\/nodes$/, async (main) => {
   const q = query();
-  const f = { name: q.name || "", state: q.state || "", deployment: q.deployment || "", memory_min: q.memory_min || "",
+  const f = { name: q.name || "", state: q.state || "", deployment: q.deployment || "", tag: q.tag || "", memory_min: q.memory_min || "",
               cpus_min: q.cpus_min || "", sort: q.sort || "name", limit: q.limit || "100" };
   let markers = [], rows = [], selected = new Map(), next = null, current = null;
   const [states, deps] = await Promise.all([get("node_states").catch(() => ({})), listAll("deployments", 500)]);
@@ -94,17 +95,19 @@ route(/^\/nodes$/, async (main) => {
   } },
   input("name", "Name starts with", { type: "search", placeholder: "e.g. rack1-" }),
   select("state", "State", stateNames), select("deployment", "Deployment", deps.map((d) => d.name)),
+  input("tag", "Tag", { type: "search", placeholder: "e.g. big-mem", maxlength: 64, style: "width:8rem" }),
   input("memory_min", "Memory ≥ MiB", { type: "number", min: 0, style: "width:7rem" }),
   input("cpus_min", "CPUs ≥", { type: "number", min: 0, style: "width:5rem" }),
   h("button", { class: "primary" }, "Filter"));
   const info = h("span", { class: "muted", id: "page-info" });
+  const tagNote = h("p", { class: "field-error", id: "tag-note" });
   const prev = h("button", { id: "prev", onclick: () => { markers.pop(); load(markers[markers.length - 1] ?? null); } }, "← Previous");
   const nextB = h("button", { id: "next", onclick: () => { markers.push(next); load(next); } }, "Next →");
   const bulk = h("div", { class: "bar", id: "bulk" });
   const tbody = h("tbody");
   const head = h("tr");
   const grid = h("table", { id: "nodes" }, h("thead", {}, head), tbody);
-  main.replaceChildren(h("h1", {}, "Nodes"), form, canChange() ? bulk : "", h("div", { class: "pager" }, prev, nextB, info), grid);
+  main.replaceChildren(h("h1", {}, "Nodes"), form, canChange() ? bulk : "", h("div", { class: "pager" }, prev, nextB, info), tagNote, grid);
 
   function header() {
     const col = (label, key) => {
@@ -118,7 +121,7 @@ route(/^\/nodes$/, async (main) => {
       checked: rows.length > 0 && rows.every((n) => selected.has(n.id)),
       onchange: (ev) => { for (const n of rows) ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } });
     head.replaceChildren(canChange() ? h("th", {}, all) : "", col("Name", "name"), col("State", "state"), col("OS"),
-      col("Memory", "memory"), col("CPUs", "cpus"), col("Alive"), col("Available"), col("Boot env"));
+      col("Memory", "memory"), col("CPUs", "cpus"), col("Alive"), col("Available"), col("Boot env"), tagged() ? col("Tags") : "");
   }
   function draw(changed = new Set()) {
     header();
@@ -127,7 +130,9 @@ route(/^\/nodes$/, async (main) => {
         onchange: (ev) => { ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } })) : "",
       h("td", {}, h("a", { href: `#/nodes/${n.name}` }, n.name)), h("td", {}, badge(n.state)), h("td", {}, n.os || "–"),
       h("td", {}, fmtBytes(n.memory_bytes)), h("td", {}, n.cpus ?? "–"), h("td", {}, n.alive ? "yes" : "no"),
-      h("td", {}, n.available ? "yes" : "no"), h("td", {}, n.bootenv))));
+      h("td", {}, n.available ? "yes" : "no"), h("td", {}, n.bootenv),
+      tagged() ? h("td", {}, (n.tags || []).map((t) => h("a", { class: "tag", href: `#/nodes?tag=${encodeURIComponent(t)}`,
+        onclick: (ev) => { ev.preventDefault(); f.tag = t; form.elements.tag.value = t; markers = []; load(null); } }, t))) : "")));
     if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "no nodes match")));
     const first = markers.length * Number(f.limit);
     info.textContent = rows.length ? `nodes ${first + 1}–${first + rows.length}${next ? "" : " (last page)"}` : "";
@@ -137,6 +142,7 @@ route(/^\/nodes$/, async (main) => {
         class: key === "delete" || key === "release" ? "danger" : "", onclick: () => runBulk(key) }, label)),
       selected.size ? h("button", { onclick: () => { selected.clear(); draw(); } }, "Clear selection") : "");
   }
+  function tagged() { return rows.some((n) => Array.isArray(n.tags)); }
   async function load(marker, changed) {
     const params = new URLSearchParams(Object.entries({ ...f }).filter(([, v]) => v !== ""));
     if (marker != null) params.set("marker", marker);
@@ -147,8 +153,14 @@ route(/^\/nodes$/, async (main) => {
       rows = page.items; current = marker;
       next = page.next ? new URLSearchParams(page.next.split("?")[1]).get("marker") : null;
       const flashed = changed ? new Set(rows.filter((n) => before.has(n.id) && before.get(n.id) !== n.state).map((n) => n.id)) : new Set();
+      tagNote.textContent = "";
       draw(flashed);
-    } catch (e) { toast(e.message, true); }
+    } catch (e) {
+      // Tags come from the OS rules (issue 11): a server without them refuses the parameter (400);
+      // say why the list did not change rather than show it as if it were filtered.
+      if (e.status === 400 && f.tag && /unknown query parameter 'tag'/.test(e.message)) tagNote.textContent = `this server does not tag nodes (${e.message})`;
+      else toast(e.message, true);
+    }
   }
   async function runBulk(key) {
     const [label, , verb, request] = BULK.find((b) => b[1] === key);
@@ -201,6 +213,17 @@ function inventory(d) {
 }
 
 route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
+  // What a live refresh redraws (top, noderoles, rest) and what it keeps (the followed run log and
+  // the serial console, which read on by themselves).
+  const top = h("div"), noderolesBox = h("div"), logBox = h("div", { id: "run-log-box" }), rest = h("div");
+  let node = null, follower = null, selectedId = Number(query().noderole) || null;
+  function follow(id) {
+    if (follower) follower.stop();
+    selectedId = id; setQuery(id ? { noderole: id } : {});
+    follower = id ? runLogPanel(id) : null;
+    logBox.replaceChildren(follower ? follower.panel : h("p", { class: "muted" }, "Choose a noderole's log above."));
+    for (const tr of noderolesBox.querySelectorAll("tr[data-noderole]")) tr.classList.toggle("selected", Number(tr.dataset.noderole) === id);
+  }
   async function draw() {
     const n = await get(`nodes/${encodeURIComponent(key)}`);
     const [noderoles, power, events, plan] = await Promise.all([
@@ -212,32 +235,59 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
         try { const r = await api("POST", `nodes/${n.id}/power`, { action: a }); toast(`power ${a} queued (request ${r.id})`); }
         catch (e) { toast(e.message, true); }
       } }, `Power ${a}`))) : "";
-    main.replaceChildren(
+    top.replaceChildren(
       h("h1", {}, n.name, " ", badge(n.state)),
       h("div", { class: "grid2" },
         h("div", { class: "card" }, h("h2", {}, "Lifecycle"), kv({ State: badge(n.state), Reason: n.state_reason || "–",
-          "Boot env": n.bootenv, OS: n.os || "–", Alive: n.alive, Available: n.available, "Boot MAC": n.boot_mac || "–",
-          Admin: n.admin, Created: fmtTime(n.created_at), Description: n.description || "–" }),
+          "Boot env": n.bootenv, OS: n.os || "–", Tags: tagList(n.tags), Alive: n.alive, Available: n.available,
+          "Boot MAC": n.boot_mac || "–", Admin: n.admin, Created: fmtTime(n.created_at), Description: n.description || "–" }),
           h("h3", {}, "OS install"), kv({ Phase: n.install.phase || "–", Image: n.install.image || "–", Disk: n.install.disk || "–" }),
           installSteps(n.install)),
         h("div", { class: "card" }, h("h2", {}, "Power"), kv({ Driver: power?.driver || n.power_driver,
-          Settings: power ? JSON.stringify(power.settings) : "–" }), powerBar)),
-      h("h2", {}, "Inventory"), h("div", { class: "card" }, inventory(n.discovery)),
-      h("h2", {}, "Addresses and interface plan"),
-      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) :
-        h("div", {}, kv({ format: plan.format }), Object.entries(plan.files || {}).map(([name, text]) =>
-          h("div", {}, h("h3", {}, name), h("pre", {}, text))))),
-      h("h2", {}, `Noderoles (${noderoles.length})`),
-      table(["noderole", "role", "deployment", "state", "runs"], noderoles.map((r) => h("tr", {},
+          Settings: power ? JSON.stringify(power.settings) : "–" }), powerBar)));
+    noderolesBox.replaceChildren(h("h2", {}, `Noderoles (${noderoles.length})`),
+      table(["noderole", "role", "deployment", "state", "runs", "log"], noderoles.map((r) => h("tr", { "data-noderole": r.id,
+        class: r.id === selectedId ? "selected" : "" },
         h("td", {}, h("a", { href: `#/deployments/${encodeURIComponent(r.deployment)}?noderole=${r.id}` }, `#${r.id}`)),
-        h("td", {}, r.role), h("td", {}, r.deployment), h("td", {}, badge(r.state)), h("td", {}, r.run_count))), { id: "node-noderoles" }),
+        h("td", {}, r.role), h("td", {}, r.deployment), h("td", {}, badge(r.state)), h("td", {}, r.run_count),
+        h("td", {}, h("button", { "data-log": r.id, onclick: () => follow(r.id) }, r.state === "transition" ? "Follow log" : "Log")))),
+      { id: "node-noderoles" }));
+    rest.replaceChildren(
+      h("h2", {}, "Inventory"), h("div", { class: "card", id: "inventory" }, inventory(n.discovery)),
+      h("h2", {}, "Addresses and interface plan"),
+      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) : interfacePlan(plan)),
       h("h2", {}, "Recent events"), eventsTable(events.items.slice().reverse()));
     node = n;
   }
-  let node = null;
   await draw();
+  main.replaceChildren(top, h("div", { class: "split-even" }, h("div", {}, noderolesBox, logBox), consoleCard(node.name)), rest);
+  follow(selectedId);
   liveRefresh((e) => (e.object_type === "node" && node && e.object_id === node.id) || e.object_type === "noderole", draw, 500);
 });
+
+// GET /nodes/{id}/network_plan (json): the node's addresses (one per network), the interfaces
+// that carry them (NICs, bonds, VLANs, bridges) and its routes.
+function interfacePlan(plan) {
+  const attachments = Object.values(plan.attachments || {});
+  return h("div", {},
+    h("h3", {}, "Addresses"), table(["network", "address", "on", "conduit", "gateway"], attachments.map((a) => h("tr", { "data-address": a.network },
+      h("td", {}, a.network), h("td", {}, a.address), h("td", {}, a.interface || "the BMC"), h("td", {}, `${a.conduit} → ${a.conduit_interface || "–"}`),
+      h("td", {}, a.gateway || "–"))), { id: "node-addresses" }),
+    h("h3", {}, "Interfaces"), table(["interface", "kind", "MAC", "members / parent", "in", "MTU", "addresses"],
+      (plan.interfaces || []).map((i) => h("tr", {}, h("td", {}, i.name), h("td", {}, i.kind), h("td", {}, i.mac || ""),
+        h("td", {}, i.parent ? `${i.parent} VLAN ${i.vlan}` : (i.members || []).join(", ")),
+        h("td", {}, i.master || ""), h("td", {}, i.mtu), h("td", {}, (i.addresses || []).join(", "))))),
+    h("h3", {}, "Routes"), table(["to", "via", "interface", "network"], (plan.routes || []).map((r) => h("tr", {},
+      h("td", {}, r.to), h("td", {}, r.via), h("td", {}, r.interface), h("td", {}, r.network)))),
+    h("p", { class: "muted" }, "The files it renders to: ", h("code", {}, `crowbar network plan ${plan.node} -o networkd|netplan|ifupdown`)));
+}
+
+// A node's tags (computed by the OS rules, issue 11), as links to the nodes they filter.
+function tagList(tags) {
+  if (!Array.isArray(tags)) return "–";
+  if (!tags.length) return "none";
+  return h("span", { class: "tags" }, tags.map((t) => h("a", { class: "tag", href: `#/nodes?tag=${encodeURIComponent(t)}` }, t)));
+}
 
 export function eventsTable(items, attrs = {}) {
   return table(["#", "at", "actor", "object", "action", "from → to", "message"], items.map((e) => h("tr", { "data-event": e.id },
@@ -275,24 +325,33 @@ route(/^\/roles\/([^/?]+)$/, async (main, key) => {
 
 // -- networks ------------------------------------------------------------------------------------------
 route(/^\/networks$/, async (main) => {
+  // GET /networks answers the whole template as a list (not pages); GET /networks/{name} says how
+  // many addresses of each range are allocated (the list's per-range `used` is not filled in).
   const nets = await get("networks");
-  const items = nets.items || nets.networks || [];
-  const body = h("div");
+  const items = await Promise.all((Array.isArray(nets) ? nets : nets.items || []).map((n) =>
+    get(`networks/${encodeURIComponent(n.name)}`).catch(() => n)));
+  const body = h("div", { class: "grid2" });
   main.replaceChildren(h("h1", {}, "Networks"), body);
   if (!items.length) { body.append(h("p", { class: "muted" }, "no networks defined")); return; }
-  for (const net of items) {
-    const allocs = await get(`networks/${encodeURIComponent(net.name)}/allocations?limit=1000`).catch(() => ({ items: [], next: null }));
-    const ranges = net.ranges || [];
-    body.append(h("div", { class: "card", "data-network": net.name }, h("h2", {}, net.name),
-      kv({ subnet: net.subnet || "–", vlan: net.vlan ?? "–", conduit: net.conduit || "–", router: net.router?.address || net.router || "–" }),
-      h("h3", {}, "Ranges"), table(["range", "first", "last", "allocated"], ranges.map((r) => {
-        const used = allocs.items.filter((a) => a.range === r.name).length;
-        return h("tr", {}, h("td", {}, r.name), h("td", {}, r.first), h("td", {}, r.last), h("td", {}, `${used}${allocs.next ? "+" : ""}`));
+  const allocations = await Promise.all(items.map((net) =>
+    get(`networks/${encodeURIComponent(net.name)}/allocations?limit=200`).catch(() => ({ items: [], next: null }))));
+  items.forEach((net, i) => {
+    const allocs = allocations[i];
+    const ranges = Object.entries(net.ranges || {});
+    body.append(h("div", { class: "card", "data-network": net.name }, h("h2", {}, net.name, " ", h("span", { class: "muted" }, net.category || "")),
+      kv({ subnet: net.subnet || "–", VLAN: net.use_vlan ? net.vlan : "untagged", conduit: net.conduit || "–", router: net.router || "–",
+           MTU: net.mtu ?? "–", bridge: net.add_bridge ? "yes" : "no", team: net.use_team ? `mode ${net.team_mode}` : "no" }),
+      h("h3", {}, "Ranges"), table(["range", "first", "last", "allocated"], ranges.map(([name, r]) => {
+        const pct = r.size ? Math.round(100 * (r.used || 0) / r.size) : 0;
+        return h("tr", { "data-range": name }, h("td", {}, name), h("td", {}, r.start), h("td", {}, r.end),
+          h("td", {}, `${r.used ?? "?"} of ${r.size ?? "?"}`, h("div", { class: "progress", title: `${pct}% allocated` },
+            h("span", { class: pct > 90 ? "s-error" : pct > 70 ? "s-todo" : "s-active", style: `width:${pct}%` }))));
       })),
-      h("h3", {}, `Allocations (${allocs.items.length}${allocs.next ? "+" : ""})`),
-      table(["address", "node", "range"], allocs.items.slice(0, 200).map((a) => h("tr", {}, h("td", {}, a.address),
-        h("td", {}, a.node ? h("a", { href: `#/nodes/${a.node}` }, a.node) : "–"), h("td", {}, a.range || ""))))));
-  }
+      h("h3", {}, `Allocations (${net.allocations ?? allocs.items.length})`),
+      table(["address", "node", "range"], allocs.items.map((a) => h("tr", {}, h("td", {}, a.address),
+        h("td", {}, a.node ? h("a", { href: `#/nodes/${encodeURIComponent(a.node)}` }, a.node) : "–"), h("td", {}, a.range || "")))),
+      allocs.next ? h("p", { class: "muted" }, `the first ${allocs.items.length} shown (crowbar network allocations ${net.name})`) : ""));
+  });
   const neutron = await get("neutron/networks").catch(() => null);
   if (neutron) body.append(h("h2", {}, "Neutron tenant segments"), table(["id", "type", "physical network", "segment"],
     neutron.items.map((n) => h("tr", {}, h("td", {}, n.id), h("td", {}, n.type || n.network_type || ""),
