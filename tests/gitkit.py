@@ -1,6 +1,5 @@
-"""Real git for the install-from-source tests: a repository made from files, and a stand-in for the
-admin server's git mirror (`services.proxy.mirror_git`'s contract: fetch, resolve a ref to a commit,
-answer the clone URL nodes use), built on a bare mirror repository and `git daemon` on loopback."""
+"""Real git for the install-from-source tests: a repository made from files, `git daemon` serving
+a directory on loopback (the upstream), and the proxies' context services.proxy takes."""
 
 from __future__ import annotations
 
@@ -9,8 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-
-from crowbar.errors import CrowbarError, NotFound
+from types import SimpleNamespace
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"}
@@ -42,30 +40,13 @@ def commit(path: Path, message: str) -> str:
     return git("rev-parse", "HEAD", cwd=path)
 
 
-class Mirror:
-    """Bare mirrors under `root`, fetched from upstream on each call; nodes clone from `clone_base`
-    (the git daemon's URL as they see it)."""
+def proxies(state_dir: Path, node_address: str, **ports):
+    """What `crowbar server --proxies` hands services.proxy (its `ctx`): a ProxyConfig under
+    `state_dir`, bound to loopback, as nodes see it at `node_address`."""
+    from crowbar.proxy import ProxyConfig
 
-    def __init__(self, root: Path, clone_base: str):
-        self.root, self.clone_base = root, clone_base.rstrip("/")
-        self.calls: list[tuple[str, str]] = []
-
-    def mirror_git(self, url: str, ref: str) -> dict:
-        self.calls.append((url, ref))
-        name = Path(url.rstrip("/")).name.removesuffix(".git") + ".git"
-        bare = self.root / name
-        try:
-            if not bare.exists():
-                git("clone", "-q", "--mirror", url, str(bare))
-            else:
-                git("remote", "update", "--prune", cwd=bare)
-        except RuntimeError as exc:
-            raise CrowbarError(f"cannot fetch: {exc}") from None
-        try:
-            sha = git("rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}", cwd=bare)
-        except RuntimeError:
-            raise NotFound(f"no commit {ref!r} in {url}") from None
-        return {"url": f"{self.clone_base}/{name}", "sha": sha}
+    return SimpleNamespace(config=ProxyConfig(state_dir=state_dir, listen=("127.0.0.1",),
+                                              node_address=node_address, **ports))
 
 
 def free_port() -> int:
@@ -75,13 +56,14 @@ def free_port() -> int:
 
 
 class GitDaemon:
-    """`git daemon` serving `base` read-only on 127.0.0.1 (stopped by `stop`, by its pid)."""
+    """`git daemon` serving `base` read-only on 127.0.0.1 (stopped by `stop`, by its pid), or the
+    command line `argv` given (the proxies' own, listening on `port`)."""
 
-    def __init__(self, base: Path):
-        self.base, self.port = base, free_port()
-        self.proc = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1", f"--port={self.port}",
-             f"--base-path={base}", str(base)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def __init__(self, base: Path, argv: list[str] | None = None, port: int | None = None):
+        self.base, self.port = base, port or free_port()
+        argv = argv or ["git", "daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1",
+                        f"--port={self.port}", f"--base-path={base}", str(base)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while True:
             try:

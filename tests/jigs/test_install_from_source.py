@@ -1,0 +1,258 @@
+"""Install from source, end to end on a real target: a KVM guest booted from the Debian 12 OS image
+(the one nodes get; real systemd), reached by the ansible jig over SSH.
+
+The test makes a git repository of samples/barclamps/pyhello/app, tags v1, and serves a bare mirror
+of it with `git daemon` and a PyPI simple index (bottle, setuptools) with `python -m http.server`,
+both on loopback; the guest's only network is QEMU's user network with `restrict=on`, whose guest
+forwards reach those two and nothing else. The server side resolves the role's source through that
+mirror (the contract of services.proxy.mirror_git). Through Crowbar's annealer: the pyhello role
+clones at the resolved commit, installs into a virtualenv with bottle from the index, runs the
+systemd unit, and the test reaches the service; then the ref moves to a new commit, the role runs
+again, and the wall shows the old and the new commit.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from gitkit import GitDaemon, Mirror, commit, free_port, git, make_repo
+from sqlalchemy import select
+
+from crowbar.db.models import NodeRole, Role, Run
+from crowbar.engine.annealer import Annealer
+from crowbar.jigs.ansible import ansible_playbook
+from crowbar.services import attribs, catalog, deployments, nodes, sources
+
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "barclamps" / "pyhello"
+NODE = "src1.example.com"
+GUEST_HOST = "10.0.2.100"   # where the guest finds the admin server's git mirror and index (guest forwards)
+WHEELS = ["bottle==0.13.4", "setuptools==75.8.0"]
+
+
+def _missing() -> str | None:
+    for tool, package in (("qemu-system-x86_64", "qemu-system-x86"), ("debugfs", "e2fsprogs"),
+                          ("mmdebstrap", "mmdebstrap"), ("git", "git"), ("ssh", "openssh-client"),
+                          ("ssh-keygen", "openssh-client")):
+        if not shutil.which(tool):
+            return f"{tool} is not installed (Debian package {package})"
+    if ansible_playbook() is None:
+        return "ansible-playbook missing (pip install ansible-core)"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "no usable /dev/kvm: this test boots a guest and installs into it; emulated it is too slow"
+    return None
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing() is not None, reason=str(_missing()))]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _index(root: Path) -> None:
+    """A PEP 503 simple index of the wheels WHEELS names, under root/simple."""
+    files = root / "files"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.11", "-d", str(files), *WHEELS], check=True, timeout=300)
+    for wheel in sorted(files.glob("*.whl")):
+        project = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+        d = root / "simple" / project
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "index.html").write_text(f'<html><body><a href="../../files/{wheel.name}">{wheel.name}</a></body></html>\n')
+
+
+def _guest_disk(tmp: Path, public_key: str) -> tuple[Path, Path, Path]:
+    """The Debian 12 image as the guest's disk (a copy), its kernel and initrd, and a NoCloud seed
+    that lets the test's key in as root and configures DHCP, written into the copy with debugfs."""
+    from crowbar import config
+    from crowbar.provisioner import osimage
+
+    image = osimage.build(config.os_image_dir(), "debian-12", lambda *a: None)  # cached by content
+    disk = tmp / "root.img"
+    with gzip.open(image.path, "rb") as src, open(disk, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    kernel = image.manifest["kernel"]
+    seed = tmp / "seed"
+    seed.mkdir()
+    (seed / "meta-data").write_text(yaml.safe_dump({"instance-id": "src1", "local-hostname": NODE}))
+    (seed / "user-data").write_text("#cloud-config\n" + yaml.safe_dump({
+        "disable_root": False, "ssh_pwauth": False, "ssh_authorized_keys": [public_key],
+        "ssh_genkeytypes": ["ed25519"], "resize_rootfs": False}))
+    (seed / "network-config").write_text(yaml.safe_dump({"version": 2, "ethernets": {
+        "all": {"match": {"name": "eth*"}, "dhcp4": True}}}))
+    commands = tmp / "debugfs.cmds"
+    commands.write_text("mkdir /var/lib/cloud\nmkdir /var/lib/cloud/seed\nmkdir /var/lib/cloud/seed/nocloud\n"
+                        + "".join(f"write {seed / n} /var/lib/cloud/seed/nocloud/{n}\n"
+                                  for n in ("meta-data", "user-data", "network-config"))
+                        + f"dump /boot/vmlinuz-{kernel} {tmp / 'vmlinuz'}\n"
+                        + f"dump /boot/initrd.img-{kernel} {tmp / 'initrd'}\n")
+    subprocess.run(["debugfs", "-w", "-f", str(commands), str(disk)], check=True, capture_output=True, timeout=120)
+    return disk, tmp / "vmlinuz", tmp / "initrd"
+
+
+class Guest:
+    """A KVM guest on QEMU's restricted user network: SSH and the service forwarded to loopback,
+    GUEST_HOST's ports forwarded to the given loopback ports."""
+
+    def __init__(self, tmp: Path, forwards: dict[int, int]):
+        self.tmp = tmp
+        self.key = tmp / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
+        disk, kernel, initrd = _guest_disk(tmp, (tmp / "id_ed25519.pub").read_text().strip())
+        self.ssh_port, self.web_port = free_port(), free_port()
+        net = ["user", "id=n0", "restrict=on", f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+               f"hostfwd=tcp:127.0.0.1:{self.web_port}-:8090"]
+        net += [f"guestfwd=tcp:{GUEST_HOST}:{guest}-tcp:127.0.0.1:{host}" for guest, host in forwards.items()]
+        self.console = tmp / "console.log"
+        self.proc = subprocess.Popen(
+            ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-m", "1024", "-smp", "1", "-nodefaults",
+             "-display", "none", "-serial", f"file:{self.console}", "-kernel", str(kernel), "-initrd", str(initrd),
+             "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0",
+             "-drive", f"file={disk},if=virtio,format=raw", "-netdev", ",".join(net),
+             "-device", "virtio-net-pci,netdev=n0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def ssh(self, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(["ssh", "-i", str(self.key), "-p", str(self.ssh_port), "-o", "BatchMode=yes",
+                               "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                               "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR", "root@127.0.0.1", command],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def wait_ready(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"qemu exited: {self.proc.stderr.read().decode()}")
+            try:
+                # cloud-init done: the key is in, the network up
+                if self.ssh("cloud-init status --wait >/dev/null; true", timeout=120).returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() > deadline:
+                tail = self.console.read_text(errors="replace")[-3000:] if self.console.exists() else ""
+                raise RuntimeError(f"the guest did not answer SSH in {timeout}s; console:\n{tail}")
+            time.sleep(2)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def _page(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+        return r.read().decode()
+
+
+def _state(db) -> tuple[NodeRole, Run]:
+    with db.session() as s:
+        nr = s.scalars(select(NodeRole).join(Role, Role.id == NodeRole.role_id).where(Role.name == "pyhello")).one()
+        run = s.scalars(select(Run).where(Run.node_role_id == nr.id).order_by(Run.id.desc())).first()
+        s.expunge_all()
+        return nr, run
+
+
+def test_pyhello_from_source_at_a_commit_then_at_a_new_one(sqlite_db, tmp_path):
+    db = sqlite_db  # one engine: tests/engine/test_sources.py runs the resolution on both
+    upstream = make_repo(tmp_path / "upstream" / "pyhello", SAMPLE / "app")
+    v1 = git("rev-parse", "HEAD", cwd=upstream)
+    git("tag", "v1", cwd=upstream)
+    (tmp_path / "mirror").mkdir()
+    index = tmp_path / "index"
+    _index(index)
+    daemon = GitDaemon(tmp_path / "mirror")
+    index_log = open(tmp_path / "index.log", "wb")
+    index_port = free_port()
+    index_server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(index_port),
+                                     "--directory", str(index)], stdout=index_log, stderr=subprocess.STDOUT)
+    guest = annealer = None
+    try:
+        _wait_port(index_port, index_server, "the index")
+        mirror = Mirror(tmp_path / "mirror", f"git://{GUEST_HOST}")
+        (tmp_path / "guest").mkdir()
+        guest = Guest(tmp_path / "guest", {9418: daemon.port, 8000: index_port})
+        guest.wait_ready()
+        with db.session() as s:
+            catalog.import_barclamp(s, SAMPLE)
+            nodes.create_node(s, NODE)
+            for attrib, value in (("ssh-address", "127.0.0.1"), ("ssh-port", guest.ssh_port), ("ssh-user", "root"),
+                                  ("ssh-key", str(guest.key))):
+                attribs.set_on_node(s, attrib, value, NODE)
+            deployments.create_deployment(s, "src")
+            deployments.bind(s, "src", "pyhello", NODE)
+            deployments.set_role_data(s, "src", "pyhello", {"source": {"repo": f"file://{upstream}", "ref": "v1"},
+                                                            "pyhello_message": "Hello from a guest"})
+            deployments.commit(s, "src")
+        annealer = Annealer(db, workers=1, prepare=sources.preparer(
+            mirror.mirror_git, lambda: f"http://{GUEST_HOST}:8000/simple/"))
+
+        # 1. v1: cloned at the tag's commit, installed with bottle from the index, run by systemd
+        annealer.run_until_idle(timeout=900)
+        nr, run = _state(db)
+        assert nr.state == "active", run.log
+        assert nr.wall == {"source": {"repo": f"file://{upstream}", "ref": "v1", "sha": v1},
+                           "pyhello_url": "http://127.0.0.1:8090/", "pyhello_commit": v1,
+                           "pyhello_commit_before": None}
+        assert run.log.startswith(f"source file://{upstream} at v1: commit {v1} (cloned from git://{GUEST_HOST}/pyhello.git)")
+        assert _page(guest.web_port) == "Hello from a guest (pyhello 1.0)\n"
+        on_node = guest.ssh("systemctl is-active pyhello; git -C /opt/pyhello/src rev-parse HEAD; "
+                            "/opt/pyhello/venv/bin/python -c 'import bottle; print(bottle.__version__)'")
+        assert on_node.stdout.split() == ["active", v1, "0.13.4"], on_node.stderr
+        served = (tmp_path / "index.log").read_text()
+        assert "GET /simple/bottle/ " in served and "GET /files/bottle-0.13.4-py2.py3-none-any.whl " in served
+
+        # 2. a new commit on main, and the deployment's ref moves there: the role runs again
+        app = upstream / "pyhello" / "__init__.py"
+        app.write_text(app.read_text().replace('VERSION = "1.0"', 'VERSION = "2.0"'))
+        project = upstream / "pyproject.toml"
+        project.write_text(project.read_text().replace('version = "1.0"', 'version = "2.0"'))
+        v2 = commit(upstream, "pyhello 2.0")
+        with db.session() as s:
+            deployments.set_role_data(s, "src", "pyhello", {"source": {"repo": f"file://{upstream}", "ref": "main"},
+                                                            "pyhello_message": "Hello from a guest"})
+            deployments.commit(s, "src")
+        annealer.run_until_idle(timeout=900)
+        nr, run = _state(db)
+        assert nr.state == "active", run.log
+        assert nr.wall["source"] == {"repo": f"file://{upstream}", "ref": "main", "sha": v2, "previous_sha": v1}
+        assert (nr.wall["pyhello_commit"], nr.wall["pyhello_commit_before"]) == (v2, v1)
+        assert _page(guest.web_port) == "Hello from a guest (pyhello 2.0)\n"
+        on_node = guest.ssh("systemctl is-active pyhello; git -C /opt/pyhello/src rev-parse HEAD")
+        assert on_node.stdout.split() == ["active", v2], on_node.stderr
+        assert [ref for _url, ref in mirror.calls] == ["v1", "main"]
+    finally:
+        if annealer is not None:
+            annealer._pool.shutdown(wait=True)
+        if guest is not None:
+            guest.stop()
+        _stop(index_server)
+        index_log.close()
+        daemon.stop()
