@@ -79,9 +79,15 @@ class GitDaemon:
         return f"git://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.proc.terminate()
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Terminate a process this test started, then kill it if it does not go in `timeout` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
         try:
-            self.proc.wait(timeout=5)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            proc.kill()
+            proc.wait()

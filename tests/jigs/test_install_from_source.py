@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gitkit import GitDaemon, commit, free_port, git, make_repo, proxies
+from gitkit import GitDaemon, commit, free_port, git, make_repo, proxies, stop_process
 from sqlalchemy import select
 
 from crowbar.db.models import NodeRole, Role, Run
@@ -72,16 +72,6 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
             time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _index(root: Path, simple: str) -> None:
     """A PEP 503 simple index of the wheels WHEELS names, at the URL path `simple`, under root."""
     files = root / "files"
@@ -111,8 +101,9 @@ def _guest_disk(tmp: Path, public_key: str) -> tuple[Path, Path, Path]:
     (seed / "user-data").write_text("#cloud-config\n" + yaml.safe_dump({
         "disable_root": False, "ssh_pwauth": False, "ssh_authorized_keys": [public_key],
         "ssh_genkeytypes": ["ed25519"], "resize_rootfs": False}))
-    (seed / "network-config").write_text(yaml.safe_dump({"version": 2, "ethernets": {
-        "all": {"match": {"name": "eth*"}, "dhcp4": True}}}))
+    # eth0 by name: Debian 12's cloud-init (22.4) renders a `match:` entry for networkd as
+    # `Name=<the entry's key>`, so an entry called "all" matches no interface
+    (seed / "network-config").write_text(yaml.safe_dump({"version": 2, "ethernets": {"eth0": {"dhcp4": True}}}))
     commands = tmp / "debugfs.cmds"
     commands.write_text("mkdir /var/lib/cloud\nmkdir /var/lib/cloud/seed\nmkdir /var/lib/cloud/seed/nocloud\n"
                         + "".join(f"write {seed / n} /var/lib/cloud/seed/nocloud/{n}\n"
@@ -167,7 +158,7 @@ class Guest:
             time.sleep(2)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 def _page(port: int) -> str:
@@ -259,7 +250,7 @@ def test_pyhello_from_source_at_a_commit_then_at_a_new_one(sqlite_db, tmp_path):
             annealer._pool.shutdown(wait=True)
         if guest is not None:
             guest.stop()
-        _stop(index_server)
+        stop_process(index_server)
         index_log.close()
         mirror.stop()
         origin.stop()
