@@ -42,12 +42,13 @@ SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "barclamps" / "pyhell
 NODE = "src1.example.com"
 GUEST_HOST = "10.0.2.100"   # where the guest finds the admin server's git mirror and index (guest forwards)
 WHEELS = ["bottle==0.13.4", "setuptools==75.8.0"]
+BUSYBOX = shutil.which("busybox") or "busybox"   # its nc relays the guest's connections
 
 
 def _missing() -> str | None:
     for tool, package in (("qemu-system-x86_64", "qemu-system-x86"), ("debugfs", "e2fsprogs"),
                           ("mmdebstrap", "mmdebstrap"), ("git", "git"), ("ssh", "openssh-client"),
-                          ("ssh-keygen", "openssh-client")):
+                          ("ssh-keygen", "openssh-client"), ("busybox", "busybox-static")):
         if not shutil.which(tool):
             return f"{tool} is not installed (Debian package {package})"
     if ansible_playbook() is None:
@@ -126,7 +127,8 @@ class Guest:
         self.ssh_port, self.web_port = free_port(), free_port()
         net = ["user", "id=n0", "restrict=on", f"hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
                f"hostfwd=tcp:127.0.0.1:{self.web_port}-:8090"]
-        net += [f"guestfwd=tcp:{GUEST_HOST}:{guest}-tcp:127.0.0.1:{host}" for guest, host in forwards.items()]
+        # `cmd:` runs a relay per connection (a `tcp:` target is one connection, made at start)
+        net += [f"guestfwd=tcp:{GUEST_HOST}:{guest}-cmd:{BUSYBOX} nc 127.0.0.1 {host}" for guest, host in forwards.items()]
         self.console = tmp / "console.log"
         self.proc = subprocess.Popen(
             ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1", "-nodefaults",
