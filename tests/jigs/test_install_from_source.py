@@ -220,7 +220,8 @@ def test_pyhello_from_source_at_a_commit_then_at_a_new_one(sqlite_db, tmp_path):
         assert nr.wall == {"source": {"repo": repo, "ref": "v1", "sha": v1},
                            "pyhello_url": "http://127.0.0.1:8090/", "pyhello_commit": v1,
                            "pyhello_commit_before": ""}   # the git module: nothing before a first clone
-        assert run.log.startswith(f"source file://{upstream} at v1: commit {v1} (cloned from git://{GUEST_HOST}/pyhello.git)")
+        clone = f"git://{GUEST_HOST}:{config.git_port}/127.0.0.1_{origin.port}/pyhello.git"
+        assert run.log.startswith(f"source {repo} at v1: commit {v1} (cloned from {clone})"), run.log
         assert _page(guest.web_port) == "Hello from a guest (pyhello 1.0)\n"
         on_node = guest.ssh("systemctl is-active pyhello; git -C /opt/pyhello/src rev-parse HEAD; "
                             "/opt/pyhello/venv/bin/python -c 'import bottle; print(bottle.__version__)'")
