@@ -11,6 +11,11 @@ One dispatcher thread per server does all database work in batches:
              its own run row, result, log and wall, and a node still runs one thing at a time;
   output   - text a running jig passes to `ctx.output` is appended to its run's log each step, so
              `crowbar noderoles log ID` follows a run while it goes (the result's log replaces it);
+  prepare  - an optional hook the server gives (`prepare`), called in the worker thread before the
+             jig, outside any transaction: it may rewrite the run's document (a role's `source` is
+             resolved to an exact commit there: services/sources.py) and returns (wall, note): what
+             it knows for the wall, merged over the jig's on success, and a line put first in the
+             run's log; when it raises, the run fails with its message;
   complete - results from workers (or from asynchronous jigs, any thread) are queued and applied
              together in one transaction: state, wall, log, events, then the ripple to children.
 A heartbeat row per server lets any server recover the runs of one that died (transition -> todo).
@@ -43,6 +48,7 @@ from crowbar.db.events import record
 from crowbar.db.sql import chunks
 from crowbar.db.models import AgentJob, Node, NodeRole, Role, Run, Server, utcnow
 from crowbar.db.session import Database
+from crowbar.documents import merge
 from crowbar.engine import graph
 from crowbar.engine.attribs import RunDocuments, node_attrs
 from crowbar.engine.states import State
@@ -68,8 +74,10 @@ LIMIT :limit
 
 class Annealer:
     def __init__(self, db: Database, workers: int = 8, actor: str = "annealer", backlog: int | None = None,
-                 workdir: Path | None = None, notify: Callable[[], None] | None = None):
+                 workdir: Path | None = None, notify: Callable[[], None] | None = None,
+                 prepare: Callable[[RunContext], tuple[dict, str] | None] | None = None):
         self.db = db
+        self.prepare = prepare  # see the module's docstring
         self.workers = max(1, workers)
         self.backlog = backlog or max(32, self.workers * 32)
         self.actor = actor
@@ -198,6 +206,7 @@ class Annealer:
                     scripts=list(role.scripts or []), workdir=self.workdir / f"crowbar-run-{run_id}",
                     agent=_AgentChannel(self, node.id, run_id) if node.bootenv == DISCOVERY else None,
                     deployment_id=nr.deployment_id, groups=held.get((node.id, nr.deployment_id), []),
+                    wall=dict(nr.wall or {}),
                 ))
         self._in_flight += len(contexts) + len(skipped)
         for run_id, nr_id, result in skipped:
@@ -220,9 +229,28 @@ class Annealer:
 
         return output
 
-    @staticmethod
-    def _execute_batch(*ctxs: RunContext) -> None:
+    def _prepared(self, ctxs: list[RunContext]) -> list[RunContext]:
+        """The contexts `prepare` readied (their wall gets what it returned); the others fail now."""
+        if self.prepare is None:
+            return ctxs
+        ready = []
+        for ctx in ctxs:
+            try:
+                prepared = self.prepare(ctx)
+            except Exception as exc:  # the hook's message is the run's reason
+                ctx.complete(RunResult(ok=False, log=f"!! {exc}\n"))
+                continue
+            if prepared:
+                ctx.complete = _with_wall(ctx.complete, *prepared)
+                ctx.output(prepared[1])
+            ready.append(ctx)
+        return ready
+
+    def _execute_batch(self, *ctxs: RunContext) -> None:
         """One run of a batching jig for several noderoles; each still completes on its own."""
+        ctxs = tuple(self._prepared(list(ctxs)))
+        if not ctxs:
+            return
         try:
             results = get_jig(ctxs[0].jig).run_batch(list(ctxs))
             if results is not None and len(results) != len(ctxs):
@@ -244,8 +272,9 @@ class Annealer:
 
         return complete
 
-    @staticmethod
-    def _execute(ctx: RunContext) -> None:
+    def _execute(self, ctx: RunContext) -> None:
+        if not self._prepared([ctx]):
+            return
         try:
             result = get_jig(ctx.jig).run(ctx)
         except Exception as exc:  # a jig crash is a failed run, with the reason in its log
@@ -393,6 +422,15 @@ class Annealer:
                       .values(stopped=True))
         if runs:
             log.warning("recovered %d runs from %s", len(runs), "; ".join(servers.values()))
+
+
+def _with_wall(complete: Callable[[RunResult], None], extra: dict, note: str) -> Callable[[RunResult], None]:
+    """`complete`, with `extra` merged over the wall of a successful result and `note` first in the log."""
+    def completer(result: RunResult) -> None:
+        wall = merge(merge({}, result.wall or {}), extra) if result.ok else result.wall
+        complete(RunResult(ok=result.ok, wall=wall, log=note + (result.log or "")))
+
+    return completer
 
 
 def _batching(jig: str) -> bool:

@@ -50,6 +50,8 @@ class RunContext:
     # Appends text to the run's log while it runs (`crowbar noderoles log ID` shows it at once); the
     # RunResult's log replaces it all when the run completes. Callable from any thread.
     output: Callable[[str], None] = lambda _text: None
+    # The noderole's wall before this run (what its last successful run returned).
+    wall: dict = field(default_factory=dict)
 
 
 class AgentChannel(abc.ABC):

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 from crowbar.engine.annealer import Annealer
 from crowbar.server.loop import Loop
+from crowbar.services import proxy, sources
+
+
+def source_preparer(proxies):
+    """The annealer's `prepare` hook: a role's `source` resolved through this server's git mirror,
+    with its PyPI index (services/proxy.py, docs/install-from-source.md). Without proxies (None: no
+    `--proxies`), a run that names a source fails saying that this server runs none."""
+    return sources.preparer(lambda url, ref: proxy.mirror_git(proxies, url, ref),
+                            lambda: proxy.pip_index_url(proxies))
 
 
 class AnnealerLoop(Loop):

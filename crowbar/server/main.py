@@ -41,7 +41,7 @@ from crowbar.engine.annealer import HEARTBEAT_SECONDS, Annealer
 from crowbar.provisioner import neighbors
 from crowbar.provisioner.discovery import DEFAULT_BURST, DEFAULT_RATE, TokenBucket
 from crowbar.provisioner.service import Provisioner, ProvisionerConfig
-from crowbar.server.annealer import AnnealerLoop
+from crowbar.server.annealer import AnnealerLoop, source_preparer
 from crowbar.server import logs
 from crowbar.server.loop import Loop
 from crowbar.server.power import PowerWorker
@@ -310,7 +310,8 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     if proxies:
         proxy = Proxies(proxy_config(data_dir, address if provision else None, proxy_apt_upstream,
                                      proxy_pypi_upstream, proxy_ports))
-    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs")
+    # Roles' sources resolve through the caching proxies (online mode) when this server runs them.
+    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs", prepare=source_preparer(proxy))
     annealer.register()  # this server's row; recovers the runs of servers that are gone
     # Stopped in reverse: the power worker before the annealer, so that its unfinished requests
     # fail while this server is still alive; dnsmasq last.
