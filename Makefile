@@ -14,9 +14,11 @@ BIN := $(VENV)/bin
 # is not reachable). `make web` needs an npm command: Debian's npm package, unless one is there already
 # (a Node.js from elsewhere brings its own, and its package conflicts with Debian's npm).
 # Online mode (docs/online-mode.md): apt-cacher-ng, the nodes' apt proxy (crowbar server --proxies runs its
-# own instance with its own config; the tests put it on free loopback ports).
+# own instance with its own config; the tests put it on free loopback ports). tinyproxy and socat: the lab's
+# uplink (crowbar/lab/uplink.py), the lab admin server's one way out to the mirror and PyPI.
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
-	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium apt-cacher-ng
+	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium apt-cacher-ng \
+	tinyproxy socat
 
 .PHONY: demo test deps venv web benchmark clean ui-screenshots
 

@@ -121,6 +121,9 @@ def cli(ctx: click.Context, endpoint: str | None, ca: str | None) -> None:
               help="Debian mirror behind the apt proxy (default: the one this host's apt uses)")
 @click.option("--proxy-pypi-upstream", metavar="URL", help="simple index behind the PyPI cache (default pypi.org)")
 @click.option("--proxy-ports", metavar="APT,PYPI,GIT", help="the proxies' ports (default 3142,3141,9418)")
+@click.option("--proxy-via", metavar="URL",
+              help="an HTTP proxy (http://HOST:PORT) the proxies fetch their upstreams through, when the "
+                   "admin server has no direct way out")
 @click.option("--tls-cert", type=click.Path(path_type=Path), help="PEM certificate (chain): the API serves HTTPS")
 @click.option("--tls-key", type=click.Path(path_type=Path), help="PEM private key of --tls-cert")
 @click.option("--allow-http", is_flag=True,

@@ -45,6 +45,9 @@ def lab_group() -> None:
 @click.option("--kvm", is_flag=True, help="try hardware acceleration (default: TCG, software emulation)")
 @click.option("--firmware", default="bios", show_default=True,
               help="bios (SeaBIOS), uefi (OVMF), mixed (every second VM UEFI), or one per VM: bios,uefi")
+@click.option("--proxies", is_flag=True,
+              help="the server runs the caching proxies (online mode); they reach the mirror and PyPI "
+                   "through the lab's uplink, the VMs nothing outside the lab")
 @click.option("--bmc", type=click.Choice(["ipmi", "redfish", "none"]), default="none", show_default=True,
               help="give each VM a BMC (ipmi_sim, or the Redfish emulator) that powers it; discovered "
                    "nodes are then powered through it (docs/architecture.md, lab BMCs)")
@@ -54,8 +57,8 @@ def lab_group() -> None:
               help="OS --deploy installs (built first when the image store has none)")
 @click.option("--deploy", is_flag=True, help="then take every VM to ready: allocate, install --os, boot its disk")
 @dir_option
-def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: str, bmc: str, wait: bool,
-           timeout: float, os_name: str, deploy: bool, directory: Path | None) -> None:
+def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: str, proxies: bool, bmc: str,
+           wait: bool, timeout: float, os_name: str, deploy: bool, directory: Path | None) -> None:
     """Create the lab: namespace, bridges, a provisioning server, N PXE-booting VMs."""
     lab = _lab(directory)
     started = time.monotonic()
@@ -63,7 +66,8 @@ def lab_up(nodes: int, nics: str, memory: str, disk: str, kvm: bool, firmware: s
         wait = True
         _ensure_os_image(os_name)
     try:
-        state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm, firmware=firmware, bmc=bmc)
+        state = lab.up(nodes, nics=nics, memory=memory, disk=disk, kvm=kvm, firmware=firmware, bmc=bmc,
+                       proxies=proxies)
     except LabError as exc:
         raise CliError(str(exc)) from None
     console.print(f"lab running in namespace [bold]{state.namespace}[/]: server {state.server['url']} "

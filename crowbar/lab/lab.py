@@ -28,8 +28,10 @@ import httpx
 
 from crowbar import config
 from crowbar.cli import local
+from crowbar.provisioner import osimage
 from crowbar.procs import StillRunning, cmdline, pid_alive, read_pidfile, stop_pid
 from crowbar.lab import bmc as lab_bmc
+from crowbar.lab import uplink
 from crowbar.lab.vm import ADMIN_BRIDGE, DATA_BRIDGE, FIRMWARES, MAX_NICS, MAX_VMS, OVMF_CODE, OVMF_VARS, Vm
 
 STATE_FILE = "lab.json"
@@ -133,18 +135,21 @@ class LabState:
     vms: list[Vm] = field(default_factory=list)
     bmc: str = "none"  # ipmi | redfish | none: the VMs' BMCs (crowbar.lab.bmc)
     bmcs: dict = field(default_factory=dict)
+    uplink: dict = field(default_factory=dict)  # with --proxies: url, pids, dir (crowbar.lab.uplink)
 
     def to_dict(self) -> dict:
         return {"namespace": self.namespace, "lab_byte": self.lab_byte, "dir": self.dir,
                 "created_at": self.created_at, "bridges": self.bridges, "server": self.server,
-                "vms": [vm.to_dict() for vm in self.vms], "bmc": self.bmc, "bmcs": self.bmcs}
+                "vms": [vm.to_dict() for vm in self.vms], "bmc": self.bmc, "bmcs": self.bmcs,
+                "uplink": self.uplink}
 
     @classmethod
     def from_dict(cls, data: dict) -> LabState:
         return cls(namespace=data["namespace"], lab_byte=data["lab_byte"], dir=data["dir"],
                    created_at=data.get("created_at", ""), bridges=list(data.get("bridges", [])),
                    server=dict(data.get("server", {})), vms=[Vm.from_dict(v) for v in data.get("vms", [])],
-                   bmc=data.get("bmc", "none"), bmcs=dict(data.get("bmcs", {})))
+                   bmc=data.get("bmc", "none"), bmcs=dict(data.get("bmcs", {})),
+                   uplink=dict(data.get("uplink", {})))
 
 
 class Lab:
@@ -195,9 +200,11 @@ class Lab:
 
     # -- up -------------------------------------------------------------------------------------
     def up(self, nodes: int, nics=1, memory=512, disk=4, kvm: bool = False, server_timeout: float = 90.0,
-           firmware: str = "bios", bmc: str = "none") -> LabState:
+           firmware: str = "bios", bmc: str = "none", proxies: bool = False) -> LabState:
         """Create the namespace, bridges, taps, server and VMs (with BMCs: `bmc`), and power the VMs
-        on. `firmware`: bios, uefi, mixed (every second VM UEFI) or one per VM (bios,uefi)."""
+        on. `firmware`: bios, uefi, mixed (every second VM UEFI) or one per VM (bios,uefi).
+        `proxies`: the server runs online mode's caching proxies, reaching the mirror and PyPI
+        through the lab's uplink (crowbar.lab.uplink), the VMs still reach nothing outside."""
         if not 1 <= nodes <= MAX_VMS:
             raise LabError(f"--nodes must be between 1 and {MAX_VMS}")
         firmwares = firmware_plan(firmware, nodes)
@@ -212,7 +219,7 @@ class Lab:
             raise LabError("--disk must be a positive number of GB")
         if bmc not in lab_bmc.KINDS:
             raise LabError(f"--bmc {bmc!r}: expected one of {', '.join(lab_bmc.KINDS)}")
-        if missing := missing_tools() + lab_bmc.missing_tools(bmc):
+        if missing := missing_tools() + lab_bmc.missing_tools(bmc) + (uplink.missing_tools() if proxies else []):
             raise LabError("the lab needs " + ", ".join(missing))
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, bridges and taps)")
@@ -243,6 +250,11 @@ class Lab:
         self._save()  # before anything exists: `down` can always find what follows
         try:
             self._network()
+            if proxies:
+                self.state.uplink = uplink.start(self.dir / "uplink", self.state.namespace, osimage.host_mirror())
+                self._save()
+                self.say(f"uplink for the proxies: {self.state.uplink['url']} in {self.state.namespace} "
+                         f"(the mirror and PyPI only)")
             self._start_server(server_timeout)
             self._import_barclamp()
             self._start_vms()
@@ -288,6 +300,8 @@ class Lab:
                 "--listen", f"{ADMIN_ADDRESS}:{API_PORT}", "--listen", f"unix:{self.socket}",
                 "--data-dir", str(data_dir), "--database", f"sqlite:///{data_dir / 'crowbar.db'}",
                 "--provision", f"{ADMIN_BRIDGE}={ADMIN_ADDRESS}", "--workers", "4"]
+        if st.uplink:
+            argv += ["--proxies", "--proxy-via", st.uplink["url"]]
         env = {k: v for k, v in os.environ.items() if k not in ("CROWBAR_ENDPOINT", "CROWBAR_DATABASE_URL")}
         env["PYTHONUNBUFFERED"] = "1"
         self.say(f"starting crowbar server in {st.namespace} (log {log_path})")
@@ -532,6 +546,9 @@ class Lab:
                     done.append(f"stopped {vm.name} (qemu pid {pid})")
         if stop_pid(st.server.get("pid"), marker, timeout=20):
             done.append(f"stopped the server (pid {st.server['pid']})")
+        if st.uplink:
+            if stopped := uplink.stop(st.uplink.get("pids", []), Path(st.uplink["dir"])):
+                done.append(f"stopped the uplink (tinyproxy and its relays: pids {', '.join(map(str, stopped))})")
         # What still runs in the namespace is the lab's too (dnsmasq, should the server have died
         # without stopping it; a VM the server started for a power-on).
         for pid in namespace_pids(st.namespace):
@@ -554,7 +571,7 @@ class Lab:
                 continue
             argv = cmdline(int(entry.name)).split(" ")
             program = Path(argv[0]).name
-            ours = program in ("dnsmasq", Path(QEMU).name) or "crowbar.cli.main" in argv
+            ours = program in ("dnsmasq", Path(QEMU).name, *uplink.PROGRAMS) or "crowbar.cli.main" in argv
             if ours and any(inside in arg for arg in argv) and pid_alive(int(entry.name)):
                 found.append(int(entry.name))
         return found

@@ -32,8 +32,9 @@ class Supervisor:
 
     def __init__(self, name: str, argv: Sequence[str], *, log_path: Path | None = None,
                  min_backoff: float = 0.5, max_backoff: float = 30.0, stable_after: float = 10.0,
-                 stop_timeout: float = 5.0):
+                 stop_timeout: float = 5.0, env: dict[str, str] | None = None):
         self.name = name
+        self.env = env  # the child's whole environment (None: this process's)
         self.argv = list(argv)
         self.log_path = log_path
         self.min_backoff, self.max_backoff, self.stable_after = min_backoff, max_backoff, stable_after
@@ -97,7 +98,7 @@ class Supervisor:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
             return subprocess.Popen(_with_pdeathsig(self.argv), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env)
         except OSError as exc:
             log.error("cannot start %s (%s): %s", self.name, self.argv[0], exc)
             return None

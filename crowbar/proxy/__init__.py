@@ -32,6 +32,16 @@ class ProxyConfig:
     git_port: int = DEFAULT_PORTS["git"]
     apt_upstream: str = "host"           # a Debian mirror URL, or "host": the one this host's apt uses
     pypi_upstream: str = DEFAULT_PYPI_UPSTREAM
+    via: str | None = None               # the admin server's own way out: an HTTP proxy URL, or None
+
+    def via_env(self) -> dict[str, str]:
+        """Environment for a daemon that fetches upstream through `via` (nothing when direct):
+        the admin and loopback addresses stay direct."""
+        if not self.via:
+            return {}
+        direct = ",".join(dict.fromkeys(["127.0.0.1", "localhost", "::1", *self.listen, self.node_address]))
+        return {"http_proxy": self.via, "https_proxy": self.via, "HTTP_PROXY": self.via,
+                "HTTPS_PROXY": self.via, "no_proxy": direct, "NO_PROXY": direct}
 
     def port(self, kind: str) -> int:
         return {"apt": self.apt_port, "pypi": self.pypi_port, "git": self.git_port}[kind]

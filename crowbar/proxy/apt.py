@@ -41,6 +41,7 @@ def conf_text(config: ProxyConfig, upstream: str) -> str:
         "ReportPage: acng-report.html",
         "ExThreshold: 4",
         "VerboseLog: 1",
+        *([f"Proxy: {config.via}"] if config.via else []),
         "",
     ])
 

@@ -23,6 +23,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -263,7 +264,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
           allow_http: bool = False, log_level: str = "info", log_format: str = "text",
           access_log: bool = True, os_images: str | Path | None = None, proxies: bool = False,
           proxy_apt_upstream: str | None = None, proxy_pypi_upstream: str | None = None,
-          proxy_ports: str | None = None) -> None:
+          proxy_ports: str | None = None, proxy_via: str | None = None) -> None:
     # Startup refuses bad input before it binds or migrates anything: the --listen values, the data
     # directory (the one directory it creates, see config.make_data_dir), the database URL, and a
     # database that cannot be opened (UnusableDatabase, one line).
@@ -309,7 +310,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     proxy = None
     if proxies:
         proxy = Proxies(proxy_config(data_dir, address if provision else None, proxy_apt_upstream,
-                                     proxy_pypi_upstream, proxy_ports))
+                                     proxy_pypi_upstream, proxy_ports, proxy_via))
     # Roles' sources resolve through the caching proxies (online mode) when this server runs them.
     annealer = Annealer(db, workers=workers, workdir=data_dir / "runs", prepare=source_preparer(proxy))
     annealer.register()  # this server's row; recovers the runs of servers that are gone
@@ -370,9 +371,10 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
 
 
 def proxy_config(data_dir: Path, admin_address: str | None, apt_upstream: str | None,
-                 pypi_upstream: str | None, ports: str | None):
+                 pypi_upstream: str | None, ports: str | None, via: str | None = None):
     """The proxies' settings (--proxies): bound to the admin address (with --provision) and loopback;
-    `ports` is "APT,PYPI,GIT" (default 3142,3141,9418)."""
+    `ports` is "APT,PYPI,GIT" (default 3142,3141,9418); `via`, an http://HOST:PORT proxy the
+    proxies fetch their upstreams through (a site whose admin server has no direct way out)."""
     from crowbar.proxy import DEFAULT_PORTS, DEFAULT_PYPI_UPSTREAM, ProxyConfig, apt
 
     numbers = list(DEFAULT_PORTS.values())
@@ -387,7 +389,17 @@ def proxy_config(data_dir: Path, admin_address: str | None, apt_upstream: str | 
     listen = tuple(dict.fromkeys([*([admin_address] if admin_address else []), "127.0.0.1"]))
     return ProxyConfig(state_dir=data_dir / "proxy", listen=listen, node_address=admin_address or "127.0.0.1",
                        apt_port=numbers[0], pypi_port=numbers[1], git_port=numbers[2],
-                       apt_upstream=apt_upstream or "host", pypi_upstream=pypi_upstream or DEFAULT_PYPI_UPSTREAM)
+                       apt_upstream=apt_upstream or "host", pypi_upstream=pypi_upstream or DEFAULT_PYPI_UPSTREAM,
+                       via=_check_via(via))
+
+
+def _check_via(via: str | None) -> str | None:
+    if via is None:
+        return None
+    m = re.fullmatch(r"http://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})/?", via)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"--proxy-via must be http://HOST:PORT, an HTTP proxy (got {via!r})")
+    return via.rstrip("/")
 
 
 def ensure_ssh_key(data_dir: Path) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import secrets
 import shutil
 import socket
@@ -131,7 +132,9 @@ class Proxies:
         if stop_pid(pid, marker, timeout=5):
             log.warning("stopped %s proxy %d left by a previous server", kind, pid)
         log_path = self.config.dir(kind) / {"apt": "apt-cacher-ng.log", "pypi": pypi.LOG, "git": git.LOG}[kind]
-        sup = Supervisor(f"proxy-{kind}", argv, log_path=log_path)
+        via = self.config.via_env()  # devpi fetches PyPI through the admin server's way out, if any
+        sup = Supervisor(f"proxy-{kind}", argv, log_path=log_path,
+                         env={**os.environ, **via} if via and kind == "pypi" else None)
         sup.start()
         self.supervisors[kind] = sup
         try:

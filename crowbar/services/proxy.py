@@ -81,7 +81,7 @@ def mirror_git(ctx: Proxies, url: str, ref: str) -> dict[str, str]:
                                f"`crowbar proxy stage --git {url}@{ref}`", field="ref")
         elif not (sha is not None and sha == ref):  # a branch or tag may have moved: fetch
             before = tree_bytes(path)
-            _fetch(url, path)
+            _fetch(url, path, config.via)
             _count_upstream(config, "git", tree_bytes(path) - before)
             sha = _resolve(path, ref)
         if sha is None:
@@ -101,7 +101,9 @@ def _resolve(path: Path, ref: str) -> str | None:
     return sha if out.returncode == 0 and git.SHA_RE.match(sha) else None
 
 
-def _fetch(url: str, path: Path) -> None:
+def _fetch(url: str, path: Path, via: str | None = None) -> None:
+    """Clone or fetch the mirror; with `via`, over HTTP(S) through that proxy (kept in the
+    mirror's own config, so later fetches use it too)."""
     try:
         if path.exists():
             out = _git("-C", str(path), "fetch", "--prune", "--quiet", "origin", timeout=GIT_TIMEOUT)
@@ -109,7 +111,8 @@ def _fetch(url: str, path: Path) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             subprocess.run(["rm", "-rf", "--", str(tmp)], check=False)
-            out = _git("clone", "--mirror", "--quiet", "--", url, str(tmp), timeout=GIT_TIMEOUT)
+            out = _git("clone", "--mirror", "--quiet", *(["-c", f"http.proxy={via}"] if via else []), "--", url,
+                       str(tmp), timeout=GIT_TIMEOUT)
             if out.returncode == 0:
                 tmp.rename(path)
     except subprocess.TimeoutExpired:

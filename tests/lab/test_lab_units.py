@@ -208,3 +208,14 @@ def test_missing_tools_names_the_package(monkeypatch, tmp_path):
                                       f"{tmp_path}/undionly.kpxe (Debian package ipxe)"]
     (tmp_path / "undionly.kpxe").touch()
     assert labmod.missing_tools() == ["dnsmasq (Debian package dnsmasq-base)"]
+
+
+def test_the_lab_uplink_lets_through_the_mirror_and_pypi_only(tmp_path):
+    from crowbar.lab import uplink
+
+    hosts = uplink.allowed_hosts("http://deb.debian.org/debian")
+    assert hosts == ["deb.debian.org", "pypi.org", "files.pythonhosted.org"]
+    conf, allowed = uplink.tinyproxy_conf(tmp_path, 18123, hosts)
+    assert "Port 18123\n" in conf and "Listen 127.0.0.1\n" in conf and "Allow 127.0.0.1\n" in conf
+    assert "FilterDefaultDeny Yes\n" in conf and f'Filter "{tmp_path / "allowed"}"' in conf
+    assert allowed == "^deb\\.debian\\.org$\n^pypi\\.org$\n^files\\.pythonhosted\\.org$\n"

@@ -124,6 +124,20 @@ def test_server_proxy_settings(tmp_path):
             proxy_config(tmp_path, None, None, None, bad)
 
 
+def test_the_proxies_can_fetch_upstream_through_an_http_proxy(tmp_path):
+    direct = proxy_config(tmp_path, "10.9.0.1", None, None, None)
+    assert direct.via is None and direct.via_env() == {} and "Proxy:" not in apt.conf_text(direct, "http://m/debian")
+    via = proxy_config(tmp_path, "10.9.0.1", None, None, None, "http://127.0.0.1:8888/")
+    assert via.via == "http://127.0.0.1:8888"
+    assert "\nProxy: http://127.0.0.1:8888\n" in apt.conf_text(via, "http://m/debian")
+    env = via.via_env()  # devpi's: PyPI through the proxy, the admin and loopback addresses direct
+    assert env["https_proxy"] == env["HTTPS_PROXY"] == "http://127.0.0.1:8888"
+    assert env["no_proxy"].split(",") == ["127.0.0.1", "localhost", "::1", "10.9.0.1"]
+    for bad in ("https://p:1", "http://p", "http://p:0", "http://p:99999", "http://u:pw@p:1", "ftp://p:1"):
+        with pytest.raises(ValueError, match="--proxy-via"):
+            proxy_config(tmp_path, None, None, None, None, bad)
+
+
 def test_a_missing_daemon_is_one_line(config, monkeypatch):
     from crowbar.server import proxies
 

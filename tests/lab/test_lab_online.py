@@ -1,0 +1,157 @@
+"""Online mode end to end on a lab VM, through the CLI only (issue 11): the lab's server runs the
+caching proxies (`lab up --proxies`), which reach the Debian mirror and PyPI through the lab's
+uplink (tinyproxy + socat relays; crowbar/lab/uplink.py); the VM reaches nothing but the admin
+server. An installed Debian 12 node's apt goes through apt-cacher-ng by itself (the seed wrote
+it): a package installs online; a staged one installs with the proxies offline while an unstaged
+one fails with the proxy's error naming it. Then install from source: pyhello from a git
+repository (upstream: `git daemon` in the lab's namespace) through the admin server's git mirror,
+its Python dependency from the PyPI cache, at tag v1's commit, then at a new commit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gitkit import GIT_ENV, commit, free_port, make_repo
+from test_lab_deploy import OS, _missing_deploy, _ssh
+from test_lab_e2e import Cli, _crowbar
+
+REPO = Path(__file__).resolve().parents[2]
+ADMIN = "192.168.124.10"
+
+
+def _missing_online() -> str | None:
+    if reason := _missing_deploy():
+        return reason
+    from crowbar.lab import uplink
+    from crowbar.proxy import apt, pypi
+
+    missing = uplink.missing_tools()
+    if not Path(apt.PROGRAM).exists():
+        missing.append("apt-cacher-ng (apt-get install apt-cacher-ng)")
+    import shutil
+
+    if not shutil.which(pypi.program("devpi-server")):
+        missing.append("devpi-server (pip install devpi-server)")
+    return ", ".join(missing) or None
+
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing_online() is not None, reason=str(_missing_online()))]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    from crowbar import config
+    from crowbar.cli import local
+    from crowbar.provisioner import osimage
+
+    image = osimage.current(config.os_image_dir(), OS)
+    if image is None:  # the stable cache: a second run finds it
+        image = local.build_os_image(config.os_image_dir(), OS, lambda *a: None)
+    store = tmp_path / "cache" / "os"
+    (store / OS).mkdir(parents=True)
+    (store / OS / image.digest).symlink_to(image.path.parent)
+    cli = Cli(tmp_path)
+    cli.env["CROWBAR_CACHE_DIR"] = str(tmp_path / "cache")
+    yield cli
+    done = subprocess.run([_crowbar(), "lab", "down"], env=cli.env, capture_output=True, text=True, timeout=180)
+    if done.returncode != 0 or (cli.lab_dir / "lab.json").exists():
+        from crowbar.lab.lab import Lab
+
+        Lab(cli.lab_dir).down()
+
+
+def _on(cli, node: str, command: str, timeout: float = 600, ok: bool = True) -> subprocess.CompletedProcess:
+    return cli("nodes", "ssh", node, "--", command, timeout=timeout, ok=ok)
+
+
+def _wall(cli, deployment: str) -> dict:
+    (nr,) = cli.json("noderoles", "list", "--deployment", deployment)
+    shown = cli.json("noderoles", "show", str(nr["id"]))
+    assert shown["state"] == "active", (shown.get("status"), cli.context())
+    return shown["wall"]
+
+
+def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello_from_source(cli, tmp_path):
+    cli("lab", "up", "--nodes", "1", "--proxies", "--disk", "4", "--wait", "--timeout", "400", timeout=500)
+    status = cli.json("lab", "status")
+    node, namespace = status["vms"][0]["node"], status["namespace"]
+    proxies = {p["kind"]: p for p in cli.json("proxy", "status")["items"]}
+    assert all(proxies[k]["running"] for k in ("apt", "pypi", "git")), proxies
+    # the VM reaches nothing outside the lab: the namespace has no route out
+    routes = subprocess.run(["ip", "-n", namespace, "route", "show", "default"], capture_output=True, text=True)
+    assert routes.stdout.strip() == ""
+
+    cli("nodes", "allocate", node)
+    cli("nodes", "deploy", node, "--os", OS, "--wait", "--timeout", "1200", timeout=1300)
+    assert f"http://{ADMIN}:3142" in _on(cli, node, "cat /etc/apt/apt.conf.d/00crowbar-proxy").stdout
+
+    # online: a package from the mirror, through apt-cacher-ng and the uplink
+    done = _on(cli, node, "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "
+                          "apt-get install -y -q hello >/dev/null && hello")
+    assert done.stdout.strip().endswith("Hello, world!"), done.stdout
+    after = {p["kind"]: p for p in cli.json("proxy", "status")["items"]}
+    assert after["apt"]["bytes_upstream"] > proxies["apt"]["bytes_upstream"]
+
+    # offline: what was staged installs, anything else fails with the proxy's error naming it
+    cli("proxy", "stage", "--os", OS, "sl", timeout=900)
+    cli("proxy", "offline", "on")
+    assert cli.json("proxy", "status")["offline"] is True
+    done = _on(cli, node, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q sl >/dev/null && "
+                          "test -x /usr/games/sl && echo staged-ok")
+    assert done.stdout.strip() == "staged-ok", done.stdout
+    refused = _on(cli, node, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q figlet", ok=False)
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0 and "figlet" in said and "503" in said, said
+    cli("proxy", "offline", "off")
+
+    # install from source: the upstream repository, served in the lab's namespace
+    upstream = make_repo(tmp_path / "upstream" / "pyhello", REPO / "samples" / "barclamps" / "pyhello" / "app")
+    subprocess.run(["git", "tag", "v1"], cwd=upstream, check=True, env={**GIT_ENV, "PATH": "/usr/bin:/bin"})
+    v1 = subprocess.run(["git", "rev-parse", "HEAD"], cwd=upstream, capture_output=True, text=True,
+                        check=True).stdout.strip()
+    port = free_port()
+    daemon = subprocess.Popen(["ip", "netns", "exec", namespace, "git", "daemon", "--export-all", "--reuseaddr",
+                               f"--base-path={upstream.parent}", "--listen=127.0.0.1", f"--port={port}",
+                               str(upstream.parent)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        repo = f"git://127.0.0.1:{port}/pyhello"
+        cli("barclamps", "import", str(REPO / "samples" / "barclamps" / "pyhello"))
+        cli("deployments", "create", "src")
+        cli("deployments", "bind", "src", "pyhello", node)
+        cli("deployments", "role-data", "set", "src", "pyhello", json.dumps({"source": {"repo": repo, "ref": "v1"}}))
+        cli("deployments", "commit", "src")
+        cli("anneal", "--wait", "--timeout", "900", "--deployment", "src", timeout=1000)
+        wall = _wall(cli, "src")
+        assert wall["source"]["sha"] == v1, wall
+        state = _on(cli, node, "systemctl is-active pyhello; git -C /opt/pyhello/src rev-parse HEAD").stdout
+        assert state.split() == ["active", v1], state
+        page = _on(cli, node, "python3 -c \"import urllib.request as u; "
+                              "print(u.urlopen('http://127.0.0.1:8090/').read().decode())\"").stdout
+        assert "(pyhello 1.0)" in page, page
+        pypi = {p["kind"]: p for p in cli.json("proxy", "status")["items"]}["pypi"]
+        assert pypi["misses"] + pypi["hits"] > 0, pypi  # bottle came through the PyPI cache
+
+        # a new commit; the ref moves to main: the role runs again, the wall shows both commits
+        app = upstream / "pyhello" / "__init__.py"
+        app.write_text(app.read_text().replace('VERSION = "1.0"', 'VERSION = "2.0"'))
+        project = upstream / "pyproject.toml"
+        project.write_text(project.read_text().replace('version = "1.0"', 'version = "2.0"'))
+        v2 = commit(upstream, "pyhello 2.0")
+        cli("deployments", "role-data", "set", "src", "pyhello", json.dumps({"source": {"repo": repo, "ref": "main"}}))
+        cli("deployments", "commit", "src")
+        cli("anneal", "--wait", "--timeout", "900", "--deployment", "src", timeout=1000)
+        wall = _wall(cli, "src")
+        assert wall["source"] == {"repo": repo, "ref": "main", "sha": v2, "previous_sha": v1}, wall
+        assert _ssh(cli, node, "git -C /opt/pyhello/src rev-parse HEAD") == v2
+        page = _on(cli, node, "sleep 2; python3 -c \"import urllib.request as u; "
+                              "print(u.urlopen('http://127.0.0.1:8090/').read().decode())\"").stdout
+        assert "(pyhello 2.0)" in page, page
+    finally:
+        from crowbar.procs import stop_pid
+
+        stop_pid(daemon.pid, None, timeout=5)
