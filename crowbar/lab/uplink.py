@@ -17,6 +17,7 @@ namespace's loopback at all. The server gets it as `--proxy-via http://127.0.0.1
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -61,9 +62,17 @@ def tinyproxy_conf(directory: Path, port: int, hosts: list[str]) -> tuple[str, s
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below 32768: apt-cacher-ng 3.7 misreads a larger one in its `Proxy:`
+    setting (as it cannot bind one: crowbar.proxy.apt.MAX_PORT)."""
+    for _ in range(200):
+        port = secrets.randbelow(32767 - 20000) + 20000
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port below 32768 for the lab's uplink")
 
 
 def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 10) -> None:
