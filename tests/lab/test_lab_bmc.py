@@ -92,11 +92,10 @@ def os_store(cli, tmp_path):
     does) in the lab's image store: `deploy` needs one; the install itself is not waited for here."""
     from crowbar import config
     from crowbar.cli import local
-    from crowbar.provisioner import osimage
 
-    image = osimage.current(config.os_image_dir(), "debian-12")
-    if image is None:
-        image = local.build_os_image(config.os_image_dir(), "debian-12", lambda *a: None)
+    # the image of the recipe and node files as they are now (built when the stable cache lacks it;
+    # the newest cached one may be older than this tree's node-side files)
+    image = local.build_os_image(config.os_image_dir(), "debian-12", lambda *a: None)
     store = tmp_path / "cache" / "os" / "debian-12"
     store.mkdir(parents=True)
     (store / image.digest).symlink_to(image.path.parent)

@@ -49,9 +49,9 @@ def cli(tmp_path):
     from crowbar.cli import local
     from crowbar.provisioner import osimage
 
-    image = osimage.current(config.os_image_dir(), OS)
-    if image is None:  # the stable cache: a second run finds it
-        image = local.build_os_image(config.os_image_dir(), OS, lambda *a: None)
+    # the image of the recipe and node files as they are now (built when the stable cache lacks it;
+    # the newest cached one may be older than this tree's node-side files)
+    image = local.build_os_image(config.os_image_dir(), OS, lambda *a: None)
     cache = tmp_path / "cache"
     store = cache / "os"
     (store / OS).mkdir(parents=True)
