@@ -111,12 +111,14 @@ def stats(config: ProxyConfig) -> Counts:
 
 def apt_options(root: Path, proxy_url: str) -> list[str]:
     """apt-get options for a throwaway apt root (`root`) that fetches through `proxy_url` and trusts
-    this host's archive keys: staging fills the cache the way a node's apt would."""
+    this host's archive keys: staging fills the cache the way a node's apt would, recommended
+    packages included as a node's `apt-get install` takes them (staging `sl` without ncurses'
+    recommended libgpm2 left the node's offline install one package short)."""
     return ["-o", f"Dir={root}", "-o", f"Dir::State::status={root}/var/lib/dpkg/status",
             "-o", f"Acquire::http::Proxy={proxy_url}", "-o", "Dir::Etc::trusted=/etc/apt/trusted.gpg",
             "-o", "Dir::Etc::trustedparts=/etc/apt/trusted.gpg.d", "-o", "Debug::NoLocking=1",
             "-o", "APT::Sandbox::User=root", "-o", "Acquire::Languages=none",
-            "-o", "APT::Install-Recommends=false", "-o", "Dir::Etc::preferencesparts=/nonexistent"]
+            "-o", "APT::Install-Recommends=true", "-o", "Dir::Etc::preferencesparts=/nonexistent"]
 
 
 def make_apt_root(root: Path, mirror: str, suite: str, components: tuple[str, ...]) -> None:
