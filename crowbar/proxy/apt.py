@@ -41,7 +41,10 @@ def conf_text(config: ProxyConfig, upstream: str) -> str:
         "ReportPage: acng-report.html",
         "ExThreshold: 4",
         "VerboseLog: 1",
-        *([f"Proxy: {config.via}"] if config.via else []),
+        # through a forward proxy: one request per connection (tinyproxy answers one and closes, so
+        # requests pipelined after it were lost: "503 Connection closed"), and a few more retries
+        *([f"Proxy: {config.via}", "ReuseConnections: 0", "PipelineDepth: 1", "DlMaxRetries: 5"]
+          if config.via else []),
         "",
     ])
 

@@ -129,7 +129,8 @@ def test_the_proxies_can_fetch_upstream_through_an_http_proxy(tmp_path):
     assert direct.via is None and direct.via_env() == {} and "Proxy:" not in apt.conf_text(direct, "http://m/debian")
     via = proxy_config(tmp_path, "10.9.0.1", None, None, None, "http://127.0.0.1:8888/")
     assert via.via == "http://127.0.0.1:8888"
-    assert "\nProxy: http://127.0.0.1:8888\n" in apt.conf_text(via, "http://m/debian")
+    text = apt.conf_text(via, "http://m/debian")
+    assert "\nProxy: http://127.0.0.1:8888\nReuseConnections: 0\nPipelineDepth: 1\n" in text
     env = via.via_env()  # devpi's: PyPI through the proxy, the admin and loopback addresses direct
     assert env["https_proxy"] == env["HTTPS_PROXY"] == "http://127.0.0.1:8888"
     assert env["no_proxy"].split(",") == ["127.0.0.1", "localhost", "::1", "10.9.0.1"]
