@@ -90,6 +90,13 @@ def os_image_built(store: Path, name: str) -> bool:
     return osimage.current(store, name) is not None
 
 
+def host_mirror() -> str:
+    """The Debian mirror this host's apt uses (the lab's uplink lets it through)."""
+    from crowbar.provisioner import osimage
+
+    return osimage.host_mirror()
+
+
 def host_kernel_version() -> str:
     """The kernel the discovery image will be built from; raises when this host has none usable."""
     from crowbar.provisioner.image import default_kernel_version

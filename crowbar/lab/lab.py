@@ -28,7 +28,6 @@ import httpx
 
 from crowbar import config
 from crowbar.cli import local
-from crowbar.provisioner import osimage
 from crowbar.procs import StillRunning, cmdline, pid_alive, read_pidfile, stop_pid
 from crowbar.lab import bmc as lab_bmc
 from crowbar.lab import uplink
@@ -251,7 +250,7 @@ class Lab:
         try:
             self._network()
             if proxies:
-                self.state.uplink = uplink.start(self.dir / "uplink", self.state.namespace, osimage.host_mirror())
+                self.state.uplink = uplink.start(self.dir / "uplink", self.state.namespace, local.host_mirror())
                 self._save()
                 self.say(f"uplink for the proxies: {self.state.uplink['url']} in {self.state.namespace} "
                          f"(the mirror and PyPI only)")
