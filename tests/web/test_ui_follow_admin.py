@@ -113,7 +113,10 @@ def test_users_and_tokens_pages_for_an_admin_an_operator_and_a_viewer(ui):
     assert "bob: operator → viewer" in page.inner_text("#confirm-body")
     page.click("#confirm-cancel")
     assert ui.api.get("/users/bob").json()["role"] == "operator"
+    # the select goes back to the current role (asynchronously): only then is "viewer" a change again
+    wait_until(page, "() => document.querySelector('select[data-role-of=bob]').value === 'operator'")
     page.select_option("select[data-role-of=bob]", "viewer")
+    page.wait_for_selector("#confirm[open]")
     page.click("#confirm-ok")
     page.wait_for_selector(".toast:has-text('bob is now viewer')")
     assert ui.api.get("/users/bob").json()["role"] == "viewer"
