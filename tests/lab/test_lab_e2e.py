@@ -86,6 +86,13 @@ class Cli:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-25:]
                 parts.append(f"\n--- {name} ({path}) ---\n" + "\n".join(lines))
+        # what the server did with power (a release or reinstall waits on a power cycle)
+        try:
+            done = subprocess.run([_crowbar(), "nodes", "power-requests"], env=self.env, capture_output=True,
+                                  text=True, timeout=30)
+            parts.append("\n--- power requests ---\n" + (done.stdout or done.stderr)[-3000:])
+        except (OSError, subprocess.SubprocessError) as exc:
+            parts.append(f"\n--- power requests: not read ({exc}) ---")
         return "".join(parts)
 
 
