@@ -202,13 +202,14 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
     """Install `os_name` (default: the node's OS, else debian-12) on allocated nodes, all or none."""
     if not keys:
         raise InvalidInput("name at least one node to deploy", field="nodes")
-    out = []
+    deployed = []
+    ruleset = os_rules.current(session)  # read once for all the nodes
     for key in keys:
         node = lookup.node(session, key)
         if node.state != lifecycle.ALLOCATED:
             raise Conflict(f"node {node.name!r} is {node.state}: only allocated nodes are deployed "
                            f"(`crowbar nodes allocate {node.name}` first; `reinstall` for an installed one)")
-        choice = os_rules.choose(session, node)
+        choice = os_rules.choose(session, node, ruleset)
         name = os_name or choice.os or node.os or lifecycle.DEFAULT_OS
         why = "" if os_name or not choice.os else f" (OS rule {choice.rule})" if choice.rule else " (OS rules default)"
         image = _image(ctx, name)
@@ -217,7 +218,6 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
         _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}{why}", actor)
         _cancel_jobs(session, node, "replaced by a new install")
         job = _plan_job(session, node, ctx, image, choice)
-        os_rules.refresh_tags(session, [node])
         if node.agent_action == "reboot":
             # allocate's reboot (to take the reserved address in the discovery image) is not needed
             # any more: the installed system gets that address from its seed, and the next boot is
@@ -226,9 +226,10 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
         if not bios.start(session, node, job, actor):  # BIOS settings first: the job waits (services/bios.py)
             _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
             _reach(session, node, agent_driven(node), actor)
-        out.append(nodes.node_dict(node, full=True))
+        deployed.append(node)
+    os_rules.refresh_tags(session, deployed)  # their OS changed: the rules' tags follow, in one pass
     signal_work(session, "anneal")
-    return out
+    return [nodes.node_dict(node, full=True) for node in deployed]
 
 
 def reinstall(session: Session, key, os_name: str | None, ctx: Context, actor: str = "system") -> dict:

@@ -107,9 +107,9 @@ def facts(session: Session, node: Node) -> dict:
     return _facts(node, _bindings(session, [node.id])[node.id])
 
 
-def choose(session: Session, node: Node) -> rules.Choice:
-    """What the stored rules give `node`."""
-    return rules.evaluate(current(session), facts(session, node))
+def choose(session: Session, node: Node, ruleset: rules.RuleSet | None = None) -> rules.Choice:
+    """What the stored rules (or `ruleset`, read once by a caller choosing for many nodes) give `node`."""
+    return rules.evaluate(ruleset if ruleset is not None else current(session), facts(session, node))
 
 
 def _summary(data: dict) -> dict:
