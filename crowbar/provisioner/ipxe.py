@@ -25,6 +25,7 @@ from crowbar.provisioner.lifecycle import DISCOVERY, LOCAL, NONE
 
 SCRIPT_SUFFIX = ".ipxe"
 CONSOLE = ("tty0", "ttyS0,115200n8")
+FETCH_TRIES = 3  # a boot script's attempts at fetching and booting its kernel and initrd
 
 _OS = re.compile(r"^[a-z0-9][a-z0-9._]*(-[a-z0-9._]+)*$")
 _INSTALL = re.compile(r"^(?P<os>.+)-install$")
@@ -104,10 +105,24 @@ def _script(who: str, bootenv: str, *lines: str) -> str:
 def _kernel_lines(kernel: str, initrd: str, args: list[str]) -> list[str]:
     # The EFI stub finds the initrd by the name iPXE registered it under (the URL's last part).
     initrd_name = initrd.rstrip("/").rsplit("/", 1)[-1]
+    # A fetch that fails (the server busy, a packet lost past iPXE's own retries) is tried again
+    # FETCH_TRIES times, 5 s apart, before the machine goes back to its firmware: that would boot
+    # the next device, an installed system's disk, and a release or reinstall would wait on a
+    # node that never came (services/install._missed_netboot then power-cycles it again).
+    # The count is a string that grows by one x a try (iPXE 1.0 scripts have no arithmetic).
     return [
-        f"kernel {kernel} initrd={initrd_name} {' '.join(args)}".rstrip(),
-        f"initrd {initrd}",
-        "boot || goto failed",
+        "set tries x",
+        ":load",
+        f"kernel {kernel} initrd={initrd_name} {' '.join(args)}".rstrip() + " || goto retry",
+        f"initrd {initrd} || goto retry",
+        "boot || goto retry",
+        ":retry",
+        "iseq ${tries} " + "x" * FETCH_TRIES + " && goto failed ||",
+        "echo Crowbar: loading the boot files failed (try ${tries}), trying again in 5 s",
+        "imgfree ||",
+        "sleep 5 ||",
+        "set tries ${tries}x",
+        "goto load",
         ":failed",
         "echo Crowbar: boot failed, handing the machine back to its firmware",
         "exit 1",

@@ -52,6 +52,11 @@ ERASE_MODES = ("quick", "full")
 PROGRESS_PATH = "/api/v2/agent/progress"
 SSH_AUTO = "ssh_auto"  # node.install key: the hints' ssh address/key were set by the installer
 RERUN = "rerun_noderoles"  # node.install key: a reinstall; its noderoles run again once it is ready
+# States in which the node should run the discovery image: its installed system calling home from a
+# new boot means the PXE boot did not take (services/install._missed_netboot)
+NETBOOTS = frozenset({lifecycle.HARDWARE_INSTALLING, lifecycle.HARDWARE_INSTALLED, lifecycle.REINSTALL,
+                      lifecycle.RELEASING})
+NETBOOT_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,7 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
         why = "" if os_name or not choice.os else f" (OS rule {choice.rule})" if choice.rule else " (OS rules default)"
         image = _image(ctx, name)
         node.os = name
-        _set_install(node, steps=[])
+        _set_install(node, steps=[], netboot_retries=0)
         _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}{why}", actor)
         _cancel_jobs(session, node, "replaced by a new install")
         job = _plan_job(session, node, ctx, image, choice)
@@ -242,7 +247,7 @@ def reinstall(session: Session, key, os_name: str | None, ctx: Context, actor: s
     agent_reboots = agent_driven(node)
     _drop_auto_ssh(node)
     node.os = name
-    _set_install(node, steps=[], **{RERUN: True})
+    _set_install(node, steps=[], netboot_retries=0, **{RERUN: True})
     change = f"{previous} -> {name}" if previous and previous != name else name
     _step(session, node, lifecycle.REINSTALL, f"reinstall {change} requested", actor)
     _cancel_jobs(session, node, "replaced by a new install")
@@ -292,7 +297,8 @@ def release(session: Session, key, erase: str | None = "quick", actor: str = "sy
                                                                      erase or "quick"), timeout=4 * 3600)
     session.add(job)
     session.flush()
-    _set_install(node, phase="erase-queued", job=job.id, erase=erase or "quick", host_keys=[])
+    _set_install(node, phase="erase-queued", job=job.id, erase=erase or "quick", host_keys=[],
+                 netboot_retries=0)
     _reach(session, node, agent_reboots, actor)
     signal_work(session, "anneal")
     return nodes.node_dict(node, full=True)
@@ -406,11 +412,21 @@ def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context
         raise InvalidInput("step must be booted, ready or failed", field="step")
     keys = parse_host_keys(host_keys)
     node.alive = True
-    if keys:
-        _set_install(node, host_keys=keys)
     clean = {k: str(v)[:200] for k, v in (facts or {}).items() if k in ("boot_id", "kernel", "os", "reason")}
     record(session, [{"object_type": "node", "object_id": node.id, "action": "boot", "actor": "node",
                       "message": f"installed system {step}: {json.dumps(clean, sort_keys=True)}"}])
+    known_boot = (node.install or {}).get("boot_id")
+    if clean.get("boot_id"):
+        _set_install(node, boot_id=clean["boot_id"])
+    if node.state in NETBOOTS:
+        # its installed system runs, not the discovery agent: a release or reinstall from here must
+        # power-cycle it, not wait for an agent to take the job (services/nodes.agent_driven)
+        node.alive = False
+        if step == "booted" and clean.get("boot_id") and clean["boot_id"] != known_boot:
+            _missed_netboot(session, node)
+        return {"node": node.name, "state": node.state}  # the old system's keys are not kept
+    if keys:
+        _set_install(node, host_keys=keys)
     if step == "booted" and node.state == lifecycle.INSTALLED:
         _set_auto_ssh(session, node, ctx)
         _step(session, node, lifecycle.READYING, f"booted {clean.get('os', '')} ({clean.get('kernel', '')})", "node")
@@ -423,6 +439,24 @@ def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context
     elif step == "failed" and node.state in (lifecycle.INSTALLED, lifecycle.READYING):
         _step(session, node, lifecycle.PROBLEM, f"first boot failed: {clean.get('reason', '')}", "node")
     return {"node": node.name, "state": node.state}
+
+
+def _missed_netboot(session: Session, node: Node) -> None:
+    """The installed system booted (a new boot) while the node should be running the discovery
+    image: the power cycle did reset it, but its PXE boot did not take (no DHCP answer in time, a
+    boot file not fetched) and the firmware went on to the disk. Power-cycle it again, up to
+    NETBOOT_RETRIES times; then it is a problem for the operator (boot order, cabling, DHCP)."""
+    tries = int((node.install or {}).get("netboot_retries") or 0) + 1
+    if tries > NETBOOT_RETRIES:
+        _step(session, node, lifecycle.PROBLEM,
+              f"booted its disk instead of the network {tries} times while {node.state}: check the boot "
+              "order (network first), the provisioning network and DHCP", "node")
+        return
+    _set_install(node, netboot_retries=tries)
+    record(session, [{"object_type": "node", "object_id": node.id, "action": "netboot-retry", "actor": "server",
+                      "message": f"booted its disk while {node.state}, not the network: power cycle "
+                                 f"{tries}/{NETBOOT_RETRIES}"}])
+    power.queue(session, node, "cycle", "server")
 
 
 def _rerun_noderoles(session: Session, node: Node) -> None:

@@ -2,7 +2,7 @@
 commit through the admin server's git mirror (services.proxy.mirror_git: real git, the upstream a
 `git daemon` on loopback) before its run, overridable per deployment and node; the wall
 records the commit, and the previous one when the ref changes; a bad source fails the run with a
-message naming it. The jig is `noop`: what reaches a node is tests/jigs/test_install_from_source.py's."""
+message naming it. The jig is `noop`: what reaches a node is tests/lab/test_lab_online.py's."""
 
 from __future__ import annotations
 

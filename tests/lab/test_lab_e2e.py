@@ -86,6 +86,12 @@ class Cli:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-25:]
                 parts.append(f"\n--- {name} ({path}) ---\n" + "\n".join(lines))
+        # every boot script the server handed out, and its netboot retries (the tail above is short)
+        log = self.lab_dir / "server.log"
+        if log.exists():
+            boots = [line for line in log.read_text(errors="replace").splitlines()
+                     if "boot script for" in line or "netboot-retry" in line]
+            parts.append("\n--- boot scripts served ---\n" + "\n".join(boots[-40:]))
         # what the server did with power (a release or reinstall waits on a power cycle)
         try:
             done = subprocess.run([_crowbar(), "nodes", "power-requests"], env=self.env, capture_output=True,

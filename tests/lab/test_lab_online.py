@@ -10,6 +10,7 @@ its Python dependency from the PyPI cache, at tag v1's commit, then at a new com
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
 
     cli("nodes", "allocate", node)
     cli("nodes", "deploy", node, "--os", OS, "--wait", "--timeout", "1200", timeout=1300)
+    address = {a["node"]: a["address"] for a in cli.json("network", "allocations", "admin")}[node].split("/")[0]
     assert f"http://{ADMIN}:3142" in _on(cli, node, "cat /etc/apt/apt.conf.d/00crowbar-proxy").stdout
 
     # online: a package from the mirror, through apt-cacher-ng and the uplink
@@ -123,9 +125,15 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
         cli("deployments", "commit", "src")
         cli("anneal", "--wait", "--timeout", "900", "--deployment", "src", timeout=1000)
         wall = _wall(cli, "src")
-        assert wall["source"]["sha"] == v1, wall
-        state = _on(cli, node, "systemctl is-active pyhello; git -C /opt/pyhello/src rev-parse HEAD").stdout
-        assert state.split() == ["active", v1], state
+        assert wall == {"source": {"repo": repo, "ref": "v1", "sha": v1}, "pyhello_url": f"http://{address}:8090/",
+                        "pyhello_commit": v1, "pyhello_commit_before": ""}, wall  # nothing before a first clone
+        # the run log names the resolution: the ref, its commit, and the mirror the node cloned from
+        (nr,) = cli.json("noderoles", "list", "--deployment", "src")
+        log = cli("noderoles", "log", str(nr["id"])).stdout
+        assert re.search(rf"source {re.escape(repo)} at v1: commit {v1} \(cloned from git://{ADMIN}:\d+/", log), log
+        state = _on(cli, node, "systemctl is-active pyhello; git -C /opt/pyhello/src rev-parse HEAD; "
+                               "/opt/pyhello/venv/bin/python -c 'import bottle; print(bottle.__name__)'").stdout
+        assert state.split() == ["active", v1, "bottle"], state
         page = _on(cli, node, "python3 -c \"import urllib.request as u; "
                               "print(u.urlopen('http://127.0.0.1:8090/').read().decode())\"").stdout
         assert "(pyhello 1.0)" in page, page
@@ -143,6 +151,7 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
         cli("anneal", "--wait", "--timeout", "900", "--deployment", "src", timeout=1000)
         wall = _wall(cli, "src")
         assert wall["source"] == {"repo": repo, "ref": "main", "sha": v2, "previous_sha": v1}, wall
+        assert (wall["pyhello_commit"], wall["pyhello_commit_before"]) == (v2, v1), wall
         assert _ssh(cli, node, "git -C /opt/pyhello/src rev-parse HEAD") == v2
         page = _on(cli, node, "sleep 2; python3 -c \"import urllib.request as u; "
                               "print(u.urlopen('http://127.0.0.1:8090/').read().decode())\"").stdout

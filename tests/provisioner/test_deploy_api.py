@@ -201,6 +201,52 @@ def test_release_erases_and_returns_the_node_to_the_pool(dapi, store, db):
     assert dapi.post(f"/api/v2/nodes/{node['node']}/release", json={"erase": "shred"}).status_code == 422
 
 
+def test_a_release_whose_pxe_boot_did_not_take_is_power_cycled_again_then_a_problem(dapi, store):
+    make_image(store)
+    node = discovered(dapi)
+    name, token = node["node"], node["token"]
+    dapi.post(f"/api/v2/nodes/{name}/deploy")
+    job = take_job(dapi, token)
+    dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(token))
+    for step in ("booted", "ready"):
+        dapi.post("/api/v2/agent/booted", json={"step": step, "boot_id": "boot-1"}, headers=agent(token))
+    assert dapi.get(f"/api/v2/nodes/{name}").json()["state"] == "ready"
+
+    def cycles():
+        return [r for r in dapi.get("/api/v2/power_requests").json()["items"]
+                if r["node"] == name and r["action"] == "cycle"]
+
+    assert dapi.post(f"/api/v2/nodes/{name}/release", json={"erase": "quick"}).json()["state"] == "releasing"
+    assert len(cycles()) == 1 and cycles()[0]["actor"] == "admin"
+    # the boot that was running calls home late: not a missed PXE boot, nothing more is asked
+    for step in ("booted", "ready"):
+        r = dapi.post("/api/v2/agent/booted", json={"step": step, "boot_id": "boot-1",
+                                                    "host_keys": [HOST_KEY]}, headers=agent(token))
+        assert r.json()["state"] == "releasing", r.text
+    assert len(cycles()) == 1
+    assert dapi.get(f"/api/v2/nodes/{name}").json()["install"]["host_keys"] == []  # the old system's
+    # a new boot of the installed system: the firmware went on to the disk; cycled again, three times
+    for attempt in (2, 3, 4):
+        r = dapi.post("/api/v2/agent/booted", json={"step": "booted", "boot_id": f"boot-{attempt}"},
+                      headers=agent(token))
+        assert r.json()["state"] == "releasing"
+        assert len(cycles()) == attempt and cycles()[-1]["actor"] == "server"
+    events = dapi.get("/api/v2/events", params={"object_type": "node"}).json()["items"]
+    assert [e["message"] for e in events if e["action"] == "netboot-retry"][-1].endswith("power cycle 3/3")
+    # a fourth: the operator has to look (boot order, DHCP)
+    r = dapi.post("/api/v2/agent/booted", json={"step": "booted", "boot_id": "boot-5"}, headers=agent(token))
+    shown = dapi.get(f"/api/v2/nodes/{name}").json()
+    assert shown["state"] == "problem" and "booted its disk instead of the network 4 times" in shown["state_reason"]
+    assert len(cycles()) == 4
+    # a new release power-cycles it (its installed system runs, not an agent) and counts again
+    assert dapi.post(f"/api/v2/nodes/{name}/release", json={"erase": "quick"}).json()["state"] == "releasing"
+    assert len(cycles()) == 5
+    dapi.post("/api/v2/agent/booted", json={"step": "booted", "boot_id": "boot-6"}, headers=agent(token))
+    assert dapi.get(f"/api/v2/nodes/{name}").json()["state"] == "releasing" and len(cycles()) == 6
+    events = dapi.get("/api/v2/events", params={"object_type": "node"}).json()["items"]
+    assert [e["message"] for e in events if e["action"] == "netboot-retry"][-1].endswith("power cycle 1/3")
+
+
 def test_reinstall_queues_a_fresh_install(dapi, store, db):
     make_image(store)
     node = discovered(dapi)

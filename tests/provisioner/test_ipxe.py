@@ -30,8 +30,15 @@ def test_unknown_machines_and_discovery_boot_the_discovery_image(bootenv):
     assert "crowbar.url=http://192.168.124.10:3000" in args
     assert {"console=tty0", "console=ttyS0,115200n8"} <= set(args)
     assert "BOOTIF=01-${netX/mac:hexhyp}" in args
-    assert "initrd http://192.168.124.10:3000/boot/discovery/initrd.img" in script
-    assert script.index("boot || goto failed") < script.index(":failed") < script.index("exit 1")
+    assert kernel.endswith(" || goto retry")
+    assert "initrd http://192.168.124.10:3000/boot/discovery/initrd.img || goto retry" in script
+    # a failed fetch or boot is tried again (FETCH_TRIES in all) before going back to the firmware
+    assert (script.index(":load") < script.index(kernel) < script.index("boot || goto retry")
+            < script.index(":retry") < script.index("iseq ${tries} xxx && goto failed ||")
+            < script.index("set tries ${tries}x") < script.index("goto load") < script.index(":failed")
+            < script.index("exit 1"))
+    assert script[script.index("set tries ${tries}x") - 2:script.index("set tries ${tries}x")] == ["imgfree ||",
+                                                                                                  "sleep 5 ||"]
     assert "# crowbar: unknown machine, bootenv discovery" in script
 
 
@@ -72,7 +79,7 @@ def test_os_install_boots_that_installer_with_its_args_and_the_server_url():
     script = ipxe.render("debian-12-install", PARAMS, mac=MAC, installers=INSTALLERS)
     assert ("kernel http://192.168.124.10:3000/boot/debian-12/linux initrd=initrd.gz auto=true "
             "priority=critical crowbar.url=http://192.168.124.10:3000") in script
-    assert "initrd http://192.168.124.10:3000/boot/debian-12/initrd.gz\n" in script
+    assert "initrd http://192.168.124.10:3000/boot/debian-12/initrd.gz || goto retry\n" in script
     assert "echo Crowbar: booting the debian-12 installer" in script
 
 

@@ -86,7 +86,6 @@ export async function listAll(path, max = 10000) {
 export const POLL_MS = 1500;
 let lastEvent = null, listeners = [], timer = null;
 
-export function onEvents(fn) { listeners.push(fn); }
 
 async function pollEvents() {
   timer = null;
@@ -113,7 +112,6 @@ async function pollEvents() {
 const routes = [];
 export function route(pattern, render) { routes.push([pattern, render]); }
 let cleanup = [];
-export function onLeave(fn) { cleanup.push(fn); }
 
 export function query() {
   const q = location.hash.split("?")[1] || "";
@@ -126,12 +124,20 @@ export function setQuery(params) {
   history.replaceState(null, "", qs ? `${base}?${qs}` : base);
 }
 
+// Each render draws into a view of its own, put in <main> at once: a page still awaiting its data
+// when the address changes again finishes into a detached view, never over the newer page;
+// a listener it registers then only updates that detached view.
+export function onEvents(fn) { listeners.push(fn); }
+export function onLeave(fn) { cleanup.push(fn); }
+
 async function render() {
   if (!state.user) return;
   for (const fn of cleanup) fn();
   cleanup = []; listeners = [];
   const path = (location.hash.slice(1) || "/").split("?")[0];
   const main = document.getElementById("main");
+  const view = h("div", { class: "view" });
+  main.replaceChildren(view);
   for (const a of document.querySelectorAll("nav a")) {
     const target = a.getAttribute("href").slice(1);
     a.classList.toggle("current", target === "/" ? path === "/" : path.startsWith(target));
@@ -139,12 +145,12 @@ async function render() {
   for (const [pattern, fn] of routes) {
     const m = path.match(pattern);
     if (m) {
-      try { await fn(main, ...m.slice(1).map(decodeURIComponent)); }
-      catch (e) { main.replaceChildren(h("h1", {}, "Something went wrong"), h("p", { class: "field-error" }, e.message)); }
+      try { await fn(view, ...m.slice(1).map(decodeURIComponent)); }
+      catch (e) { view.replaceChildren(h("h1", {}, "Something went wrong"), h("p", { class: "field-error" }, e.message)); }
       return;
     }
   }
-  main.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the dashboard")));
+  view.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the dashboard")));
 }
 
 // -- sign-in -----------------------------------------------------------------------------------
