@@ -1,13 +1,16 @@
 """OS deployment end to end, through the CLI only: two qemu VMs, one BIOS (SeaBIOS) and one UEFI
-(OVMF), go from power-on to ready on the real Debian 12 image (mmdebstrap, built once and cached by
+(OVMF), go from power-on to ready on the real Debian images (mmdebstrap, built once and cached by
 content in the stable cache directory), written by their discovery agents and booted from disk.
+Which OS each gets is the OS rules' choice (`os rules test`, `set`, `explain`, `nodes list --tag`
+against the live server first): the UEFI machine Debian 13, the rest Debian 12, side by side.
 
 Then, on the installed systems, over SSH with the admin server's key: the hostname, the admin
-address and the OS are what Crowbar says. vm2 reboots and comes back from its disk (the server's
-boot log shows the local boot script, not the discovery image), then is released with a quick
-erase: its disk has no partition table left and the node is discovered again. vm1 is reinstalled
-with a corrupted copy of the image (one byte changed): refused before boot, a problem naming the
-checksum; reinstalled with the good image, the marker file written before is gone.
+address and the OS are what Crowbar says. An Ansible role (the sample webhello) runs on both. vm2
+reboots and comes back from its disk (the server's boot log shows the local boot script, not the
+discovery image), then is released with a quick erase: its disk has no partition table left and the
+node is discovered again. vm1 is reinstalled with a corrupted copy of the image (one byte changed):
+refused before boot, a problem naming the checksum; then upgraded: reinstalled with Debian 13, the
+marker file written before is gone and its noderoles have run again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,18 @@ import pytest
 from test_lab_e2e import REPO, Cli, _crowbar, _missing  # tests/lab is on the path, as for discoverykit
 
 OS = "debian-12"
+NEW_OS = "debian-13"
 BAD_OS = "debian-12-corrupt"
+RULES = """\
+rules:
+  - name: uefi-machines
+    when: "firmware == 'uefi'"
+    os: debian-13
+    tags: [uefi, trixie]
+default:
+  os: debian-12
+  tags: [bookworm]
+"""
 
 
 def _missing_deploy() -> str | None:
@@ -43,19 +57,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing_deploy() is not None,
 
 @pytest.fixture
 def cli(tmp_path):
-    """The CLI with its own lab, data and config dirs, and an image store made of the cached debian-12
-    image (built here when the cache has none) plus a corrupted copy."""
+    """The CLI with its own lab, data and config dirs, and an image store made of the cached Debian 12
+    and 13 images (built here when the cache lacks one) plus a corrupted copy of Debian 12's."""
     from crowbar import config
     from crowbar.cli import local
     from crowbar.provisioner import osimage
 
     # the image of the recipe and node files as they are now (built when the stable cache lacks it;
     # the newest cached one may be older than this tree's node-side files)
-    image = local.build_os_image(config.os_image_dir(), OS, lambda *a: None)
     cache = tmp_path / "cache"
     store = cache / "os"
-    (store / OS).mkdir(parents=True)
-    (store / OS / image.digest).symlink_to(image.path.parent)
+    for name in (NEW_OS, OS):
+        image = local.build_os_image(config.os_image_dir(), name, lambda *a: None)
+        (store / name).mkdir(parents=True)
+        (store / name / image.digest).symlink_to(image.path.parent)
     bad = store / BAD_OS / ("0" * 64)
     bad.mkdir(parents=True)
     data = bytearray(image.path.read_bytes())
@@ -88,7 +103,14 @@ def _wait_state(cli, node: str, states: tuple[str, ...], timeout: float) -> dict
         time.sleep(3)
 
 
-def test_bios_and_uefi_vms_are_deployed_rebooted_reinstalled_and_released(cli):
+def _runs(cli, node: str) -> dict[int, int]:
+    """How many runs each of the node's noderoles has had, but the web deployment's (webhello-check
+    depends on vm2's service, gone once vm2 is released)."""
+    return {nr["id"]: len(cli.json("noderoles", "log", str(nr["id"]), "--all"))
+            for nr in cli.json("noderoles", "list", "--node", node) if nr["deployment"] != "web"}
+
+
+def test_bios_and_uefi_vms_get_their_os_by_rule_and_are_rebooted_reinstalled_upgraded_and_released(cli, tmp_path):
     timings = {}
     started = time.monotonic()
     cli("lab", "up", "--nodes", "2", "--firmware", "bios,uefi", "--disk", "4", "--wait", "--timeout", "400",
@@ -98,22 +120,40 @@ def test_bios_and_uefi_vms_are_deployed_rebooted_reinstalled_and_released(cli):
     vm1, vm2 = vms["vm1"]["node"], vms["vm2"]["node"]
     for name, firmware in ((vm1, "bios"), (vm2, "uefi")):
         assert cli.json("nodes", "show", name)["discovery"]["firmware"] == firmware
-        cli("nodes", "allocate", name)
 
-    # power-on to ready, both at once
+    # which OS: the rules, tried before they are saved (the verdicts, nothing written)
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(RULES)
+    tried = cli.json("os", "rules", "test", str(rules_file), "--node", vm2)
+    assert not tried["saved"] and tried["choice"]["os"] == NEW_OS
+    assert cli.json("os", "rules", "show")["rules"] == []
+    cli("os", "rules", "set", str(rules_file))
+    assert cli("os", "rules", "show").stdout.strip() == RULES.strip()
+    explained = cli.json("os", "rules", "explain", vm1)
+    assert explained["default_applies"] and explained["choice"]["os"] == OS
+    assert explained["rules"][0]["why"] == ['firmware == `"uefi"`: false (firmware = "bios")']
+    table = cli("os", "rules", "explain", vm2).stdout
+    assert "CHOSEN" in table and f"os {NEW_OS}" in table
+    assert [n["name"] for n in cli.json("nodes", "list", "--tag", "trixie")] == [vm2]
+    assert [n["name"] for n in cli.json("nodes", "list", "--tag", "bookworm")] == [vm1]
+
+    # power-on to ready, both at once, no --os: the rules choose
+    for name in (vm1, vm2):
+        cli("nodes", "allocate", name)
     started = time.monotonic()
-    cli("nodes", "deploy", vm1, vm2, "--os", OS, "--wait", "--timeout", "1200", timeout=1300)
+    cli("nodes", "deploy", vm1, vm2, "--wait", "--timeout", "1500", timeout=1600)
     timings["deploy to ready"] = time.monotonic() - started
     addresses = {a["node"]: a["address"] for a in cli.json("network", "allocations", "admin")}
-    for name, firmware in ((vm1, "bios"), (vm2, "uefi")):
+    for name, firmware, os_name, release in ((vm1, "bios", OS, "12 (bookworm)"),
+                                             (vm2, "uefi", NEW_OS, "13 (trixie)")):
         node = cli.json("nodes", "show", name)
-        assert node["state"] == "ready" and node["bootenv"] == "local" and node["os"] == OS
+        assert node["state"] == "ready" and node["bootenv"] == "local" and node["os"] == os_name
         assert node["install"]["firmware"] == firmware and node["install"]["disk"] == "/dev/vda"
         assert node["hints"]["crowbar"]["ssh"]["address"] == addresses[name].split("/")[0]
         # what the installed system says about itself, over SSH with the server's key
         assert _ssh(cli, name, "hostname -f") == name
         assert addresses[name].split("/")[0] in _ssh(cli, name, "ip -4 -o addr show")
-        assert 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"' in _ssh(cli, name, "cat /etc/os-release")
+        assert f'PRETTY_NAME="Debian GNU/Linux {release}"' in _ssh(cli, name, "cat /etc/os-release")
         assert _ssh(cli, name, "findmnt -n -o SOURCE /") == "/dev/vda3"
         assert (_ssh(cli, name, "test -d /sys/firmware/efi && echo uefi || echo bios")) == firmware
         assert _ssh(cli, name, "cat /root/.ssh/authorized_keys").count("crowbar-admin") == 1
@@ -183,9 +223,18 @@ def test_bios_and_uefi_vms_are_deployed_rebooted_reinstalled_and_released(cli):
     bad = _wait_state(cli, vm1, ("problem", "installed", "ready"), 900)
     assert bad["state"] == "problem" and bad["bootenv"] == "discovery", bad["state_reason"]
     assert "checksum mismatch" in bad["state_reason"] and "verify-image" in bad["state_reason"]
-    # reinstalled with the good image: a fresh root filesystem
+    # upgraded: reinstalled with Debian 13, a fresh root filesystem; its noderoles run again once it
+    # is ready
+    before = _runs(cli, vm1)
+    assert before and all(n >= 1 for n in before.values())
     started = time.monotonic()
-    cli("nodes", "reinstall", vm1, "--os", OS, "--wait", "--timeout", "900", timeout=1000)
+    cli("nodes", "reinstall", vm1, "--os", NEW_OS, "--wait", "--timeout", "900", timeout=1000)
     timings["reinstall to ready"] = time.monotonic() - started
+    assert 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"' in _ssh(cli, vm1, "cat /etc/os-release")
     assert _ssh(cli, vm1, "test -e /root/marker && echo kept || echo gone") == "gone"
+    deadline = time.monotonic() + 600
+    while (after := _runs(cli, vm1)) != {i: n + 1 for i, n in before.items()}:
+        assert time.monotonic() < deadline and all(after[i] <= before[i] + 1 for i in before), (before, after)
+        time.sleep(5)
+    assert cli.json("nodes", "show", vm1)["os"] == NEW_OS
     print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
