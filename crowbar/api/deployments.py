@@ -20,8 +20,12 @@ class DeploymentIn(BaseModel):
 
 
 class BindIn(BaseModel):
+    """The role and its nodes: one of `node`, `nodes` or `tag`."""
+
     role: str
-    node: str
+    node: str | None = None
+    nodes: list[str] | None = None
+    tag: str | None = None
 
 
 class RoleData(BaseModel):
@@ -52,6 +56,8 @@ def delete_deployment(key: str, s: UnitOfWork, who: Actor):
 
 @router.post("/deployments/{key}/commit")
 def commit_deployment(key: str, s: UnitOfWork, who: Actor):
+    """Commit: the proposed data and noderoles become runnable. Roles bound by tag are first bound
+    to the nodes that gained the tag since (`tag_binds`); one that holds the role elsewhere: 409."""
     return deployments.commit(s, key, actor=who)
 
 
@@ -62,7 +68,10 @@ def propose_deployment(key: str, s: UnitOfWork, who: Actor):
 
 @router.post("/deployments/{key}/bind", status_code=201)
 def bind(key: str, body: BindIn, s: UnitOfWork, who: Actor):
-    return deployments.bind(s, key, body.role, body.node, actor=who)
+    """Bind a role (and what it requires) to one `node`, a list of `nodes` or every node tagged
+    `tag`, in one transaction: all of them or none. A bind by tag is remembered: a commit binds the
+    nodes that gained the tag since. A tag no node has: 404 naming it."""
+    return deployments.bind(s, key, body.role, body.node, actor=who, nodes=body.nodes, tag=body.tag)
 
 
 @router.get("/deployment_roles")

@@ -30,7 +30,8 @@ def import_deployment(s: UnitOfWork, who: Actor, document: dict[str, Any] = Body
 
 @router.get("/export")
 def export_server(s: UnitOfWork):
-    """The server's whole state: barclamps, network template and allocations, nodes, deployments."""
+    """The server's whole state: barclamps, network template and allocations, nodes, deployments (with the
+    tags roles are bound by), the OS rules."""
     return portable.export_server(s)
 
 

@@ -452,18 +452,27 @@ def deployments_create(ctx: Context, name: str, parent: str | None, description:
 @deployments.command("bind")
 @click.argument("deployment")
 @click.argument("role")
-@click.argument("node")
+@click.argument("node_keys", metavar="[NODE]...", nargs=-1)
+@click.option("--tag", help="every node with this tag (`nodes list --tag`); remembered: a commit binds the nodes "
+                            "that gained it since")
 @output_option
 @pass_ctx
-def deployments_bind(ctx: Context, deployment: str, role: str, node: str, output: str) -> None:
-    """Bind ROLE to NODE in DEPLOYMENT (and whatever the role requires)."""
-    result = ctx.api.post(f"/deployments/{seg(deployment)}/bind", {"role": role, "node": node})
+def deployments_bind(ctx: Context, deployment: str, role: str, node_keys: tuple[str, ...], tag: str | None,
+                     output: str) -> None:
+    """Bind ROLE to each NODE, or to every node tagged --tag, in DEPLOYMENT (and whatever the role
+    requires): in one transaction, all of them or none."""
+    if bool(node_keys) == (tag is not None):
+        raise click.UsageError("name the nodes, or --tag TAG (not both)")
+    body = {"role": role, "tag": tag} if tag is not None else \
+        {"role": role, "node": node_keys[0]} if len(node_keys) == 1 else {"role": role, "nodes": list(node_keys)}
+    result = ctx.api.post(f"/deployments/{seg(deployment)}/bind", body)
     if output == "json":
         emit_object(result, output)
         return
-    nr = result["noderole"]
-    console.print(plain(f"noderole {nr['id']}: {nr['role']} on {nr['node']} in {nr['deployment']} ({nr['state']}); "
-                        f"{len(result['created'])} noderoles created"))
+    for nr in result["noderoles"]:
+        console.print(plain(f"noderole {nr['id']}: {nr['role']} on {nr['node']} in {nr['deployment']} ({nr['state']})"))
+    by_tag = f"; tag {result['tag']} is remembered: a commit binds the nodes that gain it" if tag is not None else ""
+    console.print(plain(f"{len(result['created'])} noderoles created{by_tag}"))
     if result["reopened"]:
         console.print(plain(f"deployment {deployment} was committed and is proposed again: "
                             "commit it to run the new noderoles"))

@@ -83,7 +83,7 @@ def deployments_import(ctx, file: Path, dry_run: bool, output: str) -> None:
 @export_options
 @click.pass_obj
 def server_export(ctx, output: str, target: Path | None) -> None:
-    """The whole server's state: barclamps, networks and allocations, nodes, deployments.
+    """The whole server's state: barclamps, networks and allocations, nodes, deployments, OS rules.
     It holds the nodes' power settings (BMC passwords among them): keep it like a backup."""
     _write(ctx.api.get("/export"), output, target)
 

@@ -191,6 +191,9 @@ class DeploymentRole(Base):
     role_id: Mapped[int] = mapped_column(ForeignKey("roles.id"), index=True)
     proposed: Mapped[dict] = mapped_column(JSONType, default=dict)
     committed: Mapped[dict] = mapped_column(JSONType, default=dict)
+    # Migration 0009: the node tag the role was last bound by (crowbar.services.deployments.bind):
+    # a commit binds the nodes that gained it since; an export names it instead of the nodes.
+    tag: Mapped[str | None] = mapped_column(String(64))
 
 
 class NodeRole(Base):

@@ -1,14 +1,17 @@
 """The noderole graph: binding roles to nodes, committing, and rippling state along edges.
 
-Binding is object-at-a-time (it is interactive and recursive); everything that moves state along
-edges is set-based SQL, so that committing 50,000 noderoles or failing the root of a large tree costs
-a handful of statements, not one per noderole.
+Binding walks the requirements object by object (it is recursive), but reads and writes in sets:
+what the nodes hold is read in one query per chunk of nodes, the new noderoles are inserted together,
+their edges and events in one statement each, so binding a role to 500 nodes costs a few statements
+per chunk, not several per noderole. Everything that moves state along edges is set-based SQL, so
+that committing 50,000 noderoles or failing the root of a large tree costs a handful of statements.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sqlalchemy import bindparam, delete, insert, select, text, update
 from sqlalchemy.orm import Session, load_only
@@ -16,7 +19,6 @@ from sqlalchemy.orm import Session, load_only
 from crowbar.db.models import (
     Deployment,
     DeploymentRole,
-    Node,
     NodeRole,
     NodeRoleEdge,
     Role,
@@ -144,23 +146,56 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str) -> int:
     return len(proposed)
 
 
+class NodeLike(Protocol):
+    """What binding needs of a node: a Node, or a lookup.NodeRef (id and name only)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass
+class Made:
+    """A noderole a Binder made: inserted with the others of its bind (`Binder._write`), which
+    gives it its id. Carries what binding reads of a noderole, like a NodeRole loaded with LIGHT."""
+
+    node_id: int
+    role_id: int
+    deployment_id: int
+    cohort: int
+    state: str = State.PROPOSED.value
+    id: int | None = None
+
+
+Bound = NodeRole | Made  # what a Binder answers and caches: a noderole that was there, or one it made
+
+
 @dataclass
 class Binder:
-    """Binds roles to nodes inside one session, caching lookups so bulk binds stay cheap."""
+    """Binds roles to nodes inside one session, caching lookups so bulk binds stay cheap.
+
+    `bind` binds one role to one node, `bind_many` one role to many nodes; both write what they made
+    (noderoles, edges, events: a statement each, in chunks) before they return. Nothing else adds
+    noderoles to the nodes and deployment it binds in meanwhile: the deployment's row is locked."""
 
     session: Session
     actor: str = "system"
     _roles: dict[str, Role] = field(default_factory=dict)
     _chain: dict[int, list[Deployment]] = field(default_factory=dict)
     # Lookups this binder has answered; kept correct because only this binder adds noderoles here.
-    _on_node: dict[tuple[int, int], NodeRole | None] = field(default_factory=dict)
-    _in_deployment: dict[tuple[int, int], NodeRole | None] = field(default_factory=dict)
+    _on_node: dict[tuple[int, int], Bound | None] = field(default_factory=dict)
+    _in_deployment: dict[tuple[int, int], Bound | None] = field(default_factory=dict)
     _deployment_roles: set[tuple[int, int]] = field(default_factory=set)
     _locked: set[int] = field(default_factory=set)
-    _events: list[dict] = field(default_factory=list)
+    # Noderoles made and not yet written out: (noderole, its parents, the event's message).
+    _new: list[tuple[Made, list[Bound], str]] = field(default_factory=list)
     fresh_nodes: set[int] = field(default_factory=set)  # created in this transaction: no noderoles yet
-    created: list[NodeRole] = field(default_factory=list)
+    _loaded: set[int] = field(default_factory=set)  # nodes whose noderoles are all in _on_node
+    created: list[Made] = field(default_factory=list)
     _conflicting: dict[str, set[str]] | None = None  # role name -> the roles it declares conflicts with
+    _role_ids: dict[str, int] = field(default_factory=dict)
 
     def role(self, name: str) -> Role:
         if name not in self._roles:
@@ -180,13 +215,61 @@ class Binder:
             self._chain[deployment.id] = chain
         return self._chain[deployment.id]
 
-    def bind(self, deployment: Deployment, role: Role, node: Node, _path: tuple[str, ...] = ()) -> NodeRole:
+    def bind(self, deployment: Deployment, role: Role, node: NodeLike) -> Bound:
+        """Bind `role` to `node` in `deployment`, and what it requires; answers its noderole."""
+        return self.bind_many(deployment, role, [node])[0]
+
+    def bind_many(self, deployment: Deployment, role: Role, nodes: Sequence[NodeLike]) -> list[Bound]:
+        """Bind `role` to each of `nodes` in `deployment` (a node that holds it already keeps its
+        noderole); answers their noderoles in that order. Shared parents are found (or made) once."""
+        self._lock(deployment)
+        self.load_nodes([n.id for n in nodes])
+        out = [self._bind(deployment, role, node, ()) for node in nodes]
+        self._write()
+        return out
+
+    def load_nodes(self, node_ids: Sequence[int]) -> None:
+        """Read what these nodes hold (every role, light columns), one query per chunk of nodes."""
+        todo = sorted({i for i in node_ids if i not in self._loaded and i not in self.fresh_nodes})
+        for part in chunks(todo):
+            for nr in self.session.scalars(select(NodeRole).options(load_only(*LIGHT))
+                                           .where(NodeRole.node_id.in_(part))):
+                self._on_node[(nr.node_id, nr.role_id)] = nr
+        self._loaded.update(todo)
+
+    def _lock(self, deployment: Deployment) -> None:
         if deployment.id not in self._locked:
             # Binds into one deployment take turns (PostgreSQL row lock; SQLite's BEGIN IMMEDIATE
             # already serialises writers), so two of them never both create a shared parent such as
             # test-server, nor race on the deployment role row.
             self.session.execute(select(Deployment.id).where(Deployment.id == deployment.id).with_for_update())
             self._locked.add(deployment.id)
+
+    def _write(self) -> None:
+        """Insert the noderoles made (a multi-row INSERT per chunk: their ids come back by (node,
+        role), which is unique), then their edges and events."""
+        if not self._new:
+            return
+        table, now = NodeRole.__table__, utcnow()
+        rows = [{"node_id": nr.node_id, "role_id": nr.role_id, "deployment_id": nr.deployment_id, "state": nr.state,
+                 "cohort": nr.cohort, "proposed": {}, "committed": {}, "wall": {}, "updated_at": now}
+                for nr, _, _ in self._new]
+        ids: dict[tuple[int, int], int] = {}
+        for part in chunks(rows):
+            ids.update({(n, r): i for i, n, r in self.session.execute(
+                insert(table).returning(table.c.id, table.c.node_id, table.c.role_id), part)})
+        for nr, _, _ in self._new:
+            nr.id = ids[(nr.node_id, nr.role_id)]
+        edges = [{"parent_id": p.id, "child_id": nr.id} for nr, parents, _ in self._new for p in parents]
+        if edges:
+            self.session.execute(insert(NodeRoleEdge), edges)
+        record(self.session, [{"object_type": "noderole", "object_id": nr.id, "action": "bind",
+                               "to_state": nr.state, "actor": self.actor, "message": message}
+                              for nr, _, message in self._new])
+        self._new = []
+
+    def _bind(self, deployment: Deployment, role: Role, node: NodeLike, _path: tuple[str, ...]) -> Bound:
+        self._lock(deployment)
         existing = self._find_on_node(node.id, role.id)
         if existing is not None:
             return existing
@@ -196,36 +279,25 @@ class Binder:
         parents = [self._parent_for(deployment, self.role(req), node, _path + (role.name,))
                    for req in role.requires]
         self._ensure_deployment_role(deployment, role)
-        nr = NodeRole(
-            node_id=node.id, role_id=role.id, deployment_id=deployment.id, state=State.PROPOSED.value,
-            cohort=1 + max((p.cohort for p in parents), default=-1), proposed={}, committed={}, wall={},
-        )
-        self.session.add(nr)
-        self.session.flush()
-        if parents:
-            self.session.execute(insert(NodeRoleEdge), [{"parent_id": p.id, "child_id": nr.id} for p in parents])
+        nr = Made(node_id=node.id, role_id=role.id, deployment_id=deployment.id,
+                  cohort=1 + max((p.cohort for p in parents), default=-1))
+        self._new.append((nr, parents, f"{role.name} on {node.name} in {deployment.name}"))
         self._on_node[(node.id, role.id)] = nr
         if self._in_deployment.get((deployment.id, role.id)) is None:
             self._in_deployment[(deployment.id, role.id)] = nr
-        self._events.append({"object_type": "noderole", "object_id": nr.id, "action": "bind",
-                             "to_state": nr.state, "actor": self.actor,
-                             "message": f"{role.name} on {node.name} in {deployment.name}"})
         self.created.append(nr)
-        if not _path:  # the outermost call writes the events of the whole recursive bind
-            record(self.session, self._events)
-            self._events = []
         return nr
 
-    def _find_on_node(self, node_id: int, role_id: int) -> NodeRole | None:
+    def _find_on_node(self, node_id: int, role_id: int) -> Bound | None:
         key = (node_id, role_id)
-        if key not in self._on_node and node_id in self.fresh_nodes:
+        if key not in self._on_node and (node_id in self.fresh_nodes or node_id in self._loaded):
             return None
         if key not in self._on_node:
             self._on_node[key] = self.session.scalar(
                 select(NodeRole).options(load_only(*LIGHT)).where(NodeRole.node_id == node_id, NodeRole.role_id == role_id))
         return self._on_node[key]
 
-    def _find_in_deployment(self, deployment_id: int, role_id: int) -> NodeRole | None:
+    def _find_in_deployment(self, deployment_id: int, role_id: int) -> Bound | None:
         key = (deployment_id, role_id)
         if key not in self._in_deployment:
             self._in_deployment[key] = self.session.scalar(
@@ -233,7 +305,7 @@ class Binder:
                     NodeRole.deployment_id == deployment_id, NodeRole.role_id == role_id).order_by(NodeRole.id).limit(1))
         return self._in_deployment[key]
 
-    def _parent_for(self, deployment: Deployment, req: Role, node: Node, path: tuple[str, ...]) -> NodeRole:
+    def _parent_for(self, deployment: Deployment, req: Role, node: NodeLike, path: tuple[str, ...]) -> Bound:
         """Same node first; else (unless implicit) the deployment, then its ancestors; else create here."""
         on_node = self._find_on_node(node.id, req.id)
         if on_node is not None:
@@ -245,20 +317,19 @@ class Binder:
                     return found
         if req.name in path:
             raise Conflict(f"role {req.name!r} requires itself through {' -> '.join(path)}")
-        return self.bind(deployment, req, node, path)
+        return self._bind(deployment, req, node, path)
 
-    def _check_conflicts(self, role: Role, node: Node) -> None:
+    def _check_conflicts(self, role: Role, node: NodeLike) -> None:
         """Conflicts are symmetric: refused if either role names the other in its `conflicts`."""
         if self._conflicting is None:
-            self._conflicting = {name: set(c) for name, c in self.session.execute(select(Role.name, Role.conflicts))
-                                 if c}
+            rows = self.session.execute(select(Role.name, Role.id, Role.conflicts)).all()
+            self._conflicting = {name: set(c) for name, _id, c in rows if c}
+            self._role_ids = {name: role_id for name, role_id, _c in rows}
         names = set(role.conflicts or []) | {n for n, c in self._conflicting.items() if role.name in c}
         if not names:
             return
-        clash = self.session.scalars(
-            select(Role.name).join(NodeRole, NodeRole.role_id == Role.id)
-            .where(NodeRole.node_id == node.id, Role.name.in_(sorted(names))).order_by(Role.name)
-        ).all()
+        # What the node holds is known (load_nodes, or a fresh node): no query per node.
+        clash = [n for n in sorted(names) if n in self._role_ids and self._find_on_node(node.id, self._role_ids[n])]
         if clash:
             raise Conflict(f"role {role.name!r} conflicts with {', '.join(clash)} already on {node.name}")
 

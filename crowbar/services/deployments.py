@@ -9,18 +9,20 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
-from crowbar.db.models import Attrib, Deployment, DeploymentRole, NodeRole, Role
+from crowbar.db.models import Attrib, Deployment, DeploymentRole, Node, NodeRole, NodeTag, Role
 from crowbar.db.session import signal_work
-from crowbar.db.sql import keyset
+from crowbar.db.sql import chunks, keyset
 from crowbar.documents import MISSING, check_if_match, check_strict, dig
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput, NotFound
+from crowbar.provisioner import rules
 from crowbar.services import lookup
 from crowbar.services.noderoles import noderole_dicts
 from crowbar.services.nodes import system_deployment
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 STATES = ("proposed", "committed")
+MAX_BIND_NODES = 10_000
 
 
 def ensure_system(session: Session) -> Deployment:
@@ -97,7 +99,7 @@ def deployment_roles(session: Session, key) -> list[dict]:
 
 
 def _roles(session: Session, d: Deployment) -> list[dict]:
-    return [{"id": dr.id, "role": role, "proposed": dr.proposed, "committed": dr.committed}
+    return [{"id": dr.id, "role": role, "tag": dr.tag, "proposed": dr.proposed, "committed": dr.committed}
             for dr, role in session.execute(select(DeploymentRole, Role.name).join(Role)
                                             .where(DeploymentRole.deployment_id == d.id).order_by(DeploymentRole.id))]
 
@@ -118,41 +120,156 @@ def create_deployment(session: Session, name: str, parent: str | None = None, de
     return deployment_dict(d, {}, parent_row.name)
 
 
-def bind(session: Session, deployment_key, role_key, node_key, actor: str = "system") -> dict:
-    """Bind a role to a node in a deployment (and, recursively, what it requires).
+def bind(session: Session, deployment_key, role_key, node_key=None, actor: str = "system", *,
+         nodes: list | None = None, tag: str | None = None) -> dict:
+    """Bind a role in a deployment (and, recursively, what it requires) to one node (`node_key`),
+    to a list of them (`nodes`) or to every node tagged `tag`: all of them or none (one node that
+    holds the role in another deployment, or a conflict on one node, and nothing is bound).
 
+    A bind by tag is remembered on the deployment role (its `tag`, replacing an earlier one): a
+    commit binds the nodes that gained the tag since, and an export names the tag, not the nodes.
     Binding into a committed deployment reopens it (back to proposed) so that the new noderoles are
     committed together; binding into `system` commits them at once, since system is never proposed.
     """
+    asked = [name for name, value in (("node", node_key), ("nodes", nodes), ("tag", tag)) if value is not None]
+    if len(asked) != 1:
+        raise InvalidInput("name the nodes to bind: one of node, nodes (a list) or tag" +
+                           (f", not {' and '.join(asked)}" if asked else ""),
+                           field=asked[1] if asked else "node")
+    if nodes is not None and len(nodes) > MAX_BIND_NODES:
+        raise InvalidInput(f"at most {MAX_BIND_NODES} nodes in one bind (or bind them by tag)", field="nodes")
     d = lookup.deployment(session, deployment_key)
     role = lookup.role(session, role_key)
-    node = lookup.node(session, node_key)
-    existing = session.scalar(select(NodeRole).where(NodeRole.node_id == node.id, NodeRole.role_id == role.id))
-    if existing is not None:
-        if existing.deployment_id != d.id:
-            other = session.get(Deployment, existing.deployment_id).name
-            raise Conflict(f"role {role.name!r} is already bound to {node.name} in deployment {other!r} "
-                           f"(noderole {existing.id})")
-        return {"created": [], "noderole": noderole_dicts(session, [existing])[0], "reopened": False}
+    if tag is not None:
+        tag = valid_tag(tag)
+        refs = tagged_nodes(session, tag)
+        if not refs:
+            raise NotFound(f"no node has tag {tag!r} (`crowbar nodes list --tag {tag}`)", field="tag")
+    elif nodes is not None:
+        if not nodes:
+            raise InvalidInput("name at least one node to bind", field="nodes")
+        refs = list(dict.fromkeys(lookup.node_refs(session, nodes)))  # a node named twice is bound once
+    else:
+        refs = lookup.node_refs(session, [node_key])
+    created, reopened = _bind_refs(session, d, role, refs, actor)
+    if tag is not None:
+        _remember_tag(session, d, role, tag, len(refs), actor)
+    rows = _noderoles_of(session, role, refs)
+    out = {"created": created, "noderoles": noderole_dicts(session, rows), "reopened": reopened}
+    if node_key is not None:
+        out["noderole"] = out["noderoles"][0]
+    if tag is not None:
+        out["tag"] = tag
+    return out
+
+
+def valid_tag(tag) -> str:
+    """A node tag as the OS rules and the `tags` attrib write them (lower case), or InvalidInput."""
+    tag = str(tag).strip().lower()
+    if not rules.NAME_RE.match(tag):
+        raise InvalidInput(f"tag {tag[:70]!r} is not a tag: lower case letters, digits, '.', '_' or '-', "
+                           "at most 63", field="tag")
+    return tag
+
+
+def tagged_nodes(session: Session, tag: str) -> list[lookup.NodeRef]:
+    """The nodes tagged `tag` now (crowbar.services.os_rules keeps node_tags), by name."""
+    return [lookup.NodeRef(i, n) for i, n in session.execute(
+        select(Node.id, Node.name).join(NodeTag, NodeTag.node_id == Node.id).where(NodeTag.tag == tag)
+        .order_by(Node.name))]
+
+
+def _bind_refs(session: Session, d: Deployment, role: Role, refs: list[lookup.NodeRef], actor: str,
+               why: str = "", reopen: bool = True) -> tuple[list[int], bool]:
+    """Bind `role` to the nodes of `refs` that lack it (refused, before anything is written, when one
+    holds it in another deployment); answers the ids of the noderoles created and whether `d` was
+    reopened (`reopen`: a committed deployment goes back to proposed)."""
+    held: dict[int, tuple[int, int]] = {}  # node id -> (noderole id, deployment id)
+    for part in chunks([r.id for r in refs]):
+        held.update({node_id: (nr_id, dep_id) for nr_id, node_id, dep_id in session.execute(
+            select(NodeRole.id, NodeRole.node_id, NodeRole.deployment_id)
+            .where(NodeRole.role_id == role.id, NodeRole.node_id.in_(part)))})
+    elsewhere = [(r, *held[r.id]) for r in refs if r.id in held and held[r.id][1] != d.id]
+    if elsewhere:
+        names = dict(session.execute(select(Deployment.id, Deployment.name)
+                                     .where(Deployment.id.in_({dep for _r, _nr, dep in elsewhere}))).all())
+        listed = ", ".join(f"{r.name} in deployment {names[dep]!r} (noderole {nr})" for r, nr, dep in elsewhere[:5])
+        more = f" and {len(elsewhere) - 5} more nodes" if len(elsewhere) > 5 else ""
+        raise Conflict(f"role {role.name!r} is already bound to {listed}{more}{why}")
+    todo = [r for r in refs if r.id not in held]
+    if not todo:
+        return [], False
     binder = graph.Binder(session, actor)
-    nr = binder.bind(d, role, node)
+    binder.bind_many(d, role, todo)
     reopened = False
     if d.system:
         graph.commit_noderoles(session, d.id, actor)
-    elif d.state == "committed":
+    elif d.state == "committed" and reopen:
         d.state, reopened = "proposed", True
         record(session, [{"object_type": "deployment", "object_id": d.id, "action": "reopen", "actor": actor,
-                                "from_state": "committed", "to_state": "proposed",
-                                "message": f"bound {role.name} to {node.name}; commit to run it"}])
+                          "from_state": "committed", "to_state": "proposed",
+                          "message": f"bound {role.name} to {_few(r.name for r in todo)}; commit to run it"}])
     session.flush()
-    session.refresh(nr)
     signal_work(session, "anneal")
-    return {"created": [c.id for c in binder.created], "noderole": noderole_dicts(session, [nr])[0],
-            "reopened": reopened}
+    return [c.id for c in binder.created], reopened
+
+
+def _few(names, most: int = 5) -> str:
+    names = list(names)
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _remember_tag(session: Session, d: Deployment, role: Role, tag: str, count: int, actor: str) -> None:
+    dr = session.scalar(select(DeploymentRole).where(DeploymentRole.deployment_id == d.id,
+                                                     DeploymentRole.role_id == role.id))
+    if dr is None:  # the nodes held the role already, without one (a hand-made server document)
+        dr = DeploymentRole(deployment_id=d.id, role_id=role.id, proposed={}, committed={})
+        session.add(dr)
+        session.flush()
+    if dr.tag == tag:
+        return
+    was = f" (was {dr.tag})" if dr.tag else ""
+    dr.tag = tag
+    record(session, [{"object_type": "deployment_role", "object_id": dr.id, "action": "bind-tag", "actor": actor,
+                      "message": f"{d.name}/{role.name} bound by tag {tag}{was}: {count} node(s) now; a commit "
+                                 "binds the nodes that gain it"}])
+
+
+def _noderoles_of(session: Session, role: Role, refs: list[lookup.NodeRef]) -> list[NodeRole]:
+    """The noderoles of `role` on these nodes, in their order, as the database has them now."""
+    by_node: dict[int, NodeRole] = {}
+    for part in chunks([r.id for r in refs]):
+        by_node.update({nr.node_id: nr for nr in session.scalars(
+            select(NodeRole).where(NodeRole.role_id == role.id, NodeRole.node_id.in_(part))
+            .execution_options(populate_existing=True))})
+    return [by_node[r.id] for r in refs]
+
+
+def bind_tagged(session: Session, d: Deployment, actor: str = "system") -> list[dict]:
+    """Bind each role of `d` that was bound by tag to the nodes that carry the tag now and lack the
+    role (a commit calls it); answers [{role, tag, nodes}] of what it bound. A node that gained the
+    tag but holds the role in another deployment: Conflict, nothing bound."""
+    done = []
+    for dr, role in session.execute(select(DeploymentRole, Role).join(Role, Role.id == DeploymentRole.role_id)
+                                    .where(DeploymentRole.deployment_id == d.id, DeploymentRole.tag.is_not(None))
+                                    .order_by(Role.name)).all():
+        has = select(NodeRole.node_id).where(NodeRole.role_id == role.id, NodeRole.deployment_id == d.id)
+        new = [lookup.NodeRef(i, n) for i, n in session.execute(
+            select(Node.id, Node.name).join(NodeTag, NodeTag.node_id == Node.id)
+            .where(NodeTag.tag == dr.tag, Node.id.not_in(has)).order_by(Node.name))]
+        if new:
+            _bind_refs(session, d, role, new, actor, reopen=False,
+                       why=f": they gained tag {dr.tag!r}, by which {role.name!r} is bound in {d.name!r}; "
+                           "untag them or unbind the role there, then commit again")
+            done.append({"role": role.name, "tag": dr.tag, "nodes": [r.name for r in new]})
+    return done
 
 
 def commit(session: Session, key, actor: str = "system") -> dict:
+    """Commit the deployment: proposed data and noderoles become what runs. Roles bound by tag are
+    first bound to the nodes that gained their tag since (`tag_binds` in the answer says which)."""
     d = lookup.deployment(session, key)
+    tag_binds = bind_tagged(session, d, actor)
     changed_roles = []
     for dr in session.scalars(select(DeploymentRole).where(DeploymentRole.deployment_id == d.id)):
         if dr.committed != dr.proposed:
@@ -163,14 +280,15 @@ def commit(session: Session, key, actor: str = "system") -> dict:
         rerun = list(session.scalars(select(NodeRole.id).where(
             NodeRole.deployment_id == d.id, NodeRole.role_id.in_(changed_roles), NodeRole.state.in_(["active", "error"]))))
         graph.requeue(session, rerun, actor, "deployment data changed")
-    if d.state != "committed":
+    if d.state != "committed" or tag_binds:
+        by_tag = "".join(f"; {t['role']} bound to {_few(t['nodes'])} (tag {t['tag']})" for t in tag_binds)
         record(session, [{"object_type": "deployment", "object_id": d.id, "action": "commit", "actor": actor,
                                 "from_state": d.state, "to_state": "committed",
-                                "message": f"{count} noderoles committed"}])
+                                "message": f"{count} noderoles committed{by_tag}"}])
         d.state = "committed"
     session.flush()
     signal_work(session, "anneal")
-    return show_deployment(session, d.id)
+    return {**show_deployment(session, d.id), "tag_binds": tag_binds}
 
 
 def propose(session: Session, key, actor: str = "system") -> dict:

@@ -47,7 +47,7 @@ def show(session: Session) -> dict:
             "updated_by": row.updated_by if row else None}
 
 
-def _parse(document) -> tuple[rules.RuleSet, str]:
+def parse(document) -> tuple[rules.RuleSet, str]:
     """The RuleSet and its YAML source from a mapping or YAML text, checked against the catalog."""
     if isinstance(document, str):
         if len(document) > MAX_SOURCE:
@@ -61,9 +61,20 @@ def _parse(document) -> tuple[rules.RuleSet, str]:
     return ruleset, source or rules.to_yaml(ruleset)
 
 
+def exported(session: Session) -> dict | None:
+    """The rules as a server export carries them: the YAML as set (`source`); None when never set."""
+    row = _row(session)
+    return None if row is None else {"source": row.source}
+
+
+def is_set(session: Session) -> bool:
+    """Whether the stored rules say anything (a rule, or a default)."""
+    return current(session).as_dict() != rules.RuleSet().as_dict()
+
+
 def set_rules(session: Session, document, actor: str = "system", if_match: str | None = None) -> dict:
     """Replace the rules (all or nothing), then compute every node's tags again."""
-    ruleset, source = _parse(document)
+    ruleset, source = parse(document)
     row = _row(session)
     if if_match is not None:
         if row is not None:
@@ -132,7 +143,7 @@ def explain(session: Session, key) -> dict:
 
 def test(session: Session, document, key) -> dict:
     """Like `explain`, with rules that are not saved (a mapping or YAML text): nothing is written."""
-    ruleset, _ = _parse(document)
+    ruleset, _ = parse(document)
     return {**_explain(session, ruleset, key), "saved": False}
 
 

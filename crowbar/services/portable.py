@@ -7,15 +7,19 @@ the networks its nodes have addresses on (by name and subnet). `import_deploymen
 document first (unknown roles, nodes, networks or parents: an InvalidInput listing them, nothing
 written), then makes a plan of what it will create or change and, unless `dry_run`, carries it out
 with the same binding rules as `crowbar deployments bind` (so what the roles require is bound too).
-The deployment is left proposed: the operator reviews and commits it.
+The deployment is left proposed: the operator reviews and commits it. A role bound by tag
+(crowbar.services.deployments.bind) is written as its tag (`nodes: {tag, names}`, the names for
+reference) instead of the noderoles that bind made on the tagged nodes, and imported onto the nodes
+that carry the tag on the importing server (`FORMAT_DEPLOYMENT_TAGS`: older servers refuse it).
 
 Server documents (`FORMAT_SERVER`) hold the state an operator built: barclamps (as stored), the
-network template and its allocations, nodes with their inventories and hints, and every deployment
-with its roles, noderoles (states, data, walls) and the graph's edges. Runs, events, tokens and
-servers are history, not state, and stay behind. Everything is sorted by name, so two exports of
-the same state are equal documents: `import_server` into an empty database gives an identical
-export; into a non-empty one it is refused unless `merge`, which adds what is missing (by name)
-and leaves what exists alone.
+network template and its allocations, nodes with their inventories and hints, every deployment
+with its roles (data, the tag a role is bound by), noderoles (states, data, walls) and the graph's
+edges, and the OS rules as written (the node tags follow from them and the hints, and are computed
+again on import). Runs, events, tokens and servers are history, not state, and stay behind.
+Everything is sorted by name, so two exports of the same state are equal documents: `import_server`
+into an empty database gives an identical export; into a non-empty one (OS rules of its own count)
+it is refused unless `merge`, which adds what is missing (by name) and leaves what exists alone.
 """
 
 from __future__ import annotations
@@ -24,25 +28,29 @@ from collections import defaultdict
 from pathlib import Path
 
 import jsonschema
-from sqlalchemy import func, insert, select
+from sqlalchemy import and_, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from crowbar import plugins
 from crowbar.barclamps import builtin_paths, loader
 from crowbar.db.events import record
 from crowbar.db.models import (Attrib, Barclamp, Deployment, DeploymentRole, Node, NodeMac, NodeRole,
-                               NodeRoleEdge, Role)
+                               NodeRoleEdge, NodeTag, Role)
 from crowbar.db.network_models import NetworkAllocation, NetworkRow
 from crowbar.db.session import signal_work
+from crowbar.db.sql import chunks
 from crowbar.documents import check_strict
 from crowbar.engine.attribs import node_attrs
 from crowbar.errors import Conflict, InvalidInput
-from crowbar.services import catalog, deployments, lookup, network
+from crowbar.provisioner import rules
+from crowbar.services import catalog, deployments, lookup, network, os_rules
 
 FORMAT_DEPLOYMENT = "crowbar-deployment/1"
+FORMAT_DEPLOYMENT_TAGS = "crowbar-deployment/2"  # /1 with roles bound by tag (`nodes: {tag}`): older servers refuse it
 FORMAT_SERVER = "crowbar-server/1"
 _OBJ, _STR, _LIST = {"type": "object"}, {"type": "string"}, {"type": "array"}
 _OPT_STR = {"type": ["string", "null"]}
+TAG_PATTERN = rules.NAME_RE.pattern
 _ATTRIB = {"type": "object", "required": ["name", "map", "default", "schema", "description"],
            "properties": {"name": _STR, "map": _STR, "schema": {"type": ["object", "boolean"]}, "description": _STR}}
 _NAMES = {"type": "array", "items": _STR}
@@ -80,7 +88,8 @@ SERVER_SCHEMA = {
                            "state": {"enum": ["proposed", "committed"]}, "parent": _OPT_STR,
                            "roles": {"type": "array", "items": {
                                "type": "object", "required": ["role", "proposed", "committed"],
-                               "properties": {"role": _STR, "proposed": _OBJ, "committed": _OBJ}}},
+                               "properties": {"role": _STR, "proposed": _OBJ, "committed": _OBJ,
+                                              "tag": {"type": ["string", "null"], "pattern": TAG_PATTERN}}}},
                            "noderoles": {"type": "array", "items": {
                                "type": "object", "required": ["node", "role", "state", "cohort", "proposed",
                                                               "committed", "wall", "run_count", "status"],
@@ -91,6 +100,9 @@ SERVER_SCHEMA = {
                                               "run_count": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
                                               "proposed": _OBJ, "committed": _OBJ, "wall": _OBJ, "status": _STR}}}}}},
         "edges": {"type": "array", "items": {"type": "array", "items": _STR, "minItems": 4, "maxItems": 4}},
+        # Optional (documents before the OS rules have none): the rules' YAML as set, or null.
+        "os_rules": {"type": ["object", "null"], "required": ["source"], "additionalProperties": False,
+                     "properties": {"source": _STR}},
     },
 }
 
@@ -105,26 +117,52 @@ def export_deployment(session: Session, key) -> dict:
         raise InvalidInput("the system deployment is every node's own; export the server instead "
                            "(crowbar export)", field="deployment")
     parent = session.get(Deployment, d.parent_id) if d.parent_id else None
-    roles = session.execute(select(Role.name, Barclamp.name, DeploymentRole.proposed)
+    roles = session.execute(select(Role.name, Barclamp.name, DeploymentRole.proposed, DeploymentRole.tag)
                             .join(Role, Role.id == DeploymentRole.role_id).join(Barclamp)
                             .where(DeploymentRole.deployment_id == d.id).order_by(Role.name)).all()
-    nrs = session.execute(select(Node.name, Role.name, NodeRole.proposed).join(Node, Node.id == NodeRole.node_id)
-                          .join(Role, Role.id == NodeRole.role_id).where(NodeRole.deployment_id == d.id)
-                          .order_by(Node.name, Role.name)).all()
-    node_names = sorted({n for n, _r, _p in nrs})
+    by_tag = set(session.scalars(BOUND_BY_TAG, {"d": d.id}))
+    nrs = session.execute(select(Node.name, Role.name, NodeRole.proposed, NodeRole.id)
+                          .join(Node, Node.id == NodeRole.node_id).join(Role, Role.id == NodeRole.role_id)
+                          .where(NodeRole.deployment_id == d.id).order_by(Node.name, Role.name)).all()
+    tag_names = defaultdict(list)  # role -> the nodes that hold it and carry its tag, for reference
+    for r, n in session.execute(
+            select(Role.name, Node.name).select_from(NodeRole).join(Role, Role.id == NodeRole.role_id)
+            .join(Node, Node.id == NodeRole.node_id)
+            .join(DeploymentRole, and_(DeploymentRole.deployment_id == NodeRole.deployment_id,
+                                       DeploymentRole.role_id == NodeRole.role_id))
+            .join(NodeTag, and_(NodeTag.node_id == NodeRole.node_id, NodeTag.tag == DeploymentRole.tag))
+            .where(NodeRole.deployment_id == d.id).order_by(Node.name)):
+        tag_names[r].append(n)
+    named = [(n, r, data) for n, r, data, nr_id in nrs if nr_id not in by_tag]
+    every_node = sorted({n for n, _r, _p, _i in nrs})
     nets = session.execute(select(NetworkRow.name, NetworkRow.subnet).join(
         NetworkAllocation, NetworkAllocation.network_id == NetworkRow.id).join(
-        Node, Node.id == NetworkAllocation.node_id).where(Node.name.in_(node_names or [""]))
+        Node, Node.id == NetworkAllocation.node_id).where(Node.name.in_(every_node or [""]))
         .distinct().order_by(NetworkRow.name)).all()
     return {
-        "format": FORMAT_DEPLOYMENT,
+        "format": FORMAT_DEPLOYMENT_TAGS if any(tag for *_x, tag in roles) else FORMAT_DEPLOYMENT,
         "deployment": {"name": d.name, "description": d.description,
                        "parent": None if parent is None or parent.system else parent.name},
-        "roles": [{"role": r, "barclamp": bc, "data": data or {}} for r, bc, data in roles],
-        "nodes": node_names,
-        "noderoles": [{"node": n, "role": r, "data": data or {}} for n, r, data in nrs],
+        "roles": [{"role": r, "barclamp": bc, "data": data or {},
+                   **({"nodes": {"tag": tag, "names": tag_names[r]}} if tag else {})} for r, bc, data, tag in roles],
+        "nodes": sorted({n for n, _r, _p in named}),
+        "noderoles": [{"node": n, "role": r, "data": data or {}} for n, r, data in named],
         "networks": [{"name": n, "subnet": subnet} for n, subnet in nets],
     }
+
+
+# The noderoles of a deployment that its binds by tag hold: each role bound by tag on the nodes that
+# carry the tag now, and what those noderoles require on their own node in the deployment (what the
+# bind made there). A deployment document names the tag instead; its import binds them again.
+BOUND_BY_TAG = text(
+    "WITH RECURSIVE held(id, node_id) AS ("
+    " SELECT nr.id, nr.node_id FROM node_roles nr"
+    " JOIN deployment_roles dr ON dr.deployment_id = nr.deployment_id AND dr.role_id = nr.role_id"
+    " JOIN node_tags t ON t.node_id = nr.node_id AND t.tag = dr.tag"
+    " WHERE nr.deployment_id = :d"
+    " UNION SELECT p.id, p.node_id FROM held h JOIN node_role_edges e ON e.child_id = h.id"
+    " JOIN node_roles p ON p.id = e.parent_id WHERE p.deployment_id = :d AND p.node_id = h.node_id"
+    ") SELECT id FROM held")
 
 
 def _need(doc, key: str, kind: type, where: str):
@@ -136,8 +174,9 @@ def _need(doc, key: str, kind: type, where: str):
 
 
 def _read_deployment(doc) -> tuple[dict, list[dict], list[str], list[dict], list[dict]]:
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_DEPLOYMENT:
-        raise InvalidInput(f"not a deployment document: 'format' must be {FORMAT_DEPLOYMENT!r}", field="format")
+    if not isinstance(doc, dict) or doc.get("format") not in (FORMAT_DEPLOYMENT, FORMAT_DEPLOYMENT_TAGS):
+        raise InvalidInput(f"not a deployment document: 'format' must be {FORMAT_DEPLOYMENT!r} or "
+                           f"{FORMAT_DEPLOYMENT_TAGS!r}", field="format")
     check_strict(doc, field="document", what="the deployment document")
     dep = _need(doc, "deployment", dict, "document")
     _need(dep, "name", str, "deployment")
@@ -151,6 +190,16 @@ def _read_deployment(doc) -> tuple[dict, list[dict], list[str], list[dict], list
                 _need(item, k, str, part)
             if not isinstance(item.get("data", {}), dict):
                 raise InvalidInput(f"{part}: 'data' must be a mapping", field=part)
+    for r in roles:
+        if "nodes" in r:  # bound by tag: {tag, names (for reference only)}
+            by = r["nodes"]
+            if not isinstance(by, dict) or not isinstance(by.get("tag"), str) or set(by) - {"tag", "names"}:
+                raise InvalidInput(f"roles: role {r['role']!r}: 'nodes' must be a mapping {{tag, names}}",
+                                   field="roles")
+            try:
+                by["tag"] = deployments.valid_tag(by["tag"])
+            except InvalidInput as exc:
+                raise InvalidInput(f"roles: role {r['role']!r}: {exc.message}", field="roles") from None
     node_names = doc.get("nodes") or []
     nets = doc.get("networks") or []
     if not isinstance(node_names, list) or not all(isinstance(n, str) for n in node_names):
@@ -161,7 +210,9 @@ def _read_deployment(doc) -> tuple[dict, list[dict], list[str], list[dict], list
 
 
 def import_deployment(session: Session, doc, dry_run: bool = False, actor: str = "system") -> dict:
-    """Check `doc`, plan, and (unless `dry_run`) apply. Answers {deployment, plan, applied}."""
+    """Check `doc`, plan, and (unless `dry_run`) apply. Answers {deployment, plan, applied}.
+    A role bound by tag (`nodes: {tag}`) is bound to the nodes that carry the tag here (the plan
+    names them); a tag no node here carries is refused like an unknown node."""
     dep, roles, node_names, noderoles, nets = _read_deployment(doc)
     known_roles = set(session.scalars(select(Role.name)))
     wanted_roles = sorted({r["role"] for r in roles} | {nr["role"] for nr in noderoles})
@@ -175,6 +226,12 @@ def import_deployment(session: Session, doc, dry_run: bool = False, actor: str =
     if missing:
         raise InvalidInput(f"the document names nodes this server does not have: {', '.join(missing)}",
                            field="nodes")
+    by_tag = {r["role"]: (r["nodes"]["tag"], deployments.tagged_nodes(session, r["nodes"]["tag"]))
+              for r in roles if "nodes" in r}
+    untagged = [f"{tag} (role {role})" for role, (tag, refs) in by_tag.items() if not refs]
+    if untagged:
+        raise InvalidInput(f"the document binds roles by tags no node here has: {', '.join(untagged)} "
+                           "(tag nodes with `crowbar attribs set tags` or the OS rules first)", field="roles")
     have_nets = dict(session.execute(select(NetworkRow.name, NetworkRow.subnet)).all())
     bad_nets = [f"{n['name']} ({n.get('subnet')})" for n in nets
                 if have_nets.get(n["name"]) is None or (n.get("subnet") and have_nets[n["name"]] != n["subnet"])]
@@ -195,24 +252,31 @@ def import_deployment(session: Session, doc, dry_run: bool = False, actor: str =
     else:
         plan.append(f"deployment {dep['name']} exists: update it")
     pairs = [(nr["node"], nr["role"]) for nr in noderoles]
-    if pairs:
-        for n, r, dname, proposed in session.execute(
-                select(Node.name, Role.name, Deployment.name, NodeRole.proposed)
-                .join(Node, Node.id == NodeRole.node_id).join(Role, Role.id == NodeRole.role_id)
-                .join(Deployment, Deployment.id == NodeRole.deployment_id)
-                .where(Node.name.in_(wanted_nodes), Role.name.in_(wanted_roles))):
-            bound[(n, r)] = (dname, proposed or {})
-    clashes = [f"{r} on {n} (in {bound[(n, r)][0]})" for n, r in pairs
+    tag_pairs = [(ref.name, role) for role, (_tag, refs) in by_tag.items() for ref in refs]
+    if pairs or tag_pairs:
+        for part in chunks(sorted({n for n, _r in pairs + tag_pairs})):
+            for n, r, dname, proposed in session.execute(
+                    select(Node.name, Role.name, Deployment.name, NodeRole.proposed)
+                    .join(Node, Node.id == NodeRole.node_id).join(Role, Role.id == NodeRole.role_id)
+                    .join(Deployment, Deployment.id == NodeRole.deployment_id)
+                    .where(Node.name.in_(part), Role.name.in_(wanted_roles))):
+                bound[(n, r)] = (dname, proposed or {})
+    clashes = [f"{r} on {n} (in {bound[(n, r)][0]})" for n, r in pairs + tag_pairs
                if (n, r) in bound and bound[(n, r)][0] != dep["name"]]
     if clashes:
         raise Conflict(f"roles already bound to these nodes in other deployments: {', '.join(clashes)}")
     for n, r in pairs:
         if (n, r) not in bound:
             plan.append(f"bind {r} to {n} (and what it requires)")
-    current = {}
+    current, current_tags = {}, {}
     if existing is not None:
-        current = dict(session.execute(select(Role.name, DeploymentRole.proposed).join(Role)
-                                       .where(DeploymentRole.deployment_id == existing.id)).all())
+        for role, proposed, tag in session.execute(select(Role.name, DeploymentRole.proposed, DeploymentRole.tag)
+                                                   .join(Role).where(DeploymentRole.deployment_id == existing.id)):
+            current[role], current_tags[role] = proposed, tag
+    for role, (tag, refs) in by_tag.items():
+        if current_tags.get(role) != tag or any((ref.name, role) not in bound for ref in refs):
+            plan.append(f"bind {role} to the nodes tagged {tag}: {', '.join(ref.name for ref in refs)} "
+                        "(and what it requires; a commit binds the nodes that gain the tag)")
     for r in roles:
         if (r.get("data") or {}) != (current.get(r["role"]) or {}):
             plan.append(f"set the data of role {r['role']}")
@@ -228,6 +292,8 @@ def import_deployment(session: Session, doc, dry_run: bool = False, actor: str =
         deployments.create_deployment(session, dep["name"], parent, dep.get("description") or "", actor=actor)
     for n, r in pairs:
         deployments.bind(session, dep["name"], r, n, actor=actor)
+    for role, (tag, _refs) in by_tag.items():
+        deployments.bind(session, dep["name"], role, tag=tag, actor=actor)
     for r in roles:  # a role bound only through what others require gets its data too, if the doc has it
         if session.scalar(select(DeploymentRole.id).join(Role).join(Deployment).where(
                 Deployment.name == dep["name"], Role.name == r["role"])) is None:
@@ -274,14 +340,15 @@ def export_server(session: Session) -> dict:
     deps = []
     dep_rows = {d.id: d for d in session.scalars(select(Deployment))}
     for d in sorted(dep_rows.values(), key=lambda d: (_depth(d, dep_rows), d.name)):
-        drs = session.execute(select(Role.name, DeploymentRole.proposed, DeploymentRole.committed).join(Role)
+        drs = session.execute(select(Role.name, DeploymentRole.proposed, DeploymentRole.committed,
+                                     DeploymentRole.tag).join(Role)
                               .where(DeploymentRole.deployment_id == d.id).order_by(Role.name)).all()
         nrs = session.execute(select(Node.name, Role.name, NodeRole).join(Node, Node.id == NodeRole.node_id)
                               .join(Role, Role.id == NodeRole.role_id).where(NodeRole.deployment_id == d.id)
                               .order_by(Node.name, Role.name)).all()
         deps.append({"name": d.name, "description": d.description, "system": d.system, "state": d.state,
                      "parent": dep_rows[d.parent_id].name if d.parent_id else None,
-                     "roles": [{"role": r, "proposed": p, "committed": c} for r, p, c in drs],
+                     "roles": [{"role": r, "proposed": p, "committed": c, "tag": t} for r, p, c, t in drs],
                      "noderoles": [{"node": n, "role": r, "state": nr.state, "cohort": nr.cohort,
                                     "proposed": nr.proposed, "committed": nr.committed, "wall": nr.wall,
                                     "run_count": nr.run_count, "status": nr.status} for n, r, nr in nrs]})
@@ -301,6 +368,7 @@ def export_server(session: Session) -> dict:
         "allocations": sorted(allocations, key=lambda a: (a["network"], a["node"])),
         "deployments": deps,
         "edges": edges,  # [parent node, parent role, child node, child role]
+        "os_rules": os_rules.exported(session),
     }
 
 
@@ -323,6 +391,8 @@ def _empty(session: Session) -> list[str]:
         why.append("barclamps")
     if session.scalar(select(func.count()).select_from(NetworkAllocation)):
         why.append("network allocations")
+    if os_rules.is_set(session):
+        why.append("OS rules")
     return why
 
 
@@ -342,6 +412,12 @@ def import_server(session: Session, doc, merge: bool = False, actor: str = "syst
             if r["jig"] not in jigs or set(r["flags"]) - loader.FLAGS or not loader.NAME.fullmatch(r["name"]):
                 raise InvalidInput(f"server document: barclamp {bc['name']!r}: role {r['name']!r} has an unknown "
                                    f"jig or flag, or a bad name", field="document")
+    rules_doc = doc.get("os_rules")
+    if rules_doc is not None:
+        try:
+            os_rules.parse(rules_doc["source"])  # before anything is written
+        except InvalidInput as exc:
+            raise InvalidInput(f"server document: os_rules: {exc.message}", field="document") from None
     why = _empty(session)
     if why and not merge:
         raise Conflict(f"this server is not empty (it has {', '.join(why)}): import into an empty database, "
@@ -357,6 +433,7 @@ def import_server(session: Session, doc, merge: bool = False, actor: str = "syst
     if not merge or not why:
         network.import_template(session, doc["network"], force=True, actor=actor)
     have_nodes = set(session.scalars(select(Node.name)))
+    new_nodes = []
     for n in doc.get("nodes") or []:
         if n["name"] in have_nodes:
             continue
@@ -366,6 +443,7 @@ def import_server(session: Session, doc, merge: bool = False, actor: str = "syst
         session.flush()
         if n.get("macs"):
             session.execute(insert(NodeMac), [{"mac": m, "node_id": row.id} for m in n["macs"]])
+        new_nodes.append(row)
         done["nodes"] += 1
     have_alloc = set(session.execute(select(NetworkRow.name, Node.name).select_from(NetworkAllocation)
                                      .join(NetworkRow).join(Node, Node.id == NetworkAllocation.node_id)).all())
@@ -378,6 +456,11 @@ def import_server(session: Session, doc, merge: bool = False, actor: str = "syst
     except KeyError as e:  # the document's graph names a role or node that neither it nor this server has
         raise InvalidInput(f"the document's deployments name {e.args[0]!r}, which neither the document nor this "
                            "server defines", field="deployments") from None
+    if rules_doc is not None and not (merge and os_rules.is_set(session)):  # a merge keeps rules set here
+        os_rules.set_rules(session, rules_doc["source"], actor=actor)  # and computes every node's tags
+        done["os_rules"] += 1
+    else:  # the new nodes' tags: their `tags` attrib (in the hints) and the rules here
+        os_rules.refresh_tags(session, new_nodes)
     signal_work(session, "anneal")
     record(session, [{"object_type": "server", "action": "import", "actor": actor,
                       "message": ", ".join(f"{v} {k}" for k, v in sorted(done.items())) or "nothing new"}])
@@ -408,7 +491,7 @@ def _import_graph(session: Session, doc: dict, done: dict[str, int]) -> None:
         for r in dd["roles"]:
             if roles[r["role"]] not in have:
                 session.add(DeploymentRole(deployment_id=d.id, role_id=roles[r["role"]], proposed=r["proposed"],
-                                           committed=r["committed"]))
+                                           committed=r["committed"], tag=r.get("tag")))
         taken = set(session.execute(select(NodeRole.node_id, NodeRole.role_id)).all())
         for nr in dd["noderoles"]:
             key = (node_ids[nr["node"]], roles[nr["role"]])

@@ -262,6 +262,15 @@ ARGUMENT_CASES = [
     ("setting-deep", ("nodes", "set-power", "n1.hostile.test", "qemu", "timeout=" + "[" * 50_000 + "]" * 50_000),
      {}, 1, ("nested too deeply",)),
     ("setting-no-equals", ("nodes", "set-power", "n1.hostile.test", "qemu", "timeout"), {}, 1, ("KEY=VALUE",)),
+    ("bind-no-nodes", ("deployments", "bind", "victim", "test-client"), {}, 2, ("--tag",)),
+    ("bind-nodes-and-tag", ("deployments", "bind", "victim", "test-client", "n1.hostile.test", "--tag", "x"), {}, 2,
+     ("not both",)),
+    ("bind-tag-nobody-has", ("deployments", "bind", "victim", "test-client", "--tag", "nobody-has-it"), {}, 1,
+     ("'nobody-has-it'", "HTTP 404")),
+    ("bind-tag-not-a-tag", ("deployments", "bind", "victim", "test-client", "--tag", "a/b?c"), {}, 1, ("not a tag",)),
+    ("bind-tag-big", ("deployments", "bind", "victim", "test-client", "--tag", BIG), {}, 1, ()),
+    ("bind-one-unknown-node", ("deployments", "bind", "victim", "test-client", "n1.hostile.test", "ghost.hostile.test"),
+     {}, 1, ("ghost.hostile.test", "HTTP 404")),
 ]
 
 FILE_CASES = [
@@ -309,6 +318,7 @@ def test_nothing_was_harmed(server):
     assert [n["name"] for n in server.json("nodes", "list")] == ["n1.hostile.test"]
     assert {d["name"] for d in server.json("deployments", "list")} == {"system", "victim"}
     assert server.json("nodes", "show", "n1.hostile.test")["description"] == DESCRIPTION
+    assert server.json("deployments", "show", "victim")["noderoles"] == 0  # a refused bind bound nothing
 
 
 def test_names_with_url_characters_reach_the_right_resource(server):
