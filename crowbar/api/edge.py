@@ -9,7 +9,7 @@ see it, in this order:
    `request.state.caller`, where `deps.caller` finds it.
 2. The URL: a NUL character in the path or the query is refused (422): nothing is named so, and
    PostgreSQL cannot even compare text with one. On a user's route, a query parameter the route
-   does not declare is refused (400 bad_request, field "query").
+   does not declare, or one given more than once, is refused (400 bad_request, field "query").
    A path some routes take, with a method none takes, is 405, and Allow names that path's methods
    (the most literal path's, as the document lists them).
 3. The body: at most `body.limit_for(route path)` bytes (413: from Content-Length before reading,
@@ -23,6 +23,7 @@ What is refused here answers the one error body (crowbar.api.errors) and has tou
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
@@ -73,15 +74,21 @@ def query_names(route) -> frozenset[str] | None:
 
 def _check_query(scope: Scope, known: frozenset[str] | None) -> None:
     """A query parameter the route does not take is refused (400), not silently ignored: a
-    misspelt filter (`?stat=error`) would otherwise answer everything."""
+    misspelt filter (`?stat=error`) would otherwise answer everything. So is one given twice
+    (`?state=ready&state=error`): every parameter is one value, and keeping the last would answer
+    a question nobody asked."""
     if known is None:
         return
-    unknown = sorted({k for k, _v in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                                               keep_blank_values=True)} - known)
+    names = [k for k, _v in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)]
+    unknown = sorted(set(names) - known)
     if unknown:
         raise CrowbarError(f"unknown query parameter {unknown[0]!r}" + (
             f" (this route takes {', '.join(sorted(known))})" if known else " (this route takes none)"),
             field="query")
+    repeated = sorted(k for k, n in Counter(names).items() if n > 1)
+    if repeated:
+        raise CrowbarError(f"query parameter {repeated[0]!r} given more than once (it takes one value)",
+                           field="query")
 
 
 def _check_url(scope: Scope) -> None:

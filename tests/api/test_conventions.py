@@ -21,6 +21,11 @@ def test_unknown_query_parameters_are_400(api):
     assert r.json()["field"] == "query"
     assert api.get("/api/v2/nodes", params={"state": "ready", "limit": 5}).status_code == 200
     assert api.get("/api/v2/events", params={"after": 0, "limit": 3}).status_code == 200
+    # a parameter given twice: one value each, so refused rather than the last one kept
+    r = api.get("/api/v2/nodes?state=ready&state=error")
+    assert r.status_code == 400 and r.json()["field"] == "query" and "'state' given more than once" in r.json()["message"]
+    r = api.get("/api/v2/inventory/ansible?deployment=a&deployment=b")
+    assert r.status_code == 400 and "'deployment' given more than once" in r.json()["message"]
     r = api.get("/api/v2/whoami", params={"x": "1"})
     assert r.status_code == 400 and "takes none" in r.json()["message"]
     # the next links the API makes are always accepted
