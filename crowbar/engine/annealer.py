@@ -202,7 +202,8 @@ class Annealer:
                     continue
                 contexts.append(RunContext(
                     run_id=run_id, noderole_id=nr.id, role=role.name, jig=role.jig, attrs=attrs[nr.id],
-                    node=NodeInfo(id=node.id, name=node.name, admin=node.admin, attrs=node_attrs(node)),
+                    node=NodeInfo(id=node.id, name=node.name, admin=node.admin, attrs=node_attrs(node),
+                                  host_keys=tuple((node.install or {}).get("host_keys") or ())),
                     scripts=list(role.scripts or []), workdir=self.workdir / f"crowbar-run-{run_id}",
                     agent=_AgentChannel(self, node.id, run_id) if node.bootenv == DISCOVERY else None,
                     deployment_id=nr.deployment_id, groups=held.get((node.id, nr.deployment_id), []),

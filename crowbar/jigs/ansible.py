@@ -7,7 +7,8 @@ directory, against an inventory made from the database:
 
 - hosts: the nodes, by name; `ansible_host`/`ansible_port`/`ansible_user`/
   `ansible_ssh_private_key_file` from the node attribs `crowbar/ssh/{address,port,user,key}` (the
-  script jig's), or `ansible_connection: local` for the admin node itself;
+  script jig's), or `ansible_connection: local` for the admin node itself; each host's SSH host key
+  is checked against the keys the node reported (`ansible_ssh_common_args`, see jigs/transport.py);
 - groups: the roles each node holds in the deployment.
 
 **In:** the merged attribute document (docs/attributes.md) as variables: its top-level keys that
@@ -121,7 +122,7 @@ class _Run:
         (state / "tmp").mkdir(parents=True, exist_ok=True)
         # SSH control sockets: a short path (a socket's path is limited to 108 bytes)
         control = Path(tempfile.mkdtemp(prefix="cb-ssh-"))
-        common, inventory = self.inventory()
+        common, inventory = self.inventory(state / "known_hosts")
         (state / "inventory.json").write_text(json.dumps(inventory))
         (state / "vars.json").write_text(json.dumps(common))
         events = state / "events.jsonl"
@@ -234,8 +235,12 @@ class _Run:
             out[ctx.run_id] = RunResult(ok=not failed, wall={} if failed else self.walls[host], log="".join(log))
         return out
 
-    def inventory(self) -> tuple[dict, dict]:
-        """(extra vars common to every host, the inventory with the rest as host vars)."""
+    def inventory(self, known_hosts: Path) -> tuple[dict, dict]:
+        """(extra vars common to every host, the inventory with the rest as host vars). The hosts'
+        reported SSH host keys are written to a file per host in the directory `known_hosts` and
+        checked strictly."""
+        shutil.rmtree(known_hosts, ignore_errors=True)
+        known_hosts.mkdir(parents=True)
         docs = [c.attrs for c in self.ctxs]
         keys = sorted(set().union(*docs))
         common = {k: docs[0][k] for k in keys if all(k in d and d[k] == docs[0][k] for d in docs)}
@@ -243,7 +248,7 @@ class _Run:
         for c in self.ctxs:
             hostvars = {k: v for k, v in c.attrs.items() if k not in common}
             hostvars.update(crowbar_node=c.node.name, crowbar_role=c.role, crowbar_run_id=c.run_id,
-                            crowbar_noderole_id=c.noderole_id, **connection_vars(c.node))
+                            crowbar_noderole_id=c.noderole_id, **connection_vars(c.node, known_hosts / c.node.name))
             python = dig(c.attrs, "crowbar/ansible/python")
             if isinstance(python, str) and python and not c.node.admin:
                 hostvars["ansible_python_interpreter"] = python
@@ -253,14 +258,16 @@ class _Run:
         return common, {"all": {"hosts": hosts, "children": groups}}
 
 
-def connection_vars(node) -> dict:
-    """How Ansible reaches a node: local for the admin node, else SSH by the node's attribs."""
+def connection_vars(node, known_hosts: Path) -> dict:
+    """How Ansible reaches a node: local for the admin node, else SSH by the node's attribs, its
+    host key checked as the other jigs check it (transport.SshTarget.host_key_options)."""
     if node.admin:
         return {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     target = transport.SshTarget.of(node)
     if target is None:
         return {}
-    out = {"ansible_host": target.address, "ansible_port": int(target.port), "ansible_user": str(target.user)}
+    out = {"ansible_host": target.address, "ansible_port": int(target.port), "ansible_user": str(target.user),
+           "ansible_ssh_common_args": " ".join(target.host_key_options(known_hosts))}
     if target.key:
         out["ansible_ssh_private_key_file"] = str(target.key)
     return out
@@ -285,7 +292,7 @@ def _ansible_env(state: Path, events: Path, forks: int, control: Path) -> dict[s
         "ANSIBLE_STDOUT_CALLBACK": "default",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",  # and how, per host: ansible_ssh_common_args (connection_vars)
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_PIPELINING": "True",
         "ANSIBLE_FORKS": str(max(1, forks)),
@@ -294,8 +301,8 @@ def _ansible_env(state: Path, events: Path, forks: int, control: Path) -> dict[s
         "ANSIBLE_PYTHON_INTERPRETER": DEFAULT_PYTHON,
         "ANSIBLE_TRANSFORM_INVALID_GROUP_CHARS": "ignore",  # role names have '-'; groups keep them
         "ANSIBLE_LOCAL_TEMP": str(state / "tmp"),
-        "ANSIBLE_SSH_ARGS": ("-o ControlMaster=auto -o ControlPersist=60s -o UserKnownHostsFile=/dev/null "
-                             f"-o StrictHostKeyChecking=no -o LogLevel=ERROR -o BatchMode=yes "
+        "ANSIBLE_SSH_ARGS": ("-o ControlMaster=auto -o ControlPersist=60s "
+                             f"-o LogLevel=ERROR -o BatchMode=yes "
                              f"-o ConnectTimeout={CONNECT_TIMEOUT}"),
         # A node busy with 49 other sessions (or a loaded admin server) may answer slowly: wait
         # longer than an interactive session would, and try a dropped connection again.

@@ -19,6 +19,9 @@ class NodeInfo:
     name: str
     admin: bool
     attrs: dict = field(default_factory=dict)  # discovery data overlaid with hints (engine.attribs.node_attrs)
+    # its sshd's public host keys as the installed system reported them at its last boot (`install.
+    # host_keys`); SSH to the node checks them strictly (transport.SshTarget)
+    host_keys: tuple[str, ...] = ()
 
     def attr(self, path: str, default=None):
         return dig(self.attrs, path, default)

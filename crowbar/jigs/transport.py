@@ -9,7 +9,11 @@ the same three ways there, chosen the same way for the same node (`route`):
 - AGENT: the node runs the discovery image and has no SSH address: a job for its agent
   (`RunContext.agent`, which the annealer provides), answered later with the exit code and output;
 - SSH: anywhere else: one OpenSSH session to the node's `crowbar/ssh/address` (`port`, `user`,
-  `key` beside it), which needs nothing on the node but sshd and a POSIX shell.
+  `key` beside it), which needs nothing on the node but sshd and a POSIX shell. The node's host key
+  is checked strictly against the keys it reported when its installed system called home
+  (`NodeInfo.host_keys`), or the keys an operator set in the hint `crowbar/ssh/host_keys` for a node
+  Crowbar did not install; a node with neither is trusted on first use within the run, and the
+  run's log says so.
 
 Over SSH and through the agent a jig sends one sh program and a tar bundle that the program reads
 on its stdin (`run_ssh`, `run_agent`); what the program prints comes back as one text, for the jig
@@ -76,6 +80,7 @@ class SshTarget:
     port: object = 22
     user: object = "root"
     key: object = None
+    host_keys: tuple[str, ...] = ()  # "ssh-ed25519 AAAA..." lines; empty: trusted on first use
 
     @classmethod
     def of(cls, node: NodeInfo) -> SshTarget | None:
@@ -83,16 +88,34 @@ class SshTarget:
         address = node.attr("crowbar/ssh/address")
         if not address:
             return None
+        keys = node.host_keys or node.attr("crowbar/ssh/host_keys") or ()
+        if isinstance(keys, str):
+            keys = (keys,)
         return cls(address, node.attr("crowbar/ssh/port", 22), node.attr("crowbar/ssh/user", "root"),
-                   node.attr("crowbar/ssh/key"))
+                   node.attr("crowbar/ssh/key"), tuple(str(k) for k in keys if k))
 
     def __str__(self) -> str:
         return f"{self.user}@{self.address}:{self.port}"
 
-    def argv(self, program: str) -> list[str]:
-        """The ssh command line that runs the sh `program` on the target."""
-        argv = ["ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+    def known_hosts_lines(self) -> str:
+        """The target's keys as known_hosts lines ("[addr]:port" when the port is not 22)."""
+        host = str(self.address) if str(self.port) == "22" else f"[{self.address}]:{self.port}"
+        return "".join(f"{host} {key}\n" for key in self.host_keys)
+
+    def host_key_options(self, known_hosts: Path) -> list[str]:
+        """ssh options that check the target's host key: strictly against `host_keys` (written to
+        the file `known_hosts`, which this call appends to), or trust on first use into that file
+        when the target has none."""
+        if self.host_keys:
+            with open(known_hosts, "a", encoding="utf-8") as f:
+                f.write(self.known_hosts_lines())
+        return ["-o", f"UserKnownHostsFile={known_hosts}", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", f"StrictHostKeyChecking={'yes' if self.host_keys else 'accept-new'}"]
+
+    def argv(self, program: str, known_hosts: Path) -> list[str]:
+        """The ssh command line that runs the sh `program` on the target, its host key checked
+        with `host_key_options(known_hosts)`."""
+        argv = ["ssh", "-T", "-o", "BatchMode=yes", *self.host_key_options(known_hosts), "-o", "LogLevel=ERROR",
                 "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}", "-p", str(self.port), "-l", str(self.user)]
         if self.key:
             argv += ["-i", str(self.key), "-o", "IdentitiesOnly=yes"]
@@ -104,8 +127,15 @@ def run_ssh(target: SshTarget, program: str, bundle: Path, output: Path, limit: 
     """Run the sh `program` on `target` with the file `bundle` on its stdin, for at most `limit`
     seconds. Returns what it printed (stdout and stderr, through the file `output`, so a daemon it
     leaves behind can't hold a pipe open) and its exit code, None if it was killed at the limit.
-    `on_output`, if given, hears the text as it comes."""
-    return run_program(target.argv(program), bundle, output, limit, on_output)
+    `on_output`, if given, hears the text as it comes. The host key is checked as `SshTarget.argv`
+    says, with a known_hosts file beside `output`; a failed check is named in the text."""
+    known_hosts = output.parent / "known_hosts"
+    known_hosts.unlink(missing_ok=True)
+    text, rc = run_program(target.argv(program, known_hosts), bundle, output, limit, on_output)
+    if rc == 255 and "Host key verification failed" in text:
+        text += (f"!! {target}: its SSH host key is not the one the node reported when it was installed "
+                 "(install.host_keys): refused. Reinstall the node, or set the hint crowbar/ssh/host_keys\n")
+    return text, rc
 
 
 def run_program(argv: list[str], bundle: Path, output: Path, limit: float,

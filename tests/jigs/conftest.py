@@ -86,6 +86,8 @@ def sshd(tmp_path_factory):
     port = _free_port()
     (d / "sshd_config").write_text(f"""\
 ListenAddress 127.0.0.1
+ListenAddress 127.0.0.2
+ListenAddress 127.0.0.3
 Port {port}
 HostKey {d / "host_key"}
 AuthorizedKeysFile {d / "authorized_keys"}
@@ -110,8 +112,10 @@ UsePAM no
                 break
             except OSError:
                 time.sleep(0.05)
+        # its host key as a node's hint, so every jig test over SSH checks it strictly
+        host_key = " ".join((d / "host_key.pub").read_text().split()[:2])
         yield {"crowbar": {"ssh": {"address": "127.0.0.1", "port": port, "user": getpass.getuser(),
-                                   "key": str(d / "client_key")}}}
+                                   "key": str(d / "client_key"), "host_keys": [host_key]}}}
     finally:
         proc.terminate()
         try:

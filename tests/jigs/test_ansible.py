@@ -177,7 +177,8 @@ def _setup(db, tmp_path, sshd, names: list[str], out: Path, slow: int = 0) -> No
         for name in names:
             nodes.create_node(s, name)
             for attrib, value in (("ssh-address", ssh["address"]), ("ssh-port", ssh["port"]),
-                                  ("ssh-user", ssh["user"]), ("ssh-key", ssh["key"])):
+                                  ("ssh-user", ssh["user"]), ("ssh-key", ssh["key"]),
+                              ("ssh-host-keys", ssh["host_keys"])):
                 attribs.set_on_node(s, attrib, value, name)
             deployments.bind(s, "d1", "ab-writer", name)  # first: a reader would bind n1's writer everywhere
             deployments.bind(s, "d1", "ab-reader", name)
@@ -280,3 +281,23 @@ def test_a_host_no_play_is_for_succeeds_and_says_so(tmp_path, sshd):
     assert AnsibleJig().run(ctx).ok
     result = AnsibleJig().run(_ctx(tmp_path, 2, _node(2, sshd), {}, only_other))
     assert result.ok and "no play of w.yml matched host n2.example.com" in result.log
+
+
+def test_a_host_whose_key_differs_from_the_reported_one_is_unreachable(tmp_path, sshd):
+    import subprocess
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    # three addresses of the one sshd, so that no SSH connection is shared between the hosts
+    liar = {"crowbar": {"ssh": {**sshd["crowbar"]["ssh"], "address": "127.0.0.2", "host_keys": [other]}}}
+    trusting = {"crowbar": {"ssh": {k: v for k, v in sshd["crowbar"]["ssh"].items() if k != "host_keys"}}}
+    trusting["crowbar"]["ssh"]["address"] = "127.0.0.3"
+    ctxs = [_ctx(tmp_path, 1, _node(1, sshd), {}, FAIL_ON_N2), _ctx(tmp_path, 2, _node(2, liar), {}, FAIL_ON_N2),
+            _ctx(tmp_path, 3, _node(3, trusting), {}, FAIL_ON_N2)]
+    good, refused, first_use = AnsibleJig().run_batch(ctxs)
+    assert good.ok, good.log
+    assert not refused.ok and "host 'n2.example.com': unreachable:" in refused.log
+    assert "Host key verification failed" in refused.log, refused.log
+    assert first_use.ok, first_use.log
+    known = tmp_path / "run-1" / ".crowbar" / "known_hosts"
+    assert sshd["crowbar"]["ssh"]["host_keys"][0] in (known / "n1.example.com").read_text()
+    assert other in (known / "n2.example.com").read_text()

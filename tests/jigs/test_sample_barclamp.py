@@ -90,7 +90,8 @@ def test_plain_ansible_and_crowbar_give_the_same_result(sqlite_db, tmp_path, ssh
         catalog.import_barclamp(s, SAMPLE)
         nodes.create_node(s, NODE)
         for attrib, value in (("ssh-address", ssh["address"]), ("ssh-port", ssh["port"]),
-                              ("ssh-user", ssh["user"]), ("ssh-key", ssh["key"])):
+                              ("ssh-user", ssh["user"]), ("ssh-key", ssh["key"]),
+                              ("ssh-host-keys", ssh["host_keys"])):
             attribs.set_on_node(s, attrib, value, NODE)
         deployments.create_deployment(s, "web")
         deployments.bind(s, "web", "webhello-check", NODE)   # binds webhello, which it requires, too

@@ -112,3 +112,34 @@ def test_a_leftover_background_process_does_not_hold_the_session(make_ctx, sshd,
     finally:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def _without_keys(sshd: dict) -> dict:
+    return {"crowbar": {"ssh": {k: v for k, v in sshd["crowbar"]["ssh"].items() if k != "host_keys"}}}
+
+
+def _other_key(tmp_path) -> str:
+    import subprocess
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    return " ".join((tmp_path / "other.pub").read_text().split()[:2])
+
+
+def test_the_reported_host_key_is_checked_and_a_different_one_refused(make_ctx, sshd, tmp_path):
+    real = sshd["crowbar"]["ssh"]["host_keys"]
+    # the installed node's reported keys (NodeInfo.host_keys) are what the annealer passes
+    node = NodeInfo(id=7, name="n.example.com", admin=False, attrs=_without_keys(sshd), host_keys=tuple(real))
+    result = ScriptJig().run(make_ctx({"01-ok.sh": "echo fine\n"}, node=node))
+    assert result.ok, result.log
+    # a node whose sshd answers with another key than it reported: refused before any script runs
+    liar = NodeInfo(id=7, name="n.example.com", admin=False, attrs=_without_keys(sshd),
+                    host_keys=(_other_key(tmp_path),))
+    pid_file = tmp_path / "ran"
+    result = ScriptJig().run(make_ctx({"01-never.sh": f"touch {pid_file}\n"}, node=liar))
+    assert not result.ok
+    assert not pid_file.exists()
+    assert "SSH host key is not the one the node reported" in result.log, result.log
+
+
+def test_a_node_without_reported_keys_is_trusted_on_first_use(make_ctx, sshd):
+    result = ScriptJig().run(make_ctx({"01-ok.sh": "echo fine\n"}, node=_node(_without_keys(sshd))))
+    assert result.ok, result.log
