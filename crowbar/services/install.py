@@ -122,14 +122,32 @@ def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str,
         netconf = yaml.safe_load(next(iter(files.values())))
     except CrowbarError as exc:  # no plan (no admin network, no NIC inventory): DHCP on every NIC
         log.info("node %s has no interface plan (%s): its OS uses DHCP", node.name, exc)
-        netconf = {"network": {"version": 2, "ethernets": {
-            "all": {"match": {"name": "eth*"}, "dhcp4": True}}}}
+        netconf = {"network": {"version": 2, "ethernets": dhcp_everywhere(node.discovery)}}
     _cloud_init_routes(netconf["network"])
     if files := proxy_files(ctx):
         user["write_files"] = files
     return {"meta-data": yaml.safe_dump(meta, sort_keys=False),
             "user-data": "#cloud-config\n" + yaml.safe_dump(user, sort_keys=False),
             "network-config": yaml.safe_dump(netconf["network"], sort_keys=False)}
+
+
+def dhcp_everywhere(discovery) -> dict:
+    """netplan v2 `ethernets` that put DHCP on each NIC of the inventory, by MAC and name.
+
+    One entry per NIC: cloud-init 22.4's networkd renderer writes an entry's key as `Name=` and
+    ignores a `match: name:` glob, so a single `all: {match: {name: eth*}}` entry matches no
+    interface at all. The names are the inventory's (the installed kernel keeps the discovery
+    kernel's eth names: net.ifnames=0); a NIC without one gets ethN by its place in the list."""
+    nics = (discovery or {}).get("nics") if isinstance(discovery, dict) else None
+    out: dict = {}
+    for i, nic in enumerate(nics if isinstance(nics, list) else []):
+        if not isinstance(nic, dict) or not nic.get("mac"):
+            continue
+        name = str(nic.get("name") or f"eth{i}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", name) or name in out:
+            name = f"eth{i}"
+        out[name] = {"match": {"macaddress": str(nic["mac"]).lower()}, "set-name": name, "dhcp4": True}
+    return out or {"eth0": {"dhcp4": True}}
 
 
 def proxy_files(ctx: Context) -> list[dict]:

@@ -330,3 +330,21 @@ def test_deploy_right_after_allocate_skips_the_allocation_reboot(dapi, store):
     dapi.post(f"/api/v2/nodes/{node['node']}/deploy")
     nxt = dapi.get("/api/v2/agent/next", headers=agent(node["token"])).json()
     assert nxt["action"] == "run" and "crowbar-install" in nxt["script"]
+
+
+def test_without_an_interface_plan_every_nic_of_the_inventory_gets_dhcp_by_mac():
+    """The fallback seed names each NIC (cloud-init's networkd renderer writes the key as Name= and
+    ignores a `match: name:` glob, so one `all: {match: {name: eth*}}` entry configured nothing)."""
+    from crowbar.services.install import dhcp_everywhere
+
+    nics = [{"name": "eth0", "mac": "52:54:00:AA:00:01"}, {"mac": "52:54:00:aa:00:02"},
+            {"name": "bad name;", "mac": "52:54:00:aa:00:03"}, {"name": "eth0", "mac": "52:54:00:aa:00:04"},
+            "junk", {"name": "eth9"}]
+    assert dhcp_everywhere({"nics": nics}) == {
+        "eth0": {"match": {"macaddress": "52:54:00:aa:00:01"}, "set-name": "eth0", "dhcp4": True},
+        "eth1": {"match": {"macaddress": "52:54:00:aa:00:02"}, "set-name": "eth1", "dhcp4": True},
+        "eth2": {"match": {"macaddress": "52:54:00:aa:00:03"}, "set-name": "eth2", "dhcp4": True},
+        "eth3": {"match": {"macaddress": "52:54:00:aa:00:04"}, "set-name": "eth3", "dhcp4": True},
+    }
+    assert dhcp_everywhere({}) == {"eth0": {"dhcp4": True}}
+    assert dhcp_everywhere(None) == {"eth0": {"dhcp4": True}}
