@@ -99,15 +99,17 @@ def _without_puppet(tmp_path, monkeypatch, apt_get: str) -> Path:
 
 def test_a_node_without_puppet_gets_puppet_agent_from_apt_first(tmp_path, monkeypatch):
     # the fake apt-get "installs" puppet: a wrapper around this machine's
-    fake = _without_puppet(tmp_path, monkeypatch, 'case "$1" in install) printf "#!/bin/sh\\nexec /usr/bin/puppet \\"\\$@\\"\\n" '
-                                                  f'> {tmp_path}/fakebin/puppet; chmod 755 {tmp_path}/fakebin/puppet;; esac')
+    wrapper = f"{tmp_path}/fakebin/puppet"
+    install = f'printf "#!/bin/sh\\nexec /usr/bin/puppet \\"\\$@\\"\\n" > {wrapper}; chmod 755 {wrapper}'
+    fake = _without_puppet(tmp_path, monkeypatch, f'case "$1" in install) {install};; esac')
     out = tmp_path / "out"
     out.mkdir()
     ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "include greeter\n",
                {"greeter::message": "installed", "greeter::dir": str(out)})
     result = PuppetJig().run(ctx)
     assert result.ok, result.log
-    assert (tmp_path / "apt.log").read_text().splitlines() == ["apt-get update -q", "apt-get install -y -q puppet-agent"]
+    apt = (tmp_path / "apt.log").read_text().splitlines()
+    assert apt == ["apt-get update -q", "apt-get install -y -q puppet-agent"]
     assert "puppet is missing: installing puppet-agent" in result.log
     assert (out / "greeting.txt").read_text() == "installed x1 on admin.example.com for greeter\n"
     assert (fake / "puppet").exists()
