@@ -3,7 +3,8 @@
 The barclamp's `puppet/` tree (`manifests/<role>.pp`, modules under `modules/`) travels to the
 node as a tar bundle over one SSH session (or runs here for the admin node), as the script jig's
 scripts do (crowbar/jigs/transport.py). There a small sh driver installs `puppet-agent` with
-apt-get when `puppet` is missing (the node's apt configuration carries the package proxy), then runs
+apt-get (update, then install) when `puppet` is missing (the node's apt configuration carries the
+package proxy; a failed install fails the run, saying so), then runs
 
     puppet apply --detailed-exitcodes --modulepath modules:<crowbar's> --hiera_config <ours> manifests/<role>.pp
 
@@ -36,6 +37,7 @@ from crowbar.jigs import transport
 from crowbar.jigs.base import Jig, RunContext, RunResult
 from crowbar.jigs.trees import check_tree, seconds
 
+PACKAGE = "puppet-agent"  # Debian 12 (Puppet 7) and 13 (Puppet 8); `puppet` is a transitional package to it
 DEFAULT_TIMEOUT = 3600.0  # seconds for the run, unless crowbar/puppet/timeout says
 MODULES = Path(__file__).with_name("puppet_modules")  # the `crowbar` module (crowbar::wall)
 STATE = ".crowbar"
@@ -110,8 +112,10 @@ def _driver(ctx: RunContext, token: str, timeout: int) -> str:
                      (("crowbar_node", ctx.node.name), ("crowbar_role", ctx.role), ("crowbar_run_id", str(ctx.run_id))))
     return f"""\
 {transport.UNPACK}if ! command -v puppet >/dev/null 2>&1; then
-  echo "puppet is missing: installing puppet-agent"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q puppet-agent </dev/null || {{ echo "{mark}end:127"; exit 1; }}
+  echo "puppet is missing: installing {PACKAGE} (apt-get update, apt-get install)"
+  export DEBIAN_FRONTEND=noninteractive
+  {{ apt-get update -q && apt-get install -y -q {PACKAGE}; }} </dev/null || {{ echo "{mark}install:$?"; exit 1; }}
+  command -v puppet >/dev/null 2>&1 || {{ echo "{mark}install:127"; exit 1; }}
 fi
 mkdir -p "$d/{STATE}/wall" "$d/modules"
 {facts} FACTER_crowbar_wall_dir="$d/{STATE}/wall" timeout -s KILL {timeout} \\
@@ -146,12 +150,16 @@ def _result(text: str, token: str, rc: int | None, limit: float, where: str) -> 
                 continue
             if isinstance(doc, dict):
                 merge(wall, doc)
+        elif kind.startswith("install:"):
+            failures.append(f"installing {PACKAGE} on {where} failed (apt-get exit {kind[8:]}: see its output above); "
+                            "the node's apt reaches the mirror through the admin server's package proxy")
+            log += body
         elif kind.startswith("end:"):
             end = int(kind[4:]) if kind[4:].lstrip("-").isdigit() else None
             log += body
     if rc is None:
         failures.append(f"puppet run on {where} killed: no end after {limit:g} s (attribute crowbar/puppet/timeout)")
-    elif end is None:
+    elif end is None and not failures:
         failures.append(f"the session to {where} ended with exit code {rc} before puppet finished")
     elif end == 137:
         failures.append("puppet apply killed: the run exceeded its timeout (attribute crowbar/puppet/timeout)")

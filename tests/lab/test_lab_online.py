@@ -2,8 +2,10 @@
 caching proxies (`lab up --proxies`), which reach the Debian mirror and PyPI through the lab's
 uplink (tinyproxy + socat relays; crowbar/lab/uplink.py); the VM reaches nothing but the admin
 server. An installed Debian 12 node's apt goes through apt-cacher-ng by itself (the seed wrote
-it): a package installs online; a staged one installs with the proxies offline while an unstaged
-one fails with the proxy's error naming it. Then install from source: pyhello from a git
+it): the puppet jig installs puppet-agent that way on the node, which has no puppet, then applies
+the sample pphello (Hiera data in, a wall out that a child role uses); a package installs online;
+a staged one installs with the proxies offline while an unstaged one fails with the proxy's error
+naming it. Then install from source: pyhello from a git
 repository (upstream: `git daemon` in the lab's namespace) through the admin server's git mirror,
 its Python dependency from the PyPI cache, at tag v1's commit, then at a new commit."""
 
@@ -66,8 +68,8 @@ def _on(cli, node: str, command: str, timeout: float = 600, ok: bool = True) -> 
     return cli("nodes", "ssh", node, "--", command, timeout=timeout, ok=ok)
 
 
-def _wall(cli, deployment: str) -> dict:
-    (nr,) = cli.json("noderoles", "list", "--deployment", deployment)
+def _wall(cli, deployment: str, *role: str) -> dict:
+    (nr,) = cli.json("noderoles", "list", "--deployment", deployment, *(("--role", *role) if role else ()))
     shown = cli.json("noderoles", "show", str(nr["id"]))
     assert shown["state"] == "active", (shown.get("status"), cli.context())
     return shown["wall"]
@@ -87,6 +89,38 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
     cli("nodes", "deploy", node, "--os", OS, "--wait", "--timeout", "1200", timeout=1300)
     address = {a["node"]: a["address"] for a in cli.json("network", "allocations", "admin")}[node].split("/")[0]
     assert f"http://{ADMIN}:3142" in _on(cli, node, "cat /etc/apt/apt.conf.d/00crowbar-proxy").stdout
+
+    # the puppet jig: the image has no puppet, so the jig installs puppet-agent (apt-get update, then
+    # install) through the package proxy, then applies samples/barclamps/pphello, whose module takes
+    # its message from Hiera (the deployment's role data); the manifest's wall reaches the child
+    # pphello-check (script jig), which fetches the page at the URL it published
+    assert _on(cli, node, "command -v puppet || echo none").stdout.strip() == "none"
+    cli("barclamps", "import", str(REPO / "samples" / "barclamps" / "pphello"))
+    cli("deployments", "create", "pp")
+    cli("deployments", "bind", "pp", "pphello-check", node)  # and pphello, which it requires
+    message = "Hello from Hiera on a lab node"
+    cli("deployments", "role-data", "set", "pp", "pphello", json.dumps({"pphello::message": message}))
+    cli("deployments", "commit", "pp")
+    cli("anneal", "--wait", "--timeout", "900", "--deployment", "pp", timeout=1000)
+    wall = _wall(cli, "pp", "pphello")
+    url = f"http://{address}:8091/"
+    assert wall["pphello_url"] == url and wall["pphello_puppet"].startswith("7."), wall  # Debian 12: Puppet 7
+    (nr,) = cli.json("noderoles", "list", "--deployment", "pp", "--role", "pphello")
+    log = cli("noderoles", "log", str(nr["id"])).stdout
+    assert "puppet is missing: installing puppet-agent" in log, log
+    assert "<== puppet apply exited with 2 (changes applied)" in log, log
+    # the package came through the admin server's apt-cacher-ng: its transfer log and its cache hold it
+    acng = cli.lab_dir / "server" / "proxy" / "apt"
+    sent = [line for line in (acng / "log" / "apt-cacher.log").read_text().splitlines()
+            if re.search(r"\|O\|\d+\|.*/puppet-agent_[^/|]+\.deb$", line)]
+    assert sent, "apt-cacher-ng's transfer log shows no puppet-agent package sent to the node"
+    assert list(acng.glob("cache/**/puppet-agent_*.deb")), "puppet-agent is not in apt-cacher-ng's cache"
+    # on the node: the package, the page with the injected message, the unit Puppet started
+    state = _on(cli, node, "dpkg-query -W -f='${Status}\\n' puppet-agent; systemctl is-active pphello; "
+                           "systemctl is-enabled pphello; head -1 /srv/pphello/index.html").stdout
+    assert state.splitlines() == ["install ok installed", "active", "enabled", f"<h1>{message}</h1>"], state
+    check = _wall(cli, "pp", "pphello-check")["pphello_check"]
+    assert check["url"] == url and check["page"].startswith(f"<h1>{message}</h1>"), check
 
     # online: a package from the mirror, through apt-cacher-ng and the uplink
     done = _on(cli, node, "apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive "
