@@ -219,3 +219,51 @@ def test_the_lab_uplink_lets_through_the_mirror_and_pypi_only(tmp_path):
     assert "Port 18123\n" in conf and "Listen 127.0.0.1\n" in conf and "Allow 127.0.0.1\n" in conf
     assert "FilterDefaultDeny Yes\n" in conf and f'Filter "{tmp_path / "allowed"}"' in conf
     assert allowed == "^deb\\.debian\\.org$\n^pypi\\.org$\n^files\\.pythonhosted\\.org$\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: network namespaces (ip netns add)")
+@pytest.mark.skipif(shutil.which("tinyproxy") is None or shutil.which("socat") is None,
+                    reason="tinyproxy or socat is missing (apt-get install tinyproxy socat)")
+def test_the_uplink_runs_unprivileged_and_refuses_other_hosts(tmp_path):
+    """The real tinyproxy behind the real relays: started by root, it runs as nobody; the mirror
+    (here a web server on this host's loopback) is reached, any other host refused (403) before a
+    connection leaves this machine."""
+    import functools
+    import http.server
+    import secrets as _secrets
+    import threading
+
+    from crowbar.lab import uplink
+
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "Release").write_text("a mirror file\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    mirror = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=mirror.serve_forever, daemon=True).start()
+    mirror_url = f"http://127.0.0.1:{mirror.server_address[1]}"
+    ns = f"cbup-{_secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    started = None
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        started = uplink.start(tmp_path / "uplink", ns, mirror_url + "/debian")
+        uids = [line.split()[1:] for line in Path(f"/proc/{started['pids'][0]}/status").read_text().splitlines()
+                if line.startswith("Uid:")][0]
+        assert uids and all(u == str(__import__("pwd").getpwnam("nobody").pw_uid) for u in uids), uids
+        # from inside the namespace, through both relays: the mirror, then a host that is not allowed
+        def through(url: str) -> str:
+            probe = subprocess.run(["ip", "netns", "exec", ns, "python3", "-c",
+                                    "import sys, urllib.request as u; h = u.ProxyHandler({'http': sys.argv[1]});"
+                                    "r = u.build_opener(h).open(sys.argv[2], timeout=10); print(r.status, r.read().decode())",
+                                    started["url"], url], capture_output=True, text=True, timeout=30)
+            return probe.stdout + probe.stderr
+
+        assert "200 a mirror file" in through(mirror_url + "/Release")
+        assert "HTTP Error 403" in through("http://example.invalid/")
+        log = (tmp_path / "uplink" / "tinyproxy.log").read_text()
+        assert 'refused on filtered domain "example.invalid"' in log, log
+    finally:
+        if started:
+            uplink.stop(started["pids"], tmp_path / "uplink")
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        mirror.shutdown()
