@@ -48,7 +48,8 @@ export function h(tag, attrs, ...children) {
 }
 
 export const badge = (s) => h("span", { class: `badge s-${s}`, "data-state": s }, s);
-export const fmtBytes = (n) => n == null ? "–" : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
+export const fmtBytes = (n) => n == null ? "–" : n >= 2 ** 40 ? `${(n / 2 ** 40).toFixed(1)} TiB`
+  : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
 export const fmtTime = (t) => t ? new Date(t).toLocaleString() : "–";
 
 export function toast(message, error = false) {

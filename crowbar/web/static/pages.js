@@ -65,7 +65,19 @@ route(/^\/$/, async (main) => {
 });
 
 // -- nodes list ------------------------------------------------------------------------------------
-const SORTABLE = { name: "name", state: "state", memory: "memory", cpus: "cpus", id: "id" };
+const SORTABLE = { name: "name", state: "state", memory: "memory", cpus: "cpus", disk: "disk", id: "id" };
+
+// A node's power state as its latest power requests tell it (GET /nodes: `power`; GET /nodes/{id}/power: `state`).
+export function powerBadge(p) {
+  if (!p) return "–";
+  const title = [p.by ? `${p.by} ${p.since ? `at ${fmtTime(p.since)}` : ""}` : "no power request has said yet",
+    p.pending ? `${p.pending} pending` : "", p.failed ? `last request failed: ${p.failed.action}: ${p.failed.result}` : ""]
+    .filter(Boolean).join("; ");
+  return h("span", { class: "power", "data-power-state": p.state, title },
+    h("span", { class: `badge p-${p.state}` }, `power ${p.state}`),
+    p.pending ? h("span", { class: "badge s-transition", "data-pending": p.pending }, `${p.pending}…`) : "",
+    p.failed ? h("span", { class: "badge s-error", "data-failed": p.failed.action }, `${p.failed.action} failed`) : "");
+}
 const BULK = [
   // [label, key, confirmation verb, request(node, extra)]
   ["Allocate", "allocate", "allocate", (n) => api("POST", `nodes/${n.id}/allocate`)],
@@ -81,7 +93,7 @@ const BULK = [
 route(/^\/nodes$/, async (main) => {
   const q = query();
   const f = { name: q.name || "", state: q.state || "", deployment: q.deployment || "", tag: q.tag || "", memory_min: q.memory_min || "",
-              cpus_min: q.cpus_min || "", sort: q.sort || "name", limit: q.limit || "100" };
+              cpus_min: q.cpus_min || "", disk_min: q.disk_min || "", sort: q.sort || "name", limit: q.limit || "100" };
   let markers = [], rows = [], selected = new Map(), next = null, current = null;
   const [states, deps] = await Promise.all([get("node_states").catch(() => ({})), listAll("deployments", 500)]);
   const stateNames = Object.keys(states.states || {}).length ? Object.keys(states.states) : LIFECYCLE_ORDER;
@@ -98,6 +110,7 @@ route(/^\/nodes$/, async (main) => {
   input("tag", "Tag", { type: "search", placeholder: "e.g. big-mem", maxlength: 64, style: "width:8rem" }),
   input("memory_min", "Memory ≥ MiB", { type: "number", min: 0, style: "width:7rem" }),
   input("cpus_min", "CPUs ≥", { type: "number", min: 0, style: "width:5rem" }),
+  input("disk_min", "Disk ≥ GiB", { type: "number", min: 0, style: "width:7rem", title: "all of a node's disks together" }),
   h("button", { class: "primary" }, "Filter"));
   const info = h("span", { class: "muted", id: "page-info" });
   const tagNote = h("p", { class: "field-error", id: "tag-note" });
@@ -121,7 +134,8 @@ route(/^\/nodes$/, async (main) => {
       checked: rows.length > 0 && rows.every((n) => selected.has(n.id)),
       onchange: (ev) => { for (const n of rows) ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } });
     head.replaceChildren(canChange() ? h("th", {}, all) : "", col("Name", "name"), col("State", "state"), col("OS"),
-      col("Memory", "memory"), col("CPUs", "cpus"), col("Alive"), col("Available"), col("Boot env"), tagged() ? col("Tags") : "");
+      col("Memory", "memory"), col("CPUs", "cpus"), col("Disk", "disk"), col("Power"), col("Alive"), col("Available"), col("Boot env"),
+      tagged() ? col("Tags") : "");
   }
   function draw(changed = new Set()) {
     header();
@@ -129,11 +143,12 @@ route(/^\/nodes$/, async (main) => {
       canChange() ? h("td", {}, h("input", { type: "checkbox", "aria-label": `select ${n.name}`, checked: selected.has(n.id),
         onchange: (ev) => { ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } })) : "",
       h("td", {}, h("a", { href: `#/nodes/${n.name}` }, n.name)), h("td", {}, badge(n.state)), h("td", {}, n.os || "–"),
-      h("td", {}, fmtBytes(n.memory_bytes)), h("td", {}, n.cpus ?? "–"), h("td", {}, n.alive ? "yes" : "no"),
+      h("td", {}, fmtBytes(n.memory_bytes)), h("td", {}, n.cpus ?? "–"), h("td", { "data-col": "disk" }, fmtBytes(n.disk_bytes)),
+      h("td", { "data-col": "power" }, powerBadge(n.power)), h("td", { "data-col": "alive" }, n.alive ? "yes" : "no"),
       h("td", {}, n.available ? "yes" : "no"), h("td", {}, n.bootenv),
       tagged() ? h("td", {}, (n.tags || []).map((t) => h("a", { class: "tag", href: `#/nodes?tag=${encodeURIComponent(t)}`,
         onclick: (ev) => { ev.preventDefault(); f.tag = t; form.elements.tag.value = t; markers = []; load(null); } }, t))) : "")));
-    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "no nodes match")));
+    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 12, class: "muted" }, "no nodes match")));
     const first = markers.length * Number(f.limit);
     info.textContent = rows.length ? `nodes ${first + 1}–${first + rows.length}${next ? "" : " (last page)"}` : "";
     prev.disabled = markers.length === 0; nextB.disabled = !next;
@@ -172,7 +187,8 @@ route(/^\/nodes$/, async (main) => {
       extra.os = window.prompt(`OS to deploy (${names.join(", ") || "none built yet"}); empty: each node's default`, names[0] || "") || "";
     }
     const ok = await confirmList(`${label.replace("…", "")} ${nodes.length} node${nodes.length > 1 ? "s" : ""}?`,
-      nodes.map((n) => `${verb} ${n.name}${extra.os ? ` with ${extra.os}` : ""} (now ${n.state})`), label.replace("…", ""));
+      nodes.map((n) => `${verb} ${n.name}${extra.os ? ` with ${extra.os}` : ""} (now ${n.state}, power ${n.power?.state ?? "unknown"}` +
+        `${n.power?.pending ? `, ${n.power.pending} pending` : ""})`), label.replace("…", ""));
     if (!ok) return;
     let failed = 0;
     for (const n of nodes) {
@@ -232,7 +248,7 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
     const powerBar = canChange() ? h("div", { class: "bar", id: "power-actions" }, ["on", "off", "cycle", "status"].map((a) =>
       h("button", { "data-power": a, onclick: async () => {
         if (a !== "status" && !(await confirmList(`Power ${a} ${n.name}?`, [`power ${a} ${n.name} through ${n.power_driver}`]))) return;
-        try { const r = await api("POST", `nodes/${n.id}/power`, { action: a }); toast(`power ${a} queued (request ${r.id})`); }
+        try { const r = await api("POST", `nodes/${n.id}/power`, { action: a }); toast(`power ${a} queued (request ${r.id})`); await draw(); }
         catch (e) { toast(e.message, true); }
       } }, `Power ${a}`))) : "";
     top.replaceChildren(
@@ -243,8 +259,14 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
           "Boot MAC": n.boot_mac || "–", Admin: n.admin, Created: fmtTime(n.created_at), Description: n.description || "–" }),
           h("h3", {}, "OS install"), kv({ Phase: n.install.phase || "–", Image: n.install.image || "–", Disk: n.install.disk || "–" }),
           installSteps(n.install)),
-        h("div", { class: "card" }, h("h2", {}, "Power"), kv({ Driver: power?.driver || n.power_driver,
-          Settings: power ? JSON.stringify(power.settings) : "–" }), powerBar)));
+        h("div", { class: "card", id: "power-card" }, h("h2", {}, "Power"), kv({ State: powerBadge(power?.state),
+          "Said by": power?.state?.by ? `${power.state.by} at ${fmtTime(power.state.since)}` : "no power request yet",
+          Driver: power?.driver || n.power_driver, Settings: power ? JSON.stringify(power.settings) : "–" }),
+          power?.state?.failed ? h("p", { class: "field-error" }, `the latest request (${power.state.failed.action}) failed: ${power.state.failed.result}`) : "",
+          powerBar,
+          h("p", { class: "muted" }, "The state is what the latest power requests did or saw (status asks the driver); ",
+            h("a", { href: `#/events?object_type=node&object_id=${n.id}` }, "the node's events"), " list every one.")),
+        h("div", { class: "card", id: "lifecycle-history" }, h("h2", {}, "Lifecycle history"), lifecycleHistory(history, n))));
     noderolesBox.replaceChildren(h("h2", {}, `Noderoles (${noderoles.length})`),
       table(["noderole", "role", "deployment", "state", "runs", "log"], noderoles.map((r) => h("tr", { "data-noderole": r.id,
         class: r.id === selectedId ? "selected" : "" },
