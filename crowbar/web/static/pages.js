@@ -242,9 +242,11 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
   }
   async function draw() {
     const n = await get(`nodes/${encodeURIComponent(key)}`);
-    const [noderoles, power, events, plan] = await Promise.all([
+    const [noderoles, power, events, plan, history, template] = await Promise.all([
       listAll(`node_roles?node=${n.id}`, 1000), get(`nodes/${n.id}/power`).catch(() => null),
-      get(`events?object_type=node&object_id=${n.id}&limit=30`), get(`nodes/${n.id}/network_plan`).catch((e) => ({ error: e.message }))]);
+      get(`events?object_type=node&object_id=${n.id}&limit=30`), get(`nodes/${n.id}/network_plan`).catch((e) => ({ error: e.message })),
+      get(`events?object_type=node&object_id=${n.id}&action=lifecycle&limit=100`).then((p) => p.items).catch(() => []),
+      get("networks/export").catch(() => null)]);
     const powerBar = canChange() ? h("div", { class: "bar", id: "power-actions" }, ["on", "off", "cycle", "status"].map((a) =>
       h("button", { "data-power": a, onclick: async () => {
         if (a !== "status" && !(await confirmList(`Power ${a} ${n.name}?`, [`power ${a} ${n.name} through ${n.power_driver}`]))) return;
@@ -277,7 +279,7 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
     rest.replaceChildren(
       h("h2", {}, "Inventory"), h("div", { class: "card", id: "inventory" }, inventory(n.discovery)),
       h("h2", {}, "Addresses and interface plan"),
-      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) : interfacePlan(plan)),
+      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) : interfacePlan(plan, template)),
       h("h2", {}, "Recent events"), eventsTable(events.items.slice().reverse()));
     node = n;
   }
@@ -287,11 +289,44 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
   liveRefresh((e) => (e.object_type === "node" && node && e.object_id === node.id) || e.object_type === "noderole", draw, 500);
 });
 
-// GET /nodes/{id}/network_plan (json): the node's addresses (one per network), the interfaces
-// that carry them (NICs, bonds, VLANs, bridges) and its routes.
-function interfacePlan(plan) {
+// The node's lifecycle moves (its `lifecycle` events, oldest first) with how long it stayed in
+// each state: until the next move, or until now for the state it is in.
+function lifecycleHistory(moves, n) {
+  if (!moves.length) return h("p", { class: "muted" }, `no lifecycle moves recorded (in ${n.state} since ${fmtTime(n.created_at)})`);
+  const took = (from, to) => {
+    const s = Math.max(0, (to - from) / 1000);
+    return s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : s < 172800 ? `${(s / 3600).toFixed(1)} h` : `${(s / 86400).toFixed(1)} d`;
+  };
+  return table(["at", "from → to", "by", "why", "stayed"], moves.map((e, i) => {
+    const next = moves[i + 1];
+    return h("tr", { "data-move": e.to }, h("td", {}, fmtTime(e.at)), h("td", {}, e.from ? badge(e.from) : "", " → ", badge(e.to)),
+      h("td", {}, e.actor), h("td", {}, e.message || ""),
+      h("td", { "data-took": next ? "done" : "current" }, next ? took(new Date(e.at), new Date(next.at)) : `${took(new Date(e.at), new Date())} so far`));
+  }), { id: "lifecycle-moves" });
+}
+
+// The conduits of a node's plan: each conduit of the conduit_map entry the node matched, the NIC
+// or bond it resolved to (with its members) and the networks on it.
+function conduitRows(plan, template) {
+  const attachments = Object.values(plan.attachments || {});
+  const entry = (template?.conduit_map || []).find((e) => e.pattern === plan.conduit_map_pattern);
+  const byName = new Map((plan.interfaces || []).map((i) => [i.name, i]));
+  const names = [...new Set([...Object.keys(entry?.conduits || {}), ...attachments.map((a) => a.conduit)])];
+  return table(["conduit", "refs", "resolves to", "members", "networks"], names.map((c) => {
+    const on = attachments.filter((a) => a.conduit === c);
+    const iface = on.find((a) => a.conduit_interface)?.conduit_interface;
+    const members = iface && byName.get(iface)?.members?.length ? byName.get(iface).members.join(", ") : iface || "–";
+    return h("tr", { "data-conduit": c }, h("td", {}, c), h("td", {}, h("code", {}, (entry?.conduits?.[c] || []).join(" "))),
+      h("td", {}, iface || (on.length ? "the BMC" : "unused")), h("td", {}, members), h("td", {}, on.map((a) => a.network).join(", ") || "–"));
+  }), { id: "node-conduits" });
+}
+
+// GET /nodes/{id}/network_plan (json): the node's addresses (one per network), the conduits, the
+// interfaces that carry them (NICs, bonds, VLANs, bridges) and its routes.
+function interfacePlan(plan, template) {
   const attachments = Object.values(plan.attachments || {});
   return h("div", {},
+    h("h3", {}, "Conduits ", h("span", { class: "muted" }, `(conduit map entry ${plan.conduit_map_pattern || "?"})`)), conduitRows(plan, template),
     h("h3", {}, "Addresses"), table(["network", "address", "on", "conduit", "gateway"], attachments.map((a) => h("tr", { "data-address": a.network },
       h("td", {}, a.network), h("td", {}, a.address), h("td", {}, a.interface || "the BMC"), h("td", {}, `${a.conduit} → ${a.conduit_interface || "–"}`),
       h("td", {}, a.gateway || "–"))), { id: "node-addresses" }),
@@ -346,15 +381,18 @@ route(/^\/roles\/([^/?]+)$/, async (main, key) => {
 });
 
 // -- networks ------------------------------------------------------------------------------------------
+// GET /networks: every network with each range's size and how many of its addresses are allocated
+// (one GROUP BY on the server); GET /networks/export: the conduit map; GET /neutron/networks: the
+// tenant segments.
 route(/^\/networks$/, async (main) => {
-  // GET /networks answers the whole template as a list (not pages); GET /networks/{name} says how
-  // many addresses of each range are allocated (the list's per-range `used` is not filled in).
-  const nets = await get("networks");
-  const items = await Promise.all((Array.isArray(nets) ? nets : nets.items || []).map((n) =>
-    get(`networks/${encodeURIComponent(n.name)}`).catch(() => n)));
+  const [nets, template, segments] = await Promise.all([get("networks"), get("networks/export").catch(() => null),
+    listAll("neutron/networks", 2000).catch((e) => ({ error: e.message }))]);
+  const items = Array.isArray(nets) ? nets : nets.items || [];
   const body = h("div", { class: "grid2" });
-  main.replaceChildren(h("h1", {}, "Networks"), body);
-  if (!items.length) { body.append(h("p", { class: "muted" }, "no networks defined")); return; }
+  const conduits = h("div", { id: "conduit-map" });
+  const neutron = h("div", { id: "neutron-segments" });
+  main.replaceChildren(h("h1", {}, "Networks"), body, h("h2", {}, "Conduits"), conduits, h("h2", {}, "Neutron tenant segments"), neutron);
+  if (!items.length) body.append(h("p", { class: "muted" }, "no networks defined"));
   const allocations = await Promise.all(items.map((net) =>
     get(`networks/${encodeURIComponent(net.name)}/allocations?limit=200`).catch(() => ({ items: [], next: null }))));
   items.forEach((net, i) => {
@@ -365,8 +403,8 @@ route(/^\/networks$/, async (main) => {
            MTU: net.mtu ?? "–", bridge: net.add_bridge ? "yes" : "no", team: net.use_team ? `mode ${net.team_mode}` : "no" }),
       h("h3", {}, "Ranges"), table(["range", "first", "last", "allocated"], ranges.map(([name, r]) => {
         const pct = r.size ? Math.round(100 * (r.used || 0) / r.size) : 0;
-        return h("tr", { "data-range": name }, h("td", {}, name), h("td", {}, r.start), h("td", {}, r.end),
-          h("td", {}, `${r.used ?? "?"} of ${r.size ?? "?"}`, h("div", { class: "progress", title: `${pct}% allocated` },
+        return h("tr", { "data-range": name, "data-used": r.used }, h("td", {}, name), h("td", {}, r.start), h("td", {}, r.end),
+          h("td", {}, `${r.used ?? "?"} of ${r.size ?? "?"} (${pct}%)`, h("div", { class: "progress", title: `${pct}% allocated` },
             h("span", { class: pct > 90 ? "s-error" : pct > 70 ? "s-todo" : "s-active", style: `width:${pct}%` }))));
       })),
       h("h3", {}, `Allocations (${net.allocations ?? allocs.items.length})`),
@@ -374,16 +412,30 @@ route(/^\/networks$/, async (main) => {
         h("td", {}, a.node ? h("a", { href: `#/nodes/${encodeURIComponent(a.node)}` }, a.node) : "–"), h("td", {}, a.range || "")))),
       allocs.next ? h("p", { class: "muted" }, `the first ${allocs.items.length} shown (crowbar network allocations ${net.name})`) : ""));
   });
-  const neutron = await get("neutron/networks").catch(() => null);
-  if (neutron) body.append(h("h2", {}, "Neutron tenant segments"), table(["id", "type", "physical network", "segment"],
-    neutron.items.map((n) => h("tr", {}, h("td", {}, n.id), h("td", {}, n.type || n.network_type || ""),
-      h("td", {}, n.physical_network || ""), h("td", {}, n.segment ?? n.segmentation_id ?? "")))));
+  // The conduit map: for nodes matching each pattern (NIC count, roles, product), what each conduit
+  // is made of; and which networks ride on each conduit.
+  const map = template?.conduit_map || [];
+  const onConduit = (c) => items.filter((n) => n.conduit === c).map((n) => n.name);
+  const allConduits = [...new Set(map.flatMap((e) => Object.keys(e.conduits)).concat(items.map((n) => n.conduit)))];
+  conduits.replaceChildren(map.length ? table(["conduit", "networks on it", ...map.map((e) => h("code", {}, e.pattern))],
+    allConduits.map((c) => h("tr", { "data-conduit": c }, h("td", {}, c), h("td", {}, onConduit(c).join(", ") || "–"),
+      map.map((e) => h("td", {}, h("code", {}, (e.conduits[c] || []).join(" ") || "–"))))), { id: "conduits" })
+    : h("p", { class: "muted" }, "no conduit map"),
+    h("p", { class: "muted" }, "A node uses the first pattern it matches (its NIC count, roles, product); each reference names NICs by speed and order (",
+      h("code", {}, "1g1"), ", ", h("code", {}, "+10g2"), ", ", h("code", {}, "?1g1"), "): docs/networking.md. A node's page shows what its conduits resolved to."));
+  if (segments.error) neutron.replaceChildren(h("p", { class: "muted" }, segments.error));
+  else neutron.replaceChildren(table(["id", "name", "type", "physical network", "segment", "bridge", "DHCP namespace"],
+    segments.map((n) => h("tr", { "data-segment": n.id }, h("td", {}, n.id), h("td", {}, n.name || ""), h("td", {}, n.network_type || ""),
+      h("td", {}, n.physical_network || "–"), h("td", {}, n.segmentation_id ?? "–"), h("td", {}, h("code", {}, n.bridge || "")),
+      h("td", {}, h("code", {}, n.dhcp_namespace || "")))), { id: "segments" }));
 });
 
 // -- events --------------------------------------------------------------------------------------------
+// GET /events filtered on the server (object type, object id, action, actor); new events that
+// pass the same filters are added as they happen (the live feed: app.js).
 route(/^\/events$/, async (main) => {
   const q = query();
-  const f = { object_type: q.object_type || "", object_id: q.object_id || "", actor: q.actor || "" };
+  const f = { object_type: q.object_type || "", object_id: q.object_id || "", action: q.action || "", actor: q.actor || "" };
   let items = [];
   const form = h("form", { class: "filters", id: "event-filters", onsubmit: (ev) => {
     ev.preventDefault();
@@ -394,21 +446,32 @@ route(/^\/events$/, async (main) => {
     ["node", "noderole", "deployment", "deployment_role", "power_request", "user", "token", "network", "run"].map((t) =>
       h("option", { value: t, selected: t === f.object_type }, t)))),
   h("label", {}, "Object id", h("input", { name: "object_id", value: f.object_id, type: "number", min: 0, style: "width:7rem" })),
+  h("label", {}, "Action", h("input", { name: "action", value: f.action, list: "event-actions", style: "width:9rem", placeholder: "e.g. lifecycle" })),
+  h("datalist", { id: "event-actions" }, ["create", "delete", "lifecycle", "power-on", "power-off", "power-cycle", "power-status",
+    "commit", "propose", "bind", "requeue", "transition"].map((a) => h("option", { value: a }))),
   h("label", {}, "Actor", h("input", { name: "actor", value: f.actor, style: "width:9rem" })),
   h("button", { class: "primary" }, "Filter"));
   const holder = h("div");
   main.replaceChildren(h("h1", {}, "Events"), h("p", { class: "muted" }, "Newest first; new events appear as they happen."), form, holder);
   const keep = (e) => (!f.object_type || e.object_type === f.object_type) && (!f.object_id || String(e.object_id) === f.object_id)
-    && (!f.actor || e.actor === f.actor);
-  function draw() { holder.replaceChildren(eventsTable(items.slice().reverse().filter(keep), { id: "events" })); }
+    && (!f.action || e.action === f.action) && (!f.actor || e.actor === f.actor);
+  function draw(fresh = new Set()) {
+    holder.replaceChildren(eventsTable(items.slice().reverse(), { id: "events" }));
+    for (const tr of holder.querySelectorAll("tr[data-event]")) if (fresh.has(Number(tr.dataset.event))) tr.classList.add("flash");
+  }
   async function load() {
     const params = new URLSearchParams({ limit: "200" });
-    if (f.object_type) params.set("object_type", f.object_type);
-    if (f.object_id) params.set("object_id", f.object_id);
+    for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
     try { items = (await get(`events?${params}`)).items; draw(); } catch (e) { toast(e.message, true); }
   }
   await load();
-  onEvents((events) => { items = items.concat(events).slice(-500); draw(); });
+  onEvents((events) => {
+    const seen = new Set(items.map((e) => e.id));
+    const fresh = events.filter((e) => keep(e) && !seen.has(e.id));
+    if (!fresh.length) return;
+    items = items.concat(fresh).sort((a, b) => a.id - b.id).slice(-500);
+    draw(new Set(fresh.map((e) => e.id)));
+  });
 });
 
 export { kv, table, liveRefresh };
