@@ -17,6 +17,12 @@ ANNEAL_STATUS = {"finished": 200, "working": 202, "failed": 409}
 ObjectType = Query(None, max_length=32, description="events of objects of this type (node, noderole, ...)")
 ObjectId = Query(None, ge=0, le=MAX_ID, description="events of this object")
 Action = Query(None, max_length=64, description="events of this action (lifecycle, create, power-on, ...)")
+# One message of the stream, as a server-sent event's fields.
+SSE_MESSAGE = {"type": "object", "required": ["event", "data"], "properties": {
+    "event": {"type": "string", "enum": ["event", "reset", "end"]},
+    "data": {"type": "string", "description": "JSON: the event (as GET /events lists it), or {} for end"},
+    "id": {"type": "string", "description": "the highest event id sent so far (what Last-Event-ID resumes after)"},
+    "retry": {"type": "integer"}}}
 ActorName = Query(None, max_length=128, description="events by this user")
 
 
@@ -45,8 +51,9 @@ def list_events(s: UnitOfWork, page: Paging, object_type: str | None = ObjectTyp
 
 
 @router.get("/events/stream", tags=["events"], response_class=stream.EventStreamResponse,
-            responses={200: {"description": "server-sent events (text/event-stream)",
-                             "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
+            responses={200: {"description": "server-sent events (text/event-stream): `event` (an audit event, as "
+                                            "JSON in `data`), `reset` (too far behind: reload) or `end`",
+                             "content": {"text/event-stream": {"schema": SSE_MESSAGE}}}})
 async def stream_events(request: Request, config: Settings, object_type: str | None = ObjectType,
                         object_id: int | None = ObjectId, action: str | None = Action, actor: str | None = ActorName,
                         after: int | None = Query(None, ge=0, le=MAX_ID, description="start after this event id "

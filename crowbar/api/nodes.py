@@ -36,7 +36,7 @@ def list_nodes(s: UnitOfWork, page: Paging, state: str | None = None, name: str 
                deployment: str | None = None,
                memory_min: int | None = Query(None, ge=0, le=2**40, description="MiB of memory, at least"),
                cpus_min: int | None = Query(None, ge=0, le=2**20, description="CPUs, at least"),
-               disk_min: int | None = Query(None, ge=0, le=2**40, description="GiB of disks (all together), at least"),
+               disk_min: int | None = Query(None, ge=0, le=2**32, description="GiB of disks (all together), at least"),
                tag: str | None = Query(None, max_length=64, description="tagged so (by the OS rules or the operator)"),
                sort: str = Query("id", description="id, name, state, memory, cpus or disk; -name: descending")):
     """Nodes in `sort` order (then by id); `state` (lifecycle state), `name` (a prefix), `deployment`
