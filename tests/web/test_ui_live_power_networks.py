@@ -167,3 +167,24 @@ def test_events_live_by_stream_filtered_and_by_polling_as_the_fallback(ui):
     ui.api.post("/nodes", json={"name": "polled.ui.test"})
     poller.wait_for_selector("#events tr.flash:has-text('polled.ui.test')", timeout=10000)
     assert not page.errors and not poller.errors, page.errors + poller.errors
+
+
+def test_proposal_diff_shows_each_change_in_place_with_context(ui):
+    from web.test_ui_browser import make_nodes
+    from web.test_ui_follow_admin import committed_deployment
+
+    make_nodes(ui, 1, prefix="pd")
+    committed_deployment(ui, "diffs", [("test-server", "pd000.ui.test")],
+                         {"test-server": {"test": {"marker": "blue", "delay": 0, "z": 1}}})
+    page = ui.signed_in("olga", "operator")
+    page.goto(f"{ui.url}/ui/#/deployments/diffs")
+    card = page.locator("[data-proposal=test-server]")
+    card.locator("input[name=test-marker]").wait_for()
+    page.wait_for_selector("[data-proposal=test-server] .diff-none")
+    card.locator("input[name=test-marker]").fill("green")
+    lines = card.locator(".diff div").all_inner_texts()
+    changed = [i for i, line in enumerate(lines) if line.startswith(("-", "+"))]
+    assert [lines[i].strip() for i in changed] == ['-     "marker": "blue",', '+     "marker": "green",'], lines
+    assert changed[1] == changed[0] + 1  # the old line, then the new one, where they are in the document
+    assert any(line.strip().startswith('"delay": 0') for line in lines) and any('"z": 1' in line for line in lines)  # context
+    assert not page.errors, page.errors

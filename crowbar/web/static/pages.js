@@ -366,9 +366,10 @@ route(/^\/roles$/, async (main) => {
     table(["barclamp", "version", "description"], barclamps.map((b) => h("tr", {}, h("td", {}, b.name), h("td", {}, b.version || ""),
       h("td", {}, b.description || "")))),
     h("h2", {}, "Roles"),
-    table(["role", "barclamp", "jig", "requires", "flags", "attribs"], roles.map((r) => h("tr", {},
+    table(["role", "barclamp", "jig", "requires", "flags", "wants attribs", "description"], roles.map((r) => h("tr", {},
       h("td", {}, h("a", { href: `#/roles/${r.name}` }, r.name)), h("td", {}, r.barclamp), h("td", {}, r.jig),
-      h("td", {}, (r.requires || []).join(", ")), h("td", {}, (r.flags || []).join(", ")), h("td", {}, "…")))));
+      h("td", {}, (r.requires || []).join(", ")), h("td", {}, (r.flags || []).join(", ")),
+      h("td", {}, (r.wants_attribs || []).join(", ")), h("td", { class: "muted" }, r.description || "")))));
 });
 
 route(/^\/roles\/([^/?]+)$/, async (main, key) => {
