@@ -267,8 +267,8 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
           power?.state?.failed ? h("p", { class: "field-error" }, `the latest request (${power.state.failed.action}) failed: ${power.state.failed.result}`) : "",
           powerBar,
           h("p", { class: "muted" }, "The state is what the latest power requests did or saw (status asks the driver); ",
-            h("a", { href: `#/events?object_type=node&object_id=${n.id}` }, "the node's events"), " list every one.")),
-        h("div", { class: "card", id: "lifecycle-history" }, h("h2", {}, "Lifecycle history"), lifecycleHistory(history, n))));
+            h("a", { href: `#/events?object_type=node&object_id=${n.id}` }, "the node's events"), " list every one."))),
+      h("div", { class: "card", id: "lifecycle-history" }, h("h2", {}, "Lifecycle history"), lifecycleHistory(history, n)));
     noderolesBox.replaceChildren(h("h2", {}, `Noderoles (${noderoles.length})`),
       table(["noderole", "role", "deployment", "state", "runs", "log"], noderoles.map((r) => h("tr", { "data-noderole": r.id,
         class: r.id === selectedId ? "selected" : "" },
