@@ -48,6 +48,7 @@ def test_nodes_disk_filter_power_state_and_bulk_power_on(ui):
     page.on("request", lambda r: polls.append(r.url) if "/api/v2/events?marker=" in r.url else None)
     page.goto(f"{ui.url}/ui/#/nodes?sort=-disk")
     page.wait_for_selector("#live-mode[data-mode=stream]")
+    page.wait_for_selector(f"#nodes tbody tr[data-node='{names[3]}']")
     rows = page.locator("#nodes tbody tr").evaluate_all("rows => rows.map(r => r.dataset.node)")
     assert rows[:5] == [names[4], names[2], names[1], names[0], names[3]], rows
     assert page.inner_text(f"tr[data-node='{names[2]}'] td[data-col=disk]") == "10.0 TiB"
