@@ -6,7 +6,9 @@ At each size N, N nodes with a discovery inventory (memory from 16 to 1,024 GiB)
 then each query the nodes page makes is timed (GET /api/v2/nodes?limit=100, best of 3, in-process
 through the whole app: edge, session cookie, unit of work): the first page by name, a page in the
 middle (the marker of the node halfway), sorted by memory descending (first and middle page),
-filtered by memory >= 512 GiB and sorted by CPUs, filtered by state, by a name prefix.
+filtered by memory >= 512 GiB and sorted by CPUs, sorted by disk (all of a node's disks together:
+1 to 8 of 3.84 TB) descending (middle page), filtered by disk >= 20,000 GiB, filtered by state, by
+a name prefix. Each node has three power requests (each row shows the node's power state).
 With the browser (Debian's chromium through Playwright, SQLite only): the time from asking for the
 middle page (clicking Next on the page before it) until its rows are drawn, served by uvicorn on
 loopback. SQLite always; PostgreSQL too with --postgres.
@@ -29,7 +31,7 @@ from sqlalchemy import insert, select
 
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
-from crowbar.db.models import Node, utcnow
+from crowbar.db.models import Node, PowerRequest, utcnow
 from crowbar.db.session import Database
 from crowbar.services import auth, bootstrap
 
@@ -38,7 +40,7 @@ REPEAT = 3
 
 def inventory(i: int) -> dict:
     return {"cpu": {"count": 8 * (1 + i % 16), "model": "Xeon"}, "memory": {"total_bytes": (16 << (i % 7)) * 2**30},
-            "disks": [{"name": f"nvme{d}n1", "size_bytes": 3840 * 10**9} for d in range(8)],
+            "disks": [{"name": f"nvme{d}n1", "size_bytes": 3840 * 10**9} for d in range(1 + i % 8)],
             "nics": [{"name": f"eth{n}", "mac": f"52:54:00:{i >> 8 & 255:02x}:{i & 255:02x}:0{n}"} for n in range(4)],
             "dmi": {"vendor": "Example", "product": "R650", "serial": f"S{i:08d}"}}
 
@@ -52,6 +54,13 @@ def add_nodes(db: Database, n: int) -> None:
                  "available": True, "bootenv": "local", "discovery": inventory(i), "hints": {}, "created_at": now,
                  "state": states[i % len(states)], "install": {}, "power": {}}
                 for i in range(start, min(n, start + 5000))])
+        # three finished power requests per node (the list shows each node's power state from them)
+        ids = list(s.scalars(select(Node.id)))
+        for start in range(0, len(ids), 5000):
+            s.execute(insert(PowerRequest.__table__), [
+                {"node_id": node_id, "action": action, "state": "succeeded", "result": "on", "actor": "bench",
+                 "created_at": now, "finished_at": now}
+                for node_id in ids[start:start + 5000] for action in ("on", "status", "cycle")])
 
 
 def timed(client: TestClient, url: str) -> tuple[float, int]:
@@ -130,6 +139,8 @@ def run(url: str, backend: str, n: int, browser: bool) -> dict:
         "by memory desc, first page": "/api/v2/nodes?limit=100&sort=-memory",
         "by memory desc, middle page": f"/api/v2/nodes?limit=100&sort=-memory&marker={middle}",
         "memory >= 512 GiB, by cpus": "/api/v2/nodes?limit=100&sort=cpus&memory_min=524288",
+        "by disk desc, middle page": f"/api/v2/nodes?limit=100&sort=-disk&marker={middle}",
+        "disk >= 20,000 GiB, by name": "/api/v2/nodes?limit=100&sort=name&disk_min=20000",
         "state=problem, by name": "/api/v2/nodes?limit=100&sort=name&state=problem",
         "name prefix node001": "/api/v2/nodes?limit=100&sort=name&name=node001",
     }

@@ -122,7 +122,8 @@ def api(db, admin_token):
 
     annealer = Annealer(db, workers=4)
     woken: list[str] = []
-    client = TestClient(create_app(AppSettings(db=db, wake=woken.append)),
+    # event streams (GET /events/stream) of a second: the tests that call every route end
+    client = TestClient(create_app(AppSettings(db=db, wake=woken.append, event_stream_seconds=1.0)),
                         headers={"authorization": f"Bearer {admin_token}"})
     client.anneal = lambda timeout=60: annealer.run_until_idle(timeout)
     client.list = lambda path, params=None: every_item(client, path, params)

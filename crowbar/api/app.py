@@ -41,6 +41,7 @@ from crowbar.api import (
     power,
     provisioning,
     proxy,
+    stream,
     ui,
     users,
     websession,
@@ -66,6 +67,9 @@ def create_app(settings: AppSettings) -> FastAPI:
                               "the annealer.", docs_url=None, openapi_url="/api/v2/openapi.json",
                   default_response_class=body.JSONResponse)
     app.state.settings = settings  # read through crowbar.api.deps.settings only
+    # The one reader of the event log for this process's event streams (crowbar.api.stream); the
+    # server closes it before uvicorn waits for open connections at shutdown.
+    app.state.event_hub = stream.EventHub(settings.db)
     errors.install(app)
     metrics = observe.Metrics(settings)
     # Authentication, then the URL and the body, before any route: the edge knows the routes.

@@ -36,12 +36,14 @@ def list_nodes(s: UnitOfWork, page: Paging, state: str | None = None, name: str 
                deployment: str | None = None,
                memory_min: int | None = Query(None, ge=0, le=2**40, description="MiB of memory, at least"),
                cpus_min: int | None = Query(None, ge=0, le=2**20, description="CPUs, at least"),
+               disk_min: int | None = Query(None, ge=0, le=2**32, description="GiB of disks (all together), at least"),
                tag: str | None = Query(None, max_length=64, description="tagged so (by the OS rules or the operator)"),
-               sort: str = Query("id", description="id, name, state, memory or cpus; -name: descending")):
+               sort: str = Query("id", description="id, name, state, memory, cpus or disk; -name: descending")):
     """Nodes in `sort` order (then by id); `state` (lifecycle state), `name` (a prefix), `deployment`
-    (has a noderole there), `memory_min`, `cpus_min`, `tag` filter them. `marker`: the last node's id."""
+    (has a noderole there), `memory_min`, `cpus_min`, `disk_min`, `tag` filter them. `marker`: the last
+    node's id. Each node has `power`: its power state as its latest requests say (GET /nodes/{key})."""
     return page.answer(nodes.list_nodes(s, state=state, name=name, deployment=deployment, memory_min=memory_min,
-                                        cpus_min=cpus_min, tag=tag, sort=sort, limit=page.fetch, marker=page.marker))
+                                        cpus_min=cpus_min, disk_min=disk_min, tag=tag, sort=sort, limit=page.fetch, marker=page.marker))
 
 
 @router.post("/nodes", status_code=201)

@@ -48,3 +48,5 @@ class AppSettings:
     # Online mode's caching proxies (crowbar.server.proxies.Proxies; None without --proxies):
     # crowbar.services.proxy reads and stages through them, installs point the nodes' apt at them.
     proxies: object | None = None
+    # GET /events/stream (crowbar.api.stream): how long one stream lasts before the browser reconnects.
+    event_stream_seconds: float = 120.0

@@ -82,3 +82,39 @@ def _json_number_postgresql(element, compiler, **kw):
     column, path = compiler.process(element.column, **kw), "{" + ",".join(element.path) + "}"
     return (f"(CASE WHEN jsonb_typeof({column} #> '{path}') = 'number' "
             f"THEN CAST({column} #>> '{path}' AS DOUBLE PRECISION) END)")
+
+
+class json_array_sum(ColumnElement):  # noqa: N801 - used like a SQL function
+    """The sum of the numbers at key `field` of the objects in the JSON array at key `array` of the
+    JSON column `column` (a node's disks' `size_bytes`), as a float; NULL where there is no such
+    array or no number in it. A correlated subquery over that one row's array (SQLite json_each,
+    PostgreSQL jsonb_array_elements), for a WHERE or ORDER BY like `json_number`."""
+
+    type = Float()
+    inherit_cache = True
+
+    def __init__(self, column, array: str, field: str):
+        self.column, self.array, self.field = column, array, field
+
+    def _gen_cache_key(self, anon_map, bindparams):
+        return (json_array_sum, self.column._gen_cache_key(anon_map, bindparams), self.array, self.field)
+
+
+@compiles(json_array_sum)
+def _json_array_sum_sqlite(element, compiler, **kw):
+    _path_ok((element.array, element.field))
+    column, array, item = compiler.process(element.column, **kw), f"$.{element.array}", f"$.{element.field}"
+    return (f"(SELECT sum(CASE WHEN json_type(_e.value, '{item}') IN ('integer', 'real') "
+            f"THEN json_extract(_e.value, '{item}') END) FROM json_each(CASE WHEN json_valid({column}) AND "
+            f"json_type({column}, '{array}') = 'array' THEN {column} END, '{array}') AS _e "
+            f"WHERE _e.type = 'object')")
+
+
+@compiles(json_array_sum, "postgresql")
+def _json_array_sum_postgresql(element, compiler, **kw):
+    _path_ok((element.array, element.field))
+    column, array, item = compiler.process(element.column, **kw), element.array, element.field
+    return (f"(SELECT sum(CASE WHEN jsonb_typeof(_e -> '{item}') = 'number' "
+            f"THEN CAST(_e ->> '{item}' AS DOUBLE PRECISION) END) "
+            f"FROM jsonb_array_elements(CASE WHEN jsonb_typeof({column} -> '{array}') = 'array' "
+            f"THEN {column} -> '{array}' END) AS _e WHERE jsonb_typeof(_e) = 'object')")

@@ -194,9 +194,18 @@ class _Server(uvicorn.Server):
     """uvicorn, with TLS on some of its sockets only (`tls`: socket -> context); uvicorn's own
     `ssl` setting would apply to every socket, the provisioning listener's and unix sockets too."""
 
-    def __init__(self, config: uvicorn.Config, tls: dict[socket.socket, ssl.SSLContext]):
+    def __init__(self, config: uvicorn.Config, tls: dict[socket.socket, ssl.SSLContext],
+                 before_shutdown: tuple = ()):
         super().__init__(config)
         self.tls = tls
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn waits for every open connection to finish its answer before it stops: end the
+        # answers that never finish by themselves first (the event streams: crowbar.api.stream).
+        for hook in self.before_shutdown:
+            hook()
+        await super().shutdown(sockets=sockets)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=[sock for sock in sockets or [] if sock not in self.tls])
@@ -354,8 +363,10 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
                  "wait for approval" if approve_discovered else "are accepted", discovery_rate, discovery_burst)
         if secure:
             log.info("TLS on %s", ", ".join(secure))
-        server = _Server(uvicorn.Config(app, log_level=log_level, log_config=None, access_log=False),
-                         tls={sock: tls for spec, sock in zip(listens, sockets) if spec in secure})
+        server = _Server(uvicorn.Config(app, log_level=log_level, log_config=None, access_log=False,
+                                        timeout_graceful_shutdown=30),
+                         tls={sock: tls for spec, sock in zip(listens, sockets) if spec in secure},
+                         before_shutdown=(app.state.event_hub.close,))
         asyncio.run(server.serve(sockets=sockets))
     except _Terminated:
         terminated = True

@@ -145,7 +145,8 @@ def _wait(me: dict, on: dict | None, on_error: bool, why: str = "", cause: str =
 
 
 def events(session: Session, object_type: str | None = None, object_id: int | None = None,
-           limit: int | None = 100, after: int | None = None) -> list[dict]:
+           limit: int | None = 100, after: int | None = None, action: str | None = None,
+           actor: str | None = None) -> list[dict]:
     """Audit events, always oldest first (ascending id). With `after` (an event id): the first
     `limit` events after it, so that passing the last id seen as `after` reads the log forward page
     by page. Without `after`: the newest `limit` events (the tail of the log)."""
@@ -154,10 +155,18 @@ def events(session: Session, object_type: str | None = None, object_id: int | No
         q = q.where(Event.object_type == object_type)
     if object_id is not None:
         q = q.where(Event.object_id == object_id)
+    if action:
+        q = q.where(Event.action == action)
+    if actor:
+        q = q.where(Event.actor == actor)
     if after is None:
         rows = list(session.scalars(q.order_by(Event.id.desc()).limit(limit)))[::-1]
     else:
         rows = session.scalars(keyset(q, Event.id, limit, after))
-    return [{"id": e.id, "at": e.at.isoformat(), "actor": e.actor, "object_type": e.object_type,
-             "object_id": e.object_id, "action": e.action, "from": e.from_state, "to": e.to_state,
-             "message": e.message} for e in rows]
+    return [event_dict(e) for e in rows]
+
+
+def event_dict(e: Event) -> dict:
+    return {"id": e.id, "at": e.at.isoformat(), "actor": e.actor, "object_type": e.object_type,
+            "object_id": e.object_id, "action": e.action, "from": e.from_state, "to": e.to_state,
+            "message": e.message}

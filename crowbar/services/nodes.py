@@ -8,12 +8,12 @@ from sqlalchemy.orm import Session, load_only, selectinload
 from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, NodeTag, Role, utcnow
 from crowbar.db.session import signal_work
-from crowbar.db.sql import json_number
+from crowbar.db.sql import json_array_sum, json_number
 from crowbar.documents import check_if_match
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.provisioner import lifecycle
-from crowbar.services import lookup
+from crowbar.services import lookup, power_state
 
 
 def set_state(session: Session, node: Node, target: str, reason: str = "", actor: str = "system") -> None:
@@ -75,16 +75,18 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
 # SQL (JSON paths; -1: not discovered yet), so a page loads only its rows' values.
 MEMORY = func.coalesce(json_number(Node.discovery, "memory", "total_bytes"), -1)
 CPUS = func.coalesce(json_number(Node.discovery, "cpu", "count"), -1)
-SORTS = {"id": Node.id, "name": Node.name, "state": Node.state, "memory": MEMORY, "cpus": CPUS}
+DISK = func.coalesce(json_array_sum(Node.discovery, "disks", "size_bytes"), -1)  # all its disks together
+SORTS = {"id": Node.id, "name": Node.name, "state": Node.state, "memory": MEMORY, "cpus": CPUS, "disk": DISK}
 
 
 def list_nodes(session: Session, *, state: str | None = None, name: str | None = None,
                deployment: str | None = None, memory_min: int | None = None, cpus_min: int | None = None,
-               tag: str | None = None, sort: str = "id", limit: int | None = None, marker: int | None = None) -> list[dict]:
-    """Nodes in `sort` order (id, name, state, memory, cpus; `-` before it: descending; then by id):
+               disk_min: int | None = None, tag: str | None = None, sort: str = "id", limit: int | None = None,
+               marker: int | None = None) -> list[dict]:
+    """Nodes in `sort` order (id, name, state, memory, cpus, disk; `-` before it: descending; then by id):
     `limit` of them after the node with id `marker` (all without), in lifecycle `state`, whose name
     starts with `name`, with a noderole in `deployment`, at least `memory_min` MiB of memory and
-    `cpus_min` CPUs, tagged `tag` (crowbar.services.os_rules). The marker is the last node of the previous page: the page starts after its
+    `cpus_min` CPUs, `disk_min` GiB of disks (all together), tagged `tag` (crowbar.services.os_rules). The marker is the last node of the previous page: the page starts after its
     place in the order (keyset paging: as fast on page 100 as on page 1)."""
     descending, key = sort.startswith("-"), sort.lstrip("-")
     if key not in SORTS:
@@ -92,7 +94,7 @@ def list_nodes(session: Session, *, state: str | None = None, name: str | None =
                            "descending)", field="sort")
     column = SORTS[key]
     # Only the columns a list shows: not the discovery inventory and hints (kilobytes per node).
-    q = select(Node, MEMORY, CPUS).options(load_only(Node.id, Node.name, Node.state, Node.admin, Node.alive,
+    q = select(Node, MEMORY, CPUS, DISK).options(load_only(Node.id, Node.name, Node.state, Node.admin, Node.alive,
                                                      Node.available, Node.bootenv, Node.os),
                                              selectinload(Node.tag_rows))
     if state:
@@ -108,6 +110,8 @@ def list_nodes(session: Session, *, state: str | None = None, name: str | None =
         q = q.where(MEMORY >= memory_min * 2**20)
     if cpus_min is not None:
         q = q.where(CPUS >= cpus_min)
+    if disk_min is not None:
+        q = q.where(DISK >= disk_min * 2**30)
     if marker is not None:
         after: tuple = (marker,)
         columns: tuple = (Node.id,)
@@ -122,9 +126,11 @@ def list_nodes(session: Session, *, state: str | None = None, name: str | None =
     if limit is not None:
         q = q.limit(limit)
     out = []
-    for node, memory, cpus in session.execute(q):
+    for node, memory, cpus, disk in session.execute(q):
         out.append({**node_dict(node), "os": node.os, "memory_bytes": None if memory < 0 else int(memory),
-                    "cpus": None if cpus < 0 else int(cpus), "tags": [t.tag for t in node.tag_rows]})
+                    "cpus": None if cpus < 0 else int(cpus), "disk_bytes": None if disk < 0 else int(disk),
+                    "tags": [t.tag for t in node.tag_rows]})
+    power_state.states_of(session, out)
     return out
 
 

@@ -28,7 +28,7 @@ from crowbar.db.session import signal_work
 from crowbar.db.sql import is_postgresql, keyset
 from crowbar.errors import InvalidInput, NotFound
 from crowbar.power.base import driver_names, get_driver
-from crowbar.services import lookup, nodes
+from crowbar.services import lookup, nodes, power_state
 
 ACTIONS = ("on", "off", "cycle", "status", "soft-off", "boot-pxe", "boot-disk", "boot-http")
 # Actions services queue as a step of something else, never asked for through the API: bios-apply
@@ -127,13 +127,15 @@ def set_power(session: Session, key, driver: str, settings, actor: str = "system
 
 
 def show_power(session: Session, key) -> dict:
-    """A node's power driver and its settings, secret ones (passwords) only as "(set)"."""
+    """A node's power driver and its settings, secret ones (passwords) only as "(set)", and its
+    power `state` as its requests tell it (crowbar.services.power_state)."""
     node = lookup.node(session, key)
     try:
         settings = get_driver(node.power_driver).shown(node.power or {})
     except KeyError:
         settings = {k: "(set)" for k in node.power or {}}  # a driver gone: show no values at all
-    return {"node": node.name, "driver": node.power_driver, "settings": settings}
+    return {"node": node.name, "driver": node.power_driver, "settings": settings,
+            "state": power_state.states(session, [node.id])[node.id]}
 
 
 # -- the power worker's side ---------------------------------------------------------------------

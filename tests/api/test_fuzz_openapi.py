@@ -62,7 +62,9 @@ schema = schemathesis.openapi.from_dict(create_app(AppSettings(db=None)).openapi
 
 @pytest.fixture
 def app(db):
-    return create_app(AppSettings(db=db))
+    # GET /events/stream answers a stream that lasts `event_stream_seconds` (two minutes by
+    # default): fuzzed with streams of a fifth of a second, it is checked like any other route
+    return create_app(AppSettings(db=db, event_stream_seconds=0.2))
 
 
 @schema.parametrize()

@@ -92,8 +92,10 @@ def test_the_agent_bmc_routes_answer_only_while_the_role_runs(api, db):
             {"driver": "ipmi", "address": "192.168.124.162", "port": 623, "username": "cb-abcdefgh",
              "state": "queued"}
         shown = api.get(f"/api/v2/nodes/{node}/power").json()
+        state = shown.pop("state")
         assert shown == {"node": node, "driver": "ipmi", "settings": {
             "address": "192.168.124.162", "port": 623, "username": "cb-abcdefgh", "password": "(set)"}}
+        assert (state["state"], state["pending"]) == ("unknown", "status")  # the proof is queued
         proof = api.get(f"/api/v2/agent/power_requests/{answer['request']}", headers=hdr).json()
         assert (proof["action"], proof["state"]) == ("status", "queued")
         # another node cannot read it; nothing anywhere shows the password

@@ -91,7 +91,7 @@ def test_nodes_list_pages_filters_sorts_updates_live_and_bulk_powers_three(ui):
     page.wait_for_selector("#page-info:has-text('nodes 1–10 (last page)')")
     # live: a change made elsewhere shows without reloading
     ui.api.patch("/nodes/web125.ui.test", json={"alive": False})
-    page.wait_for_selector("tr[data-node='web125.ui.test'] td:nth-child(7):has-text('no')", timeout=10000)
+    page.wait_for_selector("tr[data-node='web125.ui.test'] td[data-col=alive]:has-text('no')", timeout=10000)
     # bulk: power-cycle three nodes, after a confirmation that lists them
     for name in ("web121.ui.test", "web122.ui.test", "web123.ui.test"):
         page.check(f"tr[data-node='{name}'] input[type=checkbox]")

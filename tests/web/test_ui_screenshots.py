@@ -65,6 +65,12 @@ def test_screenshots_of_every_page(servers, browser, tmp_path):
         found = r.json()["node"]
         for net in ("admin", "storage"):
             assert ui.api.post(f"/networks/{net}/allocations", json={"node": found}).status_code == 201
+        # power states: some nodes powered on, one off (the manual driver carries them out at once)
+        for name in [found] + [f"rack1-n{i:03d}.ui.test" for i in range(4)]:
+            assert ui.api.post(f"/nodes/{name}/power", json={"action": "on"}).status_code == 202
+        assert ui.api.post("/nodes/rack1-n004.ui.test/power", json={"action": "off"}).status_code == 202
+        for name in ("tenant-a", "tenant-b"):
+            assert ui.api.post("/neutron/networks", json={"name": name}).status_code == 201
         ui.token("bob", "operator")
         ui.token("vera", "viewer")
         page = ui.signed_in("ada", "admin")
@@ -82,7 +88,7 @@ def test_screenshots_of_every_page(servers, browser, tmp_path):
             page.screenshot(path=str(out / f"{name}.png"))
 
         shot("dashboard", "#/", "#failures a")
-        shot("nodes", "#/nodes", "tr[data-node='rack1-n000.ui.test']")
+        shot("nodes", "#/nodes", "tr[data-node='rack1-n000.ui.test'] [data-power-state=on]", "#live-mode[data-mode=stream]")
         page.check("tr[data-node='rack1-n005.ui.test'] input[type=checkbox]")
         page.check("tr[data-node='rack1-n006.ui.test'] input[type=checkbox]")
         page.click("button[data-action=cycle]")
@@ -102,12 +108,16 @@ def test_screenshots_of_every_page(servers, browser, tmp_path):
         assert page.get_attribute("#run-log", "data-state") == "running"
         shot("node-discovered", f"#/nodes/{found}", "#node-addresses tr[data-address=storage]", "main:has-text('Xeon Gold')",
              scroll_to="#inventory")
+        shot("node-power-history", f"#/nodes/{found}?at=power", "#power-card [data-power-state=on]", "#lifecycle-moves tr[data-move=discovered]")
+        shot("node-conduits", f"#/nodes/{found}?at=conduits", "#node-conduits tr[data-conduit=intf0]", scroll_to="#network-plan")
         shot("deployments", "#/deployments", "#deployments")
         shot("deployment-graph", f"#/deployments/web?noderole={failed}", "#run-log:has-text('failing on purpose')")
         shot("deployment-proposals", "#/deployments/web", "[data-proposal=test-server]", scroll_to="#proposals")
         shot("roles", "#/roles", "a[href='#/roles/test-server']")
         shot("role", "#/roles/test-server", "main:has-text('test-delay')")
         shot("networks", "#/networks", "[data-network=storage] tr[data-range=host] td:has-text('13 of 230')")
+        shot("networks-conduits-segments", "#/networks?at=conduits", "#conduits tr[data-conduit=intf0]", "#segments tr[data-segment]",
+             scroll_to="#conduit-map")
         shot("events", "#/events", "#events tbody tr")
         shot("users", "#/users", "#users tr[data-user=bob]")
         page.goto(f"{ui.url}/ui/#/tokens")
@@ -125,6 +135,6 @@ def test_screenshots_of_every_page(servers, browser, tmp_path):
         signin.screenshot(path=str(out / "sign-in.png"))
         assert not page.errors and not signin.errors, page.errors + signin.errors
         taken = sorted(p.name for p in out.glob("*.png"))
-        assert len(taken) >= 15 and all((out / n).stat().st_size > 5000 for n in taken), taken
+        assert len(taken) >= 18 and all((out / n).stat().st_size > 5000 for n in taken), taken
     finally:
         ui.close()

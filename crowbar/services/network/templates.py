@@ -302,10 +302,14 @@ def _network_dict(network: Network, network_id: int, allocations: int,
 
 
 def list_networks(session: Session) -> list[dict]:
+    """Every network with its allocations counted per range: one GROUP BY over the allocations
+    (their `range` column), not a query per network or per range."""
     template, ids = read_template(session)
-    counts = dict(session.execute(select(ALLOCS.c.network_id, func.count())
-                                  .group_by(ALLOCS.c.network_id)).all())
-    return [_network_dict(n, ids[name], counts.get(ids[name], 0))
+    use: dict[int, dict[str, int]] = {}
+    for network_id, range_name, count in session.execute(
+            select(ALLOCS.c.network_id, ALLOCS.c.range, func.count()).group_by(ALLOCS.c.network_id, ALLOCS.c.range)):
+        use.setdefault(network_id, {})[range_name] = count
+    return [_network_dict(n, ids[name], sum(use.get(ids[name], {}).values()), use.get(ids[name], {}))
             for name, n in template.networks.items()]
 
 

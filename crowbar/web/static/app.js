@@ -24,7 +24,7 @@ export async function api(method, path, body) {
   let out = null;
   const text = await r.text();
   try { out = text ? JSON.parse(text) : null; } catch (e) { out = { message: text }; }
-  if (r.status === 401 && state.user) { state.user = null; signIn(); }
+  if (r.status === 401 && state.user) { state.user = null; stopLive(); signIn(); }
   if (!r.ok) throw new ApiError(r.status, out);
   return out;
 }
@@ -48,7 +48,8 @@ export function h(tag, attrs, ...children) {
 }
 
 export const badge = (s) => h("span", { class: `badge s-${s}`, "data-state": s }, s);
-export const fmtBytes = (n) => n == null ? "–" : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
+export const fmtBytes = (n) => n == null ? "–" : n >= 2 ** 40 ? `${(n / 2 ** 40).toFixed(1)} TiB`
+  : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
 export const fmtTime = (t) => t ? new Date(t).toLocaleString() : "–";
 
 export function toast(message, error = false) {
@@ -79,33 +80,82 @@ export async function listAll(path, max = 10000) {
 }
 
 // -- live updates --------------------------------------------------------------------------------
-// The UI follows the event log (GET /events?marker=<last id seen>) every POLL_MS and tells the
-// current page which objects changed. Polling rather than server-sent events: the API's threads
-// are not held by idle browsers, it works through any proxy, and an event page costs one indexed
-// range read; a change shows within POLL_MS.
+// The UI follows the event log and tells the current page which objects changed. First choice:
+// server-sent events (GET /events/stream, after the last event id seen; one reader per server
+// process feeds every open stream, and a stream lasts two minutes, then the browser reconnects by
+// itself with Last-Event-ID, so nothing is missed). Fallback: polling GET /events?marker=<last id>
+// every POLL_MS, when the browser has no EventSource, when the stream fails again and again
+// without a message (a proxy that buffers or refuses it), or when the address asks (?live=poll).
 export const POLL_MS = 1500;
-let lastEvent = null, listeners = [], timer = null;
+const SSE_FAILURES = 3;  // connection errors in a row without a message before falling back
+let lastEvent = null, listeners = [], timer = null, source = null, failures = 0, batch = [], flushing = null;
 
+function deliver(events) {
+  for (const fn of listeners) { try { fn(events); } catch (e) { console.error(e); } }
+}
+
+function showLive(mode) {
+  const el = document.getElementById("live-mode");
+  if (el) { el.textContent = mode === "stream" ? "● live" : mode === "polling" ? "● live (polling)" : "○ offline"; el.dataset.mode = mode; }
+}
+
+async function tail() {
+  const page = await get("events?limit=1");
+  lastEvent = page.items.length ? page.items[page.items.length - 1].id : 0;
+}
+
+function startStream() {
+  source = new EventSource(`/api/v2/events/stream?after=${lastEvent}`);
+  source.addEventListener("open", () => showLive("stream"));
+  source.addEventListener("event", (m) => {
+    failures = 0;
+    const e = JSON.parse(m.data);
+    if (e.id > lastEvent) lastEvent = e.id;
+    batch.push(e);  // delivered together: a burst of events re-draws a page once
+    if (!flushing) flushing = setTimeout(() => { flushing = null; const b = batch; batch = []; deliver(b); }, 100);
+  });
+  source.addEventListener("reset", () => { failures = 0; render(); });  // too far behind: draw the page again
+  source.addEventListener("end", () => { failures = 0; });  // the browser reconnects by itself
+  source.addEventListener("error", () => {
+    if (!state.user) return stopLive();
+    failures++;  // once after each stream's end (the reconnect); more: something is wrong
+    if (failures > 1) showLive("offline");
+    if (source.readyState === EventSource.CLOSED || failures >= SSE_FAILURES) {  // refused, or never gets through
+      source.close(); source = null;
+      console.warn("events: the event stream failed; polling instead");
+      timer = setTimeout(pollEvents, POLL_MS);
+    }
+  });
+}
 
 async function pollEvents() {
   timer = null;
   try {
-    if (lastEvent === null) {
-      const tail = await get("events?limit=1");
-      lastEvent = tail.items.length ? tail.items[tail.items.length - 1].id : 0;
-    } else {
+    if (lastEvent === null) await tail();
+    else {
       let url = `/api/v2/events?marker=${lastEvent}&limit=500`;
       while (url) {
         const page = await get(url);
-        if (page.items.length) {
-          lastEvent = page.items[page.items.length - 1].id;
-          for (const fn of listeners) { try { fn(page.items); } catch (e) { console.error(e); } }
-        }
+        if (page.items.length) { lastEvent = page.items[page.items.length - 1].id; deliver(page.items); }
         url = page.next;
       }
     }
-  } catch (e) { if (!(e instanceof ApiError && e.status === 401)) console.warn("events:", e.message); }
+    showLive("polling");
+  } catch (e) { showLive("offline"); if (!(e instanceof ApiError && e.status === 401)) console.warn("events:", e.message); }
   if (state.user) timer = setTimeout(pollEvents, POLL_MS);
+}
+
+function stopLive() {
+  if (source) { source.close(); source = null; }
+  clearTimeout(timer); timer = null; failures = 0;
+}
+
+async function startLive() {
+  stopLive();
+  const poll = new URLSearchParams(location.search).get("live") === "poll" || !window.EventSource;
+  try { await tail(); } catch (e) { lastEvent = null; }
+  if (!state.user) return;
+  if (poll || lastEvent === null) pollEvents(); else startStream();
 }
 
 // -- router ------------------------------------------------------------------------------------
@@ -162,7 +212,7 @@ function showUser() {
   if (!state.user) return;
   who.append(`${state.user} (${state.role})`, h("button", { id: "sign-out", onclick: async () => {
     try { await api("DELETE", "session"); } catch (e) { /* gone already */ }
-    state.user = null; signIn();
+    state.user = null; stopLive(); signIn();
   } }, "Sign out"));
 }
 
@@ -191,8 +241,7 @@ function signIn(message) {
 
 function start() {
   showUser();
-  lastEvent = null;
-  if (!timer) pollEvents();
+  startLive();
   render();
 }
 

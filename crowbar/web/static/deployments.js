@@ -95,12 +95,40 @@ function fieldFor(attrib, current, onChange) {
   return h("label", { class: "attrib" }, h("span", {}, attrib.name, " ", h("code", { class: "muted" }, `${attrib.map} · ${JSON.stringify(schema)}`)), input, error);
 }
 
+// A unified diff of two JSON documents (keys sorted, two-space indent): the longest common
+// subsequence of their lines, each change shown with CONTEXT lines around it, in document order.
+const CONTEXT = 2;
+function sortedJson(v) {
+  if (Array.isArray(v)) return v.map(sortedJson);
+  if (v && typeof v === "object") return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortedJson(v[k])]));
+  return v;
+}
+export function diffOps(a, b) {
+  const n = a.length, m = b.length;
+  if (n * m > 4e6) return [...a.map((l) => ["-", l]), ...b.map((l) => ["+", l])];  // too big to align: all out, all in
+  const L = Array.from({ length: n + 1 }, () => new Uint32Array(m + 1));
+  for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) L[i][j] = a[i] === b[j] ? L[i + 1][j + 1] + 1 : Math.max(L[i + 1][j], L[i][j + 1]);
+  const ops = []; let i = 0, j = 0;
+  while (i < n && j < m) {
+    if (a[i] === b[j]) { ops.push([" ", a[i]]); i++; j++; }
+    else if (L[i + 1][j] >= L[i][j + 1]) ops.push(["-", a[i++]]);
+    else ops.push(["+", b[j++]]);
+  }
+  while (i < n) ops.push(["-", a[i++]]);
+  while (j < m) ops.push(["+", b[j++]]);
+  return ops;
+}
 function diffLines(committed, proposed) {
-  const a = JSON.stringify(committed ?? {}, null, 2).split("\n"), b = JSON.stringify(proposed ?? {}, null, 2).split("\n");
+  const a = JSON.stringify(sortedJson(committed ?? {}), null, 2).split("\n"), b = JSON.stringify(sortedJson(proposed ?? {}), null, 2).split("\n");
   if (a.join("\n") === b.join("\n")) return h("p", { class: "muted diff-none" }, "no difference from what is committed");
-  const sa = new Set(a), sb = new Set(b);
-  return h("pre", { class: "diff" }, a.filter((l) => !sb.has(l)).map((l) => h("div", { class: "diff-del" }, `- ${l}`)),
-    b.filter((l) => !sa.has(l)).map((l) => h("div", { class: "diff-add" }, `+ ${l}`)));
+  const ops = diffOps(a, b);
+  const near = ops.map((_, k) => ops.slice(Math.max(0, k - CONTEXT), k + CONTEXT + 1).some(([op]) => op !== " "));
+  const lines = [];
+  ops.forEach(([op, line], k) => {
+    if (!near[k]) { if (lines.length && lines[lines.length - 1] !== "…") lines.push("…"); return; }
+    lines.push(h("div", { class: op === "+" ? "diff-add" : op === "-" ? "diff-del" : "diff-same" }, `${op} ${line}`));
+  });
+  return h("pre", { class: "diff" }, lines.map((l) => l === "…" ? h("div", { class: "diff-gap muted" }, "  …") : l));
 }
 
 let chain = Promise.resolve();

@@ -65,7 +65,19 @@ route(/^\/$/, async (main) => {
 });
 
 // -- nodes list ------------------------------------------------------------------------------------
-const SORTABLE = { name: "name", state: "state", memory: "memory", cpus: "cpus", id: "id" };
+const SORTABLE = { name: "name", state: "state", memory: "memory", cpus: "cpus", disk: "disk", id: "id" };
+
+// A node's power state as its latest power requests tell it (GET /nodes: `power`; GET /nodes/{id}/power: `state`).
+export function powerBadge(p) {
+  if (!p) return "–";
+  const title = [p.by ? `${p.by} ${p.since ? `at ${fmtTime(p.since)}` : ""}` : "no power request has said yet",
+    p.pending ? `${p.pending} pending` : "", p.failed ? `last request failed: ${p.failed.action}: ${p.failed.result}` : ""]
+    .filter(Boolean).join("; ");
+  return h("span", { class: "power", "data-power-state": p.state, title },
+    h("span", { class: `badge p-${p.state}` }, `power ${p.state}`),
+    p.pending ? h("span", { class: "badge s-transition", "data-pending": p.pending }, `${p.pending}…`) : "",
+    p.failed ? h("span", { class: "badge s-error", "data-failed": p.failed.action }, `${p.failed.action} failed`) : "");
+}
 const BULK = [
   // [label, key, confirmation verb, request(node, extra)]
   ["Allocate", "allocate", "allocate", (n) => api("POST", `nodes/${n.id}/allocate`)],
@@ -81,7 +93,7 @@ const BULK = [
 route(/^\/nodes$/, async (main) => {
   const q = query();
   const f = { name: q.name || "", state: q.state || "", deployment: q.deployment || "", tag: q.tag || "", memory_min: q.memory_min || "",
-              cpus_min: q.cpus_min || "", sort: q.sort || "name", limit: q.limit || "100" };
+              cpus_min: q.cpus_min || "", disk_min: q.disk_min || "", sort: q.sort || "name", limit: q.limit || "100" };
   let markers = [], rows = [], selected = new Map(), next = null, current = null;
   const [states, deps] = await Promise.all([get("node_states").catch(() => ({})), listAll("deployments", 500)]);
   const stateNames = Object.keys(states.states || {}).length ? Object.keys(states.states) : LIFECYCLE_ORDER;
@@ -98,6 +110,7 @@ route(/^\/nodes$/, async (main) => {
   input("tag", "Tag", { type: "search", placeholder: "e.g. big-mem", maxlength: 64, style: "width:8rem" }),
   input("memory_min", "Memory ≥ MiB", { type: "number", min: 0, style: "width:7rem" }),
   input("cpus_min", "CPUs ≥", { type: "number", min: 0, style: "width:5rem" }),
+  input("disk_min", "Disk ≥ GiB", { type: "number", min: 0, style: "width:7rem", title: "all of a node's disks together" }),
   h("button", { class: "primary" }, "Filter"));
   const info = h("span", { class: "muted", id: "page-info" });
   const tagNote = h("p", { class: "field-error", id: "tag-note" });
@@ -121,7 +134,8 @@ route(/^\/nodes$/, async (main) => {
       checked: rows.length > 0 && rows.every((n) => selected.has(n.id)),
       onchange: (ev) => { for (const n of rows) ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } });
     head.replaceChildren(canChange() ? h("th", {}, all) : "", col("Name", "name"), col("State", "state"), col("OS"),
-      col("Memory", "memory"), col("CPUs", "cpus"), col("Alive"), col("Available"), col("Boot env"), tagged() ? col("Tags") : "");
+      col("Memory", "memory"), col("CPUs", "cpus"), col("Disk", "disk"), col("Power"), col("Alive"), col("Available"), col("Boot env"),
+      tagged() ? col("Tags") : "");
   }
   function draw(changed = new Set()) {
     header();
@@ -129,11 +143,12 @@ route(/^\/nodes$/, async (main) => {
       canChange() ? h("td", {}, h("input", { type: "checkbox", "aria-label": `select ${n.name}`, checked: selected.has(n.id),
         onchange: (ev) => { ev.target.checked ? selected.set(n.id, n) : selected.delete(n.id); draw(); } })) : "",
       h("td", {}, h("a", { href: `#/nodes/${n.name}` }, n.name)), h("td", {}, badge(n.state)), h("td", {}, n.os || "–"),
-      h("td", {}, fmtBytes(n.memory_bytes)), h("td", {}, n.cpus ?? "–"), h("td", {}, n.alive ? "yes" : "no"),
+      h("td", {}, fmtBytes(n.memory_bytes)), h("td", {}, n.cpus ?? "–"), h("td", { "data-col": "disk" }, fmtBytes(n.disk_bytes)),
+      h("td", { "data-col": "power" }, powerBadge(n.power)), h("td", { "data-col": "alive" }, n.alive ? "yes" : "no"),
       h("td", {}, n.available ? "yes" : "no"), h("td", {}, n.bootenv),
       tagged() ? h("td", {}, (n.tags || []).map((t) => h("a", { class: "tag", href: `#/nodes?tag=${encodeURIComponent(t)}`,
         onclick: (ev) => { ev.preventDefault(); f.tag = t; form.elements.tag.value = t; markers = []; load(null); } }, t))) : "")));
-    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 9, class: "muted" }, "no nodes match")));
+    if (!rows.length) tbody.append(h("tr", {}, h("td", { colspan: 12, class: "muted" }, "no nodes match")));
     const first = markers.length * Number(f.limit);
     info.textContent = rows.length ? `nodes ${first + 1}–${first + rows.length}${next ? "" : " (last page)"}` : "";
     prev.disabled = markers.length === 0; nextB.disabled = !next;
@@ -172,7 +187,8 @@ route(/^\/nodes$/, async (main) => {
       extra.os = window.prompt(`OS to deploy (${names.join(", ") || "none built yet"}); empty: each node's default`, names[0] || "") || "";
     }
     const ok = await confirmList(`${label.replace("…", "")} ${nodes.length} node${nodes.length > 1 ? "s" : ""}?`,
-      nodes.map((n) => `${verb} ${n.name}${extra.os ? ` with ${extra.os}` : ""} (now ${n.state})`), label.replace("…", ""));
+      nodes.map((n) => `${verb} ${n.name}${extra.os ? ` with ${extra.os}` : ""} (now ${n.state}, power ${n.power?.state ?? "unknown"}` +
+        `${n.power?.pending ? `, ${n.power.pending} pending` : ""})`), label.replace("…", ""));
     if (!ok) return;
     let failed = 0;
     for (const n of nodes) {
@@ -226,13 +242,15 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
   }
   async function draw() {
     const n = await get(`nodes/${encodeURIComponent(key)}`);
-    const [noderoles, power, events, plan] = await Promise.all([
+    const [noderoles, power, events, plan, history, template] = await Promise.all([
       listAll(`node_roles?node=${n.id}`, 1000), get(`nodes/${n.id}/power`).catch(() => null),
-      get(`events?object_type=node&object_id=${n.id}&limit=30`), get(`nodes/${n.id}/network_plan`).catch((e) => ({ error: e.message }))]);
+      get(`events?object_type=node&object_id=${n.id}&limit=30`), get(`nodes/${n.id}/network_plan`).catch((e) => ({ error: e.message })),
+      get(`events?object_type=node&object_id=${n.id}&action=lifecycle&limit=100`).then((p) => p.items).catch(() => []),
+      get("networks/export").catch(() => null)]);
     const powerBar = canChange() ? h("div", { class: "bar", id: "power-actions" }, ["on", "off", "cycle", "status"].map((a) =>
       h("button", { "data-power": a, onclick: async () => {
         if (a !== "status" && !(await confirmList(`Power ${a} ${n.name}?`, [`power ${a} ${n.name} through ${n.power_driver}`]))) return;
-        try { const r = await api("POST", `nodes/${n.id}/power`, { action: a }); toast(`power ${a} queued (request ${r.id})`); }
+        try { const r = await api("POST", `nodes/${n.id}/power`, { action: a }); toast(`power ${a} queued (request ${r.id})`); await draw(); }
         catch (e) { toast(e.message, true); }
       } }, `Power ${a}`))) : "";
     top.replaceChildren(
@@ -243,8 +261,14 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
           "Boot MAC": n.boot_mac || "–", Admin: n.admin, Created: fmtTime(n.created_at), Description: n.description || "–" }),
           h("h3", {}, "OS install"), kv({ Phase: n.install.phase || "–", Image: n.install.image || "–", Disk: n.install.disk || "–" }),
           installSteps(n.install)),
-        h("div", { class: "card" }, h("h2", {}, "Power"), kv({ Driver: power?.driver || n.power_driver,
-          Settings: power ? JSON.stringify(power.settings) : "–" }), powerBar)));
+        h("div", { class: "card", id: "power-card" }, h("h2", {}, "Power"), kv({ State: powerBadge(power?.state),
+          "Said by": power?.state?.by ? `${power.state.by} at ${fmtTime(power.state.since)}` : "no power request yet",
+          Driver: power?.driver || n.power_driver, Settings: power ? JSON.stringify(power.settings) : "–" }),
+          power?.state?.failed ? h("p", { class: "field-error" }, `the latest request (${power.state.failed.action}) failed: ${power.state.failed.result}`) : "",
+          powerBar,
+          h("p", { class: "muted" }, "The state is what the latest power requests did or saw (status asks the driver); ",
+            h("a", { href: `#/events?object_type=node&object_id=${n.id}` }, "the node's events"), " list every one."))),
+      h("div", { class: "card", id: "lifecycle-history" }, h("h2", {}, "Lifecycle history"), lifecycleHistory(history, n)));
     noderolesBox.replaceChildren(h("h2", {}, `Noderoles (${noderoles.length})`),
       table(["noderole", "role", "deployment", "state", "runs", "log"], noderoles.map((r) => h("tr", { "data-noderole": r.id,
         class: r.id === selectedId ? "selected" : "" },
@@ -255,7 +279,7 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
     rest.replaceChildren(
       h("h2", {}, "Inventory"), h("div", { class: "card", id: "inventory" }, inventory(n.discovery)),
       h("h2", {}, "Addresses and interface plan"),
-      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) : interfacePlan(plan)),
+      h("div", { class: "card", id: "network-plan" }, plan.error ? h("p", { class: "muted" }, plan.error) : interfacePlan(plan, template)),
       h("h2", {}, "Recent events"), eventsTable(events.items.slice().reverse()));
     node = n;
   }
@@ -265,11 +289,44 @@ route(/^\/nodes\/([^/?]+)$/, async (main, key) => {
   liveRefresh((e) => (e.object_type === "node" && node && e.object_id === node.id) || e.object_type === "noderole", draw, 500);
 });
 
-// GET /nodes/{id}/network_plan (json): the node's addresses (one per network), the interfaces
-// that carry them (NICs, bonds, VLANs, bridges) and its routes.
-function interfacePlan(plan) {
+// The node's lifecycle moves (its `lifecycle` events, oldest first) with how long it stayed in
+// each state: until the next move, or until now for the state it is in.
+function lifecycleHistory(moves, n) {
+  if (!moves.length) return h("p", { class: "muted" }, `no lifecycle moves recorded (in ${n.state} since ${fmtTime(n.created_at)})`);
+  const took = (from, to) => {
+    const s = Math.max(0, (to - from) / 1000);
+    return s < 120 ? `${s.toFixed(1)} s` : s < 7200 ? `${(s / 60).toFixed(1)} min` : s < 172800 ? `${(s / 3600).toFixed(1)} h` : `${(s / 86400).toFixed(1)} d`;
+  };
+  return table(["at", "from → to", "by", "why", "stayed"], moves.map((e, i) => {
+    const next = moves[i + 1];
+    return h("tr", { "data-move": e.to }, h("td", {}, fmtTime(e.at)), h("td", {}, e.from ? badge(e.from) : "", " → ", badge(e.to)),
+      h("td", {}, e.actor), h("td", {}, e.message || ""),
+      h("td", { "data-took": next ? "done" : "current" }, next ? took(new Date(e.at), new Date(next.at)) : `${took(new Date(e.at), new Date())} so far`));
+  }), { id: "lifecycle-moves" });
+}
+
+// The conduits of a node's plan: each conduit of the conduit_map entry the node matched, the NIC
+// or bond it resolved to (with its members) and the networks on it.
+function conduitRows(plan, template) {
+  const attachments = Object.values(plan.attachments || {});
+  const entry = (template?.conduit_map || []).find((e) => e.pattern === plan.conduit_map_pattern);
+  const byName = new Map((plan.interfaces || []).map((i) => [i.name, i]));
+  const names = [...new Set([...Object.keys(entry?.conduits || {}), ...attachments.map((a) => a.conduit)])];
+  return table(["conduit", "refs", "resolves to", "members", "networks"], names.map((c) => {
+    const on = attachments.filter((a) => a.conduit === c);
+    const iface = on.find((a) => a.conduit_interface)?.conduit_interface;
+    const members = iface && byName.get(iface)?.members?.length ? byName.get(iface).members.join(", ") : iface || "–";
+    return h("tr", { "data-conduit": c }, h("td", {}, c), h("td", {}, h("code", {}, (entry?.conduits?.[c] || []).join(" "))),
+      h("td", {}, iface || (on.length ? "the BMC" : "unused")), h("td", {}, members), h("td", {}, on.map((a) => a.network).join(", ") || "–"));
+  }), { id: "node-conduits" });
+}
+
+// GET /nodes/{id}/network_plan (json): the node's addresses (one per network), the conduits, the
+// interfaces that carry them (NICs, bonds, VLANs, bridges) and its routes.
+function interfacePlan(plan, template) {
   const attachments = Object.values(plan.attachments || {});
   return h("div", {},
+    h("h3", {}, "Conduits ", h("span", { class: "muted" }, `(conduit map entry ${plan.conduit_map_pattern || "?"})`)), conduitRows(plan, template),
     h("h3", {}, "Addresses"), table(["network", "address", "on", "conduit", "gateway"], attachments.map((a) => h("tr", { "data-address": a.network },
       h("td", {}, a.network), h("td", {}, a.address), h("td", {}, a.interface || "the BMC"), h("td", {}, `${a.conduit} → ${a.conduit_interface || "–"}`),
       h("td", {}, a.gateway || "–"))), { id: "node-addresses" }),
@@ -309,9 +366,10 @@ route(/^\/roles$/, async (main) => {
     table(["barclamp", "version", "description"], barclamps.map((b) => h("tr", {}, h("td", {}, b.name), h("td", {}, b.version || ""),
       h("td", {}, b.description || "")))),
     h("h2", {}, "Roles"),
-    table(["role", "barclamp", "jig", "requires", "flags", "attribs"], roles.map((r) => h("tr", {},
+    table(["role", "barclamp", "jig", "requires", "flags", "wants attribs", "description"], roles.map((r) => h("tr", {},
       h("td", {}, h("a", { href: `#/roles/${r.name}` }, r.name)), h("td", {}, r.barclamp), h("td", {}, r.jig),
-      h("td", {}, (r.requires || []).join(", ")), h("td", {}, (r.flags || []).join(", ")), h("td", {}, "…")))));
+      h("td", {}, (r.requires || []).join(", ")), h("td", {}, (r.flags || []).join(", ")),
+      h("td", {}, (r.wants_attribs || []).join(", ")), h("td", { class: "muted" }, r.description || "")))));
 });
 
 route(/^\/roles\/([^/?]+)$/, async (main, key) => {
@@ -324,15 +382,18 @@ route(/^\/roles\/([^/?]+)$/, async (main, key) => {
 });
 
 // -- networks ------------------------------------------------------------------------------------------
+// GET /networks: every network with each range's size and how many of its addresses are allocated
+// (one GROUP BY on the server); GET /networks/export: the conduit map; GET /neutron/networks: the
+// tenant segments.
 route(/^\/networks$/, async (main) => {
-  // GET /networks answers the whole template as a list (not pages); GET /networks/{name} says how
-  // many addresses of each range are allocated (the list's per-range `used` is not filled in).
-  const nets = await get("networks");
-  const items = await Promise.all((Array.isArray(nets) ? nets : nets.items || []).map((n) =>
-    get(`networks/${encodeURIComponent(n.name)}`).catch(() => n)));
+  const [nets, template, segments] = await Promise.all([get("networks"), get("networks/export").catch(() => null),
+    listAll("neutron/networks", 2000).catch((e) => ({ error: e.message }))]);
+  const items = Array.isArray(nets) ? nets : nets.items || [];
   const body = h("div", { class: "grid2" });
-  main.replaceChildren(h("h1", {}, "Networks"), body);
-  if (!items.length) { body.append(h("p", { class: "muted" }, "no networks defined")); return; }
+  const conduits = h("div", { id: "conduit-map" });
+  const neutron = h("div", { id: "neutron-segments" });
+  main.replaceChildren(h("h1", {}, "Networks"), body, h("h2", {}, "Conduits"), conduits, h("h2", {}, "Neutron tenant segments"), neutron);
+  if (!items.length) body.append(h("p", { class: "muted" }, "no networks defined"));
   const allocations = await Promise.all(items.map((net) =>
     get(`networks/${encodeURIComponent(net.name)}/allocations?limit=200`).catch(() => ({ items: [], next: null }))));
   items.forEach((net, i) => {
@@ -343,8 +404,8 @@ route(/^\/networks$/, async (main) => {
            MTU: net.mtu ?? "–", bridge: net.add_bridge ? "yes" : "no", team: net.use_team ? `mode ${net.team_mode}` : "no" }),
       h("h3", {}, "Ranges"), table(["range", "first", "last", "allocated"], ranges.map(([name, r]) => {
         const pct = r.size ? Math.round(100 * (r.used || 0) / r.size) : 0;
-        return h("tr", { "data-range": name }, h("td", {}, name), h("td", {}, r.start), h("td", {}, r.end),
-          h("td", {}, `${r.used ?? "?"} of ${r.size ?? "?"}`, h("div", { class: "progress", title: `${pct}% allocated` },
+        return h("tr", { "data-range": name, "data-used": r.used }, h("td", {}, name), h("td", {}, r.start), h("td", {}, r.end),
+          h("td", {}, `${r.used ?? "?"} of ${r.size ?? "?"} (${pct}%)`, h("div", { class: "progress", title: `${pct}% allocated` },
             h("span", { class: pct > 90 ? "s-error" : pct > 70 ? "s-todo" : "s-active", style: `width:${pct}%` }))));
       })),
       h("h3", {}, `Allocations (${net.allocations ?? allocs.items.length})`),
@@ -352,16 +413,30 @@ route(/^\/networks$/, async (main) => {
         h("td", {}, a.node ? h("a", { href: `#/nodes/${encodeURIComponent(a.node)}` }, a.node) : "–"), h("td", {}, a.range || "")))),
       allocs.next ? h("p", { class: "muted" }, `the first ${allocs.items.length} shown (crowbar network allocations ${net.name})`) : ""));
   });
-  const neutron = await get("neutron/networks").catch(() => null);
-  if (neutron) body.append(h("h2", {}, "Neutron tenant segments"), table(["id", "type", "physical network", "segment"],
-    neutron.items.map((n) => h("tr", {}, h("td", {}, n.id), h("td", {}, n.type || n.network_type || ""),
-      h("td", {}, n.physical_network || ""), h("td", {}, n.segment ?? n.segmentation_id ?? "")))));
+  // The conduit map: for nodes matching each pattern (NIC count, roles, product), what each conduit
+  // is made of; and which networks ride on each conduit.
+  const map = template?.conduit_map || [];
+  const onConduit = (c) => items.filter((n) => n.conduit === c).map((n) => n.name);
+  const allConduits = [...new Set(map.flatMap((e) => Object.keys(e.conduits)).concat(items.map((n) => n.conduit)))];
+  conduits.replaceChildren(map.length ? table(["conduit", "networks on it", ...map.map((e) => h("code", {}, e.pattern))],
+    allConduits.map((c) => h("tr", { "data-conduit": c }, h("td", {}, c), h("td", {}, onConduit(c).join(", ") || "–"),
+      map.map((e) => h("td", {}, h("code", {}, (e.conduits[c] || []).join(" ") || "–"))))), { id: "conduits" })
+    : h("p", { class: "muted" }, "no conduit map"),
+    h("p", { class: "muted" }, "A node uses the first pattern it matches (its NIC count, roles, product); each reference names NICs by speed and order (",
+      h("code", {}, "1g1"), ", ", h("code", {}, "+10g2"), ", ", h("code", {}, "?1g1"), "): docs/networking.md. A node's page shows what its conduits resolved to."));
+  if (segments.error) neutron.replaceChildren(h("p", { class: "muted" }, segments.error));
+  else neutron.replaceChildren(table(["id", "name", "type", "physical network", "segment", "bridge", "DHCP namespace"],
+    segments.map((n) => h("tr", { "data-segment": n.id }, h("td", {}, n.id), h("td", {}, n.name || ""), h("td", {}, n.network_type || ""),
+      h("td", {}, n.physical_network || "–"), h("td", {}, n.segmentation_id ?? "–"), h("td", {}, h("code", {}, n.bridge || "")),
+      h("td", {}, h("code", {}, n.dhcp_namespace || "")))), { id: "segments" }));
 });
 
 // -- events --------------------------------------------------------------------------------------------
+// GET /events filtered on the server (object type, object id, action, actor); new events that
+// pass the same filters are added as they happen (the live feed: app.js).
 route(/^\/events$/, async (main) => {
   const q = query();
-  const f = { object_type: q.object_type || "", object_id: q.object_id || "", actor: q.actor || "" };
+  const f = { object_type: q.object_type || "", object_id: q.object_id || "", action: q.action || "", actor: q.actor || "" };
   let items = [];
   const form = h("form", { class: "filters", id: "event-filters", onsubmit: (ev) => {
     ev.preventDefault();
@@ -372,21 +447,32 @@ route(/^\/events$/, async (main) => {
     ["node", "noderole", "deployment", "deployment_role", "power_request", "user", "token", "network", "run"].map((t) =>
       h("option", { value: t, selected: t === f.object_type }, t)))),
   h("label", {}, "Object id", h("input", { name: "object_id", value: f.object_id, type: "number", min: 0, style: "width:7rem" })),
+  h("label", {}, "Action", h("input", { name: "action", value: f.action, list: "event-actions", style: "width:9rem", placeholder: "e.g. lifecycle" })),
+  h("datalist", { id: "event-actions" }, ["create", "delete", "lifecycle", "power-on", "power-off", "power-cycle", "power-status",
+    "commit", "propose", "bind", "requeue", "transition"].map((a) => h("option", { value: a }))),
   h("label", {}, "Actor", h("input", { name: "actor", value: f.actor, style: "width:9rem" })),
   h("button", { class: "primary" }, "Filter"));
   const holder = h("div");
   main.replaceChildren(h("h1", {}, "Events"), h("p", { class: "muted" }, "Newest first; new events appear as they happen."), form, holder);
   const keep = (e) => (!f.object_type || e.object_type === f.object_type) && (!f.object_id || String(e.object_id) === f.object_id)
-    && (!f.actor || e.actor === f.actor);
-  function draw() { holder.replaceChildren(eventsTable(items.slice().reverse().filter(keep), { id: "events" })); }
+    && (!f.action || e.action === f.action) && (!f.actor || e.actor === f.actor);
+  function draw(fresh = new Set()) {
+    holder.replaceChildren(eventsTable(items.slice().reverse(), { id: "events" }));
+    for (const tr of holder.querySelectorAll("tr[data-event]")) if (fresh.has(Number(tr.dataset.event))) tr.classList.add("flash");
+  }
   async function load() {
     const params = new URLSearchParams({ limit: "200" });
-    if (f.object_type) params.set("object_type", f.object_type);
-    if (f.object_id) params.set("object_id", f.object_id);
+    for (const [k, v] of Object.entries(f)) if (v) params.set(k, v);
     try { items = (await get(`events?${params}`)).items; draw(); } catch (e) { toast(e.message, true); }
   }
   await load();
-  onEvents((events) => { items = items.concat(events).slice(-500); draw(); });
+  onEvents((events) => {
+    const seen = new Set(items.map((e) => e.id));
+    const fresh = events.filter((e) => keep(e) && !seen.has(e.id));
+    if (!fresh.length) return;
+    items = items.concat(fresh).sort((a, b) => a.id - b.id).slice(-500);
+    draw(new Set(fresh.map((e) => e.id)));
+  });
 });
 
 export { kv, table, liveRefresh };
