@@ -54,8 +54,12 @@ class Deploy(BaseModel):
 
 
 class DeployMany(BaseModel):
-    nodes: list[str]
+    nodes: list[str] = Field(max_length=provisioning.MAX_BULK)
     os: str | None = None
+
+
+class AllocateMany(BaseModel):
+    nodes: list[str] = Field(max_length=provisioning.MAX_BULK)
 
 
 class Release(BaseModel):
@@ -180,6 +184,12 @@ def boot_image(name: str, config: Settings):
     if name not in files:
         raise NotFound(f"no discovery image file {name!r}" + ("" if image else " (no image built)"))
     return FileResponse(files[name], media_type="application/octet-stream")
+
+
+@admin_router.post("/nodes/allocate")
+def allocate_many(body: AllocateMany, s: UnitOfWork, who: Actor):
+    """Allocate several discovered nodes at once: all of them, or none (one transaction)."""
+    return {"items": provisioning.allocate_many(s, body.nodes, actor=who)}
 
 
 @admin_router.post("/nodes/{key}/allocate")

@@ -263,20 +263,37 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> 
 
 
 # -- operator actions -----------------------------------------------------------------------------
+MAX_BULK = 10_000  # nodes named in one bulk call (allocate, deploy, create)
+
+
 def allocate(session: Session, key, actor: str = "system") -> dict:
     """Take a discovered node into service: reserve its admin address; it reboots to get it."""
+    return allocate_many(session, [key], actor)[0]
+
+
+def allocate_many(session: Session, keys: list, actor: str = "system") -> list[dict]:
+    """Allocate several nodes in one transaction: all of them or none (the first refusal names
+    its node). The network template is read once for all of them."""
     from crowbar.services import network
 
-    node = lookup.node(session, key)
-    set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
-    allocation = None
-    if "admin" in network.current_template(session).networks:
-        allocation = network.allocate(session, "admin", node.id, actor=actor)
-    if agent_driven(node):
-        node.agent_action = "reboot"
+    if not isinstance(keys, list) or not keys:
+        raise InvalidInput("name at least one node to allocate", field="nodes")
+    if len(keys) > MAX_BULK:
+        raise InvalidInput(f"at most {MAX_BULK} nodes in one call (got {len(keys)})", field="nodes")
+    if len(set(map(str, keys))) != len(keys):
+        raise InvalidInput("a node is named twice", field="nodes")
+    admin = "admin" in network.current_template(session).networks
+    done = []
+    for key in keys:
+        node = lookup.node(session, key)
+        set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
+        allocation = network.allocate(session, "admin", node.id, actor=actor) if admin else None
+        if agent_driven(node):
+            node.agent_action = "reboot"
+        done.append((node, allocation and allocation.get("address")))
     session.flush()
     signal_work(session, "anneal")
-    return nodes.node_dict(node, full=True) | {"admin_address": allocation and allocation.get("address")}
+    return [nodes.node_dict(node, full=True) | {"admin_address": address} for node, address in done]
 
 
 def transition(session: Session, key, target: str, actor: str = "system") -> dict:
