@@ -123,8 +123,17 @@ async def discovery(request: Request, s: UnitOfWork, config: Settings):
 
 
 @open_router.get("/api/v2/agent/next")
-def agent_next(request: Request, s: UnitOfWork):
-    return provisioning.agent_next(s, provisioning.node_for_token(s, deps.bearer(request)))
+def agent_next(request: Request, config: Settings):
+    """The agent's poll. Most polls only read (wait, for the `seconds` the server chooses: longer
+    in a larger fleet): they are answered without a write transaction; a poll that takes a job or
+    an action, or revives a dead node, is answered in a unit of work that writes."""
+    token = deps.bearer(request)
+    with config.db.read_session() as s:
+        answer = provisioning.agent_poll(s, provisioning.node_for_token(s, token))
+    if answer is not None:
+        return answer
+    with deps.unit(config) as s:
+        return provisioning.agent_next(s, provisioning.node_for_token(s, token))
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")

@@ -173,6 +173,7 @@ class Options:
     mac_prefix: int = 0
     enroll_power: bool = True
     state_dir: str | None = None  # the fake power driver's state_dir, when the server is on this host
+    admin_network: bool = True  # make the admin network big enough for the fleet (a /16) first
     phases: tuple[str, ...] = ("discover", "enroll", "allocate", "deploy", "anneal")
 
 
@@ -413,6 +414,8 @@ class Fleet:
 
     async def _operate(self, tasks: list[asyncio.Task]) -> None:
         n = len(self.machines)
+        if self.o.admin_network:
+            await self._size_admin_network(n)
         self._begin("discover")
         tasks.extend(asyncio.create_task(self.machine(m)) for m in self.machines)
         await self._until("discovered", lambda: sum(1 for m in self.machines if m.token), n)
@@ -434,6 +437,21 @@ class Fleet:
         if "anneal" in self.o.phases:
             self._begin("anneal")
             await self._anneal(names)
+
+    async def _size_admin_network(self, n: int) -> None:
+        """A fleet this size needs an admin network with an address for every node (the default
+        template's has 80): the operator makes it a /16 first, as a site of this size would."""
+        networks = await self.admin("GET", "/networks")
+        items = networks.get("items", networks) if isinstance(networks, dict) else networks
+        admin = next((net for net in items if net.get("name") == "admin"), None)
+        if admin is None or n <= 60:
+            return
+        await self.admin("PATCH", "/networks/admin?force=true", "PATCH /networks/admin", body={
+            "subnet": "10.128.0.0/16", "router": "10.128.0.1",
+            "ranges": {"admin": {"start": "10.128.0.10", "end": "10.128.0.11"},
+                       "dhcp": {"start": "10.128.0.21", "end": "10.128.0.200"},
+                       "switch": {"start": "10.128.0.241", "end": "10.128.0.250"},
+                       "host": {"start": "10.128.1.1", "end": "10.128.255.250"}}})
 
     async def _each(self, items: list, fn) -> None:
         await asyncio.gather(*(fn(item) for item in items))

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import random
 import secrets
+import threading
+import time
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from crowbar.config import DEFAULT_DOMAIN
@@ -32,7 +35,10 @@ from crowbar.services import auth, install, lookup, nodes, os_rules, power
 from crowbar.services.nodes import agent_driven, set_state
 from crowbar.services.boot import UNCHECKED, Peer, hash_nonce
 
-WAIT_SECONDS = 3
+WAIT_SECONDS = 3  # between an idle agent's polls, in a small fleet
+POLL_BUDGET = 200  # agent polls per second the server aims at: a larger fleet is told to wait longer
+MAX_WAIT_SECONDS = 60
+FLEET_RECOUNT = 10.0  # seconds between counts of the agents that poll
 log = logging.getLogger("crowbar.discovery")
 
 
@@ -228,6 +234,44 @@ def node_for_token(session: Session, token: str | None) -> Node:
     return session.get(Node, row.node_id)
 
 
+_agents = {"count": 0, "at": float("-inf")}
+_agents_lock = threading.Lock()
+
+
+def polling_agents(session: Session) -> int:
+    """How many discovery agents poll this server (alive nodes in the discovery image), counted at
+    most every FLEET_RECOUNT seconds per process."""
+    now = time.monotonic()
+    if now - _agents["at"] < FLEET_RECOUNT:
+        return _agents["count"]
+    count = session.scalar(select(func.count()).select_from(Node)
+                           .where(Node.alive.is_(True), Node.bootenv == lifecycle.DISCOVERY)) or 0
+    with _agents_lock:
+        _agents.update(count=count, at=now)
+    return count
+
+
+def wait_seconds(agents: int, rng: random.Random | None = None) -> int:
+    """The `seconds` of a wait answer: WAIT_SECONDS, or longer when `agents` polling that often would
+    exceed POLL_BUDGET polls per second (at most MAX_WAIT_SECONDS), jittered by up to a quarter so
+    that a rack powered on at once does not poll in lockstep. Whole seconds: the agent's `sleep`."""
+    base = min(MAX_WAIT_SECONDS, max(WAIT_SECONDS, agents / POLL_BUDGET))
+    return max(1, round(base * (rng or random).uniform(0.75, 1.25)))
+
+
+def agent_poll(session: Session, node: Node) -> dict | None:
+    """The answer to a poll that changes nothing (wait, for a server-chosen time), read without a
+    write transaction; None when the poll has something to write (the node was dead, an action
+    or a job waits): then `agent_next` answers it in a unit of work that writes."""
+    if not node.alive or node.agent_action:
+        return None
+    queued = session.scalar(select(AgentJob.id).where(AgentJob.node_id == node.id, AgentJob.state == "queued")
+                            .limit(1))
+    if queued is not None:
+        return None
+    return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
+
+
 def agent_next(session: Session, node: Node) -> dict:
     """What the node's agent should do now: a pending power action, the next job, or wait."""
     node.alive = True
@@ -242,7 +286,7 @@ def agent_next(session: Session, node: Node) -> dict:
         job.state, job.sent_at = "sent", utcnow()
         install.job_taken(session, node, job)
         return {"action": "run", "job": str(job.id), "script": job.script, "timeout": job.timeout}
-    return {"action": "wait", "seconds": WAIT_SECONDS}
+    return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
 
 
 def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> dict:
