@@ -98,3 +98,19 @@ def test_bulk_allocate_is_all_or_none(api):
                       ({"nodes": ["no-such-node"]}, 404), ({}, 422)):
         r = api.post("/api/v2/nodes/allocate", json=bad)
         assert r.status_code == code and set(r.json()) >= {"error", "message"}, (bad, r.text)
+
+
+def test_bulk_create_is_all_or_none_and_binds_the_discovery_roles(api):
+    r = api.post("/api/v2/nodes/batch", json={"nodes": [{"name": f"b{i}.example.com"} for i in range(4)]})
+    assert r.status_code == 201, r.text
+    items = r.json()["items"]
+    assert [n["name"] for n in items] == [f"b{i}.example.com" for i in range(4)]
+    roles = api.list("/api/v2/node_roles", {"node": "b2.example.com"})
+    assert "crowbar-managed-node" in {nr["role"] for nr in roles}
+    for bad, code in (({"nodes": [{"name": "b0.example.com"}, {"name": "c.example.com"}]}, 409),
+                      ({"nodes": [{"name": "d.example.com"}, {"name": "d.example.com"}]}, 409),
+                      ({"nodes": [{"name": "not a name"}]}, 422), ({"nodes": []}, 422), ({"nodes": [{}]}, 422)):
+        r = api.post("/api/v2/nodes/batch", json=bad)
+        assert r.status_code == code and set(r.json()) >= {"error", "message"}, (bad, r.text)
+    assert api.get("/api/v2/nodes/c.example.com").status_code == 404  # nothing of a refused batch stays
+    assert api.get("/api/v2/nodes/d.example.com").status_code == 404
