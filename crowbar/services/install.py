@@ -119,7 +119,7 @@ def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str,
             "ssh_genkeytypes": ["ed25519", "ecdsa"], "resize_rootfs": True}
     try:
         files = network.node_plan(session, node.id, "netplan")["files"]
-        netconf = yaml.safe_load(next(iter(files.values())))
+        netconf = yaml.load(next(iter(files.values())), Loader=_Loader)
     except CrowbarError as exc:  # no plan (no admin network, no NIC inventory): DHCP on every NIC
         log.info("node %s has no interface plan (%s): its OS uses DHCP", node.name, exc)
         netconf = {"network": {"version": 2, "ethernets": {
@@ -127,9 +127,18 @@ def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str,
     _cloud_init_routes(netconf["network"])
     if files := proxy_files(ctx):
         user["write_files"] = files
-    return {"meta-data": yaml.safe_dump(meta, sort_keys=False),
-            "user-data": "#cloud-config\n" + yaml.safe_dump(user, sort_keys=False),
-            "network-config": yaml.safe_dump(netconf["network"], sort_keys=False)}
+    return {"meta-data": _dump(meta), "user-data": "#cloud-config\n" + _dump(user),
+            "network-config": _dump(netconf["network"])}
+
+
+# libyaml's safe loader and dumper when PyYAML has them (the same documents, a fifth of the time):
+# a deploy of 500 nodes makes 1,500 seeds' YAML in one transaction.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _dump(data) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def proxy_files(ctx: Context) -> list[dict]:
