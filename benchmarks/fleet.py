@@ -42,7 +42,8 @@ def run_case(n: int, database: str | None, args) -> dict:
         server.start()
         size, dispose = pg_size(database) if database else (server.sqlite_size, lambda: None)
         options = Options(nodes=n, concurrency=args.concurrency, install_delay=args.install_delay,
-                          state_dir=str(root / "power"), timeout=args.timeout)
+                          state_dir=str(root / "power"), timeout=args.timeout,
+                          allocate_on_deploy=args.allocate_on_deploy)
         try:
             report = simulate(server.url, server.token, options, server=server.process(), db_size=size,
                               say=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
@@ -51,6 +52,7 @@ def run_case(n: int, database: str | None, args) -> dict:
             dispose()
     report["backend"] = "postgresql" if database else "sqlite"
     report["workers"] = args.workers
+    report["allocate_on_deploy"] = args.allocate_on_deploy
     return report
 
 
@@ -79,6 +81,7 @@ def main() -> None:
     ap.add_argument("--install-delay", type=float, default=5.0)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--allocate-on-deploy", action="store_true", help="allocate in the deploy calls (one phase)")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()

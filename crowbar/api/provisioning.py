@@ -56,6 +56,7 @@ class Deploy(BaseModel):
 class DeployMany(BaseModel):
     nodes: list[str] = Field(max_length=provisioning.MAX_BULK)
     os: str | None = None
+    allocate: bool = Field(False, description="allocate the discovered ones first, in the same transaction")
 
 
 class AllocateMany(BaseModel):
@@ -220,8 +221,10 @@ def deploy(key: str, s: UnitOfWork, who: Actor, config: Settings, body: Deploy |
 
 @admin_router.post("/nodes/deploy")
 def deploy_many(body: DeployMany, s: UnitOfWork, who: Actor, config: Settings):
-    """Deploy several allocated nodes at once: all of them, or none (one transaction)."""
-    return {"items": install.deploy(s, body.nodes, body.os, _install_context(config), actor=who)}
+    """Deploy several allocated nodes at once: all of them, or none (one transaction). With
+    `allocate`, discovered nodes among them are allocated first, in the same transaction."""
+    return {"items": install.deploy(s, body.nodes, body.os, _install_context(config), actor=who,
+                                    allocate=body.allocate)}
 
 
 @admin_router.post("/nodes/{key}/reinstall")

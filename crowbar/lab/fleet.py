@@ -174,6 +174,7 @@ class Options:
     enroll_power: bool = True
     state_dir: str | None = None  # the fake power driver's state_dir, when the server is on this host
     admin_network: bool = True  # make the admin network big enough for the fleet (a /16) first
+    allocate_on_deploy: bool = False  # one phase: deploy with allocate (no reboot after a separate allocate)
     phases: tuple[str, ...] = ("discover", "enroll", "allocate", "deploy", "anneal")
 
 
@@ -427,15 +428,16 @@ class Fleet:
             self._begin("enroll")
             await self._each(names, self._enroll)
             self.phase.nodes = n
-        if "allocate" in self.o.phases:
+        if "allocate" in self.o.phases and not self.o.allocate_on_deploy:
             self._begin("allocate")
             for batch in _batches(names):
                 await self.admin("POST", "/nodes/allocate", body={"nodes": batch})
             self.phase.nodes = n
         if "deploy" in self.o.phases:
-            self._begin("deploy")
+            self._begin("allocate+deploy" if self.o.allocate_on_deploy else "deploy")
             for batch in _batches(names):
-                await self.admin("POST", "/nodes/deploy", body={"nodes": batch, "os": self.o.os_name})
+                await self.admin("POST", "/nodes/deploy", body={"nodes": batch, "os": self.o.os_name,
+                                                                **({"allocate": True} if self.o.allocate_on_deploy else {})})
             await self._until("ready", lambda: sum(1 for m in self.machines if m.state == "ready"), n)
         if "anneal" in self.o.phases:
             self._begin("anneal")

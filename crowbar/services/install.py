@@ -212,10 +212,19 @@ def _reach(session: Session, node: Node, agent_reboots: bool, actor: str) -> Non
 
 # --- operator actions ---
 
-def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, actor: str = "system") -> list[dict]:
-    """Install `os_name` (default: the node's OS, else debian-12) on allocated nodes, all or none."""
+def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, actor: str = "system",
+           allocate: bool = False) -> list[dict]:
+    """Install `os_name` (default: the node's OS, else debian-12) on allocated nodes, all or none.
+    With `allocate`, discovered nodes are allocated first in the same transaction: their agents
+    take the install job without the reboot a separate allocate asks for."""
     if not keys:
         raise InvalidInput("name at least one node to deploy", field="nodes")
+    if allocate:
+        from crowbar.services import provisioning
+
+        discovered = [key for key in keys if lookup.node(session, key).state == lifecycle.DISCOVERED]
+        if discovered:
+            provisioning.allocate_many(session, discovered, actor)
     deployed = []
     ruleset = os_rules.current(session)  # read once for all the nodes
     for key in keys:

@@ -20,7 +20,8 @@ def agent(token):
 
 def inventory(i: int) -> dict:
     mac = f"52:54:00:aa:{i // 256:02x}:{i % 256:02x}"
-    return dict(INVENTORY, boot_mac=mac, nics=[dict(INVENTORY["nics"][0], mac=mac)])
+    return dict(INVENTORY, boot_mac=mac, nics=[dict(INVENTORY["nics"][0], mac=mac)],
+                disks=[{"name": "vda", "size_bytes": 8 << 30}])
 
 
 @pytest.fixture(autouse=True)
@@ -114,3 +115,27 @@ def test_bulk_create_is_all_or_none_and_binds_the_discovery_roles(api):
         assert r.status_code == code and set(r.json()) >= {"error", "message"}, (bad, r.text)
     assert api.get("/api/v2/nodes/c.example.com").status_code == 404  # nothing of a refused batch stays
     assert api.get("/api/v2/nodes/d.example.com").status_code == 404
+
+
+def test_deploy_with_allocate_allocates_the_discovered_in_the_same_transaction(db, admin_token, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from crowbar.api.app import create_app
+    from crowbar.api.settings import AppSettings
+    from crowbar.lab.fleet import fake_image_store
+
+    store = fake_image_store(tmp_path / "os")
+    api = TestClient(create_app(AppSettings(db=db, wake=lambda kind: None, os_images=store)),
+                     headers={"authorization": f"Bearer {admin_token}"})
+    bodies = [discover(api, inventory(i)).json() for i in range(3)]
+    names = [b["node"] for b in bodies]
+    assert api.post("/api/v2/nodes/allocate", json={"nodes": names[:1]}).status_code == 200
+    r = api.post("/api/v2/nodes/deploy", json={"nodes": names, "allocate": True})
+    assert r.status_code == 200, r.text
+    assert {n["state"] for n in r.json()["items"]} == {"hardware-installed"}
+    for body in bodies:  # no reboot first: the install job is the next thing the agent gets
+        assert api.get("/api/v2/agent/next", headers=agent(body["token"])).json()["action"] == "run"
+    # without allocate, a discovered node is refused and nothing is deployed
+    more = [discover(api, inventory(i)).json()["node"] for i in range(3, 5)]
+    assert api.post("/api/v2/nodes/deploy", json={"nodes": more}).status_code == 409
+    assert api.get(f"/api/v2/nodes/{more[0]}").json()["state"] == "discovered"
