@@ -43,7 +43,8 @@ def run_case(n: int, database: str | None, args) -> dict:
         size, dispose = pg_size(database) if database else (server.sqlite_size, lambda: None)
         options = Options(nodes=n, concurrency=args.concurrency, install_delay=args.install_delay,
                           state_dir=str(root / "power"), timeout=args.timeout,
-                          allocate_on_deploy=args.allocate_on_deploy)
+                          allocate_on_deploy=args.allocate_on_deploy, idle_seconds=args.idle,
+                          phases=tuple(args.phases.split(",")))
         try:
             report = simulate(server.url, server.token, options, server=server.process(), db_size=size,
                               say=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
@@ -82,6 +83,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--allocate-on-deploy", action="store_true", help="allocate in the deploy calls (one phase)")
+    ap.add_argument("--phases", default="discover,enroll,allocate,deploy,anneal",
+                    help="comma-separated; `idle` (after discover) lets every agent poll for --idle seconds")
+    ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()

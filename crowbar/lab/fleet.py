@@ -175,7 +175,8 @@ class Options:
     state_dir: str | None = None  # the fake power driver's state_dir, when the server is on this host
     admin_network: bool = True  # make the admin network big enough for the fleet (a /16) first
     allocate_on_deploy: bool = False  # one phase: deploy with allocate (no reboot after a separate allocate)
-    phases: tuple[str, ...] = ("discover", "enroll", "allocate", "deploy", "anneal")
+    phases: tuple[str, ...] = ("discover", "enroll", "allocate", "deploy", "anneal")  # and "idle"
+    idle_seconds: float = 60.0  # how long the idle phase lets the agents poll
 
 
 class Fleet:
@@ -424,6 +425,10 @@ class Fleet:
         tasks.extend(asyncio.create_task(self.machine(m)) for m in self.machines)
         await self._until("discovered", lambda: sum(1 for m in self.machines if m.token), n)
         names = [m.name for m in self.machines]
+        if "idle" in self.o.phases:  # every agent polls, nothing else happens: the polls' own cost
+            self._begin("idle")
+            await asyncio.sleep(self.o.idle_seconds)
+            self.phase.nodes = n
         if "enroll" in self.o.phases and self.o.enroll_power:
             self._begin("enroll")
             await self._each(names, self._enroll)
