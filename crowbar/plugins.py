@@ -40,6 +40,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "manual": "crowbar.power.manual:ManualPower",
         "ipmi": "crowbar.power.ipmi:IpmiPower",
         "redfish": "crowbar.power.redfish:RedfishPower",
+        "fake": "crowbar.power.fake:FakePower",
     },
     OS_INSTALLERS: {"image": "crowbar.provisioner.install:ImageInstaller"},
     IMAGE_BUILDERS: {"mmdebstrap": "crowbar.provisioner.osimage:MmdebstrapBuilder"},

@@ -10,6 +10,7 @@ its parameters plus one call into a service.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.cookies import CookieError, SimpleCookie
 from typing import Annotated
 from urllib.parse import urlencode
@@ -57,6 +58,9 @@ def unit_of_work(config: Settings) -> Iterator[Session]:
 
 
 UnitOfWork = Annotated[Session, Depends(unit_of_work, scope="function")]
+# The same unit of work as a context manager, for a route that opens it only when it must write
+# (the agent's poll: crowbar.api.provisioning).
+unit = contextmanager(unit_of_work)
 
 BEARER = HTTPBearer(auto_error=False, description="a user's API token: `Authorization: Bearer <token>`")
 API_KEY = APIKeyHeader(name="X-Auth-Token", auto_error=False, description="or the token in this header")

@@ -30,10 +30,11 @@ from urllib.parse import parse_qsl, quote, unquote_to_bytes
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from crowbar.api import body, deps, errors
+from crowbar.api.routeindex import ROUTE_KEY, RouteIndex
 from crowbar.errors import CrowbarError, Forbidden, InvalidInput
 
 PARSE_IN_THREAD = 64 * 1024  # bytes
@@ -135,6 +136,8 @@ class Edge:
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.routes = [(route, deps.required_role(route) if needs_user(route) else None) for route in routes]
+        self.needed = {id(route): needed for route, needed in self.routes}
+        self.index = RouteIndex([route for route, _needed in self.routes])
         self.queries = {id(route): query_names(route) for route in routes}
 
     def _route(self, scope: Scope) -> tuple[BaseRoute | None, str | None, set[str]]:
@@ -142,13 +145,11 @@ class Edge:
         request's method, but some take its path) the methods of the path as the document lists
         them: those of the routes declared with the most literal of the paths that matched
         (`/nodes/deploy` rather than `/nodes/{key}`), the first of them on a tie."""
-        partials: list[tuple[BaseRoute, str | None]] = []
-        for route, needed in self.routes:
-            match, _child = route.matches(scope)
-            if match is Match.FULL:
-                return route, needed, set()
-            if match is Match.PARTIAL:
-                partials.append((route, needed))
+        found, partial_routes = self.index.find(scope)
+        if found is not None:
+            scope[ROUTE_KEY] = found  # the access log's route (crowbar.api.observe)
+            return found, self.needed[id(found)], set()
+        partials = [(route, self.needed[id(route)]) for route in partial_routes]
         if not partials:
             return None, None, set()
         best = min(partials, key=lambda p: getattr(p[0], "path", "").count("{"))

@@ -20,6 +20,10 @@ class NodeIn(BaseModel):
     description: str = ""
 
 
+class NodesIn(BaseModel):
+    nodes: list[NodeIn] = Field(max_length=nodes.MAX_BATCH, description="the nodes to create, all or none")
+
+
 class Register(BaseModel):
     macs: list[str] = Field(description="the machine's MACs; the first is the one it PXE-boots from")
     name: str | None = Field(None, description="host name (default: the name discovery gives it, from the MAC)")
@@ -50,6 +54,12 @@ def list_nodes(s: UnitOfWork, page: Paging, state: str | None = None, name: str 
 def create_node(body: NodeIn, s: UnitOfWork, who: Actor):
     return nodes.create_node(s, body.name, admin=body.admin, alive=body.alive, available=body.available,
                              description=body.description, actor=who)
+
+
+@router.post("/nodes/batch", status_code=201)
+def create_nodes(body: NodesIn, s: UnitOfWork, who: Actor):
+    """Create many nodes in one transaction: all of them, or none (a name taken or given twice: 409)."""
+    return {"items": nodes.create_nodes(s, [item.model_dump() for item in body.nodes], actor=who)}
 
 
 @router.post("/nodes/register", status_code=201)

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select, text
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from crowbar.api.routeindex import ROUTE_KEY, RouteIndex
 from crowbar.db.models import Node, NodeRole, Run, Server, utcnow
 from crowbar.db.sql import is_postgresql
 
@@ -133,13 +134,13 @@ class Observe:
 
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute], metrics: Metrics) -> None:
         self.app, self.routes, self.metrics = app, routes, metrics
+        self.index = RouteIndex(routes)
 
     def _route(self, scope: Scope) -> str:
-        for route in self.routes:
-            match, _child = route.matches(scope)
-            if match is Match.FULL:
-                return getattr(route, "path", "other")
-        return "unmatched"
+        route = scope.get(ROUTE_KEY)  # the edge found it already
+        if route is None:
+            route, _partials = self.index.find(scope)
+        return getattr(route, "path", "other") if route is not None else "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

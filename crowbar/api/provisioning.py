@@ -54,8 +54,13 @@ class Deploy(BaseModel):
 
 
 class DeployMany(BaseModel):
-    nodes: list[str]
+    nodes: list[str] = Field(max_length=provisioning.MAX_BULK)
     os: str | None = None
+    allocate: bool = Field(False, description="allocate the discovered ones first, in the same transaction")
+
+
+class AllocateMany(BaseModel):
+    nodes: list[str] = Field(max_length=provisioning.MAX_BULK)
 
 
 class Release(BaseModel):
@@ -119,8 +124,17 @@ async def discovery(request: Request, s: UnitOfWork, config: Settings):
 
 
 @open_router.get("/api/v2/agent/next")
-def agent_next(request: Request, s: UnitOfWork):
-    return provisioning.agent_next(s, provisioning.node_for_token(s, deps.bearer(request)))
+def agent_next(request: Request, config: Settings):
+    """The agent's poll. Most polls only read (wait, for the `seconds` the server chooses: longer
+    in a larger fleet): they are answered without a write transaction; a poll that takes a job or
+    an action, or revives a dead node, is answered in a unit of work that writes."""
+    token = deps.bearer(request)
+    with config.db.read_session() as s:
+        answer = provisioning.agent_poll(s, provisioning.node_for_token(s, token))
+    if answer is not None:
+        return answer
+    with deps.unit(config) as s:
+        return provisioning.agent_next(s, provisioning.node_for_token(s, token))
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")
@@ -182,6 +196,12 @@ def boot_image(name: str, config: Settings):
     return FileResponse(files[name], media_type="application/octet-stream")
 
 
+@admin_router.post("/nodes/allocate")
+def allocate_many(body: AllocateMany, s: UnitOfWork, who: Actor):
+    """Allocate several discovered nodes at once: all of them, or none (one transaction)."""
+    return {"items": provisioning.allocate_many(s, body.nodes, actor=who)}
+
+
 @admin_router.post("/nodes/{key}/allocate")
 def allocate(key: str, s: UnitOfWork, who: Actor):
     return provisioning.allocate(s, key, actor=who)
@@ -201,8 +221,10 @@ def deploy(key: str, s: UnitOfWork, who: Actor, config: Settings, body: Deploy |
 
 @admin_router.post("/nodes/deploy")
 def deploy_many(body: DeployMany, s: UnitOfWork, who: Actor, config: Settings):
-    """Deploy several allocated nodes at once: all of them, or none (one transaction)."""
-    return {"items": install.deploy(s, body.nodes, body.os, _install_context(config), actor=who)}
+    """Deploy several allocated nodes at once: all of them, or none (one transaction). With
+    `allocate`, discovered nodes among them are allocated first, in the same transaction."""
+    return {"items": install.deploy(s, body.nodes, body.os, _install_context(config), actor=who,
+                                    allocate=body.allocate)}
 
 
 @admin_router.post("/nodes/{key}/reinstall")

@@ -64,14 +64,16 @@ def follow(api, names: list[str], timeout: float, until=DONE, poll: float = 2.0)
 @click.command("deploy")
 @click.argument("node_keys", metavar="NODE...", nargs=-1, required=True)
 @click.option("--os", "os_name", help="OS to install (default: the node's, else debian-12); see `crowbar os list`")
+@click.option("--allocate", is_flag=True, help="allocate the discovered ones first, in the same transaction "
+                                             "(their agents take the install without a reboot)")
 @click.option("--wait", is_flag=True, help="follow the nodes until they are ready (or one is a problem)")
 @click.option("--timeout", type=SECONDS, default=1800, show_default=True, help="seconds --wait waits")
 @output_option
 @click.pass_obj
-def nodes_deploy(ctx, node_keys: tuple[str, ...], os_name: str | None, wait: bool, timeout: float,
+def nodes_deploy(ctx, node_keys: tuple[str, ...], os_name: str | None, allocate: bool, wait: bool, timeout: float,
                  output: str) -> None:
     """Install an OS on allocated nodes: all of them or none (one request)."""
-    answer = ctx.api.post("/nodes/deploy", {"nodes": list(node_keys), "os": os_name})
+    answer = ctx.api.post("/nodes/deploy", {"nodes": list(node_keys), "os": os_name, "allocate": allocate})
     nodes = answer["items"]
     if wait:
         nodes = follow(ctx.api, [n["name"] for n in nodes], timeout)

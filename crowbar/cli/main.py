@@ -304,16 +304,22 @@ def nodes_show(ctx: Context, node: str, output: str) -> None:
 
 
 @nodes.command("create")
-@click.argument("name")
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
 @click.option("--admin", is_flag=True, help="this is the admin server (gets the bootstrap roles)")
 @click.option("--dead", is_flag=True, help="not alive yet: nothing runs on it until it is marked alive")
 @click.option("--reserved", is_flag=True, help="not available: nothing runs on it until released")
 @click.option("--description", default="")
 @output_option
 @pass_ctx
-def nodes_create(ctx: Context, name: str, admin: bool, dead: bool, reserved: bool, description: str, output: str) -> None:
-    emit_object(ctx.api.post("/nodes", {"name": name, "admin": admin, "alive": not dead, "available": not reserved,
-                                        "description": description}), output)
+def nodes_create(ctx: Context, names: tuple[str, ...], admin: bool, dead: bool, reserved: bool, description: str,
+                 output: str) -> None:
+    """Create nodes by name; several are created in one request and one transaction (all or none)."""
+    fields = {"admin": admin, "alive": not dead, "available": not reserved, "description": description}
+    if len(names) == 1:
+        emit_object(ctx.api.post("/nodes", {"name": names[0], **fields}), output)
+        return
+    emit_list(ctx.api.post("/nodes/batch", {"nodes": [{"name": name, **fields} for name in names]})["items"],
+              NODE_COLUMNS, output)
 
 
 @nodes.command("register")
@@ -372,8 +378,20 @@ def _post_action(collection: str, action: str):
     return command
 
 
-nodes.command("allocate", help="Take a discovered node into service (reserves its admin address).")(
-    _post_action("nodes", "allocate"))
+@nodes.command("allocate")
+@click.argument("node_keys", metavar="NODE...", nargs=-1, required=True)
+@output_option
+@pass_ctx
+def nodes_allocate(ctx: Context, node_keys: tuple[str, ...], output: str) -> None:
+    """Take discovered nodes into service (reserves their admin addresses); several are allocated in
+    one request and one transaction (all or none)."""
+    if len(node_keys) == 1:
+        emit_object(ctx.api.post(f"/nodes/{seg(node_keys[0])}/allocate"), output)
+        return
+    emit_list(ctx.api.post("/nodes/allocate", {"nodes": list(node_keys)})["items"], NODE_COLUMNS + ["admin_address"],
+              output)
+
+
 @nodes.command("approve")
 @click.argument("node_keys", metavar="NODE...", nargs=-1, required=True)
 @output_option

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from crowbar.db.sql import is_postgresql
 
 EXAMPLES = "sqlite:///PATH/crowbar.db or postgresql://USER@HOST/NAME"
+READ_ONLY = "crowbar_read_only"  # execution option of a read session's connections
 
 
 class UnusableDatabase(Exception):
@@ -111,7 +112,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read session's transaction is deferred: it takes no write lock, so in WAL mode it reads
+        # beside the one writer instead of queueing behind it (Database.read_session).
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def signal_work(session: Session, kind: str = "anneal") -> None:
@@ -133,6 +136,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.read_sessionmaker = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}),
+                                              autoflush=False)
 
     def check(self) -> None:
         """Open one connection: UnusableDatabase with the database's own reason if it cannot be
@@ -158,6 +163,20 @@ class Database:
             session.rollback()
             raise
         finally:
+            session.close()
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A unit of work that only reads, for the hottest reads (an agent's poll): on SQLite its
+        transaction takes no write lock; it is rolled back at the end. Changing an object in it is a
+        programming error (RuntimeError): what must write opens `session()`."""
+        session = self.read_sessionmaker()
+        try:
+            yield session
+            if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+                raise RuntimeError("a read session changed objects: write in Database.session() instead")
+        finally:
+            session.rollback()
             session.close()
 
     def dispose(self) -> None:

@@ -233,3 +233,82 @@ def lab_down(directory: Path | None) -> None:
     for line in done:
         console.print(f"[dim]lab:[/] {line}")
     console.print(f"lab {namespace} is down")
+
+
+@lab_group.command("simulate")
+@click.option("--nodes", "-n", type=click.IntRange(1, 100_000), required=True, help="simulated machines")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 4096), default=64, show_default=True,
+              help="requests in flight at once, over the whole fleet")
+@click.option("--install-delay", type=click.FloatRange(0, 3600), default=5.0, show_default=True,
+              help="seconds each simulated OS install takes")
+@click.option("--server", "server_url", help="an existing server (its admin token from CROWBAR_TOKEN or the CLI's "
+                                           "token files); default: start one of our own, in a temporary directory")
+@click.option("--database", help="SQLAlchemy URL for the server we start (default: SQLite in its data dir)")
+@click.option("--workers", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="annealer workers of the server we start")
+@click.option("--os", "os_name", help="OS to deploy (default: what the server's OS rules choose)")
+@click.option("--poll", type=click.FloatRange(0, 600), help="seconds between agent polls (default: the `seconds` "
+                                                           "the server answers, like the real agent)")
+@click.option("--timeout", type=click.FloatRange(1, 86400), default=1800, show_default=True,
+              help="seconds any one phase may take")
+@click.option("--keep", type=click.Path(path_type=Path), help="run our server in this directory and keep it")
+@click.option("--allocate-on-deploy", is_flag=True, help="allocate in the deploy call (one phase) instead of "
+                                                       "a separate allocate, which makes the agents reboot")
+@output_option
+def lab_simulate(nodes: int, concurrency: int, install_delay: float, server_url: str | None, database: str | None,
+                 workers: int, os_name: str | None, poll: float | None, timeout: float, keep: Path | None,
+                 allocate_on_deploy: bool, output: str) -> None:
+    """A simulated fleet: NODES asyncio clients that speak the discovery agent's HTTP protocol take a
+    real server through discover, allocate, deploy (to ready) and the anneal of a deployment of
+    noop roles on every node; reports each phase's nodes/s and API latency by route (and, for a
+    server started here, its CPU seconds, peak RSS and database size). Uses the `fake` power driver."""
+    import tempfile
+
+    from crowbar.cli.client import find_token_with_source
+    from crowbar.lab.fleet import FleetError, LocalServer, Options, simulate
+
+    def say(line: str) -> None:
+        click.echo(f"simulate: {line}", err=True)
+
+    options = Options(nodes=nodes, concurrency=concurrency, install_delay=install_delay, os_name=os_name,
+                      poll=poll, timeout=timeout, allocate_on_deploy=allocate_on_deploy)
+    try:
+        if server_url:
+            token, _ = find_token_with_source(server_url)
+            if not token:
+                raise CliError(f"no admin token for {server_url}: set CROWBAR_TOKEN")
+            report = simulate(server_url, token, options, say=say)
+        else:
+            with tempfile.TemporaryDirectory(prefix="crowbar-fleet-") as tmp:
+                root = keep or Path(tmp)
+                root.mkdir(parents=True, exist_ok=True)
+                server = LocalServer(root, database=database, workers=workers)
+                say(f"starting crowbar server on {server.url} in {root} (log {server.log_path})")
+                server.start()
+                try:
+                    options.state_dir = str(root / "power")
+                    report = simulate(server.url, server.token, options, say=say, server=server.process(),
+                                      db_size=server.sqlite_size)
+                finally:
+                    server.stop()
+                report["server"] = {"url": server.url, "database": "postgresql" if database else "sqlite",
+                                    "workers": workers}
+    except FleetError as exc:
+        raise CliError(str(exc)) from None
+    if output == "json":
+        click.echo(json.dumps(report, indent=2))
+        return
+    console.print(f"{report['nodes']} simulated machines in {report['total_seconds']} s "
+                  f"(concurrency {report['concurrency']}, install {report['install_delay']} s)")
+    for phase in report["phases"]:
+        extra = ", ".join(f"{k} {phase[k]}" for k in ("server_cpu_s", "server_peak_rss_mb", "db_mb", "noderoles")
+                          if k in phase)
+        console.print(f"[bold]{phase['phase']}[/]: {phase['nodes']} nodes in {phase['seconds']} s, "
+                      f"{phase['nodes_per_s']} nodes/s, {phase['requests']} requests" + (f", {extra}" if extra else ""))
+        for route, r in phase["routes"].items():
+            console.print(f"  {route:32} x{r['count']:<7} p50 {r['p50_ms']:>7} ms  p95 {r['p95_ms']:>7} ms  "
+                          f"p99 {r['p99_ms']:>7} ms")
+        for key, count in phase["errors"].items():
+            console.print(f"  [red]{key}: {count}[/]")
+    if report["failures"]:
+        raise CliError(f"{len(report['failures'])} machines failed; first: {report['failures'][0]}")

@@ -96,7 +96,11 @@ def bind(spec: str) -> socket.socket:
         os.chmod(path, 0o600)  # the token protects the API; the mode keeps other users off the socket too
         return sock
     host, port = parse_listen(spec)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on connections whose socket
+    # says it is TCP (base_events._set_nodelay), and accepted connections inherit this socket's proto.
+    # Without it, Nagle held every response's body until the client's delayed ACK of its headers:
+    # 40 ms per request on a keep-alive connection (an agent poll, a CLI's paged list).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -119,16 +119,25 @@ def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str,
             "ssh_genkeytypes": ["ed25519", "ecdsa"], "resize_rootfs": True}
     try:
         files = network.node_plan(session, node.id, "netplan")["files"]
-        netconf = yaml.safe_load(next(iter(files.values())))
+        netconf = yaml.load(next(iter(files.values())), Loader=_Loader)
     except CrowbarError as exc:  # no plan (no admin network, no NIC inventory): DHCP on every NIC
         log.info("node %s has no interface plan (%s): its OS uses DHCP", node.name, exc)
         netconf = {"network": {"version": 2, "ethernets": dhcp_everywhere(node.discovery)}}
     _cloud_init_routes(netconf["network"])
     if files := proxy_files(ctx):
         user["write_files"] = files
-    return {"meta-data": yaml.safe_dump(meta, sort_keys=False),
-            "user-data": "#cloud-config\n" + yaml.safe_dump(user, sort_keys=False),
-            "network-config": yaml.safe_dump(netconf["network"], sort_keys=False)}
+    return {"meta-data": _dump(meta), "user-data": "#cloud-config\n" + _dump(user),
+            "network-config": _dump(netconf["network"])}
+
+
+# libyaml's safe loader and dumper when PyYAML has them (the same documents, a fifth of the time):
+# a deploy of 500 nodes makes 1,500 seeds' YAML in one transaction.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _dump(data) -> str:
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def dhcp_everywhere(discovery) -> dict:
@@ -221,10 +230,19 @@ def _reach(session: Session, node: Node, agent_reboots: bool, actor: str) -> Non
 
 # --- operator actions ---
 
-def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, actor: str = "system") -> list[dict]:
-    """Install `os_name` (default: the node's OS, else debian-12) on allocated nodes, all or none."""
+def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, actor: str = "system",
+           allocate: bool = False) -> list[dict]:
+    """Install `os_name` (default: the node's OS, else debian-12) on allocated nodes, all or none.
+    With `allocate`, discovered nodes are allocated first in the same transaction: their agents
+    take the install job without the reboot a separate allocate asks for."""
     if not keys:
         raise InvalidInput("name at least one node to deploy", field="nodes")
+    if allocate:
+        from crowbar.services import provisioning
+
+        discovered = [key for key in keys if lookup.node(session, key).state == lifecycle.DISCOVERED]
+        if discovered:
+            provisioning.allocate_many(session, discovered, actor)
     deployed = []
     ruleset = os_rules.current(session)  # read once for all the nodes
     for key in keys:

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, load_only, selectinload
 from crowbar.db.events import record
 from crowbar.db.models import Deployment, Node, NodeRole, NodeTag, Role, utcnow
 from crowbar.db.session import signal_work
-from crowbar.db.sql import json_array_sum, json_number
+from crowbar.db.sql import chunks, json_array_sum, json_number
 from crowbar.documents import check_if_match
 from crowbar.engine import graph
 from crowbar.errors import Conflict, InvalidInput
@@ -69,6 +69,51 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
         graph.commit_noderoles(session, system.id, actor)
     signal_work(session, "anneal")
     return node_dict(node, full=True)
+
+
+MAX_BATCH = 10_000  # nodes created in one call
+
+
+def create_nodes(session: Session, items: list[dict], actor: str = "system") -> list[dict]:
+    """Create many nodes in one transaction, all or none: each item is create_node's arguments
+    (`name`, and `admin`, `alive`, `available`, `description`). Names are checked at once (a
+    name given twice or taken: 409 naming it); the discovery roles are bound to all of them with
+    one binder, a statement per chunk, and committed once."""
+    if not isinstance(items, list) or not items:
+        raise InvalidInput("give at least one node", field="nodes")
+    if len(items) > MAX_BATCH:
+        raise InvalidInput(f"at most {MAX_BATCH} nodes in one call (got {len(items)})", field="nodes")
+    names = [lookup.valid_node_name(item.get("name")) for item in items]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise Conflict(f"node {name!r} is named twice", field="name")
+        seen.add(name)
+    for part in chunks(names):
+        taken = session.scalar(select(Node.name).where(Node.name.in_(part)).limit(1))
+        if taken is not None:
+            raise Conflict(f"node {taken!r} already exists", field="name")
+    made = []
+    for item, name in zip(items, names):
+        node = Node(name=name, admin=bool(item.get("admin", False)), alive=bool(item.get("alive", True)),
+                    available=bool(item.get("available", True)), description=str(item.get("description") or ""),
+                    bootenv="local", discovery={}, hints={})
+        session.add(node)
+        made.append(node)
+    session.flush()
+    record(session, [{"object_type": "node", "object_id": n.id, "action": "create", "actor": actor,
+                      "to_state": "alive" if n.alive else "dead", "message": n.name} for n in made])
+    roles = list(session.scalars(select(Role).order_by(Role.id)))
+    system = system_deployment(session)
+    binder = graph.Binder(session, actor)
+    binder.fresh_nodes.update(n.id for n in made)
+    for role in roles:
+        targets = [n for n in made if role.has("discovery") or (n.admin and role.has("bootstrap"))]
+        if targets:
+            binder.bind_many(system, role, targets)
+    graph.commit_noderoles(session, system.id, actor)
+    signal_work(session, "anneal")
+    return [node_dict(n, full=True) for n in made]
 
 
 # Inventory values the node list shows, filters and sorts by, read from the discovery inventory in

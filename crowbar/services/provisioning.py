@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import hmac
 import logging
+import random
 import secrets
+import threading
+import time
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from crowbar.config import DEFAULT_DOMAIN
@@ -32,7 +35,10 @@ from crowbar.services import auth, install, lookup, nodes, os_rules, power
 from crowbar.services.nodes import agent_driven, set_state
 from crowbar.services.boot import UNCHECKED, Peer, hash_nonce
 
-WAIT_SECONDS = 3
+WAIT_SECONDS = 3  # between an idle agent's polls, in a small fleet
+POLL_BUDGET = 200  # agent polls per second the server aims at: a larger fleet is told to wait longer
+MAX_WAIT_SECONDS = 60
+FLEET_RECOUNT = 10.0  # seconds between counts of the agents that poll
 log = logging.getLogger("crowbar.discovery")
 
 
@@ -228,6 +234,44 @@ def node_for_token(session: Session, token: str | None) -> Node:
     return session.get(Node, row.node_id)
 
 
+_agents = {"count": 0, "at": float("-inf")}
+_agents_lock = threading.Lock()
+
+
+def polling_agents(session: Session) -> int:
+    """How many discovery agents poll this server (alive nodes in the discovery image), counted at
+    most every FLEET_RECOUNT seconds per process."""
+    now = time.monotonic()
+    if now - _agents["at"] < FLEET_RECOUNT:
+        return _agents["count"]
+    count = session.scalar(select(func.count()).select_from(Node)
+                           .where(Node.alive.is_(True), Node.bootenv == lifecycle.DISCOVERY)) or 0
+    with _agents_lock:
+        _agents.update(count=count, at=now)
+    return count
+
+
+def wait_seconds(agents: int, rng: random.Random | None = None) -> int:
+    """The `seconds` of a wait answer: WAIT_SECONDS, or longer when `agents` polling that often would
+    exceed POLL_BUDGET polls per second (at most MAX_WAIT_SECONDS), jittered by up to a quarter so
+    that a rack powered on at once does not poll in lockstep. Whole seconds: the agent's `sleep`."""
+    base = min(MAX_WAIT_SECONDS, max(WAIT_SECONDS, agents / POLL_BUDGET))
+    return max(1, round(base * (rng or random).uniform(0.75, 1.25)))
+
+
+def agent_poll(session: Session, node: Node) -> dict | None:
+    """The answer to a poll that changes nothing (wait, for a server-chosen time), read without a
+    write transaction; None when the poll has something to write (the node was dead, an action
+    or a job waits): then `agent_next` answers it in a unit of work that writes."""
+    if not node.alive or node.agent_action:
+        return None
+    queued = session.scalar(select(AgentJob.id).where(AgentJob.node_id == node.id, AgentJob.state == "queued")
+                            .limit(1))
+    if queued is not None:
+        return None
+    return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
+
+
 def agent_next(session: Session, node: Node) -> dict:
     """What the node's agent should do now: a pending power action, the next job, or wait."""
     node.alive = True
@@ -242,7 +286,7 @@ def agent_next(session: Session, node: Node) -> dict:
         job.state, job.sent_at = "sent", utcnow()
         install.job_taken(session, node, job)
         return {"action": "run", "job": str(job.id), "script": job.script, "timeout": job.timeout}
-    return {"action": "wait", "seconds": WAIT_SECONDS}
+    return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
 
 
 def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> dict:
@@ -263,20 +307,37 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> 
 
 
 # -- operator actions -----------------------------------------------------------------------------
+MAX_BULK = 10_000  # nodes named in one bulk call (allocate, deploy, create)
+
+
 def allocate(session: Session, key, actor: str = "system") -> dict:
     """Take a discovered node into service: reserve its admin address; it reboots to get it."""
+    return allocate_many(session, [key], actor)[0]
+
+
+def allocate_many(session: Session, keys: list, actor: str = "system") -> list[dict]:
+    """Allocate several nodes in one transaction: all of them or none (the first refusal names
+    its node). The network template is read once for all of them."""
     from crowbar.services import network
 
-    node = lookup.node(session, key)
-    set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
-    allocation = None
-    if "admin" in network.current_template(session).networks:
-        allocation = network.allocate(session, "admin", node.id, actor=actor)
-    if agent_driven(node):
-        node.agent_action = "reboot"
+    if not isinstance(keys, list) or not keys:
+        raise InvalidInput("name at least one node to allocate", field="nodes")
+    if len(keys) > MAX_BULK:
+        raise InvalidInput(f"at most {MAX_BULK} nodes in one call (got {len(keys)})", field="nodes")
+    if len(set(map(str, keys))) != len(keys):
+        raise InvalidInput("a node is named twice", field="nodes")
+    admin = "admin" in network.current_template(session).networks
+    done = []
+    for key in keys:
+        node = lookup.node(session, key)
+        set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
+        allocation = network.allocate(session, "admin", node.id, actor=actor) if admin else None
+        if agent_driven(node):
+            node.agent_action = "reboot"
+        done.append((node, allocation and allocation.get("address")))
     session.flush()
     signal_work(session, "anneal")
-    return nodes.node_dict(node, full=True) | {"admin_address": allocation and allocation.get("address")}
+    return [nodes.node_dict(node, full=True) | {"admin_address": address} for node, address in done]
 
 
 def transition(session: Session, key, target: str, actor: str = "system") -> dict:

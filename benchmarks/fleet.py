@@ -1,0 +1,115 @@
+"""Fleet benchmark: a real `crowbar server` (SQLite, and PostgreSQL with --postgres) driven by a
+simulated fleet (crowbar.lab.fleet: asyncio machines speaking the discovery agent's protocol)
+through discover, enroll (fake power), allocate, deploy to ready, and a deployment of noop roles
+on every node annealed to active.
+
+    python benchmarks/fleet.py --nodes 100 1000 [--postgres URL] [--concurrency 64]
+                               [--install-delay 5] [--workers 8] [--json FILE] [--markdown]
+
+Each case gets a fresh server (and a fresh PostgreSQL database). Reported per phase: seconds,
+nodes/s, requests, latency p50/p95/p99 by route, server CPU seconds and peak RSS (the server is our
+child process), database size (SQLite: the file and its WAL; PostgreSQL: pg_database_size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from _postgres import append_json, fresh_postgres
+from sqlalchemy import create_engine, text
+
+from crowbar.lab.fleet import LocalServer, Options, simulate
+
+
+def pg_size(url: str):
+    engine = create_engine(url, pool_size=1)
+
+    def size() -> int:
+        with engine.connect() as c:
+            return int(c.execute(text("SELECT pg_database_size(current_database())")).scalar())
+
+    return size, engine.dispose
+
+
+def run_case(n: int, database: str | None, args) -> dict:
+    with tempfile.TemporaryDirectory(prefix="crowbar-fleet-bench-") as tmp:
+        root = Path(tmp)
+        server = LocalServer(root, database=database, workers=args.workers)
+        server.start()
+        size, dispose = pg_size(database) if database else (server.sqlite_size, lambda: None)
+        options = Options(nodes=n, concurrency=args.concurrency, install_delay=args.install_delay,
+                          state_dir=str(root / "power"), timeout=args.timeout,
+                          allocate_on_deploy=args.allocate_on_deploy, idle_seconds=args.idle,
+                          phases=tuple(args.phases.split(",")))
+        try:
+            report = simulate(server.url, server.token, options, server=server.process(), db_size=size,
+                              say=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+        finally:
+            server.stop()
+            dispose()
+    report["backend"] = "postgresql" if database else "sqlite"
+    report["workers"] = args.workers
+    report["allocate_on_deploy"] = args.allocate_on_deploy
+    return report
+
+
+def markdown(reports: list[dict]) -> str:
+    lines = ["| engine | nodes | phase | s | nodes/s | requests | hottest route p50/p95/p99 ms | agent poll p50/p99 ms | "
+             "server CPU s | peak RSS MB | DB MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        for p in r["phases"]:
+            routes = p["routes"]
+            hot = max(routes.items(), key=lambda kv: kv[1]["count"]) if routes else None
+            poll = routes.get("GET /agent/next")
+            lines.append(
+                f"| {r['backend']} | {r['nodes']:,} | {p['phase']} | {p['seconds']} | {p['nodes_per_s']} | "
+                f"{p['requests']:,} | " + (f"{hot[0]} {hot[1]['p50_ms']}/{hot[1]['p95_ms']}/{hot[1]['p99_ms']}" if hot else "")
+                + " | " + (f"{poll['p50_ms']}/{poll['p99_ms']}" if poll else "-")
+                + f" | {p.get('server_cpu_s', '-')} | {p.get('server_peak_rss_mb', '-')} | {p.get('db_mb', '-')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--postgres", help="SQLAlchemy URL of a PostgreSQL server to benchmark too")
+    ap.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--install-delay", type=float, default=5.0)
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--allocate-on-deploy", action="store_true", help="allocate in the deploy calls (one phase)")
+    ap.add_argument("--phases", default="discover,enroll,allocate,deploy,anneal",
+                    help="comma-separated; `idle` (after discover) lets every agent poll for --idle seconds")
+    ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
+    ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
+    args = ap.parse_args()
+    reports = []
+    for n in args.nodes:
+        cases = ([] if args.no_sqlite else [None]) + ([args.postgres] if args.postgres else [])
+        for engine_url in cases:
+            drop = None
+            database = None
+            if engine_url:
+                database, drop = fresh_postgres(engine_url, "crowbar_fleet")
+            try:
+                print(f"{'postgresql' if database else 'sqlite'}, {n} machines:", file=sys.stderr, flush=True)
+                report = run_case(n, database, args)
+            finally:
+                if drop:
+                    drop()
+            reports.append(report)
+            print(json.dumps(report), flush=True)
+    if args.json:
+        append_json(args.json, reports, concurrency=args.concurrency)
+    if args.markdown:
+        print(markdown(reports))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""A simulated fleet against a real server (crowbar.lab.fleet): 20 machines speaking the discovery
+agent's HTTP protocol go from their first PXE boot to ready, a deployment of noop roles on all of
+them anneals to active, and the power requests the operator makes go to the `fake` driver. Checked
+through the real CLI afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crowbar.lab.fleet import DEPLOYMENT, FLEET_ROLES, Options, fake_image_store, simulate
+
+pytestmark = pytest.mark.e2e
+
+N = 20
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def test_a_simulated_fleet_reaches_ready_and_its_deployment_anneals(servers, backend):
+    database = servers.postgres_url() if backend == "postgresql" else None
+    s = servers.new(database=database, start=False)
+    fake_image_store(s.root / "home" / ".cache" / "crowbar" / "os")  # the server's default image store
+    s.start()
+    power_dir = s.root / "power"
+    report = simulate(s.url, (s.data_dir / "admin.token").read_text().strip(),
+                      Options(nodes=N, concurrency=16, install_delay=0.5, state_dir=str(power_dir), timeout=240))
+    assert report["failures"] == []
+    phases = {p["phase"]: p for p in report["phases"]}
+    assert list(phases) == ["discover", "enroll", "allocate", "deploy", "anneal"]
+    assert all(p["nodes"] == N for p in phases.values())
+    assert phases["discover"]["routes"]["POST /discovery"]["count"] == N
+    assert phases["deploy"]["routes"]["POST /agent/jobs/{job}"]["count"] == N  # one install job each
+    assert phases["deploy"]["routes"]["POST /agent/booted"]["count"] == 2 * N  # booted, then ready
+    assert not any(key.split()[-1].startswith("5") for p in phases.values() for key in p["errors"])
+
+    nodes = s.json("nodes", "list", "--name", "d02-")  # the simulated machines' MACs are 02:...
+    assert len(nodes) == N and {n["state"] for n in nodes} == {"ready"}
+    noderoles = s.json("noderoles", "list", "--deployment", DEPLOYMENT)
+    assert len(noderoles) == N * len(FLEET_ROLES) and {nr["state"] for nr in noderoles} == {"active"}
+    assert s.json("anneal")["status"] == "finished"
+
+    # every node was enrolled with the fake driver; power requests go to it and it records them
+    first, second = nodes[0]["name"], nodes[1]["name"]
+    assert s.json("nodes", "show-power", first)["driver"] == "fake"
+    done = s.json("nodes", "power", first, "cycle", "--wait")
+    assert done["state"] == "succeeded" and "fake power cycle" in done["result"], done
+    assert s.json("nodes", "power", second, "off", "--wait")["state"] == "succeeded"
+    assert s.json("nodes", "power", second, "status", "--wait")["result"].endswith("off")
+    assert json.loads((power_dir / f"{first}.json").read_text())["power"] == "on"
+    assert json.loads((power_dir / f"{second}.json").read_text())["power"] == "off"
