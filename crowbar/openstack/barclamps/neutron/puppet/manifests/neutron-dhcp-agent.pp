@@ -1,0 +1,3 @@
+# The DHCP agent: puppet-neutron's class, unchanged, parameters from Hiera.
+include neutron
+include neutron::agents::dhcp

@@ -1,0 +1,3 @@
+# The L3 agent: puppet-neutron's class, unchanged, parameters from Hiera.
+include neutron
+include neutron::agents::l3

@@ -1,0 +1,7 @@
+# neutron-server: puppet-neutron's classes, unchanged, every parameter from Hiera (Crowbar's keys:
+# crowbar.openstack.config.neutron_hiera). On Debian the server is neutron-api (uwsgi) and
+# neutron-rpc-server; sync_db runs neutron-db-manage before they start.
+include neutron
+include neutron::db
+include neutron::plugins::ml2
+include neutron::server
