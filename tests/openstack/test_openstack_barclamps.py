@@ -172,3 +172,36 @@ def test_binding_pulls_in_what_each_role_needs_and_runs_get_the_seeds_values(db,
     assert server_log.splitlines()[0] == (f"openstack: from Crowbar's model: admin address {ctl_ip}, "
                                           "network_vlan_ranges physnet1:500:2500")
     assert bus_password not in server_log
+
+
+def test_the_servers_prepare_hooks_chain_walls_and_notes():
+    from crowbar.server.annealer import chain
+
+    first = lambda ctx: ({"a": {"x": 1}}, "first\n")      # noqa: E731
+    nothing = lambda ctx: None                             # noqa: E731
+    second = lambda ctx: ({"a": {"y": 2}}, "second\n")    # noqa: E731
+    assert chain(first, nothing, second)(None) == ({"a": {"x": 1, "y": 2}}, "first\nsecond\n")
+    assert chain(nothing, nothing)(None) is None
+
+
+def test_a_role_of_another_barclamp_is_left_alone_and_a_missing_admin_address_is_named(db, lab):
+    from types import SimpleNamespace
+
+    from crowbar.errors import Conflict
+
+    prepare = openstack.preparer(db, KEY)
+    other = SimpleNamespace(role="webhello", attrs={}, node=SimpleNamespace(id=1), deployment_id=1)
+    assert prepare(other) is None and other.attrs == {}
+    with db.session() as s:
+        bare = nodes.create_node(s, "bare.example.com", bind_roles=False)["id"]
+    run = SimpleNamespace(role="openstack-rabbitmq", attrs={}, node=SimpleNamespace(id=bare), deployment_id=1)
+    with pytest.raises(Conflict, match="node 'bare.example.com' has no address on the admin network"):
+        prepare(run)
+    # an operator's value in the run's document is kept, and the note says so
+    with db.session() as s:
+        ctl = s.scalar(select(Node.id).where(Node.name == CONTROLLER))
+    run = SimpleNamespace(role="openstack-rabbitmq", attrs={"rabbitmq::port": 5673},
+                          node=SimpleNamespace(id=ctl), deployment_id=1)
+    wall, note = prepare(run)
+    assert run.attrs["rabbitmq::port"] == 5673 and run.attrs["rabbitmq::node_ip_address"] == "192.168.124.81"
+    assert note.endswith("kept the deployment's rabbitmq::port\n")
