@@ -114,6 +114,8 @@ def neutron_hiera(role: str, *, address: str, bus: Mapping, database: Mapping | 
             "neutron::server::api_workers": workers,
             "neutron::server::rpc_workers": workers,
             "neutron::server::rpc_state_report_workers": workers,
+            "neutron::wsgi::uwsgi::processes": workers,   # Debian's uwsgi ini says 8
+            "neutron::wsgi::uwsgi::threads": 8,
             "neutron::db::database_connection": database_url(database),
             "neutron::plugins::ml2::type_drivers": ["flat", "vlan", "vxlan"],
             "neutron::plugins::ml2::tenant_network_types": types,
