@@ -104,6 +104,10 @@ def neutron_hiera(role: str, *, address: str, bus: Mapping, database: Mapping | 
         "neutron::bind_host": address,
         "neutron::auth_strategy": "noauth",   # no Keystone (issue 16 allows it): the API on the admin network
         "neutron::purge_config": False,
+        # Neutron 21 refuses the Linux Bridge driver and agent unless it is enabled as experimental
+        # (the API's workers die at start: "Feature 'linuxbridge' is experimental and has to be
+        # explicitly enabled in 'cfg.CONF.experimental'"); puppet-neutron 21 has no parameter for it.
+        "neutron::config::server_config": {"experimental/linuxbridge": {"value": True}},
     }
     if role == SERVER_ROLE:
         if database is None or network_vlan_ranges is None:

@@ -4,6 +4,7 @@
 # the API's uwsgi processes: Debian ships 8, each loading all of Neutron (lazy-apps), which under
 # emulation takes minutes per process (docs/neutron.md).
 include neutron
+include neutron::config
 include neutron::db
 include neutron::plugins::ml2
 include neutron::server
