@@ -10,7 +10,7 @@ from its own layer and from any layer below it:
     api         api                     FastAPI routers, one service call per route
     services    services                the logic; a unit of work is a Session
     engine      engine, jigs, power     the noderole graph and annealer core, jig and power plugins
-    machinery   network, provisioner, proxy, barclamps, agent    pure: no database
+    machinery   network, provisioner, proxy, barclamps, agent, openstack    pure: no database
     bottom      db, errors, config, plugins, documents, procs, crowbar/__init__.py
 
 Two rules more:
@@ -35,7 +35,7 @@ LAYERS = {
     "api": ("api",),
     "services": ("services",),
     "engine": ("engine", "jigs", "power"),
-    "machinery": ("network", "provisioner", "proxy", "barclamps", "agent"),
+    "machinery": ("network", "provisioner", "proxy", "barclamps", "agent", "openstack"),
     "bottom": ("db", "errors", "config", "plugins", "documents", "procs", "__init__"),
 }
 RANK = {part: rank for rank, parts in enumerate(reversed(LAYERS.values())) for part in parts}

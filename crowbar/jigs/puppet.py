@@ -6,7 +6,7 @@ scripts do (crowbar/jigs/transport.py). There a small sh driver installs `puppet
 apt-get (update, then install) when `puppet` is missing (the node's apt configuration carries the
 package proxy; a failed install fails the run, saying so), then runs
 
-    puppet apply --detailed-exitcodes --modulepath modules:<crowbar's> --hiera_config <ours> manifests/<role>.pp
+    puppet apply --detailed-exitcodes --modulepath modules:<crowbar's>:<the node's> --hiera_config <ours> manifests/<role>.pp
 
 **In:** the merged attribute document (docs/attributes.md) is the one level of a per-run Hiera
 hierarchy (`json_data`), so class parameters are found by automatic parameter lookup: an attrib
@@ -41,6 +41,10 @@ PACKAGE = "puppet-agent"  # Debian 12 (Puppet 7) and 13 (Puppet 8); `puppet` is 
 DEFAULT_TIMEOUT = 3600.0  # seconds for the run, unless crowbar/puppet/timeout says
 MODULES = Path(__file__).with_name("puppet_modules")  # the `crowbar` module (crowbar::wall)
 STATE = ".crowbar"
+# The node's own modules after the barclamp's and Crowbar's: Debian's packaged modules (OpenStack's
+# puppet-neutron and its dependencies, puppet-module-*) are there, so a barclamp uses them unchanged
+# without carrying a copy (crowbar/openstack/barclamps).
+SYSTEM_MODULES = "/etc/puppet/code/modules:/usr/share/puppet/modules"
 HIERA = """\
 version: 5
 hierarchy:
@@ -119,7 +123,7 @@ def _driver(ctx: RunContext, token: str, timeout: int) -> str:
 fi
 mkdir -p "$d/{STATE}/wall" "$d/modules"
 {facts} FACTER_crowbar_wall_dir="$d/{STATE}/wall" timeout -s KILL {timeout} \\
-  puppet apply --detailed-exitcodes --color=false --modulepath "$d/modules:$d/{STATE}/modules" \\
+  puppet apply --detailed-exitcodes --color=false --modulepath "$d/modules:$d/{STATE}/modules:{SYSTEM_MODULES}" \\
   --hiera_config "$d/{STATE}/hiera.yaml" --vardir "$d/{STATE}/var" \\
   --logdest console --logdest "$d/{STATE}/log.json" "$d/manifests/{ctx.role}.pp" </dev/null
 rc=$?

@@ -82,6 +82,8 @@ class Recipe:
     first_boot: str
     packages: tuple[str, ...]
     exclude: tuple[str, ...] = ()
+    # systemd units the packages enable that must not start at boot (roles start them)
+    disabled_services: tuple[str, ...] = ()
     builder: str = "mmdebstrap"  # the image builder plugin (crowbar.image_builders)
     installer: str = "image"     # the OS installer plugin (crowbar.os_installers)
     source: str = ""  # the recipe file's text, part of the cache key
@@ -90,7 +92,8 @@ class Recipe:
         return {"name": self.name, "title": self.title, "family": self.family, "version": self.version,
                 "suite": self.suite, "arch": self.arch, "components": list(self.components),
                 "mirror": self.mirror, "kernel": self.kernel, "bootloader": self.bootloader,
-                "first_boot": self.first_boot, "packages": list(self.packages), "builder": self.builder,
+                "first_boot": self.first_boot, "packages": list(self.packages),
+                "disabled_services": list(self.disabled_services), "builder": self.builder,
                 "installer": self.installer}
 
 
@@ -138,7 +141,8 @@ def load_recipe(path: Path) -> Recipe:
                   components=tuple(data.get("components", ["main"])), mirror=data.get("mirror", "host"),
                   kernel=data["kernel"], bootloader=data.get("bootloader", "grub"),
                   first_boot=data.get("first_boot", "cloud-init"), packages=tuple(data["packages"]),
-                  exclude=tuple(data.get("exclude", ())), builder=data.get("builder", "mmdebstrap"),
+                  exclude=tuple(data.get("exclude", ())),
+                  disabled_services=tuple(data.get("disabled_services", ())), builder=data.get("builder", "mmdebstrap"),
                   installer=data.get("installer", "image"), source=text)
 
 
@@ -287,6 +291,7 @@ def _build(store: Path, item: Recipe, progress: Progress | None = None, *, mirro
         report("node files", 0, 1)
         fs_uuid = image_uuid(digest)
         kernel = _customize(root, fs_uuid)
+        _disable_services(root, item.disabled_services)
         packages = _packages(root)
         report("node files", 1, 1)
         raw = work / "root.img"
@@ -390,6 +395,29 @@ def _customize(root: Path, fs_uuid: str) -> str:
         text = re.sub(r'^GRUB_TIMEOUT=.*$', 'GRUB_TIMEOUT=1', text, flags=re.M)
         default.write_text(text)
     return version
+
+
+def _disable_services(root: Path, units: tuple[str, ...]) -> None:
+    """Removes the boot-time links of `units` (what `systemctl disable` removes: every
+    `*.wants/` or `*.requires/` link to the unit under /etc/systemd/system, and the SysV rc links
+    of its init script), so the packages are installed but their daemons wait for a role to start
+    them. A unit the tree does not have is an error: the recipe names something it did not install."""
+    system = root / "etc/systemd/system"
+    for unit in units:
+        name = unit if "." in unit else f"{unit}.service"
+        stem = name.rsplit(".", 1)[0]
+        shipped = [d / name for d in (root / "lib/systemd/system", root / "usr/lib/systemd/system", system)
+                   if (d / name).is_file()] or list(root.glob(f"etc/init.d/{stem}"))
+        if not shipped:
+            raise OsImageError(f"disabled_services: the image has no unit {name!r}")
+        # links are matched by name, never followed: their absolute targets are the image's, not ours
+        for folder in [*system.glob("*.wants"), *system.glob("*.requires")]:
+            if os.path.lexists(folder / name):
+                (folder / name).unlink()
+        for folder in root.glob("etc/rc[0-6S].d"):
+            for link in folder.iterdir():
+                if re.fullmatch(rf"S[0-9][0-9]{re.escape(stem)}", link.name):
+                    link.unlink()
 
 
 def _packages(root: Path) -> list[dict]:

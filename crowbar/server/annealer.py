@@ -3,9 +3,10 @@ apply / recover protocol lives there). Finished runs and queued agent jobs wake 
 
 from __future__ import annotations
 
+from crowbar.documents import merge
 from crowbar.engine.annealer import Annealer
 from crowbar.server.loop import Loop
-from crowbar.services import proxy, sources
+from crowbar.services import openstack, proxy, sources
 
 
 def source_preparer(proxies):
@@ -14,6 +15,27 @@ def source_preparer(proxies):
     `--proxies`), a run that names a source fails saying that this server runs none."""
     return sources.preparer(lambda url, ref: proxy.mirror_git(proxies, url, ref),
                             lambda: proxy.pip_index_url(proxies))
+
+
+def chain(*preparers):
+    """One `prepare` hook of several, called in order on the same run: their walls merge (a later
+    one's over an earlier one's) and their notes are joined; None when none had anything to say."""
+    def prepare(ctx):
+        wall, notes = {}, []
+        for each in preparers:
+            got = each(ctx)
+            if got:
+                merge(wall, got[0] or {})
+                notes.append(got[1])
+        return (wall, "".join(notes)) if notes else None
+
+    return prepare
+
+
+def server_preparer(proxies, db, secret: bytes):
+    """The server's `prepare` hook: sources resolved (source_preparer), then the OpenStack roles'
+    attributes from the network model (services/openstack.py), with passwords derived from `secret`."""
+    return chain(source_preparer(proxies), openstack.preparer(db, secret))
 
 
 class AnnealerLoop(Loop):

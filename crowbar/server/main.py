@@ -42,7 +42,7 @@ from crowbar.engine.annealer import HEARTBEAT_SECONDS, Annealer
 from crowbar.provisioner import neighbors
 from crowbar.provisioner.discovery import DEFAULT_BURST, DEFAULT_RATE, TokenBucket
 from crowbar.provisioner.service import Provisioner, ProvisionerConfig
-from crowbar.server.annealer import AnnealerLoop, source_preparer
+from crowbar.server.annealer import AnnealerLoop, server_preparer
 from crowbar.server import logs
 from crowbar.server.loop import Loop
 from crowbar.server.power import PowerWorker
@@ -324,8 +324,11 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     if proxies:
         proxy = Proxies(proxy_config(data_dir, address if provision else None, proxy_apt_upstream,
                                      proxy_pypi_upstream, proxy_ports, proxy_via))
-    # Roles' sources resolve through the caching proxies (online mode) when this server runs them.
-    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs", prepare=source_preparer(proxy))
+    # Roles' sources resolve through the caching proxies (online mode) when this server runs them;
+    # the OpenStack roles get their attributes from the network model, passwords derived from the
+    # admin server's private key (a secret that exists on every server and survives restarts).
+    annealer = Annealer(db, workers=workers, workdir=data_dir / "runs",
+                        prepare=server_preparer(proxy, db, ssh_key.read_bytes()))
     annealer.register()  # this server's row; recovers the runs of servers that are gone
     # Stopped in reverse: the power worker before the annealer, so that its unfinished requests
     # fail while this server is still alive; dnsmasq last.

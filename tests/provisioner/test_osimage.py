@@ -135,3 +135,40 @@ def test_a_build_makes_a_checked_image_with_a_manifest_and_is_cached(tmp_path, m
     assert osimage.build(tmp_path, "debian-12", mirror="http://mirror.example/debian").digest != image.digest
     assert len(calls) == 2 and len(osimage.built(tmp_path)) == 2
     assert osimage.delete(tmp_path, "debian-12") and osimage.built(tmp_path) == []
+
+
+def test_the_openstack_recipe_has_neutron_its_bus_database_and_puppet_modules_not_started_at_boot():
+    recipe = osimage.recipe("debian-12-openstack")
+    assert recipe.suite == "bookworm"
+    assert {"neutron-server", "neutron-linuxbridge-agent", "neutron-dhcp-agent", "neutron-l3-agent",
+            "rabbitmq-server", "mariadb-server", "puppet", "puppet-module-neutron"} <= set(recipe.packages)
+    assert set(osimage.recipe("debian-12").packages) <= set(recipe.packages)  # the base image's, and more
+    assert {"neutron-api", "neutron-rpc-server", "rabbitmq-server", "mariadb"} <= set(recipe.disabled_services)
+    assert recipe.as_dict()["disabled_services"] == list(recipe.disabled_services)
+
+
+def test_disabled_services_lose_their_boot_links_and_a_unit_the_image_lacks_is_refused(tmp_path):
+    root = tmp_path / "root"
+    units = root / "lib/systemd/system"
+    units.mkdir(parents=True)
+    for name in ("mariadb.service", "ssh.service", "epmd.socket"):
+        (units / name).write_text("[Unit]\n")
+    (root / "etc/init.d").mkdir(parents=True)
+    (root / "etc/init.d/mariadb").write_text("#!/bin/sh\n")
+    wants = root / "etc/systemd/system/multi-user.target.wants"
+    sockets = root / "etc/systemd/system/sockets.target.wants"
+    wants.mkdir(parents=True)
+    sockets.mkdir(parents=True)
+    for link, unit in ((wants / "mariadb.service", "mariadb.service"), (wants / "ssh.service", "ssh.service"),
+                       (sockets / "epmd.socket", "epmd.socket")):
+        link.symlink_to(f"/lib/systemd/system/{unit}")
+    (root / "etc/systemd/system/mysql.service").symlink_to("/lib/systemd/system/mariadb.service")  # an alias
+    (root / "etc/rc2.d").mkdir()
+    (root / "etc/rc2.d/S01mariadb").symlink_to("../init.d/mariadb")
+
+    osimage._disable_services(root, ("mariadb", "epmd.socket"))
+    assert sorted(p.name for p in wants.iterdir()) == ["ssh.service"]  # what was not named stays enabled
+    assert list(sockets.iterdir()) == [] and list((root / "etc/rc2.d").iterdir()) == []
+    assert (units / "mariadb.service").is_file() and (root / "etc/systemd/system/mysql.service").is_symlink()
+    with pytest.raises(osimage.OsImageError, match="disabled_services: the image has no unit 'rabbitmq-server.service'"):
+        osimage._disable_services(root, ("rabbitmq-server",))

@@ -1,0 +1,4 @@
+# The Linux Bridge agent: puppet-neutron's class, unchanged, parameters from Hiera.
+include neutron
+include neutron::config
+include neutron::agents::ml2::linuxbridge
