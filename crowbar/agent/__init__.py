@@ -22,7 +22,8 @@ Boot
 2. Instructions: ``GET {url}/api/v2/agent/next`` with ``Authorization: Bearer <token>``.
    A 2xx answer is one of::
 
-       {"action": "wait", "seconds": 5}        poll again after `seconds` (default 5)
+       {"action": "wait", "seconds": 5}        poll again after `seconds` (default 5): whole seconds
+                                               the server chooses, longer in a larger fleet, jittered
        {"action": "run", "job": "<id>", "script": "<sh script>", "timeout": 600}
        {"action": "reboot"}                    reboot -f: nothing is acknowledged
        {"action": "poweroff"}                  poweroff -f: nothing is acknowledged
