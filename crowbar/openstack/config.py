@@ -65,7 +65,9 @@ def rabbitmq_hiera(address: str, password: str, user: str = BUS_USER) -> dict:
         "rabbitmq::repos_ensure": False,      # Debian's rabbitmq-server, from the node's mirror
         "rabbitmq::manage_python": False,
         "rabbitmq::admin_enable": False,      # no management plugin: nothing here uses it
-        "rabbitmq::delete_guest_user": True,
+        "rabbitmq::delete_guest_user": False,  # its provider is rabbitmq_user's (see the manifest)
+        # the module's default LC_ALL is en_US.UTF-8, a locale the image does not have
+        "rabbitmq::environment_variables": {"LC_ALL": "C.UTF-8"},
         "openstack::rabbitmq::user": user,
         "openstack::rabbitmq::password": password,
     }
