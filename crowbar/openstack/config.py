@@ -123,6 +123,9 @@ def neutron_hiera(role: str, *, address: str, bus: Mapping, database: Mapping | 
             "neutron::wsgi::uwsgi::processes": workers,   # Debian's uwsgi ini says 8
             "neutron::wsgi::uwsgi::threads": 8,
             "neutron::db::database_connection": database_url(database),
+            # oslo::db requires mysql::bindings::python, whose Debian default (python3-mysqldb) is not
+            # what oslo.db uses here and not in the image: name the PyMySQL the image has
+            "mysql::bindings::python_package_name": "python3-pymysql",
             "neutron::plugins::ml2::type_drivers": ["flat", "vlan", "vxlan"],
             "neutron::plugins::ml2::tenant_network_types": types,
             "neutron::plugins::ml2::mechanism_drivers": ["linuxbridge"],
