@@ -65,7 +65,9 @@ def rabbitmq_hiera(address: str, password: str, user: str = BUS_USER) -> dict:
         "rabbitmq::repos_ensure": False,      # Debian's rabbitmq-server, from the node's mirror
         "rabbitmq::manage_python": False,
         "rabbitmq::admin_enable": False,      # no management plugin: nothing here uses it
-        "rabbitmq::delete_guest_user": True,
+        "rabbitmq::delete_guest_user": False,  # its provider is rabbitmq_user's (see the manifest)
+        # the module's default LC_ALL is en_US.UTF-8, a locale the image does not have
+        "rabbitmq::environment_variables": {"LC_ALL": "C.UTF-8"},
         "openstack::rabbitmq::user": user,
         "openstack::rabbitmq::password": password,
     }
@@ -121,6 +123,9 @@ def neutron_hiera(role: str, *, address: str, bus: Mapping, database: Mapping | 
             "neutron::wsgi::uwsgi::processes": workers,   # Debian's uwsgi ini says 8
             "neutron::wsgi::uwsgi::threads": 8,
             "neutron::db::database_connection": database_url(database),
+            # oslo::db requires mysql::bindings::python, whose Debian default (python3-mysqldb) is not
+            # what oslo.db uses here and not in the image: name the PyMySQL the image has
+            "mysql::bindings::python_package_name": "python3-pymysql",
             "neutron::plugins::ml2::type_drivers": ["flat", "vlan", "vxlan"],
             "neutron::plugins::ml2::tenant_network_types": types,
             "neutron::plugins::ml2::mechanism_drivers": ["linuxbridge"],

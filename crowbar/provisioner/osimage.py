@@ -53,6 +53,7 @@ from crowbar.provisioner.installers import ImageBuilder
 
 RECIPES_DIR = Path(__file__).parent / "os"
 FORMAT = 1  # of what the builder writes: raise it when that changes (it is part of the cache key)
+DISABLE_FORMAT = 2  # of what disabled_services does (2: SysV S links become K01 links, not removed)
 ROOT_IMAGE = "root.img.gz"
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -240,6 +241,8 @@ def cache_key(item: Recipe, mirror: str, release: bytes) -> str:
         "builder": [item.builder, FORMAT],
         "node": {path: hashlib.sha256(data).hexdigest() for path, data in sorted(installed_files().items())},
     }
+    if item.disabled_services:  # what _disable_services writes; not in FORMAT, so other recipes keep their images
+        parts["disable"] = DISABLE_FORMAT
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -398,9 +401,9 @@ def _customize(root: Path, fs_uuid: str) -> str:
 
 
 def _disable_services(root: Path, units: tuple[str, ...]) -> None:
-    """Removes the boot-time links of `units` (what `systemctl disable` removes: every
-    `*.wants/` or `*.requires/` link to the unit under /etc/systemd/system, and the SysV rc links
-    of its init script), so the packages are installed but their daemons wait for a role to start
+    """Removes the boot-time links of `units` (what `systemctl disable` does: every `*.wants/` or
+    `*.requires/` link to the unit under /etc/systemd/system goes, the SysV start links of its init
+    script become stop links), so the packages are installed but their daemons wait for a role to start
     them. A unit the tree does not have is an error: the recipe names something it did not install."""
     system = root / "etc/systemd/system"
     for unit in units:
@@ -414,10 +417,15 @@ def _disable_services(root: Path, units: tuple[str, ...]) -> None:
         for folder in [*system.glob("*.wants"), *system.glob("*.requires")]:
             if os.path.lexists(folder / name):
                 (folder / name).unlink()
-        for folder in root.glob("etc/rc[0-6S].d"):
-            for link in folder.iterdir():
+        # SysV: what `update-rc.d NAME disable` does, S links of runlevels 2-5 become K01 links. Not
+        # removed: `systemctl enable` (a role's Puppet `service` resource) calls update-rc.d enable,
+        # which refuses a script with no runlevel links ("no runlevel symlinks to modify").
+        for folder in root.glob("etc/rc[2-5].d"):
+            for link in list(folder.iterdir()):
                 if re.fullmatch(rf"S[0-9][0-9]{re.escape(stem)}", link.name):
+                    target = os.readlink(link)
                     link.unlink()
+                    (folder / f"K01{stem}").symlink_to(target)
 
 
 def _packages(root: Path) -> list[dict]:
