@@ -16,7 +16,6 @@ namespace's loopback at all. The server gets it as `--proxy-via http://127.0.0.1
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
@@ -42,15 +41,10 @@ def allowed_hosts(mirror: str) -> list[str]:
     return list(dict.fromkeys([*([host] if host else []), *PYPI_HOSTS]))
 
 
-UNPRIVILEGED = ("nobody", "nogroup")  # who tinyproxy runs as when started by root
-
-
-def tinyproxy_conf(directory: Path, port: int, hosts: list[str], as_root: bool = False) -> tuple[str, str]:
-    """tinyproxy's configuration and its filter file (the allowed host names). Started by root,
-    tinyproxy drops to `UNPRIVILEGED` once it has bound its port and opened its log."""
+def tinyproxy_conf(directory: Path, port: int, hosts: list[str]) -> tuple[str, str]:
+    """tinyproxy's configuration and its filter file (the allowed host names)."""
     return "\n".join([
         "# Written by crowbar lab (crowbar/lab/uplink.py)",
-        *([f"User {UNPRIVILEGED[0]}", f"Group {UNPRIVILEGED[1]}"] if as_root else []),
         f"Port {port}",
         "Listen 127.0.0.1",
         "Allow 127.0.0.1",
@@ -61,6 +55,7 @@ def tinyproxy_conf(directory: Path, port: int, hosts: list[str], as_root: bool =
         "FilterType ere",
         f'Filter "{directory / "allowed"}"',
         "ConnectPort 443",
+        f'LogFile "{directory / "tinyproxy.log"}"',
         "LogLevel Notice",
         "",
     ]), "".join(f"^{re.escape(h)}$\n" for h in hosts)
@@ -97,8 +92,7 @@ def start(directory: Path, namespace: str, mirror: str) -> dict:
     """Start tinyproxy and the two relays; answers {"url", "pids"} for the lab's state."""
     directory.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    as_root = os.geteuid() == 0
-    conf, allowed = tinyproxy_conf(directory, port, allowed_hosts(mirror), as_root)
+    conf, allowed = tinyproxy_conf(directory, port, allowed_hosts(mirror))
     (directory / "tinyproxy.conf").write_text(conf)
     (directory / "allowed").write_text(allowed)
     sock = directory / "uplink.sock"
@@ -106,17 +100,14 @@ def start(directory: Path, namespace: str, mirror: str) -> dict:
     pids: list[int] = []
     log = open(directory / "relays.log", "ab")
     try:
-        def spawn(argv: list[str], out=log) -> subprocess.Popen:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        def spawn(argv: list[str]) -> subprocess.Popen:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             pids.append(proc.pid)
             return proc
 
         try:
-            # its log is its output (-d: in the foreground), in a file opened here: the unprivileged
-            # tinyproxy could not open one in a directory only root may enter
-            with open(directory / "tinyproxy.log", "ab") as proxy_log:
-                proxy = spawn(["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")], proxy_log)
+            proxy = spawn(["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")])
             _wait_port(port, proxy, "tinyproxy")
             host_relay = spawn(["socat", f"UNIX-LISTEN:{sock},fork,mode=600,unlink-early",
                                 f"TCP:127.0.0.1:{port}"])

@@ -394,8 +394,11 @@ def test_closed_stdout(server):
 def test_ctrl_c_during_a_request(args, words, server, fake):
     fake.received.clear()
     fake.release.clear()
+    # SIGINT as at a terminal: a suite started in the background by a shell inherits it ignored,
+    # which exec keeps (and then Ctrl-C would do nothing for any program)
     proc = subprocess.Popen([e2e.CROWBAR, *args], env=server.env(CROWBAR_ENDPOINT=fake.url("slow")),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert fake.received.wait(60), "the request never reached the fake server"
         time.sleep(0.2)

@@ -101,7 +101,13 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
     message = "Hello from Hiera on a lab node"
     cli("deployments", "role-data", "set", "pp", "pphello", json.dumps({"pphello::message": message}))
     cli("deployments", "commit", "pp")
-    cli("anneal", "--wait", "--timeout", "900", "--deployment", "pp", timeout=1000)
+    done = cli("anneal", "--wait", "--timeout", "900", "--deployment", "pp", timeout=1000, ok=False)
+    if done.returncode != 0:  # the failed noderoles' run logs say why
+        said = cli.log[-1]
+        logs = "".join(f"--- noderole {n['id']} ({n['role']}) log ---\n"
+                       + cli("noderoles", "log", str(n["id"]), ok=False).stdout
+                       for n in cli.json("noderoles", "list", "--deployment", "pp") if n["state"] == "error")
+        raise AssertionError(f"{said}\n{logs}{cli.context()}")
     wall = _wall(cli, "pp", "pphello")
     url = f"http://{address}:8091/"
     assert wall["pphello_url"] == url and wall["pphello_puppet"].startswith("7."), wall  # Debian 12: Puppet 7
