@@ -3,9 +3,9 @@ succeeded `on`, `off`, `cycle`, `soft-off` or `status` decides (`status` says wh
 on, off or unknown; the others what was done), a queued or running request is `pending`, and a
 latest request that failed is said so. Nothing is stored: the requests are the record.
 
-Read for many nodes at once (a page of the nodes list) in two queries over the node ids, whatever
-their number: the latest deciding request per node (max id per node, over the node_id index) and
-the requests not done yet."""
+Read for many nodes at once (a page of the nodes list) in one query per 500 node ids, whatever
+their number: each node's latest request, its latest deciding one (max id per node, over the
+node_id index) and its requests not done yet."""
 
 from __future__ import annotations
 
@@ -41,17 +41,22 @@ def states(session: Session, node_ids: Iterable[int]) -> dict[int, dict]:
                                .where(PowerRequest.id.in_(latest_ok) | PowerRequest.id.in_(latest_any)
                                       | (PowerRequest.node_id.in_(part) & PowerRequest.state.in_(("queued", "running"))))
                                .order_by(PowerRequest.id)).all()
-        latest_ok_ids, latest_ids = set(session.scalars(latest_ok)), set(session.scalars(latest_any))
-        for node_id, req_id, action, state, result, finished in rows:
-            entry = out[node_id]
-            if req_id in latest_ok_ids:
-                said = (result or "").strip().split()[0].lower() if action == "status" and result else ""
-                entry.update(state=AFTER.get(action, said if said in ("on", "off") else "unknown"),
-                             since=_iso(finished), by=action)
-            if state in ("queued", "running"):
-                entry["pending"] = action  # the latest one not done yet (rows are in id order)
-            if req_id in latest_ids and state == "failed":
-                entry["failed"] = {"action": action, "result": result, "at": _iso(finished)}
+        # in id order, so the last row of a node is its latest request (it is among the rows, and no
+        # other row is newer), and its last succeeded deciding row is its latest such request
+        latest_ok_rows, latest_rows = {}, {}
+        for row in rows:
+            latest_rows[row.node_id] = row
+            if row.state == "succeeded" and row.action in DECIDING:
+                latest_ok_rows[row.node_id] = row
+            if row.state in ("queued", "running"):
+                out[row.node_id]["pending"] = row.action  # the latest one not done yet
+        for node_id, row in latest_ok_rows.items():
+            said = (row.result or "").strip().split()[0].lower() if row.action == "status" and row.result else ""
+            out[node_id].update(state=AFTER.get(row.action, said if said in ("on", "off") else "unknown"),
+                                since=_iso(row.finished_at), by=row.action)
+        for node_id, row in latest_rows.items():
+            if row.state == "failed":
+                out[node_id]["failed"] = {"action": row.action, "result": row.result, "at": _iso(row.finished_at)}
     return out
 
 
