@@ -38,6 +38,7 @@ from crowbar.jigs.base import Jig, RunContext, RunResult
 from crowbar.jigs.trees import check_tree, seconds
 
 PACKAGE = "puppet-agent"  # Debian 12 (Puppet 7) and 13 (Puppet 8); `puppet` is a transitional package to it
+INSTALL_TRIES, INSTALL_PAUSE = 3, 15  # apt-get tries, and seconds before the next (times the try)
 DEFAULT_TIMEOUT = 3600.0  # seconds for the run, unless crowbar/puppet/timeout says
 MODULES = Path(__file__).with_name("puppet_modules")  # the `crowbar` module (crowbar::wall)
 STATE = ".crowbar"
@@ -118,7 +119,15 @@ def _driver(ctx: RunContext, token: str, timeout: int) -> str:
 {transport.UNPACK}if ! command -v puppet >/dev/null 2>&1; then
   echo "puppet is missing: installing {PACKAGE} (apt-get update, apt-get install)"
   export DEBIAN_FRONTEND=noninteractive
-  {{ apt-get update -q && apt-get install -y -q {PACKAGE}; }} </dev/null || {{ echo "{mark}install:$?"; exit 1; }}
+  # a package fetched through the proxies can fail mid-way (the mirror or the uplink drops it): apt
+  # retries each file, and the whole install is tried three times before the run fails
+  for try in $(seq {INSTALL_TRIES}); do
+    apt-get update -q </dev/null && apt-get install -y -q -o Acquire::Retries=3 {PACKAGE} </dev/null && break
+    rc=$?
+    [ "$try" = {INSTALL_TRIES} ] && {{ echo "{mark}install:$rc"; exit 1; }}
+    echo "apt-get exited with $rc (try $try of {INSTALL_TRIES}): trying again in $((try * {INSTALL_PAUSE})) s"
+    sleep $((try * {INSTALL_PAUSE}))
+  done
   command -v puppet >/dev/null 2>&1 || {{ echo "{mark}install:127"; exit 1; }}
 fi
 mkdir -p "$d/{STATE}/wall" "$d/modules"

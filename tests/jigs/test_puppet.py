@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from crowbar.jigs.base import NodeInfo, RunContext
+from crowbar.jigs import puppet
 from crowbar.jigs.puppet import PuppetJig
 
 pytestmark = pytest.mark.skipif(shutil.which("puppet") is None, reason="puppet missing (apt-get install puppet)")
@@ -109,13 +110,14 @@ def test_a_node_without_puppet_gets_puppet_agent_from_apt_first(tmp_path, monkey
     result = PuppetJig().run(ctx)
     assert result.ok, result.log
     apt = (tmp_path / "apt.log").read_text().splitlines()
-    assert apt == ["apt-get update -q", "apt-get install -y -q puppet-agent"]
+    assert apt == ["apt-get update -q", "apt-get install -y -q -o Acquire::Retries=3 puppet-agent"]
     assert "puppet is missing: installing puppet-agent" in result.log
     assert (out / "greeting.txt").read_text() == "installed x1 on admin.example.com for greeter\n"
     assert (fake / "puppet").exists()
 
 
 def test_a_failed_puppet_install_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(puppet, "INSTALL_PAUSE", 0)
     _without_puppet(tmp_path, monkeypatch, 'case "$1" in install) echo "E: Unable to locate package puppet-agent"; '
                                            'exit 100;; esac')
     ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "include greeter\n", {})
@@ -124,6 +126,28 @@ def test_a_failed_puppet_install_says_so(tmp_path, monkeypatch):
     assert "E: Unable to locate package puppet-agent" in result.log
     last = result.log.strip().splitlines()[-1]
     assert last.startswith("!! installing puppet-agent on this machine failed (apt-get exit 100"), result.log
+    # tried three times, each after a fresh `apt-get update`
+    assert (tmp_path / "apt.log").read_text().splitlines() == \
+        ["apt-get update -q", "apt-get install -y -q -o Acquire::Retries=3 puppet-agent"] * 3
+    assert "apt-get exited with 100 (try 2 of 3): trying again in 0 s" in result.log
+
+
+def test_a_puppet_install_that_fails_once_is_tried_again(tmp_path, monkeypatch):
+    # as when the mirror drops a download half-way: the second try installs puppet
+    monkeypatch.setattr(puppet, "INSTALL_PAUSE", 0)
+    wrapper = f"{tmp_path}/fakebin/puppet"
+    install = (f'if [ -e {tmp_path}/failed ]; then printf "#!/bin/sh\\nexec /usr/bin/puppet \\"\\$@\\"\\n" > {wrapper}; '
+               f'chmod 755 {wrapper}; else touch {tmp_path}/failed; echo "E: Failed to fetch ruby3.1"; exit 100; fi')
+    _without_puppet(tmp_path, monkeypatch, f'case "$1" in install) {install};; esac')
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "include greeter\n",
+               {"greeter::message": "again", "greeter::dir": str(out)})
+    result = PuppetJig().run(ctx)
+    assert result.ok, result.log
+    assert "apt-get exited with 100 (try 1 of 3): trying again in 0 s" in result.log
+    assert len((tmp_path / "apt.log").read_text().splitlines()) == 4
+    assert (out / "greeting.txt").read_text() == "again x1 on admin.example.com for greeter\n"
 
 
 def test_the_sample_pphello_barclamp_applies_here(tmp_path):

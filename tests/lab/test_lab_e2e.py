@@ -82,7 +82,11 @@ class Cli:
                            # the lab's BMCs (`lab up --bmc`): ipmi_sim per VM, the Redfish emulator
                            *((f"ipmi_sim {p.parent.parent.name}", p)
                              for p in sorted(self.lab_dir.glob("vms/*/bmc/ipmi_sim.log"))),
-                           ("redfish emulator", self.lab_dir / "redfish" / "emulator.log")]:
+                           ("redfish emulator", self.lab_dir / "redfish" / "emulator.log"),
+                           # online mode: apt-cacher-ng's errors and transfers, and the uplink's tinyproxy
+                           *((f"apt proxy {p.name}", p) for p in sorted(self.lab_dir.glob("**/apt-cacher.err"))),
+                           *((f"apt proxy {p.name}", p) for p in sorted(self.lab_dir.glob("**/apt-cacher.log"))),
+                           ("uplink tinyproxy", self.lab_dir / "uplink" / "tinyproxy.log")]:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-25:]
                 parts.append(f"\n--- {name} ({path}) ---\n" + "\n".join(lines))
