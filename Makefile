@@ -20,13 +20,18 @@ APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 
 	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium apt-cacher-ng \
 	tinyproxy socat
 
-.PHONY: demo test deps venv web benchmark clean ui-screenshots
+.PHONY: demo test deps venv web benchmark clean ui-screenshots test-openstack
 
 demo: deps venv web
 	$(BIN)/python -m crowbar.demo
 
 test: deps venv web
 	scripts/run-tests.sh
+
+# OpenStack Neutron deployed by Crowbar onto two lab VMs, a tenant network on VLAN 501 between them
+# (tests/lab/test_lab_neutron.py; about half an hour under emulation, so not in `make test`)
+test-openstack: deps venv web
+	scripts/run-tests.sh -m openstack tests/lab/test_lab_neutron.py
 
 benchmark: deps venv web
 	scripts/run-benchmarks.sh
