@@ -109,7 +109,11 @@ def neutron_hiera(role: str, *, address: str, bus: Mapping, database: Mapping | 
         # Neutron 21 refuses the Linux Bridge driver and agent unless it is enabled as experimental
         # (the API's workers die at start: "Feature 'linuxbridge' is experimental and has to be
         # explicitly enabled in 'cfg.CONF.experimental'"); puppet-neutron 21 has no parameter for it.
-        "neutron::config::server_config": {"experimental/linuxbridge": {"value": True}},
+        # No Nova here: with its notifier on (the package's neutron.conf says True) the API's workers
+        # die at start loading it ("Auth plugin requires parameters which were not given: auth_url")
+        "neutron::config::server_config": {"experimental/linuxbridge": {"value": True},
+                                           "DEFAULT/notify_nova_on_port_status_changes": {"value": False},
+                                           "DEFAULT/notify_nova_on_port_data_changes": {"value": False}},
     }
     if role == SERVER_ROLE:
         if database is None or network_vlan_ranges is None:

@@ -57,7 +57,10 @@ def test_the_hiera_keys_of_each_role_from_the_models_values():
     assert server["neutron::plugins::ml2::mechanism_drivers"] == ["linuxbridge"]
     assert server["neutron::server::auth_strategy"] == "noauth" and server["neutron::server::sync_db"] is True
     assert server["neutron::wsgi::uwsgi::processes"] == 1  # not Debian's 8: each loads all of Neutron
-    assert server["neutron::config::server_config"] == {"experimental/linuxbridge": {"value": True}}
+    # Linux Bridge enabled as experimental (Neutron 21), the Nova notifier off (no Nova: it needs Keystone)
+    assert server["neutron::config::server_config"] == {
+        "experimental/linuxbridge": {"value": True}, "DEFAULT/notify_nova_on_port_status_changes": {"value": False},
+        "DEFAULT/notify_nova_on_port_data_changes": {"value": False}}
     agent = config.neutron_hiera("neutron-linuxbridge-agent", address="192.168.124.82", bus=bus,
                                  physical_interface_mappings={"physnet1": "eth1"})
     assert agent["neutron::agents::ml2::linuxbridge::physical_interface_mappings"] == ["physnet1:eth1"]
