@@ -451,16 +451,29 @@ def neutron_networks_delete(ctx, network_key: str, output: str) -> None:
 
 @neutron.command("whois")
 @click.argument("device")
+@click.option("--deployment", help="ask this deployment's Neutron API (default: the only one deployed)")
+@click.option("--api", "api_url", metavar="URL", help="ask the Neutron API at URL instead (http://HOST:9696)")
 @click.option("--ports", type=click.Path(path_type=Path),
-              help="JSON/YAML list of ports (`openstack port list -f json`) for tap/ns-/qr-/qg-")
-@click.option("--routers", type=click.Path(path_type=Path), help="JSON/YAML list of routers")
+              help="JSON/YAML list of ports (`openstack port list -f json`) for tap/ns-/qr-/qg-, "
+                   "instead of the live API")
+@click.option("--routers", type=click.Path(path_type=Path), help="JSON/YAML list of routers, likewise")
 @output_option
 @click.pass_obj
-def neutron_whois(ctx, device: str, ports: Path | None, routers: Path | None, output: str) -> None:
+def neutron_whois(ctx, device: str, deployment: str | None, api_url: str | None, ports: Path | None,
+                  routers: Path | None, output: str) -> None:
     """Which network, port or router a host device belongs to: brq..., tap..., ns-..., qr-...,
-    qg-..., vxlan-N, eth1.501, qdhcp-..., or the older br<uuid> spelling."""
-    if ports or routers:
-        body = {"device": device}
+    qg-..., vxlan-N, eth1.501, qdhcp-..., or the older br<uuid> spelling.
+
+    With neutron-server deployed, the server asks its live API (the URL its run published) for
+    networks, ports and routers; otherwise it searches the tenant networks Crowbar stores."""
+    if (ports or routers) and (deployment or api_url):
+        raise CliError("give --ports/--routers, or --deployment/--api to ask a live API, not both")
+    if deployment and api_url:
+        raise CliError("give --deployment or --api, not both")
+    if ports or routers or api_url:
+        body: dict[str, Any] = {"device": device}
+        if api_url:
+            body["api"] = api_url
         for key, path in (("ports", ports), ("routers", routers)):
             if path is not None:
                 items = _read_document(path, key)
@@ -470,7 +483,7 @@ def neutron_whois(ctx, device: str, ports: Path | None, routers: Path | None, ou
                              if isinstance(item, dict) else item for item in items]
         result = ctx.api.post("/neutron/whois", body)
     else:
-        result = ctx.api.get(f"/neutron/whois/{seg(device)}")
+        result = ctx.api.get(f"/neutron/whois/{seg(device)}", deployment=deployment)
     if output == "json":
         emit_object(result, output)
         return
