@@ -25,6 +25,7 @@ TENANT_COLUMNS = ["id", "name", "network_type", "physical_network", "segmentatio
                   "bridge"]
 PLAN_FORMATS = ["table", "json", "networkd", "netplan", "ifupdown"]
 NEUTRON_FILES = ["ml2", "linuxbridge", "dhcp", "l3"]
+RERUNS_SHOWN = 20  # noderoles below the re-queued ones, named in a change's text output (-o json: all)
 
 
 MAX_DOCUMENT_BYTES = 4 << 20  # a network template is a few KiB; the API refuses big bodies anyway
@@ -121,6 +122,17 @@ def _emit_change(result: dict, output: str) -> None:
         click.echo(f"allocations that {verb}:")
         for item in result["released"]:
             click.echo(f"  {item['network']} {item['node']}: {item['address']}")
+    if result.get("reruns"):
+        verb = "would re-run" if result["preview"] else "re-queued"
+        click.echo(f"noderoles that {verb} (their values come from what changed):")
+        for item in result["reruns"]:
+            click.echo(f"  {item['id']} {item['role']} on {item['node']} in {item['deployment']} "
+                       f"({'; '.join(item['because'])})")
+    if result.get("reruns_after"):
+        shown = result["reruns_after"][:RERUNS_SHOWN]
+        click.echo(f"then, below them ({len(result['reruns_after'])}): "
+                   + ", ".join(f"{i['id']} {i['role']} on {i['node']}" for i in shown)
+                   + (", ..." if len(result["reruns_after"]) > len(shown) else ""))
     if result["preview"] and (result["moves"] or result["released"]):
         click.echo("apply with --force to move or release them")
 
