@@ -10,13 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
-from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from crowbar.barclamps import loader
-from crowbar.cli import main
-from crowbar.cli.client import CliError, Client
 from crowbar.db.models import Event, Node, NodeRole, Role
 from crowbar.db.session import pending_work
 from crowbar.errors import BarclampError
@@ -142,26 +138,9 @@ def test_api_preview_lists_and_apply_requeues(api, db):
     assert role["reruns_on_networks"] == {"nova_fixed": ["conduit"]}
 
 
-@pytest.fixture
-def cli(api, admin_token, monkeypatch):
-    http = TestClient(api.app, base_url="http://testserver/api/v2", headers={"authorization": f"Bearer {admin_token}"})
-    fake = Client.__new__(Client)
-    fake.endpoint, fake.token_source, fake.http, fake.timeout, fake.sending = "http://testserver", None, http, 60, None
-    monkeypatch.setattr(main, "Client", lambda endpoint, **_: fake)
-
-    def run(*args: str):
-        result = CliRunner().invoke(main.cli, list(args))
-        if result.exception is not None and not isinstance(result.exception, (CliError, SystemExit)):
-            raise result.exception
-        return result.exit_code, result.output
-
-    yield run
-    http.close()
-
-
 def test_cli_preview_shows_the_noderoles_to_rerun(cli, db):
     ids = openstack_deployed(db)
-    code, out = cli("network", "update", "nova_fixed", "--vlan", "600", "--preview")
+    code, out, _ = cli("network", "update", "nova_fixed", "--vlan", "600", "--preview")
     assert code == 0, out
     server = ids[(CONTROLLER, SERVER)]
     assert out.splitlines() == [
@@ -172,7 +151,7 @@ def test_cli_preview_shows_the_noderoles_to_rerun(cli, db):
         "then, below them (3): " + ", ".join(f"{ids[k]} {k[1]} on {k[0]}" for k in sorted(
             [(CONTROLLER, AGENT), (CONTROLLER, DHCP), (COMPUTE, AGENT)], key=lambda k: ids[k])),
     ]
-    code, out = cli("network", "update", "nova_fixed", "--vlan", "600", "-o", "json")
+    code, out, _ = cli("network", "update", "nova_fixed", "--vlan", "600", "-o", "json")
     result = json.loads(out)
     assert code == 0 and result["applied"] and [r["id"] for r in result["reruns"]] == [server]
     assert states(db)[(CONTROLLER, SERVER)] == "todo"

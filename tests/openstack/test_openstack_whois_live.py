@@ -8,11 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
-from fastapi.testclient import TestClient
 
-from crowbar.cli import main
-from crowbar.cli.client import CliError, Client
 from crowbar.errors import BadGateway, Conflict, InvalidInput, NotFound
 from crowbar.network import linuxbridge
 from crowbar.openstack import neutron_api
@@ -167,25 +163,6 @@ def test_api_whois_live_and_its_errors(api, db, fake_neutron, unused_url):
     assert r.status_code == 200 and r.json()["name"] == "mine" and len(fake_neutron.requests) == before
     spec = api.get(f"{V2}/openapi.json").json()
     assert "502" in spec["paths"]["/api/v2/neutron/whois/{device}"]["get"]["responses"]
-
-
-@pytest.fixture
-def cli(api, admin_token, monkeypatch):
-    """`crowbar ...` in-process against the test app: run(*args) -> (exit code, output, error)."""
-    http = TestClient(api.app, base_url="http://testserver/api/v2", headers={"authorization": f"Bearer {admin_token}"})
-    fake = Client.__new__(Client)
-    fake.endpoint, fake.token_source, fake.http, fake.timeout, fake.sending = "http://testserver", None, http, 60, None
-    monkeypatch.setattr(main, "Client", lambda endpoint, **_: fake)
-
-    def run(*args: str):
-        result = CliRunner().invoke(main.cli, [str(a) for a in args])
-        failure = str(result.exception) if isinstance(result.exception, CliError) else None
-        if result.exception is not None and failure is None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result.exit_code, result.output, failure
-
-    yield run
-    http.close()
 
 
 def test_cli_whois_live_text_json_and_one_line_errors(cli, db, fake_neutron, unused_url):
