@@ -41,6 +41,8 @@ def check_url(url: str) -> str:
         raise InvalidInput(f"api {url!r}: not a URL ({exc})", field="api") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"api {url!r}: expected http://HOST:PORT or https://HOST:PORT", field="api")
+    if len(parts.hostname) > 253 or any(len(label) > 63 for label in parts.hostname.split(".")):
+        raise InvalidInput(f"api {url!r}: the host name is longer than DNS allows", field="api")
     if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
         raise InvalidInput(f"api {url!r}: no user, password, query or fragment (the API needs no token)",
                            field="api")
@@ -60,6 +62,8 @@ def _get(client: httpx.Client, base: str, collection: str, fields: tuple[str, ..
                 body += chunk
                 if len(body) > MAX_ANSWER_BYTES:
                     raise BadGateway(f"{where}: the answer is over {MAX_ANSWER_BYTES >> 20} MiB", field="api")
+    except (httpx.InvalidURL, UnicodeError) as exc:  # a host name the client cannot encode
+        raise InvalidInput(f"api {base!r}: not a URL the server can ask ({exc})", field="api") from None
     except httpx.TimeoutException:
         raise BadGateway(f"{where}: no answer within {TIMEOUT.read:g} s", field="api") from None
     except httpx.HTTPError as exc:

@@ -78,10 +78,11 @@ def test_an_unreachable_api_is_a_bad_gateway_naming_the_url(unused_url):
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://h/", "http://", "http://u:p@h:9696",
-                                 "http://h:9696?x=1", "http://h:port", "", "http://h\n:9696", "x" * 3000])
+                                 "http://h:9696?x=1", "http://h:port", "", "http://h\n:9696", "x" * 3000,
+                                 "http://" + "a" * 300 + "/", "http://127.0.0.1:99999"])
 def test_urls_the_server_will_not_fetch(url):
     with pytest.raises(InvalidInput) as caught:
-        neutron_api.check_url(url)
+        neutron_api.read(url)
     assert caught.value.field == "api"
 
 
