@@ -50,6 +50,15 @@ class IllegalTransition(Conflict):
     kind = "illegal_transition"
 
 
+class BadGateway(CrowbarError):
+    """A service Crowbar asked on the caller's behalf (the live Neutron API) did not answer, or
+    answered something that is not what it should (HTTP 502): the request was valid, the other end
+    failed. The message names the service, the URL and what went wrong, never a body it sent."""
+
+    status = 502
+    kind = "bad_gateway"
+
+
 class TooLarge(CrowbarError):
     """The request body is larger than the route accepts; refused before the rest is read."""
 

@@ -130,3 +130,29 @@ def api(db, admin_token):
     client.woken = woken
     yield client
     client.close()
+
+
+@pytest.fixture
+def cli(api, admin_token, monkeypatch):
+    """`crowbar ...` in-process against the test app (`api`): run(*args) -> (exit code, output, the
+    CliError's one line or None). A test module's own `cli` fixture replaces it there."""
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from crowbar.cli import main
+    from crowbar.cli.client import CliError, Client
+
+    http = TestClient(api.app, base_url="http://testserver/api/v2", headers={"authorization": f"Bearer {admin_token}"})
+    fake = Client.__new__(Client)
+    fake.endpoint, fake.token_source, fake.http, fake.timeout, fake.sending = "http://testserver", None, http, 60, None
+    monkeypatch.setattr(main, "Client", lambda endpoint, **_: fake)
+
+    def run(*args: str, input: str | None = None):
+        result = CliRunner().invoke(main.cli, list(args), input=input)
+        error = str(result.exception) if isinstance(result.exception, CliError) else None
+        if result.exception is not None and error is None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, result.output, error
+
+    yield run
+    http.close()

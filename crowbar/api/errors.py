@@ -107,6 +107,8 @@ WHY = {
     413: "The request body is over its size limit",
     422: "A parameter or the body is invalid (a JSON body must be strict JSON)",
     429: "Too many requests of this kind; Retry-After says when to try again",
+    502: "A service Crowbar asked on the caller's behalf (the live Neutron API) did not answer, or "
+         "answered something else than it should",
     503: "The database cannot be reached",
 }
 EDGE = (413, 422)  # any request: a body too large, a URL or body that is not valid

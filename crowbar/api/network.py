@@ -15,10 +15,11 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, Field
 
-from crowbar.api import deps
+from crowbar.api import deps, errors
 from crowbar.api.body import JSONResponse
-from crowbar.api.deps import Actor, TextPaging, UnitOfWork
+from crowbar.api.deps import Actor, Settings, TextPaging, UnitOfWork
 from crowbar.services import network as svc
+from crowbar.services import openstack
 
 router = APIRouter(prefix="/api/v2", dependencies=[Depends(deps.actor)])
 Preview = Query(False, description="show what the change affects without applying it")
@@ -52,6 +53,11 @@ class WhoisIn(BaseModel):
                                         description="e.g. `openstack port list -f json`")
     routers: list[dict[str, Any]] = Field(default_factory=list)
     networks: list[dict[str, Any]] = Field(default_factory=list)
+    deployment: str | None = Field(None, description="ask this deployment's live Neutron API")
+    api: str | None = Field(None, description="ask the Neutron API at this URL (http://HOST:9696)")
+
+
+LIVE = errors.responses(502, _502="The live Neutron API did not answer, or not with Neutron's JSON")
 
 
 def _done(out: dict, status: int = 200):
@@ -170,12 +176,19 @@ def delete_tenant_network(key: str, s: UnitOfWork, who: Actor):
     return svc.delete_tenant_network(s, key, actor=who)
 
 
-@router.get("/neutron/whois/{device}", tags=["neutron"])
-def whois(device: str, s: UnitOfWork):
-    return svc.whois(s, device)
+@router.get("/neutron/whois/{device}", tags=["neutron"], responses=LIVE)
+def whois(device: str, config: Settings,
+          deployment: str | None = Query(None, description="whose Neutron API to ask (default: the "
+                                                             "only deployment with one)")):
+    """The network, port or router a host device belongs to, from the live Neutron API (the wall of
+    an active neutron-server noderole) when one is deployed, else from the tenant networks Crowbar
+    stores. The route holds no transaction while Neutron answers."""
+    return openstack.neutron_whois(config.db, device, deployment=deployment)
 
 
-@router.post("/neutron/whois", tags=["neutron"])
-def whois_with(body: WhoisIn, s: UnitOfWork):
-    """Like GET, with ports, routers (and extra networks) to search too."""
-    return svc.whois(s, body.device, body.ports, body.routers, body.networks)
+@router.post("/neutron/whois", tags=["neutron"], responses=LIVE)
+def whois_with(body: WhoisIn, config: Settings):
+    """With ports, routers (and extra networks): those and the stored networks, no live API; else
+    like GET, with `deployment` or the API's own `api` URL (an operator's: the server fetches it)."""
+    return openstack.neutron_whois(config.db, body.device, deployment=body.deployment, api=body.api,
+                                   ports=body.ports, routers=body.routers, networks=body.networks)

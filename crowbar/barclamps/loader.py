@@ -32,12 +32,13 @@ from crowbar import plugins
 from crowbar.barclamps import files, strict_yaml
 from crowbar.barclamps.limits import MAX_NAME, MAX_SOURCE, MAX_VERSION
 from crowbar.errors import BarclampError
+from crowbar.network.model import watch_problem
 
 FLAGS = frozenset({"implicit", "milestone", "discovery", "bootstrap", "cluster", "destructive", "service",
                    "abstract"})
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # matched whole (re.fullmatch: no trailing newline slips by)
 ROLE_KEYS = {"name", "description", "jig", "requires", "flags", "attribs", "wants-attribs", "template",
-             "conflicts"}
+             "conflicts", "reruns-on-networks"}
 UPLOAD = Path("(upload)")  # names an upload's files in errors when the client did not say where they came from
 # A schema is evaluated with each of these (and the attrib's default) at import, so that one which
 # can never be evaluated (a $ref to itself) is refused now rather than when an attrib is set.
@@ -67,6 +68,8 @@ class RoleDef:
     conflicts: list[str] = field(default_factory=list)
     template: dict = field(default_factory=dict)
     scripts: list[dict] = field(default_factory=list)
+    # `reruns-on-networks`: {network: [fields]} its runs derive values from ([]: any field)
+    reruns_on_networks: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -242,6 +245,10 @@ def parse(root: Path, texts: Mapping[str, str]) -> BarclampDef:
         if not isinstance(template, dict):
             raise _fail(path, "template must be a mapping", rname)
         scripts = _jig_files(jig, rname, texts, root, path)
+        reruns = raw.get("reruns-on-networks") or {}
+        problem = watch_problem(reruns)
+        if problem:
+            raise _fail(path, f"reruns-on-networks: {problem}", rname)
         roles.append(RoleDef(
             name=rname, jig=jig, description=_text(raw.get("description"), "description", path, rname),
             requires=_str_list(raw.get("requires"), path, rname, "requires"), flags=flags,
@@ -249,6 +256,7 @@ def parse(root: Path, texts: Mapping[str, str]) -> BarclampDef:
             wants_attribs=_str_list(raw.get("wants-attribs"), path, rname, "wants-attribs"),
             conflicts=_str_list(raw.get("conflicts"), path, rname, "conflicts"),
             template=template, scripts=scripts,
+            reruns_on_networks={name: [] for name in reruns} if isinstance(reruns, list) else reruns,
         ))
     attribs = [_attrib(a, path, None) for a in _section(doc, "attribs", path)]
     names = Counter(a.name for a in [*attribs, *(a for r in roles for a in r.attribs)])

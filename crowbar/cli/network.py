@@ -25,6 +25,7 @@ TENANT_COLUMNS = ["id", "name", "network_type", "physical_network", "segmentatio
                   "bridge"]
 PLAN_FORMATS = ["table", "json", "networkd", "netplan", "ifupdown"]
 NEUTRON_FILES = ["ml2", "linuxbridge", "dhcp", "l3"]
+RERUNS_SHOWN = 20  # noderoles below the re-queued ones, named in a change's text output (-o json: all)
 
 
 MAX_DOCUMENT_BYTES = 4 << 20  # a network template is a few KiB; the API refuses big bodies anyway
@@ -121,6 +122,17 @@ def _emit_change(result: dict, output: str) -> None:
         click.echo(f"allocations that {verb}:")
         for item in result["released"]:
             click.echo(f"  {item['network']} {item['node']}: {item['address']}")
+    if result.get("reruns"):
+        verb = "would re-run" if result["preview"] else "re-queued"
+        click.echo(f"noderoles that {verb} (their values come from what changed):")
+        for item in result["reruns"]:
+            click.echo(f"  {item['id']} {item['role']} on {item['node']} in {item['deployment']} "
+                       f"({'; '.join(item['because'])})")
+    if result.get("reruns_after"):
+        shown = result["reruns_after"][:RERUNS_SHOWN]
+        click.echo(f"then, below them ({len(result['reruns_after'])}): "
+                   + ", ".join(f"{i['id']} {i['role']} on {i['node']}" for i in shown)
+                   + (", ..." if len(result["reruns_after"]) > len(shown) else ""))
     if result["preview"] and (result["moves"] or result["released"]):
         click.echo("apply with --force to move or release them")
 
@@ -451,16 +463,29 @@ def neutron_networks_delete(ctx, network_key: str, output: str) -> None:
 
 @neutron.command("whois")
 @click.argument("device")
+@click.option("--deployment", help="ask this deployment's Neutron API (default: the only one deployed)")
+@click.option("--api", "api_url", metavar="URL", help="ask the Neutron API at URL instead (http://HOST:9696)")
 @click.option("--ports", type=click.Path(path_type=Path),
-              help="JSON/YAML list of ports (`openstack port list -f json`) for tap/ns-/qr-/qg-")
-@click.option("--routers", type=click.Path(path_type=Path), help="JSON/YAML list of routers")
+              help="JSON/YAML list of ports (`openstack port list -f json`) for tap/ns-/qr-/qg-, "
+                   "instead of the live API")
+@click.option("--routers", type=click.Path(path_type=Path), help="JSON/YAML list of routers, likewise")
 @output_option
 @click.pass_obj
-def neutron_whois(ctx, device: str, ports: Path | None, routers: Path | None, output: str) -> None:
+def neutron_whois(ctx, device: str, deployment: str | None, api_url: str | None, ports: Path | None,
+                  routers: Path | None, output: str) -> None:
     """Which network, port or router a host device belongs to: brq..., tap..., ns-..., qr-...,
-    qg-..., vxlan-N, eth1.501, qdhcp-..., or the older br<uuid> spelling."""
-    if ports or routers:
-        body = {"device": device}
+    qg-..., vxlan-N, eth1.501, qdhcp-..., or the older br<uuid> spelling.
+
+    With neutron-server deployed, the server asks its live API (the URL its run published) for
+    networks, ports and routers; otherwise it searches the tenant networks Crowbar stores."""
+    if (ports or routers) and (deployment or api_url):
+        raise CliError("give --ports/--routers, or --deployment/--api to ask a live API, not both")
+    if deployment and api_url:
+        raise CliError("give --deployment or --api, not both")
+    if ports or routers or api_url:
+        body: dict[str, Any] = {"device": device}
+        if api_url:
+            body["api"] = api_url
         for key, path in (("ports", ports), ("routers", routers)):
             if path is not None:
                 items = _read_document(path, key)
@@ -470,7 +495,7 @@ def neutron_whois(ctx, device: str, ports: Path | None, routers: Path | None, ou
                              if isinstance(item, dict) else item for item in items]
         result = ctx.api.post("/neutron/whois", body)
     else:
-        result = ctx.api.get(f"/neutron/whois/{seg(device)}")
+        result = ctx.api.get(f"/neutron/whois/{seg(device)}", deployment=deployment)
     if output == "json":
         emit_object(result, output)
         return

@@ -71,6 +71,10 @@ class Role(Base):
     conflicts: Mapped[list] = mapped_column(JSONType, default=list)
     template: Mapped[dict] = mapped_column(JSONType, default=dict)
     scripts: Mapped[list] = mapped_column(JSONType, default=list)
+    # Migration 0010: {network: [fields]} of the network template the role's runs derive values from
+    # (barclamp.yml `reruns-on-networks`; [] is any field): a change there re-queues its active
+    # noderoles (crowbar.services.network.changes).
+    reruns_on_networks: Mapped[dict] = mapped_column(JSONType, default=dict, server_default="{}")
     barclamp: Mapped[Barclamp] = relationship(back_populates="roles")
 
     def has(self, flag: str) -> bool:

@@ -252,7 +252,9 @@ _PORT_PREFIXES = (TAP_PREFIX, DHCP_DEVICE_PREFIX, ROUTER_INTERNAL_PREFIX, ROUTER
 _VLAN_DEVICE = re.compile(r"^.+\.([0-9]+)$")
 
 
-def _segment(network: Any) -> tuple[str | None, int | None]:
+def segment_of(network: Any) -> tuple[str | None, int | None]:
+    """(network_type, segmentation_id) of a network, in Crowbar's or the API's provider: spelling;
+    an id that is not a number is None."""
     kind = field_of(network, "network_type", "provider:network_type")
     segmentation_id = field_of(network, "segmentation_id", "provider:segmentation_id")
     if segmentation_id is None:
@@ -283,7 +285,7 @@ def _by_id_prefix(device: str, kind: str, fragment: str, items: Iterable[Any]) -
 def _by_segment(device: str, kind: str, segmentation_id: int,
                 networks: Iterable[Any]) -> DeviceOwner | None:
     return _unique(device, [_owner("network", n) for n in networks
-                            if _segment(n) == (kind, segmentation_id)])
+                            if segment_of(n) == (kind, segmentation_id)])
 
 
 def whois(device: str, networks: Iterable[Any] = (), ports: Iterable[Any] = (),

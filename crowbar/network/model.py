@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from itertools import combinations
-from typing import Any, Iterator, Mapping, NamedTuple, Union
+from typing import Any, Collection, Iterator, Mapping, NamedTuple, Union
 
 import yaml
 
@@ -564,6 +564,20 @@ class TemplateDiff:
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed or self.template)
 
+    def reasons(self, network: str, watched: Collection[str], present: bool) -> list[str]:
+        """Why a role whose runs derive values from the `watched` fields of `network` (none: any
+        field) must run again after this change, as lines to show ([]: it need not). `present`:
+        the network is in the old or the new template. Adding or removing the network counts;
+        a template-level change (mode, conduit_map, interface_map, teaming) counts for `conduit`,
+        since it can change what the conduit resolves to on a node."""
+        if network in self.added or network in self.removed:
+            return [f"{network} {'added' if network in self.added else 'removed'}"]
+        out = [f"{network}.{c.field}: {c.old} -> {c.new}" for c in self.changed.get(network, ())
+               if not watched or c.field.split(".")[0] in watched]
+        if present and (not watched or "conduit" in watched):
+            out += [f"template {c.field}: {c.old} -> {c.new}" for c in self.template]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"added": list(self.added), "removed": list(self.removed),
                 "changed": {name: [c._asdict() for c in changes]
@@ -598,6 +612,25 @@ def _field_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[Fiel
     keys = list(old) + [key for key in new if key not in old]
     return tuple(FieldChange(key, old.get(key), new.get(key))
                  for key in keys if old.get(key) != new.get(key))
+
+
+NETWORK_FIELDS = tuple(f.name for f in fields(Network) if f.name != "name")
+
+
+def watch_problem(watch: Any) -> str | None:
+    """What is wrong with a role's `reruns-on-networks` (barclamp.yml), or None: a list of network
+    names, or a mapping of network names to lists of their fields (NETWORK_FIELDS; an empty list is
+    any field)."""
+    items = {name: [] for name in watch} if isinstance(watch, list) else watch
+    if not isinstance(items, dict):
+        return "expected a list of network names or a mapping of network names to lists of fields"
+    for name, watched in items.items():
+        if not isinstance(name, str) or not name or len(name) > 64:
+            return f"{name!r} is not a network name"
+        if not isinstance(watched, list) or any(f not in NETWORK_FIELDS for f in watched):
+            return (f"network {name!r}: expected a list of its fields ({', '.join(NETWORK_FIELDS)}), "
+                    f"got {watched!r}")
+    return None
 
 
 def diff_templates(old: NetworkTemplate, new: NetworkTemplate) -> TemplateDiff:

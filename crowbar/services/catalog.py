@@ -31,7 +31,8 @@ def barclamp_dict(bc: Barclamp, full: bool = False) -> dict:
 def role_dict(role: Role, attribs: list[Attrib] | None = None) -> dict:
     out = {"id": role.id, "name": role.name, "barclamp": role.barclamp.name, "jig": role.jig,
            "requires": role.requires, "flags": role.flags, "wants_attribs": role.wants_attribs,
-           "conflicts": role.conflicts, "description": role.description}
+           "conflicts": role.conflicts, "reruns_on_networks": role.reruns_on_networks or {},
+           "description": role.description}
     if attribs is not None:
         out["template"] = role.template
         out["scripts"] = [s["name"] for s in role.scripts or []]
@@ -90,6 +91,7 @@ def load(session: Session, bc: loader.BarclampDef, actor: str = "system") -> Bar
         role = existing.get(r.name) or Role(barclamp_id=row.id, name=r.name)
         role.description, role.jig, role.requires, role.flags = r.description, r.jig, r.requires, r.flags
         role.wants_attribs, role.conflicts, role.template, role.scripts = r.wants_attribs, r.conflicts, r.template, r.scripts
+        role.reruns_on_networks = r.reruns_on_networks
         session.add(role)
         roles[r.name] = role
     session.flush()

@@ -16,6 +16,11 @@ puppetlabs-mysql's class parameters as top-level Hiera keys of the run's documen
 A key the run's document already has (an operator's value in the deployment's role data) is kept.
 The roles' walls get what children need: the bus's and database's host, port and user,
 neutron-server's URL. The note (first line of the run's log) names the model's values, never a password.
+
+`neutron_whois` is `crowbar neutron whois` with the live API: the URL from the wall of a deployment's
+active neutron-server noderole (or the caller's), its networks, ports and routers read over HTTP
+(crowbar.openstack.neutron_api) outside any transaction, then matched by
+crowbar.services.network.neutron.whois.
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ from __future__ import annotations
 import configparser
 from collections.abc import Callable
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from crowbar.db.models import Node
+from crowbar.db.models import Deployment, Node, NodeRole, Role
 from crowbar.documents import dig, put
-from crowbar.errors import Conflict
+from crowbar.errors import Conflict, InvalidInput
 from crowbar.jigs.base import RunContext
 from crowbar.network import neutron
-from crowbar.openstack import config
+from crowbar.openstack import config, neutron_api
+from crowbar.services import lookup
+from crowbar.services.network import neutron as network_neutron
 from crowbar.services.network._fixed import neutron_settings
 from crowbar.services.network.allocations import node_addresses
 from crowbar.services.network.neutron import NEUTRON_FILES, node_neutron
@@ -139,3 +147,56 @@ def preparer(db, key: bytes) -> Callable[[RunContext], tuple[dict, str] | None]:
         return wall, line + "\n"
 
     return prepare
+
+
+# ---------------------------------------------------------------------------------------------
+# whois with the live Neutron API
+
+def neutron_api_url(session: Session, deployment: str | None = None) -> str | None:
+    """The URL of the Neutron API of `deployment` (the wall of its active neutron-server noderole),
+    or, unnamed, of the one deployment that has such a noderole (None when none has; 409 when
+    several have: name one)."""
+    q = (select(Deployment.name, NodeRole.wall).join(NodeRole, NodeRole.deployment_id == Deployment.id)
+         .join(Role, Role.id == NodeRole.role_id)
+         .where(Role.name == config.SERVER_ROLE, NodeRole.state == "active").order_by(NodeRole.id))
+    if deployment is not None:
+        q = q.where(Deployment.id == lookup.deployment(session, deployment).id)
+    found: dict[str, str] = {}
+    for name, wall in session.execute(q):
+        url = dig(wall or {}, config.NEUTRON_URL_PATH)
+        if isinstance(url, str) and url:
+            found.setdefault(name, url)
+    if deployment is not None and not found:
+        raise Conflict(f"deployment {deployment!r} has no active {config.SERVER_ROLE} noderole that "
+                       f"published {config.NEUTRON_URL_PATH}: bind it and let it run, or give the API's URL",
+                       field="deployment")
+    if len(found) > 1:
+        raise Conflict(f"several deployments have a Neutron API ({', '.join(sorted(found))}): name the "
+                       "deployment", field="deployment")
+    return next(iter(found.values()), None)
+
+
+def neutron_whois(db, device: str, deployment: str | None = None, api: str | None = None,
+                  ports: list[dict] = (), routers: list[dict] = (), networks: list[dict] = ()) -> dict:
+    """Which Neutron network, port or router host device `device` belongs to, asking the live API
+    (`api`, or the one of `deployment`, or of the only deployment with one) for its networks, ports
+    and routers; with no Neutron deployed, the tenant networks Crowbar stores. Given `ports`,
+    `routers` or `networks` (from a file), those and the stored networks, no live API. Each short
+    transaction only reads; the HTTP requests run between them, holding none."""
+    device = network_neutron.whois_device(device)
+    if ports or routers or networks:
+        if api is not None or deployment is not None:
+            raise InvalidInput("give ports, routers and networks, or a deployment or API to ask, not both",
+                               field="api")
+        with db.read_session() as session:
+            return network_neutron.whois(session, device, ports, routers, networks)
+    if api is not None and deployment is not None:
+        raise InvalidInput("give the deployment or the API's URL, not both", field="api")
+    if api is not None:
+        url: str | None = neutron_api.check_url(api)
+    else:
+        with db.read_session() as session:
+            url = neutron_api_url(session, deployment)
+    found = neutron_api.read(url) if url is not None else {}
+    with db.read_session() as session:
+        return network_neutron.whois(session, device, source=url, **found)

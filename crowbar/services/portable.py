@@ -42,6 +42,7 @@ from crowbar.db.sql import chunks
 from crowbar.documents import check_strict
 from crowbar.engine.attribs import node_attrs
 from crowbar.errors import Conflict, InvalidInput
+from crowbar.network.model import watch_problem
 from crowbar.provisioner import rules
 from crowbar.services import catalog, deployments, lookup, network, os_rules
 
@@ -68,6 +69,7 @@ SERVER_SCHEMA = {
                                "properties": {"name": _STR, "description": _STR, "jig": _STR, "requires": _NAMES,
                                               "flags": _NAMES, "wants_attribs": _NAMES, "conflicts": _NAMES,
                                               "template": _OBJ, "attribs": {"type": "array", "items": _ATTRIB},
+                                              "reruns_on_networks": {"type": "object", "additionalProperties": _NAMES},
                                               "scripts": {"type": "array", "items": {
                                                   "type": "object", "required": ["name", "content"],
                                                   "properties": {"name": _STR, "content": _STR}}}}}}}}},
@@ -326,7 +328,8 @@ def export_server(session: Session) -> dict:
                     "attribs": by_role[None],
                     "roles": [{"name": r.name, "description": r.description, "jig": r.jig, "requires": r.requires,
                                "flags": r.flags, "wants_attribs": r.wants_attribs, "conflicts": r.conflicts,
-                               "template": r.template, "scripts": r.scripts, "attribs": by_role[r.id]}
+                               "template": r.template, "scripts": r.scripts, "attribs": by_role[r.id],
+                               "reruns_on_networks": r.reruns_on_networks or {}}
                               for r in sorted(bc.roles, key=lambda r: r.name)]})
     macs = defaultdict(list)
     for mac, node_id in session.execute(select(NodeMac.mac, NodeMac.node_id).order_by(NodeMac.mac)):
@@ -515,6 +518,11 @@ def _import_graph(session: Session, doc: dict, done: dict[str, int]) -> None:
 
 
 def _barclamp_def(bc: dict) -> loader.BarclampDef:
+    for r in bc["roles"]:
+        problem = watch_problem(r.get("reruns_on_networks") or {})
+        if problem:
+            raise InvalidInput(f"barclamp {bc['name']!r}, role {r['name']!r}: reruns_on_networks: {problem}",
+                               field="barclamps")
     def attribs(items):
         return [loader.AttribDef(name=a["name"], map=a["map"], default=a["default"], schema=a["schema"],
                                  description=a["description"]) for a in items]
@@ -523,7 +531,8 @@ def _barclamp_def(bc: dict) -> loader.BarclampDef:
         attribs=attribs(bc["attribs"]),
         roles=[loader.RoleDef(name=r["name"], jig=r["jig"], description=r["description"], requires=r["requires"],
                               flags=r["flags"], attribs=attribs(r["attribs"]), wants_attribs=r["wants_attribs"],
-                              conflicts=r["conflicts"], template=r["template"], scripts=r["scripts"])
+                              conflicts=r["conflicts"], template=r["template"], scripts=r["scripts"],
+                              reruns_on_networks=r.get("reruns_on_networks") or {})
                for r in bc["roles"]])
 
 

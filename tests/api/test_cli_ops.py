@@ -8,30 +8,8 @@ import json
 
 import click
 import pytest
-from click.testing import CliRunner
-from fastapi.testclient import TestClient
 
 from crowbar.cli import main
-from crowbar.cli.client import CliError, Client
-
-
-@pytest.fixture
-def cli(api, admin_token, monkeypatch):
-    """`crowbar ...` in-process against the test app: run(*args) -> (exit code, output, error)."""
-    http = TestClient(api.app, base_url="http://testserver/api/v2", headers={"authorization": f"Bearer {admin_token}"})
-    fake = Client.__new__(Client)
-    fake.endpoint, fake.token_source, fake.http, fake.timeout, fake.sending = "http://testserver", None, http, 60, None
-    monkeypatch.setattr(main, "Client", lambda endpoint, **_: fake)
-
-    def run(*args: str, input: str | None = None):
-        result = CliRunner().invoke(main.cli, list(args), input=input)
-        error = str(result.exception) if isinstance(result.exception, CliError) else None
-        if result.exception is not None and error is None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result.exit_code, result.output, error
-
-    yield run
-    http.close()
 
 
 def _bound(api):

@@ -394,3 +394,39 @@ def test_diff_reports_conduit_map_changes(template):
     entries[2] = ConduitMapEntry("single/.*/.*", {**entries[2].conduits, "intf1": ("?1g2",)})
     diff = diff_templates(template, dataclasses.replace(template, conduit_map=tuple(entries)))
     assert [tuple(c) for c in diff.template] == [("conduit_map[single/.*/.*].intf1", "?1g1", "?1g2")]
+
+
+def test_which_changes_a_role_watching_a_network_must_rerun_for(template, with_networks):
+    """TemplateDiff.reasons: the watched fields of the network (none watched: any field); adding or
+    removing it; a template-level change counts for `conduit` (it can change what the conduit
+    resolves to); ranges.NAME counts as `ranges`."""
+    vlan = diff_templates(template, with_networks(nova_fixed={"vlan": 600}))
+    assert vlan.reasons("nova_fixed", ["vlan"], True) == ["nova_fixed.vlan: 500 -> 600"]
+    assert vlan.reasons("nova_fixed", [], True) == ["nova_fixed.vlan: 500 -> 600"]
+    assert vlan.reasons("nova_fixed", ["conduit"], True) == []
+    assert vlan.reasons("admin", [], True) == []
+    mtu = diff_templates(template, with_networks(nova_fixed={"mtu": 9000}))
+    assert mtu.reasons("nova_fixed", ["vlan", "conduit"], True) == []
+    ranges = diff_templates(template, with_networks(nova_fixed={"ranges": {}}))
+    assert ranges.reasons("nova_fixed", ["ranges"], True) == [
+        "nova_fixed.ranges.router: 192.168.123.1-192.168.123.49 -> None",
+        "nova_fixed.ranges.dhcp: 192.168.123.50-192.168.123.254 -> None"]
+    mode = diff_templates(template, dataclasses.replace(template, mode="dual"))
+    assert mode.reasons("nova_fixed", ["conduit"], True) == ["template mode: single -> dual"]
+    assert mode.reasons("nova_fixed", ["vlan"], True) == []
+    assert mode.reasons("absent", ["conduit"], False) == []  # a network in neither template
+    gone = diff_templates(template, dataclasses.replace(
+        template, networks={k: v for k, v in template.networks.items() if k != "nova_fixed"}))
+    assert gone.reasons("nova_fixed", ["vlan"], True) == ["nova_fixed removed"]
+
+
+@pytest.mark.parametrize("watch, problem", [
+    (["nova_fixed"], None), ({"nova_fixed": ["vlan", "conduit"]}, None), ({}, None),
+    ({"nova_fixed": ["name"]}, "expected a list of its fields"), ({"": []}, "'' is not a network name"),
+    ({"nova_fixed": [["vlan"]]}, "expected a list of its fields"), (5, "expected a list of network names"),
+])
+def test_reruns_on_networks_declarations(watch, problem):
+    from crowbar.network.model import watch_problem
+
+    found = watch_problem(watch)
+    assert found == problem if problem is None else problem in found

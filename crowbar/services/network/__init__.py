@@ -6,7 +6,8 @@ package stores what they accept and serialises what must not race. One module pe
 - `templates`: the stored template: read (through `TemplateCache`), store, seed, export; list
   and show networks; `TemplateInvalid`.
 - `changes`: import the template, create, update or delete a network, with preview (impact:
-  diff, nodes, invalidated allocations) and force (re-allocate or release, every move listed).
+  diff, nodes, invalidated allocations, the noderoles of roles declaring `reruns-on-networks`
+  that it re-queues) and force (re-allocate or release, every move listed).
 - `allocations`: IP allocation (one node, or many in one transaction; `allocate_for` takes
   either, as the API does), release, listing, the addresses of nodes, and the database-backed
   view of taken addresses that ipam reads.

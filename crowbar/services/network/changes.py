@@ -13,7 +13,14 @@ is written. Protocol of a change (`_apply`), inside the caller's transaction:
    old addresses, and the response lists every move (old -> new). Deleting a network that still
    has allocations likewise needs `force` and releases them. Nothing moves silently;
 5. store the template (templates.store_template) and record the change, every move and every
-   release in the event log.
+   release in the event log;
+6. re-queue the roles' noderoles the change affects (`_reruns`): a role declares in barclamp.yml
+   which networks (and which of their fields) its runs derive values from (`reruns-on-networks`,
+   stored as roles.reruns_on_networks); every *active* noderole of a role the change touches goes
+   back to todo (or blocked) through the engine's requeue, as `noderoles retry` does, with an event
+   each, and the engine blocks what hangs below it until it is active again, so those re-run too.
+   The preview lists both (`reruns`, `reruns_after`). This module knows no role by name: the
+   OpenStack roles declare nova_fixed (crowbar/openstack/barclamps/neutron/barclamp.yml).
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from crowbar.db.events import record
-from crowbar.db.models import Node, utcnow
+from crowbar.db.models import Deployment, Node, NodeRole, Role, utcnow
+from crowbar.db.session import signal_work
 from crowbar.db.sql import chunks
+from crowbar.engine import graph
+from crowbar.engine.states import State
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.network.ipam import UsedAddresses, choose_address, resolve_range
 from crowbar.network.model import (
-    Network, NetworkTemplate, NetworkValidationError, address_problem, diff_templates,
+    Network, NetworkTemplate, NetworkValidationError, TemplateDiff, address_problem, diff_templates,
     export_network, load_network, segment_subnet,
 )
 from crowbar.services.network._db import ALLOCS, lock_template
@@ -153,6 +163,54 @@ def _plan_moves(session: Session, template: NetworkTemplate, ids: dict[str, int]
 
 
 # ---------------------------------------------------------------------------------------------
+# Roles that re-run
+
+def _noderole_rows(session: Session, ids: list[int]) -> list[dict]:
+    rows = []
+    for part in chunks(ids):
+        rows += session.execute(
+            select(NodeRole.id, Role.name, Node.name, Deployment.name, NodeRole.state)
+            .join(Role, Role.id == NodeRole.role_id).join(Node, Node.id == NodeRole.node_id)
+            .join(Deployment, Deployment.id == NodeRole.deployment_id).where(NodeRole.id.in_(part))).all()
+    return [{"id": i, "role": role, "node": node, "deployment": deployment, "state": state}
+            for i, role, node, deployment, state in sorted(rows)]
+
+
+def _reruns(session: Session, old: NetworkTemplate, new: NetworkTemplate,
+            diff: TemplateDiff) -> tuple[list[dict], list[dict]]:
+    """(the active noderoles of the roles whose `reruns_on_networks` the change touches, each with
+    `because`; the noderoles below them that the engine blocks and re-runs after them)."""
+    if not diff:
+        return [], []
+    because: dict[int, list[str]] = {}
+    for role_id, watch in session.execute(select(Role.id, Role.reruns_on_networks)):
+        reasons = [reason for network, fields in (watch or {}).items()
+                   for reason in diff.reasons(network, fields, network in old.networks or network in new.networks)]
+        if reasons:
+            because[role_id] = reasons
+    if not because:
+        return [], []
+    found = session.execute(select(NodeRole.id, NodeRole.role_id).where(
+        NodeRole.role_id.in_(list(because)), NodeRole.state == State.ACTIVE.value)).all()
+    why = dict(found)
+    direct = _noderole_rows(session, sorted(why))
+    for row in direct:
+        row["because"] = because[why[row["id"]]]
+    below = set(graph.descendants(session, list(why))) - set(why)
+    after = [r for r in _noderole_rows(session, sorted(below))
+             if r["state"] in (State.TODO.value, State.ACTIVE.value, State.ERROR.value)]
+    return direct, after
+
+
+def _requeue(session: Session, reruns: list[dict], action: str, subject: str, actor: str) -> None:
+    if not reruns:
+        return
+    reasons = dict.fromkeys(reason for r in reruns for reason in r["because"])
+    graph.requeue(session, [r["id"] for r in reruns], actor, f"network {action} {subject}: " + "; ".join(reasons))
+    signal_work(session, "anneal")
+
+
+# ---------------------------------------------------------------------------------------------
 # Preview and apply
 
 def _apply(session: Session, old: NetworkTemplate, new: NetworkTemplate, ids: dict[str, int], *,
@@ -162,10 +220,12 @@ def _apply(session: Session, old: NetworkTemplate, new: NetworkTemplate, ids: di
     diff = diff_templates(old, new)
     nodes, invalid, removed = _impact(session, old, new, ids)
     rows, moves = _plan_moves(session, new, ids, invalid) if invalid else ([], [])
+    reruns, reruns_after = _reruns(session, old, new, diff)
     result = {"action": action, "subject": subject, "preview": preview, "applied": False,
               "changes": diff.to_dict(), "nodes": nodes,
               "allocations": [a.to_dict() for a in invalid],
-              "released": [a.to_dict() for a in removed], "moves": moves}
+              "released": [a.to_dict() for a in removed], "moves": moves,
+              "reruns": reruns, "reruns_after": reruns_after}
     if preview:
         return result
     if (invalid or removed) and not force:
@@ -195,6 +255,7 @@ def _apply(session: Session, old: NetworkTemplate, new: NetworkTemplate, ids: di
     events += [{"object_type": "node", "object_id": a.node_id, "action": "release", "actor": actor,
                 "message": f"{a.network} {a.address} (network removed)"} for a in removed]
     record(session, events)
+    _requeue(session, reruns, action, subject, actor)
     return result
 
 

@@ -254,25 +254,50 @@ def delete_tenant_network(session: Session, key: str, actor: str = "system") -> 
 # ---------------------------------------------------------------------------------------------
 # Host devices and agent files
 
-def whois(session: Session, device: str, ports: Iterable[Mapping] = (),
-          routers: Iterable[Mapping] = (), networks: Iterable[Mapping] = ()) -> dict:
-    """The tenant network, port or router a host device name belongs to. Networks come from the
-    database (plus any given); ports and routers are not stored by Crowbar: pass them, e.g. from
-    `openstack port list -f json`, to resolve tap/ns-/qr-/qg- devices."""
-    device = (device or "").strip()
+def whois_device(device: Any) -> str:
+    """The device name whois looks up, or InvalidInput (before anything is read or fetched)."""
+    device = device.strip() if isinstance(device, str) else ""
     if not device:
         raise InvalidInput("device name is empty", field="device")
+    return device
+
+
+def _network_item(item: Mapping) -> dict:
+    network_type, segmentation_id = linuxbridge.segment_of(item)
+    return {"id": str(item.get("id")), "name": item.get("name"), "network_type": network_type,
+            "segmentation_id": segmentation_id}
+
+
+def whois(session: Session, device: str, ports: Iterable[Mapping] = (),
+          routers: Iterable[Mapping] = (), networks: Iterable[Mapping] = (),
+          source: str | None = None) -> dict:
+    """The tenant network, port or router a host device name belongs to.
+
+    Without `source`, networks come from the database (plus any given); ports and routers are not
+    stored by Crowbar: pass them (e.g. `openstack port list -f json`) to resolve tap/ns-/qr-/qg-
+    devices. With `source` (where the lists came from: the live Neutron API's URL, which
+    crowbar.services.openstack reads), the given networks are Neutron's own: a stored network
+    whose id or segment Neutron has is left out (Neutron's uuid wins), and the answer names the source."""
+    device = whois_device(device)
+    given = [_network_item(n) for n in networks]
     stored = [{"id": r.network_id, "name": r.name, "network_type": r.network_type,
                "segmentation_id": r.segmentation_id}
               for r in session.execute(select(SEGMENTS)).all()]
-    all_networks = stored + [dict(n) for n in networks]
+    if source is not None:
+        taken = {n["id"] for n in given} | {(n["network_type"], n["segmentation_id"]) for n in given}
+        stored = [n for n in stored if n["id"] not in taken
+                  and (n["network_type"], n["segmentation_id"]) not in taken]
+    all_networks = stored + given
     ports, routers = [dict(p) for p in ports], [dict(r) for r in routers]
     owner = linuxbridge.whois(device, all_networks, ports, routers)
     if owner is None:
         hint = ""
-        if device.startswith(PORT_DEVICE_PREFIXES) and not ports:
+        if source is not None:
+            hint = f" or to the Neutron API at {source}"
+        elif device.startswith(PORT_DEVICE_PREFIXES) and not ports:
             hint = ("; ports are not stored in Crowbar: pass the port list (`openstack port list "
-                    "-f json`) to resolve tap, ns-, qr- and qg- devices")
+                    "-f json`) or bind neutron-server, whose API whois then asks, to resolve tap, "
+                    "ns-, qr- and qg- devices")
         elif device.startswith(linuxbridge.ROUTER_NAMESPACE_PREFIX) and not routers:
             hint = "; routers are not stored in Crowbar: pass the router list to resolve it"
         raise NotFound(f"device {device!r} matches no tenant network, port or router known to "
@@ -291,6 +316,8 @@ def whois(session: Session, device: str, ports: Iterable[Mapping] = (),
         match = next(n for n in all_networks if n["id"] == owner.id)
         out.update(network_type=match.get("network_type"),
                    segmentation_id=match.get("segmentation_id"))
+    if source is not None:
+        out["source"] = source
     return out
 
 

@@ -1,0 +1,86 @@
+"""Reading a live Neutron API: its networks, ports and routers, for `crowbar neutron whois`.
+
+The roles deploy Neutron with `auth_strategy = noauth` (docs/neutron.md), so the requests carry no
+token and see every project's objects. Three GETs (`/v2.0/networks`, `/v2.0/ports`,
+`/v2.0/routers`), each asking only for the fields whois reads, with a short timeout; the first
+one that fails ends the reading with a BadGateway (502) naming the URL and what went wrong (a
+refused connection, a timeout, a status, an answer that is not Neutron's JSON), never the body.
+Nothing here touches the database: crowbar.services.openstack finds the URL and calls `read`.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+import httpx
+
+from crowbar.errors import BadGateway, InvalidInput
+
+TIMEOUT = httpx.Timeout(10.0, connect=3.0)  # seconds: a listing answers in about one under TCG
+MAX_ANSWER_BYTES = 32 << 20  # a port is about 1 KiB with every field; whois asks for five
+MAX_URL = 2048
+# (collection, the fields whois reads): provider:* are what an admin (noauth) sees of a segment
+COLLECTIONS = (
+    ("networks", ("id", "name", "provider:network_type", "provider:segmentation_id")),
+    ("ports", ("id", "name", "network_id", "device_owner", "device_id")),
+    ("routers", ("id", "name")),
+)
+
+
+def check_url(url: str) -> str:
+    """`url` without a trailing slash, or InvalidInput: http(s), a host, no user or password, no
+    query or fragment (the paths are appended to it)."""
+    if not isinstance(url, str) or not url or len(url) > MAX_URL or not url.isprintable():
+        raise InvalidInput(f"api: expected the Neutron API's URL (http://HOST:9696), at most {MAX_URL} "
+                           "printable characters", field="api")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        raise InvalidInput(f"api {url!r}: not a URL ({exc})", field="api") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput(f"api {url!r}: expected http://HOST:PORT or https://HOST:PORT", field="api")
+    if len(parts.hostname) > 253 or any(len(label) > 63 for label in parts.hostname.split(".")):
+        raise InvalidInput(f"api {url!r}: the host name is longer than DNS allows", field="api")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise InvalidInput(f"api {url!r}: no user, password, query or fragment (the API needs no token)",
+                           field="api")
+    return url.rstrip("/")
+
+
+def _get(client: httpx.Client, base: str, collection: str, fields: tuple[str, ...]) -> list[dict]:
+    where = f"the Neutron API at {base}: GET /v2.0/{collection}"
+    try:
+        with client.stream("GET", f"{base}/v2.0/{collection}",
+                           params=[("fields", f) for f in fields]) as answer:
+            if answer.status_code != 200:
+                raise BadGateway(f"{where} answered {answer.status_code} {answer.reason_phrase}".rstrip(),
+                                 field="api")
+            body = b""
+            for chunk in answer.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise BadGateway(f"{where}: the answer is over {MAX_ANSWER_BYTES >> 20} MiB", field="api")
+    except (httpx.InvalidURL, UnicodeError) as exc:  # a host name the client cannot encode
+        raise InvalidInput(f"api {base!r}: not a URL the server can ask ({exc})", field="api") from None
+    except httpx.TimeoutException:
+        raise BadGateway(f"{where}: no answer within {TIMEOUT.read:g} s", field="api") from None
+    except httpx.HTTPError as exc:
+        raise BadGateway(f"{where}: {exc.__class__.__name__}: {exc}", field="api") from None
+    try:
+        items = json.loads(body).get(collection)
+    except (ValueError, AttributeError, RecursionError):
+        items = None
+    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), str)
+                                              for i in items):
+        raise BadGateway(f"{where}: the answer is not Neutron's {{\"{collection}\": [...]}}", field="api")
+    return items
+
+
+def read(url: str) -> dict[str, list[dict]]:
+    """{"networks": [...], "ports": [...], "routers": [...]} from the live API at `url` (no proxy
+    from the environment: the API is on the admin network)."""
+    base = check_url(url)
+    with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
+        return {name: _get(client, base, name, fields) for name, fields in COLLECTIONS}
