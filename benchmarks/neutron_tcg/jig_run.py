@@ -18,6 +18,8 @@ hiera = {
     "openstack-database": config.database_hiera(ADDRESS, db["password"]),
     "neutron-server": config.neutron_hiera("neutron-server", address=ADDRESS, bus=bus, database=db,
                                            network_vlan_ranges="physnet1:500:2500"),
+    **{role: config.neutron_hiera(role, address=ADDRESS, bus=bus, physical_interface_mappings={"physnet1": "eth0"})
+       for role in ("neutron-linuxbridge-agent", "neutron-dhcp-agent", "neutron-l3-agent")},
 }
 trees = {}
 for path in barclamp_paths():

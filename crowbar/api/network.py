@@ -44,7 +44,10 @@ class TenantNetworkIn(BaseModel):
     network_type: str = Field("vlan", description="vlan or vxlan")
     physical_network: str | None = None
     segmentation_id: int | None = Field(None, description="explicit VLAN tag or VNI (provider)")
-    id: str | None = Field(None, description="the Neutron network's uuid (default: a new one)")
+    id: str | None = Field(None, description="the uuid of a network Neutron already has (recorded, not "
+                                             "created); default: Neutron's, or a new one without Neutron")
+    deployment: str | None = Field(None, description="create it in this deployment's live Neutron API "
+                                                     "(default: the only deployment with one, if any)")
 
 
 class WhoisIn(BaseModel):
@@ -160,10 +163,12 @@ def list_tenant_networks(s: UnitOfWork, page: TextPaging):
     return page.answer(svc.list_tenant_networks(s, limit=page.fetch, marker=page.marker), key=svc.segment_marker)
 
 
-@router.post("/neutron/networks", status_code=201, tags=["neutron"])
-def create_tenant_network(body: TenantNetworkIn, s: UnitOfWork, who: Actor):
-    return svc.create_tenant_network(s, body.name, body.network_type, body.physical_network,
-                                     body.segmentation_id, body.id, actor=who)
+@router.post("/neutron/networks", status_code=201, tags=["neutron"], responses=LIVE)
+def create_tenant_network(body: TenantNetworkIn, config: Settings, who: Actor):
+    """A tenant network on the segment Crowbar allocates; with Neutron deployed, also created in its
+    live API on that segment (unless `id` names one it already has)."""
+    return openstack.create_tenant_network(config.db, body.name, body.network_type, body.physical_network,
+                                           body.segmentation_id, body.id, deployment=body.deployment, actor=who)
 
 
 @router.get("/neutron/networks/{key}", tags=["neutron"])

@@ -415,21 +415,26 @@ def neutron_networks() -> None:
 @click.option("--vlan", type=int, help="explicit VLAN tag (a provider network; inside the range or not)")
 @click.option("--vni", type=int, help="explicit VXLAN id")
 @click.option("--physnet", help="physical network (default: the configured one, physnet1)")
-@click.option("--id", "network_id", help="the Neutron network's uuid (default: a new one)")
+@click.option("--id", "network_id", help="record a network Neutron already has, by its uuid (nothing is created "
+                                          "in Neutron)")
+@click.option("--deployment", help="create it in this deployment's Neutron (default: the only one deployed, if any)")
 @output_option
 @click.pass_obj
 def neutron_networks_create(ctx, name: str, network_type: str | None, vlan: int | None,
                             vni: int | None, physnet: str | None, network_id: str | None,
-                            output: str) -> None:
+                            deployment: str | None, output: str) -> None:
     """Create a tenant network: the lowest free VLAN (501, 502, ... with the defaults) unless
-    --vlan/--vni names one."""
+    --vlan/--vni names one. With Neutron deployed (neutron-server active), the network is also
+    created in its live API on that segment, under Neutron's id."""
+    if network_id and deployment:
+        raise CliError("give --id (a network Neutron already has) or --deployment, not both")
     if vlan is not None and vni is not None:
         raise CliError("give --vlan or --vni, not both")
     network_type = network_type or ("vxlan" if vni is not None else "vlan")
     if network_type == "vlan" and vni is not None or network_type == "vxlan" and vlan is not None:
         raise CliError(f"--type {network_type} does not go with --{'vni' if vni is not None else 'vlan'}")
     body = {"name": name, "network_type": network_type, "physical_network": physnet,
-            "segmentation_id": vlan if vlan is not None else vni, "id": network_id}
+            "segmentation_id": vlan if vlan is not None else vni, "id": network_id, "deployment": deployment}
     result = ctx.api.post("/neutron/networks", {k: v for k, v in body.items() if v is not None})
     emit_object(result, output)
 

@@ -1,4 +1,5 @@
-"""Reading a live Neutron API: its networks, ports and routers, for `crowbar neutron whois`.
+"""Talking to a live Neutron API: reading its networks, ports and routers for `crowbar neutron
+whois`, creating a tenant network on the segment Crowbar allocated (`crowbar neutron networks create`).
 
 The roles deploy Neutron with `auth_strategy = noauth` (docs/neutron.md), so the requests carry no
 token and see every project's objects. Three GETs (`/v2.0/networks`, `/v2.0/ports`,
@@ -15,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from crowbar.errors import BadGateway, InvalidInput
+from crowbar.errors import BadGateway, Conflict, InvalidInput
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)  # seconds: a listing answers in about one under TCG
 MAX_ANSWER_BYTES = 32 << 20  # a port is about 1 KiB with every field; whois asks for five
@@ -84,3 +85,40 @@ def read(url: str) -> dict[str, list[dict]]:
     base = check_url(url)
     with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
         return {name: _get(client, base, name, fields) for name, fields in COLLECTIONS}
+
+
+def _neutron_message(answer: httpx.Response) -> str:
+    """Neutron's own one-line reason for a refusal (its NeutronError message), bounded."""
+    try:
+        message = answer.json().get("NeutronError", {}).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f": {str(message)[:300]}" if isinstance(message, str) and message else ""
+
+
+def create_network(url: str, name: str, network_type: str, physical_network: str, segmentation_id: int) -> dict:
+    """POST /v2.0/networks: a network on the segment Crowbar allocated (provider attributes, which
+    noauth's admin context may set); answers Neutron's network. A refusal is a Conflict (409, with
+    Neutron's reason: the segment is in use there), anything else a BadGateway."""
+    base = check_url(url)
+    where = f"the Neutron API at {base}: POST /v2.0/networks"
+    network = {"name": name, "admin_state_up": True, "provider:network_type": network_type,
+               "provider:segmentation_id": segmentation_id,
+               **({"provider:physical_network": physical_network} if physical_network else {})}
+    try:
+        with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
+            answer = client.post(f"{base}/v2.0/networks", json={"network": network})
+    except httpx.TimeoutException:
+        raise BadGateway(f"{where}: no answer within {TIMEOUT.read:g} s", field="api") from None
+    except httpx.HTTPError as exc:
+        raise BadGateway(f"{where}: {exc.__class__.__name__}: {exc}", field="api") from None
+    if answer.status_code in (400, 409):
+        raise Conflict(f"{where} refused the network{_neutron_message(answer)}", field="segmentation_id")
+    if answer.status_code != 201:
+        raise BadGateway(f"{where} answered {answer.status_code} {answer.reason_phrase}".rstrip(), field="api")
+    try:
+        made = answer.json()["network"]
+        assert isinstance(made["id"], str)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise BadGateway(f"{where}: the answer is not Neutron's {{\"network\": {{...}}}}", field="api") from None
+    return made

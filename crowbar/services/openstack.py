@@ -200,3 +200,42 @@ def neutron_whois(db, device: str, deployment: str | None = None, api: str | Non
     found = neutron_api.read(url) if url is not None else {}
     with db.read_session() as session:
         return network_neutron.whois(session, device, source=url, **found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tenant networks: Crowbar's segment, created in the live Neutron API
+
+def create_tenant_network(db, name: str = "", network_type: str = "vlan", physical_network: str | None = None,
+                          segmentation_id: int | None = None, network_id: str | None = None,
+                          deployment: str | None = None, actor: str = "system") -> dict:
+    """A tenant network on the segment Crowbar allocates (the seed's 501, 502...), and, when
+    Neutron is deployed (`deployment`'s, or the only one), the same network created in its live
+    API on that segment, so that Neutron's own choice (a random free tag) never differs from
+    Crowbar's. With `network_id` (a network Neutron already has) or without Neutron, the segment
+    is only recorded.
+
+    The segment is reserved first (one transaction, under a provisional uuid), then Neutron is asked
+    (no transaction open), then the row takes Neutron's id; when Neutron refuses or does not
+    answer, the reservation is released: nothing is left half-written."""
+    url = None
+    if network_id is None:
+        with db.read_session() as session:
+            url = neutron_api_url(session, deployment)
+    elif deployment is not None:
+        raise InvalidInput("an id names a network Neutron already has: nothing is created in "
+                           f"deployment {deployment!r}'s Neutron; give one or the other", field="id")
+    with db.session() as session:
+        reserved = network_neutron.create_tenant_network(session, name, network_type, physical_network,
+                                                         segmentation_id, network_id, actor=actor)
+    if url is None:
+        return reserved
+    try:
+        made = neutron_api.create_network(url, name or reserved["id"], reserved["network_type"],
+                                          reserved["physical_network"], reserved["segmentation_id"])
+    except Exception:
+        with db.session() as session:
+            network_neutron.delete_tenant_network(session, reserved["id"], actor=actor)
+        raise
+    with db.session() as session:
+        return {**network_neutron.adopt_network_id(session, reserved["id"], made["id"], actor=actor),
+                "neutron": url}

@@ -155,7 +155,7 @@ def test_neutron_deployed_by_crowbar_carries_a_tenant_network_on_vlan_501_betwee
     nets = {}
     for name, pool in (("blue", ("10.50.0.10", "10.50.0.99")), ("red", ("10.50.0.100", "10.50.0.199"))):
         made = cli.json("neutron", "networks", "create", name, "--deployment", DEPLOYMENT)
-        live = _api(namespace, f"{url}/v2.0/networks/{made['network_id']}")["network"]
+        live = _api(namespace, f"{url}/v2.0/networks/{made['id']}")["network"]
         assert live["provider:network_type"] == "vlan" and live["provider:segmentation_id"] == made["segmentation_id"]
         _api(namespace, f"{url}/v2.0/subnets", "POST", {"subnet": {
             "network_id": live["id"], "cidr": CIDR, "ip_version": 4, "enable_dhcp": True, "gateway_ip": None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sqlalchemy import select
@@ -50,6 +51,7 @@ class FakeNeutron:
     def __init__(self):
         self.answers: dict = json.loads(json.dumps(NEUTRON))
         self.requests: list[tuple[str, dict]] = []
+        self.posted: list[dict] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,6 +73,28 @@ class FakeNeutron:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self):  # noqa: N802  POST /v2.0/networks: Neutron's network, or `answers["create"]`
+                # (a status code answers that code with Neutron's refusal; bytes, a 201 with them)
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                fake.requests.append((self.path, dict(self.headers)))
+                fake.posted.append(body)
+                answer = fake.answers.get("create")
+                if isinstance(answer, int):
+                    status, out = answer, json.dumps({"NeutronError": {
+                        "type": "VlanIdInUse", "message": "Unable to create the network. The VLAN 501 on "
+                        "physical network physnet1 is in use."}}).encode()
+                elif isinstance(answer, bytes):
+                    status, out = 201, answer
+                else:
+                    made = {**body.get("network", {}), "id": str(uuid.uuid4()), "status": "ACTIVE"}
+                    fake.answers["networks"].append(made)
+                    status, out = 201, json.dumps({"network": made}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
 
             def log_message(self, *args):
                 pass

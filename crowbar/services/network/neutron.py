@@ -223,6 +223,16 @@ def create_tenant_network(session: Session, name: str = "", network_type: str = 
                    "(concurrent creates kept taking it); try again")
 
 
+def adopt_network_id(session: Session, network_id: str, neutron_id: str, actor: str = "system") -> dict:
+    """Give a tenant network the id Neutron gave it (Crowbar reserved the segment under its own
+    uuid before asking Neutron to create the network)."""
+    row = _tenant_row(session, network_id)
+    session.execute(update(SEGMENTS).where(SEGMENTS.c.id == row.id).values(network_id=neutron_id))
+    record(session, [{"object_type": "tenant_network", "action": "update", "actor": actor,
+                      "message": f"{row.name or network_id}: created in Neutron as {neutron_id}"}])
+    return _segment_dict(session.execute(select(SEGMENTS).where(SEGMENTS.c.id == row.id)).first())
+
+
 def _tenant_row(session: Session, key: str):
     rows = session.execute(select(SEGMENTS).where(SEGMENTS.c.network_id == key)).all() or \
         session.execute(select(SEGMENTS).where(SEGMENTS.c.name == key)).all()
