@@ -19,8 +19,11 @@ port. `crowbar neutron whois` names every such device from the live API."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import time
+from datetime import datetime
 
 import pytest
 
@@ -103,6 +106,28 @@ def _plug(cli, node: str, port: dict, vm: str) -> str:
     return found.group(1)
 
 
+def _record(cli, noderoles: list[dict], committed: float, annealed: float, reached: dict, pinged: float) -> None:
+    """The timings benchmarks/neutron.py reports (and docs/neutron.md records): each role's runs
+    from the commit, the first port's way to its address, the first tenant ping."""
+    def stamp(text: str) -> float:
+        return datetime.fromisoformat(text).timestamp()
+
+    roles = []
+    for nr in noderoles:
+        for run in cli.json("noderoles", "log", str(nr["id"]), "--all"):
+            roles.append({"role": nr["role"], "node": nr["node"], "state": run["state"],
+                          "start": round(stamp(run["started_at"]) - committed, 1),
+                          "seconds": round(stamp(run["finished_at"]) - stamp(run["started_at"]), 1)})
+    timings = {"roles": sorted(roles, key=lambda r: r["start"]),
+               "committed_to_annealed": round(annealed - committed, 1),
+               "port_to_address": {name: round(end - start, 1) for name, (start, end) in reached.items()},
+               "committed_to_first_tenant_ping": round(pinged - committed, 1)}
+    print("\nneutron timings:", json.dumps(timings, indent=1))
+    if os.environ.get("CROWBAR_NEUTRON_TIMINGS"):
+        with open(os.environ["CROWBAR_NEUTRON_TIMINGS"], "w") as out:
+            json.dump(timings, out, indent=1)
+
+
 def test_neutron_deployed_by_crowbar_carries_a_tenant_network_on_vlan_501_between_two_nodes(cli, tmp_path):
     cli("lab", "up", "--nodes", "2", "--nics", "2", "--memory", "3072,1536", "--disk", "8", "--wait",
         "--timeout", "600", timeout=700)
@@ -126,8 +151,10 @@ def test_neutron_deployed_by_crowbar_carries_a_tenant_network_on_vlan_501_betwee
     cli("deployments", "bind", DEPLOYMENT, "neutron-dhcp-agent", ctl)  # + a Linux Bridge agent
     cli("deployments", "bind", DEPLOYMENT, "neutron-l3-agent", ctl)
     cli("deployments", "bind", DEPLOYMENT, "neutron-linuxbridge-agent", cmp)
+    committed = time.time()
     cli("deployments", "commit", DEPLOYMENT)
     _anneal(cli)
+    annealed = time.time()
     noderoles = cli.json("noderoles", "list", "--deployment", DEPLOYMENT)
     placed = sorted((n["role"], n["node"]) for n in noderoles)
     assert placed == sorted([("openstack-rabbitmq", ctl), ("openstack-database", ctl), ("neutron-server", ctl),
@@ -164,20 +191,24 @@ def test_neutron_deployed_by_crowbar_carries_a_tenant_network_on_vlan_501_betwee
     assert [nets["blue"]["provider:segmentation_id"], nets["red"]["provider:segmentation_id"]] == [501, 502]
 
     # a port on each network bound to the compute node, plugged into a namespace there
-    ports, addresses = {}, {}
+    ports, addresses, reached = {}, {}, {}
     for name, vm in (("blue", "vm-blue"), ("red", "vm-red")):
+        asked = time.time()
         ports[name] = _api(namespace, f"{url}/v2.0/ports", "POST", {"port": {
             "network_id": nets[name]["id"], "name": vm, "binding:host_id": hosts[cmp],
             "device_owner": "compute:nova", "device_id": f"crowbar-test-{vm}"}})["port"]
         addresses[name] = _plug(cli, cmp, ports[name], vm)
         assert addresses[name] == ports[name]["fixed_ips"][0]["ip_address"], (addresses, ports[name])
+        reached[name] = (asked, time.time())  # the port created, then its address by DHCP over the VLAN
 
     dhcp = {name: _api(namespace, f"{url}/v2.0/ports?network_id={nets[name]['id']}&device_owner=network:dhcp")["ports"][0]
             for name in nets}
     dhcp_ip = {name: port["fixed_ips"][0]["ip_address"] for name, port in dhcp.items()}
     # each VM reaches its own network's DHCP port over the VLAN, never the other network's
-    assert "0% packet loss" in _on(cli, cmp, f"ip netns exec vm-blue ping -c 3 -W 5 {dhcp_ip['blue']}")
-    assert "0% packet loss" in _on(cli, cmp, f"ip netns exec vm-red ping -c 3 -W 5 {dhcp_ip['red']}")
+    assert ", 0% packet loss" in _on(cli, cmp, f"ip netns exec vm-blue ping -c 3 -W 5 {dhcp_ip['blue']}")
+    pinged = time.time()
+    assert ", 0% packet loss" in _on(cli, cmp, f"ip netns exec vm-red ping -c 3 -W 5 {dhcp_ip['red']}")
+    _record(cli, noderoles, committed, annealed, reached, pinged)
     crossed = _on(cli, cmp, f"ip netns exec vm-red ping -c 3 -W 3 {dhcp_ip['blue']}; echo rc=$?", ok=False)
     assert "100% packet loss" in crossed and "rc=1" in crossed, crossed
 
