@@ -27,6 +27,7 @@ from datetime import datetime
 
 import pytest
 
+from crowbar.openstack import barclamp_paths
 from test_lab_deploy import _missing_deploy
 from test_lab_e2e import Cli, _crowbar
 
@@ -146,6 +147,8 @@ def test_neutron_deployed_by_crowbar_carries_a_tenant_network_on_vlan_501_betwee
     cli("nodes", "allocate", ctl, cmp)
     cli("nodes", "deploy", ctl, cmp, "--os", OS, "--wait", "--timeout", "2400", timeout=2500)
 
+    for path in barclamp_paths():  # openstack-base, then neutron (which requires its roles)
+        cli("barclamps", "import", str(path))
     cli("deployments", "create", DEPLOYMENT)
     cli("deployments", "bind", DEPLOYMENT, "neutron-server", ctl)  # + the bus and the database
     cli("deployments", "bind", DEPLOYMENT, "neutron-dhcp-agent", ctl)  # + a Linux Bridge agent
