@@ -4,7 +4,10 @@ A VM is started paused (`-S`), daemonized (`-daemonize -pidfile`), with its QMP 
 socket: a machine plugged in but switched off, which the qemu power driver switches on with
 `cont`. The same argv is the node's power `command` setting, so `crowbar nodes power NODE on`
 starts it again after `off` (qemu quit). Only the first NIC (virtio, on the admin bridge) boots:
-qemu's iPXE ROM PXE-boots it; the other NICs (e1000, on the data bridge) carry no boot ROM.
+qemu's iPXE ROM PXE-boots it; the other NICs (virtio too, on the data bridge) carry no boot ROM.
+Every NIC has the same driver so that the kernel names them in PCI order at every boot: with an
+e1000 beside the virtio NIC, the installed kernel sometimes probed the e1000 first and called it
+eth0, and the node's network configuration (by MAC, eth0 for the admin NIC) did not come up.
 
 Firmware: `bios` is qemu's pc machine with SeaBIOS; `uefi` is the q35 machine with OVMF (Debian's
 `ovmf` package: the code read-only, a copy of the variable store per VM), whose network boot also
@@ -39,7 +42,7 @@ class Nic:
     mac: str
     tap: str
     bridge: str
-    model: str  # qemu device: virtio-net-pci or e1000
+    model: str  # qemu device: virtio-net-pci
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Vm:
         for n in range(nics):
             vm.nics.append(Nic(mac=mac(lab_byte, index, n), tap=f"tap{index}-{n}",
                                bridge=ADMIN_BRIDGE if n == 0 else DATA_BRIDGE,
-                               model="virtio-net-pci" if n == 0 else "e1000"))
+                               model="virtio-net-pci"))
         return vm
 
     @classmethod
