@@ -30,6 +30,7 @@ def markdown(t: dict) -> str:
     lines += [f"| {r['role']} | {r['node'].split('.')[0]} | {r['start']:.0f} | {r['seconds']:.0f} | {r['state']} |"
               for r in t["roles"]]
     lines += ["", f"- commit to every noderole active: {t['committed_to_annealed']:.0f} s",
+              f"- commit to every agent alive in the API: {t['committed_to_agents_alive']:.0f} s",
               f"- commit to the first tenant ping: {t['committed_to_first_tenant_ping']:.0f} s"]
     lines += [f"- port on {name} created to its address by DHCP: {s:.0f} s" for name, s in t["port_to_address"].items()]
     return "\n".join(lines)
