@@ -98,16 +98,24 @@ def _without_puppet(tmp_path, monkeypatch, apt_get: str) -> Path:
     return fake
 
 
-def test_a_node_without_puppet_gets_puppet_agent_from_apt_first(tmp_path, monkeypatch):
-    # the fake apt-get "installs" puppet: a wrapper around this machine's
+def _installs_puppet(tmp_path) -> str:
+    """What the fake `apt-get install` runs to "install" puppet: a wrapper around this machine's."""
     wrapper = f"{tmp_path}/fakebin/puppet"
-    install = f'printf "#!/bin/sh\\nexec /usr/bin/puppet \\"\\$@\\"\\n" > {wrapper}; chmod 755 {wrapper}'
-    fake = _without_puppet(tmp_path, monkeypatch, f'case "$1" in install) {install};; esac')
+    return f'printf "#!/bin/sh\\nexec /usr/bin/puppet \\"\\$@\\"\\n" > {wrapper}; chmod 755 {wrapper}'
+
+
+def _greet(tmp_path, message: str):
+    """Run the greeter manifest on this machine through the jig; (result, its output dir)."""
     out = tmp_path / "out"
     out.mkdir()
     ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "include greeter\n",
-               {"greeter::message": "installed", "greeter::dir": str(out)})
-    result = PuppetJig().run(ctx)
+               {"greeter::message": message, "greeter::dir": str(out)})
+    return PuppetJig().run(ctx), out
+
+
+def test_a_node_without_puppet_gets_puppet_agent_from_apt_first(tmp_path, monkeypatch):
+    fake = _without_puppet(tmp_path, monkeypatch, f'case "$1" in install) {_installs_puppet(tmp_path)};; esac')
+    result, out = _greet(tmp_path, "installed")
     assert result.ok, result.log
     apt = (tmp_path / "apt.log").read_text().splitlines()
     assert apt == ["apt-get update -q", "apt-get install -y -q -o Acquire::Retries=3 puppet-agent"]
@@ -135,15 +143,10 @@ def test_a_failed_puppet_install_says_so(tmp_path, monkeypatch):
 def test_a_puppet_install_that_fails_once_is_tried_again(tmp_path, monkeypatch):
     # as when the mirror drops a download half-way: the second try installs puppet
     monkeypatch.setattr(puppet, "INSTALL_PAUSE", 0)
-    wrapper = f"{tmp_path}/fakebin/puppet"
-    install = (f'if [ -e {tmp_path}/failed ]; then printf "#!/bin/sh\\nexec /usr/bin/puppet \\"\\$@\\"\\n" > {wrapper}; '
-               f'chmod 755 {wrapper}; else touch {tmp_path}/failed; echo "E: Failed to fetch ruby3.1"; exit 100; fi')
+    install = (f'if [ -e {tmp_path}/failed ]; then {_installs_puppet(tmp_path)}; '
+               f'else touch {tmp_path}/failed; echo "E: Failed to fetch ruby3.1"; exit 100; fi')
     _without_puppet(tmp_path, monkeypatch, f'case "$1" in install) {install};; esac')
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = _ctx(tmp_path, NodeInfo(id=1, name="admin.example.com", admin=True), "include greeter\n",
-               {"greeter::message": "again", "greeter::dir": str(out)})
-    result = PuppetJig().run(ctx)
+    result, out = _greet(tmp_path, "again")
     assert result.ok, result.log
     assert "apt-get exited with 100 (try 1 of 3): trying again in 0 s" in result.log
     assert len((tmp_path / "apt.log").read_text().splitlines()) == 4

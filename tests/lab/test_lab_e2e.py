@@ -126,16 +126,35 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-@pytest.fixture
-def cli(tmp_path):
-    cli = Cli(tmp_path)
-    yield cli
-    # Always take the lab down: through the CLI, and in-process should that fail.
+def lab_down(cli: Cli) -> None:
+    """Always take the lab down: through the CLI, and in-process should that fail."""
     done = subprocess.run([_crowbar(), "lab", "down"], env=cli.env, capture_output=True, text=True, timeout=180)
     if done.returncode != 0 or (cli.lab_dir / "lab.json").exists():
         from crowbar.lab.lab import Lab
 
         Lab(cli.lab_dir).down()
+
+
+def cli_with_os(tmp_path: Path, os_name: str, progress=lambda *a: None) -> Cli:
+    """A Cli whose image store holds this tree's image of `os_name` (built when the stable cache
+    lacks it, else reused: cached by content)."""
+    from crowbar import config
+    from crowbar.cli import local
+
+    image = local.build_os_image(config.os_image_dir(), os_name, progress)
+    store = tmp_path / "cache" / "os"
+    (store / os_name).mkdir(parents=True)
+    (store / os_name / image.digest).symlink_to(image.path.parent)
+    cli = Cli(tmp_path)
+    cli.env["CROWBAR_CACHE_DIR"] = str(tmp_path / "cache")
+    return cli
+
+
+@pytest.fixture
+def cli(tmp_path):
+    cli = Cli(tmp_path)
+    yield cli
+    lab_down(cli)
 
 
 def test_lab_discovers_allocates_and_runs_a_role_on_the_vm(cli):

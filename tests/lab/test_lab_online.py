@@ -20,7 +20,7 @@ import pytest
 
 from gitkit import GIT_ENV, commit, free_port, make_repo
 from test_lab_deploy import OS, _missing_deploy, _ssh
-from test_lab_e2e import Cli, _crowbar
+from test_lab_e2e import cli_with_os, lab_down
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN = "192.168.124.10"
@@ -47,21 +47,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_missing_online() is not None,
 
 @pytest.fixture
 def cli(tmp_path):
-    from crowbar import config
-    from crowbar.cli import local
-
-    image = local.build_os_image(config.os_image_dir(), OS, lambda *a: None)  # this tree's (cached by content)
-    store = tmp_path / "cache" / "os"
-    (store / OS).mkdir(parents=True)
-    (store / OS / image.digest).symlink_to(image.path.parent)
-    cli = Cli(tmp_path)
-    cli.env["CROWBAR_CACHE_DIR"] = str(tmp_path / "cache")
+    cli = cli_with_os(tmp_path, OS)
     yield cli
-    done = subprocess.run([_crowbar(), "lab", "down"], env=cli.env, capture_output=True, text=True, timeout=180)
-    if done.returncode != 0 or (cli.lab_dir / "lab.json").exists():
-        from crowbar.lab.lab import Lab
-
-        Lab(cli.lab_dir).down()
+    lab_down(cli)
 
 
 def _on(cli, node: str, command: str, timeout: float = 600, ok: bool = True) -> subprocess.CompletedProcess:
