@@ -162,6 +162,10 @@ def test_neutron_deployed_by_crowbar_carries_a_tenant_network_on_vlan_501_betwee
     for node in (ctl, cmp):
         assert re.search(r"^physical_interface_mappings\s*=\s*physnet1:eth1$",
                          _on(cli, node, "cat /etc/neutron/plugins/ml2/linuxbridge_agent.ini"), re.M)
+        # the role brought the mapped interface up (nothing else configures it) and chose the
+        # ebtables the agent's ARP protection works with
+        assert ",UP" in _on(cli, node, "ip -o link show eth1")
+        assert _on(cli, node, "readlink -f /etc/alternatives/ebtables").strip() == "/usr/sbin/ebtables-legacy"
 
     (server,) = [n for n in noderoles if n["role"] == "neutron-server"]
     url = cli.json("noderoles", "show", str(server["id"]))["wall"]["openstack"]["neutron"]["url"]
