@@ -50,6 +50,13 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _unanswered(where: str, exc: httpx.HTTPError) -> BadGateway:
+    """The 502 for a request Neutron did not answer (a timeout, a refused connection...)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return BadGateway(f"{where}: no answer within {TIMEOUT.read:g} s", field="api")
+    return BadGateway(f"{where}: {exc.__class__.__name__}: {exc}", field="api")
+
+
 def _get(client: httpx.Client, base: str, collection: str, fields: tuple[str, ...]) -> list[dict]:
     where = f"the Neutron API at {base}: GET /v2.0/{collection}"
     try:
@@ -65,10 +72,8 @@ def _get(client: httpx.Client, base: str, collection: str, fields: tuple[str, ..
                     raise BadGateway(f"{where}: the answer is over {MAX_ANSWER_BYTES >> 20} MiB", field="api")
     except (httpx.InvalidURL, UnicodeError) as exc:  # a host name the client cannot encode
         raise InvalidInput(f"api {base!r}: not a URL the server can ask ({exc})", field="api") from None
-    except httpx.TimeoutException:
-        raise BadGateway(f"{where}: no answer within {TIMEOUT.read:g} s", field="api") from None
     except httpx.HTTPError as exc:
-        raise BadGateway(f"{where}: {exc.__class__.__name__}: {exc}", field="api") from None
+        raise _unanswered(where, exc) from None
     try:
         items = json.loads(body).get(collection)
     except (ValueError, AttributeError, RecursionError):
@@ -108,10 +113,8 @@ def create_network(url: str, name: str, network_type: str, physical_network: str
     try:
         with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
             answer = client.post(f"{base}/v2.0/networks", json={"network": network})
-    except httpx.TimeoutException:
-        raise BadGateway(f"{where}: no answer within {TIMEOUT.read:g} s", field="api") from None
     except httpx.HTTPError as exc:
-        raise BadGateway(f"{where}: {exc.__class__.__name__}: {exc}", field="api") from None
+        raise _unanswered(where, exc) from None
     if answer.status_code in (400, 409):
         raise Conflict(f"{where} refused the network{_neutron_message(answer)}", field="segmentation_id")
     if answer.status_code != 201:
