@@ -91,8 +91,19 @@ def _plug(cli, node: str, port: dict, vm: str) -> str:
                          f"-pf /run/dhclient-{vm}.pid -lf /var/lib/dhcp/{vm}.leases eth0 2>&1 && break; "
                          f"sleep 5; done; ip -n {vm} -4 -o addr show eth0", timeout=600)
     found = re.search(r"inet (\d+\.\d+\.\d+\.\d+)/", out)
-    assert found, f"the VM namespace {vm} on {node} got no address by DHCP:\n{out}"
+    assert found, f"the VM namespace {vm} on {node} got no address by DHCP:\n{out}\n{_wiring(cli)}"
     return found.group(1)
+
+
+def _wiring(cli) -> str:
+    """What the Linux Bridge agents made and said, on every node: for a failure's message."""
+    said = []
+    for vm in cli.json("lab", "status")["vms"]:
+        said.append(f"--- {vm['node']} ---\n" + _on(
+            cli, vm["node"], "ip -d -o link show | cut -c1-220; bridge link; ebtables -L 2>&1 | head -40; "
+                             "tail -n 60 /var/log/neutron/neutron-linuxbridge-agent.log; "
+                             "tail -n 30 /var/log/neutron/neutron-dhcp-agent.log", ok=False))
+    return "\n".join(said)
 
 
 def _record(cli, noderoles: list[dict], committed: float, annealed: float, agents_alive: float, reached: dict,
