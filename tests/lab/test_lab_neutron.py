@@ -79,13 +79,20 @@ def _anneal(cli) -> None:
 
 
 def _plug(cli, node: str, port: dict, vm: str) -> str:
-    """Plug a port as Nova does with Linux Bridge: a device named tap<port 11> on the host (the agent
-    sees it and enslaves it to the network's brq bridge); its other end, with the port's MAC, in a
-    namespace standing in for the VM, which asks for its address by DHCP. Answers the address."""
-    tap = "tap" + port["id"][:11]
+    """Plug a port as Nova plugs a VM with Linux Bridge: os-vif's linux_bridge plugin makes the
+    network's bridge `brq<network 11>` if it is missing, libvirt adds the VM's device
+    `tap<port 11>` to it. The agent leaves a compute port's tap to Nova ("owned by compute:nova and
+    thus added elsewhere"): it adds `<iface>.<vlan>` to the bridge and reports the port up. The
+    tap's other end, with the port's MAC, is in a namespace standing in for the VM, which asks for
+    its address by DHCP. Answers the address."""
+    tap, bridge = "tap" + port["id"][:11], "brq" + port["network_id"][:11]
     _on(cli, node, f"ip netns add {vm} && ip link add {tap} type veth peer name eth0 netns {vm} && "
                    f"ip -n {vm} link set eth0 address {port['mac_address']} && ip -n {vm} link set lo up && "
-                   f"ip -n {vm} link set eth0 up && ip link set {tap} up")
+                   f"ip -n {vm} link set eth0 up && "
+                   # os-vif's ensure_bridge: made unless there (the agent may make it first), no STP
+                   f"{{ ip link add {bridge} type bridge forward_delay 0 stp_state 0 2>/dev/null || "
+                   f"ip link show {bridge} >/dev/null; }} && ip link set {bridge} up && "
+                   f"ip link set {tap} master {bridge} && ip link set {tap} up")
     # the agent polls for new devices every 2 s, then binds and wires it: retry DHCP until it answers
     out = _on(cli, node, f"for i in $(seq 12); do timeout 30 ip netns exec {vm} dhclient -1 -4 -v "
                          f"-pf /run/dhclient-{vm}.pid -lf /var/lib/dhcp/{vm}.leases eth0 2>&1 && break; "
@@ -216,6 +223,10 @@ def test_neutron_deployed_by_crowbar_carries_a_tenant_network_on_vlan_501_betwee
         addresses[name] = _plug(cli, cmp, ports[name], vm)
         assert addresses[name] == ports[name]["fixed_ips"][0]["ip_address"], (addresses, ports[name])
         reached[name] = (asked, time.time())  # the port created, then its address by DHCP over the VLAN
+        deadline = time.monotonic() + 120  # the compute node's agent reported the port up
+        while (status := _api(namespace, f"{url}/v2.0/ports/{ports[name]['id']}")["port"]["status"]) != "ACTIVE":
+            assert time.monotonic() < deadline, f"port {vm} is {status} 2 min after its DHCP answer"
+            time.sleep(5)
 
     dhcp = {name: _api(namespace, f"{url}/v2.0/ports?network_id={nets[name]['id']}&device_owner=network:dhcp")["ports"][0]
             for name in nets}
