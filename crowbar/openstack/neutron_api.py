@@ -19,6 +19,9 @@ import httpx
 from crowbar.errors import BadGateway, Conflict, InvalidInput
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)  # seconds: a listing answers in about one under TCG
+# a create writes and notifies the agents: 4.6 s on a quiet emulated controller, past 10 s on a
+# loaded one. Within the CLI's 60 s with the look-up that follows a timeout (create_network).
+CREATE_TIMEOUT = httpx.Timeout(40.0, connect=3.0)
 MAX_ANSWER_BYTES = 32 << 20  # a port is about 1 KiB with every field; whois asks for five
 MAX_URL = 2048
 # (collection, the fields whois reads): provider:* are what an admin (noauth) sees of a segment
@@ -50,10 +53,10 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _unanswered(where: str, exc: httpx.HTTPError) -> BadGateway:
+def _unanswered(where: str, exc: httpx.HTTPError, timeout: httpx.Timeout = TIMEOUT) -> BadGateway:
     """The 502 for a request Neutron did not answer (a timeout, a refused connection...)."""
     if isinstance(exc, httpx.TimeoutException):
-        return BadGateway(f"{where}: no answer within {TIMEOUT.read:g} s", field="api")
+        return BadGateway(f"{where}: no answer within {timeout.read:g} s", field="api")
     return BadGateway(f"{where}: {exc.__class__.__name__}: {exc}", field="api")
 
 
@@ -104,17 +107,26 @@ def _neutron_message(answer: httpx.Response) -> str:
 def create_network(url: str, name: str, network_type: str, physical_network: str, segmentation_id: int) -> dict:
     """POST /v2.0/networks: a network on the segment Crowbar allocated (provider attributes, which
     noauth's admin context may set); answers Neutron's network. A refusal is a Conflict (409, with
-    Neutron's reason: the segment is in use there), anything else a BadGateway."""
+    Neutron's reason: the segment is in use there), anything else a BadGateway.
+
+    A POST that timed out may still have been done: Neutron is then asked for the network of that
+    name on that segment, and the one it has is the answer (only when it does not have it is the
+    timeout a BadGateway, and the caller releases the segment)."""
     base = check_url(url)
     where = f"the Neutron API at {base}: POST /v2.0/networks"
     network = {"name": name, "admin_state_up": True, "provider:network_type": network_type,
                "provider:segmentation_id": segmentation_id,
                **({"provider:physical_network": physical_network} if physical_network else {})}
     try:
-        with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
+        with httpx.Client(timeout=CREATE_TIMEOUT, follow_redirects=False, trust_env=False) as client:
             answer = client.post(f"{base}/v2.0/networks", json={"network": network})
+    except httpx.ReadTimeout as exc:
+        made = _made_anyway(base, network)
+        if made is None:
+            raise _unanswered(where, exc, CREATE_TIMEOUT) from None
+        return made
     except httpx.HTTPError as exc:
-        raise _unanswered(where, exc) from None
+        raise _unanswered(where, exc, CREATE_TIMEOUT) from None
     if answer.status_code in (400, 409):
         raise Conflict(f"{where} refused the network{_neutron_message(answer)}", field="segmentation_id")
     if answer.status_code != 201:
@@ -125,3 +137,18 @@ def create_network(url: str, name: str, network_type: str, physical_network: str
     except (ValueError, KeyError, TypeError, AssertionError):
         raise BadGateway(f"{where}: the answer is not Neutron's {{\"network\": {{...}}}}", field="api") from None
     return made
+
+
+def _made_anyway(base: str, network: dict) -> dict | None:
+    """The network a timed-out POST asked for, if Neutron made it after all (same name, same
+    segment), else None; None too when Neutron does not answer this either."""
+    keys = ("name", "provider:network_type", "provider:physical_network", "provider:segmentation_id")
+    query = {k: str(network[k]) for k in keys if k in network}
+    try:
+        with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
+            answer = client.get(f"{base}/v2.0/networks", params=query)
+        found = answer.json()["networks"] if answer.status_code == 200 else []
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return next((n for n in found if isinstance(n, dict) and isinstance(n.get("id"), str)
+                 and all(str(n.get(k)) == v for k, v in query.items())), None)

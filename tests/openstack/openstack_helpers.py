@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -52,6 +53,7 @@ class FakeNeutron:
         self.answers: dict = json.loads(json.dumps(NEUTRON))
         self.requests: list[tuple[str, dict]] = []
         self.posted: list[dict] = []
+        self.post_delay = 0.0  # seconds a POST takes to answer, after the network is made
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -90,11 +92,15 @@ class FakeNeutron:
                     made = {**body.get("network", {}), "id": str(uuid.uuid4()), "status": "ACTIVE"}
                     fake.answers["networks"].append(made)
                     status, out = 201, json.dumps({"network": made}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                time.sleep(fake.post_delay)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                except OSError:  # the client gave up waiting
+                    pass
 
             def log_message(self, *args):
                 pass

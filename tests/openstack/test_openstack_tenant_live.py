@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from crowbar.errors import BadGateway, Conflict, InvalidInput
+from crowbar.openstack import neutron_api
 from crowbar.services import network, openstack
 
 from openstack_helpers import CONTROLLER, deploy_neutron_server
@@ -61,6 +63,26 @@ def test_a_refusal_or_a_bad_answer_releases_the_segment(db, fake_neutron, answer
     assert _tenants(db) == []  # nothing half-written
     fake_neutron.answers["create"] = None
     assert openstack.create_tenant_network(db, "blue")["segmentation_id"] == 501  # the segment is free again
+
+
+def test_a_create_that_times_out_is_looked_for_before_the_segment_is_released(db, fake_neutron, monkeypatch):
+    """Neutron under load may make the network after the POST's timeout: Crowbar asks for it by
+    name and segment, and adopts it; when Neutron has not made it, the segment is released."""
+    monkeypatch.setattr(neutron_api, "CREATE_TIMEOUT", httpx.Timeout(0.5, connect=3.0))
+    deploy_neutron_server(db, "openstack", CONTROLLER, fake_neutron.url)
+    fake_neutron.answers["networks"] = [n for n in fake_neutron.answers["networks"] if n["name"] == "nova_fixed"]
+    fake_neutron.post_delay = 1.5
+    blue = openstack.create_tenant_network(db, "blue")
+    made = fake_neutron.answers["networks"][-1]
+    assert (blue["id"], blue["segmentation_id"]) == (made["id"], 501) and made["name"] == "blue"
+    lookup = fake_neutron.requests[-1][0]
+    assert lookup.startswith("/v2.0/networks?") and "provider%3Asegmentation_id=501" in lookup, lookup
+    assert [n["id"] for n in _tenants(db)] == [made["id"]]
+    # a slow answer that made nothing (Neutron refused it, late): 502, the segment released
+    fake_neutron.answers["create"] = 409
+    with pytest.raises(BadGateway, match="POST /v2.0/networks: no answer within 0.5 s"):
+        openstack.create_tenant_network(db, "red")
+    assert [n["name"] for n in _tenants(db)] == ["blue"]
 
 
 def test_an_unreachable_neutron_releases_the_segment(db, unused_url):
