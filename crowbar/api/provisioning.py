@@ -107,18 +107,21 @@ def _peer(request: Request, config: AppSettings) -> boot.Peer:
 
 
 @open_router.post("/api/v2/discovery", status_code=201, responses=DISCOVERY_ERRORS)
-async def discovery(request: Request, s: UnitOfWork, config: Settings):
+async def discovery(request: Request, config: Settings):
     """The discovery agent posts its inventory (and, booted by a known node's script, its
     X-Crowbar-Nonce); answers the node's name, state and token."""
-    inventory = parse_inventory(await _body(request, MAX_INVENTORY_BYTES))
+    raw = await _body(request, MAX_INVENTORY_BYTES)
+    nonce, peer = request.headers.get(NONCE_HEADER), _peer(request, config)
 
     # Not on the event loop: the session waits for SQLite's write lock, and a request holding it
     # may need the loop to finish, which would stall the whole server for the busy timeout (60 s).
-    # (The unit of work's session is opened and committed in the threadpool too.)
+    # One trip to the threadpool: the inventory is parsed, and the unit of work opened, run and
+    # committed (before the answer is sent), in it.
     def discover():
-        return provisioning.discover(s, inventory, config.domain, nonce=request.headers.get(NONCE_HEADER),
-                                     peer=_peer(request, config), approve=config.approve_discovered,
-                                     limit=config.discovery_limit)
+        inventory = parse_inventory(raw)
+        with deps.unit(config) as s:
+            return provisioning.discover(s, inventory, config.domain, nonce=nonce, peer=peer,
+                                         approve=config.approve_discovered, limit=config.discovery_limit)
 
     return await run_in_threadpool(discover)
 
