@@ -32,6 +32,7 @@ from crowbar.api import (
     errors,
     events,
     listeners,
+    longpoll,
     network,
     portable,
     noderoles,
@@ -73,6 +74,9 @@ def create_app(settings: AppSettings) -> FastAPI:
     # The one reader of the event log for this process's event streams (crowbar.api.stream); the
     # server closes it before uvicorn waits for open connections at shutdown.
     app.state.event_hub = stream.EventHub(settings.db)
+    # The agents' long polls (crowbar.api.longpoll), told by the database when work is queued.
+    app.state.agent_waiters = longpoll.AgentWaiters(settings.agent_waiters)
+    settings.db.on_agent_work(app.state.agent_waiters.notify)
     errors.install(app)
     metrics = observe.Metrics(settings)
     # Authentication, then the URL and the body, before any route: the edge knows the routes.

@@ -7,12 +7,14 @@ them on its provisioning listener only (crowbar.api.listeners, `crowbar server -
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from crowbar.api import deps, errors
+from crowbar.api import body, deps, errors, longpoll
 from crowbar.api.deps import Actor, Settings, UnitOfWork
 from crowbar.api.settings import AppSettings
 from crowbar.errors import InvalidInput, NotFound
@@ -126,18 +128,55 @@ async def discovery(request: Request, config: Settings):
     return await run_in_threadpool(discover)
 
 
-@open_router.get("/api/v2/agent/next")
-def agent_next(request: Request, config: Settings):
+def _poll(config: AppSettings, token: str | None, wait: float) -> tuple[dict, int, float]:
+    """One look at the node's work (in a worker thread): the answer, the node's id, and how long
+    a long poll that asked to `wait` should be held (0: answer now)."""
+    with config.db.read_session() as s:
+        node = provisioning.node_for_token(s, token)
+        node_id = node.id
+        answer = provisioning.agent_poll(s, node)
+        hold = provisioning.hold_seconds(wait, provisioning.polling_agents(s)) if answer is not None else 0.0
+    if answer is None:
+        with deps.unit(config) as s:
+            answer = provisioning.agent_next(s, provisioning.node_for_token(s, token))
+    return answer, node_id, hold
+
+
+@open_router.get("/api/v2/agent/next", responses={200: {"headers": {
+        "Preference-Applied": {"description": "`wait=N`: the poll was held up to N seconds", "schema": {"type": "string"}},
+        "Server-Timing": {"description": "`hold;dur=MS`: how long it was held", "schema": {"type": "string"}}}}})
+async def agent_next(request: Request, config: Settings):
     """The agent's poll. Most polls only read (wait, for the `seconds` the server chooses: longer
     in a larger fleet): they are answered without a write transaction; a poll that takes a job or
-    an action, or revives a dead node, is answered in a unit of work that writes."""
+    an action, or revives a dead node, is answered in a unit of work that writes.
+
+    Long poll: with `Prefer: wait=N` an idle agent's poll is held (up to N seconds, as long as
+    the server chooses: docs/scaling.md) and answered as soon as a job or an action is queued for
+    its node, holding no thread or database session meanwhile; at the end of the hold it answers
+    a wait of 0 seconds (ask again now). Without the header, or when the server holds as many
+    polls as it will (`AppSettings.agent_waiters`), it answers at once, as it always did."""
     token = deps.bearer(request)
-    with config.db.read_session() as s:
-        answer = provisioning.agent_poll(s, provisioning.node_for_token(s, token))
-    if answer is not None:
+    wait = longpoll.requested_wait(request.headers.get("prefer"))
+    since = time.monotonic()
+    answer, node_id, hold = await run_in_threadpool(_poll, config, token, wait)
+    if not hold or answer.get("action") != "wait":
         return answer
-    with deps.unit(config) as s:
-        return provisioning.agent_next(s, provisioning.node_for_token(s, token))
+    waiters: longpoll.AgentWaiters = request.app.state.agent_waiters
+    started, deadline = since, since + hold
+    while True:
+        woke = await waiters.wait(node_id, deadline - time.monotonic(), since)
+        if woke is None:  # no room to wait, or the server is stopping: the answer as it is
+            return answer
+        if woke is False:  # the hold is over: ask again now
+            answer = {"action": "wait", "seconds": 0}
+            break
+        since = time.monotonic()  # work for this node: read again (what writes is done there)
+        answer, node_id, _ = await run_in_threadpool(_poll, config, token, 0.0)
+        if answer.get("action") != "wait" or since >= deadline:
+            break
+    held = time.monotonic() - started
+    return body.JSONResponse(answer, headers={"Preference-Applied": f"wait={round(hold)}",
+                                              "Server-Timing": f"hold;dur={held * 1000:.1f}"})
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")

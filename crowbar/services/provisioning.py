@@ -38,6 +38,7 @@ from crowbar.services.boot import UNCHECKED, Peer, hash_nonce
 WAIT_SECONDS = 3  # between an idle agent's polls, in a small fleet
 POLL_BUDGET = 200  # agent polls per second the server aims at: a larger fleet is told to wait longer
 MAX_WAIT_SECONDS = 60
+HOLD_SECONDS = 25  # the least a long poll is held: it answers as soon as there is work anyway
 FLEET_RECOUNT = 10.0  # seconds between counts of the agents that poll
 log = logging.getLogger("crowbar.discovery")
 
@@ -264,6 +265,18 @@ def wait_seconds(agents: int, rng: random.Random | None = None) -> int:
     that a rack powered on at once does not poll in lockstep. Whole seconds: the agent's `sleep`."""
     base = min(MAX_WAIT_SECONDS, max(WAIT_SECONDS, agents / POLL_BUDGET))
     return max(1, round(base * (rng or random).uniform(0.75, 1.25)))
+
+
+def hold_seconds(requested: float, agents: int, rng: random.Random | None = None) -> float:
+    """How long the server holds an idle agent's long poll that asked to wait up to `requested`
+    seconds (crowbar.api.longpoll): as long as the poll budget would have it wait between polls
+    (`wait_seconds`), at least HOLD_SECONDS, at most MAX_WAIT_SECONDS and `requested`, less up to
+    a quarter at random (so that agents whose holds end together do not ask again in lockstep).
+    0: no long poll."""
+    if requested <= 0:
+        return 0.0
+    base = min(float(requested), MAX_WAIT_SECONDS, max(HOLD_SECONDS, agents / POLL_BUDGET))
+    return base * (rng or random).uniform(0.75, 1.0)
 
 
 def agent_poll(session: Session, node: Node) -> dict | None:
