@@ -4,7 +4,7 @@ through discover, enroll (fake power), allocate, deploy to ready, and a deployme
 on every node annealed to active.
 
     python benchmarks/fleet.py --nodes 100 1000 [--postgres URL] [--concurrency 64]
-                               [--install-delay 5] [--workers 8] [--json FILE] [--markdown]
+                               [--install-delay 5] [--workers 8] [--long-poll 50] [--json FILE] [--markdown]
 
 Each case gets a fresh server (and a fresh PostgreSQL database). Reported per phase: seconds,
 nodes/s, requests, latency p50/p95/p99 by route, server CPU seconds and peak RSS (the server is our
@@ -22,7 +22,7 @@ from pathlib import Path
 from _postgres import append_json, fresh_postgres
 from sqlalchemy import create_engine, text
 
-from crowbar.lab.fleet import LocalServer, Options, simulate
+from crowbar.lab.fleet import DELIVERY, LocalServer, Options, simulate
 
 
 def pg_size(url: str):
@@ -44,7 +44,7 @@ def run_case(n: int, database: str | None, args) -> dict:
         options = Options(nodes=n, concurrency=args.concurrency, install_delay=args.install_delay,
                           state_dir=str(root / "power"), timeout=args.timeout,
                           allocate_on_deploy=args.allocate_on_deploy, idle_seconds=args.idle,
-                          phases=tuple(args.phases.split(",")))
+                          phases=tuple(args.phases.split(",")), long_poll=args.long_poll)
         try:
             report = simulate(server.url, server.token, options, server=server.process(), db_size=size,
                               say=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
@@ -54,21 +54,25 @@ def run_case(n: int, database: str | None, args) -> dict:
     report["backend"] = "postgresql" if database else "sqlite"
     report["workers"] = args.workers
     report["allocate_on_deploy"] = args.allocate_on_deploy
+    report["long_poll"] = args.long_poll
     return report
 
 
 def markdown(reports: list[dict]) -> str:
     lines = ["| engine | nodes | phase | s | nodes/s | requests | hottest route p50/p95/p99 ms | agent poll p50/p99 ms | "
-             "server CPU s | peak RSS MB | DB MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "work delivery p50/p99 ms | server CPU s | peak RSS MB | DB MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         for p in r["phases"]:
-            routes = p["routes"]
+            routes = {k: v for k, v in p["routes"].items() if k != DELIVERY}
             hot = max(routes.items(), key=lambda kv: kv[1]["count"]) if routes else None
             poll = routes.get("GET /agent/next")
+            work = p["routes"].get(DELIVERY)
             lines.append(
                 f"| {r['backend']} | {r['nodes']:,} | {p['phase']} | {p['seconds']} | {p['nodes_per_s']} | "
                 f"{p['requests']:,} | " + (f"{hot[0]} {hot[1]['p50_ms']}/{hot[1]['p95_ms']}/{hot[1]['p99_ms']}" if hot else "")
                 + " | " + (f"{poll['p50_ms']}/{poll['p99_ms']}" if poll else "-")
+                + " | " + (f"{work['p50_ms']}/{work['p99_ms']}" if work else "-")
                 + f" | {p.get('server_cpu_s', '-')} | {p.get('server_peak_rss_mb', '-')} | {p.get('db_mb', '-')} |")
     return "\n".join(lines)
 
@@ -86,6 +90,8 @@ def main() -> None:
     ap.add_argument("--phases", default="discover,enroll,allocate,deploy,anneal",
                     help="comma-separated; `idle` (after discover) lets every agent poll for --idle seconds")
     ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--long-poll", type=int, default=50,
+                    help="the agents' Prefer: wait= seconds, as the real agent's (0: plain polls)")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()

@@ -5,8 +5,10 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
 
     discover   every machine PXE-boots: GET /boot/<mac>.ipxe (an unknown MAC gets the discovery
                image), POST /api/v2/discovery with a realistic inventory (unique MACs), then polls
-               GET /api/v2/agent/next with its node token, sleeping the `seconds` each wait answer
-               carries (the server chooses them, as for the real agent: crowbar/agent/__init__.py)
+               GET /api/v2/agent/next with its node token and `Prefer: wait=50` (the long poll: the
+               server holds it until there is work or the hold ends), sleeping the `seconds` each
+               wait answer carries (the server chooses them, as for the real agent:
+               crowbar/agent/__init__.py)
     enroll     the operator gives every node the `fake` power driver (PUT /nodes/{n}/power)
     allocate   POST /nodes/allocate, in batches (one transaction each); a node told to reboot boots
                the discovery image again and proves the boot with the nonce from its boot script
@@ -19,7 +21,10 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
 
 Each phase reports how long it took, nodes per second, and the latency of every request by route
 (p50/p95/p99), plus what the caller can measure on the server: CPU seconds and peak RSS when it is
-a child process (`ServerProcess`), the database's size (`db_size`).
+a child process (`ServerProcess`), the database's size (`db_size`). A held poll's latency is what
+it took beyond the hold the server reports (`Server-Timing: hold;dur=MS`), which is the agent's
+wait for work, not the server's cost; `DELIVERY` is the time from the operator's call that queued
+a machine's work (allocate's reboot, deploy's install job) returning to its agent taking it.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ DEPLOYMENT = "fleet"
 BATCH = 250  # nodes per bulk allocate / deploy call: each is one transaction, holding SQLite's write lock
 AGENT_RETRY = 5.0  # the agent's pause after a failed request (agent.sh)
 NONCE_RE = re.compile(r"crowbar\.nonce=([A-Za-z0-9_-]+)")
+HOLD_RE = re.compile(r"hold;dur=([0-9.]+)")
+DELIVERY = "work queued -> taken"  # the route name under which work delivery latency is reported
 # a well-formed ed25519 public key (not a real one): what the installed system posts with `ready`
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZsZWV0LXNpbXVsYXRlZC1ob3N0LWtleS0wMDAwMDAwMDA="
 
@@ -177,6 +184,7 @@ class Options:
     allocate_on_deploy: bool = False  # one phase: deploy with allocate (no reboot after a separate allocate)
     phases: tuple[str, ...] = ("discover", "enroll", "allocate", "deploy", "anneal")  # and "idle"
     idle_seconds: float = 60.0  # how long the idle phase lets the agents poll
+    long_poll: int = 50  # the agents' `Prefer: wait=` (as the real agent's); 0: plain polls
 
 
 class Fleet:
@@ -197,29 +205,50 @@ class Fleet:
         self.failures: list[str] = []
         self._stop = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
+        self._held: httpx.AsyncClient | None = None  # long polls: a connection each, no slot
         self._slots: asyncio.Semaphore | None = None
+        self._queued_at: dict[str, float] = {}  # node name -> when the call that queued its work returned
 
     # -- HTTP, timed by route ------------------------------------------------------------------
     async def call(self, method: str, path: str, route: str, *, token: str | None = None, json_body=None,
-                   headers: dict | None = None, ok=(200, 201, 202)) -> httpx.Response:
-        """One request; its latency is recorded under `route` in the current phase."""
+                   headers: dict | None = None, ok=(200, 201, 202), held: bool = False) -> httpx.Response:
+        """One request; its latency is recorded under `route` in the current phase (less the time
+        the server says it held the request). `held`: a long poll, which may wait on the server
+        for a long time: it has a connection of its own and takes none of the `concurrency` slots
+        (a real agent's long poll is one idle connection)."""
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
-        async with self._slots:
+        if held:
             started = time.perf_counter()
             try:
-                answer = await self._http.request(method, path, json=json_body, headers=hdrs)
+                answer = await self._held.request(method, path, json=json_body, headers=hdrs)
             except httpx.HTTPError as exc:
                 self._count_error(f"{route} {type(exc).__name__}")
                 raise
             elapsed = time.perf_counter() - started
+        else:
+            async with self._slots:
+                started = time.perf_counter()
+                try:
+                    answer = await self._http.request(method, path, json=json_body, headers=hdrs)
+                except httpx.HTTPError as exc:
+                    self._count_error(f"{route} {type(exc).__name__}")
+                    raise
+                elapsed = time.perf_counter() - started
+        hold = HOLD_RE.search(answer.headers.get("server-timing", ""))
+        if hold:
+            elapsed = max(0.0, elapsed - float(hold.group(1)) / 1000)
         phase = self.phase
         if phase is not None:
             phase.latencies.setdefault(route, []).append(elapsed)
         if answer.status_code not in ok:
             self._count_error(f"{route} {answer.status_code}")
         return answer
+
+    def _record(self, route: str, seconds: float) -> None:
+        if self.phase is not None:
+            self.phase.latencies.setdefault(route, []).append(seconds)
 
     def _count_error(self, key: str) -> None:
         if self.phase is not None:
@@ -291,7 +320,9 @@ class Fleet:
         """Polls for instructions until told to reboot or power off (answered: which)."""
         while not self._stop.is_set():
             try:
-                answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token)
+                answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token,
+                                         headers={"Prefer": f"wait={self.o.long_poll}"} if self.o.long_poll else None,
+                                         held=self.o.long_poll > 0)
             except httpx.HTTPError:
                 await asyncio.sleep(AGENT_RETRY)
                 continue
@@ -302,6 +333,8 @@ class Fleet:
                 continue
             data = answer.json()
             action = data.get("action")
+            if action in ("run", "reboot") and m.name in self._queued_at:
+                self._record(DELIVERY, time.monotonic() - self._queued_at.pop(m.name))
             if action == "wait":
                 seconds = self.o.poll if self.o.poll is not None else float(data.get("seconds") or 5)
                 await asyncio.sleep(seconds)
@@ -400,8 +433,10 @@ class Fleet:
     async def run(self) -> dict:
         limits = httpx.Limits(max_connections=self.o.concurrency, max_keepalive_connections=self.o.concurrency)
         self._slots = asyncio.Semaphore(self.o.concurrency)
-        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=120.0) as http:
-            self._http = http
+        held = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=120.0) as http, \
+                httpx.AsyncClient(base_url=self.url, limits=held, timeout=self.o.long_poll + 60.0) as polls:
+            self._http, self._held = http, polls
             tasks: list[asyncio.Task] = []
             started = time.monotonic()
             try:
@@ -437,12 +472,14 @@ class Fleet:
             self._begin("allocate")
             for batch in _batches(names):
                 await self.admin("POST", "/nodes/allocate", body={"nodes": batch})
+                self._queued_at.update((name, time.monotonic()) for name in batch)
             self.phase.nodes = n
         if "deploy" in self.o.phases:
             self._begin("allocate+deploy" if self.o.allocate_on_deploy else "deploy")
             for batch in _batches(names):
                 await self.admin("POST", "/nodes/deploy", body={"nodes": batch, "os": self.o.os_name,
                                                                 **({"allocate": True} if self.o.allocate_on_deploy else {})})
+                self._queued_at.update((name, time.monotonic()) for name in batch)
             await self._until("ready", lambda: sum(1 for m in self.machines if m.state == "ready"), n)
         if "anneal" in self.o.phases:
             self._begin("anneal")
