@@ -132,9 +132,7 @@ def _poll(config: AppSettings, token: str | None, wait: float) -> tuple[dict, in
     """One look at the node's work (in a worker thread): the answer, the node's id, and how long
     a long poll that asked to `wait` should be held (0: answer now)."""
     with config.db.read_session() as s:
-        node = provisioning.node_for_token(s, token)
-        node_id = node.id
-        answer = provisioning.agent_poll(s, node)
+        node_id, answer = provisioning.agent_poll(s, token)
         hold = provisioning.hold_seconds(wait, provisioning.polling_agents(s)) if answer is not None else 0.0
     if answer is None:
         with deps.unit(config) as s:
@@ -218,15 +216,22 @@ def os_image_file(name: str, digest: str, file: str, config: Settings):
 
 
 @open_router.get("/boot/{name}", response_class=PlainTextResponse)
-def boot_script(name: str, request: Request, s: UnitOfWork, config: Settings):
-    """The iPXE script a machine asks for by its MAC; unknown machines get the discovery image."""
+def boot_script(name: str, request: Request, config: Settings):
+    """The iPXE script a machine asks for by its MAC; unknown machines get the discovery image.
+    Read without a write transaction, unless the script carries a new nonce (a known node's
+    discovery boot): every machine of a rack powered on at once asks for one."""
     try:
         mac = ipxe.mac_from_script_name(name)
     except ValueError:
         raise NotFound(f"no boot script {name!r}") from None
     base = config.advertise_url or str(request.base_url).rstrip("/")
-    return boot.boot_script(s, mac, ipxe.BootParams(server_url=base, boot_url=f"{base}/boot"),
-                            _peer(request, config))
+    params, peer = ipxe.BootParams(server_url=base, boot_url=f"{base}/boot"), _peer(request, config)
+    with config.db.read_session() as s:
+        script = boot.boot_script(s, mac, params, peer, read_only=True)
+    if script is not None:
+        return script
+    with deps.unit(config) as s:
+        return boot.boot_script(s, mac, params, peer)
 
 
 @open_router.get("/boot/discovery/{name}")

@@ -336,7 +336,7 @@ class Fleet:
             if action in ("run", "reboot") and m.name in self._queued_at:
                 self._record(DELIVERY, time.monotonic() - self._queued_at.pop(m.name))
             if action == "wait":
-                seconds = self.o.poll if self.o.poll is not None else float(data.get("seconds") or 5)
+                seconds = self.o.poll if self.o.poll is not None else float(data.get("seconds", 5) or 0)
                 await asyncio.sleep(seconds)
             elif action == "run":
                 await self._run_job(m, data)

@@ -20,7 +20,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, func, select, union_all, update
+from sqlalchemy import delete, exists, func, select, union_all, update
 from sqlalchemy.orm import Session
 
 from crowbar.config import DEFAULT_DOMAIN
@@ -279,17 +279,22 @@ def hold_seconds(requested: float, agents: int, rng: random.Random | None = None
     return base * (rng or random).uniform(0.75, 1.0)
 
 
-def agent_poll(session: Session, node: Node) -> dict | None:
-    """The answer to a poll that changes nothing (wait, for a server-chosen time), read without a
-    write transaction; None when the poll has something to write (the node was dead, an action
-    or a job waits): then `agent_next` answers it in a unit of work that writes."""
-    if not node.alive or node.agent_action:
-        return None
-    queued = session.scalar(select(AgentJob.id).where(AgentJob.node_id == node.id, AgentJob.state == "queued")
-                            .limit(1))
-    if queued is not None:
-        return None
-    return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
+def agent_poll(session: Session, token: str | None) -> tuple[int, dict | None]:
+    """An agent's poll, read in one query without a write transaction: the id of the node its
+    token names (Unauthorized otherwise), and the answer when the poll changes nothing (wait, for
+    a server-chosen time); None when it has something to write (the node was dead, an action or
+    a job waits): then `agent_next` answers it in a unit of work that writes."""
+    digest = auth.digest_of(token)
+    queued = exists().where(AgentJob.node_id == Node.id, AgentJob.state == "queued")
+    row = None if digest is None else session.execute(
+        select(ApiToken.token_hash, ApiToken.expires_at, ApiToken.kind, Node.id, Node.alive, Node.agent_action,
+               queued.label("queued"))
+        .join(Node, Node.id == ApiToken.node_id).where(ApiToken.token_hash == digest)).first()
+    if row is None or row.kind != "node" or not auth.still_valid(row.token_hash, row.expires_at, digest):
+        raise Unauthorized("a valid node token is required")
+    if not row.alive or row.agent_action or row.queued:
+        return row.id, None
+    return row.id, {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
 
 
 def agent_next(session: Session, node: Node) -> dict:
