@@ -11,8 +11,8 @@ this server then learns of it when its hold ends (at most the hold, as without a
 
 No commit is missed between the poll's read and its wait: the poll notes the time before it reads,
 and a node notified since then is read again instead of waiting. The number of waiters is bounded
-(`limit`): past it, a poll is answered at once, as without a long poll (a wait with `seconds`),
-which every agent understands; nothing is refused.
+(`limit`, and PER_NODE per node): past it, a poll is answered at once, as without a long poll (a
+wait with `seconds`), which every agent understands; nothing is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Iterable
 
 PREFER_WAIT_MAX = 3600  # a larger `wait` than this in Prefer is read as this (the server holds far less)
 REMEMBER = 300.0  # seconds a notification is remembered for polls that read before it
+PER_NODE = 2  # held polls of one node at once (its agent has one; a token holder cannot fill the server)
 
 
 def requested_wait(prefer: str | None) -> float:
@@ -94,7 +95,7 @@ class AgentWaiters:
         if self._loop is not loop:
             with self._lock:  # a new event loop (tests run one per client): start afresh
                 self._loop, self._events, self._count = loop, {}, 0
-        if self._closed or self._count >= self.limit:
+        if self._closed or self._count >= self.limit or len(self._events.get(node_id, ())) >= PER_NODE:
             return None
         ev = asyncio.Event()
         self._events.setdefault(node_id, []).append(ev)

@@ -172,6 +172,14 @@ def test_past_the_bound_a_poll_is_answered_at_once(served):
     assert r.json()["action"] == "wait" and r.json()["seconds"] >= 1  # the usual answer: poll again later
     assert "preference-applied" not in r.headers
     assert first.result(10)[0].json() == {"action": "wait", "seconds": 0}
+    # one node's token holds at most PER_NODE polls, whatever the limit
+    many = served()
+    node = discover(many, inventory(3)).json()
+    polls = [held(many, node["token"], 3) for _ in range(longpoll.PER_NODE)]
+    until(lambda: many.app.state.agent_waiters.waiting == longpoll.PER_NODE)
+    r = many.get(f"{V2}/agent/next", headers=agent(node["token"], 30))
+    assert r.json()["seconds"] >= 1 and "preference-applied" not in r.headers
+    assert all(p.result(10)[0].json() == {"action": "wait", "seconds": 0} for p in polls)
     # no long poll at all
     off = served(agent_waiters=0)
     r = off.get(f"{V2}/agent/next", headers=agent(two["token"], 30))
