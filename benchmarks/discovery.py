@@ -80,6 +80,21 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))] if ordered else 0.0
 
 
+async def measure(api: Asgi, requests: list[tuple[str, str, dict]]) -> dict:
+    """Send each (method, path, headers) in turn, each to answer 200: CPU ms per request, wall p50/p99."""
+    walls = []
+    cpu0 = time.process_time()
+    for method, path, headers in requests:
+        t = time.perf_counter()
+        status, answer = await api.request(method, path, headers=headers)
+        walls.append(time.perf_counter() - t)
+        if status != 200:
+            raise SystemExit(f"{method} {path} answered {status}: {answer[:300]!r}")
+    cpu = time.process_time() - cpu0
+    return {"cpu_ms": round(cpu / len(requests) * 1000, 3), "p50_ms": round(percentile(walls, 50) * 1000, 2),
+            "p99_ms": round(percentile(walls, 99) * 1000, 2)}
+
+
 async def run(url: str, n: int, profile: Path | None) -> dict:
     db = Database(url)
     bootstrap.prepare(db)
@@ -88,17 +103,9 @@ async def run(url: str, n: int, profile: Path | None) -> dict:
     await api.request("GET", "/api/v2/health")  # builds the middleware stack
     bodies = [json.dumps(inventory(i, [_mac(i, 0, 0x7E), _mac(i, 1, 0x7E)])).encode() for i in range(n)]
     result = {"nodes": n}
-    walls = []
-    cpu0 = time.process_time()
-    for i in range(n):  # the PXE boot before the discovery: an unknown MAC's script
-        t = time.perf_counter()
-        status, answer = await api.request("GET", f"/boot/{_mac(i, 0, 0x7E).replace(':', '-')}.ipxe")
-        walls.append(time.perf_counter() - t)
-        if status != 200:
-            raise SystemExit(f"boot script answered {status}: {answer[:300]!r}")
-    cpu = time.process_time() - cpu0
-    result["boot"] = {"cpu_ms": round(cpu / n * 1000, 3), "p50_ms": round(percentile(walls, 50) * 1000, 2),
-                      "p99_ms": round(percentile(walls, 99) * 1000, 2)}
+    # the PXE boot before the discovery: an unknown MAC's script
+    result["boot"] = await measure(api, [("GET", f"/boot/{_mac(i, 0, 0x7E).replace(':', '-')}.ipxe", {})
+                                         for i in range(n)])
     tokens = []
     profiler = cProfile.Profile() if profile else None
     original = anyio.to_thread.run_sync
@@ -125,17 +132,8 @@ async def run(url: str, n: int, profile: Path | None) -> dict:
                            "p99_ms": round(percentile(walls, 99) * 1000, 2)}
     if profiler:
         profiler.dump_stats(str(profile))
-    walls = []
-    cpu0 = time.process_time()
-    for token in tokens:
-        t = time.perf_counter()
-        status, answer = await api.request("GET", "/api/v2/agent/next", headers={"authorization": f"Bearer {token}"})
-        walls.append(time.perf_counter() - t)
-        if status != 200:
-            raise SystemExit(f"poll answered {status}: {answer[:300]!r}")
-    cpu = time.process_time() - cpu0
-    result["poll"] = {"cpu_ms": round(cpu / n * 1000, 3), "p50_ms": round(percentile(walls, 50) * 1000, 2),
-                      "p99_ms": round(percentile(walls, 99) * 1000, 2)}
+    result["poll"] = await measure(api, [("GET", "/api/v2/agent/next", {"authorization": f"Bearer {token}"})
+                                         for token in tokens])
     db.dispose()
     return result
 

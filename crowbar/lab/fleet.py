@@ -219,23 +219,20 @@ class Fleet:
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
-        if held:
+        async def send(http: httpx.AsyncClient) -> tuple[httpx.Response, float]:
             started = time.perf_counter()
             try:
-                answer = await self._held.request(method, path, json=json_body, headers=hdrs)
+                answer = await http.request(method, path, json=json_body, headers=hdrs)
             except httpx.HTTPError as exc:
                 self._count_error(f"{route} {type(exc).__name__}")
                 raise
-            elapsed = time.perf_counter() - started
+            return answer, time.perf_counter() - started
+
+        if held:
+            answer, elapsed = await send(self._held)
         else:
             async with self._slots:
-                started = time.perf_counter()
-                try:
-                    answer = await self._http.request(method, path, json=json_body, headers=hdrs)
-                except httpx.HTTPError as exc:
-                    self._count_error(f"{route} {type(exc).__name__}")
-                    raise
-                elapsed = time.perf_counter() - started
+                answer, elapsed = await send(self._http)
         hold = HOLD_RE.search(answer.headers.get("server-timing", ""))
         if hold:
             elapsed = max(0.0, elapsed - float(hold.group(1)) / 1000)

@@ -219,8 +219,7 @@ def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
     import socket
 
     from discoverykit import Served
-    from test_agent_discovery import AGENT, BUSYBOX, SCRIPT
-    from test_image_agent import fake_sysfs
+    from test_agent_discovery import BUSYBOX, SCRIPT, agent_env
 
     if not BUSYBOX.is_file():
         pytest.skip("busybox-static is not installed")
@@ -232,17 +231,8 @@ def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
 
         http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {admin_token}"})
         body = discover(http, INVENTORY).json()
-        bin_dir = tmp_path / "bin"
-        bin_dir.mkdir()
-        subprocess.run([str(BUSYBOX), "--install", "-s", str(bin_dir)], check=True)
-        for dangerous in ("reboot", "poweroff", "halt", "ip", "udhcpc", "ifconfig", "route"):
-            (bin_dir / dangerous).unlink(missing_ok=True)
-        fake_sysfs(tmp_path / "sys")
-        (tmp_path / "state").mkdir()
+        env = agent_env(tmp_path)
         (tmp_path / "cmdline").write_text(f"crowbar.url={url}\n")
-        env = {"PATH": str(bin_dir), "AGENT_DIR": str(AGENT), "CROWBAR_LIB": str(AGENT),
-               "CROWBAR_SYSFS": str(tmp_path / "sys"), "CROWBAR_STATE": str(tmp_path / "state"),
-               "CROWBAR_CMDLINE": str(tmp_path / "cmdline")}
         proc = subprocess.Popen([str(BUSYBOX), "sh", "-c", SCRIPT, "agent-test", "follow", body["token"]], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
