@@ -30,10 +30,12 @@ a machine's work (allocate's reboot, deploy's install job) returning to its agen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +55,7 @@ FLEET_ROLES = ["fleet-base", "fleet-service", "fleet-client"]
 DEPLOYMENT = "fleet"
 BATCH = 250  # nodes per bulk allocate / deploy call: each is one transaction, holding SQLite's write lock
 AGENT_RETRY = 5.0  # the agent's pause after a failed request (agent.sh)
+HELD_PER_CLIENT = 50  # machines whose long polls share one HTTP client (a connection each)
 NONCE_RE = re.compile(r"crowbar\.nonce=([A-Za-z0-9_-]+)")
 HOLD_RE = re.compile(r"hold;dur=([0-9.]+)")
 DELIVERY = "work queued -> taken"  # the route name under which work delivery latency is reported
@@ -81,6 +84,7 @@ class Phase:
     errors: dict[str, int] = field(default_factory=dict)  # "GET /route 503" -> count
     nodes: int = 0
     server: dict = field(default_factory=dict)
+    lag: list[float] = field(default_factory=list)  # how late the simulator's own event loop ran a timer
 
     @property
     def seconds(self) -> float:
@@ -96,7 +100,9 @@ class Phase:
         return {"phase": self.name, "seconds": round(seconds, 2), "nodes": self.nodes,
                 "nodes_per_s": round(self.nodes / seconds, 1) if seconds > 0 else None,
                 "requests": sum(len(v) for v in self.latencies.values()), "routes": routes,
-                "errors": dict(sorted(self.errors.items())), **self.server}
+                "errors": dict(sorted(self.errors.items())),
+                "simulator_lag_p50_p99_ms": [round(percentile(self.lag, p) * 1000, 1) for p in (50, 99)],
+                **self.server}
 
 
 class ServerProcess:
@@ -205,15 +211,15 @@ class Fleet:
         self.failures: list[str] = []
         self._stop = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
-        self._held: httpx.AsyncClient | None = None  # long polls: a connection each, no slot
+        self._held: list[httpx.AsyncClient] = []  # long polls: a connection each, no slot
         self._slots: asyncio.Semaphore | None = None
         self._queued_at: dict[str, float] = {}  # node name -> when the call that queued its work returned
 
     # -- HTTP, timed by route ------------------------------------------------------------------
     async def call(self, method: str, path: str, route: str, *, token: str | None = None, json_body=None,
-                   headers: dict | None = None, ok=(200, 201, 202), held: bool = False) -> httpx.Response:
+                   headers: dict | None = None, ok=(200, 201, 202), held: int | None = None) -> httpx.Response:
         """One request; its latency is recorded under `route` in the current phase (less the time
-        the server says it held the request). `held`: a long poll, which may wait on the server
+        the server says it held the request). `held` (the machine's index): a long poll, which may wait on the server
         for a long time: it has a connection of its own and takes none of the `concurrency` slots
         (a real agent's long poll is one idle connection)."""
         hdrs = dict(headers or {})
@@ -228,8 +234,8 @@ class Fleet:
                 raise
             return answer, time.perf_counter() - started
 
-        if held:
-            answer, elapsed = await send(self._held)
+        if held is not None:
+            answer, elapsed = await send(self._held[held // HELD_PER_CLIENT])
         else:
             async with self._slots:
                 answer, elapsed = await send(self._http)
@@ -319,7 +325,7 @@ class Fleet:
             try:
                 answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token,
                                          headers={"Prefer": f"wait={self.o.long_poll}"} if self.o.long_poll else None,
-                                         held=self.o.long_poll > 0)
+                                         held=m.index if self.o.long_poll else None)
             except httpx.HTTPError:
                 await asyncio.sleep(AGENT_RETRY)
                 continue
@@ -430,11 +436,17 @@ class Fleet:
     async def run(self) -> dict:
         limits = httpx.Limits(max_connections=self.o.concurrency, max_keepalive_connections=self.o.concurrency)
         self._slots = asyncio.Semaphore(self.o.concurrency)
-        held = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=120.0) as http, \
-                httpx.AsyncClient(base_url=self.url, limits=held, timeout=self.o.long_poll + 60.0) as polls:
-            self._http, self._held = http, polls
-            tasks: list[asyncio.Task] = []
+        # Long polls: a connection per machine, in pools of HELD_PER_CLIENT machines (a pool's work
+        # for each request grows with its connections: one pool of 10,000 would be the bottleneck).
+        held = httpx.Limits(max_connections=HELD_PER_CLIENT, max_keepalive_connections=HELD_PER_CLIENT)
+        tls = ssl.create_default_context()  # made once: a client makes its own otherwise (milliseconds each)
+        async with contextlib.AsyncExitStack() as stack:
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=self.url, limits=limits, timeout=120.0))
+            self._http = http
+            self._held = [await stack.enter_async_context(httpx.AsyncClient(
+                base_url=self.url, limits=held, timeout=self.o.long_poll + 60.0, verify=tls))
+                for _ in range(0 if not self.o.long_poll else -(-len(self.machines) // HELD_PER_CLIENT))]
+            tasks: list[asyncio.Task] = [asyncio.create_task(self._watch_lag())]
             started = time.monotonic()
             try:
                 await self._operate(tasks)
@@ -448,6 +460,15 @@ class Fleet:
         return {"nodes": self.o.nodes, "concurrency": self.o.concurrency, "install_delay": self.o.install_delay,
                 "total_seconds": round(time.monotonic() - started, 2),
                 "phases": [p.report() for p in self.phases], "failures": self.failures[:20]}
+
+    async def _watch_lag(self, every: float = 0.1) -> None:
+        """How late this process's event loop runs a timer: the part of every latency measured here
+        that is the simulator's own (one process driving thousands of machines), not the server's."""
+        while not self._stop.is_set():
+            due = time.perf_counter() + every
+            await asyncio.sleep(every)
+            if self.phase is not None:
+                self.phase.lag.append(max(0.0, time.perf_counter() - due))
 
     async def _operate(self, tasks: list[asyncio.Task]) -> None:
         n = len(self.machines)
