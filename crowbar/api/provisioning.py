@@ -142,7 +142,9 @@ def _poll(config: AppSettings, token: str | None, wait: float) -> tuple[dict, in
 
 @open_router.get("/api/v2/agent/next", responses={200: {"headers": {
         "Preference-Applied": {"description": "`wait=N`: the poll was held up to N seconds", "schema": {"type": "string"}},
-        "Server-Timing": {"description": "`hold;dur=MS`: how long it was held", "schema": {"type": "string"}}}}})
+        "Server-Timing": {"description": "`hold;dur=MS, late;dur=MS`: how long it was held, and how long "
+                          "of that past the end of the hold the server chose (its own delay)",
+                          "schema": {"type": "string"}}}}})
 async def agent_next(request: Request, config: Settings):
     """The agent's poll. Most polls only read (wait, for the `seconds` the server chooses: longer
     in a larger fleet): they are answered without a write transaction; a poll that takes a job or
@@ -172,9 +174,10 @@ async def agent_next(request: Request, config: Settings):
         answer, node_id, _ = await run_in_threadpool(_poll, config, token, 0.0)
         if answer.get("action") != "wait" or since >= deadline:
             break
-    held = time.monotonic() - started
-    return body.JSONResponse(answer, headers={"Preference-Applied": f"wait={round(hold)}",
-                                              "Server-Timing": f"hold;dur={held * 1000:.1f}"})
+    now = time.monotonic()
+    held, late = now - started, max(0.0, now - deadline)
+    timing = f"hold;dur={held * 1000:.1f}, late;dur={late * 1000:.1f}"
+    return body.JSONResponse(answer, headers={"Preference-Applied": f"wait={round(hold)}", "Server-Timing": timing})
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")

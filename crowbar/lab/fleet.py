@@ -22,9 +22,10 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
 Each phase reports how long it took, nodes per second, and the latency of every request by route
 (p50/p95/p99), plus what the caller can measure on the server: CPU seconds and peak RSS when it is
 a child process (`ServerProcess`), the database's size (`db_size`). A held poll's latency is what
-it took beyond the hold the server reports (`Server-Timing: hold;dur=MS`), which is the agent's
-wait for work, not the server's cost; `DELIVERY` is the time from the operator's call that queued
-a machine's work (allocate's reboot, deploy's install job) returning to its agent taking it.
+it took beyond the hold the server chose (`Server-Timing: hold;dur=MS, late;dur=MS`: the hold, less
+what of it was past its end), which is the agent's wait for work, not the server's cost;
+`DELIVERY` is the time from the operator's call that queued a machine's work (allocate's reboot,
+deploy's install job) returning to its agent taking it.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ BATCH = 250  # nodes per bulk allocate / deploy call: each is one transaction, h
 AGENT_RETRY = 5.0  # the agent's pause after a failed request (agent.sh)
 HELD_PER_CLIENT = 50  # machines whose long polls share one HTTP client (a connection each)
 NONCE_RE = re.compile(r"crowbar\.nonce=([A-Za-z0-9_-]+)")
-HOLD_RE = re.compile(r"hold;dur=([0-9.]+)")
+TIMING_RE = re.compile(r"(hold|late);dur=([0-9.]+)")
 DELIVERY = "work queued -> taken"  # the route name under which work delivery latency is reported
 # a well-formed ed25519 public key (not a real one): what the installed system posts with `ready`
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZsZWV0LXNpbXVsYXRlZC1ob3N0LWtleS0wMDAwMDAwMDA="
@@ -65,6 +66,13 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZsZWV0LXNpbXVsYXRlZC1ob3N0LWtl
 
 class FleetError(Exception):
     """The simulation could not go on: the message says which phase and why."""
+
+
+def server_hold(server_timing: str) -> tuple[float, float] | None:
+    """What a held poll's Server-Timing says, in seconds: how long the server held it, and how much
+    of that was past the end of the hold it chose (its own delay); None: a poll it did not hold."""
+    timing = {name: float(ms) / 1000 for name, ms in TIMING_RE.findall(server_timing)}
+    return (timing["hold"], timing.get("late", 0.0)) if "hold" in timing else None
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -218,8 +226,8 @@ class Fleet:
     # -- HTTP, timed by route ------------------------------------------------------------------
     async def call(self, method: str, path: str, route: str, *, token: str | None = None, json_body=None,
                    headers: dict | None = None, ok=(200, 201, 202), held: int | None = None) -> httpx.Response:
-        """One request; its latency is recorded under `route` in the current phase (less the time
-        the server says it held the request). `held` (the machine's index): a long poll, which may wait on the server
+        """One request; its latency is recorded under `route` in the current phase (less the hold
+        the server says it chose for the request). `held` (the machine's index): a long poll, which may wait on the server
         for a long time: it has a connection of its own and takes none of the `concurrency` slots
         (a real agent's long poll is one idle connection)."""
         hdrs = dict(headers or {})
@@ -239,9 +247,9 @@ class Fleet:
         else:
             async with self._slots:
                 answer, elapsed = await send(self._http)
-        hold = HOLD_RE.search(answer.headers.get("server-timing", ""))
-        if hold:
-            elapsed = max(0.0, elapsed - float(hold.group(1)) / 1000)
+        held = server_hold(answer.headers.get("server-timing", ""))
+        if held:
+            elapsed = max(0.0, elapsed - held[0] + held[1])
         phase = self.phase
         if phase is not None:
             phase.latencies.setdefault(route, []).append(elapsed)
