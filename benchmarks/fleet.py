@@ -14,12 +14,11 @@ child process), database size (SQLite: the file and its WAL; PostgreSQL: pg_data
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from _postgres import append_json, fresh_postgres
+from _postgres import append_json, each_case
 from sqlalchemy import create_engine, text
 
 from crowbar.lab.fleet import DELIVERY, LocalServer, Options, simulate
@@ -95,22 +94,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()
-    reports = []
-    for n in args.nodes:
-        cases = ([] if args.no_sqlite else [None]) + ([args.postgres] if args.postgres else [])
-        for engine_url in cases:
-            drop = None
-            database = None
-            if engine_url:
-                database, drop = fresh_postgres(engine_url, "crowbar_fleet")
-            try:
-                print(f"{'postgresql' if database else 'sqlite'}, {n} machines:", file=sys.stderr, flush=True)
-                report = run_case(n, database, args)
-            finally:
-                if drop:
-                    drop()
-            reports.append(report)
-            print(json.dumps(report), flush=True)
+    reports = each_case(args.nodes, args.postgres, args.no_sqlite, "crowbar_fleet", "machines",
+                        lambda n, database: run_case(n, database, args))
     if args.json:
         append_json(args.json, reports, concurrency=args.concurrency)
     if args.markdown:
