@@ -6,10 +6,10 @@ Each agent speaks the discovery agent's step 2 (crowbar/agent/__init__.py) on an
 keep-alive connection of its own: `GET /api/v2/agent/next` with `Authorization: Bearer <node
 token>` and `Prefer: wait=N`. The server holds the poll as long as it chooses (`Preference-Applied:
 wait=N`; `Server-Timing: hold;dur=MS, late;dur=MS` says how long it held it, and how much of that
-past the end of the hold it chose) and answers `{"action": "wait",
-"seconds": 0}` when the hold ends, or the node's work as soon as it is queued. A `wait` is asked
-again after its `seconds`; work (reboot, run) ends the agent: a real one would reboot or run it,
-and the agents here measure the polls only.
+past the end of the hold it chose) and answers `{"action": "wait", "seconds": 0}` when the hold
+ends, or the node's work as soon as it is queued. A `wait` is asked again after its `seconds`;
+work (reboot, run) ends the agent: a real one would reboot or run it, and the agents here measure
+the polls only.
 
 The agents are shared among `processes` processes (spawned), each an asyncio loop. The client is
 asyncio's streams, not httpx: the request is one fixed GET and the answer a small JSON body with a
