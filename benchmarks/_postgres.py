@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -33,3 +34,22 @@ def append_json(path: Path, rows: list[dict], **extra) -> None:
     with path.open("a") as fh:
         for row in rows:
             fh.write(json.dumps(row | {"python": platform.python_version(), **extra}) + "\n")
+
+
+def each_case(sizes: list[int], postgres: str | None, no_sqlite: bool, prefix: str, what: str,
+              run: Callable[[int, str | None], dict]) -> list[dict]:
+    """`run(size, database)` for each size on SQLite (database None; not with `no_sqlite`) and on a
+    fresh database of the PostgreSQL server `postgres` (dropped afterwards): the reports, each
+    printed as a JSON line as it comes."""
+    reports = []
+    for n in sizes:
+        for engine_url in ([] if no_sqlite else [None]) + ([postgres] if postgres else []):
+            database, drop = fresh_postgres(engine_url, prefix) if engine_url else (None, None)
+            try:
+                print(f"{'postgresql' if database else 'sqlite'}, {n} {what}:", file=sys.stderr, flush=True)
+                reports.append(run(n, database))
+            finally:
+                if drop:
+                    drop()
+            print(json.dumps(reports[-1]), flush=True)
+    return reports

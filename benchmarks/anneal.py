@@ -4,8 +4,9 @@
 
 Each node gets its own bench-admin, bench-server, bench-library, bench-client and bench-client-client
 (a 4-cohort graph per node), plus the core crowbar-managed-node every node gets. Reported: setup time
-(create nodes, bind, commit), anneal time, noderoles per second, and the peak resident memory of the
-process. Each case runs in a fresh subprocess, so that peak belongs to that case alone.
+(create nodes, bind, commit), anneal time, noderoles per second, the anneal's CPU seconds in this
+process (all its threads; PostgreSQL's own are not counted) and per noderole, and the peak
+resident memory of the process. Each case runs in a fresh subprocess, so that peak belongs to that case alone.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def run_one(url: str, n: int, workers: int) -> dict:
     setup(db, n)
     t1 = time.perf_counter()
     annealer = Annealer(db, workers=workers)
+    c1 = time.process_time()
     annealer.run_until_idle(timeout=3600)
     t2 = time.perf_counter()
+    c2 = time.process_time()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with db.session() as s:
         counts = dict(s.execute(select(NodeRole.state, func.count()).group_by(NodeRole.state)).all())
@@ -69,7 +72,8 @@ def run_one(url: str, n: int, workers: int) -> dict:
     assert counts.get("active") == total, f"not all active: {counts}"
     return {"backend": make_url(url).get_backend_name(), "nodes": n, "noderoles": total,
             "setup_s": round(t1 - t0, 2), "anneal_s": round(t2 - t1, 2),
-            "noderoles_per_s": round(total / (t2 - t1)), "peak_rss_mb": round(peak_kb / 1024, 1)}
+            "noderoles_per_s": round(total / (t2 - t1)), "anneal_cpu_s": round(c2 - c1, 2),
+            "anneal_cpu_ms_per_noderole": round((c2 - c1) / total * 1000, 3), "peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ through discover, enroll (fake power), allocate, deploy to ready, and a deployme
 on every node annealed to active.
 
     python benchmarks/fleet.py --nodes 100 1000 [--postgres URL] [--concurrency 64]
-                               [--install-delay 5] [--workers 8] [--json FILE] [--markdown]
+                               [--install-delay 5] [--workers 8] [--long-poll 50] [--json FILE] [--markdown]
 
 Each case gets a fresh server (and a fresh PostgreSQL database). Reported per phase: seconds,
 nodes/s, requests, latency p50/p95/p99 by route, server CPU seconds and peak RSS (the server is our
@@ -14,15 +14,14 @@ child process), database size (SQLite: the file and its WAL; PostgreSQL: pg_data
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from _postgres import append_json, fresh_postgres
+from _postgres import append_json, each_case
 from sqlalchemy import create_engine, text
 
-from crowbar.lab.fleet import LocalServer, Options, simulate
+from crowbar.lab.fleet import DELIVERY, LocalServer, Options, simulate
 
 
 def pg_size(url: str):
@@ -44,7 +43,7 @@ def run_case(n: int, database: str | None, args) -> dict:
         options = Options(nodes=n, concurrency=args.concurrency, install_delay=args.install_delay,
                           state_dir=str(root / "power"), timeout=args.timeout,
                           allocate_on_deploy=args.allocate_on_deploy, idle_seconds=args.idle,
-                          phases=tuple(args.phases.split(",")))
+                          phases=tuple(args.phases.split(",")), long_poll=args.long_poll)
         try:
             report = simulate(server.url, server.token, options, server=server.process(), db_size=size,
                               say=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
@@ -54,21 +53,25 @@ def run_case(n: int, database: str | None, args) -> dict:
     report["backend"] = "postgresql" if database else "sqlite"
     report["workers"] = args.workers
     report["allocate_on_deploy"] = args.allocate_on_deploy
+    report["long_poll"] = args.long_poll
     return report
 
 
 def markdown(reports: list[dict]) -> str:
     lines = ["| engine | nodes | phase | s | nodes/s | requests | hottest route p50/p95/p99 ms | agent poll p50/p99 ms | "
-             "server CPU s | peak RSS MB | DB MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "work delivery p50/p99 ms | server CPU s | peak RSS MB | DB MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         for p in r["phases"]:
-            routes = p["routes"]
+            routes = {k: v for k, v in p["routes"].items() if k != DELIVERY}
             hot = max(routes.items(), key=lambda kv: kv[1]["count"]) if routes else None
             poll = routes.get("GET /agent/next")
+            work = p["routes"].get(DELIVERY)
             lines.append(
                 f"| {r['backend']} | {r['nodes']:,} | {p['phase']} | {p['seconds']} | {p['nodes_per_s']} | "
                 f"{p['requests']:,} | " + (f"{hot[0]} {hot[1]['p50_ms']}/{hot[1]['p95_ms']}/{hot[1]['p99_ms']}" if hot else "")
                 + " | " + (f"{poll['p50_ms']}/{poll['p99_ms']}" if poll else "-")
+                + " | " + (f"{work['p50_ms']}/{work['p99_ms']}" if work else "-")
                 + f" | {p.get('server_cpu_s', '-')} | {p.get('server_peak_rss_mb', '-')} | {p.get('db_mb', '-')} |")
     return "\n".join(lines)
 
@@ -86,25 +89,13 @@ def main() -> None:
     ap.add_argument("--phases", default="discover,enroll,allocate,deploy,anneal",
                     help="comma-separated; `idle` (after discover) lets every agent poll for --idle seconds")
     ap.add_argument("--idle", type=float, default=60.0)
+    ap.add_argument("--long-poll", type=int, default=50,
+                    help="the agents' Prefer: wait= seconds, as the real agent's (0: plain polls)")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()
-    reports = []
-    for n in args.nodes:
-        cases = ([] if args.no_sqlite else [None]) + ([args.postgres] if args.postgres else [])
-        for engine_url in cases:
-            drop = None
-            database = None
-            if engine_url:
-                database, drop = fresh_postgres(engine_url, "crowbar_fleet")
-            try:
-                print(f"{'postgresql' if database else 'sqlite'}, {n} machines:", file=sys.stderr, flush=True)
-                report = run_case(n, database, args)
-            finally:
-                if drop:
-                    drop()
-            reports.append(report)
-            print(json.dumps(report), flush=True)
+    reports = each_case(args.nodes, args.postgres, args.no_sqlite, "crowbar_fleet", "machines",
+                        lambda n, database: run_case(n, database, args))
     if args.json:
         append_json(args.json, reports, concurrency=args.concurrency)
     if args.markdown:

@@ -28,8 +28,11 @@ Boot
        {"action": "reboot"}                    reboot -f: nothing is acknowledged
        {"action": "poweroff"}                  poweroff -f: nothing is acknowledged
 
-   Job ids match ``[A-Za-z0-9._-]+``; ``timeout`` (seconds) is optional. The server may hold the
-   request up to 30 s before answering (long poll). A 401 (the server no longer knows the token:
+   Job ids match ``[A-Za-z0-9._-]+``; ``timeout`` (seconds) is optional. The agent sends
+   ``Prefer: wait=50`` (RFC 7240): the server may hold the request up to that long (long poll) and
+   answers as soon as a job or an action is queued for the node; a hold that ends with nothing to
+   do answers ``{"action": "wait", "seconds": 0}`` (ask again now). A server that does not hold
+   (no such header, or too many held already) answers at once, as above. A 401 (the server no longer knows the token:
    the node was deleted, or re-found by a later boot) sends the agent back to step 1, so a node
    deleted on the server is simply discovered again; any other failure is retried every 5 s with
    the same token (a restarting server does not cost the node its token). Unknown actions are

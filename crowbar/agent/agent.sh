@@ -10,7 +10,7 @@ mkdir -p "$STATE"
 log() { echo "crowbar-agent: $*"; }
 jget() { awk -v mode=get -v key="$1" -f "$LIB/json.awk" < "$2"; }
 
-# busybox wget has no timeout of its own; 60 s covers a server that holds /next for up to 30 s.
+# busybox wget has no timeout of its own; 60 s covers a server that holds /next for up to WAIT s.
 # Its error message ("server returned error: HTTP/1.1 409 Conflict") goes to $STATE/http.err,
 # where http_status finds the HTTP status of the last failed request.
 http() { timeout 60 wget -q -O "$@" 2> "$STATE/http.err"; }
@@ -139,11 +139,14 @@ run_job() {
 
 # Asks for the next action until the server no longer knows the token (401: the node was
 # deleted, or its token replaced); then the caller registers again. Any other failure (the server
-# restarting, unreachable) is retried with the same token.
+# restarting, unreachable) is retried with the same token. A long poll: the server may hold the
+# request up to WAIT seconds and answers as soon as there is something to do.
+WAIT=${CROWBAR_WAIT:-50}
 follow() {
     failures=0
     while :; do
-        if ! http "$STATE/next.json" --header "Authorization: Bearer $TOKEN" "$URL/api/v2/agent/next"; then
+        if ! http "$STATE/next.json" --header "Authorization: Bearer $TOKEN" --header "Prefer: wait=$WAIT" \
+            "$URL/api/v2/agent/next"; then
             [ "$(http_status)" = 401 ] && break
             failures=$((failures + 1))
             [ $((failures % 12)) -eq 1 ] && log "no answer from $URL ($failures times), trying again"

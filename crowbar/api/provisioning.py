@@ -7,12 +7,14 @@ them on its provisioning listener only (crowbar.api.listeners, `crowbar server -
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from crowbar.api import deps, errors
+from crowbar.api import body, deps, errors, longpoll
 from crowbar.api.deps import Actor, Settings, UnitOfWork
 from crowbar.api.settings import AppSettings
 from crowbar.errors import InvalidInput, NotFound
@@ -107,34 +109,75 @@ def _peer(request: Request, config: AppSettings) -> boot.Peer:
 
 
 @open_router.post("/api/v2/discovery", status_code=201, responses=DISCOVERY_ERRORS)
-async def discovery(request: Request, s: UnitOfWork, config: Settings):
+async def discovery(request: Request, config: Settings):
     """The discovery agent posts its inventory (and, booted by a known node's script, its
     X-Crowbar-Nonce); answers the node's name, state and token."""
-    inventory = parse_inventory(await _body(request, MAX_INVENTORY_BYTES))
+    raw = await _body(request, MAX_INVENTORY_BYTES)
+    nonce, peer = request.headers.get(NONCE_HEADER), _peer(request, config)
 
     # Not on the event loop: the session waits for SQLite's write lock, and a request holding it
     # may need the loop to finish, which would stall the whole server for the busy timeout (60 s).
-    # (The unit of work's session is opened and committed in the threadpool too.)
+    # One trip to the threadpool: the inventory is parsed, and the unit of work opened, run and
+    # committed (before the answer is sent), in it.
     def discover():
-        return provisioning.discover(s, inventory, config.domain, nonce=request.headers.get(NONCE_HEADER),
-                                     peer=_peer(request, config), approve=config.approve_discovered,
-                                     limit=config.discovery_limit)
+        inventory = parse_inventory(raw)
+        with deps.unit(config) as s:
+            return provisioning.discover(s, inventory, config.domain, nonce=nonce, peer=peer,
+                                         approve=config.approve_discovered, limit=config.discovery_limit)
 
     return await run_in_threadpool(discover)
 
 
-@open_router.get("/api/v2/agent/next")
-def agent_next(request: Request, config: Settings):
+def _poll(config: AppSettings, token: str | None, wait: float) -> tuple[dict, int, float]:
+    """One look at the node's work (in a worker thread): the answer, the node's id, and how long
+    a long poll that asked to `wait` should be held (0: answer now)."""
+    with config.db.read_session() as s:
+        node_id, answer = provisioning.agent_poll(s, token)
+        hold = provisioning.hold_seconds(wait, provisioning.polling_agents(s)) if answer is not None else 0.0
+    if answer is None:
+        with deps.unit(config) as s:
+            answer = provisioning.agent_next(s, provisioning.node_for_token(s, token))
+    return answer, node_id, hold
+
+
+@open_router.get("/api/v2/agent/next", responses={200: {"headers": {
+        "Preference-Applied": {"description": "`wait=N`: the poll was held up to N seconds", "schema": {"type": "string"}},
+        "Server-Timing": {"description": "`hold;dur=MS, late;dur=MS`: how long it was held, and how long "
+                          "of that past the end of the hold the server chose (its own delay)",
+                          "schema": {"type": "string"}}}}})
+async def agent_next(request: Request, config: Settings):
     """The agent's poll. Most polls only read (wait, for the `seconds` the server chooses: longer
     in a larger fleet): they are answered without a write transaction; a poll that takes a job or
-    an action, or revives a dead node, is answered in a unit of work that writes."""
+    an action, or revives a dead node, is answered in a unit of work that writes.
+
+    Long poll: with `Prefer: wait=N` an idle agent's poll is held (up to N seconds, as long as
+    the server chooses: docs/scaling.md) and answered as soon as a job or an action is queued for
+    its node, holding no thread or database session meanwhile; at the end of the hold it answers
+    a wait of 0 seconds (ask again now). Without the header, or when the server holds as many
+    polls as it will (`AppSettings.agent_waiters`), it answers at once, as it always did."""
     token = deps.bearer(request)
-    with config.db.read_session() as s:
-        answer = provisioning.agent_poll(s, provisioning.node_for_token(s, token))
-    if answer is not None:
+    wait = longpoll.requested_wait(request.headers.get("prefer"))
+    since = time.monotonic()
+    answer, node_id, hold = await run_in_threadpool(_poll, config, token, wait)
+    if not hold or answer.get("action") != "wait":
         return answer
-    with deps.unit(config) as s:
-        return provisioning.agent_next(s, provisioning.node_for_token(s, token))
+    waiters: longpoll.AgentWaiters = request.app.state.agent_waiters
+    started, deadline = since, since + hold
+    while True:
+        woke = await waiters.wait(node_id, deadline - time.monotonic(), since)
+        if woke is None:  # no room to wait, or the server is stopping: the answer as it is
+            return answer
+        if woke is False:  # the hold is over: ask again now
+            answer = {"action": "wait", "seconds": 0}
+            break
+        since = time.monotonic()  # work for this node: read again (what writes is done there)
+        answer, node_id, _ = await run_in_threadpool(_poll, config, token, 0.0)
+        if answer.get("action") != "wait" or since >= deadline:
+            break
+    now = time.monotonic()
+    held, late = now - started, max(0.0, now - deadline)
+    timing = f"hold;dur={held * 1000:.1f}, late;dur={late * 1000:.1f}"
+    return body.JSONResponse(answer, headers={"Preference-Applied": f"wait={round(hold)}", "Server-Timing": timing})
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")
@@ -176,15 +219,22 @@ def os_image_file(name: str, digest: str, file: str, config: Settings):
 
 
 @open_router.get("/boot/{name}", response_class=PlainTextResponse)
-def boot_script(name: str, request: Request, s: UnitOfWork, config: Settings):
-    """The iPXE script a machine asks for by its MAC; unknown machines get the discovery image."""
+def boot_script(name: str, request: Request, config: Settings):
+    """The iPXE script a machine asks for by its MAC; unknown machines get the discovery image.
+    Read without a write transaction, unless the script carries a new nonce (a known node's
+    discovery boot): every machine of a rack powered on at once asks for one."""
     try:
         mac = ipxe.mac_from_script_name(name)
     except ValueError:
         raise NotFound(f"no boot script {name!r}") from None
     base = config.advertise_url or str(request.base_url).rstrip("/")
-    return boot.boot_script(s, mac, ipxe.BootParams(server_url=base, boot_url=f"{base}/boot"),
-                            _peer(request, config))
+    params, peer = ipxe.BootParams(server_url=base, boot_url=f"{base}/boot"), _peer(request, config)
+    with config.db.read_session() as s:
+        script = boot.boot_script(s, mac, params, peer, read_only=True)
+    if script is not None:
+        return script
+    with deps.unit(config) as s:
+        return boot.boot_script(s, mac, params, peer)
 
 
 @open_router.get("/boot/discovery/{name}")

@@ -50,3 +50,6 @@ class AppSettings:
     proxies: object | None = None
     # GET /events/stream (crowbar.api.stream): how long one stream lasts before the browser reconnects.
     event_stream_seconds: float = 120.0
+    # The agents' long polls (crowbar.api.longpoll): at most this many held at once; past it, a poll
+    # is answered at once (a wait with `seconds`). 0: no long poll.
+    agent_waiters: int = 16384

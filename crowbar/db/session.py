@@ -7,11 +7,12 @@ PostgreSQL: plain READ COMMITTED; the annealer claims work with FOR UPDATE SKIP 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,8 @@ from crowbar.db.sql import is_postgresql
 
 EXAMPLES = "sqlite:///PATH/crowbar.db or postgresql://USER@HOST/NAME"
 READ_ONLY = "crowbar_read_only"  # execution option of a read session's connections
+AGENT_LISTENERS = "agent_listeners"  # session.info: Database.on_agent_work's listeners
+AGENT_NODES = "agent_nodes"  # session.info: the nodes whose agents this unit of work gave something to do
 
 
 class UnusableDatabase(Exception):
@@ -129,15 +132,62 @@ def pending_work(session: Session) -> set[str]:
     return set(session.info.get("work", ()))
 
 
+def _agent_work(session: Session) -> None:
+    """After a flush: note the nodes whose discovery agents now have something to take (a job
+    queued, an action such as reboot set), for `Database.on_agent_work`'s listeners."""
+    from crowbar.db.models import AgentJob, Node
+
+    ids = {obj.node_id for obj in session.new if isinstance(obj, AgentJob) and obj.state in (None, "queued")}
+    for obj in session.dirty:
+        if isinstance(obj, Node) and obj.agent_action and inspect(obj).attrs.agent_action.history.added:
+            ids.add(obj.id)
+        elif isinstance(obj, AgentJob) and obj.state == "queued" and inspect(obj).attrs.state.history.added:
+            ids.add(obj.node_id)
+    if ids:
+        session.info.setdefault(AGENT_NODES, set()).update(ids)
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _context) -> None:
+    if session.info.get(AGENT_LISTENERS):  # nobody listens (tools, tests without an app): no cost
+        _agent_work(session)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    ids = session.info.pop(AGENT_NODES, None)
+    if ids:
+        for listener in session.info.get(AGENT_LISTENERS, ()):
+            try:
+                listener(frozenset(ids))
+            except Exception:  # a listener never fails the commit that already happened
+                import logging
+
+                logging.getLogger("crowbar.db").exception("an agent-work listener failed")
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(AGENT_NODES, None)
+
+
 class Database:
     """An engine plus a session factory; one per process and URL."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.agent_listeners: list[Callable[[frozenset[int]], None]] = []
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False,
+                                         info={AGENT_LISTENERS: self.agent_listeners})
         self.read_sessionmaker = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}),
                                               autoflush=False)
+
+    def on_agent_work(self, listener: Callable[[frozenset[int]], None]) -> None:
+        """Call `listener(node_ids)` after every commit, in any thread of this process, that gave
+        those nodes' discovery agents something to take: a job queued, an action set (the agent's
+        long poll answers at once: crowbar.api.longpoll). Other processes' commits are not seen."""
+        self.agent_listeners.append(listener)
 
     def check(self) -> None:
         """Open one connection: UnusableDatabase with the database's own reason if it cannot be

@@ -121,23 +121,49 @@ def delete_noderoles(session: Session, ids: Sequence[int]) -> None:
         session.execute(delete(NodeRole.__table__).where(NodeRole.id.in_(part)))
 
 
-def commit_noderoles(session: Session, deployment_id: int, actor: str) -> int:
-    """proposed -> blocked, then blocked -> todo where every parent is active. Set-based."""
+def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Sequence[Bound] | None = None) -> int:
+    """proposed -> blocked, then blocked -> todo where every parent is active. Set-based.
+
+    `made`: only these noderoles, which a Binder has just made (proposed) in the deployment,
+    rather than every proposed noderole of the deployment: what binding into `system` does, which
+    commits at once (so the cost does not grow with the deployment)."""
     now = utcnow()
     params = {"d": deployment_id, "now": now, "actor": actor}
-    proposed = session.scalars(
-        select(NodeRole.id).where(NodeRole.deployment_id == deployment_id, NodeRole.state == "proposed")
-    ).all()
-    if not proposed:
-        return 0
-    session.execute(text(
-        "UPDATE node_roles SET committed = proposed, state = 'blocked', updated_at = :now "
-        "WHERE deployment_id = :d AND state = 'proposed'"), params)
-    ready = set(session.scalars(text(
-        f"SELECT c.id FROM node_roles c WHERE c.deployment_id = :d AND c.state = 'blocked' "
-        f"AND {parents_all_active_sql('c')}"), params))
-    for part in chunks(sorted(ready)):
-        session.execute(update(NodeRole.__table__).where(NodeRole.id.in_(part)).values(state="todo"))
+    if made is not None:
+        proposed = [nr.id for nr in made if nr.deployment_id == deployment_id and nr.state == "proposed"]
+        if not proposed:
+            return 0
+        # One statement per chunk: each goes straight to todo or blocked (its parents are other
+        # noderoles: a parent made with it is proposed, so not active, before and after).
+        ready, committed = set(), []
+        for part in chunks(proposed):
+            for nr_id, state in session.execute(text(
+                    "UPDATE node_roles SET committed = proposed, updated_at = :now, state = CASE WHEN "
+                    f"{parents_all_active_sql('node_roles')} THEN 'todo' ELSE 'blocked' END "
+                    f"WHERE id IN ({','.join(str(int(i)) for i in part)}) AND state = 'proposed' "
+                    "RETURNING id, state"), params):
+                committed.append(nr_id)
+                if state == "todo":
+                    ready.add(nr_id)
+        proposed = sorted(committed)
+    else:
+        proposed = session.scalars(
+            select(NodeRole.id).where(NodeRole.deployment_id == deployment_id, NodeRole.state == "proposed")
+        ).all()
+        if not proposed:
+            return 0
+        session.execute(text(
+            "UPDATE node_roles SET committed = proposed, state = 'blocked', updated_at = :now "
+            "WHERE deployment_id = :d AND state = 'proposed'"), params)
+        ready = set(session.scalars(text(
+            f"SELECT c.id FROM node_roles c WHERE c.deployment_id = :d AND c.state = 'blocked' "
+            f"AND {parents_all_active_sql('c')}"), params))
+        for part in chunks(sorted(ready)):
+            session.execute(update(NodeRole.__table__).where(NodeRole.id.in_(part)).values(state="todo"))
+    done = set(proposed) if made else ()
+    for nr in made or ():
+        if isinstance(nr, Made) and nr.id in done:
+            nr.state = "todo" if nr.id in ready else "blocked"  # the binder's picture stays true
     record(session, [
         {"object_type": "noderole", "object_id": i, "action": "commit", "from_state": "proposed",
          "to_state": "todo" if i in ready else "blocked", "actor": actor, "at": now}
@@ -236,6 +262,10 @@ class Binder:
                                            .where(NodeRole.node_id.in_(part))):
                 self._on_node[(nr.node_id, nr.role_id)] = nr
         self._loaded.update(todo)
+
+    def holds_lock(self, deployment: Deployment) -> None:
+        """The caller has locked the deployment's row itself (read it FOR UPDATE)."""
+        self._locked.add(deployment.id)
 
     def _lock(self, deployment: Deployment) -> None:
         if deployment.id not in self._locked:

@@ -254,10 +254,13 @@ def lab_down(directory: Path | None) -> None:
 @click.option("--keep", type=click.Path(path_type=Path), help="run our server in this directory and keep it")
 @click.option("--allocate-on-deploy", is_flag=True, help="allocate in the deploy call (one phase) instead of "
                                                        "a separate allocate, which makes the agents reboot")
+@click.option("--long-poll", type=click.IntRange(0, 300), default=50, show_default=True,
+              help="seconds the agents ask the server to hold an idle poll (Prefer: wait=), as the real agent; "
+                   "0: plain polls")
 @output_option
 def lab_simulate(nodes: int, concurrency: int, install_delay: float, server_url: str | None, database: str | None,
                  workers: int, os_name: str | None, poll: float | None, timeout: float, keep: Path | None,
-                 allocate_on_deploy: bool, output: str) -> None:
+                 allocate_on_deploy: bool, long_poll: int, output: str) -> None:
     """A simulated fleet: NODES asyncio clients that speak the discovery agent's HTTP protocol take a
     real server through discover, allocate, deploy (to ready) and the anneal of a deployment of
     noop roles on every node; reports each phase's nodes/s and API latency by route (and, for a
@@ -271,7 +274,7 @@ def lab_simulate(nodes: int, concurrency: int, install_delay: float, server_url:
         click.echo(f"simulate: {line}", err=True)
 
     options = Options(nodes=nodes, concurrency=concurrency, install_delay=install_delay, os_name=os_name,
-                      poll=poll, timeout=timeout, allocate_on_deploy=allocate_on_deploy)
+                      poll=poll, timeout=timeout, allocate_on_deploy=allocate_on_deploy, long_poll=long_poll)
     try:
         if server_url:
             token, _ = find_token_with_source(server_url)

@@ -5,8 +5,10 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
 
     discover   every machine PXE-boots: GET /boot/<mac>.ipxe (an unknown MAC gets the discovery
                image), POST /api/v2/discovery with a realistic inventory (unique MACs), then polls
-               GET /api/v2/agent/next with its node token, sleeping the `seconds` each wait answer
-               carries (the server chooses them, as for the real agent: crowbar/agent/__init__.py)
+               GET /api/v2/agent/next with its node token and `Prefer: wait=50` (the long poll: the
+               server holds it until there is work or the hold ends), sleeping the `seconds` each
+               wait answer carries (the server chooses them, as for the real agent:
+               crowbar/agent/__init__.py)
     enroll     the operator gives every node the `fake` power driver (PUT /nodes/{n}/power)
     allocate   POST /nodes/allocate, in batches (one transaction each); a node told to reboot boots
                the discovery image again and proves the boot with the nonce from its boot script
@@ -19,16 +21,22 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
 
 Each phase reports how long it took, nodes per second, and the latency of every request by route
 (p50/p95/p99), plus what the caller can measure on the server: CPU seconds and peak RSS when it is
-a child process (`ServerProcess`), the database's size (`db_size`).
+a child process (`ServerProcess`), the database's size (`db_size`). A held poll's latency is what
+it took beyond the hold the server chose (`Server-Timing: hold;dur=MS, late;dur=MS`: the hold, less
+what of it was past its end), which is the agent's wait for work, not the server's cost;
+`DELIVERY` is the time from the operator's call that queued a machine's work (allocate's reboot,
+deploy's install job) returning to its agent taking it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,13 +56,23 @@ FLEET_ROLES = ["fleet-base", "fleet-service", "fleet-client"]
 DEPLOYMENT = "fleet"
 BATCH = 250  # nodes per bulk allocate / deploy call: each is one transaction, holding SQLite's write lock
 AGENT_RETRY = 5.0  # the agent's pause after a failed request (agent.sh)
+HELD_PER_CLIENT = 50  # machines whose long polls share one HTTP client (a connection each)
 NONCE_RE = re.compile(r"crowbar\.nonce=([A-Za-z0-9_-]+)")
+TIMING_RE = re.compile(r"(hold|late);dur=([0-9.]+)")
+DELIVERY = "work queued -> taken"  # the route name under which work delivery latency is reported
 # a well-formed ed25519 public key (not a real one): what the installed system posts with `ready`
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZsZWV0LXNpbXVsYXRlZC1ob3N0LWtleS0wMDAwMDAwMDA="
 
 
 class FleetError(Exception):
     """The simulation could not go on: the message says which phase and why."""
+
+
+def server_hold(server_timing: str) -> tuple[float, float] | None:
+    """What a held poll's Server-Timing says, in seconds: how long the server held it, and how much
+    of that was past the end of the hold it chose (its own delay); None: a poll it did not hold."""
+    timing = {name: float(ms) / 1000 for name, ms in TIMING_RE.findall(server_timing)}
+    return (timing["hold"], timing.get("late", 0.0)) if "hold" in timing else None
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -74,6 +92,7 @@ class Phase:
     errors: dict[str, int] = field(default_factory=dict)  # "GET /route 503" -> count
     nodes: int = 0
     server: dict = field(default_factory=dict)
+    lag: list[float] = field(default_factory=list)  # how late the simulator's own event loop ran a timer
 
     @property
     def seconds(self) -> float:
@@ -89,7 +108,9 @@ class Phase:
         return {"phase": self.name, "seconds": round(seconds, 2), "nodes": self.nodes,
                 "nodes_per_s": round(self.nodes / seconds, 1) if seconds > 0 else None,
                 "requests": sum(len(v) for v in self.latencies.values()), "routes": routes,
-                "errors": dict(sorted(self.errors.items())), **self.server}
+                "errors": dict(sorted(self.errors.items())),
+                "simulator_lag_p50_p99_ms": [round(percentile(self.lag, p) * 1000, 1) for p in (50, 99)],
+                **self.server}
 
 
 class ServerProcess:
@@ -177,6 +198,7 @@ class Options:
     allocate_on_deploy: bool = False  # one phase: deploy with allocate (no reboot after a separate allocate)
     phases: tuple[str, ...] = ("discover", "enroll", "allocate", "deploy", "anneal")  # and "idle"
     idle_seconds: float = 60.0  # how long the idle phase lets the agents poll
+    long_poll: int = 50  # the agents' `Prefer: wait=` (as the real agent's); 0: plain polls
 
 
 class Fleet:
@@ -197,29 +219,47 @@ class Fleet:
         self.failures: list[str] = []
         self._stop = asyncio.Event()
         self._http: httpx.AsyncClient | None = None
+        self._held: list[httpx.AsyncClient] = []  # long polls: a connection each, no slot
         self._slots: asyncio.Semaphore | None = None
+        self._queued_at: dict[str, float] = {}  # node name -> when the call that queued its work returned
 
     # -- HTTP, timed by route ------------------------------------------------------------------
     async def call(self, method: str, path: str, route: str, *, token: str | None = None, json_body=None,
-                   headers: dict | None = None, ok=(200, 201, 202)) -> httpx.Response:
-        """One request; its latency is recorded under `route` in the current phase."""
+                   headers: dict | None = None, ok=(200, 201, 202), held: int | None = None) -> httpx.Response:
+        """One request; its latency is recorded under `route` in the current phase (less the hold
+        the server says it chose for the request). `held` (the machine's index): a long poll, which may wait on the server
+        for a long time: it has a connection of its own and takes none of the `concurrency` slots
+        (a real agent's long poll is one idle connection)."""
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
-        async with self._slots:
+        async def send(http: httpx.AsyncClient) -> tuple[httpx.Response, float]:
             started = time.perf_counter()
             try:
-                answer = await self._http.request(method, path, json=json_body, headers=hdrs)
+                answer = await http.request(method, path, json=json_body, headers=hdrs)
             except httpx.HTTPError as exc:
                 self._count_error(f"{route} {type(exc).__name__}")
                 raise
-            elapsed = time.perf_counter() - started
+            return answer, time.perf_counter() - started
+
+        if held is not None:
+            answer, elapsed = await send(self._held[held // HELD_PER_CLIENT])
+        else:
+            async with self._slots:
+                answer, elapsed = await send(self._http)
+        held = server_hold(answer.headers.get("server-timing", ""))
+        if held:
+            elapsed = max(0.0, elapsed - held[0] + held[1])
         phase = self.phase
         if phase is not None:
             phase.latencies.setdefault(route, []).append(elapsed)
         if answer.status_code not in ok:
             self._count_error(f"{route} {answer.status_code}")
         return answer
+
+    def _record(self, route: str, seconds: float) -> None:
+        if self.phase is not None:
+            self.phase.latencies.setdefault(route, []).append(seconds)
 
     def _count_error(self, key: str) -> None:
         if self.phase is not None:
@@ -291,7 +331,9 @@ class Fleet:
         """Polls for instructions until told to reboot or power off (answered: which)."""
         while not self._stop.is_set():
             try:
-                answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token)
+                answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token,
+                                         headers={"Prefer": f"wait={self.o.long_poll}"} if self.o.long_poll else None,
+                                         held=m.index if self.o.long_poll else None)
             except httpx.HTTPError:
                 await asyncio.sleep(AGENT_RETRY)
                 continue
@@ -302,8 +344,10 @@ class Fleet:
                 continue
             data = answer.json()
             action = data.get("action")
+            if action in ("run", "reboot") and m.name in self._queued_at:
+                self._record(DELIVERY, time.monotonic() - self._queued_at.pop(m.name))
             if action == "wait":
-                seconds = self.o.poll if self.o.poll is not None else float(data.get("seconds") or 5)
+                seconds = self.o.poll if self.o.poll is not None else float(data.get("seconds", 5) or 0)
                 await asyncio.sleep(seconds)
             elif action == "run":
                 await self._run_job(m, data)
@@ -400,9 +444,17 @@ class Fleet:
     async def run(self) -> dict:
         limits = httpx.Limits(max_connections=self.o.concurrency, max_keepalive_connections=self.o.concurrency)
         self._slots = asyncio.Semaphore(self.o.concurrency)
-        async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=120.0) as http:
+        # Long polls: a connection per machine, in pools of HELD_PER_CLIENT machines (a pool's work
+        # for each request grows with its connections: one pool of 10,000 would be the bottleneck).
+        held = httpx.Limits(max_connections=HELD_PER_CLIENT, max_keepalive_connections=HELD_PER_CLIENT)
+        tls = ssl.create_default_context()  # made once: a client makes its own otherwise (milliseconds each)
+        async with contextlib.AsyncExitStack() as stack:
+            http = await stack.enter_async_context(httpx.AsyncClient(base_url=self.url, limits=limits, timeout=120.0))
             self._http = http
-            tasks: list[asyncio.Task] = []
+            self._held = [await stack.enter_async_context(httpx.AsyncClient(
+                base_url=self.url, limits=held, timeout=self.o.long_poll + 60.0, verify=tls))
+                for _ in range(0 if not self.o.long_poll else -(-len(self.machines) // HELD_PER_CLIENT))]
+            tasks: list[asyncio.Task] = [asyncio.create_task(self._watch_lag())]
             started = time.monotonic()
             try:
                 await self._operate(tasks)
@@ -416,6 +468,15 @@ class Fleet:
         return {"nodes": self.o.nodes, "concurrency": self.o.concurrency, "install_delay": self.o.install_delay,
                 "total_seconds": round(time.monotonic() - started, 2),
                 "phases": [p.report() for p in self.phases], "failures": self.failures[:20]}
+
+    async def _watch_lag(self, every: float = 0.1) -> None:
+        """How late this process's event loop runs a timer: the part of every latency measured here
+        that is the simulator's own (one process driving thousands of machines), not the server's."""
+        while not self._stop.is_set():
+            due = time.perf_counter() + every
+            await asyncio.sleep(every)
+            if self.phase is not None:
+                self.phase.lag.append(max(0.0, time.perf_counter() - due))
 
     async def _operate(self, tasks: list[asyncio.Task]) -> None:
         n = len(self.machines)
@@ -437,12 +498,14 @@ class Fleet:
             self._begin("allocate")
             for batch in _batches(names):
                 await self.admin("POST", "/nodes/allocate", body={"nodes": batch})
+                self._queued_at.update((name, time.monotonic()) for name in batch)
             self.phase.nodes = n
         if "deploy" in self.o.phases:
             self._begin("allocate+deploy" if self.o.allocate_on_deploy else "deploy")
             for batch in _batches(names):
                 await self.admin("POST", "/nodes/deploy", body={"nodes": batch, "os": self.o.os_name,
                                                                 **({"allocate": True} if self.o.allocate_on_deploy else {})})
+                self._queued_at.update((name, time.monotonic()) for name in batch)
             await self._until("ready", lambda: sum(1 for m in self.machines if m.state == "ready"), n)
         if "anneal" in self.o.phases:
             self._begin("anneal")

@@ -373,7 +373,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
         server = _Server(uvicorn.Config(app, log_level=log_level, log_config=None, access_log=False,
                                         timeout_graceful_shutdown=30),
                          tls={sock: tls for spec, sock in zip(listens, sockets) if spec in secure},
-                         before_shutdown=(app.state.event_hub.close,))
+                         before_shutdown=(app.state.event_hub.close, app.state.agent_waiters.close))
         asyncio.run(server.serve(sockets=sockets))
     except _Terminated:
         terminated = True

@@ -50,18 +50,32 @@ def new_token() -> str:
     return "cb_" + secrets.token_urlsafe(32)
 
 
-def verify(session: Session, token: str | None) -> ApiToken | None:
-    """The token row of `token` if it exists and has not expired, else None."""
+def digest_of(token: str | None) -> str | None:
+    """The stored form of `token` (what a row is looked up by); None for no token or one that is
+    not text."""
     if not token:
         return None
     try:
-        digest = hash_token(token)
+        return hash_token(token)
     except UnicodeEncodeError:  # a header's bytes that are not text name no token
         return None
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
-    if row is None or not hmac.compare_digest(row.token_hash, digest):
+
+
+def still_valid(token_hash: str, expires_at, digest: str) -> bool:
+    """Whether a token row found by `digest` is the token's (compared in constant time) and has
+    not expired."""
+    if not hmac.compare_digest(token_hash, digest):
+        return False
+    return expires_at is None or expires_at > utcnow()
+
+
+def verify(session: Session, token: str | None) -> ApiToken | None:
+    """The token row of `token` if it exists and has not expired, else None."""
+    digest = digest_of(token)
+    if digest is None:
         return None
-    if row.expires_at is not None and row.expires_at <= utcnow():
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
+    if row is None or not still_valid(row.token_hash, row.expires_at, digest):
         return None
     return row
 

@@ -58,11 +58,15 @@ def hash_nonce(nonce: str) -> str:
 
 
 def boot_script(session: Session, mac: str, params: ipxe.BootParams, peer: Peer = UNCHECKED,
-                now: datetime | None = None) -> str:
-    """The iPXE script for the machine with `mac` (normalised, aa:bb:...)."""
+                now: datetime | None = None, read_only: bool = False) -> str | None:
+    """The iPXE script for the machine with `mac` (normalised, aa:bb:...). `read_only`: None
+    instead when the script needs a write (a known node's discovery boot gets a new nonce): an
+    unknown machine's script, or a known one booting its disk or installer, is a read."""
     node = session.scalar(select(Node).join(NodeMac, NodeMac.node_id == Node.id).where(NodeMac.mac == mac))
     if node is None:
         return ipxe.render(None, params, mac=mac)
+    if read_only and node.bootenv == lifecycle.DISCOVERY:
+        return None
     nonce = None
     if node.bootenv == lifecycle.DISCOVERY:
         if peer.may_be({mac}):

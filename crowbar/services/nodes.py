@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import Text, cast, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session, load_only, selectinload
 
 from crowbar.db.events import record
@@ -49,26 +49,42 @@ def create_node(session: Session, name: str, admin: bool = False, alive: bool = 
                 description: str = "", actor: str = "system", bind_roles: bool = True,
                 binder: graph.Binder | None = None) -> dict:
     """Create a node; like Crowbar 2, bind the discovery roles (and bootstrap roles on the admin node)."""
+    node = add_node(session, name, admin=admin, alive=alive, available=available, description=description,
+                    actor=actor, bind_roles=bind_roles, binder=binder)
+    return node_dict(node, full=True)
+
+
+def add_node(session: Session, name: str, *, admin: bool = False, alive: bool = True, available: bool = True,
+             description: str = "", actor: str = "system", bind_roles: bool = True,
+             binder: graph.Binder | None = None, **columns) -> Node:
+    """create_node's work, answering the Node. `columns` are other columns set in the same INSERT
+    (discovery sets the state, bootenv, inventory and boot MAC at once)."""
     name = lookup.valid_node_name(name)
     if session.scalar(select(Node.id).where(Node.name == name)) is not None:
         raise Conflict(f"node {name!r} already exists", field="name")
     node = Node(name=name, admin=admin, alive=alive, available=available, description=description,
-                bootenv="local", discovery={}, hints={})
+                **{"bootenv": "local", "discovery": {}, "hints": {}, **columns})
     session.add(node)
     session.flush()
     record(session, [{"object_type": "node", "object_id": node.id, "action": "create", "actor": actor,
-                            "to_state": "alive" if alive else "dead", "message": name}])
+                      "to_state": "alive" if alive else "dead", "message": name}])
     if bind_roles:
         flags = ["discovery"] + (["bootstrap"] if admin else [])
-        roles = [r for r in session.scalars(select(Role).order_by(Role.id)) if any(r.has(f) for f in flags)]
-        system = system_deployment(session)
+        # Only the roles that may carry those flags are read (their flags, as text, name one); the
+        # check that they do is role.has.
+        maybe = or_(*(cast(Role.flags, Text).like(f'%"{flag}"%') for flag in flags))
+        roles = [r for r in session.scalars(select(Role).where(maybe).order_by(Role.id))
+                 if any(r.has(f) for f in flags)]
+        system = session.scalar(select(Deployment).where(Deployment.system.is_(True)).with_for_update())
         binder = binder or graph.Binder(session, actor)
+        binder.holds_lock(system)
         binder.fresh_nodes.add(node.id)
+        before = len(binder.created)
         for role in roles:
             binder.bind(system, role, node)
-        graph.commit_noderoles(session, system.id, actor)
+        graph.commit_noderoles(session, system.id, actor, made=binder.created[before:])
     signal_work(session, "anneal")
-    return node_dict(node, full=True)
+    return node
 
 
 MAX_BATCH = 10_000  # nodes created in one call

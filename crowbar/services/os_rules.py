@@ -157,10 +157,13 @@ def _replace_tags(session: Session, wanted: dict[int, tuple[str, ...]]) -> None:
             session.execute(insert(NodeTag), rows)
 
 
-def refresh_tags(session: Session, nodes: list[Node] | None = None) -> int:
+def refresh_tags(session: Session, nodes: list[Node] | None = None, fresh: bool = False) -> int:
     """Compute the tags of `nodes` (every node without) from the stored rules; answers how many
-    nodes have at least one tag."""
+    nodes have at least one tag. `fresh`: `nodes` (loaded, with their inventory and hints) were
+    created in this transaction, so they have no tags to delete and are not read again."""
     ruleset = current(session)
+    if fresh and nodes:
+        return _tag_fresh(session, ruleset, nodes)
     if nodes is None:
         ids = list(session.scalars(select(Node.id).order_by(Node.id)))
     else:
@@ -176,6 +179,19 @@ def refresh_tags(session: Session, nodes: list[Node] | None = None) -> int:
     _replace_tags(session, wanted)
     for node in session.identity_map.values():  # the loaded nodes' tag lists are read again
         if isinstance(node, Node) and node.id in wanted:
+            session.expire(node, ["tag_rows"])
+    return sum(1 for tags in wanted.values() if tags)
+
+
+def _tag_fresh(session: Session, ruleset: rules.RuleSet, nodes: list[Node]) -> int:
+    ids = [n.id for n in nodes]
+    # Without rules only the default and the node's own tags count: its bindings are not asked for.
+    bound = _bindings(session, ids) if ruleset.rules else {i: (set(), set()) for i in ids}
+    wanted = {n.id: rules.evaluate(ruleset, _facts(n, bound[n.id])).tags for n in nodes}
+    rows = [{"node_id": i, "tag": t} for i, tags in wanted.items() for t in tags]
+    if rows:
+        session.execute(insert(NodeTag), rows)
+        for node in nodes:
             session.expire(node, ["tag_rows"])
     return sum(1 for tags in wanted.values() if tags)
 

@@ -20,11 +20,11 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, exists, func, select, union_all, update
 from sqlalchemy.orm import Session
 
 from crowbar.config import DEFAULT_DOMAIN
-from crowbar.db.events import record
+from crowbar.db.events import batched, record
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
 from crowbar.db.session import signal_work
 from crowbar.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
@@ -38,6 +38,7 @@ from crowbar.services.boot import UNCHECKED, Peer, hash_nonce
 WAIT_SECONDS = 3  # between an idle agent's polls, in a small fleet
 POLL_BUDGET = 200  # agent polls per second the server aims at: a larger fleet is told to wait longer
 MAX_WAIT_SECONDS = 60
+HOLD_SECONDS = 25  # the least a long poll is held: it answers as soon as there is work anyway
 FLEET_RECOUNT = 10.0  # seconds between counts of the agents that poll
 log = logging.getLogger("crowbar.discovery")
 
@@ -73,8 +74,10 @@ def _inventory_macs(inventory: dict) -> tuple[str, list[str]]:
     return boot, list(dict.fromkeys(macs))
 
 
-def _issue_node_token(session: Session, node: Node) -> str:
-    session.execute(delete(ApiToken).where(ApiToken.node_id == node.id))
+def _issue_node_token(session: Session, node: Node, fresh: bool = False) -> str:
+    """A new token for the node's agent; the node's earlier ones are revoked (a `fresh` node has none)."""
+    if not fresh:
+        session.execute(delete(ApiToken).where(ApiToken.node_id == node.id))
     token = auth.new_token()
     session.add(ApiToken(name=f"node-{node.id}-{secrets.token_hex(4)}", kind="node", node_id=node.id,
                          token_hash=auth.hash_token(token)))
@@ -91,6 +94,10 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *,
     or expired one (403); a request that the server knows does not come from one of the machine's
     own NICs (403, `peer`); a new node over the rate `limit` (429). `approve`: new nodes wait for
     the operator in `pending`, unavailable.
+
+    The hottest write a fleet makes (one per machine per discovery boot): its events are written
+    in one statement, a new node is inserted with its state, inventory and boot MAC at once, and
+    what a new node cannot have yet (MACs, tokens, tags) is not deleted first.
     """
     boot, macs = _inventory_macs(inventory)
     if not peer.may_be(macs):
@@ -107,26 +114,27 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *,
     if dmi.get("product") and "product_name" not in inventory:
         inventory["product_name"] = dmi["product"]  # what conduit bus_order patterns match on
     created = not owners
-    if created:
-        node = _create_discovered(session, boot, domain, approve, limit)
-    else:
-        node = session.get(Node, next(iter(owners)))
-        if lifecycle.bootenv_for(node.state) != lifecycle.DISCOVERY:
-            raise Conflict(f"node {node.name!r} is {node.state}: it boots {node.bootenv}, not the discovery image; "
-                           "reset it (`crowbar nodes reset`) to rediscover it")
-        _consume_nonce(session, node, nonce, peer, now or datetime.now(timezone.utc))
-        install.refound(session, node)
-        if node.state in (lifecycle.DISCOVERING, lifecycle.RESET):
-            set_state(session, node, lifecycle.DISCOVERED, f"inventory posted by {boot}", "discovery")
-    node.discovery, node.alive, node.agent_action = inventory, True, None
-    if node.boot_mac != boot:
-        node.boot_mac = boot
-    # Every MAC is this node's or nobody's (checked above): the node's set becomes the inventory's.
-    session.execute(delete(NodeMac).where(NodeMac.node_id == node.id))
-    session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in macs])
-    token = _issue_node_token(session, node)
-    session.flush()
-    os_rules.refresh_tags(session, [node])  # rules over the inventory: its tags follow what it posted
+    with batched(session):
+        if created:
+            node = _create_discovered(session, boot, inventory, domain, approve, limit)
+        else:
+            node = session.get(Node, next(iter(owners)))
+            if lifecycle.bootenv_for(node.state) != lifecycle.DISCOVERY:
+                raise Conflict(f"node {node.name!r} is {node.state}: it boots {node.bootenv}, not the discovery "
+                               "image; reset it (`crowbar nodes reset`) to rediscover it")
+            _consume_nonce(session, node, nonce, peer, now or datetime.now(timezone.utc))
+            install.refound(session, node)
+            if node.state in (lifecycle.DISCOVERING, lifecycle.RESET):
+                set_state(session, node, lifecycle.DISCOVERED, f"inventory posted by {boot}", "discovery")
+            node.discovery, node.alive, node.agent_action = inventory, True, None
+            if node.boot_mac != boot:
+                node.boot_mac = boot
+            # Every MAC is this node's or nobody's (checked above): the node's set becomes the inventory's.
+            session.execute(delete(NodeMac).where(NodeMac.node_id == node.id))
+        session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in macs])
+        token = _issue_node_token(session, node, fresh=created)
+        session.flush()
+    os_rules.refresh_tags(session, [node], fresh=created)  # rules over the inventory: tags follow what it posted
     signal_work(session, "anneal")
     return {"node": node.name, "token": token, "created": created, "id": node.id, "state": node.state}
 
@@ -161,9 +169,9 @@ def register(session: Session, macs: list, name: str | None = None, domain: str 
 def _owners(session: Session, macs: list[str]) -> dict[int, tuple[str, list[str]]]:
     """The nodes that own any of `macs` (as a node MAC or a boot MAC): id -> (name, their MACs)."""
     owned: dict[int, tuple[str, list[str]]] = {}
-    rows = session.execute(select(Node.id, Node.name, NodeMac.mac).join(NodeMac, NodeMac.node_id == Node.id)
-                           .where(NodeMac.mac.in_(macs))).all()
-    rows += session.execute(select(Node.id, Node.name, Node.boot_mac).where(Node.boot_mac.in_(macs))).all()
+    rows = session.execute(union_all(
+        select(Node.id, Node.name, NodeMac.mac).join(NodeMac, NodeMac.node_id == Node.id).where(NodeMac.mac.in_(macs)),
+        select(Node.id, Node.name, Node.boot_mac).where(Node.boot_mac.in_(macs)))).all()
     for node_id, name, mac in rows:
         entry = owned.setdefault(node_id, (name, []))
         if mac not in entry[1]:
@@ -171,16 +179,16 @@ def _owners(session: Session, macs: list[str]) -> dict[int, tuple[str, list[str]
     return owned
 
 
-def _create_discovered(session: Session, boot: str, domain: str, approve: bool,
+def _create_discovered(session: Session, boot: str, inventory: dict, domain: str, approve: bool,
                        limit: TokenBucket | None) -> Node:
     wait = limit.take() if limit is not None else 0.0
     if wait:
         raise RateLimited(f"too many new machines: discovery creates at most {limit.rate:g} nodes per second "
                           f"(bursts of {limit.burst}); try again in {wait:.0f} s", retry_after=wait)
     state = lifecycle.PENDING if approve else lifecycle.DISCOVERED
-    info = nodes.create_node(session, discovered_name(boot, domain), available=not approve, actor="discovery")
-    node = session.get(Node, info["id"])
-    node.state, node.state_changed_at, node.bootenv = state, utcnow(), lifecycle.DISCOVERY
+    node = nodes.add_node(session, discovered_name(boot, domain), available=not approve, actor="discovery",
+                          state=state, state_changed_at=utcnow(), bootenv=lifecycle.DISCOVERY,
+                          discovery=inventory, boot_mac=boot)
     record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": "discovery",
                       "to_state": state, "message": f"discovered by {boot}"
                       + (": waits for the operator's approval" if approve else "")}])
@@ -259,17 +267,34 @@ def wait_seconds(agents: int, rng: random.Random | None = None) -> int:
     return max(1, round(base * (rng or random).uniform(0.75, 1.25)))
 
 
-def agent_poll(session: Session, node: Node) -> dict | None:
-    """The answer to a poll that changes nothing (wait, for a server-chosen time), read without a
-    write transaction; None when the poll has something to write (the node was dead, an action
-    or a job waits): then `agent_next` answers it in a unit of work that writes."""
-    if not node.alive or node.agent_action:
-        return None
-    queued = session.scalar(select(AgentJob.id).where(AgentJob.node_id == node.id, AgentJob.state == "queued")
-                            .limit(1))
-    if queued is not None:
-        return None
-    return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
+def hold_seconds(requested: float, agents: int, rng: random.Random | None = None) -> float:
+    """How long the server holds an idle agent's long poll that asked to wait up to `requested`
+    seconds (crowbar.api.longpoll): as long as the poll budget would have it wait between polls
+    (`wait_seconds`), at least HOLD_SECONDS, at most MAX_WAIT_SECONDS and `requested`, less up to
+    a quarter at random (so that agents whose holds end together do not ask again in lockstep).
+    0: no long poll."""
+    if requested <= 0:
+        return 0.0
+    base = min(float(requested), MAX_WAIT_SECONDS, max(HOLD_SECONDS, agents / POLL_BUDGET))
+    return base * (rng or random).uniform(0.75, 1.0)
+
+
+def agent_poll(session: Session, token: str | None) -> tuple[int, dict | None]:
+    """An agent's poll, read in one query without a write transaction: the id of the node its
+    token names (Unauthorized otherwise), and the answer when the poll changes nothing (wait, for
+    a server-chosen time); None when it has something to write (the node was dead, an action or
+    a job waits): then `agent_next` answers it in a unit of work that writes."""
+    digest = auth.digest_of(token)
+    queued = exists().where(AgentJob.node_id == Node.id, AgentJob.state == "queued")
+    row = None if digest is None else session.execute(
+        select(ApiToken.token_hash, ApiToken.expires_at, ApiToken.kind, Node.id, Node.alive, Node.agent_action,
+               queued.label("queued"))
+        .join(Node, Node.id == ApiToken.node_id).where(ApiToken.token_hash == digest)).first()
+    if row is None or row.kind != "node" or not auth.still_valid(row.token_hash, row.expires_at, digest):
+        raise Unauthorized("a valid node token is required")
+    if not row.alive or row.agent_action or row.queued:
+        return row.id, None
+    return row.id, {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
 
 
 def agent_next(session: Session, node: Node) -> dict:

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from crowbar.lab.fleet import DEPLOYMENT, FLEET_ROLES, Options, fake_image_store, simulate
+from crowbar.lab.fleet import DELIVERY, DEPLOYMENT, FLEET_ROLES, Options, fake_image_store, simulate
 
 pytestmark = pytest.mark.e2e
 
@@ -32,6 +32,8 @@ def test_a_simulated_fleet_reaches_ready_and_its_deployment_anneals(servers, bac
     assert phases["discover"]["routes"]["POST /discovery"]["count"] == N
     assert phases["deploy"]["routes"]["POST /agent/jobs/{job}"]["count"] == N  # one install job each
     assert phases["deploy"]["routes"]["POST /agent/booted"]["count"] == 2 * N  # booted, then ready
+    # the agents long-poll: each install job was taken by a held poll (or the poll after the call)
+    assert phases["deploy"]["routes"][DELIVERY]["count"] >= N  # (and a late reboot of the allocate)
     assert not any(key.split()[-1].startswith("5") for p in phases.values() for key in p["errors"])
 
     nodes = s.json("nodes", "list", "--name", "d02-")  # the simulated machines' MACs are 02:...

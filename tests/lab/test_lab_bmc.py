@@ -126,6 +126,11 @@ def test_redfish_bmc_powers_the_vm_and_applies_bios_settings_before_the_install(
     assert bios["state"] == "checked", f"{shown['state']}: {shown['state_reason']}"
     assert "BootMode='Uefi', ProcTurboMode='Disabled' applied at a reset and checked" in bios["result"], bios
     assert shown["state"] in ("hardware-installed", "installing", "installed"), shown["state_reason"]
-    assert _boots(cli) > before  # the reset that applied them
+    # the reset that applied them: its boot reaches the console a little after the install job,
+    # which a long-polling agent takes at once, moved the node on
+    deadline = time.monotonic() + 120
+    while _boots(cli) <= before:
+        assert time.monotonic() < deadline, f"no boot on the console after the BIOS reset{cli.context()}"
+        time.sleep(2)
     done = [(r["action"], r["state"]) for r in cli.json("nodes", "power-requests", vm["node"])]
     assert ("bios-apply", "succeeded") in done, done

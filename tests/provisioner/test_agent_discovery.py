@@ -40,9 +40,9 @@ esac
 """
 
 
-@pytest.fixture
-def machine(tmp_path):
-    """Runs `register` or `follow TOKEN` of the agent with a kernel command line."""
+def agent_env(tmp_path: Path) -> dict:
+    """The environment the agent's functions run in under `tmp_path`: busybox applets without
+    reboot and the network tools, a fake /sys, a state directory, /proc/cmdline at tmp_path/cmdline."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     subprocess.run([str(BUSYBOX), "--install", "-s", str(bin_dir)], check=True)
@@ -50,9 +50,15 @@ def machine(tmp_path):
         (bin_dir / dangerous).unlink(missing_ok=True)
     fake_sysfs(tmp_path / "sys")
     (tmp_path / "state").mkdir()
-    env = {"PATH": str(bin_dir), "AGENT_DIR": str(AGENT), "CROWBAR_LIB": str(AGENT),
-           "CROWBAR_SYSFS": str(tmp_path / "sys"), "CROWBAR_STATE": str(tmp_path / "state"),
-           "CROWBAR_CMDLINE": str(tmp_path / "cmdline")}
+    return {"PATH": str(bin_dir), "AGENT_DIR": str(AGENT), "CROWBAR_LIB": str(AGENT),
+            "CROWBAR_SYSFS": str(tmp_path / "sys"), "CROWBAR_STATE": str(tmp_path / "state"),
+            "CROWBAR_CMDLINE": str(tmp_path / "cmdline")}
+
+
+@pytest.fixture
+def machine(tmp_path):
+    """Runs `register` or `follow TOKEN` of the agent with a kernel command line."""
+    env = agent_env(tmp_path)
 
     def run(cmdline: str, *args: str) -> subprocess.CompletedProcess:
         (tmp_path / "cmdline").write_text(f"console=ttyS0 {cmdline} quiet\n")

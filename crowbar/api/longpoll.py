@@ -1,0 +1,131 @@
+"""The agent's long poll: an idle agent that asks to (`Prefer: wait=N`, RFC 7240) waits on the
+server until a job or an action is queued for its node, or until its hold ends, holding neither a
+thread nor a database session meanwhile.
+
+`AgentWaiters` (one per application, `app.state.agent_waiters`) keeps an asyncio event per waiting
+node. The database tells it, after each commit in this process that gave nodes' agents something to
+do (`Database.on_agent_work`: a job queued, an action such as reboot set; from any thread: the API's
+threadpool, the annealer, the power worker), and it sets those nodes' events in the event loop's
+thread. A commit made by another server on the same PostgreSQL is not seen here: an agent held by
+this server then learns of it when its hold ends (at most the hold, as without a long poll).
+
+No commit is missed between the poll's read and its wait: the poll notes the time before it reads,
+and a node notified since then is read again instead of waiting. The number of waiters is bounded
+(`limit`, and PER_NODE per node): past it, a poll is answered at once, as without a long poll (a
+wait with `seconds`), which every agent understands; nothing is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterable
+
+PREFER_WAIT_MAX = 3600  # a larger `wait` than this in Prefer is read as this (the server holds far less)
+REMEMBER = 300.0  # seconds a notification is remembered for polls that read before it
+PER_NODE = 2  # held polls of one node at once (its agent has one; a token holder cannot fill the server)
+
+
+def requested_wait(prefer: str | None) -> float:
+    """The `wait` preference of a Prefer header (`Prefer: wait=50`, RFC 7240), in seconds; 0 when
+    there is none or it is not a number of seconds."""
+    if not prefer:
+        return 0.0
+    for part in prefer.replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "wait":
+            value = value.strip().strip('"')
+            if value.isascii() and value.isdigit():
+                return float(min(int(value[:8]), PREFER_WAIT_MAX))
+            return 0.0
+    return 0.0
+
+
+class AgentWaiters:
+    """Nodes' agents waiting in a long poll: at most `limit` at once."""
+
+    def __init__(self, limit: int = 16384) -> None:
+        self.limit = limit
+        self._events: dict[int, list[asyncio.Event]] = {}
+        self._count = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._notified: dict[int, float] = {}  # node id -> when it was last notified (monotonic)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.woken = 0  # polls answered early because their node got work (for tests and metrics)
+
+    @property
+    def waiting(self) -> int:
+        return self._count
+
+    # -- any thread ----------------------------------------------------------------------------
+    def notify(self, node_ids: Iterable[int]) -> None:
+        """These nodes' agents have something to take (called after the commit that queued it)."""
+        ids = list(node_ids)
+        now = time.monotonic()
+        with self._lock:
+            for node_id in ids:
+                self._notified[node_id] = now
+            if len(self._notified) > 4 * max(1024, self._count):
+                self._notified = {k: t for k, t in self._notified.items() if now - t < REMEMBER}
+            loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._wake, ids)
+            except RuntimeError:  # the loop closed meanwhile: nobody waits there
+                pass
+
+    def notified_since(self, node_id: int, since: float) -> bool:
+        with self._lock:
+            at = self._notified.get(node_id)
+        return at is not None and at >= since
+
+    # -- the event loop's thread ---------------------------------------------------------------
+    def _wake(self, node_ids: list[int] | None) -> None:
+        for node_id in list(self._events) if node_ids is None else node_ids:
+            for ev in self._events.get(node_id, ()):
+                ev.set()
+
+    async def wait(self, node_id: int, seconds: float, since: float) -> bool | None:
+        """Wait until `node_id` is notified (True) or `seconds` pass (False); None when the poll
+        cannot wait (the limit is reached, or the server is stopping): answer it at once.
+        `since`: when the poll began to read; a notification after it ends the wait at once."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            with self._lock:  # a new event loop (tests run one per client): start afresh
+                self._loop, self._events, self._count = loop, {}, 0
+        if self._closed or self._count >= self.limit or len(self._events.get(node_id, ())) >= PER_NODE:
+            return None
+        ev = asyncio.Event()
+        self._events.setdefault(node_id, []).append(ev)
+        self._count += 1
+        try:
+            if self.notified_since(node_id, since):
+                return True
+            try:
+                await asyncio.wait_for(ev.wait(), seconds)
+            except asyncio.TimeoutError:
+                return False
+            if self._closed:
+                return None
+            self.woken += 1
+            return True
+        finally:
+            self._count -= 1
+            waiting = self._events.get(node_id)
+            if waiting is not None:
+                waiting.remove(ev)
+                if not waiting:
+                    del self._events[node_id]
+
+    def close(self) -> None:
+        """The server stops: every held poll is answered now (the agent asks again after its
+        wait, of the next server); new polls are answered at once. Thread-safe."""
+        self._closed = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._wake, None)
+            except RuntimeError:
+                pass

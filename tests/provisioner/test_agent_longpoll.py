@@ -1,0 +1,253 @@
+"""The agent's long poll (crowbar.api.longpoll): with `Prefer: wait=N` an idle agent's poll is held
+and answered as soon as work is queued for its node (by the API or by any other thread's commit),
+or at the end of its hold with a wait of 0 seconds; while held it holds no database connection and
+no worker thread; past the server's bound a poll is answered at once, as without the header. The
+discovery agent itself long-polls."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from crowbar.api import longpoll
+from crowbar.api.app import create_app
+from crowbar.api.settings import AppSettings
+from crowbar.db.models import AgentJob, Node
+from crowbar.services import provisioning
+from discoverykit import INVENTORY, discover
+
+V2 = "/api/v2"
+
+
+def agent(token: str, wait: int | None = None) -> dict:
+    headers = {"authorization": f"Bearer {token}"}
+    if wait is not None:
+        headers["prefer"] = f"wait={wait}"
+    return headers
+
+
+def inventory(i: int) -> dict:
+    mac = f"52:54:00:bb:{i // 256:02x}:{i % 256:02x}"
+    return dict(INVENTORY, boot_mac=mac, nics=[dict(INVENTORY["nics"][0], mac=mac)])
+
+
+@pytest.fixture
+def served(db, admin_token):
+    """The app in one event loop for the whole test (requests from several threads share it)."""
+    def make(**settings):
+        client = TestClient(create_app(AppSettings(db=db, **settings)),
+                            headers={"authorization": f"Bearer {admin_token}"})
+        clients.append(client)
+        return client.__enter__()
+
+    clients: list[TestClient] = []
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def held(api, token: str, wait: int):
+    """Start a long poll in a thread: a future of (response, seconds it took)."""
+    def poll():
+        started = time.monotonic()
+        r = api.get(f"{V2}/agent/next", headers=agent(token, wait))
+        return r, time.monotonic() - started
+
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(poll)
+    pool.shutdown(wait=False)
+    return future
+
+
+def test_the_prefer_header_is_read_as_rfc_7240_says():
+    assert longpoll.requested_wait("wait=50") == 50
+    assert longpoll.requested_wait("respond-async, wait=5") == 5
+    assert longpoll.requested_wait("return=minimal; WAIT=7") == 7
+    assert longpoll.requested_wait('wait="9"') == 9
+    for nothing in (None, "", "wait=", "wait=-1", "wait=1.5", "wait=abc", "wait=²", "respond-async"):
+        assert longpoll.requested_wait(nothing) == 0
+    assert longpoll.requested_wait("wait=99999999999") == longpoll.PREFER_WAIT_MAX
+
+
+def test_the_hold_follows_the_fleet_and_the_agents_wish():
+    for _ in range(50):
+        assert 0.75 * provisioning.HOLD_SECONDS <= provisioning.hold_seconds(50, 10) <= provisioning.HOLD_SECONDS
+        assert 37.5 <= provisioning.hold_seconds(50, 10_000) <= 50  # the agent's wish caps the budget's 50 s
+        assert 1.5 <= provisioning.hold_seconds(2, 10_000) <= 2
+        assert provisioning.hold_seconds(3600, 10**7) <= provisioning.MAX_WAIT_SECONDS
+    assert provisioning.hold_seconds(0, 10) == 0
+
+
+def test_a_held_poll_is_answered_as_soon_as_work_is_queued(served, db):
+    api = served()
+    waiters = api.app.state.agent_waiters
+    body = discover(api, INVENTORY).json()
+    # an action set through the API (allocate tells the agent to reboot)
+    poll = held(api, body["token"], 30)
+    until(lambda: waiters.waiting == 1)
+    assert api.post(f"{V2}/nodes/{body['node']}/allocate").status_code == 200
+    r, took = poll.result(10)
+    assert r.status_code == 200 and r.json() == {"action": "reboot"}
+    assert took < 5 and r.headers["preference-applied"].startswith("wait=")
+    assert waiters.waiting == 0 and waiters.woken == 1
+
+    # a job queued by another thread's own transaction (as the annealer queues a script jig's)
+    found = discover(api, inventory(1)).json()
+    poll = held(api, found["token"], 30)
+    until(lambda: waiters.waiting == 1)
+    with db.session() as s:
+        s.add(AgentJob(node_id=found["id"], kind="script", script="echo hi", timeout=10))
+    r, took = poll.result(10)
+    assert r.json()["action"] == "run" and r.json()["script"] == "echo hi" and took < 5
+    with db.session() as s:
+        assert s.get(AgentJob, int(r.json()["job"])).state == "sent"
+
+
+def test_work_queued_for_another_node_does_not_answer_it(served, db):
+    api = served()
+    waiters = api.app.state.agent_waiters
+    one, two = (discover(api, inventory(i)).json() for i in (1, 2))
+    poll = held(api, one["token"], 2)
+    until(lambda: waiters.waiting == 1)
+    with db.session() as s:
+        s.add(AgentJob(node_id=two["id"], kind="script", script="true", timeout=10))
+    r, took = poll.result(10)
+    assert r.json() == {"action": "wait", "seconds": 0} and took >= 1.4  # held to its end (1.5-2 s)
+    assert api.get(f"{V2}/agent/next", headers=agent(two["token"], 30)).json()["action"] == "run"  # not held
+
+
+def test_a_held_poll_ends_at_its_hold_with_a_wait_of_zero(served):
+    api = served()
+    token = discover(api, INVENTORY).json()["token"]
+    r, took = held(api, token, 2).result(10)
+    assert r.status_code == 200 and r.json() == {"action": "wait", "seconds": 0}
+    assert 1.4 <= took < 5
+    assert r.headers["preference-applied"] == "wait=2" or r.headers["preference-applied"] == "wait=1"
+    timing = dict(metric.split(";dur=") for metric in r.headers["server-timing"].split(", "))
+    assert 1400 <= float(timing["hold"]) <= took * 1000
+    assert 0 <= float(timing["late"]) < 500  # answered at the end of the hold it chose
+    # without the header the poll is answered at once, as it always was
+    started = time.monotonic()
+    plain = api.get(f"{V2}/agent/next", headers=agent(token))
+    assert plain.json()["action"] == "wait" and plain.json()["seconds"] >= 1 and time.monotonic() - started < 1.5
+    assert "preference-applied" not in plain.headers
+
+
+def test_held_polls_hold_no_connection_and_no_thread(served, db):
+    """More polls held than the threadpool has threads (40) and the pool has connections (15):
+    none of them holds either, so the rest of the API answers meanwhile."""
+    api = served()
+    waiters = api.app.state.agent_waiters
+    tokens = [discover(api, inventory(i)).json()["token"] for i in range(48)]
+    polls = [held(api, t, 4) for t in tokens]
+    until(lambda: waiters.waiting == len(tokens), timeout=20)
+    assert db.engine.pool.checkedout() == 0
+    started = time.monotonic()
+    assert api.get(f"{V2}/nodes").status_code == 200
+    assert time.monotonic() - started < 2
+    results = [p.result(20)[0] for p in polls]
+    assert all(r.json() == {"action": "wait", "seconds": 0} for r in results)
+
+
+def test_past_the_bound_a_poll_is_answered_at_once(served):
+    api = served(agent_waiters=1)
+    waiters = api.app.state.agent_waiters
+    one, two = (discover(api, inventory(i)).json() for i in (1, 2))
+    first = held(api, one["token"], 3)
+    until(lambda: waiters.waiting == 1)
+    started = time.monotonic()
+    r = api.get(f"{V2}/agent/next", headers=agent(two["token"], 30))
+    assert time.monotonic() - started < 1.5
+    assert r.json()["action"] == "wait" and r.json()["seconds"] >= 1  # the usual answer: poll again later
+    assert "preference-applied" not in r.headers
+    assert first.result(10)[0].json() == {"action": "wait", "seconds": 0}
+    # one node's token holds at most PER_NODE polls, whatever the limit
+    many = served()
+    node = discover(many, inventory(3)).json()
+    polls = [held(many, node["token"], 3) for _ in range(longpoll.PER_NODE)]
+    until(lambda: many.app.state.agent_waiters.waiting == longpoll.PER_NODE)
+    r = many.get(f"{V2}/agent/next", headers=agent(node["token"], 30))
+    assert r.json()["seconds"] >= 1 and "preference-applied" not in r.headers
+    assert all(p.result(10)[0].json() == {"action": "wait", "seconds": 0} for p in polls)
+    # no long poll at all
+    off = served(agent_waiters=0)
+    r = off.get(f"{V2}/agent/next", headers=agent(two["token"], 30))
+    assert r.json()["seconds"] >= 1 and "preference-applied" not in r.headers
+
+
+def test_a_poll_with_work_waiting_is_not_held_and_a_bad_token_is_refused_at_once(served, db):
+    api = served()
+    body = discover(api, INVENTORY).json()
+    with db.session() as s:
+        s.add(AgentJob(node_id=body["id"], kind="script", script="true", timeout=10))
+    started = time.monotonic()
+    assert api.get(f"{V2}/agent/next", headers=agent(body["token"], 30)).json()["action"] == "run"
+    assert api.get(f"{V2}/agent/next", headers=agent("cb_not-a-token", 30)).status_code == 401
+    assert time.monotonic() - started < 2
+    with db.session() as s:  # a dead node is revived by its poll, not held first
+        s.get(Node, body["id"]).alive = False
+    assert api.get(f"{V2}/agent/next", headers=agent(body["token"], 1)).json()["action"] == "wait"
+    with db.session() as s:
+        assert s.get(Node, body["id"]).alive is True
+
+
+def test_closing_answers_the_held_polls(served):
+    api = served()
+    waiters = api.app.state.agent_waiters
+    token = discover(api, INVENTORY).json()["token"]
+    poll = held(api, token, 30)
+    until(lambda: waiters.waiting == 1)
+    threading.Thread(target=waiters.close).start()
+    r, took = poll.result(10)
+    assert took < 5 and r.json()["action"] == "wait"
+
+
+def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
+    """agent.sh's follow sends `Prefer: wait`: it waits on the server, and an allocate reaches it
+    at once (its `sleep` is a no-op here, so without the long poll it would poll in a loop)."""
+    import socket
+
+    from discoverykit import Served
+    from test_agent_discovery import BUSYBOX, SCRIPT, agent_env
+
+    if not BUSYBOX.is_file():
+        pytest.skip("busybox-static is not installed")
+    sock = socket.create_server(("127.0.0.1", 0))
+    url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    served = Served(AppSettings(db=db), [sock])
+    try:
+        import httpx
+
+        http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {admin_token}"})
+        body = discover(http, INVENTORY).json()
+        env = agent_env(tmp_path)
+        (tmp_path / "cmdline").write_text(f"crowbar.url={url}\n")
+        proc = subprocess.Popen([str(BUSYBOX), "sh", "-c", SCRIPT, "agent-test", "follow", body["token"]], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            waiters = served.server.config.app.state.agent_waiters
+            until(lambda: waiters.waiting == 1)
+            time.sleep(0.5)
+            assert waiters.waiting == 1  # still the one held poll, not a loop of polls
+            assert http.post(f"{V2}/nodes/{body['node']}/allocate").status_code == 200
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 42 and "rebooting" in out and "RESTART-MACHINE" in out, out
+        http.close()
+    finally:
+        served.close()
