@@ -53,6 +53,11 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _client(timeout: httpx.Timeout) -> httpx.Client:
+    """A client for the API: no redirects followed, no proxy from the environment."""
+    return httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+
+
 def _unanswered(where: str, exc: httpx.HTTPError, timeout: httpx.Timeout = TIMEOUT) -> BadGateway:
     """The 502 for a request Neutron did not answer (a timeout, a refused connection...)."""
     if isinstance(exc, httpx.TimeoutException):
@@ -91,7 +96,7 @@ def read(url: str) -> dict[str, list[dict]]:
     """{"networks": [...], "ports": [...], "routers": [...]} from the live API at `url` (no proxy
     from the environment: the API is on the admin network)."""
     base = check_url(url)
-    with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
+    with _client(TIMEOUT) as client:
         return {name: _get(client, base, name, fields) for name, fields in COLLECTIONS}
 
 
@@ -118,7 +123,7 @@ def create_network(url: str, name: str, network_type: str, physical_network: str
                "provider:segmentation_id": segmentation_id,
                **({"provider:physical_network": physical_network} if physical_network else {})}
     try:
-        with httpx.Client(timeout=CREATE_TIMEOUT, follow_redirects=False, trust_env=False) as client:
+        with _client(CREATE_TIMEOUT) as client:
             answer = client.post(f"{base}/v2.0/networks", json={"network": network})
     except httpx.ReadTimeout as exc:
         made = _made_anyway(base, network)
@@ -145,7 +150,7 @@ def _made_anyway(base: str, network: dict) -> dict | None:
     keys = ("name", "provider:network_type", "provider:physical_network", "provider:segmentation_id")
     query = {k: str(network[k]) for k in keys if k in network}
     try:
-        with httpx.Client(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
+        with _client(TIMEOUT) as client:
             answer = client.get(f"{base}/v2.0/networks", params=query)
         found = answer.json()["networks"] if answer.status_code == 200 else []
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
