@@ -7,6 +7,8 @@ Each node gets its own bench-admin, bench-server, bench-library, bench-client an
 (create nodes, bind, commit), anneal time, noderoles per second, the anneal's CPU seconds in this
 process (all its threads; PostgreSQL's own are not counted) and per noderole, and the peak
 resident memory of the process. Each case runs in a fresh subprocess, so that peak belongs to that case alone.
+The anneal runs under the server's garbage-collection policy (crowbar/server/collector.py), as it
+does in `crowbar server`; `--python-gc` leaves it to Python's own rule.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from crowbar.db.models import Node, NodeRole
 from crowbar.db.session import Database
 from crowbar.engine.annealer import Annealer
 from crowbar.engine.graph import Binder
+from crowbar.server.collector import Collector
 from crowbar.services import bootstrap, catalog, deployments, lookup, nodes
 
 HERE = Path(__file__).parent
@@ -52,9 +55,12 @@ def setup(db: Database, n: int) -> None:
         deployments.commit(s, "bench")
 
 
-def run_one(url: str, n: int, workers: int) -> dict:
+def run_one(url: str, n: int, workers: int, collector: bool) -> dict:
     db = Database(url)
     bootstrap.prepare(db)
+    policy = Collector() if collector else None  # the server's garbage-collection policy, as it runs there
+    if policy:
+        policy.start()
     t0 = time.perf_counter()
     setup(db, n)
     t1 = time.perf_counter()
@@ -63,6 +69,8 @@ def run_one(url: str, n: int, workers: int) -> dict:
     annealer.run_until_idle(timeout=3600)
     t2 = time.perf_counter()
     c2 = time.process_time()
+    if policy:
+        policy.stop()
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with db.session() as s:
         counts = dict(s.execute(select(NodeRole.state, func.count()).group_by(NodeRole.state)).all())
@@ -73,7 +81,8 @@ def run_one(url: str, n: int, workers: int) -> dict:
     return {"backend": make_url(url).get_backend_name(), "nodes": n, "noderoles": total,
             "setup_s": round(t1 - t0, 2), "anneal_s": round(t2 - t1, 2),
             "noderoles_per_s": round(total / (t2 - t1)), "anneal_cpu_s": round(c2 - c1, 2),
-            "anneal_cpu_ms_per_noderole": round((c2 - c1) / total * 1000, 3), "peak_rss_mb": round(peak_kb / 1024, 1)}
+            "anneal_cpu_ms_per_noderole": round((c2 - c1) / total * 1000, 3), "peak_rss_mb": round(peak_kb / 1024, 1),
+            "collector": collector}
 
 
 def main() -> None:
@@ -82,15 +91,18 @@ def main() -> None:
     ap.add_argument("--postgres", help="SQLAlchemy URL of a PostgreSQL server to benchmark too")
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
+    ap.add_argument("--python-gc", action="store_true",
+                    help="leave garbage collection to Python's own rule (default: the server's, crowbar.server.collector)")
     ap.add_argument("--one", nargs=2, metavar=("URL", "N"), help=argparse.SUPPRESS)  # a single case, in a child
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.workers)), flush=True)
+        print(json.dumps(run_one(args.one[0], int(args.one[1]), args.workers, not args.python_gc)), flush=True)
         return
     results = []
 
     def case(url: str, n: int) -> None:
-        out = subprocess.run([sys.executable, __file__, "--workers", str(args.workers), "--one", url, str(n)],
+        out = subprocess.run([sys.executable, __file__, "--workers", str(args.workers), "--one", url, str(n)]
+                             + (["--python-gc"] if args.python_gc else []),
                              check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)

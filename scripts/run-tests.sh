@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # The whole suite, against SQLite and against a throwaway PostgreSQL cluster on loopback that this
 # script starts and always removes.
+#   scripts/run-tests.sh            everything but tests/lab on 2 pytest-xdist workers, then tests/lab
+#                                   on its own (its VMs want the machine); fails if either part fails,
+#                                   and runs tests/lab even when the first part failed
+#   scripts/run-tests.sh ARGS...    one pytest run in this process with ARGS (e.g. -k annealer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pgdir=$(mktemp -d /tmp/crowbar-test-pg.XXXXXX)
@@ -9,4 +13,13 @@ trap cleanup EXIT
 CROWBAR_TEST_POSTGRES_URL=$(scripts/test-postgres.sh start "$pgdir")
 export CROWBAR_TEST_POSTGRES_URL
 # the OpenStack lab test (about half an hour) runs from `make test-openstack`: a later -m wins
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 -m "not openstack" "$@"
+pytest=(.venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 -m "not openstack")
+if [ $# -gt 0 ]; then
+  "${pytest[@]}" "$@"
+  exit
+fi
+# loadgroup: the files of each group of tests/conftest.py's XDIST_GROUPS run on one worker
+status=0
+"${pytest[@]}" -n 2 --dist loadgroup --ignore=tests/lab || status=$?
+"${pytest[@]}" tests/lab || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+exit "$status"

@@ -18,6 +18,12 @@ from sqlalchemy.engine import make_url
 from crowbar.db.session import Database
 from crowbar.services import auth, bootstrap
 
+# The same terminal size in every test process: pytest imports readline, which exports the terminal's size
+# (COLUMNS=80, LINES=24 when there is none) to the processes it starts, the xdist workers among them,
+# so rich's tables would be 80 columns wide there and 200 (crowbar.cli.output's width when captured)
+# in a run without workers. These are the latter, for every process and what it starts.
+os.environ["COLUMNS"], os.environ["LINES"] = "200", "25"
+
 PG_URL = os.environ.get("CROWBAR_TEST_POSTGRES_URL")
 PG_MISSING = "PostgreSQL not available: CROWBAR_TEST_POSTGRES_URL is unset (`make test` starts a throwaway cluster)"
 
@@ -156,3 +162,49 @@ def cli(api, admin_token, monkeypatch):
 
     yield run
     http.close()
+
+
+# -- pytest-xdist (scripts/run-tests.sh: -n 2 --dist loadgroup) -------------------------------------
+# Test files that must not be spread over workers or run beside each other, by path under tests/:
+# the files of a group run one after the other on one worker, each in file order. A test can also
+# carry `@pytest.mark.xdist_group(name)` itself.
+XDIST_GROUPS = {
+    # tests that share one module-scoped server or daemon and build on each other's work
+    "proxy/test_proxy_live.py": "proxy-live",  # one set of proxies; the tests run in file order
+    "cli/test_cli_hostile.py": "cli-hostile",  # test_nothing_was_harmed checks the server every case ran against
+    "network_db/test_netdb_cli_network.py": "netdb-cli",  # one server: each test adds to what the others left
+    "provisioner/test_dnsmasq.py": "dnsmasq",  # one real dnsmasq (in namespaces) for the questions-only tests
+    "provisioner/test_image.py": "discovery-image",  # the discovery image, built once per process
+}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker with --dist loadgroup (the only place it matters): XDIST_GROUPS as
+    `xdist_group` marks, then the `@group` suffix on each grouped item's nodeid, which is what
+    loadgroup schedules by. xdist adds that suffix itself, but writes it where pytest 9.2's nodeid
+    no longer looks (pytest-xdist issue #1386: the marks are ignored), so it is added here after
+    every other implementation ran, unless it is there already."""
+    if not getattr(config.option, "loadgroup", False):
+        return (yield)
+    here = Path(__file__).parent
+    for item in items:
+        try:
+            group = XDIST_GROUPS.get(item.path.relative_to(here).as_posix())
+        except ValueError:
+            group = None
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+    result = yield
+    for item in items:
+        names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        suffix = "@" + "_".join(sorted(names))
+        if names and not item.nodeid.endswith(suffix):
+            grouped = item.nodeid + suffix
+            if hasattr(item, "_id"):  # pytest >= 9.2: a structured NodeId behind the nodeid
+                from _pytest.nodeid import coerce_node_id
+
+                item._id = coerce_node_id(grouped)
+            else:
+                item._nodeid = grouped
+    return result

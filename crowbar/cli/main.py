@@ -132,6 +132,9 @@ def cli(ctx: click.Context, endpoint: str | None, ca: str | None) -> None:
               show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="a log line per request")
+@click.option("--full-collection-every", type=click.FloatRange(min=0), default=600.0, show_default=True,
+              metavar="SECONDS", help="seconds between the garbage collector's full passes, which stop the "
+                                      "server while they run (0: Python's own rule; docs/scaling.md)")
 @click.pass_context
 def server(ctx: click.Context, config_file: Path | None, **settings) -> None:
     """Run the API server and the annealer (and the provisioner with --provision).

@@ -36,6 +36,7 @@ import socket
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -88,6 +89,8 @@ class Annealer:
         # none is given, as run ids are only unique per database (two annealers on one machine,
         # each with its own database, would otherwise share and remove each other's directories)
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="crowbar-runs-"))
+        if not workdir:  # a private directory is this annealer's alone: removed with it, or at exit
+            weakref.finalize(self, shutil.rmtree, str(self.workdir), True)
         self.server_id: int | None = None
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="jig")
         self._done: queue.SimpleQueue = queue.SimpleQueue()

@@ -38,7 +38,9 @@ from crowbar.jigs.base import Jig, RunContext, RunResult
 from crowbar.jigs.trees import check_tree, seconds
 
 PACKAGE = "puppet-agent"  # Debian 12 (Puppet 7) and 13 (Puppet 8); `puppet` is a transitional package to it
-INSTALL_TRIES, INSTALL_PAUSE = 3, 15  # apt-get tries, and seconds before the next (times the try)
+# apt-get tries, and seconds before the next (times the try): 15+30+45+60 s rides out a mirror that
+# refuses for a minute or two (CI's online lab test lost a run to 90 s of 503s over three tries)
+INSTALL_TRIES, INSTALL_PAUSE = 5, 15
 DEFAULT_TIMEOUT = 3600.0  # seconds for the run, unless crowbar/puppet/timeout says
 MODULES = Path(__file__).with_name("puppet_modules")  # the `crowbar` module (crowbar::wall)
 STATE = ".crowbar"
@@ -120,7 +122,7 @@ def _driver(ctx: RunContext, token: str, timeout: int) -> str:
   echo "puppet is missing: installing {PACKAGE} (apt-get update, apt-get install)"
   export DEBIAN_FRONTEND=noninteractive
   # a package fetched through the proxies can fail mid-way (the mirror or the uplink drops it): apt
-  # retries each file, and the whole install is tried three times before the run fails
+  # retries each file, and the whole install is tried {INSTALL_TRIES} times before the run fails
   for try in $(seq {INSTALL_TRIES}); do
     apt-get update -q </dev/null && apt-get install -y -q -o Acquire::Retries=3 {PACKAGE} </dev/null && break
     rc=$?

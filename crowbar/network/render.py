@@ -19,6 +19,10 @@ BOND_MODE_NAMES = ("balance-rr", "active-backup", "balance-xor", "broadcast", "8
 MII_MONITOR_MS = 100
 NETWORKD_ORDER = {"physical": 10, "bond": 20, "vlan": 30, "bridge": 40}
 
+# libyaml's safe dumper when PyYAML has it: the same text, a fifth of the time (a bulk deploy renders
+# a netplan per node)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 def _vlans_on(plan: InterfacePlan, interface: PlannedInterface) -> list[str]:
     return [i.name for i in plan.interfaces if i.parent == interface.name]
@@ -114,7 +118,7 @@ def render_netplan(plan: InterfacePlan) -> str:
     for interface in plan.interfaces:
         network.setdefault(sections[interface.kind], {})[interface.name] = \
             _netplan_entry(plan, interface)
-    return yaml.safe_dump({"network": network}, sort_keys=False)
+    return yaml.dump({"network": network}, Dumper=_Dumper, sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from crowbar.provisioner.discovery import DEFAULT_BURST, DEFAULT_RATE, TokenBuck
 from crowbar.provisioner.service import Provisioner, ProvisionerConfig
 from crowbar.server.annealer import AnnealerLoop, server_preparer
 from crowbar.server import logs
+from crowbar.server.collector import FULL_EVERY, Collector
 from crowbar.server.loop import Loop
 from crowbar.server.power import PowerWorker
 from crowbar.server.proxies import Proxies
@@ -277,7 +278,8 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
           allow_http: bool = False, log_level: str = "info", log_format: str = "text",
           access_log: bool = True, os_images: str | Path | None = None, proxies: bool = False,
           proxy_apt_upstream: str | None = None, proxy_pypi_upstream: str | None = None,
-          proxy_ports: str | None = None, proxy_via: str | None = None) -> None:
+          proxy_ports: str | None = None, proxy_via: str | None = None,
+          full_collection_every: float = FULL_EVERY) -> None:
     # Startup refuses bad input before it binds or migrates anything: the --listen values, the data
     # directory (the one directory it creates, see config.make_data_dir), the database URL, and a
     # database that cannot be opened (UnusableDatabase, one line).
@@ -337,6 +339,8 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
         loops["provisioner"] = Reconciler(db, provisioner)
     loops.update(anneal=AnnealerLoop(annealer), watchdog=Watchdog(db),
                  power=PowerWorker(db, server_id=annealer.server_id))
+    if full_collection_every:  # the collector's long passes on a clock (server/collector.py)
+        loops["collector"] = Collector(full_collection_every)
 
     def wake(kind: str) -> None:  # "anneal" | "power", after a unit of work that made such work
         if kind in loops:

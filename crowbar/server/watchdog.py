@@ -1,6 +1,8 @@
 """The lifecycle watchdog: nodes that outstayed a state waiting on the machine (installing,
-discovering...) go to `problem`, with the reason. It runs on every server, with or without a
-provisioner; the rule itself is `services.provisioning.expire_stuck`."""
+discovering...) go to `problem`, with the reason; a node power-cycled into the discovery image
+whose agent stays silent is powered off and on again, a few times, before that. It runs on every
+server, with or without a provisioner; the rules are `services.provisioning.expire_stuck` and
+`services.install.retry_silent_netboots`."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import logging
 
 from crowbar.db.session import Database
 from crowbar.server.loop import Loop
-from crowbar.services import provisioning
+from crowbar.services import install, provisioning
 
 log = logging.getLogger(__name__)
 
@@ -26,4 +28,9 @@ class Watchdog(Loop):
             moved = provisioning.expire_stuck(s)
         if moved:
             log.warning("nodes stuck too long, now in problem: %s", ", ".join(moved))
+        with self.db.session() as s:
+            silent = install.retry_silent_netboots(s)
+        if silent:
+            log.warning("nodes silent after a power cycle into the discovery image, powered off and on "
+                        "(or in problem after %d tries): %s", install.NETBOOT_RETRIES, ", ".join(silent))
         return False

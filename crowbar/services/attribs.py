@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from crowbar.db.events import record
 from crowbar.db.models import Attrib, DeploymentRole, NodeRole, Role
 from crowbar.db.session import signal_work
-from crowbar.db.sql import keyset
+from crowbar.db.sql import chunks, keyset
 from crowbar.documents import MISSING, check_strict, dig, loads_strict, put
 from crowbar.engine import attribs as ea
 from crowbar.engine import graph
@@ -76,6 +76,29 @@ def get(session: Session, name: str, node: str | None = None) -> dict:
     if layer == ea.PARENT:
         return out | {"value": value, "source": ea.PARENT, "noderole": wanting.id}
     return out | {"value": a.default, "source": ea.DEFAULT}
+
+
+def values(session: Session, name: str, nodes: list) -> dict[int, object]:
+    """The value of attrib `name` on each of `nodes` (Node rows) as `get` shows it, in a few
+    queries whatever their number: only a node with a noderole whose role owns or wants the attrib
+    is looked at one by one; the others show their hints, their discovery, or the default."""
+    a = _attrib(session, name)
+    roles = {r.id for r in session.scalars(select(Role)) if a.name in (r.wants_attribs or [])}
+    if a.role_id is not None:
+        roles.add(a.role_id)
+    bound: set[int] = set()
+    if roles:
+        for part in chunks([n.id for n in nodes]):
+            bound.update(session.scalars(select(NodeRole.node_id).where(NodeRole.node_id.in_(part),
+                                                                        NodeRole.role_id.in_(roles))))
+    out: dict[int, object] = {}
+    for n in nodes:
+        if n.id in bound:
+            out[n.id] = get(session, name, n.id)["value"]
+            continue
+        layer, value = ea.pick(ea.SHOWN, {ea.HINT: n.hints, ea.DISCOVERY: n.discovery}, a.map)
+        out[n.id] = value if layer in (ea.HINT, ea.DISCOVERY) else a.default
+    return out
 
 
 def parse_value(raw):

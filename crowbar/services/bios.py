@@ -29,14 +29,20 @@ HELD = "held"  # an AgentJob state: not handed to the agent until the BIOS setti
 
 
 def wanted(session: Session, node: Node) -> dict:
-    value = attribs.get(session, ATTRIB, node.id).get("value")
-    return dict(value) if isinstance(value, dict) else {}
+    return wanted_many(session, [node])[node.id]
 
 
-def start(session: Session, node: Node, job: AgentJob, actor: str) -> bool:
-    """Queue the node's BIOS settings, if it has any, holding `job` (its install) until they are
-    checked; False when there is nothing to apply. Conflict when its power driver cannot."""
-    settings = wanted(session, node)
+def wanted_many(session: Session, nodes: list[Node]) -> dict[int, dict]:
+    """Each node's BIOS settings (the attrib as the node shows it), by node id, read together."""
+    return {node_id: dict(value) if isinstance(value, dict) else {}
+            for node_id, value in attribs.values(session, ATTRIB, nodes).items()}
+
+
+def start(session: Session, node: Node, job: AgentJob, actor: str, settings: dict | None = None) -> bool:
+    """Queue the node's BIOS settings (`settings`, when the caller read them: `wanted_many`), if it
+    has any, holding `job` (its install) until they are checked; False when there is nothing to
+    apply. Conflict when its power driver cannot."""
+    settings = wanted(session, node) if settings is None else settings
     if not settings:
         return False
     try:

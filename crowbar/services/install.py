@@ -27,17 +27,18 @@ import logging
 import re
 import shlex
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import yaml
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from crowbar import plugins
-from crowbar.db.events import record
-from crowbar.db.models import AgentJob, Node, NodeRole, utcnow
+from crowbar.db.events import batched, record
+from crowbar.db.models import AgentJob, Node, NodeRole, PowerRequest, utcnow
 from crowbar.db.session import signal_work
+from crowbar.db.sql import chunks
 from crowbar.errors import Conflict, CrowbarError, InvalidInput, NotFound
 from crowbar.engine import graph
 from crowbar.provisioner import install, lifecycle, osimage, rules
@@ -57,6 +58,11 @@ RERUN = "rerun_noderoles"  # node.install key: a reinstall; its noderoles run ag
 NETBOOTS = frozenset({lifecycle.HARDWARE_INSTALLING, lifecycle.HARDWARE_INSTALLED, lifecycle.REINSTALL,
                       lifecycle.RELEASING})
 NETBOOT_RETRIES = 3
+# States whose node waits for its discovery agent to take a queued install or erase job; one the
+# server power-cycled for it and that stays silent this long after the cycle is powered off and on
+# again (`retry_silent_netboots`). A server's firmware takes minutes; a TCG lab VM's discovery boot ~2.
+SILENT_STATES = (lifecycle.HARDWARE_INSTALLED, lifecycle.REINSTALL, lifecycle.RELEASING)
+NETBOOT_SILENCE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -106,8 +112,9 @@ def _step(session: Session, node: Node, target: str, reason: str, actor: str) ->
 
 # --- the first-boot data ---
 
-def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str, str]:
-    """cloud-init's NoCloud seed for `node`: meta-data, user-data, network-config."""
+def seed(session: Session, node: Node, ctx: Context, instance: str, plan: dict | None = None) -> dict[str, str]:
+    """cloud-init's NoCloud seed for `node`: meta-data, user-data, network-config. `plan`: the
+    node's netplan interface plan, when the caller read it (a deploy reads its nodes' together)."""
     from crowbar.services import network
 
     short = node.name.split(".")[0]
@@ -118,7 +125,7 @@ def seed(session: Session, node: Node, ctx: Context, instance: str) -> dict[str,
             # RSA and DSA host keys take cloud-init half a minute under emulation; nobody needs them
             "ssh_genkeytypes": ["ed25519", "ecdsa"], "resize_rootfs": True}
     try:
-        files = network.node_plan(session, node.id, "netplan")["files"]
+        files = (plan or network.node_plan(session, node.id, "netplan"))["files"]
         netconf = yaml.load(next(iter(files.values())), Loader=_Loader)
     except CrowbarError as exc:  # no plan (no admin network, no NIC inventory): DHCP on every NIC
         log.info("node %s has no interface plan (%s): its OS uses DHCP", node.name, exc)
@@ -182,8 +189,17 @@ def _cloud_init_routes(network: dict) -> None:
                     route["to"] = "::/0" if ":" in str(route.get("via", "")) else "0.0.0.0/0"
 
 
+def _new_job(session: Session, node: Node) -> AgentJob:
+    job = AgentJob(node_id=node.id, kind=INSTALL, script="", timeout=INSTALL_TIMEOUT)
+    session.add(job)
+    return job
+
+
 def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage,
-              choice: rules.Choice | None = None) -> AgentJob:
+              choice: rules.Choice | None = None, *, job: AgentJob | None = None,
+              netplan: dict | None = None, recipes: dict | None = None) -> AgentJob:
+    """The node's install job: `job` (added and flushed by the caller) or a new one, its script
+    planned. `netplan` and `recipes`: what a caller planning many read once for all."""
     discovery = node.discovery or {}
     hints = (node.hints or {}).get("crowbar", {}).get("root_device") or {}
     hints_from = "node" if hints else None
@@ -191,16 +207,16 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
         hints, hints_from = choice.root_device, f"rule {choice.rule}" if choice.rule else "rules default"
     disk = install.choose_root_disk(discovery.get("disks") or [], hints)
     firmware = discovery.get("firmware") if discovery.get("firmware") in ("bios", "uefi") else "bios"
-    job = AgentJob(node_id=node.id, kind=INSTALL, script="", timeout=INSTALL_TIMEOUT)
-    session.add(job)
-    session.flush()
+    if job is None:
+        job = _new_job(session, node)
+        session.flush()
     plan = install.InstallPlan(
         node=node.name, disk=f"/dev/{disk['name']}", disk_bytes=int(disk["size_bytes"]), firmware=firmware,
         image_path=image_path(image), image_size=int(image.manifest["size"]),
         image_sha256=image.manifest["sha256"], fs_size=int(image.manifest["fs_size"]),
         progress_path=f"{PROGRESS_PATH}/{job.id}",
-        seed=seed(session, node, ctx, f"crowbar-{node.id}-{job.id}"))
-    recipes = osimage.recipes()
+        seed=seed(session, node, ctx, f"crowbar-{node.id}-{job.id}", netplan))
+    recipes = osimage.recipes() if recipes is None else recipes
     installer_name = recipes[image.name].installer if image.name in recipes else "image"
     try:
         installer = plugins.get(plugins.OS_INSTALLERS, installer_name)
@@ -215,10 +231,24 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
     return job
 
 
-def _cancel_jobs(session: Session, node: Node, reason: str) -> None:
-    session.execute(update(AgentJob).where(AgentJob.node_id == node.id, AgentJob.kind.in_([INSTALL, ERASE]),
-                                           AgentJob.state != "done")
-                    .values(state="done", exit_code=-1, output=reason, finished_at=utcnow()))
+def _netplans(session: Session, ids: list[int]) -> dict[int, dict]:
+    """The nodes' netplan plans, read together; none when one of them has no plan (`seed` then
+    asks node by node, and a node without one gets DHCP on every NIC)."""
+    from crowbar.services import network
+
+    try:
+        return dict(zip(ids, network.node_plans(session, ids, "netplan")))
+    except CrowbarError:
+        return {}
+
+
+def _cancel_jobs(session: Session, node: Node | list[int], reason: str) -> None:
+    """End the open install and erase jobs of `node` (or of the nodes with these ids)."""
+    ids = [node.id] if isinstance(node, Node) else node
+    for part in chunks(ids):
+        session.execute(update(AgentJob).where(AgentJob.node_id.in_(part), AgentJob.kind.in_([INSTALL, ERASE]),
+                                               AgentJob.state != "done")
+                        .values(state="done", exit_code=-1, output=reason, finished_at=utcnow()))
 
 
 def _reach(session: Session, node: Node, agent_reboots: bool, actor: str) -> None:
@@ -237,40 +267,59 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
     take the install job without the reboot a separate allocate asks for."""
     if not keys:
         raise InvalidInput("name at least one node to deploy", field="nodes")
+    deployed = lookup.nodes(session, keys)
     if allocate:
         from crowbar.services import provisioning
 
-        discovered = [key for key in keys if lookup.node(session, key).state == lifecycle.DISCOVERED]
+        discovered = [node.id for node in deployed if node.state == lifecycle.DISCOVERED]
         if discovered:
             provisioning.allocate_many(session, discovered, actor)
-    deployed = []
-    ruleset = os_rules.current(session)  # read once for all the nodes
-    for key in keys:
-        node = lookup.node(session, key)
+    # All of them read together (a bulk deploy of 10,000 nodes plans in one pass): the nodes, their
+    # OS rules' choices, images, BIOS settings and netplan plans; their old jobs ended in one update,
+    # the new ones inserted in one flush. Refusals come before the deploy writes anything.
+    ids = [node.id for node in deployed]
+    for node in deployed:
         if node.state != lifecycle.ALLOCATED:
             raise Conflict(f"node {node.name!r} is {node.state}: only allocated nodes are deployed "
                            f"(`crowbar nodes allocate {node.name}` first; `reinstall` for an installed one)")
-        choice = os_rules.choose(session, node, ruleset)
-        name = os_name or choice.os or node.os or lifecycle.DEFAULT_OS
-        why = "" if os_name or not choice.os else f" (OS rule {choice.rule})" if choice.rule else " (OS rules default)"
-        image = _image(ctx, name)
-        node.os = name
-        _set_install(node, steps=[], netboot_retries=0)
-        _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}{why}", actor)
-        _cancel_jobs(session, node, "replaced by a new install")
-        job = _plan_job(session, node, ctx, image, choice)
-        if node.agent_action == "reboot":
-            # allocate's reboot (to take the reserved address in the discovery image) is not needed
-            # any more: the installed system gets that address from its seed, and the next boot is
-            # the one after the install. Saves a whole PXE boot and discovery.
-            node.agent_action = None
-        if not bios.start(session, node, job, actor):  # BIOS settings first: the job waits (services/bios.py)
-            _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
-            _reach(session, node, agent_driven(node), actor)
-        deployed.append(node)
+    ruleset = os_rules.current(session)
+    choices = {node.id: os_rules.choose(session, node, ruleset) for node in deployed}
+    os_names = {node.id: os_name or choices[node.id].os or node.os or lifecycle.DEFAULT_OS for node in deployed}
+    images = {name: _image(ctx, name) for name in sorted(set(os_names.values()))}
+    settings = bios.wanted_many(session, deployed)
+    recipes = osimage.recipes()
+    netplans = _netplans(session, ids)
+    _cancel_jobs(session, ids, "replaced by a new install")
+    jobs = {node.id: _new_job(session, node) for node in deployed}
+    session.flush()
+    with batched(session):  # the lifecycle events of all of them in one insert
+        for node in deployed:
+            _deploy_one(session, node, ctx, actor, os_name, choices[node.id], images[os_names[node.id]],
+                        jobs[node.id], netplans.get(node.id), recipes, settings[node.id])
     os_rules.refresh_tags(session, deployed)  # their OS changed: the rules' tags follow, in one pass
     signal_work(session, "anneal")
     return [nodes.node_dict(node, full=True) for node in deployed]
+
+
+def _deploy_one(session: Session, node: Node, ctx: Context, actor: str, os_name: str | None,
+                choice: rules.Choice, image: osimage.OsImage, job: AgentJob, netplan: dict | None,
+                recipes: dict, settings: dict) -> None:
+    """One node of `deploy`, with what was read for all of them."""
+    name = image.name
+    why = "" if os_name or not choice.os else f" (OS rule {choice.rule})" if choice.rule else " (OS rules default)"
+    node.os = name
+    _set_install(node, steps=[], netboot_retries=0)
+    _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}{why}", actor)
+    _plan_job(session, node, ctx, image, choice, job=job, netplan=netplan, recipes=recipes)
+    if node.agent_action == "reboot":
+        # allocate's reboot (to take the reserved address in the discovery image) is not needed
+        # any more: the installed system gets that address from its seed, and the next boot is
+        # the one after the install. Saves a whole PXE boot and discovery.
+        node.agent_action = None
+    # BIOS settings first: the job waits (services/bios.py)
+    if not bios.start(session, node, job, actor, settings):
+        _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
+        _reach(session, node, agent_driven(node), actor)
 
 
 def reinstall(session: Session, key, os_name: str | None, ctx: Context, actor: str = "system") -> dict:
@@ -482,17 +531,65 @@ def _missed_netboot(session: Session, node: Node) -> None:
     image: the power cycle did reset it, but its PXE boot did not take (no DHCP answer in time, a
     boot file not fetched) and the firmware went on to the disk. Power-cycle it again, up to
     NETBOOT_RETRIES times; then it is a problem for the operator (boot order, cabling, DHCP)."""
+    _netboot_retry(session, node, f"booted its disk while {node.state}, not the network",
+                   f"booted its disk instead of the network {{tries}} times while {node.state}: check the boot "
+                   "order (network first), the provisioning network and DHCP", "node")
+
+
+def _netboot_retry(session: Session, node: Node, what: str, problem: str, actor: str, cold: bool = False) -> None:
+    """Power-cycle the node again (`what` happened), counting in install.netboot_retries; past
+    NETBOOT_RETRIES it goes to problem with `problem` ({tries}: how many boots went wrong).
+    `cold`: off, then on (two requests, run in order), not the driver's cycle (a warm reset)."""
     tries = int((node.install or {}).get("netboot_retries") or 0) + 1
     if tries > NETBOOT_RETRIES:
-        _step(session, node, lifecycle.PROBLEM,
-              f"booted its disk instead of the network {tries} times while {node.state}: check the boot "
-              "order (network first), the provisioning network and DHCP", "node")
+        _step(session, node, lifecycle.PROBLEM, problem.format(tries=tries), actor)
         return
     _set_install(node, netboot_retries=tries)
     record(session, [{"object_type": "node", "object_id": node.id, "action": "netboot-retry", "actor": "server",
-                      "message": f"booted its disk while {node.state}, not the network: power cycle "
-                                 f"{tries}/{NETBOOT_RETRIES}"}])
-    power.queue(session, node, "cycle", "server")
+                      "message": f"{what}: power {'off and on' if cold else 'cycle'} {tries}/{NETBOOT_RETRIES}"}])
+    for action in ("off", "on") if cold else ("cycle",):
+        power.queue(session, node, action, "server")
+
+
+def retry_silent_netboots(session: Session, now: datetime | None = None,
+                          silence: timedelta = NETBOOT_SILENCE) -> list[str]:
+    """The watchdog's other rule: a node that waits for its discovery agent to take an install or
+    erase job (SILENT_STATES), that the server power-cycled for it, and that has not been heard
+    from `silence` after the cycle ended (its job still queued: the agent never polled) is
+    powered off and on again (counted as when it boots its disk, `_missed_netboot`), up to
+    NETBOOT_RETRIES times; then it is a problem. A boot can hang anywhere (firmware, a boot file
+    fetch, the kernel), and a warm reset may not clear it: in CI a lab UEFI VM took three QMP
+    `system_reset`s in a row without running its firmware again, so the retry is off, then on.
+    Nodes the server did not cycle (the agent was running already, or the power driver is
+    manual) are left to the state's timeout. Answers the names of the nodes powered off and on
+    again or moved to problem."""
+    now = now or datetime.now(timezone.utc)
+    # set-based, cheap at fleet scale (10,000 nodes installing at once): the latest power request
+    # of each node whose agent has a queued install or erase job, when it is our cycle, ended long ago
+    waiting = (select(AgentJob.node_id).join(Node, Node.id == AgentJob.node_id)
+               .where(Node.state.in_(SILENT_STATES), AgentJob.state == "queued", AgentJob.kind.in_([INSTALL, ERASE])))
+    latest = (select(func.max(PowerRequest.id)).where(PowerRequest.node_id.in_(waiting))
+              .group_by(PowerRequest.node_id))
+    overdue = session.scalars(select(PowerRequest).where(
+        PowerRequest.id.in_(latest), PowerRequest.action.in_(("cycle", "on")), PowerRequest.state == "succeeded",
+        PowerRequest.finished_at < now - silence)).all()
+    moved = []
+    for req in overdue:
+        node = session.get(Node, req.node_id)
+        if node is None or _aware(req.created_at) < _aware(node.state_changed_at or req.created_at):
+            continue  # a cycle from before this state (the agent was to take the job without one)
+        waited = int((now - _aware(req.finished_at)).total_seconds())
+        _netboot_retry(session, node, f"no word from the discovery image {waited} s after its power cycle "
+                                      f"while {node.state}",
+                       f"did not start the discovery image after {{tries}} power cycles while {node.state} "
+                       f"(each time nothing for {int(silence.total_seconds())} s): check its console, the "
+                       "boot order (network first), the provisioning network and DHCP", "timeout", cold=True)
+        moved.append(node.name)
+    return moved
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=timezone.utc)
 
 
 def _rerun_noderoles(session: Session, node: Node) -> None:

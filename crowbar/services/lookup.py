@@ -12,7 +12,7 @@ import re
 from typing import NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from crowbar.db.models import Barclamp, Deployment, Node, NodeRole, Role
 from crowbar.db.sql import MAX_ID, chunks
@@ -96,6 +96,22 @@ def node_refs(session: Session, keys: list) -> list[NodeRef]:
         listed = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise NotFound(f"node {listed} does not exist", field="node")
     return out
+
+
+def nodes(session: Session, keys: list, *, tags: bool = False) -> list[Node]:
+    """The nodes referenced in `keys`, in that order, loaded a chunk per query (`node_refs`'
+    rule and refusals; InvalidInput when one is named twice). `tags`: their tags loaded too."""
+    refs = node_refs(session, keys)
+    ids = [ref.id for ref in refs]
+    if len(set(ids)) != len(ids):
+        seen: set[int] = set()
+        twice = next(ref.name for ref in refs if ref.id in seen or seen.add(ref.id))
+        raise InvalidInput(f"node {twice!r} is named twice", field="nodes")
+    query = select(Node).options(selectinload(Node.tag_rows)) if tags else select(Node)
+    rows: dict[int, Node] = {}
+    for part in chunks(ids):
+        rows.update((node.id, node) for node in session.scalars(query.where(Node.id.in_(part))))
+    return [rows[node_id] for node_id in ids]
 
 
 def role(session: Session, key) -> Role:

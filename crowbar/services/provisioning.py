@@ -349,20 +349,19 @@ def allocate_many(session: Session, keys: list, actor: str = "system") -> list[d
         raise InvalidInput("name at least one node to allocate", field="nodes")
     if len(keys) > MAX_BULK:
         raise InvalidInput(f"at most {MAX_BULK} nodes in one call (got {len(keys)})", field="nodes")
-    if len(set(map(str, keys))) != len(keys):
-        raise InvalidInput("a node is named twice", field="nodes")
     admin = "admin" in network.current_template(session).networks
-    done = []
-    for key in keys:
-        node = lookup.node(session, key)
-        set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
-        allocation = network.allocate(session, "admin", node.id, actor=actor) if admin else None
-        if agent_driven(node):
-            node.agent_action = "reboot"
-        done.append((node, allocation and allocation.get("address")))
+    chosen = lookup.nodes(session, keys, tags=True)  # read together (a node named twice: 422); addresses below
+    with batched(session):  # their events in one insert
+        for node in chosen:
+            set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
+            if agent_driven(node):
+                node.agent_action = "reboot"
+        allocations = network.allocate_many(session, "admin", [node.id for node in chosen], actor=actor) \
+            if admin else [{} for _ in chosen]
     session.flush()
     signal_work(session, "anneal")
-    return [nodes.node_dict(node, full=True) | {"admin_address": address} for node, address in done]
+    return [nodes.node_dict(node, full=True) | {"admin_address": allocation.get("address")}
+            for node, allocation in zip(chosen, allocations)]
 
 
 def transition(session: Session, key, target: str, actor: str = "system") -> dict:

@@ -134,10 +134,10 @@ def test_a_failed_puppet_install_says_so(tmp_path, monkeypatch):
     assert "E: Unable to locate package puppet-agent" in result.log
     last = result.log.strip().splitlines()[-1]
     assert last.startswith("!! installing puppet-agent on this machine failed (apt-get exit 100"), result.log
-    # tried three times, each after a fresh `apt-get update`
+    # tried INSTALL_TRIES times, each after a fresh `apt-get update`
     assert (tmp_path / "apt.log").read_text().splitlines() == \
-        ["apt-get update -q", "apt-get install -y -q -o Acquire::Retries=3 puppet-agent"] * 3
-    assert "apt-get exited with 100 (try 2 of 3): trying again in 0 s" in result.log
+        ["apt-get update -q", "apt-get install -y -q -o Acquire::Retries=3 puppet-agent"] * puppet.INSTALL_TRIES
+    assert f"apt-get exited with 100 (try 2 of {puppet.INSTALL_TRIES}): trying again in 0 s" in result.log
 
 
 def test_a_puppet_install_that_fails_once_is_tried_again(tmp_path, monkeypatch):
@@ -148,7 +148,7 @@ def test_a_puppet_install_that_fails_once_is_tried_again(tmp_path, monkeypatch):
     _without_puppet(tmp_path, monkeypatch, f'case "$1" in install) {install};; esac')
     result, out = _greet(tmp_path, "again")
     assert result.ok, result.log
-    assert "apt-get exited with 100 (try 1 of 3): trying again in 0 s" in result.log
+    assert f"apt-get exited with 100 (try 1 of {puppet.INSTALL_TRIES}): trying again in 0 s" in result.log
     assert len((tmp_path / "apt.log").read_text().splitlines()) == 4
     assert (out / "greeting.txt").read_text() == "again x1 on admin.example.com for greeter\n"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -74,11 +75,11 @@ class Cli:
         return json.loads(self(*args, "-o", "json").stdout)
 
     def context(self) -> str:
-        """The lab's logs, for failure messages."""
+        """The lab's logs, for failure messages. CI shows only the head and the tail of a failure, so
+        the tail is what tells most: the power requests, the boot scripts, and last each VM's console."""
         parts = []
         for name, path in [("server", self.lab_dir / "server.log"),
                            ("dnsmasq", self.lab_dir / "server" / "provisioner" / "dnsmasq.log"),
-                           *((f"console {p.parent.name}", p) for p in sorted(self.lab_dir.glob("vms/*/console.log"))),
                            # the lab's BMCs (`lab up --bmc`): ipmi_sim per VM, the Redfish emulator
                            *((f"ipmi_sim {p.parent.parent.name}", p)
                              for p in sorted(self.lab_dir.glob("vms/*/bmc/ipmi_sim.log"))),
@@ -86,23 +87,32 @@ class Cli:
                            # online mode: apt-cacher-ng's errors and transfers, and the uplink's tinyproxy
                            *((f"apt proxy {p.name}", p) for p in sorted(self.lab_dir.glob("**/apt-cacher.err"))),
                            *((f"apt proxy {p.name}", p) for p in sorted(self.lab_dir.glob("**/apt-cacher.log"))),
-                           ("uplink tinyproxy", self.lab_dir / "uplink" / "tinyproxy.log")]:
+                           ("uplink tinyproxy", self.lab_dir / "uplink" / "tinyproxy.log"),
+                           ("uplink relays (socat)", self.lab_dir / "uplink" / "relays.log")]:
             if path.exists():
                 lines = path.read_text(errors="replace").splitlines()[-25:]
                 parts.append(f"\n--- {name} ({path}) ---\n" + "\n".join(lines))
+        # what the server did with power (a release or reinstall waits on a power cycle), a line each
+        try:
+            done = subprocess.run([_crowbar(), "nodes", "power-requests", "-o", "json"], env=self.env,
+                                  capture_output=True, text=True, timeout=30)
+            rows = json.loads(done.stdout) if done.returncode == 0 else []
+            parts.append("\n--- power requests ---\n" + ("\n".join(
+                f"{r.get('created_at', '')[11:19]} {r.get('node')} {r.get('action')} {r.get('state')}: "
+                f"{r.get('result')}" for r in rows[-10:]) or done.stderr[-500:]))
+        except (OSError, subprocess.SubprocessError, ValueError) as exc:
+            parts.append(f"\n--- power requests: not read ({exc}) ---")
         # every boot script the server handed out, and its netboot retries (the tail above is short)
         log = self.lab_dir / "server.log"
         if log.exists():
             boots = [line for line in log.read_text(errors="replace").splitlines()
                      if "boot script for" in line or "netboot-retry" in line]
-            parts.append("\n--- boot scripts served ---\n" + "\n".join(boots[-40:]))
-        # what the server did with power (a release or reinstall waits on a power cycle)
-        try:
-            done = subprocess.run([_crowbar(), "nodes", "power-requests"], env=self.env, capture_output=True,
-                                  text=True, timeout=30)
-            parts.append("\n--- power requests ---\n" + (done.stdout or done.stderr)[-3000:])
-        except (OSError, subprocess.SubprocessError) as exc:
-            parts.append(f"\n--- power requests: not read ({exc}) ---")
+            parts.append("\n--- boot scripts served ---\n" + "\n".join(boots[-12:]))
+        # last: what each VM printed (firmware, iPXE, kernel, agent), its lines cut short
+        for path in sorted(self.lab_dir.glob("vms/*/console.log")):
+            text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", path.read_text(errors="replace"))
+            lines = [line[:160] for line in text.splitlines() if line.strip()][-12:]
+            parts.append(f"\n--- console {path.parent.name} ---\n" + "\n".join(lines))
         return "".join(parts)
 
 

@@ -63,6 +63,37 @@ def _wall(cli, deployment: str, *role: str) -> dict:
     return shown["wall"]
 
 
+def _probe_upstream(cli) -> str:
+    """For a failed install: the packages apt-cacher-ng answered with an error, fetched again now
+    through the lab's uplink (its tinyproxy on this host's loopback, the proxies' only way to the
+    mirror), so that a failure says whether the refusal lasted or has passed and what the uplink
+    answers (tests reach nothing outside but through the lab's own uplink)."""
+    import urllib.request
+
+    from crowbar.provisioner.osimage import host_mirror
+
+    failed = []
+    for err in sorted(cli.lab_dir.glob("**/apt-cacher.err")):
+        failed += re.findall(r"\|debrep/(\S+) \[HTTP error, code: (\d+)\]", err.read_text(errors="replace"))
+    if not failed:
+        return ""
+    uplink = json.loads((cli.lab_dir / "lab.json").read_text()).get("uplink", {}).get("url")
+    if not uplink:
+        return ""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": uplink}))
+    lines = [f"--- upstream probe: {len(failed)} errors in apt-cacher-ng's log; the last 3 fetched "
+             f"again now through the uplink {uplink} ---"]
+    for path, code in failed[-3:]:
+        url = f"{host_mirror().rstrip('/')}/{path}"
+        try:
+            with opener.open(url, timeout=20) as answer:
+                got = f"{answer.status} ({len(answer.read())} bytes)"
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: whatever happened is the answer
+            got = f"{type(exc).__name__}: {exc}"
+        lines.append(f"{url} (was {code}): {got}")
+    return "\n".join(lines) + "\n"
+
+
 def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello_from_source(cli, tmp_path):
     cli("lab", "up", "--nodes", "1", "--proxies", "--disk", "4", "--wait", "--timeout", "400", timeout=500)
     status = cli.json("lab", "status")
@@ -95,7 +126,7 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
         logs = "".join(f"--- noderole {n['id']} ({n['role']}) log ---\n"
                        + cli("noderoles", "log", str(n["id"]), ok=False).stdout
                        for n in cli.json("noderoles", "list", "--deployment", "pp") if n["state"] == "error")
-        raise AssertionError(f"{said}\n{logs}{cli.context()}")
+        raise AssertionError(f"{said}\n{logs}{_probe_upstream(cli)}{cli.context()}")
     wall = _wall(cli, "pp", "pphello")
     url = f"http://{address}:8091/"
     assert wall["pphello_url"] == url and wall["pphello_puppet"].startswith("7."), wall  # Debian 12: Puppet 7

@@ -151,14 +151,20 @@ def test_held_polls_hold_no_connection_and_no_thread(served, db):
     api = served()
     waiters = api.app.state.agent_waiters
     tokens = [discover(api, inventory(i)).json()["token"] for i in range(48)]
-    polls = [held(api, t, 4) for t in tokens]
-    until(lambda: waiters.waiting == len(tokens), timeout=20)
+    # held far longer than it takes to start them all on a slow, busy machine (CI once took over
+    # 4 s to start 48: the first had ended before the last was held); the server ends them below
+    polls = [held(api, t, 120) for t in tokens]
+    until(lambda: waiters.waiting == len(tokens), timeout=60)
     assert db.engine.pool.checkedout() == 0
     started = time.monotonic()
     assert api.get(f"{V2}/nodes").status_code == 200
     assert time.monotonic() - started < 2
-    results = [p.result(20)[0] for p in polls]
-    assert all(r.json() == {"action": "wait", "seconds": 0} for r in results)
+    # the server stops: every held poll is answered now, with the usual answer (poll again later)
+    started = time.monotonic()
+    waiters.close()
+    results = [p.result(30)[0] for p in polls]
+    assert time.monotonic() - started < 30 and waiters.waiting == 0
+    assert all(r.json()["action"] == "wait" and r.json()["seconds"] >= 1 for r in results)
 
 
 def test_past_the_bound_a_poll_is_answered_at_once(served):

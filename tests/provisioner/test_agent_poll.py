@@ -86,6 +86,26 @@ def test_a_read_session_refuses_to_change_objects(db):
         node.alive = node.alive
 
 
+def test_a_read_session_is_autocommit_on_postgresql_and_a_deferred_begin_on_sqlite(db):
+    """An agent's poll is one SELECT: on PostgreSQL its read session runs in autocommit (no BEGIN
+    and ROLLBACK round trips), and the pooled connection is back in transactions for the next unit
+    of work, which writes. SQLite keeps its deferred BEGIN, which reads beside the one writer."""
+    from sqlalchemy import event
+
+    sent: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda conn, cur, stmt, *a: sent.append(stmt))
+    with db.read_session() as s:
+        s.scalar(select(Node.id).limit(1))
+        read_autocommit = getattr(s.connection().connection.dbapi_connection, "autocommit", None)
+    with db.session() as s:
+        s.scalar(select(Node.id).limit(1))
+        write_autocommit = getattr(s.connection().connection.dbapi_connection, "autocommit", None)
+    if db.postgresql:
+        assert (read_autocommit, write_autocommit) == (True, False)
+    else:
+        assert [q for q in sent if q.startswith("BEGIN")] == ["BEGIN", "BEGIN IMMEDIATE"]
+
+
 def test_bulk_allocate_is_all_or_none(api):
     names = [discover(api, inventory(i)).json()["node"] for i in range(5)]
     r = api.post("/api/v2/nodes/allocate", json={"nodes": names[:3]})

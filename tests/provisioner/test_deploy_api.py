@@ -73,6 +73,19 @@ def take_job(dapi, token):
     return nxt
 
 
+def deployed_ready(dapi, store) -> tuple[str, str]:
+    """A node deployed to ready (its installed system called home from boot-1): name, agent token."""
+    make_image(store)
+    node = discovered(dapi)
+    name, token = node["node"], node["token"]
+    dapi.post(f"/api/v2/nodes/{name}/deploy")
+    job = take_job(dapi, token)
+    dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(token))
+    for step in ("booted", "ready"):
+        dapi.post("/api/v2/agent/booted", json={"step": step, "boot_id": "boot-1"}, headers=agent(token))
+    return name, token
+
+
 def test_deploy_walks_the_lifecycle_to_ready(dapi, store, db):
     make_image(store)
     node = discovered(dapi)
@@ -179,6 +192,50 @@ def test_deploying_many_is_all_or_nothing(dapi, store):
     assert dapi.get(f"/api/v2/nodes/{a['node']}").json()["state"] == "allocated"
 
 
+def test_a_bulk_deploy_plans_each_node_as_its_own(dapi, store, db):
+    """One call, one pass for all (services/install.deploy reads the nodes, plans, BIOS settings
+    together): each node still gets its own job, seed, address; a node named twice is refused."""
+    from crowbar.db.models import Node
+    from crowbar.services import attribs
+
+    make_image(store)
+    made = []
+    for i in range(3):
+        mac = f"52:54:00:bc:00:0{i}"
+        body = discover(dapi, dict(INV, boot_mac=mac, nics=[{"name": "eth0", "mac": mac}])).json()
+        assert dapi.post(f"/api/v2/nodes/{body['node']}/allocate").status_code == 200
+        made.append(body["node"])
+    r = dapi.post("/api/v2/nodes/deploy", json={"nodes": [*made, made[1].upper()]})
+    assert r.status_code == 422 and f"node {made[1]!r} is named twice" in r.json()["message"], r.text
+    assert {dapi.get(f"/api/v2/nodes/{n}").json()["state"] for n in made} == {"allocated"}
+    shown = dapi.get(f"/api/v2/nodes/{made[2]}").json()
+    r = dapi.post("/api/v2/nodes/allocate", json={"nodes": [made[2], str(shown["id"])]})  # by name and id
+    assert r.status_code == 422 and f"node {made[2]!r} is named twice" in r.json()["message"], r.text
+    r = dapi.post("/api/v2/nodes/deploy", json={"nodes": made})
+    assert r.status_code == 200 and [n["name"] for n in r.json()["items"]] == made, r.text
+    addresses = {a["node"]: a["address"].split("/")[0]
+                 for a in dapi.get("/api/v2/networks/admin/allocations").json()["items"]}
+    with db.session() as s:
+        rows = {n.name: n for n in s.query(Node).filter(Node.name.in_(made))}
+        jobs = {j.node_id: j for j in s.query(AgentJob).filter_by(kind="install")}
+        assert len(jobs) == 3
+        for name, node in rows.items():
+            job = jobs[node.id]
+            assert node.install["job"] == job.id and node.state == "hardware-installed"
+            assert f"instance-id: crowbar-{node.id}-{job.id}" in job.script
+            assert f"local-hostname: {name}" in job.script and addresses[name] in job.script
+            assert all(other not in job.script for other in made if other != name)
+    # the BIOS settings read for all at once are what each node shows
+    r = dapi.put("/api/v2/attribs/bios-settings", json={"node": made[0], "value": {"BootMode": "Uefi"}})
+    assert r.status_code == 200, r.text
+    with db.session() as s:
+        rows = {n.name: n for n in s.query(Node).filter(Node.name.in_(made))}
+        values = attribs.values(s, "bios-settings", list(rows.values()))
+        for node in rows.values():
+            assert values[node.id] == attribs.get(s, "bios-settings", node.id)["value"]
+        assert values[rows[made[0]].id] == {"BootMode": "Uefi"}
+
+
 def test_release_erases_and_returns_the_node_to_the_pool(dapi, store, db):
     make_image(store)
     node = discovered(dapi)
@@ -202,14 +259,7 @@ def test_release_erases_and_returns_the_node_to_the_pool(dapi, store, db):
 
 
 def test_a_release_whose_pxe_boot_did_not_take_is_power_cycled_again_then_a_problem(dapi, store):
-    make_image(store)
-    node = discovered(dapi)
-    name, token = node["node"], node["token"]
-    dapi.post(f"/api/v2/nodes/{name}/deploy")
-    job = take_job(dapi, token)
-    dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(token))
-    for step in ("booted", "ready"):
-        dapi.post("/api/v2/agent/booted", json={"step": step, "boot_id": "boot-1"}, headers=agent(token))
+    name, token = deployed_ready(dapi, store)
     assert dapi.get(f"/api/v2/nodes/{name}").json()["state"] == "ready"
 
     def cycles():
@@ -245,6 +295,69 @@ def test_a_release_whose_pxe_boot_did_not_take_is_power_cycled_again_then_a_prob
     assert dapi.get(f"/api/v2/nodes/{name}").json()["state"] == "releasing" and len(cycles()) == 6
     events = dapi.get("/api/v2/events", params={"object_type": "node"}).json()["items"]
     assert [e["message"] for e in events if e["action"] == "netboot-retry"][-1].endswith("power cycle 1/3")
+
+
+def test_a_node_silent_after_its_power_cycle_is_powered_off_and_on_then_a_problem(dapi, store, db):
+    """The watchdog's rule for a boot that hangs (firmware, a boot file, the kernel): the server
+    cycled the node into the discovery image and its agent never took the queued job."""
+    from datetime import datetime, timedelta, timezone
+
+    from crowbar.db.models import Node, PowerRequest
+    from crowbar.server.watchdog import Watchdog
+    from crowbar.services import install
+
+    name, token = deployed_ready(dapi, store)
+    assert dapi.post(f"/api/v2/nodes/{name}/release", json={"erase": "quick"}).json()["state"] == "releasing"
+
+    def requests():
+        with db.session() as s:
+            node_id = s.query(Node).filter_by(name=name).one().id
+            return [(r.action, r.actor, r.state) for r in s.query(PowerRequest).filter_by(node_id=node_id)
+                    .order_by(PowerRequest.id)]
+
+    def all_done(minutes_ago: float) -> None:  # what the power worker does, back-dated
+        with db.session() as s:
+            latest = s.query(PowerRequest).order_by(PowerRequest.id.desc()).first()
+            for req in {latest, *s.query(PowerRequest).filter(PowerRequest.state != "succeeded")}:
+                req.state, req.result = "succeeded", "done"
+                req.finished_at = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+
+    assert requests() == [("cycle", "admin", "queued")]  # the release's (the deploy's agent took its job itself)
+    Watchdog(db).step()
+    assert len(requests()) == 1  # the cycle has not run yet: nothing to wait on
+    all_done(1)
+    Watchdog(db).step()
+    assert len(requests()) == 1  # a minute: the machine is still booting
+    silent = install.NETBOOT_SILENCE.total_seconds() / 60 + 1
+    for attempt in (1, 2, 3):
+        all_done(silent)
+        Watchdog(db).step()
+        assert requests()[-2:] == [("off", "server", "queued"), ("on", "server", "queued")]
+        assert len(requests()) == 1 + 2 * attempt
+        assert dapi.get(f"/api/v2/nodes/{name}").json()["state"] == "releasing"
+        Watchdog(db).step()
+        assert len(requests()) == 1 + 2 * attempt  # the new ones have not run: one retry at a time
+    events = dapi.get("/api/v2/events", params={"object_type": "node"}).json()["items"]
+    message = [e["message"] for e in events if e["action"] == "netboot-retry"][-1]
+    assert message.startswith("no word from the discovery image 3") and message.endswith(
+        "while releasing: power off and on 3/3"), message
+    # the fourth silent boot: the operator has to look
+    all_done(silent)
+    Watchdog(db).step()
+    shown = dapi.get(f"/api/v2/nodes/{name}").json()
+    assert shown["state"] == "problem" and len(requests()) == 7
+    assert "did not start the discovery image after 4 power cycles while releasing" in shown["state_reason"]
+
+    # a release whose agent does speak: its erase job taken, nothing more whatever the time
+    assert dapi.post(f"/api/v2/nodes/{name}/release", json={"erase": "quick"}).json()["state"] == "releasing"
+    all_done(30)
+    before = requests()
+    again = take_job(dapi, token)
+    assert again["action"] == "run"
+    Watchdog(db).step()
+    assert requests() == before
+    with db.session() as s:
+        assert install.retry_silent_netboots(s, now=datetime.now(timezone.utc) + timedelta(hours=1)) == []
 
 
 def test_reinstall_queues_a_fresh_install(dapi, store, db):

@@ -140,7 +140,8 @@ def test_tls_server_the_cli_verifies_and_json_logs_without_secrets(service, tmp_
     # health: the database, the loops, the annealer's heartbeat
     health = httpx.get(f"{url}/api/v2/health", verify=trusted).json()
     assert health["status"] == "ok" and health["failed"] == []
-    assert {"database", "annealer", "watchdog", "power", "annealer_heartbeat"} <= set(health["checks"])
+    assert {"database", "annealer", "watchdog", "power", "collector", "annealer_heartbeat"} <= set(health["checks"])
+    assert health["checks"]["collector"]["frozen_objects"] > 0  # start-up's objects are out of the passes
     # metrics: requests by route and code, nodes by state, services
     metrics = httpx.get(f"{url}/metrics", verify=trusted).text
     assert 'crowbar_http_requests_total{code="201",method="POST",route="/api/v2/nodes"} 1.0' in metrics

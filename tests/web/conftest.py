@@ -19,8 +19,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """A chromium of the module's own: under xdist each worker starts the ones of the modules it
+    runs, and none outlives its module."""
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"chromium is not installed at {CHROMIUM} (Debian package `chromium`: make deps)")
     try:

@@ -135,6 +135,14 @@ def test_one_reader_for_every_stream(db):
                     while not sub.queue.empty():
                         g.append(sub.queue.get_nowait())
                 await asyncio.sleep(0.05)
+            # no more steps once nobody listens; one may be in flight (its statement counted,
+            # `reads` not yet): wait until the two agree and stay so (CI once saw 2 against 1)
+            for sub in subs:
+                hub.unsubscribe(sub)
+            deadline, agreed = time.monotonic() + 10, 0
+            while agreed < 5 and time.monotonic() < deadline:
+                agreed = agreed + 1 if len(statements) == hub.reads else 0
+                await asyncio.sleep(0.05)
             steps = hub.reads
         finally:
             sa_event.remove(db.engine, "before_cursor_execute", count)
