@@ -420,7 +420,7 @@ class LabBmcs:
                 self.state["ipmi"][vm.name] = sim.to_dict()
                 save()
         elif self.kind == "redfish":
-            systems = [{"name": vm.name, "uuid": _uuid(vm.macs[0]), "qmp": str(vm.qmp), "command": vm.argv(),
+            systems = [{"name": vm.name, "uuid": _uuid(vm.macs[0]), "qmp": str(vm.qmp), "command": vm.command(),
                         "macs": vm.macs} for vm in vms]
             emulator = RedfishEmulator(dir=str(lab_dir / "redfish"), systems=systems, address=address,
                                        port=REDFISH_PORT, namespace=namespace)

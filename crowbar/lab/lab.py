@@ -344,7 +344,7 @@ class Lab:
             return
         for vm in st.vms:
             vm.prepare()
-            done = subprocess.run(["ip", "netns", "exec", st.namespace, *vm.argv()], stdin=subprocess.DEVNULL,
+            done = subprocess.run(["ip", "netns", "exec", st.namespace, *vm.command()], stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, timeout=60)
             if done.returncode != 0:
                 raise LabError(f"qemu for {vm.name} failed ({done.returncode}): {done.stderr.strip()}")
@@ -406,7 +406,7 @@ class Lab:
             driver, settings = through_bmc
             api.put(f"/nodes/{node}/power", {"driver": driver, "settings": settings})
             return
-        command = vm.argv()  # the server runs in the namespace already
+        command = vm.command()  # the server runs in the namespace already
         api.put(f"/nodes/{node}/power", {"driver": "qemu", "settings": {"qmp": str(vm.qmp), "command": command}})
 
     def wait_discovered(self, timeout: float = 600.0, progress: Callable[[int, int, list[str]], None] | None = None
@@ -570,7 +570,8 @@ class Lab:
                 continue
             argv = cmdline(int(entry.name)).split(" ")
             program = Path(argv[0]).name
-            ours = program in ("dnsmasq", Path(QEMU).name, *uplink.PROGRAMS) or "crowbar.cli.main" in argv
+            ours = (program in ("dnsmasq", Path(QEMU).name, *uplink.PROGRAMS) or "crowbar.cli.main" in argv
+                    or "crowbar.lab.vmrun" in argv)
             if ours and any(inside in arg for arg in argv) and pid_alive(int(entry.name)):
                 found.append(int(entry.name))
         return found

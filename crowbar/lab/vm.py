@@ -2,8 +2,9 @@
 
 A VM is started paused (`-S`), daemonized (`-daemonize -pidfile`), with its QMP monitor on a unix
 socket: a machine plugged in but switched off, which the qemu power driver switches on with
-`cont`. The same argv is the node's power `command` setting, so `crowbar nodes power NODE on`
-starts it again after `off` (qemu quit). Only the first NIC (virtio, on the admin bridge) boots:
+`cont`. It runs under `crowbar.lab.vmrun` (`Vm.command()`), which makes every reset a cold start
+of a new qemu (OVMF under TCG hung after warm resets; see vmrun). The same command is the node's
+power `command` setting, so `crowbar nodes power NODE on` starts it again after `off` (qemu quit). Only the first NIC (virtio, on the admin bridge) boots:
 qemu's iPXE ROM PXE-boots it; the other NICs (virtio too, on the data bridge) carry no boot ROM.
 Every NIC has the same driver so that the kernel names them in PCI order at every boot: with an
 e1000 beside the virtio NIC, the installed kernel sometimes probed the e1000 first and called it
@@ -18,6 +19,7 @@ node whose boot script says `exit` (iPXE's "boot the next device") falls through
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -124,6 +126,11 @@ class Vm:
         if self.firmware == "uefi":
             shutil.copyfile(OVMF_VARS, self.efivars)
         self.console.touch()
+
+    def command(self, qemu: str = "qemu-system-x86_64") -> list[str]:
+        """What starts the VM: its qemu argv under crowbar.lab.vmrun, which makes every reset (the
+        OS's reboot, a power driver's cycle) a cold start of a new qemu (see there why)."""
+        return [sys.executable, "-m", "crowbar.lab.vmrun", "--", *self.argv(qemu)]
 
     def argv(self, qemu: str = "qemu-system-x86_64") -> list[str]:
         """qemu's command line: paused, daemonized, serial to console.log (appended across starts)."""

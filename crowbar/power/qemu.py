@@ -6,7 +6,8 @@ plugged in but switched off. Then:
   if no VM answers on the socket and the node has a `command` setting, that command is run first
   to start one (it must daemonize, so the VM outlives the server like a real machine would);
 - power_off: `quit`, pulling the plug: the qemu process ends;
-- power_cycle: `system_reset`; a VM that is off is powered on instead;
+- power_cycle: `system_reset` (under the lab's crowbar.lab.vmrun, a cold start of a new qemu); a VM
+  that is off is powered on instead;
 - status: `query-status`: running is on; prelaunch, paused, shutdown and no process at all are off.
 
 QMP is a line-oriented JSON protocol; the few lines of client below avoid a dependency.
@@ -75,6 +76,17 @@ class Qmp:
             if "error" in reply:
                 raise QmpError(f"{command}: {reply['error'].get('desc', reply['error'])}")
             return reply.get("return")
+
+    def events(self):
+        """The events QEMU sends, as they come, until it closes the monitor (its process ends)."""
+        self._sock.settimeout(None)
+        while True:
+            try:
+                message = self._read()
+            except (ConnectionError, OSError, ValueError):
+                return
+            if "event" in message:
+                yield message
 
     def close(self) -> None:
         self._reader.close()
@@ -158,7 +170,7 @@ class QemuPower(PowerDriver):
             running = False
         if not running:
             return self.power_on(node)
-        self._act(node, lambda qmp: qmp.execute("system_reset"))
+        self._act(node, self._reset)
         return f"{node.name} reset"
 
     def soft_off(self, node: PowerNode) -> str:
@@ -201,6 +213,13 @@ class QemuPower(PowerDriver):
             qmp.execute("quit")
         except ConnectionError:
             pass  # QEMU may close the socket before its reply arrives
+
+    @staticmethod
+    def _reset(qmp: Qmp) -> None:
+        try:
+            qmp.execute("system_reset")
+        except ConnectionError:
+            pass  # a VM whose reset ends its process (the lab's vmrun) may close before the reply
 
     def _on(self, qmp: Qmp) -> str:
         state = qmp.execute("query-status")

@@ -108,6 +108,10 @@ class Cli:
             boots = [line for line in log.read_text(errors="replace").splitlines()
                      if "boot script for" in line or "netboot-retry" in line]
             parts.append("\n--- boot scripts served ---\n" + "\n".join(boots[-12:]))
+        # each VM's starts (crowbar.lab.vmrun: a line per cold start after a reset, qemu's errors)
+        for path in sorted(self.lab_dir.glob("vms/*/qemu.log")):
+            lines = path.read_text(errors="replace").splitlines()[-6:]
+            parts.append(f"\n--- qemu {path.parent.name} ---\n" + "\n".join(line[:160] for line in lines))
         # last: what each VM printed (firmware, iPXE, kernel, agent), its lines cut short
         for path in sorted(self.lab_dir.glob("vms/*/console.log")):
             text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", path.read_text(errors="replace"))
