@@ -110,7 +110,9 @@ class Cli:
             parts.append("\n--- boot scripts served ---\n" + "\n".join(boots[-12:]))
         # each VM's starts (crowbar.lab.vmrun: a line per cold start after a reset, qemu's errors)
         for path in sorted(self.lab_dir.glob("vms/*/qemu.log")):
-            lines = path.read_text(errors="replace").splitlines()[-6:]
+            lines = [line for line in path.read_text(errors="replace").splitlines()
+                     if "vmrun:" in line or "qemu-system" in line and "info: QEMU waiting" not in line
+                     and "fw_cfg item names" not in line][-6:]
             parts.append(f"\n--- qemu {path.parent.name} ---\n" + "\n".join(line[:160] for line in lines))
         # last: what each VM printed (firmware, iPXE, kernel, agent), its lines cut short
         for path in sorted(self.lab_dir.glob("vms/*/console.log")):
