@@ -33,6 +33,24 @@ def request_power(key: str, body: PowerAction, s: UnitOfWork, who: Actor):
     return power.request_power(s, key, body.action, actor=who)
 
 
+class PowerItem(BaseModel):
+    node: str | int
+    driver: str
+    settings: dict = {}
+
+
+class PowerSettingsMany(BaseModel):
+    items: list[PowerItem] = Field(max_length=power.MAX_ENROLL)
+
+
+@router.put("/nodes/power")
+def set_power_many(body: PowerSettingsMany, s: UnitOfWork, who: Actor):
+    """Give many nodes their power drivers and settings at once (`items`: node, driver, settings):
+    all of them, or none (one transaction); the first refusal names its item and node. Secret
+    settings are never shown back."""
+    return {"items": power.set_power_many(s, [item.model_dump() for item in body.items], actor=who)}
+
+
 @router.put("/nodes/{key}/power")
 def set_power(key: str, body: PowerSettings, s: UnitOfWork, who: Actor):
     return power.set_power(s, key, body.driver, body.settings, actor=who)

@@ -33,7 +33,7 @@ MAX_DOCUMENT_NODES = 100_000  # values after YAML aliases are expanded (a "billi
 MAX_DOCUMENT_DEPTH = 64  # the API's limit too
 
 
-def _read_document(path: Path, what: str) -> Any:
+def read_document(path: Path, what: str) -> Any:
     """YAML or JSON from a file, or one clear line saying why not: a file that cannot be read,
     is not UTF-8 text, is too big, is not valid YAML, or expands (through aliases) or nests
     beyond what any template needs."""
@@ -189,7 +189,7 @@ def _fields_from(options: dict) -> dict:
     data: dict[str, Any] = {}
     from_file = options.pop("from_file", None)
     if from_file is not None:
-        loaded = _read_document(from_file, "network fields")
+        loaded = read_document(from_file, "network fields")
         if not isinstance(loaded, dict):
             raise CliError(f"{from_file}: expected a mapping of network fields")
         data.update(loaded)
@@ -224,7 +224,7 @@ def network() -> None:
 @click.pass_obj
 def network_import(ctx, file: Path, preview: bool, force: bool, output: str) -> None:
     """Replace the network template with FILE (YAML or JSON); networks not in FILE are removed."""
-    template = _read_document(file, "a network template")
+    template = read_document(file, "a network template")
     if not isinstance(template, dict):
         raise CliError(f"{file}: expected a network template (a mapping with networks, conduit_map...)")
     result = ctx.api.request("POST", "/networks/import" + _query(preview, force),
@@ -493,7 +493,7 @@ def neutron_whois(ctx, device: str, deployment: str | None, api_url: str | None,
             body["api"] = api_url
         for key, path in (("ports", ports), ("routers", routers)):
             if path is not None:
-                items = _read_document(path, key)
+                items = read_document(path, key)
                 if not isinstance(items, list):
                     raise CliError(f"{path}: expected a list of {key}")
                 body[key] = [{(k.lower().replace(" ", "_") if isinstance(k, str) else k): v for k, v in item.items()}

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 
 import click
 
 from crowbar.cli.client import CliError, seg, shown
+from crowbar.cli.network import read_document
 from crowbar.cli.output import SECONDS, emit_list, emit_object, output_option, table_options
 
 REQUEST_COLUMNS = ["id", "node", "action", "state", "result", "actor", "created_at", "finished_at"]
@@ -90,20 +92,35 @@ def _finite(text: str) -> float:
 
 
 @click.command("set-power")
-@click.argument("node")
-@click.argument("driver")
+@click.argument("node", required=False)
+@click.argument("driver", required=False)
 @click.argument("settings", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--secret", "secrets", multiple=True, metavar="KEY",
               help="a secret setting (password) read from a hidden prompt, or from a line of stdin when "
                    "it is not a terminal: it stays out of the shell history and the process list")
+@click.option("--file", "file", type=click.Path(path_type=Path, dir_okay=False),
+              help="many nodes at once: a YAML or JSON list of {node, driver, settings} (a rack's BMCs), "
+                   "set in one call, all of them or none")
 @output_option
 @click.pass_obj
-def nodes_set_power(ctx, node: str, driver: str, settings: tuple[str, ...], secrets: tuple[str, ...],
-                    output: str) -> None:
+def nodes_set_power(ctx, node: str | None, driver: str | None, settings: tuple[str, ...], secrets: tuple[str, ...],
+                    file: Path | None, output: str) -> None:
     """Give a node its power driver and the driver's settings (VALUE is JSON, or else a string:
     `qmp=/run/vm1.qmp timeout=5 command='["qemu-system-x86_64", "-daemonize"]'`;
-    `address=10.0.9.5 username=crowbar --secret password`). The server checks them against the
-    driver's settings (`crowbar nodes power-drivers`); secret ones are never shown back."""
+    `address=10.0.9.5 username=crowbar --secret password`), or many nodes theirs with --file. The
+    server checks them against the driver's settings (`crowbar nodes power-drivers`); secret ones
+    are never shown back."""
+    if file is not None:
+        if node or driver or settings or secrets:
+            raise CliError("set-power: give NODE DRIVER [KEY=VALUE]... or --file FILE, not both")
+        items = read_document(file, "power settings")
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise CliError(f"{file}: expected a list of {{node, driver, settings}}")
+        answer = ctx.api.put("/nodes/power", {"items": items})
+        emit_list(answer["items"], ["node", "driver", "settings"], output)
+        return
+    if not node or not driver:
+        raise CliError("set-power: give NODE DRIVER [KEY=VALUE]..., or --file FILE for many nodes")
     values = dict(map(_setting, settings))
     for key in secrets:
         values[key] = _read_secret(key)

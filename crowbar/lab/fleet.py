@@ -9,7 +9,7 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
                server holds it until there is work or the hold ends), sleeping the `seconds` each
                wait answer carries (the server chooses them, as for the real agent:
                crowbar/agent/__init__.py)
-    enroll     the operator gives every node the `fake` power driver (PUT /nodes/{n}/power)
+    enroll     the operator gives every node the `fake` power driver (PUT /nodes/power, 250 a call)
     allocate   POST /nodes/allocate, in batches (one transaction each); a node told to reboot boots
                the discovery image again and proves the boot with the nonce from its boot script
     deploy     POST /nodes/deploy, in batches; each machine takes its install job, posts progress,
@@ -54,7 +54,7 @@ roles:
 """
 FLEET_ROLES = ["fleet-base", "fleet-service", "fleet-client"]
 DEPLOYMENT = "fleet"
-BATCH = 250  # nodes per bulk allocate / deploy call: each is one transaction, holding SQLite's write lock
+BATCH = 250  # nodes per bulk enroll / allocate / deploy call: each is one transaction, holding SQLite's write lock
 AGENT_RETRY = 5.0  # the agent's pause after a failed request (agent.sh)
 HELD_PER_CLIENT = 50  # machines whose long polls share one HTTP client (a connection each)
 NONCE_RE = re.compile(r"crowbar\.nonce=([A-Za-z0-9_-]+)")
@@ -492,7 +492,8 @@ class Fleet:
             self.phase.nodes = n
         if "enroll" in self.o.phases and self.o.enroll_power:
             self._begin("enroll")
-            await self._each(names, self._enroll)
+            for batch in _batches(names):
+                await self._enroll(batch)
             self.phase.nodes = n
         if "allocate" in self.o.phases and not self.o.allocate_on_deploy:
             self._begin("allocate")
@@ -526,15 +527,15 @@ class Fleet:
                        "switch": {"start": "10.128.0.241", "end": "10.128.0.250"},
                        "host": {"start": "10.128.1.1", "end": "10.128.255.250"}}})
 
-    async def _each(self, items: list, fn) -> None:
-        await asyncio.gather(*(fn(item) for item in items))
-
-    async def _enroll(self, name: str) -> None:
-        settings = {"machine": name.split(".")[0]}
-        if self.o.state_dir:
-            settings["state_dir"] = self.o.state_dir
-        await self.admin("PUT", f"/nodes/{name}/power", "PUT /nodes/{n}/power",
-                         body={"driver": "fake", "settings": settings})
+    async def _enroll(self, names: list[str]) -> None:
+        """The nodes' power drivers and settings, a batch per call (PUT /nodes/power)."""
+        items = []
+        for name in names:
+            settings = {"machine": name.split(".")[0]}
+            if self.o.state_dir:
+                settings["state_dir"] = self.o.state_dir
+            items.append({"node": name, "driver": "fake", "settings": settings})
+        await self.admin("PUT", "/nodes/power", body={"items": items})
 
     async def _anneal(self, names: list[str]) -> None:
         await self.admin("POST", "/barclamps", body={"files": {"barclamp.yml": FLEET_BARCLAMP}})
