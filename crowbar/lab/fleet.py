@@ -24,8 +24,9 @@ Each phase reports how long it took, nodes per second, and the latency of every 
 a child process (`ServerProcess`), the database's size (`db_size`). A held poll's latency is what
 it took beyond the hold the server chose (`Server-Timing: hold;dur=MS, late;dur=MS`: the hold, less
 what of it was past its end), which is the agent's wait for work, not the server's cost;
-`DELIVERY` is the time from the operator's call that queued a machine's work (allocate's reboot,
-deploy's install job) returning to its agent taking it.
+`DELIVERY` is the time from the operator's call that queues a machine's work (allocate's reboot,
+deploy's install job) being sent to its agent taking it: it includes the call itself, since an agent
+woken by the call's commit often takes its work before the call's answer is back.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ class Fleet:
         self._http: httpx.AsyncClient | None = None
         self._held: list[httpx.AsyncClient] = []  # long polls: a connection each, no slot
         self._slots: asyncio.Semaphore | None = None
-        self._queued_at: dict[str, float] = {}  # node name -> when the call that queued its work returned
+        self._queued_at: dict[str, float] = {}  # node name -> when the call that queues its work was sent
 
     # -- HTTP, timed by route ------------------------------------------------------------------
     async def call(self, method: str, path: str, route: str, *, token: str | None = None, json_body=None,
@@ -498,15 +499,15 @@ class Fleet:
         if "allocate" in self.o.phases and not self.o.allocate_on_deploy:
             self._begin("allocate")
             for batch in _batches(names):
-                await self.admin("POST", "/nodes/allocate", body={"nodes": batch})
                 self._queued_at.update((name, time.monotonic()) for name in batch)
+                await self.admin("POST", "/nodes/allocate", body={"nodes": batch})
             self.phase.nodes = n
         if "deploy" in self.o.phases:
             self._begin("allocate+deploy" if self.o.allocate_on_deploy else "deploy")
             for batch in _batches(names):
+                self._queued_at.update((name, time.monotonic()) for name in batch)
                 await self.admin("POST", "/nodes/deploy", body={"nodes": batch, "os": self.o.os_name,
                                                                 **({"allocate": True} if self.o.allocate_on_deploy else {})})
-                self._queued_at.update((name, time.monotonic()) for name in batch)
             await self._until("ready", lambda: sum(1 for m in self.machines if m.state == "ready"), n)
         if "anneal" in self.o.phases:
             self._begin("anneal")
