@@ -120,6 +120,14 @@ def qemu_power():
     return QemuPower(), PowerNode, Qmp, (PowerError, VmAbsent)
 
 
+def qmp_client():
+    """(Qmp, QmpError, VmAbsent): the qemu power driver's QMP client, for crowbar.lab.vmrun, which
+    watches its VM's events through a monitor of its own."""
+    from crowbar.power.qemu import Qmp, QmpError, VmAbsent
+
+    return Qmp, QmpError, VmAbsent
+
+
 def power_on_vm(name: str, qmp: Path) -> None:
     """Power on one of the lab's qemu VMs through its QMP socket (the qemu power driver)."""
     from crowbar.power.base import PowerNode

@@ -38,7 +38,9 @@ import sys
 import time
 from pathlib import Path
 
-from crowbar.power.qemu import Qmp, QmpError, VmAbsent
+from crowbar.cli import local
+
+Qmp, QmpError, VmAbsent = local.qmp_client()
 
 RESETS = frozenset({"guest-reset", "host-qmp-system-reset"})
 EVENTS_SOCKET = "events.sock"
