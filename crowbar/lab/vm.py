@@ -4,8 +4,8 @@ A VM is started paused (`-S`), daemonized (`-daemonize -pidfile`), with its QMP 
 socket: a machine plugged in but switched off, which the qemu power driver switches on with
 `cont`. It runs under `crowbar.lab.vmrun` (`Vm.command()`), which makes every reset a cold start
 of a new qemu (OVMF under TCG hung after warm resets; see vmrun). The same command is the node's
-power `command` setting, so `crowbar nodes power NODE on` starts it again after `off` (qemu quit). Only the first NIC (virtio, on the admin bridge) boots:
-qemu's iPXE ROM PXE-boots it; the other NICs (virtio too, on the data bridge) carry no boot ROM.
+power `command` setting, so `crowbar nodes power NODE on` starts it again after `off` (qemu quit).
+Only the first NIC (virtio, on the admin bridge) boots: qemu's iPXE ROM PXE-boots it; the other NICs (virtio too, on the data bridge) carry no boot ROM.
 Every NIC has the same driver so that the kernel names them in PCI order at every boot: with an
 e1000 beside the virtio NIC, the installed kernel sometimes probed the e1000 first and called it
 eth0, and the node's network configuration (by MAC, eth0 for the admin NIC) did not come up.

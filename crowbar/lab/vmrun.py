@@ -1,6 +1,6 @@
 """A lab VM whose every reset is a cold start: `python -m crowbar.lab.vmrun -- QEMU-ARGV...`.
 
-Why: under TCG, the lab's UEFI (OVMF) VM hung after warm resets, in 3 CI runs of the lab tests, each
+Why: under TCG, the lab's UEFI (OVMF) VM hung after warm resets, in four CI runs of the lab tests, each
 time right after a reset and never after a cold start: a QMP `system_reset` the VM never acted on (no
 firmware output at all); the discovery image's boot script fetched, then nothing; GRUB's menu after
 the installed OS's own `systemctl reboot`, then nothing. OVMF's warm-reset hangs are a known class
