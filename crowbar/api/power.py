@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from crowbar.api import deps
 from crowbar.api.deps import Actor, Paging, UnitOfWork
-from crowbar.services import bmc, power, provisioning
+from crowbar.services import bmc, lookup, power, provisioning
 
 router = APIRouter(prefix="/api/v2", tags=["power"], dependencies=[Depends(deps.actor)])
 agent_router = APIRouter(prefix="/api/v2/agent", tags=["power"])
@@ -40,7 +40,7 @@ class PowerItem(BaseModel):
 
 
 class PowerSettingsMany(BaseModel):
-    items: list[PowerItem] = Field(max_length=power.MAX_ENROLL)
+    items: list[PowerItem] = Field(max_length=lookup.MAX_BULK)
 
 
 @router.put("/nodes/power")

@@ -98,6 +98,9 @@ def node_refs(session: Session, keys: list) -> list[NodeRef]:
     return out
 
 
+MAX_BULK = 10_000  # nodes named in one bulk call (create, power, allocate, deploy)
+
+
 def nodes(session: Session, keys: list, *, tags: bool = False) -> list[Node]:
     """The nodes referenced in `keys`, in that order, loaded a chunk per query (`node_refs`'
     rule and refusals; InvalidInput when one is named twice). `tags`: their tags loaded too."""

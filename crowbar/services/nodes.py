@@ -87,7 +87,7 @@ def add_node(session: Session, name: str, *, admin: bool = False, alive: bool = 
     return node
 
 
-MAX_BATCH = 10_000  # nodes created in one call
+MAX_BATCH = lookup.MAX_BULK  # nodes created in one call
 
 
 def create_nodes(session: Session, items: list[dict], actor: str = "system") -> list[dict]:

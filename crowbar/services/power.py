@@ -126,9 +126,6 @@ def set_power(session: Session, key, driver: str, settings, actor: str = "system
     return nodes.node_dict(node, full=True) | {"power": plugin.shown(node.power)}
 
 
-MAX_ENROLL = 10_000  # nodes in one bulk call (as crowbar.services.provisioning.MAX_BULK)
-
-
 def set_power_many(session: Session, items, actor: str = "system") -> list[dict]:
     """Give many nodes their power drivers and settings in one transaction (a rack's BMCs from one
     file): all of them, or none. `items` is a list of {node, driver, settings}; the first refusal
@@ -136,8 +133,8 @@ def set_power_many(session: Session, items, actor: str = "system") -> list[dict]
     named twice). The nodes are read together and their events written in one insert."""
     if not isinstance(items, list) or not items:
         raise InvalidInput("give at least one item: {node, driver, settings}", field="items")
-    if len(items) > MAX_ENROLL:
-        raise InvalidInput(f"at most {MAX_ENROLL} nodes in one call (got {len(items)})", field="items")
+    if len(items) > lookup.MAX_BULK:
+        raise InvalidInput(f"at most {lookup.MAX_BULK} nodes in one call (got {len(items)})", field="items")
     for i, item in enumerate(items):
         if not isinstance(item, dict) or set(item) - {"node", "driver", "settings"} or "node" not in item \
                 or not isinstance(item.get("driver"), str) or not isinstance(item.get("settings", {}), dict):
@@ -156,7 +153,8 @@ def set_power_many(session: Session, items, actor: str = "system") -> list[dict]
         try:
             settings = plugins[driver].validate(item.get("settings", {}))
         except InvalidInput as exc:
-            raise InvalidInput(f"items[{i}] (node {node.name}): {exc}", field=f"items[{i}].settings") from None
+            raise InvalidInput(f"items[{i}] (node {node.name}): {exc}",
+                               field=f"items[{i}].{exc.field or 'settings'}") from None
         node.power_driver, node.power = driver, settings
         answers.append({"node": node.name, "driver": driver, "settings": plugins[driver].shown(settings)})
     record(session, [{"object_type": "node", "object_id": node.id, "action": "set-power", "actor": actor,

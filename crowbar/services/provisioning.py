@@ -332,7 +332,7 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> 
 
 
 # -- operator actions -----------------------------------------------------------------------------
-MAX_BULK = 10_000  # nodes named in one bulk call (allocate, deploy, create)
+MAX_BULK = lookup.MAX_BULK  # nodes named in one bulk call
 
 
 def allocate(session: Session, key, actor: str = "system") -> dict:

@@ -53,7 +53,7 @@ def test_one_bad_item_refuses_the_call_names_it_and_writes_nothing(api, db):
     r = api.put("/api/v2/nodes/power", json={"items": body})
     assert r.status_code == 422, r.text
     error = r.json()
-    assert error["error"] == "invalid" and error["field"] == "items[1].settings"
+    assert error["error"] == "invalid" and error["field"] == "items[1].settings.address"
     assert "items[1]" in error["message"] and "n1.example.com" in error["message"] and "address" in error["message"]
     assert PASSWORD not in r.text
     assert drivers(db) == before  # not even the good first item
