@@ -34,6 +34,9 @@ log = logging.getLogger("crowbar.proxy")
 
 GIT_TIMEOUT = 600
 STAGE_TIMEOUT = 1800
+# apt-cacher-ng gives each client connection a budget of upstream retries (DlMaxRetries); a new
+# apt-get is a new connection, so a fetch the mirror kept dropping is tried again by a new run
+STAGE_FETCH_TRIES = 3
 MAX_STAGE_ITEMS = 200
 
 
@@ -248,12 +251,18 @@ def _check_word(value, field: str, pattern) -> None:
                            field=field)
 
 
-def _run(argv: list[str], what: str) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=STAGE_TIMEOUT,
-                             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive", "PIP_CONFIG_FILE": os.devnull})
-    except subprocess.TimeoutExpired:
-        raise Conflict(f"{what}: took over {STAGE_TIMEOUT}s") from None
+def _run(argv: list[str], what: str, tries: int = 1, again: str = "") -> str:
+    """Run a staging command; fail with its last error lines. With `tries`, a failure whose output
+    holds `again` (a transient one) runs the command again, up to `tries` runs in all."""
+    for run in range(1, tries + 1):
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=STAGE_TIMEOUT,
+                                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive", "PIP_CONFIG_FILE": os.devnull})
+        except subprocess.TimeoutExpired:
+            raise Conflict(f"{what}: took over {STAGE_TIMEOUT}s") from None
+        if out.returncode == 0 or run == tries or again not in (out.stderr or out.stdout):
+            break
+        log.warning("%s: run %d of %d failed (%s), running it again", what, run, tries, again)
     if out.returncode != 0:
         errors = [x for x in (out.stderr or out.stdout).splitlines() if x.startswith(("E:", "ERROR"))]
         raise Conflict(f"{what}: {'; '.join(errors[-3:]) or (out.stderr.strip().splitlines() or ['failed'])[-1]}")
@@ -272,7 +281,7 @@ def _stage_apt(config: ProxyConfig, recipe: osimage.Recipe, packages: list[str])
         options = apt.apt_options(root, proxy)
         _run(["apt-get", *options, "update"], f"apt-get update for {recipe.name} through the proxy")
         _run(["apt-get", *options, "install", "--download-only", "-y", *packages],
-             f"staging {', '.join(packages)} for {recipe.name}")
+             f"staging {', '.join(packages)} for {recipe.name}", tries=STAGE_FETCH_TRIES, again="E: Failed to fetch")
         debs = sorted(p.name for p in (root / "var/cache/apt/archives").glob("*.deb"))
     log.info("staged %d .deb files for %s in %.1fs", len(debs), recipe.name, time.monotonic() - started)
     return debs

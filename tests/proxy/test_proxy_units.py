@@ -109,6 +109,7 @@ def test_installed_nodes_get_the_apt_proxy_and_the_pip_index():
                           pip_index="http://10.9.0.1:3141/root/pypi/+simple/")
     files = {f["path"]: f["content"] for f in install.proxy_files(ctx)}
     assert 'Acquire::http::Proxy "http://10.9.0.1:3142";' in files["/etc/apt/apt.conf.d/00crowbar-proxy"]
+    assert 'Acquire::Retries "3";' in files["/etc/apt/apt.conf.d/00crowbar-proxy"]
     assert "index-url = http://10.9.0.1:3141/root/pypi/+simple/" in files["/etc/pip.conf"]
     assert "trusted-host = 10.9.0.1" in files["/etc/pip.conf"]
     assert install.proxy_files(install.Context(images=None)) == []
