@@ -10,7 +10,16 @@ thread. A commit made by another server on the same PostgreSQL is not seen here:
 this server then learns of it when its hold ends (at most the hold, as without a long poll).
 
 No commit is missed between the poll's read and its wait: the poll notes the time before it reads,
-and a node notified since then is read again instead of waiting. The number of waiters is bounded
+and a node notified since then is read again instead of waiting.
+
+A poll that comes straight back from a hold that ended with nothing (the agent asks again at once)
+is not read again: the hold's end remembers the token's node and when it was last read (`quiet`),
+and the next poll with that token, within QUIET_GRACE seconds, waits from that read as if it had
+just made it (any notification since it wakes the poll at once, and it reads then). The poll after
+it reads again, so at most every other poll skips its read. What such a poll does not see for one
+more hold is what no notification tells this process: the token revoked or the node marked dead
+(its answer is still only "wait"), or work queued by another server on the same PostgreSQL (seen
+within two holds instead of one). A token's expiry is checked from what the read saw. The number of waiters is bounded
 (`limit`, and PER_NODE per node): past it, a poll is answered at once, as without a long poll (a
 wait with `seconds`), which every agent understands; nothing is refused.
 """
@@ -21,10 +30,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
+
+from crowbar.db.models import utcnow
 
 PREFER_WAIT_MAX = 3600  # a larger `wait` than this in Prefer is read as this (the server holds far less)
 REMEMBER = 300.0  # seconds a notification is remembered for polls that read before it
 PER_NODE = 2  # held polls of one node at once (its agent has one; a token holder cannot fill the server)
+QUIET_GRACE = 10.0  # seconds after a hold's end in which the agent's next poll may skip its read
 
 
 def requested_wait(prefer: str | None) -> float:
@@ -53,7 +66,11 @@ class AgentWaiters:
         self._notified: dict[int, float] = {}  # node id -> when it was last notified (monotonic)
         self._lock = threading.Lock()
         self._closed = False
+        # token digest -> (node id, when it was last read (monotonic), until when a poll may skip
+        # its read (monotonic), the token's expiry)
+        self._quiet: dict[str, tuple[int, float, float, datetime | None]] = {}
         self.woken = 0  # polls answered early because their node got work (for tests and metrics)
+        self.skipped = 0  # polls that skipped their read, back from a quiet hold (for tests and metrics)
 
     @property
     def waiting(self) -> int:
@@ -75,6 +92,29 @@ class AgentWaiters:
                 loop.call_soon_threadsafe(self._wake, ids)
             except RuntimeError:  # the loop closed meanwhile: nobody waits there
                 pass
+
+    def remember_quiet(self, digest: str, node_id: int, read_at: float, expires_at: datetime | None) -> None:
+        """A hold ended with nothing for this token's node since its read at `read_at`: the agent's
+        next poll, if it comes within QUIET_GRACE seconds, may skip its read (`take_quiet`)."""
+        now = time.monotonic()
+        with self._lock:
+            self._quiet[digest] = (node_id, read_at, now + QUIET_GRACE, expires_at)
+            if len(self._quiet) > 4 * max(1024, self._count):
+                self._quiet = {k: v for k, v in self._quiet.items() if v[2] > now}
+
+    def take_quiet(self, digest: str | None) -> tuple[int, float] | None:
+        """(node id, when it was read) for a poll that may skip its read, once; else None."""
+        if digest is None:
+            return None
+        with self._lock:
+            entry = self._quiet.pop(digest, None)
+        if entry is None or self._closed:
+            return None
+        node_id, read_at, until, expires_at = entry
+        if time.monotonic() > until or (expires_at is not None and expires_at <= utcnow()):
+            return None
+        self.skipped += 1
+        return node_id, read_at
 
     def notified_since(self, node_id: int, since: float) -> bool:
         with self._lock:

@@ -8,6 +8,7 @@ them on its provisioning listener only (crowbar.api.listeners, `crowbar server -
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
@@ -21,7 +22,7 @@ from crowbar.errors import InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import MAX_INVENTORY_BYTES, NONCE_HEADER, parse_inventory, too_large
 from crowbar.provisioner import osimage
-from crowbar.services import boot, install, os_images, provisioning, proxy
+from crowbar.services import auth, boot, install, os_images, provisioning, proxy
 
 # The routes booting machines use, by path prefix: the iPXE scripts and discovery image, the
 # discovery post, the agent's polls and job results.
@@ -128,16 +129,16 @@ async def discovery(request: Request, config: Settings):
     return await run_in_threadpool(discover)
 
 
-def _poll(config: AppSettings, token: str | None, wait: float) -> tuple[dict, int, float]:
-    """One look at the node's work (in a worker thread): the answer, the node's id, and how long
-    a long poll that asked to `wait` should be held (0: answer now)."""
+def _poll(config: AppSettings, token: str | None, wait: float) -> tuple[dict, int, float, datetime | None]:
+    """One look at the node's work (in a worker thread): the answer, the node's id, how long a
+    long poll that asked to `wait` should be held (0: answer now), and the token's expiry."""
     with config.db.read_session() as s:
-        node_id, answer = provisioning.agent_poll(s, token)
+        node_id, answer, expires_at = provisioning.agent_poll(s, token)
         hold = provisioning.hold_seconds(wait, provisioning.polling_agents(s)) if answer is not None else 0.0
     if answer is None:
         with deps.unit(config) as s:
             answer = provisioning.agent_next(s, provisioning.node_for_token(s, token))
-    return answer, node_id, hold
+    return answer, node_id, hold, expires_at
 
 
 @open_router.get("/api/v2/agent/next", responses={200: {"headers": {
@@ -157,21 +158,32 @@ async def agent_next(request: Request, config: Settings):
     polls as it will (`AppSettings.agent_waiters`), it answers at once, as it always did."""
     token = deps.bearer(request)
     wait = longpoll.requested_wait(request.headers.get("prefer"))
-    since = time.monotonic()
-    answer, node_id, hold = await run_in_threadpool(_poll, config, token, wait)
+    waiters: longpoll.AgentWaiters = request.app.state.agent_waiters
+    started = since = time.monotonic()
+    digest = auth.digest_of(token) if wait else None
+    quiet = waiters.take_quiet(digest)
+    if quiet is not None:  # straight back from a quiet hold: wait from that read (module longpoll)
+        node_id, since = quiet
+        agents = provisioning.polling_agents_known()
+        answer = {"action": "wait", "seconds": provisioning.wait_seconds(agents)}
+        hold, expires_at = provisioning.hold_seconds(wait, agents), None
+    else:
+        answer, node_id, hold, expires_at = await run_in_threadpool(_poll, config, token, wait)
     if not hold or answer.get("action") != "wait":
         return answer
-    waiters: longpoll.AgentWaiters = request.app.state.agent_waiters
-    started, deadline = since, since + hold
+    deadline = started + hold
     while True:
         woke = await waiters.wait(node_id, deadline - time.monotonic(), since)
         if woke is None:  # no room to wait, or the server is stopping: the answer as it is
             return answer
         if woke is False:  # the hold is over: ask again now
+            if quiet is None and digest is not None:
+                waiters.remember_quiet(digest, node_id, since, expires_at)
             answer = {"action": "wait", "seconds": 0}
             break
         since = time.monotonic()  # work for this node: read again (what writes is done there)
-        answer, node_id, _ = await run_in_threadpool(_poll, config, token, 0.0)
+        answer, node_id, _, expires_at = await run_in_threadpool(_poll, config, token, 0.0)
+        quiet = None
         if answer.get("action") != "wait" or since >= deadline:
             break
     now = time.monotonic()

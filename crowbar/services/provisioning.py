@@ -259,6 +259,11 @@ def polling_agents(session: Session) -> int:
     return count
 
 
+def polling_agents_known() -> int:
+    """The last count of `polling_agents`, without asking the database (0 before the first)."""
+    return _agents["count"]
+
+
 def wait_seconds(agents: int, rng: random.Random | None = None) -> int:
     """The `seconds` of a wait answer: WAIT_SECONDS, or longer when `agents` polling that often would
     exceed POLL_BUDGET polls per second (at most MAX_WAIT_SECONDS), jittered by up to a quarter so
@@ -279,11 +284,11 @@ def hold_seconds(requested: float, agents: int, rng: random.Random | None = None
     return base * (rng or random).uniform(0.75, 1.0)
 
 
-def agent_poll(session: Session, token: str | None) -> tuple[int, dict | None]:
+def agent_poll(session: Session, token: str | None) -> tuple[int, dict | None, datetime | None]:
     """An agent's poll, read in one query without a write transaction: the id of the node its
-    token names (Unauthorized otherwise), and the answer when the poll changes nothing (wait, for
-    a server-chosen time); None when it has something to write (the node was dead, an action or
-    a job waits): then `agent_next` answers it in a unit of work that writes."""
+    token names (Unauthorized otherwise), the answer when the poll changes nothing (wait, for
+    a server-chosen time), None when it has something to write (the node was dead, an action or
+    a job waits: then `agent_next` answers it in a unit of work that writes), and the token's expiry."""
     digest = auth.digest_of(token)
     queued = exists().where(AgentJob.node_id == Node.id, AgentJob.state == "queued")
     row = None if digest is None else session.execute(
@@ -293,8 +298,8 @@ def agent_poll(session: Session, token: str | None) -> tuple[int, dict | None]:
     if row is None or row.kind != "node" or not auth.still_valid(row.token_hash, row.expires_at, digest):
         raise Unauthorized("a valid node token is required")
     if not row.alive or row.agent_action or row.queued:
-        return row.id, None
-    return row.id, {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
+        return row.id, None, row.expires_at
+    return row.id, {"action": "wait", "seconds": wait_seconds(polling_agents(session))}, row.expires_at
 
 
 def agent_next(session: Session, node: Node) -> dict:

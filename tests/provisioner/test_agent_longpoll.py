@@ -10,14 +10,16 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from crowbar.api import longpoll
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
-from crowbar.db.models import AgentJob, Node
+from crowbar.db.models import AgentJob, ApiToken, Node
 from crowbar.services import provisioning
 from discoverykit import INVENTORY, discover
 
@@ -257,3 +259,84 @@ def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
         http.close()
     finally:
         served.close()
+
+
+def _statements(db):
+    """A list that collects the SQL statements run on `db` from now on, and a function that stops it."""
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    return seen, lambda: event.remove(db.engine, "before_cursor_execute", count)
+
+
+def test_a_poll_straight_back_from_a_quiet_hold_skips_its_read_and_the_next_one_reads(served, db):
+    api = served()
+    waiters = api.app.state.agent_waiters
+    token = discover(api, INVENTORY).json()["token"]
+    assert held(api, token, 2).result(10)[0].json() == {"action": "wait", "seconds": 0}
+    seen, stop = _statements(db)
+    try:
+        r, took = held(api, token, 2).result(10)  # back at once: no read, held all the same
+        assert r.json() == {"action": "wait", "seconds": 0} and took >= 1.4
+        assert seen == [] and waiters.skipped == 1
+        r, _ = held(api, token, 2).result(10)  # the one after reads again
+        assert r.json() == {"action": "wait", "seconds": 0} and len(seen) >= 1 and waiters.skipped == 1
+    finally:
+        stop()
+    # a plain poll (no long poll) always reads
+    assert api.get(f"{V2}/agent/next", headers=agent(token)).json()["action"] == "wait"
+    assert waiters.skipped == 1
+
+
+def test_work_queued_after_a_quiet_hold_answers_the_next_poll_at_once(served, db):
+    api = served()
+    found = discover(api, INVENTORY).json()
+    assert held(api, found["token"], 2).result(10)[0].json() == {"action": "wait", "seconds": 0}
+    with db.session() as s:  # between the hold's end and the agent's next poll (this process: notified)
+        s.add(AgentJob(node_id=found["id"], kind="script", script="echo hi", timeout=10))
+    r, took = held(api, found["token"], 30).result(10)
+    assert r.json()["action"] == "run" and r.json()["script"] == "echo hi" and took < 5
+    assert api.app.state.agent_waiters.skipped == 1  # it skipped its first read, woke and read then
+
+
+def test_what_no_notification_tells_is_seen_one_hold_later_and_a_dead_token_is_refused_then(served, db):
+    """Another server's commit (here: SQL on the engine, which notifies nothing) reaches an agent
+    that skipped its read when its next poll reads: within two holds."""
+    api = served()
+    found = discover(api, INVENTORY).json()
+    assert held(api, found["token"], 2).result(10)[0].json() == {"action": "wait", "seconds": 0}
+    with db.engine.begin() as conn:
+        conn.execute(AgentJob.__table__.insert().values(node_id=found["id"], kind="script", script="true",
+                                                        timeout=10, state="queued"))
+    r, took = held(api, found["token"], 2).result(10)
+    assert r.json() == {"action": "wait", "seconds": 0} and took >= 1.4  # skipped its read: not seen yet
+    assert api.get(f"{V2}/agent/next", headers=agent(found["token"], 2)).json()["action"] == "run"
+    # a token revoked behind the server's back: refused at the latest by the poll after the skipped one
+    other = discover(api, inventory(1)).json()
+    assert held(api, other["token"], 2).result(10)[0].json() == {"action": "wait", "seconds": 0}
+    with db.engine.begin() as conn:
+        conn.execute(ApiToken.__table__.delete().where(ApiToken.node_id == other["id"]))
+    assert held(api, other["token"], 2).result(10)[0].json() == {"action": "wait", "seconds": 0}
+    assert api.get(f"{V2}/agent/next", headers=agent(other["token"], 2)).status_code == 401
+
+
+def test_a_quiet_hold_is_remembered_once_briefly_and_not_past_the_tokens_expiry(monkeypatch):
+    waiters = longpoll.AgentWaiters()
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    waiters.remember_quiet("d1", 7, 100.0, future)
+    assert waiters.take_quiet("d1") == (7, 100.0) and waiters.take_quiet("d1") is None  # once
+    assert waiters.take_quiet(None) is None and waiters.take_quiet("unknown") is None
+    waiters.remember_quiet("d2", 8, 100.0, datetime.now(timezone.utc) - timedelta(seconds=1))
+    assert waiters.take_quiet("d2") is None  # the token has expired since its read
+    monkeypatch.setattr(longpoll, "QUIET_GRACE", 0.0)
+    waiters.remember_quiet("d3", 9, 100.0, None)
+    time.sleep(0.01)
+    assert waiters.take_quiet("d3") is None  # not straight back: it reads
+    monkeypatch.setattr(longpoll, "QUIET_GRACE", 10.0)
+    waiters.remember_quiet("d4", 9, 100.0, None)
+    waiters.close()
+    assert waiters.take_quiet("d4") is None  # the server is stopping
+    assert waiters.skipped == 1
