@@ -19,9 +19,11 @@ just made it (any notification since it wakes the poll at once, and it reads the
 it reads again, so at most every other poll skips its read. What such a poll does not see for one
 more hold is what no notification tells this process: the token revoked or the node marked dead
 (its answer is still only "wait"), or work queued by another server on the same PostgreSQL (seen
-within two holds instead of one). A token's expiry is checked from what the read saw. The number of waiters is bounded
-(`limit`, and PER_NODE per node): past it, a poll is answered at once, as without a long poll (a
-wait with `seconds`), which every agent understands; nothing is refused.
+within two holds instead of one). A token's expiry is checked from what the read saw.
+
+The number of waiters is bounded (`limit`, and PER_NODE per node): past it, a poll is answered at
+once, as without a long poll (a wait with `seconds`), which every agent understands; nothing is
+refused.
 """
 
 from __future__ import annotations
