@@ -230,6 +230,7 @@ class HoldRun:
                 "beyond_hold_ms": _ms(beyond), "server_late_ms": _ms([p.late for p in polls]),
                 "wake_ms": _ms(woke), "woken": len(woke), "wake_calls": len(self.wakes),
                 "wake_call_ms": _ms([w.returned - w.called for w in self.wakes]),
+                "wake_calls_timed_out": sum(1 for w in self.wakes if w.status == 0),
                 "unanswered": sum(g.unanswered for g in self.generated), "errors": errors,
                 "server_cpu_s_per_min": round(self.server_cpu_s * 60 / (end - start), 1)
                 if self.server_cpu_s is not None else None,
@@ -247,15 +248,19 @@ def _sleep_until(moment: float) -> None:
     time.sleep(max(0.0, moment - time.monotonic()))
 
 
-def _wake(url: str, token: str, sample: list[tuple[int, str]], start: float, seconds: float) -> list[Wake]:
+def _wake(url: str, token: str, sample: list[tuple[int, str]], start: float, seconds: float,
+          timeout: float = 60.0) -> list[Wake]:
     """Give each sampled agent work, one call each, spread over the first half of the window:
     allocating a node in the discovery image sets its reboot action (the call commits it)."""
     wakes = []
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0) as http:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout) as http:
         for k, (index, name) in enumerate(sample):
             _sleep_until(start + seconds / 2 * k / len(sample))
             called = time.monotonic()
-            status = http.post(f"/api/v2/nodes/{name}/allocate").status_code
+            try:
+                status = http.post(f"/api/v2/nodes/{name}/allocate").status_code
+            except httpx.TimeoutException:  # counted (status 0): a server too busy to answer is a result
+                status = 0
             wakes.append(Wake(index, name, called, time.monotonic(), status))
     return wakes
 

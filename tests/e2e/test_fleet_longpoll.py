@@ -5,8 +5,12 @@ the others' polls are each held for the server's hold and answered when it ends.
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
+from crowbar.lab import pollers
 from crowbar.lab.pollers import HoldOptions, discover, hold
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +28,7 @@ def test_held_polls_from_several_processes_end_with_their_hold_or_at_once_with_w
 
     run = hold(s.url, token, agents, HoldOptions(processes=2, wait=WAIT, ramp=0.5, seconds=12.0, wake=2))
     report = run.report()
-    assert report["errors"] == {} and report["unanswered"] == 0
+    assert report["errors"] == {} and report["unanswered"] == 0 and report["wake_calls_timed_out"] == 0
     assert len(run.generated) == 2 and all(g.polls for g in run.generated)  # both processes polled
 
     woken = run.answers()
@@ -42,3 +46,16 @@ def test_held_polls_from_several_processes_end_with_their_hold_or_at_once_with_w
     per_agent = {i: sum(1 for p in waits if p.index == i) for i, _, _ in agents}
     assert all(count >= 2 for i, count in per_agent.items() if i not in woken), per_agent
     assert report["polls"] > 0 and report["not_held"] == 0
+
+
+def test_an_operator_call_the_server_does_not_answer_is_counted_not_fatal():
+    """A server too busy to answer a wake call within the timeout: the call is counted (status 0),
+    and the run goes on (a benchmark on an overloaded server once stopped there)."""
+    with socket.socket() as listener:  # accepts connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        wakes = pollers._wake(url, "t", [(0, "n0"), (1, "n1")], time.monotonic(), 0.2, timeout=0.3)
+    assert [w.status for w in wakes] == [0, 0] and all(w.returned - w.called >= 0.3 for w in wakes)
+    run = pollers.HoldRun(2, HoldOptions(), (0.0, 1.0), [], wakes)
+    assert run.report()["wake_calls_timed_out"] == 2
