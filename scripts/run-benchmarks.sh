@@ -10,6 +10,7 @@ pg=$(scripts/test-postgres.sh start "$pgdir")
 py=.venv/bin/python
 echo "== annealer"; $py benchmarks/anneal.py --nodes 100 1000 10000 --postgres "$pg"
 echo "== deploy planning"; $py benchmarks/deploy_plan.py --nodes 1000 10000 --postgres "$pg"
+echo "== the agent's requests while installing"; $py benchmarks/agent_deploy.py --nodes 100 1000 10000 --postgres "$pg"
 echo "== network";  $py benchmarks/network.py --postgres "$pg"
 echo "== list endpoints"; $py benchmarks/api_lists.py --sizes 100 1000 10000 --postgres "$pg"
 echo "== dhcp reservations"; $py benchmarks/dhcp_reservations.py --reservations 100 1000 10000

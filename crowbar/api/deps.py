@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, Header, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from crowbar.api.settings import AppSettings
@@ -30,8 +31,12 @@ from crowbar.services.auth import Caller
 LIMIT, MAX_LIMIT = 100, 1000
 
 
-def settings(request: Request) -> AppSettings:
-    """The settings `create_app` was built from (the only reader of `app.state`)."""
+async def settings(request: Request) -> AppSettings:
+    """The settings `create_app` was built from (the only reader of `app.state`).
+
+    The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in its
+    threadpool, a thread hop per request each, queued behind the routes' database work when the
+    pool is busy (10,000 agents' polls: docs/scaling.md)."""
     return request.app.state.settings
 
 
@@ -116,16 +121,18 @@ def authenticate(config: AppSettings, headers, method: str = "GET") -> Caller:
         return who
 
 
-def caller(request: Request, config: Settings,
-           _documented_bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-           _documented_key: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
+async def caller(request: Request, config: Settings,
+                 _documented_bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+                 _documented_key: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
     """The caller, as the edge authenticated it before the route (the security parameters only
     document the two ways of sending the token in the OpenAPI document)."""
     who = getattr(request.state, "caller", None)
-    return who if who is not None else authenticate(config, request.headers, request.method)
+    if who is not None:
+        return who
+    return await run_in_threadpool(authenticate, config, request.headers, request.method)
 
 
-def actor(who: Annotated[Caller, Depends(caller)]) -> str:
+async def actor(who: Annotated[Caller, Depends(caller)]) -> str:
     """The name of the user the request speaks for: what events record as their actor."""
     return who.name
 
@@ -134,11 +141,11 @@ Actor = Annotated[str, Depends(actor)]
 CallerOf = Annotated[Caller, Depends(caller)]
 
 
-def admin_only() -> None:
+async def admin_only() -> None:
     """Marks a route only admins may call, whatever its method (the edge checks it)."""
 
 
-def any_user() -> None:
+async def any_user() -> None:
     """Marks a route every user may call, whatever its method (its service checks what it may
     touch: a user's own tokens)."""
 
@@ -200,19 +207,20 @@ class Page:
         return {"items": items, "next": f"{self.request.url.path}?{urlencode(query)}"}
 
 
-def paging(request: Request,
-           limit: int = Query(LIMIT, ge=1, le=MAX_LIMIT, description="at most this many items"),
-           marker: int | None = Query(None, ge=0, le=MAX_ID, description="the last id of the previous page")) -> Page:
+async def paging(request: Request,
+                 limit: int = Query(LIMIT, ge=1, le=MAX_LIMIT, description="at most this many items"),
+                 marker: int | None = Query(None, ge=0, le=MAX_ID,
+                                            description="the last id of the previous page")) -> Page:
     return Page(request, limit, marker)
 
 
 Paging = Annotated[Page, Depends(paging)]
 
 
-def text_paging(request: Request,
-                limit: int = Query(LIMIT, ge=1, le=MAX_LIMIT, description="at most this many items"),
-                marker: str | None = Query(None, description="where the previous page ended (as its next link "
-                                                             "gives it)")) -> Page:
+async def text_paging(request: Request,
+                      limit: int = Query(LIMIT, ge=1, le=MAX_LIMIT, description="at most this many items"),
+                      marker: str | None = Query(None, description="where the previous page ended (as its next "
+                                                                   "link gives it)")) -> Page:
     """Paging for a list that is not in id order (allocations by address, Neutron segments): the
     service parses the marker and answers 422 naming `marker` when it is not one of its keys."""
     return Page(request, limit, marker)

@@ -192,25 +192,39 @@ async def agent_next(request: Request, config: Settings):
     return body.JSONResponse(answer, headers={"Preference-Applied": f"wait={round(hold)}", "Server-Timing": timing})
 
 
+async def _as_node(request: Request, config: AppSettings, work):
+    """An agent's request that writes: `work(session, node)` for the node its token names, in one
+    unit of work committed before the answer, in one trip to the threadpool (a `def` route with a
+    UnitOfWork would take three: the unit's start, the route, the unit's end)."""
+    token = deps.bearer(request)
+
+    def run():
+        with deps.unit(config) as s:
+            return work(s, provisioning.node_for_token(s, token))
+
+    return await run_in_threadpool(run)
+
+
 @open_router.post("/api/v2/agent/jobs/{job_id}")
-def agent_job(job_id: str, body: JobResult, request: Request, s: UnitOfWork):
-    node = provisioning.node_for_token(s, deps.bearer(request))
-    return provisioning.job_result(s, node, job_id, body.exit_code, body.output)
+async def agent_job(job_id: str, body: JobResult, request: Request, config: Settings):
+    return await _as_node(request, config,
+                          lambda s, node: provisioning.job_result(s, node, job_id, body.exit_code, body.output))
 
 
 @open_router.post("/api/v2/agent/progress/{job_id}")
-def agent_progress(job_id: str, body: JobProgress, request: Request, s: UnitOfWork):
+async def agent_progress(job_id: str, body: JobProgress, request: Request, config: Settings):
     """An install job's phase and bytes written (the installer's script posts them)."""
-    node = provisioning.node_for_token(s, deps.bearer(request))
-    return install.progress(s, node, job_id, body.phase, body.bytes, body.total)
+    return await _as_node(request, config,
+                          lambda s, node: install.progress(s, node, job_id, body.phase, body.bytes, body.total))
 
 
 @open_router.post("/api/v2/agent/booted")
-def agent_booted(body: Booted, request: Request, s: UnitOfWork, config: Settings):
+async def agent_booted(body: Booted, request: Request, config: Settings):
     """The installed system calls home at boot: booted, ready, or failed (with a reason)."""
-    node = provisioning.node_for_token(s, deps.bearer(request))
     facts = {"boot_id": body.boot_id, "kernel": body.kernel, "os": body.os, "reason": body.reason}
-    return install.booted(s, node, body.step, facts, _install_context(config), host_keys=body.host_keys)
+    ctx = _install_context(config)
+    return await _as_node(request, config,
+                          lambda s, node: install.booted(s, node, body.step, facts, ctx, host_keys=body.host_keys))
 
 
 @open_router.get("/boot/os/{name}/{digest}/{file}")

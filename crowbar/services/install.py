@@ -496,6 +496,11 @@ def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context
     if step not in ("booted", "ready", "failed"):
         raise InvalidInput("step must be booted, ready or failed", field="step")
     keys = parse_host_keys(host_keys)
+    with batched(session):  # the events last: the node's changes go out in one UPDATE
+        return _booted(session, node, step, facts, ctx, keys)
+
+
+def _booted(session: Session, node: Node, step: str, facts: dict, ctx: Context, keys: list[str]) -> dict:
     node.alive = True
     clean = {k: str(v)[:200] for k, v in (facts or {}).items() if k in ("boot_id", "kernel", "os", "reason")}
     record(session, [{"object_type": "node", "object_id": node.id, "action": "boot", "actor": "node",
@@ -617,7 +622,8 @@ def _set_auto_ssh(session: Session, node: Node, ctx: Context) -> None:
     ssh = hints.setdefault("crowbar", {}).setdefault("ssh", {})
     if ssh.get("address"):
         return
-    address = _admin_address(session, node)
+    with session.no_autoflush:  # the node's pending changes go out with the rest, in one UPDATE
+        address = _admin_address(session, node)
     if not address:
         return
     ssh["address"] = address

@@ -236,10 +236,14 @@ def approve(session: Session, key, actor: str = "system") -> dict:
 
 
 def node_for_token(session: Session, token: str | None) -> Node:
-    row = auth.verify(session, token)
-    if row is None or row.kind != "node" or row.node_id is None:
+    """The node a node token names (the token and its node read in one query), else Unauthorized."""
+    digest = auth.digest_of(token)
+    row = None if digest is None else session.execute(
+        select(ApiToken.token_hash, ApiToken.expires_at, ApiToken.kind, Node)
+        .join(Node, Node.id == ApiToken.node_id).where(ApiToken.token_hash == digest)).first()
+    if row is None or row.kind != "node" or not auth.still_valid(row.token_hash, row.expires_at, digest):
         raise Unauthorized("a valid node token is required")
-    return session.get(Node, row.node_id)
+    return row.Node
 
 
 _agents = {"count": 0, "at": float("-inf")}
@@ -303,7 +307,14 @@ def agent_poll(session: Session, token: str | None) -> tuple[int, dict | None, d
 
 
 def agent_next(session: Session, node: Node) -> dict:
-    """What the node's agent should do now: a pending power action, the next job, or wait."""
+    """What the node's agent should do now: a pending power action, the next job, or wait. Its
+    events are written last, so that the node's changes go out in one UPDATE (as in every agent
+    request that writes: `job_result`, `install.progress`, `install.booted`)."""
+    with batched(session):
+        return _agent_next(session, node)
+
+
+def _agent_next(session: Session, node: Node) -> dict:
     node.alive = True
     if node.agent_action:
         action, node.agent_action = node.agent_action, None
@@ -331,7 +342,8 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> 
     if not isinstance(exit_code, int):
         raise InvalidInput("exit_code must be an integer", field="exit_code")
     job.state, job.exit_code, job.output, job.finished_at = "done", exit_code, str(output or ""), utcnow()
-    install.job_done(session, node, job)
+    with batched(session):
+        install.job_done(session, node, job)
     signal_work(session, "anneal")  # the annealer completes the run that waits for this job
     return {"job": job.id, "state": job.state}
 
