@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, Header, Query, Request, Response, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from crowbar.api.settings import AppSettings
 from crowbar.db.session import pending_work
