@@ -6,8 +6,9 @@ driver; SQLite is in-process, PostgreSQL's backend is not counted).
 
     python benchmarks/agent_deploy.py [--nodes 100 1000 10000] [--postgres URL] [--profile FILE] [--json FILE]
 
-Set-up (not measured): an admin network made a /16, N machines discovered with the fleet's inventory (crowbar.lab.fleet), then
-allocated and deployed in bulk (the services, calls of 250) onto a stand-in image. Measured, each
+Set-up (not measured): an admin network made a /16, N machines discovered with the fleet's
+inventory (crowbar.lab.fleet), then allocated and deployed in bulk (the services, calls of 250)
+onto a stand-in image. Measured, each
 step for every node before the next step (as a fleet installing at once does it): the poll that
 takes the install job, the installer's two progress posts, the job's result, the poll that takes
 the reboot, the boot script of the installed disk, and the installed system's two calls home
@@ -134,7 +135,7 @@ async def run(url: str, n: int, profile: Path | None) -> dict:
                 profiler.dump_stats(str(profile))
             anyio.to_thread.run_sync = original
         with db.session() as s:
-            states = {row.state for row in s.scalars(select(Node).where(Node.name.in_(names)))}
+            states = set(s.scalars(select(Node.state).where(Node.name.in_(names)).distinct()))
         if states != {"ready"}:
             raise SystemExit(f"nodes not all ready at the end: {sorted(states)}")
         result["total cpu_ms per node"] = round(sum(v["cpu_ms"] for k, v in result.items()
