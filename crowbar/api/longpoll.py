@@ -29,17 +29,25 @@ refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import TypeVar
+
+import anyio.to_thread
+from anyio import CapacityLimiter
 
 from crowbar.db.models import utcnow
+
+T = TypeVar("T")
 
 PREFER_WAIT_MAX = 3600  # a larger `wait` than this in Prefer is read as this (the server holds far less)
 REMEMBER = 300.0  # seconds a notification is remembered for polls that read before it
 PER_NODE = 2  # held polls of one node at once (its agent has one; a token holder cannot fill the server)
 QUIET_GRACE = 10.0  # seconds after a hold's end in which the agent's next poll may skip its read
+READERS = 4  # polls reading the database at once, each in a worker thread; the rest wait in the event loop
 
 
 def requested_wait(prefer: str | None) -> float:
@@ -73,6 +81,7 @@ class AgentWaiters:
         self._quiet: dict[str, tuple[int, float, float, datetime | None]] = {}
         self.woken = 0  # polls answered early because their node got work (for tests and metrics)
         self.skipped = 0  # polls that skipped their read, back from a quiet hold (for tests and metrics)
+        self._readers: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = None
 
     @property
     def waiting(self) -> int:
@@ -124,6 +133,21 @@ class AgentWaiters:
         return at is not None and at >= since
 
     # -- the event loop's thread ---------------------------------------------------------------
+    async def read(self, fn: Callable[..., T], *args) -> T:
+        """A poll's read, `fn(*args)`, in a worker thread: at most READERS at once (the others wait
+        their turn in the event loop, holding no thread).
+
+        Why a bound of its own: every thread that runs Python competes with the event loop for the
+        interpreter's lock, and the loop gives it up at every socket call. With 10,000 agents polling,
+        a burst of reads in the default pool's 40 threads (and as many SQLite connections opened
+        and closed past the pool) kept the loop waiting for the lock for 100-300 ms at a time, and
+        every held poll whose hold ended then was answered that late (docs/benchmarks.md, "What
+        stalls the event loop"). A read is ~1 ms of CPU, so four at once keep two cores busy."""
+        loop = asyncio.get_running_loop()
+        if self._readers is None or self._readers[0] is not loop:  # tests run a loop per client
+            self._readers = (loop, CapacityLimiter(READERS))
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args), limiter=self._readers[1])
+
     def _wake(self, node_ids: list[int] | None) -> None:
         for node_id in list(self._events) if node_ids is None else node_ids:
             for ev in self._events.get(node_id, ()):

@@ -129,15 +129,30 @@ async def discovery(request: Request, config: Settings):
     return await run_in_threadpool(discover)
 
 
-def _poll(config: AppSettings, token: str | None, wait: float) -> tuple[dict, int, float, datetime | None]:
-    """One look at the node's work (in a worker thread): the answer, the node's id, how long a
-    long poll that asked to `wait` should be held (0: answer now), and the token's expiry."""
+def _read(config: AppSettings, token: str | None, wait: float) -> tuple[dict | None, int, float, datetime | None]:
+    """One look at the node's work (in a worker thread): the answer (None: there is work to take,
+    which writes), the node's id, how long a long poll that asked to `wait` should be held (0:
+    answer now), and the token's expiry."""
     with config.db.read_session() as s:
         node_id, answer, expires_at = provisioning.agent_poll(s, token)
         hold = provisioning.hold_seconds(wait, provisioning.polling_agents(s)) if answer is not None else 0.0
+    return answer, node_id, hold, expires_at
+
+
+def _take(config: AppSettings, token: str | None) -> dict:
+    """The node's queued work taken, in a unit of work that writes (in a worker thread)."""
+    with deps.unit(config) as s:
+        return provisioning.agent_next(s, provisioning.node_for_token(s, token))
+
+
+async def _poll(waiters: longpoll.AgentWaiters, config: AppSettings, token: str | None,
+                wait: float) -> tuple[dict, int, float, datetime | None]:
+    """The poll's read, among the bounded readers (`AgentWaiters.read`); then, only when there is
+    work to take, a unit of work in the default threadpool (it may queue for SQLite's write lock,
+    and must not hold a reader's place meanwhile)."""
+    answer, node_id, hold, expires_at = await waiters.read(_read, config, token, wait)
     if answer is None:
-        with deps.unit(config) as s:
-            answer = provisioning.agent_next(s, provisioning.node_for_token(s, token))
+        answer = await run_in_threadpool(_take, config, token)
     return answer, node_id, hold, expires_at
 
 
@@ -168,7 +183,7 @@ async def agent_next(request: Request, config: Settings):
         answer = {"action": "wait", "seconds": provisioning.wait_seconds(agents)}
         hold, expires_at = provisioning.hold_seconds(wait, agents), None
     else:
-        answer, node_id, hold, expires_at = await run_in_threadpool(_poll, config, token, wait)
+        answer, node_id, hold, expires_at = await _poll(waiters, config, token, wait)
     if not hold or answer.get("action") != "wait":
         return answer
     deadline = started + hold
@@ -182,7 +197,7 @@ async def agent_next(request: Request, config: Settings):
             answer = {"action": "wait", "seconds": 0}
             break
         since = time.monotonic()  # work for this node: read again (what writes is done there)
-        answer, node_id, _, expires_at = await run_in_threadpool(_poll, config, token, 0.0)
+        answer, node_id, _, expires_at = await _poll(waiters, config, token, 0.0)
         quiet = None
         if answer.get("action") != "wait" or since >= deadline:
             break

@@ -340,3 +340,32 @@ def test_a_quiet_hold_is_remembered_once_briefly_and_not_past_the_tokens_expiry(
     waiters.close()
     assert waiters.take_quiet("d4") is None  # the server is stopping
     assert waiters.skipped == 1
+
+
+def test_polls_read_the_database_at_most_readers_at_once(served, monkeypatch):
+    """A burst of polls: their reads run in at most READERS worker threads at once (the rest wait
+    in the event loop, holding no thread), and every poll is answered."""
+    from crowbar.api import provisioning as routes
+
+    api = served()
+    tokens = [discover(api, inventory(i)).json()["token"] for i in range(3 * longpoll.READERS)]
+    lock, running, most = threading.Lock(), [0], [0]
+    read = routes._read
+
+    def counted(*args):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # long enough for the whole burst to arrive while the first reads run
+            return read(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(routes, "_read", counted)
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        answers = list(pool.map(lambda t: api.get(f"{V2}/agent/next", headers=agent(t)), tokens))
+    assert [r.status_code for r in answers] == [200] * len(tokens)
+    assert all(r.json()["action"] == "wait" for r in answers)
+    assert most[0] == longpoll.READERS
