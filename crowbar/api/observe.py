@@ -8,12 +8,15 @@
   database says at scrape time (`DatabaseCollector`): nodes by state, noderoles by state, the
   annealer's queue (runnable noderoles) and runs in flight, run durations (a histogram over the
   finished runs), each server's heartbeat age, and `crowbar_service_up{service}` from the checks
-  the server process passes (`AppSettings.checks`: its loops, dnsmasq).
+  the server process passes (`AppSettings.checks`: its loops, dnsmasq); and `LoopLag`:
+  `crowbar_event_loop_lag_seconds`, how late the event loop runs a timer, sampled while the
+  application runs.
 - `health(settings)`: the database, then each check; which failed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -30,6 +33,7 @@ from crowbar.db.sql import is_postgresql
 
 access = logging.getLogger("crowbar.access")
 RUN_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
@@ -40,9 +44,46 @@ class Metrics:
         self.latency = Histogram("crowbar_http_request_duration_seconds", "HTTP request latency by route",
                                  ["method", "route"], registry=self.registry)
         self.registry.register(DatabaseCollector(settings))
+        self.loop_lag = LoopLag(self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LoopLag:
+    """How late the event loop runs a timer: `crowbar_event_loop_lag_seconds`, one sample every
+    `interval` from the application's start to its end (its ASGI lifespan).
+
+    Every held long poll ends on such a timer, and every request waits for the loop, so this is the
+    server's own share of their latency. What makes it late is what holds the loop: a callback that
+    runs long, the collector's passes, or threads that keep the interpreter's lock from it (the
+    poll reads before they were bounded: docs/benchmarks.md, "What stalls the event loop")."""
+
+    interval = 0.25
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram("crowbar_event_loop_lag_seconds", "How late the server's event loop ran "
+                                   "a timer (sampled every 0.25 s)", buckets=LAG_BUCKETS, registry=registry)
+        self._task: asyncio.Task | None = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.interval
+            await asyncio.sleep(self.interval)
+            self.histogram.observe(max(0.0, loop.time() - due))
+
+    def lifespan(self, receive: Receive) -> Receive:
+        """`receive` of the lifespan scope: sampling starts with the application and stops with it."""
+        async def receiving() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and self._task is None:
+                self._task = asyncio.get_running_loop().create_task(self._watch(), name="crowbar-loop-lag")
+            elif message["type"] == "lifespan.shutdown" and self._task is not None:
+                self._task.cancel()
+                self._task = None
+            return message
+        return receiving
 
 
 class DatabaseCollector:
@@ -144,6 +185,8 @@ class Observe:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                receive = self.metrics.loop_lag.lifespan(receive)
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500

@@ -77,6 +77,36 @@ def test_health_names_what_failed_and_metrics_count_routes(db, admin_token):
     assert 'crowbar_annealer_run_duration_seconds_bucket{le="+Inf"}' in text
 
 
+def _samples(text: str, name: str) -> dict[str, float]:
+    """{labels or "": value} of one metric's samples in a Prometheus exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name):
+            key, _, value = line.rpartition(" ")
+            out[key[len(name):]] = float(value)
+    return out
+
+
+def test_the_event_loops_lag_is_measured_while_the_app_runs_and_a_stall_shows(db):
+    import time
+
+    app = create_app(AppSettings(db=db))
+    lag = "crowbar_event_loop_lag_seconds"
+    with TestClient(app) as client:
+        time.sleep(0.6)  # two samples or more, the loop idle
+        assert _samples(client.get("/metrics").text, lag + "_count")[""] >= 1
+        client.portal.call(time.sleep, 0.7)  # the event loop's own thread blocked for 0.7 s
+        time.sleep(0.6)
+        after = _samples(client.get("/metrics").text, lag + "_bucket")
+        # the sample due during the stall ran at least 0.45 s late
+        assert after['{le="+Inf"}'] - after['{le="0.25"}'] >= 1
+    count = _samples(client.get("/metrics").text, lag + "_count")[""]
+    # stopped with the app, and started again with it (a new event loop)
+    with TestClient(app) as client:
+        time.sleep(0.6)
+        assert _samples(client.get("/metrics").text, lag + "_count")[""] > count
+
+
 def test_logs_never_hold_secrets_and_json_is_one_object_a_line():
     stream = io.StringIO()
     handler = logs.setup("debug", "json", stream=stream)
