@@ -148,8 +148,8 @@ def test_a_held_poll_ends_at_its_hold_with_a_wait_of_zero(served):
 
 
 def test_held_polls_hold_no_connection_and_no_thread(served, db):
-    """More polls held than the threadpool has threads (40) and the pool has connections (15):
-    none of them holds either, so the rest of the API answers meanwhile."""
+    """More polls held than the threadpool has threads (40): none of them holds a thread or a
+    database connection, so the rest of the API answers meanwhile."""
     api = served()
     waiters = api.app.state.agent_waiters
     tokens = [discover(api, inventory(i)).json()["token"] for i in range(48)]
