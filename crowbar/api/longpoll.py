@@ -140,7 +140,7 @@ class AgentWaiters:
         Why a bound of its own: every thread that runs Python competes with the event loop for the
         interpreter's lock, and the loop gives it up at every socket call. With 10,000 agents polling,
         a burst of reads in the default pool's 40 threads (and as many SQLite connections opened
-        and closed past the pool) kept the loop waiting for the lock for 100-300 ms at a time, and
+        and closed past the pool) kept the loop waiting for the lock for 100-320 ms at a time, and
         every held poll whose hold ended then was answered that late (docs/benchmarks.md, "What
         stalls the event loop"). A read is ~1 ms of CPU, so four at once keep two cores busy."""
         loop = asyncio.get_running_loop()

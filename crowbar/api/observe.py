@@ -63,7 +63,8 @@ class LoopLag:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.histogram = Histogram("crowbar_event_loop_lag_seconds", "How late the server's event loop ran "
-                                   "a timer (sampled every 0.25 s)", buckets=LAG_BUCKETS, registry=registry)
+                                   f"a timer (sampled every {self.interval:g} s)", buckets=LAG_BUCKETS,
+                                   registry=registry)
         self._task: asyncio.Task | None = None
 
     async def _watch(self) -> None:

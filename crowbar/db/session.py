@@ -61,7 +61,7 @@ def make_engine(url: str, **kwargs) -> Engine:
         _check_sqlite_path(parsed)
         # The pool keeps as many connections as the server's threads use at once (the API's 40, the
         # agents' poll readers, the annealer's workers): a connection past the pool is opened (five
-        # PRAGMAs) and closed for one unit of work, which at fleet scale was a fifth of the work of
+        # PRAGMAs) and closed for one unit of work, which at fleet scale was a third of the work of
         # the threads that stalled the event loop (docs/benchmarks.md, "What stalls the event loop").
         kwargs = {"pool_size": 20, "max_overflow": 40} | kwargs
         engine = _create(parsed, url, connect_args={"timeout": 60, "check_same_thread": False}, **kwargs)
