@@ -13,7 +13,6 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from crowbar.api import body, deps, errors, longpoll
 from crowbar.api.deps import Actor, Settings, UnitOfWork
@@ -118,15 +117,16 @@ async def discovery(request: Request, config: Settings):
 
     # Not on the event loop: the session waits for SQLite's write lock, and a request holding it
     # may need the loop to finish, which would stall the whole server for the busy timeout (60 s).
-    # One trip to the threadpool: the inventory is parsed, and the unit of work opened, run and
-    # committed (before the answer is sent), in it.
+    # One trip to a worker thread, among the agents' bounded writers (AgentWaiters.write): the
+    # inventory is parsed, and the unit of work opened, run and committed (before the answer is
+    # sent), in it.
     def discover():
         inventory = parse_inventory(raw)
         with deps.unit(config) as s:
             return provisioning.discover(s, inventory, config.domain, nonce=nonce, peer=peer,
                                          approve=config.approve_discovered, limit=config.discovery_limit)
 
-    return await run_in_threadpool(discover)
+    return await request.app.state.agent_waiters.write(discover)
 
 
 def _read(config: AppSettings, token: str | None, wait: float) -> tuple[dict | None, int, float, datetime | None]:
@@ -148,11 +148,11 @@ def _take(config: AppSettings, token: str | None) -> dict:
 async def _poll(waiters: longpoll.AgentWaiters, config: AppSettings, token: str | None,
                 wait: float) -> tuple[dict, int, float, datetime | None]:
     """The poll's read, among the bounded readers (`AgentWaiters.read`); then, only when there is
-    work to take, a unit of work in the default threadpool (it may queue for SQLite's write lock,
-    and must not hold a reader's place meanwhile)."""
+    work to take, a unit of work among the bounded writers (`AgentWaiters.write`: it may queue for
+    SQLite's write lock, and must not hold a reader's place meanwhile)."""
     answer, node_id, hold, expires_at = await waiters.read(_read, config, token, wait)
     if answer is None:
-        answer = await run_in_threadpool(_take, config, token)
+        answer = await waiters.write(_take, config, token)
     return answer, node_id, hold, expires_at
 
 
@@ -209,15 +209,16 @@ async def agent_next(request: Request, config: Settings):
 
 async def _as_node(request: Request, config: AppSettings, work):
     """An agent's request that writes: `work(session, node)` for the node its token names, in one
-    unit of work committed before the answer, in one trip to the threadpool (a `def` route with a
-    UnitOfWork would take three: the unit's start, the route, the unit's end)."""
+    unit of work committed before the answer, in one trip to a worker thread among the bounded
+    writers (`AgentWaiters.write`; a `def` route with a UnitOfWork would take three trips to the
+    default threadpool: the unit's start, the route, the unit's end)."""
     token = deps.bearer(request)
 
     def run():
         with deps.unit(config) as s:
             return work(s, provisioning.node_for_token(s, token))
 
-    return await run_in_threadpool(run)
+    return await request.app.state.agent_waiters.write(run)
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")

@@ -6,6 +6,7 @@ discovery agent itself long-polls."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -369,3 +370,40 @@ def test_polls_read_the_database_at_most_readers_at_once(served, monkeypatch):
     assert [r.status_code for r in answers] == [200] * len(tokens)
     assert all(r.json()["action"] == "wait" for r in answers)
     assert most[0] == longpoll.READERS
+
+
+def test_agents_requests_that_write_run_at_most_writers_at_once(served, monkeypatch):
+    """A burst of agents' writing requests (discovery posts, job results): their units of work run
+    in at most WRITERS worker threads at once, the rest waiting in the event loop; every one is
+    answered as it would be alone."""
+    from crowbar.api import deps
+    from crowbar.api import provisioning as routes
+
+    api = served()
+    tokens = [discover(api, inventory(i)).json()["token"] for i in range(2 * longpoll.WRITERS)]
+    lock, running, most, units = threading.Lock(), [0], [0], [0]
+    unit = deps.unit
+
+    @contextlib.contextmanager
+    def counted(*args, **kw):
+        with lock:
+            running[0] += 1
+            units[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # long enough for the whole burst to arrive while the first units run
+            with unit(*args, **kw) as s:
+                yield s
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(routes.deps, "unit", counted)
+    fresh = [inventory(100 + i) for i in range(2 * longpoll.WRITERS)]
+    calls = ([lambda b=b: api.post(f"{V2}/discovery", json=b) for b in fresh]
+             + [lambda t=t: api.post(f"{V2}/agent/jobs/999999", json={"exit_code": 0}, headers=agent(t)) for t in tokens])
+    with ThreadPoolExecutor(len(calls)) as pool:
+        answers = list(pool.map(lambda call: call(), calls))
+    assert [r.status_code for r in answers] == [201] * len(fresh) + [404] * len(tokens)
+    assert units[0] == len(calls)
+    assert most[0] == longpoll.WRITERS
