@@ -64,6 +64,7 @@ DEPLOYMENT = "fleet"
 BATCH = 250  # nodes per bulk enroll / allocate / deploy call: each is one transaction, holding SQLite's write lock
 AGENT_RETRY = 5.0  # the agent's pause after a failed request (agent.sh)
 HELD_PER_CLIENT = 50  # machines whose long polls share one HTTP client (a connection each)
+KEEPALIVE = 2.0  # seconds an idle connection is kept for the next request (the server keeps it 5)
 NONCE_RE = re.compile(r"crowbar\.nonce=([A-Za-z0-9_-]+)")
 TIMING_RE = re.compile(r"(hold|late);dur=([0-9.]+)")
 DELIVERY = "work queued -> taken"  # the route name under which work delivery latency is reported
@@ -469,8 +470,11 @@ class Fleet:
         tls = ssl.create_default_context() if self.url.startswith("https:") else None  # made once, shared
         async with contextlib.AsyncExitStack() as stack:
             def session(connections: int, timeout: float) -> aiohttp.ClientSession:
+                # An idle connection is closed here before the server's keep-alive ends (uvicorn's 5 s),
+                # so that no request is sent on a connection the server is closing (a reset).
                 return aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=connections, **({"ssl": tls} if tls else {})),
+                    connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=KEEPALIVE,
+                                                   **({"ssl": tls} if tls else {})),
                     timeout=aiohttp.ClientTimeout(total=timeout), skip_auto_headers=("User-Agent",))
 
             self._http = await stack.enter_async_context(session(self.o.concurrency, 120.0))
@@ -527,10 +531,15 @@ class Fleet:
             self.phase.nodes = n
         if "deploy" in self.o.phases:
             self._begin("allocate+deploy" if self.o.allocate_on_deploy else "deploy")
-            for batch in _batches(names):
+            batches = _batches(names)
+            for k, batch in enumerate(batches, 1):
                 self._queued_at.update((name, time.monotonic()) for name in batch)
                 await self.admin("POST", "/nodes/deploy", body={"nodes": batch, "os": self.o.os_name,
                                                                 **({"allocate": True} if self.o.allocate_on_deploy else {})})
+                if k % 4 == 0 or k == len(batches):  # the calls of a large fleet take minutes: show them
+                    ready = sum(1 for m in self.machines if m.state == "ready")
+                    self.say(f"{self.phase.name}: {k}/{len(batches)} deploy calls answered, {ready}/{n} ready "
+                             f"({self.phase.seconds:.0f} s)")
             await self._until("ready", lambda: sum(1 for m in self.machines if m.state == "ready"), n)
         if "anneal" in self.o.phases:
             self._begin("anneal")

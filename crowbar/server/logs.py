@@ -32,7 +32,14 @@ SECRETS = (
 )
 
 
+# Every match of SECRETS holds one of these: a text without any is returned as it is, after one
+# search instead of four substitutions (most lines name no secret; a line cost 76 us, 56 of them here).
+MAYBE_SECRET = re.compile(r"(?i)cb_|bearer|x-auth|://|passw|token|secret")
+
+
 def redact(text: str) -> str:
+    if not MAYBE_SECRET.search(text):
+        return text
     for pattern, replacement in SECRETS:
         text = pattern.sub(replacement, text)
     return text
