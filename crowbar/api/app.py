@@ -13,6 +13,8 @@ per role).
 
 from __future__ import annotations
 
+import functools
+
 import swagger_ui_bundle
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -31,6 +33,7 @@ from crowbar.api import (
     edge,
     errors,
     events,
+    groupcommit,
     listeners,
     longpoll,
     network,
@@ -76,6 +79,9 @@ def create_app(settings: AppSettings) -> FastAPI:
     app.state.event_hub = stream.EventHub(settings.db)
     # The agents' long polls (crowbar.api.longpoll), told by the database when work is queued.
     app.state.agent_waiters = longpoll.AgentWaiters(settings.agent_waiters)
+    # discovery posts that arrive together are written together (api/groupcommit.py)
+    app.state.discoveries = groupcommit.GroupCommit(functools.partial(provisioning.discover_together, settings),
+                                                    app.state.agent_waiters.write)
     if settings.db is not None:  # (the OpenAPI document is made from an app without one)
         settings.db.on_agent_work(app.state.agent_waiters.notify)
     errors.install(app)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from crowbar.api import body, deps, errors, longpoll
 from crowbar.api.deps import Actor, Settings, UnitOfWork
 from crowbar.api.settings import AppSettings
-from crowbar.errors import InvalidInput, NotFound
+from crowbar.errors import CrowbarError, InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import MAX_INVENTORY_BYTES, NONCE_HEADER, parse_inventory, too_large
 from crowbar.provisioner import osimage
@@ -113,20 +113,44 @@ async def discovery(request: Request, config: Settings):
     """The discovery agent posts its inventory (and, booted by a known node's script, its
     X-Crowbar-Nonce); answers the node's name, state and token."""
     raw = await _body(request, MAX_INVENTORY_BYTES)
-    nonce, peer = request.headers.get(NONCE_HEADER), _peer(request, config)
+    # Not on the event loop: the unit of work waits for SQLite's write lock, and a request holding
+    # it may need the loop to finish, which would stall the whole server for the busy timeout (60
+    # s). The posts that arrive together are parsed and written in one unit of work, in a worker
+    # thread among the agents' bounded writers, committed before any is answered (groupcommit).
+    return await request.app.state.discoveries.submit((raw, request.headers.get(NONCE_HEADER), _peer(request, config)))
 
-    # Not on the event loop: the session waits for SQLite's write lock, and a request holding it
-    # may need the loop to finish, which would stall the whole server for the busy timeout (60 s).
-    # One trip to a worker thread, among the agents' bounded writers (AgentWaiters.write): the
-    # inventory is parsed, and the unit of work opened, run and committed (before the answer is
-    # sent), in it.
-    def discover():
-        inventory = parse_inventory(raw)
+
+def discover_together(config: AppSettings, posts: list[tuple[bytes, str | None, boot.Peer]]) -> list:
+    """Discovery posts (body, nonce, peer) that arrived together, in one unit of work
+    (`provisioning.discover_many`): each post's answer, or its error. Should the unit itself fail
+    (its commit lost a race with another server), each post is written alone, as it would have
+    been without company."""
+    answers: list = [None] * len(posts)
+    parsed: list[tuple[int, tuple]] = []
+    for i, (raw, nonce, peer) in enumerate(posts):
+        try:
+            parsed.append((i, (parse_inventory(raw), nonce, peer)))
+        except CrowbarError as exc:
+            answers[i] = exc
+    if not parsed:
+        return answers
+    options = {"approve": config.approve_discovered, "limit": config.discovery_limit}
+    try:
         with deps.unit(config) as s:
-            return provisioning.discover(s, inventory, config.domain, nonce=nonce, peer=peer,
-                                         approve=config.approve_discovered, limit=config.discovery_limit)
-
-    return await request.app.state.agent_waiters.write(discover)
+            got = provisioning.discover_many(s, [post for _, post in parsed], config.domain, **options)
+    except Exception:  # noqa: BLE001 - each post alone, below: its own error is its answer
+        if len(parsed) == 1:
+            raise
+        got = []
+        for _, (inventory, nonce, peer) in parsed:
+            try:
+                with deps.unit(config) as s:
+                    got.append(provisioning.discover(s, inventory, config.domain, nonce=nonce, peer=peer, **options))
+            except Exception as exc:  # noqa: BLE001 - answered to its request
+                got.append(exc)
+    for (i, _), answer in zip(parsed, got):
+        answers[i] = answer
+    return answers
 
 
 def _read(config: AppSettings, token: str | None, wait: float) -> tuple[dict | None, int, float, datetime | None]:

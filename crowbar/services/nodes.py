@@ -62,14 +62,25 @@ def add_node(session: Session, name: str, *, admin: bool = False, alive: bool = 
     name = lookup.valid_node_name(name)
     if session.scalar(select(Node.id).where(Node.name == name)) is not None:
         raise Conflict(f"node {name!r} already exists", field="name")
-    node = Node(name=name, admin=admin, alive=alive, available=available, description=description,
-                **{"bootenv": "local", "discovery": {}, "hints": {}, **columns})
-    session.add(node)
+    return add_nodes(session, [dict(columns, name=name, admin=admin, alive=alive, available=available,
+                                    description=description)],
+                     actor=actor, bind_roles=bind_roles, binder=binder)[0]
+
+
+def add_nodes(session: Session, rows: list[dict], *, actor: str = "system", bind_roles: bool = True,
+              binder: graph.Binder | None = None) -> list[Node]:
+    """New nodes, in one flush: each row is a node's columns (`name`, valid and free: the caller
+    checked; any other column, set in the same INSERT). Their create events are recorded, and the
+    roles flagged `discovery` (and `bootstrap`, for an admin node) are bound to them in the system
+    deployment and committed, once for all of them."""
+    made = [Node(**{"admin": False, "alive": True, "available": True, "description": "", "bootenv": "local",
+                    "discovery": {}, "hints": {}, **row}) for row in rows]
+    session.add_all(made)
     session.flush()
-    record(session, [{"object_type": "node", "object_id": node.id, "action": "create", "actor": actor,
-                      "to_state": "alive" if alive else "dead", "message": name}])
-    if bind_roles:
-        flags = ["discovery"] + (["bootstrap"] if admin else [])
+    record(session, [{"object_type": "node", "object_id": n.id, "action": "create", "actor": actor,
+                      "to_state": "alive" if n.alive else "dead", "message": n.name} for n in made])
+    if bind_roles and made:
+        flags = ["discovery"] + (["bootstrap"] if any(n.admin for n in made) else [])
         # Only the roles that may carry those flags are read (their flags, as text, name one); the
         # check that they do is role.has.
         maybe = or_(*(cast(Role.flags, Text).like(f'%"{flag}"%') for flag in flags))
@@ -78,13 +89,15 @@ def add_node(session: Session, name: str, *, admin: bool = False, alive: bool = 
         system = session.scalar(select(Deployment).where(Deployment.system.is_(True)).with_for_update())
         binder = binder or graph.Binder(session, actor)
         binder.holds_lock(system)
-        binder.fresh_nodes.add(node.id)
+        binder.fresh_nodes.update(n.id for n in made)
         before = len(binder.created)
         for role in roles:
-            binder.bind(system, role, node)
+            targets = [n for n in made if role.has("discovery") or (n.admin and role.has("bootstrap"))]
+            if targets:
+                binder.bind_many(system, role, targets)
         graph.commit_noderoles(session, system.id, actor, made=binder.created[before:])
     signal_work(session, "anneal")
-    return node
+    return made
 
 
 MAX_BATCH = lookup.MAX_BULK  # nodes created in one call
@@ -109,26 +122,10 @@ def create_nodes(session: Session, items: list[dict], actor: str = "system") -> 
         taken = session.scalar(select(Node.name).where(Node.name.in_(part)).limit(1))
         if taken is not None:
             raise Conflict(f"node {taken!r} already exists", field="name")
-    made = []
-    for item, name in zip(items, names):
-        node = Node(name=name, admin=bool(item.get("admin", False)), alive=bool(item.get("alive", True)),
-                    available=bool(item.get("available", True)), description=str(item.get("description") or ""),
-                    bootenv="local", discovery={}, hints={})
-        session.add(node)
-        made.append(node)
-    session.flush()
-    record(session, [{"object_type": "node", "object_id": n.id, "action": "create", "actor": actor,
-                      "to_state": "alive" if n.alive else "dead", "message": n.name} for n in made])
-    roles = list(session.scalars(select(Role).order_by(Role.id)))
-    system = system_deployment(session)
-    binder = graph.Binder(session, actor)
-    binder.fresh_nodes.update(n.id for n in made)
-    for role in roles:
-        targets = [n for n in made if role.has("discovery") or (n.admin and role.has("bootstrap"))]
-        if targets:
-            binder.bind_many(system, role, targets)
-    graph.commit_noderoles(session, system.id, actor)
-    signal_work(session, "anneal")
+    made = add_nodes(session, [{"name": name, "admin": bool(item.get("admin", False)),
+                                "alive": bool(item.get("alive", True)), "available": bool(item.get("available", True)),
+                                "description": str(item.get("description") or "")}
+                               for item, name in zip(items, names)], actor=actor)
     return [node_dict(n, full=True) for n in made]
 
 

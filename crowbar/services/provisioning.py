@@ -27,7 +27,8 @@ from crowbar.config import DEFAULT_DOMAIN
 from crowbar.db.events import batched, record
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
 from crowbar.db.session import signal_work
-from crowbar.errors import Conflict, Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
+from crowbar.db.sql import chunks
+from crowbar.errors import Conflict, CrowbarError, Forbidden, InvalidInput, NotFound, RateLimited, Unauthorized
 from crowbar.network.mac import normalize_mac as _normalize_mac
 from crowbar.provisioner import lifecycle
 from crowbar.provisioner.discovery import NONCE_HEADER, TokenBucket, check_inventory
@@ -99,44 +100,119 @@ def discover(session: Session, inventory: dict, domain: str = DEFAULT_DOMAIN, *,
     in one statement, a new node is inserted with its state, inventory and boot MAC at once, and
     what a new node cannot have yet (MACs, tokens, tags) is not deleted first.
     """
-    boot, macs = _inventory_macs(inventory)
-    if not peer.may_be(macs):
-        log.warning("refused discovery of %s from %s: not one of its NICs", ", ".join(macs[:4]), peer.describe())
-        raise Forbidden(f"this inventory was posted from {peer.describe()}, which is none of its NICs: "
-                        "discovery must come from the machine itself, on the provisioning network")
+    boot, macs = _checked_macs(inventory, peer)
     owners = _owners(session, macs)
     if len(owners) > 1:
         held = "; ".join(f"{name}: {', '.join(owned)}" for name, owned in sorted(owners.values()))
         raise Conflict(f"the inventory's MACs belong to {len(owners)} different nodes ({held}): discovery never "
                        "moves a MAC from one node to another; delete the node that should no longer have it")
+    if not owners:
+        name = discovered_name(boot, domain)
+        if session.scalar(select(Node.id).where(Node.name == name)) is not None:
+            raise Conflict(f"node {name!r} already exists", field="name")
+        _take_new(limit)
+        return _create_discovered(session, [(inventory, boot, macs)], domain, approve)[0]
+    inventory = _as_stored(inventory, boot)
+    with batched(session):
+        node = session.get(Node, next(iter(owners)))
+        if lifecycle.bootenv_for(node.state) != lifecycle.DISCOVERY:
+            raise Conflict(f"node {node.name!r} is {node.state}: it boots {node.bootenv}, not the discovery "
+                           "image; reset it (`crowbar nodes reset`) to rediscover it")
+        _consume_nonce(session, node, nonce, peer, now or datetime.now(timezone.utc))
+        install.refound(session, node)
+        if node.state in (lifecycle.DISCOVERING, lifecycle.RESET):
+            set_state(session, node, lifecycle.DISCOVERED, f"inventory posted by {boot}", "discovery")
+        node.discovery, node.alive, node.agent_action = inventory, True, None
+        if node.boot_mac != boot:
+            node.boot_mac = boot
+        # Every MAC is this node's or nobody's (checked above): the node's set becomes the inventory's.
+        session.execute(delete(NodeMac).where(NodeMac.node_id == node.id))
+        session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in macs])
+        token = _issue_node_token(session, node)
+        session.flush()
+    os_rules.refresh_tags(session, [node])  # rules over the inventory: tags follow what it posted
+    signal_work(session, "anneal")
+    return {"node": node.name, "token": token, "created": False, "id": node.id, "state": node.state}
+
+
+def discover_many(session: Session, posts: list[tuple[dict, str | None, Peer]], domain: str = DEFAULT_DOMAIN, *,
+                  approve: bool = False, limit: TokenBucket | None = None,
+                  now: datetime | None = None) -> list[dict | CrowbarError]:
+    """Several machines' discovery posts (inventory, nonce, peer) in one unit of work: for each,
+    in order, what `discover` would answer, or the error it would raise (its post's own: one
+    refused post refuses no other).
+
+    The machines none of whose MACs (nor names) is known, and shared with no other post here, are
+    created together (`_create_discovered`: one INSERT of nodes, of MACs, of tokens, of events,
+    one bind of the discovery roles); every other post (a re-find, a MAC that is a node's, a MAC
+    two posts share) then goes through `discover` alone, in a savepoint, so that a refusal writes
+    nothing. The rate limit is taken per new machine, as `discover` takes it. Used by the API for
+    the posts that arrive together (crowbar.api.groupcommit)."""
+    results: list = [None] * len(posts)
+    checked: dict[int, tuple[str, list[str]]] = {}
+    for i, (inventory, _nonce, peer) in enumerate(posts):
+        try:
+            checked[i] = _checked_macs(inventory, peer)
+        except CrowbarError as exc:
+            results[i] = exc
+    owned = {mac for _name, macs in _owners(session, [m for _b, ms in checked.values() for m in ms]).values()
+             for mac in macs} if checked else set()
+    names = {i: discovered_name(boot, domain) for i, (boot, _macs) in checked.items()}
+    taken: set[str] = set()
+    for part in chunks(sorted(set(names.values()))):
+        taken.update(session.scalars(select(Node.name).where(Node.name.in_(part))))
+    fresh, alone, seen = [], [], set()
+    for i, (boot, macs) in checked.items():
+        if owned.isdisjoint(macs) and seen.isdisjoint(macs) and names[i] not in taken:
+            try:
+                _take_new(limit)
+                fresh.append(i)
+            except RateLimited as exc:
+                results[i] = exc
+        else:
+            alone.append(i)
+        seen.update(macs)
+        taken.add(names[i])
+    if fresh:
+        made = _create_discovered(session, [(posts[i][0], *checked[i]) for i in fresh], domain, approve)
+        for i, answer in zip(fresh, made):
+            results[i] = answer
+    for i in alone:
+        inventory, nonce, peer = posts[i]
+        try:
+            with session.begin_nested():
+                results[i] = discover(session, inventory, domain, nonce=nonce, peer=peer, approve=approve,
+                                      limit=limit, now=now)
+        except CrowbarError as exc:
+            results[i] = exc
+    return results
+
+
+def _checked_macs(inventory: dict, peer: Peer) -> tuple[str, list[str]]:
+    """The inventory's boot MAC and MACs, from a machine that may be the one that posted them."""
+    boot, macs = _inventory_macs(inventory)
+    if not peer.may_be(macs):
+        log.warning("refused discovery of %s from %s: not one of its NICs", ", ".join(macs[:4]), peer.describe())
+        raise Forbidden(f"this inventory was posted from {peer.describe()}, which is none of its NICs: "
+                        "discovery must come from the machine itself, on the provisioning network")
+    return boot, macs
+
+
+def _as_stored(inventory: dict, boot: str) -> dict:
+    """The inventory as a node keeps it: its boot MAC, and the DMI product as `product_name`."""
     inventory = dict(inventory, boot_mac=boot)
     dmi = inventory.get("dmi") if isinstance(inventory.get("dmi"), dict) else {}
     if dmi.get("product") and "product_name" not in inventory:
         inventory["product_name"] = dmi["product"]  # what conduit bus_order patterns match on
-    created = not owners
-    with batched(session):
-        if created:
-            node = _create_discovered(session, boot, inventory, domain, approve, limit)
-        else:
-            node = session.get(Node, next(iter(owners)))
-            if lifecycle.bootenv_for(node.state) != lifecycle.DISCOVERY:
-                raise Conflict(f"node {node.name!r} is {node.state}: it boots {node.bootenv}, not the discovery "
-                               "image; reset it (`crowbar nodes reset`) to rediscover it")
-            _consume_nonce(session, node, nonce, peer, now or datetime.now(timezone.utc))
-            install.refound(session, node)
-            if node.state in (lifecycle.DISCOVERING, lifecycle.RESET):
-                set_state(session, node, lifecycle.DISCOVERED, f"inventory posted by {boot}", "discovery")
-            node.discovery, node.alive, node.agent_action = inventory, True, None
-            if node.boot_mac != boot:
-                node.boot_mac = boot
-            # Every MAC is this node's or nobody's (checked above): the node's set becomes the inventory's.
-            session.execute(delete(NodeMac).where(NodeMac.node_id == node.id))
-        session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id} for m in macs])
-        token = _issue_node_token(session, node, fresh=created)
-        session.flush()
-    os_rules.refresh_tags(session, [node], fresh=created)  # rules over the inventory: tags follow what it posted
-    signal_work(session, "anneal")
-    return {"node": node.name, "token": token, "created": created, "id": node.id, "state": node.state}
+    return inventory
+
+
+def _take_new(limit: TokenBucket | None) -> None:
+    """One new machine off the rate limit, or RateLimited (429) saying when to try again."""
+    wait = limit.take() if limit is not None else 0.0
+    if wait:
+        raise RateLimited(f"too many new machines: discovery creates at most {limit.rate:g} nodes per second "
+                          f"(bursts of {limit.burst}); try again in {wait:.0f} s", retry_after=wait)
 
 
 def register(session: Session, macs: list, name: str | None = None, domain: str = DEFAULT_DOMAIN,
@@ -179,20 +255,30 @@ def _owners(session: Session, macs: list[str]) -> dict[int, tuple[str, list[str]
     return owned
 
 
-def _create_discovered(session: Session, boot: str, inventory: dict, domain: str, approve: bool,
-                       limit: TokenBucket | None) -> Node:
-    wait = limit.take() if limit is not None else 0.0
-    if wait:
-        raise RateLimited(f"too many new machines: discovery creates at most {limit.rate:g} nodes per second "
-                          f"(bursts of {limit.burst}); try again in {wait:.0f} s", retry_after=wait)
+def _create_discovered(session: Session, found: list[tuple[dict, str, list[str]]], domain: str,
+                       approve: bool) -> list[dict]:
+    """New nodes for machines none of whose MACs or names is known (inventory, boot MAC, MACs):
+    each with its state, inventory and boot MAC in the nodes' one INSERT, its MACs, a token, its
+    events and tags; answers what `discover` answers for each."""
     state = lifecycle.PENDING if approve else lifecycle.DISCOVERED
-    node = nodes.add_node(session, discovered_name(boot, domain), available=not approve, actor="discovery",
-                          state=state, state_changed_at=utcnow(), bootenv=lifecycle.DISCOVERY,
-                          discovery=inventory, boot_mac=boot)
-    record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": "discovery",
-                      "to_state": state, "message": f"discovered by {boot}"
-                      + (": waits for the operator's approval" if approve else "")}])
-    return node
+    at = utcnow()
+    with batched(session):
+        made = nodes.add_nodes(session, [
+            {"name": discovered_name(boot, domain), "available": not approve, "state": state, "state_changed_at": at,
+             "bootenv": lifecycle.DISCOVERY, "discovery": _as_stored(inventory, boot), "boot_mac": boot}
+            for inventory, boot, _macs in found], actor="discovery")
+        record(session, [{"object_type": "node", "object_id": node.id, "action": "lifecycle", "actor": "discovery",
+                          "to_state": state, "message": f"discovered by {boot}"
+                          + (": waits for the operator's approval" if approve else "")}
+                         for node, (_inventory, boot, _macs) in zip(made, found)])
+        session.execute(NodeMac.__table__.insert(), [{"mac": m, "node_id": node.id}
+                                                      for node, (_i, _b, macs) in zip(made, found) for m in macs])
+        tokens = [_issue_node_token(session, node, fresh=True) for node in made]
+        session.flush()
+    os_rules.refresh_tags(session, made, fresh=True)  # rules over the inventory: tags follow what it posted
+    signal_work(session, "anneal")
+    return [{"node": node.name, "token": token, "created": True, "id": node.id, "state": node.state}
+            for node, token in zip(made, tokens)]
 
 
 def _consume_nonce(session: Session, node: Node, nonce: str | None, peer: Peer, now: datetime) -> None:

@@ -405,5 +405,6 @@ def test_agents_requests_that_write_run_at_most_writers_at_once(served, monkeypa
     with ThreadPoolExecutor(len(calls)) as pool:
         answers = list(pool.map(lambda call: call(), calls))
     assert [r.status_code for r in answers] == [201] * len(fresh) + [404] * len(tokens)
-    assert units[0] == len(calls)
+    # a unit per job result; the discovery posts that arrived together shared units (groupcommit)
+    assert len(tokens) < units[0] <= len(calls)
     assert most[0] == longpoll.WRITERS
