@@ -82,6 +82,9 @@ def create_app(settings: AppSettings) -> FastAPI:
     # discovery posts that arrive together are written together (api/groupcommit.py)
     app.state.discoveries = groupcommit.GroupCommit(functools.partial(provisioning.discover_together, settings),
                                                     app.state.agent_waiters.write)
+    # and so are the agents' other writes: job results, progress, calls home
+    app.state.agent_writes = groupcommit.GroupCommit(functools.partial(provisioning.write_together, settings),
+                                                     app.state.agent_waiters.write)
     if settings.db is not None:  # (the OpenAPI document is made from an app without one)
         settings.db.on_agent_work(app.state.agent_waiters.notify)
     errors.install(app)

@@ -17,6 +17,7 @@ every item's answer, so `run` itself falls back to items one by one where that i
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -30,24 +31,25 @@ class GroupCommit(Generic[T, R]):
         self.run, self.write, self.most = run, write, most
         self.batches = 0  # batches run (for tests and benchmarks)
         self.largest = 0  # the most items one batch held
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiting: list[tuple[T, asyncio.Future]] = []
-        self._task: asyncio.Task | None = None
+        # what waits, and the task draining it, per event loop (the server runs one; tests run a
+        # loop per client, sometimes two at once)
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = weakref.WeakKeyDictionary()
 
     async def submit(self, item: T) -> R:
         """`item`'s answer from the batch it joins (its exception raised here)."""
         loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # tests run a loop per client: what the old one held is gone with it
-            self._loop, self._waiting, self._task = loop, [], None
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue()
         future = loop.create_future()
-        self._waiting.append((item, future))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._drain())
+        queue.waiting.append((item, future))
+        if queue.task is None or queue.task.done():
+            queue.task = loop.create_task(self._drain(queue))
         return await future
 
-    async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[:self.most], self._waiting[self.most:]
+    async def _drain(self, queue: "_Queue") -> None:
+        while queue.waiting:
+            batch, queue.waiting = queue.waiting[:self.most], queue.waiting[self.most:]
             self.batches += 1
             self.largest = max(self.largest, len(batch))
             try:
@@ -65,3 +67,11 @@ class GroupCommit(Generic[T, R]):
                     future.set_exception(answer)
                 else:
                     future.set_result(answer)
+
+
+class _Queue:
+    """One event loop's items waiting for a batch, and the task that drains them."""
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[object, asyncio.Future]] = []
+        self.task: asyncio.Task | None = None

@@ -8,6 +8,7 @@ them on its provisioning listener only (crowbar.api.listeners, `crowbar server -
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Request
@@ -21,7 +22,7 @@ from crowbar.errors import CrowbarError, InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import MAX_INVENTORY_BYTES, NONCE_HEADER, parse_inventory, too_large
 from crowbar.provisioner import osimage
-from crowbar.services import auth, boot, install, os_images, provisioning, proxy
+from crowbar.services import auth, boot, install, lookup, os_images, provisioning, proxy
 
 # The routes booting machines use, by path prefix: the iPXE scripts and discovery image, the
 # discovery post, the agent's polls and job results.
@@ -163,20 +164,14 @@ def _read(config: AppSettings, token: str | None, wait: float) -> tuple[dict | N
     return answer, node_id, hold, expires_at
 
 
-def _take(config: AppSettings, token: str | None) -> dict:
-    """The node's queued work taken, in a unit of work that writes (in a worker thread)."""
-    with deps.unit(config) as s:
-        return provisioning.agent_next(s, provisioning.node_for_token(s, token))
-
-
-async def _poll(waiters: longpoll.AgentWaiters, config: AppSettings, token: str | None,
+async def _poll(request: Request, config: AppSettings, token: str | None,
                 wait: float) -> tuple[dict, int, float, datetime | None]:
     """The poll's read, among the bounded readers (`AgentWaiters.read`); then, only when there is
-    work to take, a unit of work among the bounded writers (`AgentWaiters.write`: it may queue for
-    SQLite's write lock, and must not hold a reader's place meanwhile)."""
-    answer, node_id, hold, expires_at = await waiters.read(_read, config, token, wait)
+    work to take, a write among the agents' other writes (`write_together`, among the bounded
+    writers: it may queue for SQLite's write lock, and must not hold a reader's place meanwhile)."""
+    answer, node_id, hold, expires_at = await request.app.state.agent_waiters.read(_read, config, token, wait)
     if answer is None:
-        answer = await waiters.write(_take, config, token)
+        answer = await request.app.state.agent_writes.submit((token, provisioning.agent_next))
     return answer, node_id, hold, expires_at
 
 
@@ -207,7 +202,7 @@ async def agent_next(request: Request, config: Settings):
         answer = {"action": "wait", "seconds": provisioning.wait_seconds(agents)}
         hold, expires_at = provisioning.hold_seconds(wait, agents), None
     else:
-        answer, node_id, hold, expires_at = await _poll(waiters, config, token, wait)
+        answer, node_id, hold, expires_at = await _poll(request, config, token, wait)
     if not hold or answer.get("action") != "wait":
         return answer
     deadline = started + hold
@@ -221,7 +216,7 @@ async def agent_next(request: Request, config: Settings):
             answer = {"action": "wait", "seconds": 0}
             break
         since = time.monotonic()  # work for this node: read again (what writes is done there)
-        answer, node_id, _, expires_at = await _poll(waiters, config, token, 0.0)
+        answer, node_id, _, expires_at = await _poll(request, config, token, 0.0)
         quiet = None
         if answer.get("action") != "wait" or since >= deadline:
             break
@@ -232,17 +227,52 @@ async def agent_next(request: Request, config: Settings):
 
 
 async def _as_node(request: Request, config: AppSettings, work):
-    """An agent's request that writes: `work(session, node)` for the node its token names, in one
-    unit of work committed before the answer, in one trip to a worker thread among the bounded
-    writers (`AgentWaiters.write`; a `def` route with a UnitOfWork would take three trips to the
-    default threadpool: the unit's start, the route, the unit's end)."""
-    token = deps.bearer(request)
+    """An agent's request that writes: `work(session, node)` for the node its token names, in a
+    unit of work committed before the answer, shared with the agents' writes that arrive together
+    (`write_together`, api/groupcommit.py), in one trip to a worker thread among the bounded
+    writers (a `def` route with a UnitOfWork would take three trips to the default threadpool: the
+    unit's start, the route, the unit's end)."""
+    return await request.app.state.agent_writes.submit((deps.bearer(request), work))
 
-    def run():
+
+def write_together(config: AppSettings, items: list[tuple[str | None, Callable]]) -> list:
+    """Agents' writes (token, work) that arrived together, in one unit of work: their nodes'
+    rows locked first in the order of their ids (`lookup.lock_nodes`: no deadlock with a bulk
+    call, which locks them the same way), then each `work(session, node)` in a savepoint of its
+    own when there are several, so that a refused one (its error is its answer) undoes only its
+    own changes. Should the unit itself fail, each is written alone, as it would have been
+    without company."""
+    if len(items) == 1:
+        token, work = items[0]
         with deps.unit(config) as s:
-            return work(s, provisioning.node_for_token(s, token))
-
-    return await request.app.state.agent_waiters.write(run)
+            node = provisioning.node_for_token(s, token)
+            lookup.lock_nodes(s, [node.id])
+            return [work(s, node)]
+    answers: list = [None] * len(items)
+    try:
+        with deps.unit(config) as s:
+            nodes: dict[int, object] = {}
+            for i, (token, _) in enumerate(items):
+                try:
+                    nodes[i] = provisioning.node_for_token(s, token)
+                except CrowbarError as exc:
+                    answers[i] = exc
+            lookup.lock_nodes(s, [node.id for node in nodes.values()])
+            for i in sorted(nodes, key=lambda i: nodes[i].id):
+                try:
+                    with s.begin_nested():
+                        answers[i] = items[i][1](s, nodes[i])
+                except CrowbarError as exc:
+                    answers[i] = exc
+        return answers
+    except Exception:  # noqa: BLE001 - each alone, below: its own error is its answer
+        answers = []
+        for item in items:
+            try:
+                answers.extend(write_together(config, [item]))
+            except Exception as exc:  # noqa: BLE001 - answered to its request
+                answers.append(exc)
+        return answers
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")

@@ -268,6 +268,7 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
     if not keys:
         raise InvalidInput("name at least one node to deploy", field="nodes")
     deployed = lookup.nodes(session, keys)
+    lookup.lock_nodes(session, [node.id for node in deployed])
     if allocate:
         from crowbar.services import provisioning
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from crowbar.db.models import Barclamp, Deployment, Node, NodeRole, Role
-from crowbar.db.sql import MAX_ID, chunks
+from crowbar.db.sql import MAX_ID, chunks, is_postgresql
 from crowbar.errors import InvalidInput, NotFound
 
 # RFC 1123 host names (labels of letters, digits and inner hyphens; 253 characters at most), lower
@@ -115,6 +115,22 @@ def nodes(session: Session, keys: list, *, tags: bool = False) -> list[Node]:
     for part in chunks(ids):
         rows.update((node.id, node) for node in session.scalars(query.where(Node.id.in_(part))))
     return [rows[node_id] for node_id in ids]
+
+
+def lock_nodes(session: Session, ids) -> None:
+    """Take the row locks of the nodes `ids` in the order of their ids (PostgreSQL; on SQLite the
+    unit of work already holds the database's one write lock), as strong as an UPDATE takes them
+    (`FOR NO KEY UPDATE`: a row of another table that refers to the node may still be inserted),
+    and read them again (what another transaction committed before the lock is seen).
+
+    Every unit of work that writes several nodes takes their locks this way first (a bulk deploy,
+    the agents' writes gathered in one unit), so that two of them never wait for each other in a
+    circle (PostgreSQL would answer one of them "deadlock detected")."""
+    if not is_postgresql(session):
+        return
+    for part in chunks(sorted(set(ids))):
+        session.execute(select(Node).where(Node.id.in_(part)).order_by(Node.id)
+                        .with_for_update(key_share=True).execution_options(populate_existing=True)).all()
 
 
 def role(session: Session, key) -> Role:

@@ -6,6 +6,7 @@ discovery agent itself long-polls."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import threading
@@ -372,10 +373,32 @@ def test_polls_read_the_database_at_most_readers_at_once(served, monkeypatch):
     assert most[0] == longpoll.READERS
 
 
-def test_agents_requests_that_write_run_at_most_writers_at_once(served, monkeypatch):
+def test_agents_writes_run_at_most_writers_at_once():
+    """`AgentWaiters.write`: a burst of writes runs in at most WRITERS worker threads at once, the
+    rest waiting in the event loop; each gets its own answer."""
+    waiters = longpoll.AgentWaiters()
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return i
+
+    async def burst():
+        return await asyncio.gather(*(waiters.write(work, i) for i in range(3 * longpoll.WRITERS)))
+
+    assert asyncio.run(burst()) == list(range(3 * longpoll.WRITERS))
+    assert most[0] == longpoll.WRITERS
+
+
+def test_agents_requests_that_write_go_among_the_writers_together(served, monkeypatch):
     """A burst of agents' writing requests (discovery posts, job results): their units of work run
-    in at most WRITERS worker threads at once, the rest waiting in the event loop; every one is
-    answered as it would be alone."""
+    among the bounded writers, the ones that arrive together share units (groupcommit), and every
+    one is answered as it would be alone."""
     from crowbar.api import deps
     from crowbar.api import provisioning as routes
 
@@ -401,10 +424,46 @@ def test_agents_requests_that_write_run_at_most_writers_at_once(served, monkeypa
     monkeypatch.setattr(routes.deps, "unit", counted)
     fresh = [inventory(100 + i) for i in range(2 * longpoll.WRITERS)]
     calls = ([lambda b=b: api.post(f"{V2}/discovery", json=b) for b in fresh]
-             + [lambda t=t: api.post(f"{V2}/agent/jobs/999999", json={"exit_code": 0}, headers=agent(t)) for t in tokens])
+             + [lambda t=t: api.post(f"{V2}/agent/jobs/999999", json={"exit_code": 0}, headers=agent(t)) for t in tokens]
+             + [lambda: api.post(f"{V2}/agent/jobs/999999", json={"exit_code": 0}, headers=agent("cb_not_a_token"))])
     with ThreadPoolExecutor(len(calls)) as pool:
         answers = list(pool.map(lambda call: call(), calls))
-    assert [r.status_code for r in answers] == [201] * len(fresh) + [404] * len(tokens)
-    # a unit per job result; the discovery posts that arrived together shared units (groupcommit)
-    assert len(tokens) < units[0] <= len(calls)
-    assert most[0] == longpoll.WRITERS
+    assert [r.status_code for r in answers] == [201] * len(fresh) + [404] * len(tokens) + [401]
+    assert 2 <= units[0] < len(calls)
+    assert most[0] <= longpoll.WRITERS
+
+
+def test_job_results_written_together_keep_each_its_own_answer(served, db, monkeypatch):
+    """Job results that arrive together share a unit of work: each is answered as alone, a refused
+    one (another node's job) undoes nothing of the others, and every good one is stored."""
+    from crowbar.services import provisioning as service
+
+    api = served()
+    found = [discover(api, inventory(200 + i)).json() for i in range(6)]
+    with db.session() as s:
+        jobs = []
+        for f in found:
+            job = AgentJob(node_id=f["id"], kind="script", script="true", timeout=10)
+            s.add(job)
+            s.flush()
+            jobs.append(job.id)
+    result = service.job_result
+    first = threading.Event()
+
+    def slow_first(*args, **kw):  # the first result holds its unit while the others arrive
+        if not first.is_set():
+            first.set()
+            time.sleep(0.3)
+        return result(*args, **kw)
+
+    monkeypatch.setattr(service, "job_result", slow_first)
+    calls = [(f["token"], job) for f, job in zip(found, jobs)] + [(found[0]["token"], jobs[1])]  # not its job
+    with ThreadPoolExecutor(len(calls)) as pool:
+        answers = list(pool.map(lambda c: api.post(f"{V2}/agent/jobs/{c[1]}", json={"exit_code": 0, "output": "ok"},
+                                                   headers=agent(c[0])), calls))
+    assert [r.status_code for r in answers] == [200] * len(jobs) + [404]
+    assert [r.json()["state"] for r in answers[:-1]] == ["done"] * len(jobs)
+    assert api.app.state.agent_writes.largest > 1
+    with db.session() as s:
+        assert [s.get(AgentJob, j).state for j in jobs] == ["done"] * len(jobs)
+        assert [s.get(AgentJob, j).output for j in jobs] == ["ok"] * len(jobs)
