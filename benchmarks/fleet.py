@@ -43,7 +43,8 @@ def run_case(n: int, database: str | None, args) -> dict:
         options = Options(nodes=n, concurrency=args.concurrency, install_delay=args.install_delay,
                           state_dir=str(root / "power"), timeout=args.timeout,
                           allocate_on_deploy=args.allocate_on_deploy, idle_seconds=args.idle,
-                          phases=tuple(args.phases.split(",")), long_poll=args.long_poll)
+                          phases=tuple(args.phases.split(",")), long_poll=args.long_poll,
+                          batch=args.batch)
         try:
             report = simulate(server.url, server.token, options, server=server.process(), db_size=size,
                               say=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
@@ -54,6 +55,7 @@ def run_case(n: int, database: str | None, args) -> dict:
     report["workers"] = args.workers
     report["allocate_on_deploy"] = args.allocate_on_deploy
     report["long_poll"] = args.long_poll
+    report["batch"] = args.batch
     return report
 
 
@@ -91,6 +93,8 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=60.0)
     ap.add_argument("--long-poll", type=int, default=50,
                     help="the agents' Prefer: wait= seconds, as the real agent's (0: plain polls)")
+    ap.add_argument("--batch", type=int, default=10_000,
+                    help="nodes per bulk call of the operator (enroll, allocate, deploy); the CLI sends all at once")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()

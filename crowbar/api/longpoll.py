@@ -85,6 +85,10 @@ class AgentWaiters:
         # token digest -> (node id, when it was last read (monotonic), until when a poll may skip
         # its read (monotonic), the token's expiry)
         self._quiet: dict[str, tuple[int, float, float, datetime | None]] = {}
+        # the sizes past which the two are pruned of what is too old: at least twice what was kept
+        # by the last pruning, so that pruning stays rare however many are young (10,000 nodes
+        # notified within REMEMBER seconds once pruned all 10,000 at every notify)
+        self._notified_limit = self._quiet_limit = 0
         self.woken = 0  # polls answered early because their node got work (for tests and metrics)
         self.skipped = 0  # polls that skipped their read, back from a quiet hold (for tests and metrics)
         self._readers: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = None
@@ -102,8 +106,9 @@ class AgentWaiters:
         with self._lock:
             for node_id in ids:
                 self._notified[node_id] = now
-            if len(self._notified) > 4 * max(1024, self._count):
+            if len(self._notified) > max(self._notified_limit, 4 * max(1024, self._count)):
                 self._notified = {k: t for k, t in self._notified.items() if now - t < REMEMBER}
+                self._notified_limit = 2 * len(self._notified)
             loop = self._loop
         if loop is not None and not loop.is_closed():
             try:
@@ -117,8 +122,9 @@ class AgentWaiters:
         now = time.monotonic()
         with self._lock:
             self._quiet[digest] = (node_id, read_at, now + QUIET_GRACE, expires_at)
-            if len(self._quiet) > 4 * max(1024, self._count):
+            if len(self._quiet) > max(self._quiet_limit, 4 * max(1024, self._count)):
                 self._quiet = {k: v for k, v in self._quiet.items() if v[2] > now}
+                self._quiet_limit = 2 * len(self._quiet)
 
     def take_quiet(self, digest: str | None) -> tuple[int, float] | None:
         """(node id, when it was read) for a poll that may skip its read, once; else None."""

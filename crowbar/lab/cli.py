@@ -257,10 +257,12 @@ def lab_down(directory: Path | None) -> None:
 @click.option("--long-poll", type=click.IntRange(0, 300), default=50, show_default=True,
               help="seconds the agents ask the server to hold an idle poll (Prefer: wait=), as the real agent; "
                    "0: plain polls")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=10_000, show_default=True,
+              help="nodes per bulk call of the operator (enroll, allocate, deploy), as the CLI sends them: all at once")
 @output_option
 def lab_simulate(nodes: int, concurrency: int, install_delay: float, server_url: str | None, database: str | None,
                  workers: int, os_name: str | None, poll: float | None, timeout: float, keep: Path | None,
-                 allocate_on_deploy: bool, long_poll: int, output: str) -> None:
+                 allocate_on_deploy: bool, long_poll: int, batch: int, output: str) -> None:
     """A simulated fleet: NODES asyncio clients that speak the discovery agent's HTTP protocol take a
     real server through discover, allocate, deploy (to ready) and the anneal of a deployment of
     noop roles on every node; reports each phase's nodes/s and API latency by route (and, for a
@@ -274,7 +276,8 @@ def lab_simulate(nodes: int, concurrency: int, install_delay: float, server_url:
         click.echo(f"simulate: {line}", err=True)
 
     options = Options(nodes=nodes, concurrency=concurrency, install_delay=install_delay, os_name=os_name,
-                      poll=poll, timeout=timeout, allocate_on_deploy=allocate_on_deploy, long_poll=long_poll)
+                      poll=poll, timeout=timeout, allocate_on_deploy=allocate_on_deploy, long_poll=long_poll,
+                      batch=batch)
     try:
         if server_url:
             token, _ = find_token_with_source(server_url)

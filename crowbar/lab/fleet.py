@@ -61,7 +61,8 @@ roles:
 """
 FLEET_ROLES = ["fleet-base", "fleet-service", "fleet-client"]
 DEPLOYMENT = "fleet"
-BATCH = 250  # nodes per bulk enroll / allocate / deploy call: each is one transaction, holding SQLite's write lock
+BATCH = 10_000  # nodes per bulk enroll / allocate / deploy call, as the CLI sends them: all in one (the server's most)
+ENROLL_BATCH = 5_000  # power settings per call at most (the request body's limit)
 AGENT_RETRY = 5.0  # the agent's pause after a failed request (agent.sh)
 HELD_PER_CLIENT = 50  # machines whose long polls share one HTTP client (a connection each)
 KEEPALIVE = 2.0  # seconds an idle connection is kept for the next request (the server keeps it 5)
@@ -222,6 +223,7 @@ class Options:
     phases: tuple[str, ...] = ("discover", "enroll", "allocate", "deploy", "anneal")  # and "idle"
     idle_seconds: float = 60.0  # how long the idle phase lets the agents poll
     long_poll: int = 50  # the agents' `Prefer: wait=` (as the real agent's); 0: plain polls
+    batch: int = BATCH  # nodes per bulk call (enroll, allocate, deploy): each is one transaction
 
 
 class Fleet:
@@ -520,19 +522,23 @@ class Fleet:
             self.phase.nodes = n
         if "enroll" in self.o.phases and self.o.enroll_power:
             self._begin("enroll")
-            for batch in _batches(names):
+            # a power item is ~170 bytes of JSON, and a body at most 1 MiB (api/body.py): 5,000 a call
+            for batch in _batches(names, min(self.o.batch, ENROLL_BATCH)):
                 await self._enroll(batch)
             self.phase.nodes = n
         if "allocate" in self.o.phases and not self.o.allocate_on_deploy:
             self._begin("allocate")
-            for batch in _batches(names):
+            for batch in _batches(names, self.o.batch):
                 self._queued_at.update((name, time.monotonic()) for name in batch)
                 await self.admin("POST", "/nodes/allocate", body={"nodes": batch})
             self.phase.nodes = n
         if "deploy" in self.o.phases:
             self._begin("allocate+deploy" if self.o.allocate_on_deploy else "deploy")
-            batches = _batches(names)
+            batches = _batches(names, self.o.batch)
             for k, batch in enumerate(batches, 1):
+                if len(batches) <= 4 or k % 4 == 1:  # a call of thousands takes a while: say it is out
+                    self.say(f"{self.phase.name}: deploy call {k}/{len(batches)} ({len(batch)} nodes) sent "
+                             f"({self.phase.seconds:.0f} s)")
                 self._queued_at.update((name, time.monotonic()) for name in batch)
                 await self.admin("POST", "/nodes/deploy", body={"nodes": batch, "os": self.o.os_name,
                                                                 **({"allocate": True} if self.o.allocate_on_deploy else {})})

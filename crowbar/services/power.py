@@ -141,6 +141,7 @@ def set_power_many(session: Session, items, actor: str = "system") -> list[dict]
             raise InvalidInput(f"items[{i}]: expected {{node, driver, settings}} with a driver name and a "
                                "settings object", field=f"items[{i}]")
     chosen = lookup.nodes(session, [item["node"] for item in items])
+    lookup.lock_nodes(session, [node.id for node in chosen])
     plugins = {}
     answers = []
     for i, (node, item) in enumerate(zip(chosen, items)):

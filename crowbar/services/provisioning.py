@@ -20,7 +20,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, exists, func, select, union_all, update
+from sqlalchemy import and_, delete, exists, func, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from crowbar.config import DEFAULT_DOMAIN
@@ -155,12 +155,13 @@ def discover_many(session: Session, posts: list[tuple[dict, str | None, Peer]], 
             checked[i] = _checked_macs(inventory, peer)
         except CrowbarError as exc:
             results[i] = exc
-    owned = {mac for _name, macs in _owners(session, [m for _b, ms in checked.values() for m in ms]).values()
-             for mac in macs} if checked else set()
+    owners = _owners(session, [m for _b, ms in checked.values() for m in ms]) if checked else {}
+    owned = {mac for _name, macs in owners.values() for mac in macs}
     names = {i: discovered_name(boot, domain) for i, (boot, _macs) in checked.items()}
-    taken: set[str] = set()
+    taken: dict[str, int] = {}
     for part in chunks(sorted(set(names.values()))):
-        taken.update(session.scalars(select(Node.name).where(Node.name.in_(part))))
+        taken.update((name, node_id) for node_id, name in session.execute(select(Node.id, Node.name)
+                                                                             .where(Node.name.in_(part))))
     fresh, alone, seen = [], [], set()
     for i, (boot, macs) in checked.items():
         if owned.isdisjoint(macs) and seen.isdisjoint(macs) and names[i] not in taken:
@@ -172,11 +173,13 @@ def discover_many(session: Session, posts: list[tuple[dict, str | None, Peer]], 
         else:
             alone.append(i)
         seen.update(macs)
-        taken.add(names[i])
+        taken.setdefault(names[i], 0)
     if fresh:
         made = _create_discovered(session, [(posts[i][0], *checked[i]) for i in fresh], domain, approve)
         for i, answer in zip(fresh, made):
             results[i] = answer
+    if alone:  # the nodes they may write, locked in the order of their ids first (lookup.lock_nodes)
+        lookup.lock_nodes(session, [*owners, *(node_id for node_id in taken.values() if node_id)])
     for i in alone:
         inventory, nonce, peer = posts[i]
         try:
@@ -454,6 +457,7 @@ def allocate_many(session: Session, keys: list, actor: str = "system") -> list[d
         raise InvalidInput(f"at most {MAX_BULK} nodes in one call (got {len(keys)})", field="nodes")
     admin = "admin" in network.current_template(session).networks
     chosen = lookup.nodes(session, keys, tags=True)  # read together (a node named twice: 422); addresses below
+    lookup.lock_nodes(session, [node.id for node in chosen])
     with batched(session):  # their events in one insert
         for node in chosen:
             set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
@@ -486,7 +490,12 @@ def expire_stuck(session: Session, now: datetime | None = None) -> list[str]:
     """Nodes sitting too long in a state that waits on the machine go to problem, with the reason."""
     now = now or datetime.now(timezone.utc)
     moved = []
-    for node in session.scalars(select(Node).where(Node.state.in_(list(lifecycle.TIMEOUTS)))):
+    # Only the nodes past their state's limit are loaded (10,000 installing at once were read
+    # whole every 10 s, holding the write lock); the rule itself is lifecycle's, below.
+    utc = now.astimezone(timezone.utc) if isinstance(now, datetime) and now.tzinfo else now
+    late = or_(*(and_(Node.state == state, Node.state_changed_at < utc - limit)
+                 for state, limit in lifecycle.TIMEOUTS.items()))
+    for node in session.scalars(select(Node).where(late)):
         entered = node.state_changed_at
         if entered is None:
             continue

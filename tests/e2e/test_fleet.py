@@ -23,13 +23,18 @@ def test_a_simulated_fleet_reaches_ready_and_its_deployment_anneals(servers, bac
     fake_image_store(s.root / "home" / ".cache" / "crowbar" / "os")  # the server's default image store
     s.start()
     power_dir = s.root / "power"
+    batch = 7 if backend == "postgresql" else N  # the operator's bulk calls: split (3 of them), or one as the CLI
     report = simulate(s.url, (s.data_dir / "admin.token").read_text().strip(),
-                      Options(nodes=N, concurrency=16, install_delay=0.5, state_dir=str(power_dir), timeout=240))
+                      Options(nodes=N, concurrency=16, install_delay=0.5, state_dir=str(power_dir), timeout=240,
+                              batch=batch))
     assert report["failures"] == []
     phases = {p["phase"]: p for p in report["phases"]}
     assert list(phases) == ["discover", "enroll", "allocate", "deploy", "anneal"]
     assert all(p["nodes"] == N for p in phases.values())
     assert phases["discover"]["routes"]["POST /discovery"]["count"] == N
+    calls = -(-N // batch)
+    assert [phases[p]["routes"][route]["count"] for p, route in (("enroll", "PUT /nodes/power"),
+            ("allocate", "POST /nodes/allocate"), ("deploy", "POST /nodes/deploy"))] == [calls] * 3
     assert phases["deploy"]["routes"]["POST /agent/jobs/{job}"]["count"] == N  # one install job each
     assert phases["deploy"]["routes"]["POST /agent/booted"]["count"] == 2 * N  # booted, then ready
     # the agents long-poll: each install job was taken by a held poll (or the poll after the call)

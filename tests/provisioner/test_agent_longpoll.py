@@ -467,3 +467,19 @@ def test_job_results_written_together_keep_each_its_own_answer(served, db, monke
     with db.session() as s:
         assert [s.get(AgentJob, j).state for j in jobs] == ["done"] * len(jobs)
         assert [s.get(AgentJob, j).output for j in jobs] == ["ok"] * len(jobs)
+
+
+def test_remembered_notifications_are_pruned_now_and_then_not_at_every_notify(monkeypatch):
+    """More young notifications than the pruning threshold (10,000 nodes given work within
+    REMEMBER seconds): a notify prunes, and the next ones do not, until the map has doubled."""
+    waiters = longpoll.AgentWaiters()
+    waiters.notify(range(5000))  # past 4 x 1024: pruned once, all of it young
+    kept = waiters._notified
+    assert len(kept) == 5000
+    for node_id in range(5000, 5100):
+        waiters.notify([node_id])
+    assert waiters._notified is kept and len(kept) == 5100  # not rebuilt at every notify
+    clock = time.monotonic() + longpoll.REMEMBER + 1
+    monkeypatch.setattr(longpoll.time, "monotonic", lambda: clock)
+    waiters.notify(range(20_000, 25_000))  # past twice the kept: pruned, the old ones gone
+    assert set(waiters._notified) == set(range(20_000, 25_000))

@@ -25,6 +25,28 @@ def test_a_node_stuck_installing_goes_to_problem_with_the_reason(db):
         assert provisioning.expire_stuck(s) == []  # problem waits for a person: it never times out
 
 
+def test_every_timed_state_moves_just_past_its_limit_and_not_just_before(db):
+    """The watchdog reads only the nodes past their state's limit (in SQL); the limits are
+    lifecycle.TIMEOUTS, each one checked at its edges."""
+    from crowbar.provisioner import lifecycle
+
+    now = datetime.now(timezone.utc)
+    ages = {}
+    with db.session() as s:
+        for i, (state, limit) in enumerate(lifecycle.TIMEOUTS.items()):
+            for side, age in (("in", limit - timedelta(seconds=30)), ("out", limit + timedelta(seconds=30))):
+                info = nodes.create_node(s, f"t{i}-{side}.example.com")
+                node = s.get(Node, info["id"])
+                node.state, node.state_changed_at = state, now - age
+                ages[node.name] = (state, side)
+    with db.session() as s:
+        moved = provisioning.expire_stuck(s, now=now)
+    assert sorted(moved) == sorted(name for name, (_, side) in ages.items() if side == "out")
+    with db.session() as s:
+        for name, (state, side) in ages.items():
+            assert s.query(Node).filter_by(name=name).one().state == ("problem" if side == "out" else state)
+
+
 def test_build_discovery_image_from_the_cli(tmp_path):
     import json
     import shutil
