@@ -43,7 +43,7 @@ from crowbar.provisioner import neighbors
 from crowbar.provisioner.discovery import DEFAULT_BURST, DEFAULT_RATE, TokenBucket
 from crowbar.provisioner.service import Provisioner, ProvisionerConfig
 from crowbar.server.annealer import AnnealerLoop, server_preparer
-from crowbar.server import logs
+from crowbar.server import logs, malloc
 from crowbar.server.collector import FULL_EVERY, Collector
 from crowbar.server.loop import Loop
 from crowbar.server.power import PowerWorker
@@ -292,6 +292,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     tls = tls_context(tls_cert, tls_key)
     secure = tls_listeners(listens, provision_on, tls is not None, allow_http)
     logs.setup(log_level, log_format, access_log)
+    malloc.limit_arenas()  # before any thread: two C heaps, not one per busy thread (server/malloc.py)
     discovery_limit = TokenBucket(discovery_rate, discovery_burst)
     data_dir = config.make_data_dir(data_dir)
     url = config.database_url(database, data_dir)

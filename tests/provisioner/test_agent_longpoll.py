@@ -483,3 +483,31 @@ def test_remembered_notifications_are_pruned_now_and_then_not_at_every_notify(mo
     monkeypatch.setattr(longpoll.time, "monotonic", lambda: clock)
     waiters.notify(range(20_000, 25_000))  # past twice the kept: pruned, the old ones gone
     assert set(waiters._notified) == set(range(20_000, 25_000))
+
+
+def test_writes_together_whose_unit_fails_are_written_each_alone(served, db):
+    """`write_together`: when the shared unit of work fails as a whole (here a work that raises
+    what no savepoint answers), each item is written again alone: the good ones are stored once,
+    the bad one gets its own error, and an unknown token its 401."""
+    from crowbar.api import provisioning as routes
+    from crowbar.errors import Unauthorized
+
+    api = served()
+    found = [discover(api, inventory(300 + i)).json() for i in range(3)]
+
+    def describe(text):
+        def work(s, node):
+            node.description = f"{node.description}{text}"
+            return node.name
+        return work
+
+    def broken(s, node):
+        raise RuntimeError("not a refusal: the whole unit fails")
+
+    items = [(found[0]["token"], describe("a")), (found[1]["token"], broken), ("cb_unknown", describe("x")),
+             (found[2]["token"], describe("c"))]
+    answers = routes.write_together(api.app.state.settings, items)
+    assert answers[0] == found[0]["node"] and answers[3] == found[2]["node"]
+    assert isinstance(answers[1], RuntimeError) and isinstance(answers[2], Unauthorized)
+    with db.session() as s:
+        assert [s.get(Node, f["id"]).description for f in found] == ["a", "", "c"]  # each once
