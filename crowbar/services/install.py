@@ -267,8 +267,7 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
     take the install job without the reboot a separate allocate asks for."""
     if not keys:
         raise InvalidInput("name at least one node to deploy", field="nodes")
-    deployed = lookup.nodes(session, keys)
-    lookup.lock_nodes(session, [node.id for node in deployed])
+    deployed = lookup.nodes(session, keys, lock=True)
     if allocate:
         from crowbar.services import provisioning
 

@@ -101,9 +101,10 @@ def node_refs(session: Session, keys: list) -> list[NodeRef]:
 MAX_BULK = 10_000  # nodes named in one bulk call (create, power, allocate, deploy)
 
 
-def nodes(session: Session, keys: list, *, tags: bool = False) -> list[Node]:
+def nodes(session: Session, keys: list, *, tags: bool = False, lock: bool = False) -> list[Node]:
     """The nodes referenced in `keys`, in that order, loaded a chunk per query (`node_refs`'
-    rule and refusals; InvalidInput when one is named twice). `tags`: their tags loaded too."""
+    rule and refusals; InvalidInput when one is named twice). `tags`: their tags loaded too.
+    `lock`: their row locks taken (`lock_nodes`), for a unit of work that writes them."""
     refs = node_refs(session, keys)
     ids = [ref.id for ref in refs]
     if len(set(ids)) != len(ids):
@@ -114,6 +115,8 @@ def nodes(session: Session, keys: list, *, tags: bool = False) -> list[Node]:
     rows: dict[int, Node] = {}
     for part in chunks(ids):
         rows.update((node.id, node) for node in session.scalars(query.where(Node.id.in_(part))))
+    if lock:
+        lock_nodes(session, ids)
     return [rows[node_id] for node_id in ids]
 
 

@@ -140,8 +140,7 @@ def set_power_many(session: Session, items, actor: str = "system") -> list[dict]
                 or not isinstance(item.get("driver"), str) or not isinstance(item.get("settings", {}), dict):
             raise InvalidInput(f"items[{i}]: expected {{node, driver, settings}} with a driver name and a "
                                "settings object", field=f"items[{i}]")
-    chosen = lookup.nodes(session, [item["node"] for item in items])
-    lookup.lock_nodes(session, [node.id for node in chosen])
+    chosen = lookup.nodes(session, [item["node"] for item in items], lock=True)
     plugins = {}
     answers = []
     for i, (node, item) in enumerate(zip(chosen, items)):

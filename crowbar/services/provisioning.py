@@ -173,7 +173,7 @@ def discover_many(session: Session, posts: list[tuple[dict, str | None, Peer]], 
         else:
             alone.append(i)
         seen.update(macs)
-        taken.setdefault(names[i], 0)
+        taken.setdefault(names[i], 0)  # claimed by a post of this batch (no node of that name yet)
     if fresh:
         made = _create_discovered(session, [(posts[i][0], *checked[i]) for i in fresh], domain, approve)
         for i, answer in zip(fresh, made):
@@ -456,8 +456,7 @@ def allocate_many(session: Session, keys: list, actor: str = "system") -> list[d
     if len(keys) > MAX_BULK:
         raise InvalidInput(f"at most {MAX_BULK} nodes in one call (got {len(keys)})", field="nodes")
     admin = "admin" in network.current_template(session).networks
-    chosen = lookup.nodes(session, keys, tags=True)  # read together (a node named twice: 422); addresses below
-    lookup.lock_nodes(session, [node.id for node in chosen])
+    chosen = lookup.nodes(session, keys, tags=True, lock=True)  # read together (named twice: 422); addresses below
     with batched(session):  # their events in one insert
         for node in chosen:
             set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
