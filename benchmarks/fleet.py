@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()
+    if not 1 <= args.batch <= 10_000:
+        ap.error(f"--batch {args.batch}: expected 1 to 10000 nodes a call")
     reports = each_case(args.nodes, args.postgres, args.no_sqlite, "crowbar_fleet", "machines",
                         lambda n, database: run_case(n, database, args))
     if args.json:

@@ -236,36 +236,24 @@ async def _as_node(request: Request, config: AppSettings, work):
 
 
 def write_together(config: AppSettings, items: list[tuple[str | None, Callable]]) -> list:
-    """Agents' writes (token, work) that arrived together, in one unit of work: their nodes'
-    rows locked first in the order of their ids (`lookup.lock_nodes`: no deadlock with a bulk
-    call, which locks them the same way), then each `work(session, node)` in a savepoint of its
-    own when there are several, so that a refused one (its error is its answer) undoes only its
-    own changes. Should the unit itself fail, each is written alone, as it would have been
-    without company."""
-    if len(items) == 1:
-        token, work = items[0]
-        with deps.unit(config) as s:
-            node = provisioning.node_for_token(s, token)
-            lookup.lock_nodes(s, [node.id])
-            return [work(s, node)]
-    answers: list = [None] * len(items)
+    """Agents' writes (token, work) that arrived together, in one unit of work: their tokens'
+    nodes read in one query (an unknown token's answer is its 401), their rows locked in the
+    order of their ids (`lookup.lock_nodes`: no deadlock with a bulk call, which locks them the
+    same way), then each `work(session, node)`, in a savepoint of its own when there are several,
+    so that a refused one (its error is its answer) undoes only its own changes. Should the unit
+    itself fail, each is written alone, as it would have been without company."""
     try:
         with deps.unit(config) as s:
-            nodes: dict[int, object] = {}
-            for i, (token, _) in enumerate(items):
-                try:
-                    nodes[i] = provisioning.node_for_token(s, token)
-                except CrowbarError as exc:
-                    answers[i] = exc
-            lookup.lock_nodes(s, [node.id for node in nodes.values()])
-            for i in sorted(nodes, key=lambda i: nodes[i].id):
-                try:
-                    with s.begin_nested():
-                        answers[i] = items[i][1](s, nodes[i])
-                except CrowbarError as exc:
-                    answers[i] = exc
+            answers: list = provisioning.nodes_for_tokens(s, [token for token, _ in items])
+            found = {i: node for i, node in enumerate(answers) if not isinstance(node, CrowbarError)}
+            lookup.lock_nodes(s, [node.id for node in found.values()])
+            for i in sorted(found, key=lambda i: found[i].id):
+                work = items[i][1]
+                answers[i] = work(s, found[i]) if len(items) == 1 else _in_savepoint(s, work, found[i])
         return answers
-    except Exception:  # noqa: BLE001 - each alone, below: its own error is its answer
+    except Exception:
+        if len(items) == 1:
+            raise  # its own error, for its request (GroupCommit)
         answers = []
         for item in items:
             try:
@@ -273,6 +261,15 @@ def write_together(config: AppSettings, items: list[tuple[str | None, Callable]]
             except Exception as exc:  # noqa: BLE001 - answered to its request
                 answers.append(exc)
         return answers
+
+
+def _in_savepoint(s, work: Callable, node):
+    """`work(s, node)` undone alone if it is refused (the refusal is its answer)."""
+    try:
+        with s.begin_nested():
+            return work(s, node)
+    except CrowbarError as exc:
+        return exc
 
 
 @open_router.post("/api/v2/agent/jobs/{job_id}")

@@ -1,8 +1,8 @@
-"""The C allocator's arenas: glibc gives a thread that finds the allocator busy an arena of its
-own, up to eight per core, and memory freed in one arena is not reused by another's threads. The
+"""The C allocator's arenas: glibc gives each thread that allocates an arena (a heap) of its own,
+up to eight per core, and memory freed in one arena is not reused by another's threads. The
 server's worker threads (the API's, the agents' bounded readers and writers, the loops) each grew
 one: 10,000 simulated machines' deploy took the server to 1,044-1,171 MB of RSS; with two arenas
-952-968 MB, and the phase no slower (docs/benchmarks.md, "The agents' other writes together").
+936-968 MB, and the phase no slower (docs/benchmarks.md, "The agents' other writes together").
 Threads allocate little at once under the interpreter's lock, so two arenas cost no contention
 worth measuring."""
 
