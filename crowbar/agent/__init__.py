@@ -44,8 +44,12 @@ Boot
    installed system for its call home: ``POST {url}/api/v2/agent/booted``); past ``timeout`` it gets SIGTERM (exit code 143). Then
    ``POST {url}/api/v2/agent/jobs/<id>`` with the same Authorization header and the body
    ``{"exit_code": 0, "output": "..."}``: stdout and stderr together, the last 256 KiB, every line
-   ending in a newline. A 2xx answer (its body is ignored) ends the job; otherwise it is tried 5
-   times, 5 s apart, then given up. The agent then polls again (step 2).
+   ending in a newline, and ``Prefer: next-action``. A 2xx answer ends the job; otherwise it is
+   tried 5 times, 5 s apart, then given up. The agent then polls again (step 2), unless the answer
+   is its next instruction (a server that honours the preference answers what step 2 would, taken
+   at once, never held: ``run``, ``reboot`` or ``poweroff`` are followed without a poll; a
+   ``wait`` of 0 seconds means poll now; a server that does not answers ``{"job": ..., "state":
+   "done"}``, which has no action).
 
 Inventory (what the agent posts in step 1)::
 

@@ -128,13 +128,17 @@ run_job() {
     } > "$STATE/result.json"
     tries=0
     until http "$STATE/result.answer" --header "Authorization: Bearer $TOKEN" \
-        --header "Content-Type: application/json" --post-file "$STATE/result.json" \
-        "$URL/api/v2/agent/jobs/$job"; do
+        --header "Content-Type: application/json" --header "Prefer: next-action" \
+        --post-file "$STATE/result.json" "$URL/api/v2/agent/jobs/$job"; do
         tries=$((tries + 1))
         [ $tries -ge 5 ] && { log "could not report job $job"; return; }
         sleep 5
     done
     log "job $job exited with $code"
+    # the answer is the next instruction (Prefer: next-action): follow takes it instead of a poll
+    case $(jget action "$STATE/result.answer") in
+    run | reboot | poweroff) cp "$STATE/result.answer" "$STATE/then.json" ;;
+    esac
 }
 
 # Asks for the next action until the server no longer knows the token (401: the node was
@@ -144,8 +148,11 @@ run_job() {
 WAIT=${CROWBAR_WAIT:-50}
 follow() {
     failures=0
+    rm -f "$STATE/then.json"
     while :; do
-        if ! http "$STATE/next.json" --header "Authorization: Bearer $TOKEN" --header "Prefer: wait=$WAIT" \
+        if [ -f "$STATE/then.json" ]; then  # a job result's answer: the next instruction already
+            mv "$STATE/then.json" "$STATE/next.json"
+        elif ! http "$STATE/next.json" --header "Authorization: Bearer $TOKEN" --header "Prefer: wait=$WAIT" \
             "$URL/api/v2/agent/next"; then
             [ "$(http_status)" = 401 ] && break
             failures=$((failures + 1))

@@ -56,18 +56,27 @@ READERS = 4  # polls reading the database at once, each in a worker thread; the 
 WRITERS = 4  # agents' requests writing to the database at once (AgentWaiters.write)
 
 
+NEXT_ACTION = "next-action"  # Prefer: an agent's job result answered with its next instruction
+
+
+def preferences(prefer: str | None) -> dict[str, str]:
+    """The preferences of a Prefer header (RFC 7240), by lower-case name: their values, unquoted
+    ("" for one without a value)."""
+    found: dict[str, str] = {}
+    for part in (prefer or "").replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        name = name.strip().lower()
+        if name and name not in found:
+            found[name] = value.strip().strip('"')
+    return found
+
+
 def requested_wait(prefer: str | None) -> float:
     """The `wait` preference of a Prefer header (`Prefer: wait=50`, RFC 7240), in seconds; 0 when
     there is none or it is not a number of seconds."""
-    if not prefer:
-        return 0.0
-    for part in prefer.replace(";", ",").split(","):
-        name, _, value = part.strip().partition("=")
-        if name.strip().lower() == "wait":
-            value = value.strip().strip('"')
-            if value.isascii() and value.isdigit():
-                return float(min(int(value[:8]), PREFER_WAIT_MAX))
-            return 0.0
+    value = preferences(prefer).get("wait", "")
+    if value.isascii() and value.isdigit():
+        return float(min(int(value[:8]), PREFER_WAIT_MAX))
     return 0.0
 
 

@@ -22,7 +22,7 @@ from crowbar.errors import CrowbarError, InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import MAX_INVENTORY_BYTES, NONCE_HEADER, parse_inventory, too_large
 from crowbar.provisioner import osimage
-from crowbar.services import auth, boot, install, lookup, os_images, provisioning, proxy
+from crowbar.services import auth, boot, install, os_images, provisioning, proxy
 
 # The routes booting machines use, by path prefix: the iPXE scripts and discovery image, the
 # discovery post, the agent's polls and job results.
@@ -215,8 +215,10 @@ async def agent_next(request: Request, config: Settings):
                 waiters.remember_quiet(digest, node_id, since, expires_at)
             answer = {"action": "wait", "seconds": 0}
             break
-        since = time.monotonic()  # work for this node: read again (what writes is done there)
-        answer, node_id, _, expires_at = await _poll(request, config, token, 0.0)
+        # work for this node: take it, straight among the agents' writes (no read first: the
+        # notification said there is work, and the write answers a wait should there be none)
+        since = time.monotonic()
+        answer = await request.app.state.agent_writes.submit((token, provisioning.agent_next))
         quiet = None
         if answer.get("action") != "wait" or since >= deadline:
             break
@@ -236,21 +238,12 @@ async def _as_node(request: Request, config: AppSettings, work):
 
 
 def write_together(config: AppSettings, items: list[tuple[str | None, Callable]]) -> list:
-    """Agents' writes (token, work) that arrived together, in one unit of work: their tokens'
-    nodes read in one query (an unknown token's answer is its 401), their rows locked in the
-    order of their ids (`lookup.lock_nodes`: no deadlock with a bulk call, which locks them the
-    same way), then each `work(session, node)`, in a savepoint of its own when there are several,
-    so that a refused one (its error is its answer) undoes only its own changes. Should the unit
-    itself fail, each is written alone, as it would have been without company."""
+    """Agents' writes (token, work) that arrived together, in one unit of work
+    (`provisioning.agents_write`: each its own answer or error). Should the unit itself fail,
+    each is written alone, as it would have been without company."""
     try:
         with deps.unit(config) as s:
-            answers: list = provisioning.nodes_for_tokens(s, [token for token, _ in items])
-            found = {i: node for i, node in enumerate(answers) if not isinstance(node, CrowbarError)}
-            lookup.lock_nodes(s, [node.id for node in found.values()])
-            for i in sorted(found, key=lambda i: found[i].id):
-                work = items[i][1]
-                answers[i] = work(s, found[i]) if len(items) == 1 else _in_savepoint(s, work, found[i])
-        return answers
+            return provisioning.agents_write(s, items)
     except Exception:
         if len(items) == 1:
             raise  # its own error, for its request (GroupCommit)
@@ -263,19 +256,18 @@ def write_together(config: AppSettings, items: list[tuple[str | None, Callable]]
         return answers
 
 
-def _in_savepoint(s, work: Callable, node):
-    """`work(s, node)` undone alone if it is refused (the refusal is its answer)."""
-    try:
-        with s.begin_nested():
-            return work(s, node)
-    except CrowbarError as exc:
-        return exc
-
-
-@open_router.post("/api/v2/agent/jobs/{job_id}")
-async def agent_job(job_id: str, body: JobResult, request: Request, config: Settings):
-    return await _as_node(request, config,
-                          lambda s, node: provisioning.job_result(s, node, job_id, body.exit_code, body.output))
+@open_router.post("/api/v2/agent/jobs/{job_id}", responses={200: {"headers": {
+        "Preference-Applied": {"description": "`next-action`: the answer is the agent's next instruction, as "
+                               "GET /api/v2/agent/next answers it (never held)", "schema": {"type": "string"}}}}})
+async def agent_job(job_id: str, result: JobResult, request: Request, config: Settings):
+    """A job's result. With `Prefer: next-action` the answer is the agent's next instruction (a
+    reboot, the next job, or a wait of 0 seconds: poll now), which saves the agent a poll."""
+    then = longpoll.NEXT_ACTION in longpoll.preferences(request.headers.get("prefer"))
+    answer = await _as_node(request, config, lambda s, node: provisioning.job_result(
+        s, node, job_id, result.exit_code, result.output, then=then))
+    if not then:
+        return answer
+    return body.JSONResponse(answer, headers={"Preference-Applied": longpoll.NEXT_ACTION})
 
 
 @open_router.post("/api/v2/agent/progress/{job_id}")

@@ -93,6 +93,22 @@ def batched(session: Session) -> Iterator[None]:
     _write(session, session.info.pop(BATCH))
 
 
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """`session.begin_nested()`: a block that may be undone alone. Inside `batched`, the events it
+    recorded are dropped with it when it raises (they are not written yet: a savepoint's rollback
+    would not take them back)."""
+    rows = session.info.get(BATCH)
+    mark = len(rows) if rows is not None else 0
+    try:
+        with session.begin_nested():
+            yield
+    except BaseException:
+        if rows is not None:
+            del rows[mark:]
+        raise
+
+
 @event.listens_for(Session, "after_commit")
 def _committed(session: Session) -> None:
     _log(session.info.pop("events_to_log", []))

@@ -354,21 +354,26 @@ class Fleet:
                 await asyncio.sleep(AGENT_RETRY)
 
     async def _follow(self, m: Machine) -> str:
-        """Polls for instructions until told to reboot or power off (answered: which)."""
+        """Polls for instructions until told to reboot or power off (answered: which); a job
+        result's answer may be the next instruction, followed without a poll."""
+        then: dict | None = None  # a job result's answer: the next instruction, without a poll
         while not self._stop.is_set():
-            try:
-                answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token,
-                                         headers={"Prefer": f"wait={self.o.long_poll}"} if self.o.long_poll else None,
-                                         held=m.index if self.o.long_poll else None)
-            except HTTP_ERRORS:
-                await asyncio.sleep(AGENT_RETRY)
-                continue
-            if answer.status_code == 401:
-                return "reboot"  # the token is gone: register again (the agent's step 1)
-            if answer.status_code != 200:
-                await asyncio.sleep(AGENT_RETRY)
-                continue
-            data = answer.json()
+            if then is not None:
+                data, then = then, None
+            else:
+                try:
+                    answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token,
+                                             headers={"Prefer": f"wait={self.o.long_poll}"} if self.o.long_poll
+                                             else None, held=m.index if self.o.long_poll else None)
+                except HTTP_ERRORS:
+                    await asyncio.sleep(AGENT_RETRY)
+                    continue
+                if answer.status_code == 401:
+                    return "reboot"  # the token is gone: register again (the agent's step 1)
+                if answer.status_code != 200:
+                    await asyncio.sleep(AGENT_RETRY)
+                    continue
+                data = answer.json()
             action = data.get("action")
             if action in ("run", "reboot") and m.name in self._queued_at:
                 self._record(DELIVERY, time.monotonic() - self._queued_at.pop(m.name))
@@ -376,14 +381,16 @@ class Fleet:
                 seconds = self.o.poll if self.o.poll is not None else float(data.get("seconds", 5) or 0)
                 await asyncio.sleep(seconds)
             elif action == "run":
-                await self._run_job(m, data)
+                then = await self._run_job(m, data)
             elif action in ("reboot", "poweroff"):
                 return action
             else:
                 await asyncio.sleep(AGENT_RETRY)
         return "poweroff"
 
-    async def _run_job(self, m: Machine, job: dict) -> None:
+    async def _run_job(self, m: Machine, job: dict) -> dict | None:
+        """Runs the job and posts its result, as the agent does (`Prefer: next-action`): the
+        answer's next instruction when it has one to follow (run, reboot, poweroff), else None."""
         job_id = str(job.get("job"))
         script = str(job.get("script") or "")
         install = "/api/v2/agent/progress/" in script  # the image installer's job posts its phases
@@ -401,14 +408,17 @@ class Fleet:
         for _ in range(5):
             try:
                 answer = await self.call("POST", f"/api/v2/agent/jobs/{job_id}", "POST /agent/jobs/{job}",
-                                         token=m.token, json_body={"exit_code": 0, "output": output})
+                                         token=m.token, json_body={"exit_code": 0, "output": output},
+                                         headers={"Prefer": "next-action"})
                 if answer.status_code < 300:
                     if install:
                         m.installed = True
-                    return
+                    data = answer.json()
+                    return data if data.get("action") in ("run", "reboot", "poweroff") else None
             except HTTP_ERRORS:
                 pass
             await asyncio.sleep(AGENT_RETRY)
+        return None
 
     async def _call_home(self, m: Machine) -> None:
         facts = {"boot_id": m.boot_id, "kernel": "6.1.0-28-amd64", "os": "Debian GNU/Linux 12 (bookworm)"}

@@ -18,13 +18,14 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 from sqlalchemy import and_, delete, exists, func, or_, select, union_all, update
 from sqlalchemy.orm import Session
 
 from crowbar.config import DEFAULT_DOMAIN
-from crowbar.db.events import batched, record
+from crowbar.db.events import batched, record, savepoint
 from crowbar.db.models import AgentJob, ApiToken, Node, NodeMac, utcnow
 from crowbar.db.session import signal_work
 from crowbar.db.sql import chunks
@@ -332,6 +333,32 @@ def node_for_token(session: Session, token: str | None) -> Node:
     return found
 
 
+def agents_write(session: Session, items: list[tuple[str | None, Callable[[Session, Node], object]]]) -> list:
+    """Agents' writes that arrived together, (token, work) each, in this one unit of work: what
+    each `work(session, node)` answered for the node its token names, or its error (Unauthorized
+    for a token that names none). The tokens' nodes are read in one query, their rows locked in
+    the order of their ids (`lookup.lock_nodes`: no deadlock with a bulk call, which locks them the
+    same way), then each work runs in that order, in a savepoint of its own when there are several
+    (a refused one, whose error is its answer, undoes only its own changes and events); the
+    events of all of them are written together, in one insert at the end."""
+    answers: list = nodes_for_tokens(session, [token for token, _ in items])
+    found = {i: node for i, node in enumerate(answers) if not isinstance(node, CrowbarError)}
+    lookup.lock_nodes(session, [node.id for node in found.values()])
+    with batched(session):
+        for i in sorted(found, key=lambda i: found[i].id):
+            work = items[i][1]
+            answers[i] = work(session, found[i]) if len(items) == 1 else _alone(session, work, found[i])
+    return answers
+
+
+def _alone(session: Session, work: Callable[[Session, Node], object], node: Node):
+    try:
+        with savepoint(session):
+            return work(session, node)
+    except CrowbarError as exc:
+        return exc
+
+
 def nodes_for_tokens(session: Session, tokens: list[str | None]) -> list[Node | Unauthorized]:
     """The node each node token names, or Unauthorized for one that names none, the tokens and
     their nodes read in one query a chunk (the agents' writes gathered in one unit of work)."""
@@ -435,7 +462,18 @@ def _agent_next(session: Session, node: Node) -> dict:
     return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
 
 
-def job_result(session: Session, node: Node, job_id: str, exit_code, output) -> dict:
+def job_result(session: Session, node: Node, job_id: str, exit_code, output, then: bool = False) -> dict:
+    """A job's exit code and output, from its node's agent. `then`: the answer is the agent's next
+    instruction instead (what its next poll would get, taken now: a poll saved; a wait of 0 seconds
+    when there is nothing yet), also for a result posted again."""
+    done = _job_result(session, node, job_id, exit_code, output)
+    if not then:
+        return done
+    answer = _agent_next(session, node)
+    return answer if answer["action"] != "wait" else {"action": "wait", "seconds": 0}
+
+
+def _job_result(session: Session, node: Node, job_id: str, exit_code, output) -> dict:
     number = lookup.as_id(job_id)  # ASCII digits within an id's range: "²" and 25 digits name no job
     if number is None:
         raise NotFound(f"job {job_id!r} does not exist", field="job")

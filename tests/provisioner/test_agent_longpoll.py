@@ -119,6 +119,27 @@ def test_a_held_poll_is_answered_as_soon_as_work_is_queued(served, db):
         assert s.get(AgentJob, int(r.json()["job"])).state == "sent"
 
 
+def test_a_woken_poll_takes_its_work_without_reading_again(served, db, monkeypatch):
+    """A held poll that a notification wakes goes straight to the agents' writes: its one read is
+    the one it started with; a notification with nothing behind it (work another poll took)
+    answers nothing and the poll is held on."""
+    api = served()
+    waiters = api.app.state.agent_waiters
+    found = discover(api, inventory(500)).json()
+    reads = []
+    real = provisioning.agent_poll
+    monkeypatch.setattr(provisioning, "agent_poll", lambda s, token: reads.append(token) or real(s, token))
+    poll = held(api, found["token"], 30)
+    until(lambda: waiters.waiting == 1)
+    waiters.notify([found["id"]])  # nothing queued: the write answers a wait, the hold goes on
+    until(lambda: waiters.woken == 1 and waiters.waiting == 1)
+    with db.session() as s:
+        s.add(AgentJob(node_id=found["id"], kind="script", script="echo woken", timeout=10))
+    r, took = poll.result(10)
+    assert r.json()["action"] == "run" and r.json()["script"] == "echo woken" and took < 5
+    assert reads == [found["token"]]
+
+
 def test_work_queued_for_another_node_does_not_answer_it(served, db):
     api = served()
     waiters = api.app.state.agent_waiters
@@ -224,10 +245,14 @@ def test_closing_answers_the_held_polls(served):
     assert took < 5 and r.json()["action"] == "wait"
 
 
-def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
-    """agent.sh's follow sends `Prefer: wait`: it waits on the server, and an allocate reaches it
-    at once (its `sleep` is a no-op here, so without the long poll it would poll in a loop)."""
+@contextlib.contextmanager
+def following_agent(db, admin_token, tmp_path, before=None):
+    """A real server on loopback, a discovered node, and agent.sh's `follow` for its token in
+    busybox sh (`before(node)` runs between the two): yields (admin client, node, waiters, the
+    agent's process); the agent is killed and the server stopped at the end."""
     import socket
+
+    import httpx
 
     from discoverykit import Served
     from test_agent_discovery import BUSYBOX, SCRIPT, agent_env
@@ -237,30 +262,34 @@ def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
     sock = socket.create_server(("127.0.0.1", 0))
     url = "http://127.0.0.1:%d" % sock.getsockname()[1]
     served = Served(AppSettings(db=db), [sock])
+    proc = None
     try:
-        import httpx
-
-        http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {admin_token}"})
-        body = discover(http, INVENTORY).json()
-        env = agent_env(tmp_path)
-        (tmp_path / "cmdline").write_text(f"crowbar.url={url}\n")
-        proc = subprocess.Popen([str(BUSYBOX), "sh", "-c", SCRIPT, "agent-test", "follow", body["token"]], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            waiters = served.server.config.app.state.agent_waiters
-            until(lambda: waiters.waiting == 1)
-            time.sleep(0.5)
-            assert waiters.waiting == 1  # still the one held poll, not a loop of polls
-            assert http.post(f"{V2}/nodes/{body['node']}/allocate").status_code == 200
-            out, _ = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == 42 and "rebooting" in out and "RESTART-MACHINE" in out, out
-        http.close()
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {admin_token}"}) as http:
+            node = discover(http, INVENTORY).json()
+            if before is not None:
+                before(node)
+            env = agent_env(tmp_path)
+            (tmp_path / "cmdline").write_text(f"crowbar.url={url}\n")
+            proc = subprocess.Popen([str(BUSYBOX), "sh", "-c", SCRIPT, "agent-test", "follow", node["token"]],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            yield http, node, served.server.config.app.state.agent_waiters, proc
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
         served.close()
+
+
+def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
+    """agent.sh's follow sends `Prefer: wait`: it waits on the server, and an allocate reaches it
+    at once (its `sleep` is a no-op here, so without the long poll it would poll in a loop)."""
+    with following_agent(db, admin_token, tmp_path) as (http, node, waiters, proc):
+        until(lambda: waiters.waiting == 1)
+        time.sleep(0.5)
+        assert waiters.waiting == 1  # still the one held poll, not a loop of polls
+        assert http.post(f"{V2}/nodes/{node['node']}/allocate").status_code == 200
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 42 and "rebooting" in out and "RESTART-MACHINE" in out, out
 
 
 def _statements(db):
@@ -511,3 +540,95 @@ def test_writes_together_whose_unit_fails_are_written_each_alone(served, db):
     assert isinstance(answers[1], RuntimeError) and isinstance(answers[2], Unauthorized)
     with db.session() as s:
         assert [s.get(Node, f["id"]).description for f in found] == ["a", "", "c"]  # each once
+
+
+def test_writes_together_write_their_events_in_one_insert_and_a_refused_one_leaves_none(served, db):
+    """`provisioning.agents_write`: the events of every agent's write in the unit go out in one
+    INSERT at its end; a write that is refused (its error is its answer) leaves neither its
+    changes nor its events, and the others keep both."""
+    from crowbar.api import provisioning as routes
+    from crowbar.db.events import record
+    from crowbar.db.models import Event
+    from crowbar.errors import Conflict
+    from sqlalchemy import select
+
+    api = served()
+    found = [discover(api, inventory(400 + i)).json() for i in range(3)]
+
+    def noted(text, refuse=False):
+        def work(s, node):
+            node.description = text
+            record(s, [{"object_type": "node", "object_id": node.id, "action": "test-note", "message": text}])
+            if refuse:
+                raise Conflict(f"{text} refused")
+            return text
+        return work
+
+    items = [(found[0]["token"], noted("first")), (found[1]["token"], noted("second", refuse=True)),
+             (found[2]["token"], noted("third"))]
+    seen, stop = _statements(db)
+    try:
+        answers = routes.write_together(api.app.state.settings, items)
+    finally:
+        stop()
+    assert answers[0] == "first" and answers[2] == "third" and isinstance(answers[1], Conflict)
+    assert sum(1 for sql in seen if sql.lstrip().upper().startswith("INSERT INTO EVENTS")) == 1
+    with db.session() as s:
+        assert [s.get(Node, f["id"]).description for f in found] == ["first", "", "third"]
+        notes = s.execute(select(Event.object_id, Event.message).where(Event.action == "test-note")).all()
+    assert sorted(notes) == sorted([(found[0]["id"], "first"), (found[2]["id"], "third")])
+
+
+def test_a_job_result_answers_the_next_instruction_when_asked(served, db):
+    """`Prefer: next-action` on a job result: the answer is what the next poll would get (the
+    next job, taken; a pending action; or a wait of 0 seconds), also for a result posted again;
+    without it the answer is the result's state, as it always was."""
+    api = served()
+    found = discover(api, inventory(600)).json()
+    with db.session() as s:
+        s.add_all([AgentJob(node_id=found["id"], kind="script", script=f"echo {n}", timeout=10) for n in (1, 2)])
+    first = api.get(f"{V2}/agent/next", headers=agent(found["token"])).json()
+    assert first["action"] == "run" and first["script"] == "echo 1"
+    prefer = dict(agent(found["token"]), prefer="next-action")
+    r = api.post(f"{V2}/agent/jobs/{first['job']}", json={"exit_code": 0, "output": "1\n"}, headers=prefer)
+    assert r.status_code == 200 and r.headers["preference-applied"] == "next-action"
+    second = r.json()
+    assert second["action"] == "run" and second["script"] == "echo 2"
+    with db.session() as s:
+        assert s.get(AgentJob, int(second["job"])).state == "sent"
+    done = {"exit_code": 0, "output": "2\n"}
+    assert api.post(f"{V2}/agent/jobs/{second['job']}", json=done, headers=prefer).json() == {"action": "wait",
+                                                                                             "seconds": 0}
+    with db.session() as s:
+        s.get(Node, found["id"]).agent_action = "reboot"
+    again = api.post(f"{V2}/agent/jobs/{second['job']}", json=done, headers=prefer)
+    assert again.json() == {"action": "reboot"}
+    plain = api.post(f"{V2}/agent/jobs/{second['job']}", json=done, headers=agent(found["token"]))
+    assert plain.json() == {"job": int(second["job"]), "state": "done"} and "preference-applied" not in plain.headers
+    with db.session() as s:
+        assert s.get(Node, found["id"]).agent_action is None
+        assert [j.output for j in s.query(AgentJob).filter_by(node_id=found["id"]).order_by(AgentJob.id)] == ["1\n", "2\n"]
+
+
+def test_the_discovery_agent_follows_a_job_results_answer_without_a_poll(db, admin_token, tmp_path, monkeypatch):
+    """agent.sh posts its job results with `Prefer: next-action`: the second job, given in the
+    first one's answer, runs without a poll between them; a wait of 0 in the second's answer
+    sends it back to polling, where an allocate reaches it."""
+    reads = []
+    real = provisioning.agent_poll
+    monkeypatch.setattr(provisioning, "agent_poll", lambda s, token: reads.append(token) or real(s, token))
+
+    def two_jobs(node):
+        with db.session() as s:
+            s.add_all([AgentJob(node_id=node["id"], kind="script", script=f"echo job {n}", timeout=10)
+                       for n in (1, 2)])
+
+    with following_agent(db, admin_token, tmp_path, before=two_jobs) as (http, node, waiters, proc):
+        until(lambda: waiters.waiting == 1)  # both jobs done, polling again
+        assert http.post(f"{V2}/nodes/{node['node']}/allocate").status_code == 200
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 42 and "RESTART-MACHINE" in out, out
+    assert len(reads) == 2, (reads, out)  # the first poll and the one after the second job: none between
+    with db.session() as s:
+        jobs = s.query(AgentJob).filter_by(node_id=node["id"]).order_by(AgentJob.id).all()
+        assert [(j.state, j.exit_code, j.output) for j in jobs] == [("done", 0, "job 1\n"), ("done", 0, "job 2\n")]
