@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole suite, against SQLite and against a throwaway PostgreSQL cluster on loopback that this
 # script starts and always removes.
-#   scripts/run-tests.sh            everything but tests/lab on 2 pytest-xdist workers, then tests/lab
+#   scripts/run-tests.sh            everything but tests/lab on 3 pytest-xdist workers (more than the
+#                                   2 cores: the tests often wait), then tests/lab
 #                                   on its own (its VMs want the machine); fails if either part fails,
 #                                   and runs tests/lab even when the first part failed
 #   scripts/run-tests.sh ARGS...    one pytest run in this process with ARGS (e.g. -k annealer)
@@ -20,6 +21,6 @@ if [ $# -gt 0 ]; then
 fi
 # loadgroup: the files of each group of tests/conftest.py's XDIST_GROUPS run on one worker
 status=0
-"${pytest[@]}" -n 2 --dist loadgroup --ignore=tests/lab || status=$?
+"${pytest[@]}" -n 3 --dist loadgroup --ignore=tests/lab || status=$?
 "${pytest[@]}" tests/lab || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 exit "$status"

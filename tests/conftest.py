@@ -164,7 +164,7 @@ def cli(api, admin_token, monkeypatch):
     http.close()
 
 
-# -- pytest-xdist (scripts/run-tests.sh: -n 2 --dist loadgroup) -------------------------------------
+# -- pytest-xdist (scripts/run-tests.sh: -n 3 --dist loadgroup) -------------------------------------
 # Test files that must not be spread over workers or run beside each other, by path under tests/:
 # the files of a group run one after the other on one worker, each in file order. A test can also
 # carry `@pytest.mark.xdist_group(name)` itself.
