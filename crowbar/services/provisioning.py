@@ -447,6 +447,12 @@ def agent_next(session: Session, node: Node) -> dict:
 
 
 def _agent_next(session: Session, node: Node) -> dict:
+    return _take_work(session, node) or {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
+
+
+def _take_work(session: Session, node: Node) -> dict | None:
+    """The node's pending action or its next queued job, taken (the node is alive); None when
+    there is neither."""
     node.alive = True
     if node.agent_action:
         action, node.agent_action = node.agent_action, None
@@ -459,7 +465,7 @@ def _agent_next(session: Session, node: Node) -> dict:
         job.state, job.sent_at = "sent", utcnow()
         install.job_taken(session, node, job)
         return {"action": "run", "job": str(job.id), "script": job.script, "timeout": job.timeout}
-    return {"action": "wait", "seconds": wait_seconds(polling_agents(session))}
+    return None
 
 
 def job_result(session: Session, node: Node, job_id: str, exit_code, output, then: bool = False) -> dict:
@@ -469,8 +475,8 @@ def job_result(session: Session, node: Node, job_id: str, exit_code, output, the
     done = _job_result(session, node, job_id, exit_code, output)
     if not then:
         return done
-    answer = _agent_next(session, node)
-    return answer if answer["action"] != "wait" else {"action": "wait", "seconds": 0}
+    with batched(session):
+        return _take_work(session, node) or {"action": "wait", "seconds": 0}
 
 
 def _job_result(session: Session, node: Node, job_id: str, exit_code, output) -> dict:
