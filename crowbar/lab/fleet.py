@@ -15,7 +15,8 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
     deploy     POST /nodes/deploy, in batches; each machine takes its install job, posts progress,
                "installs" for --install-delay seconds, posts the job result; told to reboot it
                boots its disk (its boot script says so) and its installed system calls home
-               (POST /api/v2/agent/booted: booted, then ready with its SSH host keys)
+               (POST /api/v2/agent/booted: ready with its SSH host keys, one post, as
+               crowbar-callhome does when sshd answers at once)
     anneal     a barclamp of noop roles, a deployment binding them to every node, committed and
                annealed until every noderole is active (GET /anneal)
 
@@ -421,8 +422,11 @@ class Fleet:
         return None
 
     async def _call_home(self, m: Machine) -> None:
+        """As crowbar-callhome whose sshd answers at once: one `ready` (installed -> readying ->
+        ready); a server that answers `installed` to it gets the two steps."""
         facts = {"boot_id": m.boot_id, "kernel": "6.1.0-28-amd64", "os": "Debian GNU/Linux 12 (bookworm)"}
-        for step, extra in (("booted", {}), ("ready", {"host_keys": [HOST_KEY]})):
+        ready = ("ready", {"host_keys": [HOST_KEY]})
+        for step, extra in (ready, ("booted", {}), ready):
             for attempt in range(120):
                 try:
                     answer = await self.call("POST", "/api/v2/agent/booted", "POST /agent/booted", token=m.token,
@@ -435,6 +439,8 @@ class Fleet:
                 if answer.status_code < 500:
                     raise FleetError(f"call home ({step}) refused: HTTP {answer.status_code} {answer.text[:300]}")
                 await asyncio.sleep(AGENT_RETRY)
+            if step == "ready" and answer.json().get("state") != "installed":
+                break
         m.state = "ready"
 
     # -- the operator ----------------------------------------------------------------------------

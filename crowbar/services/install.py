@@ -489,8 +489,8 @@ def parse_host_keys(lines: list) -> list[str]:
 
 def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context,
            host_keys: list | None = None) -> dict:
-    """The installed system calls home: booted (installed -> readying), ready (readying -> ready),
-    or failed (-> problem). Any other state: the node is alive, nothing moves. With `ready` comes
+    """The installed system calls home: booted (installed -> readying), ready (readying -> ready;
+    from installed, both steps at once: its sshd answered before it called), or failed (-> problem). Any other state: the node is alive, nothing moves. With `ready` comes
     its sshd's public host keys: the CLI's `nodes ssh` then checks them strictly (no trust on first
     use, and a reinstalled node's new keys replace the old ones)."""
     if step not in ("booted", "ready", "failed"):
@@ -517,10 +517,11 @@ def _booted(session: Session, node: Node, step: str, facts: dict, ctx: Context, 
         return {"node": node.name, "state": node.state}  # the old system's keys are not kept
     if keys:
         _set_install(node, host_keys=keys)
-    if step == "booted" and node.state == lifecycle.INSTALLED:
+    if step in ("booted", "ready") and node.state == lifecycle.INSTALLED:
+        # `ready` straight from installed: a system whose sshd answered at once says both in one post
         _set_auto_ssh(session, node, ctx)
         _step(session, node, lifecycle.READYING, f"booted {clean.get('os', '')} ({clean.get('kernel', '')})", "node")
-    elif step == "ready" and node.state == lifecycle.READYING:
+    if step == "ready" and node.state == lifecycle.READYING:
         _set_install(node, booted=clean)
         _step(session, node, lifecycle.READY, "sshd answers", "node")
         if (node.install or {}).get(RERUN):

@@ -161,6 +161,13 @@ def test_bios_and_uefi_vms_get_their_os_by_rule_and_are_rebooted_reinstalled_upg
         assert all(line.split(":")[1] in ("*", "!", "!*", "") for line in shadow.splitlines()), shadow
         assert _ssh(cli, name, "getent passwd debian || echo none") == "none"
         _ssh(cli, name, "echo before > /root/marker")
+        # its first boot called home once: sshd answered before crowbar-callhome ran (After=ssh.service),
+        # so one `ready` took the node installed -> readying -> ready
+        trail = cli.json("events", "--type", "node", "--id", str(node["id"]), "--limit", "1000")
+        calls = [e["message"].split(":")[0] for e in trail if e["action"] == "boot"]
+        assert calls == ["installed system ready"], calls
+        steps = [(e["from"], e["to"]) for e in trail if e["action"] == "lifecycle"]
+        assert steps[-2:] == [("installed", "readying"), ("readying", "ready")], steps
 
     # an ordinary Ansible role (the sample webhello barclamp) onto both installed nodes through the
     # ansible jig, over SSH at their admin addresses; the service answers from the admin network

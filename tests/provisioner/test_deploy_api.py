@@ -87,6 +87,33 @@ def deployed_ready(dapi, store) -> tuple[str, str]:
     return name, token
 
 
+def test_ready_from_installed_takes_both_steps_in_one_call(dapi, store, db):
+    """An installed system whose sshd answers before it calls home posts `ready` alone: the node
+    goes installed -> readying -> ready in that one call, with both steps' events, its host keys and
+    the script jig's SSH hints, as the two calls would have."""
+    make_image(store)
+    node = discovered(dapi)
+    name, token = node["node"], node["token"]
+    dapi.post(f"/api/v2/nodes/{name}/deploy")
+    job = take_job(dapi, token)
+    dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(token))
+    assert dapi.get(f"/api/v2/nodes/{name}").json()["state"] == "installed"
+    r = dapi.post("/api/v2/agent/booted", json={"step": "ready", "boot_id": "boot-1", "host_keys": [HOST_KEY],
+                                                "os": "Debian GNU/Linux 13 (trixie)"}, headers=agent(token))
+    assert r.status_code == 200 and r.json()["state"] == "ready", r.text
+    shown = dapi.get(f"/api/v2/nodes/{name}").json()
+    assert shown["install"]["host_keys"] == [HOST_KEY] and shown["install"]["booted"]["boot_id"] == "boot-1"
+    assert shown["hints"]["crowbar"]["ssh"]["address"].startswith("192.168.124.")
+    steps = {e["to"]: (e["from"], e["message"])
+             for e in dapi.get("/api/v2/events", params={"object_type": "node", "limit": 200}).json()["items"]
+             if e["action"] == "lifecycle" and e["object_id"] == shown["id"]}
+    assert steps["readying"][0] == "installed" and "booted Debian GNU/Linux 13" in steps["readying"][1], steps
+    assert steps["ready"] == ("readying", "sshd answers"), steps
+    # a later `ready` of the same boot changes nothing
+    again = dapi.post("/api/v2/agent/booted", json={"step": "ready", "boot_id": "boot-1"}, headers=agent(token))
+    assert again.json()["state"] == "ready"
+
+
 def test_deploy_walks_the_lifecycle_to_ready(dapi, store, db):
     make_image(store)
     node = discovered(dapi)
