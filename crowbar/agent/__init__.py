@@ -40,7 +40,8 @@ Boot
 
 3. Job result: the script runs with ``sh`` in /tmp, stdin /dev/null, with ``CROWBAR_URL``,
    ``CROWBAR_NODE``, ``CROWBAR_TOKEN`` and ``CROWBAR_JOB`` in its environment (an install job posts
-   its phases to ``{url}/api/v2/agent/progress/<id>`` with the token, and writes the token into the
+   its phases to ``{url}/api/v2/agent/progress/<id>`` with the token, no sooner than the ``next``
+   seconds of the last answer, and writes the token into the
    installed system for its call home: ``POST {url}/api/v2/agent/booted``); past ``timeout`` it gets SIGTERM (exit code 143). Then
    ``POST {url}/api/v2/agent/jobs/<id>`` with the same Authorization header and the body
    ``{"exit_code": 0, "output": "..."}``: stdout and stderr together, the last 256 KiB, every line

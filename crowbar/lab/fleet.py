@@ -12,8 +12,9 @@ same HTTP calls real machines and a real operator make, and nothing else (no dat
     enroll     the operator gives every node the `fake` power driver (PUT /nodes/power, 250 a call)
     allocate   POST /nodes/allocate, in batches (one transaction each); a node told to reboot boots
                the discovery image again and proves the boot with the nonce from its boot script
-    deploy     POST /nodes/deploy, in batches; each machine takes its install job, posts progress,
-               "installs" for --install-delay seconds, posts the job result; told to reboot it
+    deploy     POST /nodes/deploy, in batches; each machine takes its install job, "installs" for
+               --install-delay seconds, reporting its phases and bytes at the pace the server
+               answers (as the install script does), posts the job result; told to reboot it
                boots its disk (its boot script says so) and its installed system calls home
                (POST /api/v2/agent/booted: ready with its SSH host keys, one post, as
                crowbar-callhome does when sshd answers at once)
@@ -398,13 +399,7 @@ class Fleet:
         output = "simulated\n"
         if install:
             m.state = "installing"
-            for phase in ("write-image", "verify-image"):
-                try:  # the installer's progress posts are best effort (a failed one is not retried)
-                    await self.call("POST", f"/api/v2/agent/progress/{job_id}", "POST /agent/progress/{job}",
-                                    token=m.token, json_body={"phase": phase, "bytes": 0, "total": 1 << 30})
-                except HTTP_ERRORS:
-                    pass
-                await asyncio.sleep(self.o.install_delay / 2)
+            await self._install(m, job_id)
             output = "crowbar-install: simulated install done\n"
         for _ in range(5):
             try:
@@ -420,6 +415,31 @@ class Fleet:
                 pass
             await asyncio.sleep(AGENT_RETRY)
         return None
+
+    async def _install(self, m: Machine, job_id: str) -> None:
+        """The install script's reports over --install-delay seconds, as crowbar/provisioner/install.py
+        sends them: each phase as it starts and the bytes written every 3 s, nothing before the
+        `next` seconds of the last answer (a report due then is not sent: the script reports the
+        phase it is in at its next phase or tick). Best effort: a failed report is not retried."""
+        delay, total = self.o.install_delay, 1 << 30
+        writing = 0.8 * delay  # most of an install is writing the image
+        steps = [(0.0, "check-disk", 0), (0.0, "partition", 0), (0.0, "write-image", 0)]
+        steps += [(t, "write-image", int(total * t / writing)) for t in range(3, int(writing - 1e-9) + 1, 3)]
+        steps += [(writing, "verify-image", total), (0.85 * delay, "bootloader", total),
+                  (0.95 * delay, "configure", total), (delay, "installed", total)]
+        started = time.monotonic()
+        quiet_until = 0.0
+        for at, phase, written in steps:
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            if time.monotonic() < quiet_until:
+                continue
+            try:
+                answer = await self.call("POST", f"/api/v2/agent/progress/{job_id}", "POST /agent/progress/{job}",
+                                         token=m.token, json_body={"phase": phase, "bytes": written, "total": total})
+                pause = float(answer.json().get("next") or 0) if answer.status_code == 200 else 0.0
+            except (*HTTP_ERRORS, ValueError):
+                pause = 0.0
+            quiet_until = time.monotonic() + pause
 
     async def _call_home(self, m: Machine) -> None:
         """As crowbar-callhome whose sshd answers at once: one `ready` (installed -> readying ->

@@ -202,13 +202,21 @@ set -o pipefail 2>/dev/null || true
 DISK={q(plan.disk)}
 ROOT={q(root)}
 T=/mnt/target
+NEXT=0  # uptime second before which nothing is reported: each report's answer says how long (`next`)
 phase() {{
-    PHASE=$1
+    PHASE=$1 BYTES=${{3:-0}}
     echo "crowbar-install: $1${{2:+ ($2)}}"
-    wget -q -O /dev/null --header "Authorization: Bearer $CROWBAR_TOKEN" \\
+    report
+}}
+report() {{  # the phase now, unless the server asked for a pause: a phase that ends within it goes unsaid
+    now=$(cut -d. -f1 /proc/uptime)
+    [ "$now" -ge "$NEXT" ] || return 0
+    answer=$(wget -q -O - --header "Authorization: Bearer $CROWBAR_TOKEN" \\
         --header "Content-Type: application/json" \\
-        --post-data "{{\\"phase\\": \\"$1\\", \\"bytes\\": ${{3:-0}}, \\"total\\": {plan.fs_size}}}" \\
-        "$CROWBAR_URL"{q(plan.progress_path)} 2>/dev/null || true
+        --post-data "{{\\"phase\\": \\"$PHASE\\", \\"bytes\\": $BYTES, \\"total\\": {plan.fs_size}}}" \\
+        "$CROWBAR_URL"{q(plan.progress_path)} 2>/dev/null) || answer=
+    pause=$(echo "$answer" | sed -n 's/.*"next": *\\([0-9][0-9]*\\).*/\\1/p')
+    NEXT=$((now + ${{pause:-0}}))
 }}
 cleanup() {{
     [ -n "${{WRITER:-}}" ] && kill "$WRITER" 2>/dev/null

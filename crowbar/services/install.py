@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import shlex
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -51,6 +53,7 @@ INSTALL, ERASE = "install", "erase"
 INSTALL_TIMEOUT = 40 * 60
 ERASE_MODES = ("quick", "full")
 PROGRESS_PATH = "/api/v2/agent/progress"
+FAILED_IN_RE = re.compile(r"^crowbar-install: failed in phase ([a-z-]+) ", re.M)  # the script's trap
 SSH_AUTO = "ssh_auto"  # node.install key: the hints' ssh address/key were set by the installer
 RERUN = "rerun_noderoles"  # node.install key: a reinstall; its noderoles run again once it is ready
 # States in which the node should run the discovery image: its installed system calling home from a
@@ -63,6 +66,13 @@ NETBOOT_RETRIES = 3
 # again (`retry_silent_netboots`). A server's firmware takes minutes; a TCG lab VM's discovery boot ~2.
 SILENT_STATES = (lifecycle.HARDWARE_INSTALLED, lifecycle.REINSTALL, lifecycle.RELEASING)
 NETBOOT_SILENCE = timedelta(minutes=5)
+# The installer's reports (phases and bytes written): each answer says how many seconds its next may
+# come at the soonest, 0 in a small fleet (every phase at once, bytes every 3 s: the script's own
+# pace), longer when the installs running at once would post more than REPORT_BUDGET a second (at
+# most MAX_REPORT_SECONDS). A report is a write; 1,000 installs at the script's pace were 333 a second.
+REPORT_BUDGET = 20
+MAX_REPORT_SECONDS = 60
+INSTALLING_RECOUNT = 10.0  # seconds between counts of the nodes installing, per process
 
 
 @dataclass(frozen=True)
@@ -407,8 +417,31 @@ def job_taken(session: Session, node: Node, job: AgentJob) -> None:
         _set_install(node, phase="started")
 
 
+_installing = {"count": 0, "at": float("-inf")}
+
+
+def installing_nodes(session: Session) -> int:
+    """How many nodes are installing, counted at most every INSTALLING_RECOUNT seconds per process."""
+    now = time.monotonic()
+    if now - _installing["at"] >= INSTALLING_RECOUNT:
+        count = session.scalar(select(func.count()).select_from(Node).where(Node.state == lifecycle.INSTALLING))
+        _installing.update(count=count or 0, at=now)
+    return _installing["count"]
+
+
+def report_seconds(installing: int, rng: random.Random | None = None) -> int:
+    """The `next` of a progress answer: 0 (report at the script's own pace) unless `installing`
+    installs at that pace (one report every ~3 s each) would exceed REPORT_BUDGET reports a second;
+    then enough seconds to keep to it (at most MAX_REPORT_SECONDS), jittered by up to a quarter."""
+    base = installing / REPORT_BUDGET
+    return 0 if base < 3 else round(min(MAX_REPORT_SECONDS, base * (rng or random).uniform(0.75, 1.25)))
+
+
 def progress(session: Session, node: Node, job_id: str, phase: object, written: object, total: object) -> dict:
-    """An install job's phase and bytes written, as its script reports them."""
+    """An install job's phase and bytes written, as its script reports them. Answered with `next`:
+    the seconds before its next report at the soonest (`report_seconds`); the script holds back
+    what comes sooner and sends the phase it is in when that time is up, so a phase shorter than
+    that may never be reported (its output has every phase; the failing one comes from there)."""
     number = lookup.as_id(job_id)
     job = session.get(AgentJob, number) if number is not None else None
     if job is None or job.node_id != node.id:
@@ -426,7 +459,7 @@ def progress(session: Session, node: Node, job_id: str, phase: object, written: 
                           "message": f"install phase {phase}" + (f" ({values.get('bytes', 0)} of "
                                                                   f"{values.get('total', 0)} bytes)"
                                                                   if phase == "verify-image" else "")}])
-    return {"node": node.name, "phase": phase}
+    return {"node": node.name, "phase": phase, "next": report_seconds(installing_nodes(session))}
 
 
 def _tail(output: str, lines: int = 12) -> str:
@@ -442,7 +475,8 @@ def job_done(session: Session, node: Node, job: AgentJob) -> None:
             _step(session, node, lifecycle.INSTALLED, f"{node.os} installed on {(node.install or {}).get('disk')}", "agent")
             node.agent_action = "reboot"
         else:
-            phase = (node.install or {}).get("phase", "start")
+            failed = FAILED_IN_RE.search(job.output or "")  # the script's own word: reports may lag
+            phase = failed.group(1) if failed else (node.install or {}).get("phase", "start")
             reason = f"install failed in phase {phase} (exit {job.exit_code}): {_tail(job.output or '', 6)}"
             _set_install(node, error=reason, finished_at=_now())
             _step(session, node, lifecycle.PROBLEM, reason[:2000], "agent")

@@ -37,6 +37,8 @@ def test_a_simulated_fleet_reaches_ready_and_its_deployment_anneals(servers, bac
             ("allocate", "POST /nodes/allocate"), ("deploy", "POST /nodes/deploy"))] == [calls] * 3
     assert phases["deploy"]["routes"]["POST /agent/jobs/{job}"]["count"] == N  # one install job each
     assert phases["deploy"]["routes"]["POST /agent/booted"]["count"] == N  # ready alone: both steps at once
+    # a small fleet: the server asks for no pause, so each install reports its seven phases
+    assert phases["deploy"]["routes"]["POST /agent/progress/{job}"]["count"] == 7 * N
     # the agents long-poll: each install job was taken by a held poll (or the poll after the call)
     assert phases["deploy"]["routes"][DELIVERY]["count"] >= N  # (and a late reboot of the allocate)
     assert not any(key.split()[-1].startswith("5") for p in phases.values() for key in p["errors"])

@@ -230,6 +230,52 @@ def test_a_failed_install_is_a_problem_with_its_phase_and_output(dapi, store):
     assert "checksum mismatch" in shown["state_reason"]
 
 
+def test_the_failing_phase_is_the_scripts_own_word_when_its_reports_lag(dapi, store):
+    """A pause the server asked for may hold back the last phases' reports: the failing phase is the
+    one the script's trap names in its output, not the last one reported."""
+    make_image(store)
+    node = discovered(dapi)
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy", json={})
+    job = take_job(dapi, node["token"])
+    dapi.post(f"/api/v2/agent/progress/{job['job']}", json={"phase": "write-image"}, headers=agent(node["token"]))
+    dapi.post(f"/api/v2/agent/jobs/{job['job']}", headers=agent(node["token"]), json={
+        "exit_code": 1, "output": "crowbar-install: bootloader\ngrub-install: error: disk not found\n"
+                                  "crowbar-install: failed in phase bootloader (exit 1)\n"})
+    shown = dapi.get(f"/api/v2/nodes/{node['node']}").json()
+    assert shown["state"] == "problem"
+    assert shown["state_reason"].startswith("install failed in phase bootloader (exit 1)"), shown["state_reason"]
+
+
+def test_progress_answers_the_pause_before_the_next_report(dapi, store, monkeypatch):
+    """0 in a small fleet (the script's own pace); past REPORT_BUDGET reports a second at that pace,
+    long enough to keep to it, from the count of nodes installing (taken at most every 10 s)."""
+    from crowbar.services import install as install_service
+
+    make_image(store)
+    node = discovered(dapi)
+    dapi.post(f"/api/v2/nodes/{node['node']}/deploy", json={})
+    job = take_job(dapi, node["token"])
+    monkeypatch.setattr(install_service, "_installing", {"count": 0, "at": float("-inf")})
+    report = dapi.post(f"/api/v2/agent/progress/{job['job']}", json={"phase": "write-image", "bytes": 1},
+                       headers=agent(node["token"]))
+    assert report.status_code == 200 and report.json()["next"] == 0, report.text
+    # one node installing, at a budget of a report every 10 s: 10 s between its reports, jittered
+    monkeypatch.setattr(install_service, "REPORT_BUDGET", 0.1)
+    monkeypatch.setattr(install_service, "_installing", {"count": 0, "at": float("-inf")})
+    paused = dapi.post(f"/api/v2/agent/progress/{job['job']}", json={"phase": "write-image", "bytes": 2},
+                       headers=agent(node["token"])).json()["next"]
+    assert 7 <= paused <= 13
+
+
+def test_report_seconds_keeps_the_fleet_to_the_budget():
+    from crowbar.services.install import MAX_REPORT_SECONDS, REPORT_BUDGET, report_seconds
+
+    assert report_seconds(0) == report_seconds(3 * REPORT_BUDGET - 1) == 0
+    pauses = [report_seconds(400) for _ in range(200)]
+    assert min(pauses) >= 15 and max(pauses) <= 25 and len(set(pauses)) > 3  # 400 / 20 a second, jittered
+    assert max(report_seconds(100_000) for _ in range(50)) == MAX_REPORT_SECONDS
+
+
 def test_a_node_that_boots_again_mid_install_is_a_problem(dapi, store):
     make_image(store)
     node = discovered(dapi)

@@ -186,3 +186,70 @@ def test_nodes_ssh_checks_the_host_keys_the_node_reported_strictly(tmp_path):
     del node["install"]["host_keys"]
     argv = ssh_command(node, None, (), tmp_path / "known_hosts")
     assert f"UserKnownHostsFile={tmp_path / 'known_hosts'}" in argv and "StrictHostKeyChecking=accept-new" in argv
+
+
+def _reporter(script: str) -> str:
+    """The script's reporting functions (NEXT, phase, report), cut from the script as it is."""
+    start = script.index("NEXT=0")
+    return script[start:script.index("cleanup() {")]
+
+
+class _ProgressServer:
+    """Takes progress reports on loopback and answers `{"next": N}` as the server does."""
+
+    def __init__(self, pause: int):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+
+        self.reports: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.reports.append({"path": self.path, "auth": self.headers["Authorization"], **body})
+                data = json.dumps({"node": "n1", "phase": body["phase"], "next": pause}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.mark.skipif(not shutil.which("busybox"), reason="busybox is not installed (the discovery image's shell)")
+@pytest.mark.parametrize("pause, said", [(0, ["check-disk", "partition", "write-image", "write-image", "verify-image"]),
+                                         (100, ["check-disk"])])
+def test_the_script_reports_at_the_pace_the_server_answers(tmp_path, pause, said):
+    """Each report's answer carries `next`: 0 lets every phase and tick out at once; a pause holds
+    back what comes within it (the job's output still has every phase line)."""
+    server = _ProgressServer(pause)
+    try:
+        path = tmp_path / "report.sh"
+        path.write_text(_reporter(install.install_script(_plan())) +
+                        'phase check-disk\nphase partition\nphase write-image "" 0\n'
+                        'phase write-image "" 1048576\nphase verify-image "" 629145600\n')
+        bin_dir = tmp_path / "bin"  # busybox's applets only, as in the discovery image
+        bin_dir.mkdir()
+        for applet in ("wget", "cut", "sed"):
+            (bin_dir / applet).symlink_to(shutil.which("busybox"))
+        env = {"PATH": str(bin_dir), "CROWBAR_URL": server.url, "CROWBAR_TOKEN": "tok-1"}
+        done = subprocess.run([shutil.which("busybox"), "sh", "-eu", str(path)], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("crowbar-install: ") == 5  # every phase line, said or not
+        assert [r["phase"] for r in server.reports] == said
+        assert {r["path"] for r in server.reports} == {"/api/v2/agent/progress/7"}
+        assert {r["auth"] for r in server.reports} == {"Bearer tok-1"}
+        if pause == 0:
+            assert [r["bytes"] for r in server.reports][2:] == [0, 1048576, 629145600]
+            assert {r["total"] for r in server.reports} == {600 << 20}
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
