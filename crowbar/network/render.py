@@ -111,14 +111,19 @@ def _netplan_entry(plan: InterfacePlan, interface: PlannedInterface) -> dict[str
     return entry
 
 
-def render_netplan(plan: InterfacePlan) -> str:
-    """YAML for /etc/netplan/ (networkd renderer)."""
+def netplan_document(plan: InterfacePlan) -> dict[str, Any]:
+    """The netplan v2 document (networkd renderer): `{"network": {...}}`, what render_netplan writes."""
     sections = {"physical": "ethernets", "bond": "bonds", "vlan": "vlans", "bridge": "bridges"}
     network: dict[str, Any] = {"version": 2, "renderer": "networkd"}
     for interface in plan.interfaces:
         network.setdefault(sections[interface.kind], {})[interface.name] = \
             _netplan_entry(plan, interface)
-    return yaml.dump({"network": network}, Dumper=_Dumper, sort_keys=False)
+    return {"network": network}
+
+
+def render_netplan(plan: InterfacePlan) -> str:
+    """YAML for /etc/netplan/ (networkd renderer)."""
+    return yaml.dump(netplan_document(plan), Dumper=_Dumper, sort_keys=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,7 +124,8 @@ def _step(session: Session, node: Node, target: str, reason: str, actor: str) ->
 
 def seed(session: Session, node: Node, ctx: Context, instance: str, plan: dict | None = None) -> dict[str, str]:
     """cloud-init's NoCloud seed for `node`: meta-data, user-data, network-config. `plan`: the
-    node's netplan interface plan, when the caller read it (a deploy reads its nodes' together)."""
+    node's netplan document (`network.node_netplans`), when the caller read it (a deploy reads its
+    nodes' together)."""
     from crowbar.services import network
 
     short = node.name.split(".")[0]
@@ -135,8 +136,7 @@ def seed(session: Session, node: Node, ctx: Context, instance: str, plan: dict |
             # RSA and DSA host keys take cloud-init half a minute under emulation; nobody needs them
             "ssh_genkeytypes": ["ed25519", "ecdsa"], "resize_rootfs": True}
     try:
-        files = (plan or network.node_plan(session, node.id, "netplan"))["files"]
-        netconf = yaml.load(next(iter(files.values())), Loader=_Loader)
+        netconf = plan or network.node_netplans(session, [node.id])[0]
     except CrowbarError as exc:  # no plan (no admin network, no NIC inventory): DHCP on every NIC
         log.info("node %s has no interface plan (%s): its OS uses DHCP", node.name, exc)
         netconf = {"network": {"version": 2, "ethernets": dhcp_everywhere(node.discovery)}}
@@ -147,9 +147,8 @@ def seed(session: Session, node: Node, ctx: Context, instance: str, plan: dict |
             "network-config": _dump(netconf["network"])}
 
 
-# libyaml's safe loader and dumper when PyYAML has them (the same documents, a fifth of the time):
-# a deploy of 500 nodes makes 1,500 seeds' YAML in one transaction.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's safe dumper when PyYAML has it (the same documents, a fifth of the time): a deploy of
+# 500 nodes makes 1,500 seeds' YAML in one transaction.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -247,7 +246,7 @@ def _netplans(session: Session, ids: list[int]) -> dict[int, dict]:
     from crowbar.services import network
 
     try:
-        return dict(zip(ids, network.node_plans(session, ids, "netplan")))
+        return dict(zip(ids, network.node_netplans(session, ids)))
     except CrowbarError:
         return {}
 
@@ -293,7 +292,7 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
             raise Conflict(f"node {node.name!r} is {node.state}: only allocated nodes are deployed "
                            f"(`crowbar nodes allocate {node.name}` first; `reinstall` for an installed one)")
     ruleset = os_rules.current(session)
-    choices = {node.id: os_rules.choose(session, node, ruleset) for node in deployed}
+    choices = os_rules.choose_many(session, deployed, ruleset)
     os_names = {node.id: os_name or choices[node.id].os or node.os or lifecycle.DEFAULT_OS for node in deployed}
     images = {name: _image(ctx, name) for name in sorted(set(os_names.values()))}
     settings = bios.wanted_many(session, deployed)
@@ -308,7 +307,8 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
                         jobs[node.id], netplans.get(node.id), recipes, settings[node.id])
     os_rules.refresh_tags(session, deployed)  # their OS changed: the rules' tags follow, in one pass
     signal_work(session, "anneal")
-    return [nodes.node_dict(node, full=True) for node in deployed]
+    tags = nodes.tags_of(session, ids)
+    return [nodes.node_dict(node, full=True, tags=tags[node.id]) for node in deployed]
 
 
 def _deploy_one(session: Session, node: Node, ctx: Context, actor: str, os_name: str | None,

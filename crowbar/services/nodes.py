@@ -30,14 +30,26 @@ def agent_driven(node: Node) -> bool:
     return node.bootenv == lifecycle.DISCOVERY and node.alive
 
 
-def node_dict(node: Node, full: bool = False) -> dict:
+def node_dict(node: Node, full: bool = False, tags: list[str] | None = None) -> dict:
+    """The node as the API shows it; `full` adds its details and tags (`tags`: read by a caller
+    showing many, `tags_of`, instead of each node's own query)."""
     out = {"id": node.id, "name": node.name, "state": node.state, "admin": node.admin, "alive": node.alive,
            "available": node.available, "bootenv": node.bootenv}
     if full:
         out.update(state_reason=node.state_reason, boot_mac=node.boot_mac, os=node.os,
                    power_driver=node.power_driver, description=node.description, discovery=node.discovery,
                    hints=node.hints, install=node.install or {}, created_at=node.created_at.isoformat(),
-                   tags=[t.tag for t in node.tag_rows])
+                   tags=tags if tags is not None else [t.tag for t in node.tag_rows])
+    return out
+
+
+def tags_of(session: Session, ids: list[int]) -> dict[int, list[str]]:
+    """The tags of many nodes, by node id, in one query per chunk (each list in order)."""
+    out: dict[int, list[str]] = {i: [] for i in ids}
+    for part in chunks(ids):
+        for node_id, tag in session.execute(select(NodeTag.node_id, NodeTag.tag)
+                                            .where(NodeTag.node_id.in_(part)).order_by(NodeTag.tag)):
+            out[node_id].append(tag)
     return out
 
 

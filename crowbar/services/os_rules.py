@@ -123,6 +123,13 @@ def choose(session: Session, node: Node, ruleset: rules.RuleSet | None = None) -
     return rules.evaluate(ruleset if ruleset is not None else current(session), facts(session, node))
 
 
+def choose_many(session: Session, nodes: list[Node], ruleset: rules.RuleSet | None = None) -> dict[int, rules.Choice]:
+    """`choose` for many nodes, their roles and deployments read together: by node id."""
+    ruleset = ruleset if ruleset is not None else current(session)
+    bound = _bindings(session, [node.id for node in nodes])
+    return {node.id: rules.evaluate(ruleset, _facts(node, bound[node.id])) for node in nodes}
+
+
 def _summary(data: dict) -> dict:
     """The facts without the inventory and hints (long; `crowbar nodes show` has them)."""
     return {k: v for k, v in data.items() if k not in ("inventory", "hints")}

@@ -47,7 +47,7 @@ from crowbar.services.network.neutron import (
     list_tenant_networks, neutron_settings, node_neutron, segment_marker, set_neutron_settings,
     show_tenant_network, whois,
 )
-from crowbar.services.network.plans import PLAN_FORMATS, node_plan, node_plans, render_plan
+from crowbar.services.network.plans import PLAN_FORMATS, node_netplans, node_plan, node_plans, render_plan
 from crowbar.services.network.templates import (
     ENV_TEMPLATE, TemplateCache, TemplateInvalid, current_template, export, list_networks,
     seed_template, show_network,
@@ -63,7 +63,7 @@ __all__ = [
     "address_key", "allocate", "allocate_for", "allocate_many", "list_allocations", "node_addresses",
     "release",
     # plans
-    "PLAN_FORMATS", "node_plan", "node_plans", "render_plan",
+    "PLAN_FORMATS", "node_netplans", "node_plan", "node_plans", "render_plan",
     # neutron
     "NEUTRON_DEFAULTS", "NEUTRON_FILES", "TunnelIdInUse", "create_tenant_network",
     "delete_tenant_network", "list_tenant_networks", "neutron_settings", "node_neutron",

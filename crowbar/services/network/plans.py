@@ -25,7 +25,7 @@ from crowbar.db.sql import chunks
 from crowbar.errors import Conflict, InvalidInput
 from crowbar.network.model import NetworkTemplate
 from crowbar.network.plan import plan_interfaces
-from crowbar.network.render import render_ifupdown, render_netplan, render_networkd
+from crowbar.network.render import netplan_document, render_ifupdown, render_netplan, render_networkd
 from crowbar.services import lookup
 from crowbar.services.network.allocations import node_addresses
 from crowbar.services.network.templates import current_template
@@ -77,6 +77,16 @@ def node_plans(session: Session, node_keys: list, fmt: str = "json",
     """Interface plans of many nodes, rendered as `fmt`: a handful of queries whatever the count."""
     if fmt not in PLAN_FORMATS:
         raise InvalidInput(f"format {fmt!r} is not one of {', '.join(PLAN_FORMATS)}", field="format")
+    return [render_plan(plan, fmt) for plan in _plans(session, node_keys, template)]
+
+
+def node_netplans(session: Session, node_keys: list) -> list[dict]:
+    """The nodes' plans as netplan v2 documents (`{"network": ...}`, what the netplan format's file
+    holds), for a caller that works on them: an OS install's cloud-init seed."""
+    return [netplan_document(plan) for plan in _plans(session, node_keys)]
+
+
+def _plans(session: Session, node_keys: list, template: NetworkTemplate | None = None) -> list:
     template = template or current_template(session)
     nodes = lookup.node_refs(session, node_keys)
     ids = [node_id for node_id, _name in nodes]
@@ -88,8 +98,7 @@ def node_plans(session: Session, node_keys: list, fmt: str = "json",
     out = []
     for node_id, name in nodes:
         nics, product = inventory(name, discovery.get(node_id))
-        plan = plan_interfaces(name, nics, addresses[node_id], template, roles[node_id], product)
-        out.append(render_plan(plan, fmt))
+        out.append(plan_interfaces(name, nics, addresses[node_id], template, roles[node_id], product))
     return out
 
 
