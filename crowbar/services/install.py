@@ -297,14 +297,15 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
     images = {name: _image(ctx, name) for name in sorted(set(os_names.values()))}
     settings = bios.wanted_many(session, deployed)
     recipes = osimage.recipes()
-    netplans = _netplans(session, ids)
     _cancel_jobs(session, ids, "replaced by a new install")
     jobs = {node.id: _new_job(session, node) for node in deployed}
     session.flush()
     with batched(session):  # the lifecycle events of all of them in one insert
-        for node in deployed:
-            _deploy_one(session, node, ctx, actor, os_name, choices[node.id], images[os_names[node.id]],
-                        jobs[node.id], netplans.get(node.id), recipes, settings[node.id])
+        for part in chunks(deployed, 500):  # the netplan documents a few at a time: 10,000 held were ~40 MB
+            netplans = _netplans(session, [node.id for node in part])
+            for node in part:
+                _deploy_one(session, node, ctx, actor, os_name, choices[node.id], images[os_names[node.id]],
+                            jobs[node.id], netplans.get(node.id), recipes, settings[node.id])
     os_rules.refresh_tags(session, deployed)  # their OS changed: the rules' tags follow, in one pass
     signal_work(session, "anneal")
     tags = nodes.tags_of(session, ids)

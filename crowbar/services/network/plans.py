@@ -15,7 +15,7 @@ addresses are the node's allocations (crowbar.services.network.allocations).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -86,7 +86,8 @@ def node_netplans(session: Session, node_keys: list) -> list[dict]:
     return [netplan_document(plan) for plan in _plans(session, node_keys)]
 
 
-def _plans(session: Session, node_keys: list, template: NetworkTemplate | None = None) -> list:
+def _plans(session: Session, node_keys: list, template: NetworkTemplate | None = None) -> Iterator:
+    """The nodes' interface plans, one at a time (their inputs read together first)."""
     template = template or current_template(session)
     nodes = lookup.node_refs(session, node_keys)
     ids = [node_id for node_id, _name in nodes]
@@ -95,11 +96,9 @@ def _plans(session: Session, node_keys: list, template: NetworkTemplate | None =
         discovery.update(session.execute(select(Node.id, Node.discovery).where(Node.id.in_(part))).all())
     addresses = node_addresses(session, ids)
     roles = roles_of(session, ids)
-    out = []
     for node_id, name in nodes:
         nics, product = inventory(name, discovery.get(node_id))
-        out.append(plan_interfaces(name, nics, addresses[node_id], template, roles[node_id], product))
-    return out
+        yield plan_interfaces(name, nics, addresses[node_id], template, roles[node_id], product)
 
 
 def node_plan(session: Session, node_key, fmt: str = "json") -> dict:
