@@ -282,7 +282,7 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
 
         discovered = [node.id for node in deployed if node.state == lifecycle.DISCOVERED]
         if discovered:
-            provisioning.allocate_many(session, discovered, actor)
+            provisioning.allocate_many(session, discovered, actor, answer=False)
     # All of them read together (a bulk deploy of 10,000 nodes plans in one pass): the nodes, their
     # OS rules' choices, images, BIOS settings and netplan plans; their old jobs ended in one update,
     # the new ones inserted in one flush. Refusals come before the deploy writes anything.

@@ -506,9 +506,10 @@ def allocate(session: Session, key, actor: str = "system") -> dict:
     return allocate_many(session, [key], actor)[0]
 
 
-def allocate_many(session: Session, keys: list, actor: str = "system") -> list[dict]:
+def allocate_many(session: Session, keys: list, actor: str = "system", answer: bool = True) -> list[dict]:
     """Allocate several nodes in one transaction: all of them or none (the first refusal names
-    its node). The network template is read once for all of them."""
+    its node). The network template is read once for all of them. `answer`: False for a caller
+    that answers its own way (a deploy that allocates first): nothing is shown."""
     from crowbar.services import network
 
     if not isinstance(keys, list) or not keys:
@@ -526,6 +527,8 @@ def allocate_many(session: Session, keys: list, actor: str = "system") -> list[d
             if admin else [{} for _ in chosen]
     session.flush()
     signal_work(session, "anneal")
+    if not answer:
+        return []
     return [nodes.node_dict(node, full=True) | {"admin_address": allocation.get("address")}
             for node, allocation in zip(chosen, allocations)]
 
