@@ -4,12 +4,11 @@ The real script on a real installed system is proven in tests/lab/test_lab_deplo
 
 import importlib.machinery
 import importlib.util
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.jsonserver import JsonServer
 
 SCRIPT = Path(__file__).resolve().parents[2] / "crowbar" / "agent" / "installed" / "crowbar-callhome"
 
@@ -22,41 +21,22 @@ def load_callhome():
     return module
 
 
-class Server:
-    """Answers POST /api/v2/agent/booted with the node's state as `takes_ready_from_installed` says."""
+class Node:
+    """The node's lifecycle as the server keeps it; `takes_ready_from_installed`: this server takes
+    a `ready` straight from installed (an older one keeps the node installed)."""
 
     def __init__(self, takes_ready_from_installed: bool):
-        self.posts: list[tuple[str, dict]] = []
         self.state = "installed"
-        outer = self
+        self.takes_ready_from_installed = takes_ready_from_installed
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.posts.append((self.headers["Authorization"], body))
-                step = body["step"]
-                if step == "booted" and outer.state == "installed":
-                    outer.state = "readying"
-                elif step == "ready" and (outer.state == "readying" or
-                                          (outer.state == "installed" and takes_ready_from_installed)):
-                    outer.state = "ready"
-                data = json.dumps({"node": "n1", "state": outer.state}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def answer(self, body: dict) -> dict:
+        step = body["step"]
+        if step == "booted" and self.state == "installed":
+            self.state = "readying"
+        elif step == "ready" and (self.state == "readying" or
+                                  (self.state == "installed" and self.takes_ready_from_installed)):
+            self.state = "ready"
+        return {"node": "n1", "state": self.state}
 
 
 @pytest.fixture
@@ -64,7 +44,9 @@ def callhome(tmp_path, monkeypatch):
     servers = []
 
     def run(takes_ready_from_installed: bool, sshd: list[bool]):
-        server = Server(takes_ready_from_installed)
+        node = Node(takes_ready_from_installed)
+        server = JsonServer(node.answer)
+        server.node = node
         servers.append(server)
         module = load_callhome()
         conf = tmp_path / "node.conf"
@@ -84,28 +66,29 @@ def callhome(tmp_path, monkeypatch):
 
 def test_sshd_answering_at_once_is_one_ready_post(callhome):
     server = callhome(True, sshd=[True])
-    assert [body["step"] for _, body in server.posts] == ["ready"]
-    auth, body = server.posts[0]
-    assert auth == "Bearer tok-1" and body["host_keys"] == ["ssh-ed25519 AAAAkey"] and body["boot_id"]
-    assert server.state == "ready"
+    assert [p["body"]["step"] for p in server.posts] == ["ready"]
+    post = server.posts[0]
+    assert post["path"] == "/api/v2/agent/booted" and post["auth"] == "Bearer tok-1"
+    assert post["body"]["host_keys"] == ["ssh-ed25519 AAAAkey"] and post["body"]["boot_id"]
+    assert server.node.state == "ready"
 
 
 def test_an_older_server_that_keeps_it_installed_gets_the_two_steps(callhome):
     server = callhome(False, sshd=[True, True])
-    assert [body["step"] for _, body in server.posts] == ["ready", "booted", "ready"]
-    assert server.state == "ready"
+    assert [p["body"]["step"] for p in server.posts] == ["ready", "booted", "ready"]
+    assert server.node.state == "ready"
 
 
 def test_sshd_not_up_yet_posts_booted_then_ready_once_it_answers(callhome):
     server = callhome(True, sshd=[False, True])
-    assert [body["step"] for _, body in server.posts] == ["booted", "ready"]
-    assert server.state == "ready"
+    assert [p["body"]["step"] for p in server.posts] == ["booted", "ready"]
+    assert server.node.state == "ready"
 
 
 def test_sshd_that_never_answers_is_reported_as_failed(callhome):
     with pytest.raises(SystemExit) as exited:
         callhome(True, sshd=[False, False])
     assert exited.value.code == 1
-    posts = [body for _, body in callhome.servers[0].posts]
+    posts = [p["body"] for p in callhome.servers[0].posts]
     assert [body["step"] for body in posts] == ["booted", "failed"] and "sshd" in posts[1]["reason"]
-    assert callhome.servers[0].state == "readying"
+    assert callhome.servers[0].node.state == "readying"

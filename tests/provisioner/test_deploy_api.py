@@ -74,14 +74,20 @@ def take_job(dapi, token):
     return nxt
 
 
-def deployed_ready(dapi, store) -> tuple[str, str]:
-    """A node deployed to ready (its installed system called home from boot-1): name, agent token."""
+def deployed_installed(dapi, store) -> tuple[str, str]:
+    """A node deployed to installed (its install job succeeded, not yet booted): name, agent token."""
     make_image(store)
     node = discovered(dapi)
     name, token = node["node"], node["token"]
     dapi.post(f"/api/v2/nodes/{name}/deploy")
     job = take_job(dapi, token)
     dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(token))
+    return name, token
+
+
+def deployed_ready(dapi, store) -> tuple[str, str]:
+    """A node deployed to ready (its installed system called home from boot-1): name, agent token."""
+    name, token = deployed_installed(dapi, store)
     for step in ("booted", "ready"):
         dapi.post("/api/v2/agent/booted", json={"step": step, "boot_id": "boot-1"}, headers=agent(token))
     return name, token
@@ -91,12 +97,7 @@ def test_ready_from_installed_takes_both_steps_in_one_call(dapi, store, db):
     """An installed system whose sshd answers before it calls home posts `ready` alone: the node
     goes installed -> readying -> ready in that one call, with both steps' events, its host keys and
     the script jig's SSH hints, as the two calls would have."""
-    make_image(store)
-    node = discovered(dapi)
-    name, token = node["node"], node["token"]
-    dapi.post(f"/api/v2/nodes/{name}/deploy")
-    job = take_job(dapi, token)
-    dapi.post(f"/api/v2/agent/jobs/{job['job']}", json={"exit_code": 0}, headers=agent(token))
+    name, token = deployed_installed(dapi, store)
     assert dapi.get(f"/api/v2/nodes/{name}").json()["state"] == "installed"
     r = dapi.post("/api/v2/agent/booted", json={"step": "ready", "boot_id": "boot-1", "host_keys": [HOST_KEY],
                                                 "os": "Debian GNU/Linux 13 (trixie)"}, headers=agent(token))
