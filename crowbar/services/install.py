@@ -301,7 +301,7 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
     jobs = {node.id: _new_job(session, node) for node in deployed}
     session.flush()
     with batched(session):  # the lifecycle events of all of them in one insert
-        for part in chunks(deployed, 500):  # the netplan documents a few at a time: 10,000 held were ~40 MB
+        for part in chunks(deployed, 500):  # the netplan documents a few at a time, not 10,000 held at once
             netplans = _netplans(session, [node.id for node in part])
             for node in part:
                 _deploy_one(session, node, ctx, actor, os_name, choices[node.id], images[os_names[node.id]],
@@ -441,8 +441,9 @@ def report_seconds(installing: int, rng: random.Random | None = None) -> int:
 def progress(session: Session, node: Node, job_id: str, phase: object, written: object, total: object) -> dict:
     """An install job's phase and bytes written, as its script reports them. Answered with `next`:
     the seconds before its next report at the soonest (`report_seconds`); the script holds back
-    what comes sooner and sends the phase it is in when that time is up, so a phase shorter than
-    that may never be reported (its output has every phase; the failing one comes from there)."""
+    what comes sooner and reports again at its first phase or tick after that, so a phase shorter
+    than the pause may never be reported (its output has every phase; the failing one comes from
+    there)."""
     number = lookup.as_id(job_id)
     job = session.get(AgentJob, number) if number is not None else None
     if job is None or job.node_id != node.id:
@@ -525,8 +526,9 @@ def parse_host_keys(lines: list) -> list[str]:
 def booted(session: Session, node: Node, step: object, facts: dict, ctx: Context,
            host_keys: list | None = None) -> dict:
     """The installed system calls home: booted (installed -> readying), ready (readying -> ready;
-    from installed, both steps at once: its sshd answered before it called), or failed (-> problem). Any other state: the node is alive, nothing moves. With `ready` comes
-    its sshd's public host keys: the CLI's `nodes ssh` then checks them strictly (no trust on first
+    from installed, both steps at once: its sshd answered before it called), or failed (->
+    problem). Any other state: the node is alive, nothing moves. With `ready` comes its sshd's
+    public host keys: the CLI's `nodes ssh` then checks them strictly (no trust on first
     use, and a reinstalled node's new keys replace the old ones)."""
     if step not in ("booted", "ready", "failed"):
         raise InvalidInput("step must be booted, ready or failed", field="step")

@@ -120,7 +120,7 @@ def facts(session: Session, node: Node) -> dict:
 
 def choose(session: Session, node: Node, ruleset: rules.RuleSet | None = None) -> rules.Choice:
     """What the stored rules (or `ruleset`, read once by a caller choosing for many nodes) give `node`."""
-    return rules.evaluate(ruleset if ruleset is not None else current(session), facts(session, node))
+    return choose_many(session, [node], ruleset)[node.id]
 
 
 def choose_many(session: Session, nodes: list[Node], ruleset: rules.RuleSet | None = None) -> dict[int, rules.Choice]:
