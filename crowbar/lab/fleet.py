@@ -447,21 +447,26 @@ class Fleet:
         facts = {"boot_id": m.boot_id, "kernel": "6.1.0-28-amd64", "os": "Debian GNU/Linux 12 (bookworm)"}
         ready = ("ready", {"host_keys": [HOST_KEY]})
         for step, extra in (ready, ("booted", {}), ready):
-            for attempt in range(120):
-                try:
-                    answer = await self.call("POST", "/api/v2/agent/booted", "POST /agent/booted", token=m.token,
-                                             json_body={**facts, "step": step, **extra})
-                except HTTP_ERRORS:
-                    await asyncio.sleep(AGENT_RETRY)
-                    continue
-                if answer.status_code < 300:
-                    break
-                if answer.status_code < 500:
-                    raise FleetError(f"call home ({step}) refused: HTTP {answer.status_code} {answer.text[:300]}")
-                await asyncio.sleep(AGENT_RETRY)
-            if step == "ready" and answer.json().get("state") != "installed":
+            state = await self._post_booted(m, {**facts, "step": step, **extra})
+            if step == "ready" and state != "installed":
                 break
         m.state = "ready"
+
+    async def _post_booted(self, m: Machine, body: dict) -> str | None:
+        """One call home, retried as crowbar-callhome does (120 tries, 5 s apart): the node's state."""
+        for _ in range(120):
+            try:
+                answer = await self.call("POST", "/api/v2/agent/booted", "POST /agent/booted", token=m.token,
+                                         json_body=body)
+            except HTTP_ERRORS:
+                await asyncio.sleep(AGENT_RETRY)
+                continue
+            if answer.status_code < 300:
+                return answer.json().get("state")
+            if answer.status_code < 500:
+                raise FleetError(f"call home ({body['step']}) refused: HTTP {answer.status_code} {answer.text[:300]}")
+            await asyncio.sleep(AGENT_RETRY)
+        raise FleetError(f"call home ({body['step']}) not answered after 120 tries")
 
     # -- the operator ----------------------------------------------------------------------------
     def _begin(self, name: str) -> Phase:
