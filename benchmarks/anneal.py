@@ -37,7 +37,8 @@ HERE = Path(__file__).parent
 ROLES = ["bench-admin", "bench-server", "bench-library", "bench-client", "bench-client-client"]
 
 
-def setup(db: Database, n: int) -> None:
+def setup(db: Database, n: int, commit: bool = True) -> None:
+    """The bench barclamp, its deployment, `n` nodes each bound to ROLES; committed unless told."""
     with db.session() as s:
         catalog.import_barclamp(s, HERE / "barclamps" / "bench")
         deployments.create_deployment(s, "bench")
@@ -51,8 +52,9 @@ def setup(db: Database, n: int) -> None:
                 node_row = s.get(Node, node["id"])
                 for role in ROLES:
                     binder.bind(dep, binder.role(role), node_row)
-    with db.session() as s:
-        deployments.commit(s, "bench")
+    if commit:
+        with db.session() as s:
+            deployments.commit(s, "bench")
 
 
 def run_one(url: str, n: int, workers: int, collector: bool) -> dict:

@@ -17,12 +17,14 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
+from crowbar.db import notices
 from crowbar.db.sql import is_postgresql
 
 EXAMPLES = "sqlite:///PATH/crowbar.db or postgresql://USER@HOST/NAME"
 READ_ONLY = "crowbar_read_only"  # execution option of a read session's connections
 AGENT_LISTENERS = "agent_listeners"  # session.info: Database.on_agent_work's listeners
 AGENT_NODES = "agent_nodes"  # session.info: the nodes whose agents this unit of work gave something to do
+ANNOUNCE = "announce"  # session.info: on PostgreSQL, the Database's origin tag for NOTIFY (db/notices.py)
 
 
 class UnusableDatabase(Exception):
@@ -139,9 +141,9 @@ def pending_work(session: Session) -> set[str]:
     return set(session.info.get("work", ()))
 
 
-def _agent_work(session: Session) -> None:
-    """After a flush: note the nodes whose discovery agents now have something to take (a job
-    queued, an action such as reboot set), for `Database.on_agent_work`'s listeners."""
+def _agent_work(session: Session) -> set[int]:
+    """After a flush: the nodes whose discovery agents now have something to take (a job queued,
+    an action such as reboot set), noted for `Database.on_agent_work`'s listeners; returned."""
     from crowbar.db.models import AgentJob, Node
 
     ids = {obj.node_id for obj in session.new if isinstance(obj, AgentJob) and obj.state in (None, "queued")}
@@ -152,12 +154,17 @@ def _agent_work(session: Session) -> None:
             ids.add(obj.node_id)
     if ids:
         session.info.setdefault(AGENT_NODES, set()).update(ids)
+    return ids
 
 
 @event.listens_for(Session, "after_flush")
 def _after_flush(session: Session, _context) -> None:
-    if session.info.get(AGENT_LISTENERS):  # nobody listens (tools, tests without an app): no cost
-        _agent_work(session)
+    origin = session.info.get(ANNOUNCE)
+    if origin is None and not session.info.get(AGENT_LISTENERS):  # nobody to tell (tools, tests): no cost
+        return
+    ids = _agent_work(session)
+    if ids and origin is not None:  # other processes on this PostgreSQL hear of it when it commits
+        notices.send(session.connection(), origin, ids)
 
 
 @event.listens_for(Session, "after_commit")
@@ -185,8 +192,11 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.agent_listeners: list[Callable[[frozenset[int]], None]] = []
-        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False,
-                                         info={AGENT_LISTENERS: self.agent_listeners})
+        # On PostgreSQL, units of work that give agents work also NOTIFY the other processes on the
+        # same database (db/notices.py); `origin` tells this Database's own notifications apart.
+        self.origin = notices.new_origin()
+        info = {AGENT_LISTENERS: self.agent_listeners} | ({ANNOUNCE: self.origin} if self.postgresql else {})
+        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False, info=info)
         # On PostgreSQL a read session runs in autocommit: each statement is its own transaction, which
         # under READ COMMITTED is what each statement of a transaction sees anyway, and the BEGIN and
         # ROLLBACK round trips of the hottest read (an agent's poll: one SELECT) are gone.
@@ -196,8 +206,25 @@ class Database:
     def on_agent_work(self, listener: Callable[[frozenset[int]], None]) -> None:
         """Call `listener(node_ids)` after every commit, in any thread of this process, that gave
         those nodes' discovery agents something to take: a job queued, an action set (the agent's
-        long poll answers at once: crowbar.api.longpoll). Other processes' commits are not seen."""
+        long poll answers at once: crowbar.api.longpoll). On PostgreSQL, other processes' commits
+        reach the same listeners through `deliver_agent_work` (the server's notices loop)."""
         self.agent_listeners.append(listener)
+
+    def deliver_agent_work(self, node_ids: frozenset[int]) -> None:
+        """Tell this process's agent-work listeners of work another process committed."""
+        for listener in list(self.agent_listeners):
+            try:
+                listener(node_ids)
+            except Exception:  # noqa: BLE001 - one listener's failure is not the others'
+                import logging
+
+                logging.getLogger("crowbar.db").exception("an agent-work listener failed")
+
+    def listener(self) -> notices.Listener:
+        """A connection of its own that hears other processes' agent work (PostgreSQL only)."""
+        if not self.postgresql:
+            raise RuntimeError("only PostgreSQL carries agent work between processes")
+        return notices.Listener(self.engine, self.origin)
 
     def check(self) -> None:
         """Open one connection: UnusableDatabase with the database's own reason if it cannot be

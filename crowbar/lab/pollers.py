@@ -178,6 +178,7 @@ class HoldOptions:
     seconds: float = 120.0  # the measured window, after the ramp
     wake: int = 50  # agents given work (a reboot, by allocating their node) in the window's first half
     drain: float | None = None  # seconds polls in flight at the end are waited for (None: wait + 15)
+    wake_url: str | None = None  # the operator's calls go to this server (another on the same PostgreSQL)
 
 
 @dataclass
@@ -301,7 +302,7 @@ def hold(url: str, token: str, agents: list[tuple[int, str, str]], options: Hold
         cpu0 = server.cpu_seconds() if server else None
         if server:
             server.reset_peak()
-        wakes = _wake(url, token, sample, window[0] + 1.0, o.seconds) if sample else []
+        wakes = _wake(o.wake_url or url, token, sample, window[0] + 1.0, o.seconds) if sample else []
         _sleep_until(window[1])
         run = HoldRun(len(agents), o, window, [], wakes)
         if server:

@@ -46,6 +46,7 @@ from crowbar.server.annealer import AnnealerLoop, server_preparer
 from crowbar.server import logs, malloc
 from crowbar.server.collector import FULL_EVERY, Collector
 from crowbar.server.loop import Loop
+from crowbar.server.notices import Notices
 from crowbar.server.power import PowerWorker
 from crowbar.server.proxies import Proxies
 from crowbar.server.reconciler import Reconciler
@@ -340,6 +341,8 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
         loops["provisioner"] = Reconciler(db, provisioner)
     loops.update(anneal=AnnealerLoop(annealer), watchdog=Watchdog(db),
                  power=PowerWorker(db, server_id=annealer.server_id))
+    if db.postgresql:  # other servers on this database: their agents' work wakes the polls held here
+        loops["notices"] = Notices(db)
     if full_collection_every:  # the collector's long passes on a clock (server/collector.py)
         loops["collector"] = Collector(full_collection_every)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import time
 
+import httpx
 import pytest
 
 from crowbar.lab import pollers
@@ -59,3 +60,28 @@ def test_an_operator_call_the_server_does_not_answer_is_counted_not_fatal():
     assert [w.status for w in wakes] == [0, 0] and all(w.returned - w.called >= 0.3 for w in wakes)
     run = pollers.HoldRun(2, HoldOptions(), (0.0, 1.0), [], wakes)
     assert run.report()["wake_calls_timed_out"] == 2
+
+
+@pytest.mark.postgresql
+def test_agents_held_by_one_server_hear_of_work_committed_through_another(servers):
+    """Two servers on one PostgreSQL: the agents are discovered by and long-poll server B, the
+    operator allocates two of them through server A; B's held polls answer the reboot at once (A's
+    NOTIFY, B's notices loop), not at the end of their hold."""
+    url = servers.postgres_url()
+    a = servers.new("a", database=url)
+    b = servers.new("b", database=url)
+    token = (a.data_dir / "admin.token").read_text().strip()  # one database: A's token is B's too
+    _, agents = discover(b.url, token, N, concurrency=16, timeout=120)
+
+    run = hold(b.url, token, agents, HoldOptions(processes=2, wait=WAIT, ramp=0.5, seconds=12.0, wake=2,
+                                                 wake_url=a.url))
+    report = run.report()
+    assert report["errors"] == {} and report["unanswered"] == 0 and report["not_held"] == 0
+    woken = run.answers()
+    assert [w.status for w in run.wakes] == [200, 200] and set(woken) == {w.index for w in run.wakes}
+    for w in run.wakes:
+        assert woken[w.index].action == "reboot" and woken[w.index].answered - w.called < WAIT / 2, (w, woken)
+    assert any(woken[w.index].sent < w.called and woken[w.index].held < 0.75 * WAIT for w in run.wakes)
+
+    health = httpx.get(f"{b.url}/api/v2/health", headers={"authorization": f"Bearer {token}"}).json()
+    assert health["checks"]["notices"]["ok"] and health["checks"]["notices"]["received_nodes"] >= 2
