@@ -3,12 +3,14 @@ simulated fleet (crowbar.lab.fleet: asyncio machines speaking the discovery agen
 through discover, enroll (fake power), allocate, deploy to ready, and a deployment of noop roles
 on every node annealed to active.
 
-    python benchmarks/fleet.py --nodes 100 1000 [--postgres URL] [--concurrency 64]
+    python benchmarks/fleet.py --nodes 100 1000 [--postgres URL [--servers K]] [--concurrency 64]
                                [--install-delay 5] [--workers 8] [--long-poll 50] [--json FILE] [--markdown]
 
 Each case gets a fresh server (and a fresh PostgreSQL database). Reported per phase: seconds,
 nodes/s, requests, latency p50/p95/p99 by route, server CPU seconds and peak RSS (the server is our
 child process), database size (SQLite: the file and its WAL; PostgreSQL: pg_database_size).
+With --servers K (PostgreSQL), K servers share the database, machine i talks to server i mod K,
+and the server CPU is theirs summed, the peak RSS the highest of theirs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from _postgres import append_json, each_case
 from sqlalchemy import create_engine, text
 
-from crowbar.lab.fleet import DELIVERY, LocalServer, Options, simulate
+from crowbar.lab.fleet import DELIVERY, LocalServer, Options, ServerGroup, simulate
 
 
 def pg_size(url: str):
@@ -35,23 +37,29 @@ def pg_size(url: str):
 
 
 def run_case(n: int, database: str | None, args) -> dict:
+    count = args.servers if database else 1  # several servers share one PostgreSQL, never one SQLite file
     with tempfile.TemporaryDirectory(prefix="crowbar-fleet-bench-") as tmp:
         root = Path(tmp)
-        server = LocalServer(root, database=database, workers=args.workers)
-        server.start()
-        size, dispose = pg_size(database) if database else (server.sqlite_size, lambda: None)
+        servers = [LocalServer(root / f"s{i}" if count > 1 else root, database=database, workers=args.workers)
+                   for i in range(count)]
+        size, dispose = pg_size(database) if database else (servers[0].sqlite_size, lambda: None)
         options = Options(nodes=n, concurrency=args.concurrency, install_delay=args.install_delay,
                           state_dir=str(root / "power"), timeout=args.timeout,
                           allocate_on_deploy=args.allocate_on_deploy, idle_seconds=args.idle,
                           phases=tuple(args.phases.split(",")), long_poll=args.long_poll,
-                          batch=args.batch)
+                          batch=args.batch, agent_urls=tuple(s.url for s in servers))
         try:
-            report = simulate(server.url, server.token, options, server=server.process(), db_size=size,
+            for server in servers:
+                server.start()
+            group = servers[0].process() if count == 1 else ServerGroup([s.process() for s in servers])
+            report = simulate(servers[0].url, servers[0].token, options, server=group, db_size=size,
                               say=lambda line: print(f"  {line}", file=sys.stderr, flush=True))
         finally:
-            server.stop()
+            for server in servers:
+                server.stop()
             dispose()
     report["backend"] = "postgresql" if database else "sqlite"
+    report["servers"] = count
     report["workers"] = args.workers
     report["allocate_on_deploy"] = args.allocate_on_deploy
     report["long_poll"] = args.long_poll
@@ -64,13 +72,14 @@ def markdown(reports: list[dict]) -> str:
              "work delivery p50/p99 ms | server CPU s | peak RSS MB | DB MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
+        servers = f" x{r['servers']}" if r.get("servers", 1) > 1 else ""
         for p in r["phases"]:
             routes = {k: v for k, v in p["routes"].items() if k != DELIVERY}
             hot = max(routes.items(), key=lambda kv: kv[1]["count"]) if routes else None
             poll = routes.get("GET /agent/next")
             work = p["routes"].get(DELIVERY)
             lines.append(
-                f"| {r['backend']} | {r['nodes']:,} | {p['phase']} | {p['seconds']} | {p['nodes_per_s']} | "
+                f"| {r['backend']}{servers} | {r['nodes']:,} | {p['phase']} | {p['seconds']} | {p['nodes_per_s']} | "
                 f"{p['requests']:,} | " + (f"{hot[0]} {hot[1]['p50_ms']}/{hot[1]['p95_ms']}/{hot[1]['p99_ms']}" if hot else "")
                 + " | " + (f"{poll['p50_ms']}/{poll['p99_ms']}" if poll else "-")
                 + " | " + (f"{work['p50_ms']}/{work['p99_ms']}" if work else "-")
@@ -95,6 +104,9 @@ def main() -> None:
                     help="the agents' Prefer: wait= seconds, as the real agent's (0: plain polls)")
     ap.add_argument("--batch", type=int, default=10_000,
                     help="nodes per bulk call of the operator (enroll, allocate, deploy); the CLI sends all at once")
+    ap.add_argument("--servers", type=int, default=1,
+                    help="server processes on the PostgreSQL database, the machines spread over them (the "
+                         "operator's calls go to the first; SQLite always has one)")
     ap.add_argument("--json", type=Path, help="append results as JSON lines to this file")
     ap.add_argument("--markdown", action="store_true", help="print a table for docs/benchmarks.md at the end")
     args = ap.parse_args()

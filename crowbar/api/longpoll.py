@@ -6,8 +6,9 @@ thread nor a database session meanwhile.
 node. The database tells it, after each commit in this process that gave nodes' agents something to
 do (`Database.on_agent_work`: a job queued, an action such as reboot set; from any thread: the API's
 threadpool, the annealer, the power worker), and it sets those nodes' events in the event loop's
-thread. A commit made by another server on the same PostgreSQL is not seen here: an agent held by
-this server then learns of it when its hold ends (at most the hold, as without a long poll).
+thread. On PostgreSQL the commits of other servers on the same database reach it the same way, a
+moment later (their NOTIFY, heard by this server's notices loop: crowbar.db.notices); while that
+connection is lost, an agent held here learns of such work when its hold ends.
 
 No commit is missed between the poll's read and its wait: the poll notes the time before it reads,
 and a node notified since then is read again instead of waiting.
@@ -18,8 +19,7 @@ and the next poll with that token, within QUIET_GRACE seconds, waits from that r
 just made it (any notification since it wakes the poll at once, and it reads then). The poll after
 it reads again, so at most every other poll skips its read. What such a poll does not see for one
 more hold is what no notification tells this process: the token revoked or the node marked dead
-(its answer is still only "wait"), or work queued by another server on the same PostgreSQL (seen
-within two holds instead of one). A token's expiry is checked from what the read saw.
+(its answer is still only "wait"). A token's expiry is checked from what the read saw.
 
 The number of waiters is bounded (`limit`, and PER_NODE per node): past it, a poll is answered at
 once, as without a long poll (a wait with `seconds`), which every agent understands; nothing is

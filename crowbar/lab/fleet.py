@@ -170,6 +170,24 @@ class ServerProcess:
             pass
 
 
+class ServerGroup:
+    """Several servers' processes (one database) measured as one: their CPU seconds summed, the
+    highest of their peak RSS."""
+
+    def __init__(self, processes: list[ServerProcess]):
+        self.processes = processes
+
+    def cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds() for p in self.processes)
+
+    def peak_rss_mb(self) -> float:
+        return max(p.peak_rss_mb() for p in self.processes)
+
+    def reset_peak(self) -> None:
+        for p in self.processes:
+            p.reset_peak()
+
+
 def inventory(index: int, macs: list[str]) -> dict:
     """What inventory.sh posts for a 2-socket rack server with two NICs, two disks and a BMC."""
     return {
@@ -226,6 +244,9 @@ class Options:
     idle_seconds: float = 60.0  # how long the idle phase lets the agents poll
     long_poll: int = 50  # the agents' `Prefer: wait=` (as the real agent's); 0: plain polls
     batch: int = BATCH  # nodes per bulk call (enroll, allocate, deploy): each is one transaction
+    # the servers the machines talk to, machine i to the (i mod n)th: several servers on one
+    # PostgreSQL (the operator's calls go to the Fleet's own URL); empty: that URL alone
+    agent_urls: tuple[str, ...] = ()
 
 
 class Fleet:
@@ -234,6 +255,7 @@ class Fleet:
     def __init__(self, url: str, token: str, options: Options, *, say: Callable[[str], None] = lambda _: None,
                  server: ServerProcess | None = None, db_size: Callable[[], int | None] | None = None):
         self.url = url.rstrip("/")
+        self.agent_urls = [u.rstrip("/") for u in options.agent_urls] or [self.url]
         self.token = token
         self.o = options
         self.say = say
@@ -252,18 +274,20 @@ class Fleet:
 
     # -- HTTP, timed by route ------------------------------------------------------------------
     async def call(self, method: str, path: str, route: str, *, token: str | None = None, json_body=None,
-                   headers: dict | None = None, ok=(200, 201, 202), held: int | None = None) -> Answer:
+                   headers: dict | None = None, ok=(200, 201, 202), held: int | None = None,
+                   base: str | None = None) -> Answer:
         """One request; its latency is recorded under `route` in the current phase (less the hold
         the server says it chose for the request). `held` (the machine's index): a long poll, which may wait on the server
         for a long time: it has a connection of its own and takes none of the `concurrency` slots
-        (a real agent's long poll is one idle connection)."""
+        (a real agent's long poll is one idle connection). `base`: the server's URL (a machine's:
+        `machine_url`), else the operator's."""
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
         async def send(http: aiohttp.ClientSession) -> tuple[Answer, float]:
             started = time.perf_counter()
             try:
-                async with http.request(method, self.url + path, json=json_body, headers=hdrs) as r:
+                async with http.request(method, (base or self.url) + path, json=json_body, headers=hdrs) as r:
                     answer = Answer(r.status, r.headers, await r.text())
             except HTTP_ERRORS as exc:
                 self._count_error(f"{route} {type(exc).__name__}")
@@ -284,6 +308,10 @@ class Fleet:
         if answer.status_code not in ok:
             self._count_error(f"{route} {answer.status_code}")
         return answer
+
+    def machine_url(self, m: Machine) -> str:
+        """The server machine `m` talks to (Options.agent_urls)."""
+        return self.agent_urls[m.index % len(self.agent_urls)]
 
     def _record(self, route: str, seconds: float) -> None:
         if self.phase is not None:
@@ -326,7 +354,8 @@ class Fleet:
     async def _boot_script(self, m: Machine) -> str:
         while True:
             try:
-                answer = await self.call("GET", f"/boot/{m.script_name}", "GET /boot/{mac}.ipxe")
+                answer = await self.call("GET", f"/boot/{m.script_name}", "GET /boot/{mac}.ipxe",
+                                         base=self.machine_url(m))
                 if answer.status_code == 200:
                     m.boot_id = f"{m.index}-{random.getrandbits(48):012x}"
                     return answer.text
@@ -340,7 +369,7 @@ class Fleet:
         while True:
             try:
                 answer = await self.call("POST", "/api/v2/discovery", "POST /discovery", json_body=body,
-                                         headers=headers)
+                                         headers=headers, base=self.machine_url(m))
             except HTTP_ERRORS:
                 await asyncio.sleep(AGENT_RETRY)
                 continue
@@ -366,7 +395,8 @@ class Fleet:
                 try:
                     answer = await self.call("GET", "/api/v2/agent/next", "GET /agent/next", token=m.token,
                                              headers={"Prefer": f"wait={self.o.long_poll}"} if self.o.long_poll
-                                             else None, held=m.index if self.o.long_poll else None)
+                                             else None, held=m.index if self.o.long_poll else None,
+                                             base=self.machine_url(m))
                 except HTTP_ERRORS:
                     await asyncio.sleep(AGENT_RETRY)
                     continue
@@ -405,7 +435,7 @@ class Fleet:
             try:
                 answer = await self.call("POST", f"/api/v2/agent/jobs/{job_id}", "POST /agent/jobs/{job}",
                                          token=m.token, json_body={"exit_code": 0, "output": output},
-                                         headers={"Prefer": "next-action"})
+                                         headers={"Prefer": "next-action"}, base=self.machine_url(m))
                 if answer.status_code < 300:
                     if install:
                         m.installed = True
@@ -435,7 +465,8 @@ class Fleet:
                 continue
             try:
                 answer = await self.call("POST", f"/api/v2/agent/progress/{job_id}", "POST /agent/progress/{job}",
-                                         token=m.token, json_body={"phase": phase, "bytes": written, "total": total})
+                                         token=m.token, json_body={"phase": phase, "bytes": written, "total": total},
+                                         base=self.machine_url(m))
                 pause = float(answer.json().get("next") or 0) if answer.status_code == 200 else 0.0
             except (*HTTP_ERRORS, ValueError):
                 pause = 0.0
@@ -457,7 +488,7 @@ class Fleet:
         for _ in range(120):
             try:
                 answer = await self.call("POST", "/api/v2/agent/booted", "POST /agent/booted", token=m.token,
-                                         json_body=body)
+                                         json_body=body, base=self.machine_url(m))
             except HTTP_ERRORS:
                 await asyncio.sleep(AGENT_RETRY)
                 continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from crowbar.lab.fleet import DELIVERY, DEPLOYMENT, FLEET_ROLES, Options, fake_image_store, simulate
@@ -58,3 +59,33 @@ def test_a_simulated_fleet_reaches_ready_and_its_deployment_anneals(servers, bac
     assert s.json("nodes", "power", second, "status", "--wait")["result"].endswith("off")
     assert json.loads((power_dir / f"{first}.json").read_text())["power"] == "on"
     assert json.loads((power_dir / f"{second}.json").read_text())["power"] == "off"
+
+
+@pytest.mark.postgresql
+def test_a_fleet_spread_over_two_servers_on_one_postgresql(servers):
+    """Two servers share one PostgreSQL: the machines talk to A or B by turns, the operator only to
+    A. Every machine reaches ready and the deployment anneals; the install jobs the deploy call
+    queues through A reach the agents B holds at once (B hears A's NOTIFY), not when their hold
+    (19-25 s here) ends."""
+    database = servers.postgres_url()
+    a, b = (servers.new(name, database=database, start=False) for name in ("a", "b"))
+    for s in (a, b):
+        fake_image_store(s.root / "home" / ".cache" / "crowbar" / "os")
+        s.start()
+    report = simulate(a.url, (a.data_dir / "admin.token").read_text().strip(),
+                      Options(nodes=N, concurrency=16, install_delay=0.5, state_dir=str(a.root / "power"),
+                              timeout=240, agent_urls=(a.url, b.url), allocate_on_deploy=True))
+    assert report["failures"] == []
+    phases = {p["phase"]: p for p in report["phases"]}
+    assert list(phases) == ["discover", "enroll", "allocate+deploy", "anneal"] and all(p["nodes"] == N for p in phases.values())
+    delivery = phases["allocate+deploy"]["routes"][DELIVERY]
+    assert delivery["count"] >= N and delivery["p99_ms"] < 10_000, delivery
+    assert not any(key.split()[-1].startswith("5") for p in phases.values() for key in p["errors"])
+
+    nodes = a.json("nodes", "list", "--name", "d02-")
+    assert len(nodes) == N and {n["state"] for n in nodes} == {"ready"}
+    noderoles = a.json("noderoles", "list", "--deployment", DEPLOYMENT)
+    assert len(noderoles) == N * len(FLEET_ROLES) and {nr["state"] for nr in noderoles} == {"active"}
+    token = (a.data_dir / "admin.token").read_text().strip()
+    health = httpx.get(f"{b.url}/api/v2/health", headers={"authorization": f"Bearer {token}"}).json()
+    assert health["checks"]["notices"]["received_nodes"] >= N // 2  # B's machines' install jobs, at least

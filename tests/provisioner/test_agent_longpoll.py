@@ -334,8 +334,9 @@ def test_work_queued_after_a_quiet_hold_answers_the_next_poll_at_once(served, db
 
 
 def test_what_no_notification_tells_is_seen_one_hold_later_and_a_dead_token_is_refused_then(served, db):
-    """Another server's commit (here: SQL on the engine, which notifies nothing) reaches an agent
-    that skipped its read when its next poll reads: within two holds."""
+    """A commit no notification tells of (SQL on the engine, past the ORM's hook; on PostgreSQL
+    another server's, while this one's listening connection is lost) reaches an agent that skipped
+    its read when its next poll reads: within two holds."""
     api = served()
     found = discover(api, INVENTORY).json()
     assert held(api, found["token"], 2).result(10)[0].json() == {"action": "wait", "seconds": 0}
