@@ -171,13 +171,19 @@ def _after_flush(session: Session, _context) -> None:
 def _after_commit(session: Session) -> None:
     ids = session.info.pop(AGENT_NODES, None)
     if ids:
-        for listener in session.info.get(AGENT_LISTENERS, ()):
-            try:
-                listener(frozenset(ids))
-            except Exception:  # a listener never fails the commit that already happened
-                import logging
+        _tell(session.info.get(AGENT_LISTENERS, ()), frozenset(ids))
 
-                logging.getLogger("crowbar.db").exception("an agent-work listener failed")
+
+def _tell(listeners, node_ids: frozenset[int]) -> None:
+    """Call each agent-work listener; one that fails is logged (never fails the commit that
+    already happened, nor keeps the others from hearing)."""
+    for listener in list(listeners):
+        try:
+            listener(node_ids)
+        except Exception:  # noqa: BLE001
+            import logging
+
+            logging.getLogger("crowbar.db").exception("an agent-work listener failed")
 
 
 @event.listens_for(Session, "after_rollback")
@@ -212,13 +218,7 @@ class Database:
 
     def deliver_agent_work(self, node_ids: frozenset[int]) -> None:
         """Tell this process's agent-work listeners of work another process committed."""
-        for listener in list(self.agent_listeners):
-            try:
-                listener(node_ids)
-            except Exception:  # noqa: BLE001 - one listener's failure is not the others'
-                import logging
-
-                logging.getLogger("crowbar.db").exception("an agent-work listener failed")
+        _tell(self.agent_listeners, node_ids)
 
     def listener(self) -> notices.Listener:
         """A connection of its own that hears other processes' agent work (PostgreSQL only)."""
