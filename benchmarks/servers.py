@@ -11,8 +11,9 @@ Every server claims work with FOR UPDATE SKIP LOCKED (crowbar/engine/annealer.py
 the anneal without any of them handing it out. Reported per case: the anneal's seconds and
 noderoles per second, the speed-up over one server, each server's CPU seconds and share of the
 runs, PostgreSQL's CPU seconds (its backends: the children of the cluster's postmaster, found
-through --pg-data, or every `postgres` process of this machine), and how busy the machine's
-cores were (/proc/stat): the limit is there when they are all busy.
+through --pg-data, or every `postgres` process of this machine), how busy the machine's cores
+were (/proc/stat: the limit is there when they are all busy), the database's commits per second,
+and how many of its backends waited for a lock (pg_stat_activity, sampled every 0.2 s).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import httpx
 from _postgres import append_json, fresh_postgres
 from anneal import setup
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from crowbar.db.models import NodeRole, Run
 from crowbar.db.session import Database
@@ -63,6 +64,16 @@ def postgres_pids(pg_data: Path | None) -> list[int]:
     return pids
 
 
+LOCK_WAITS = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+
+
+def _commits(db: Database) -> int:
+    """Transactions committed in this database so far (pg_stat_database; its counters lag by up
+    to PostgreSQL's stats interval, small against an anneal of many seconds)."""
+    with db.read_session() as s:
+        return int(s.scalar(text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")))
+
+
 def cpu_of(pids: list[int]) -> float:
     return sum(ServerProcess(pid).cpu_seconds() for pid in pids)
 
@@ -84,17 +95,21 @@ def run_case(url: str, n: int, count: int, workers: int, pg_data: Path | None) -
                 total = s.scalar(select(func.count()).select_from(NodeRole))
             pg = postgres_pids(pg_data)
             cpu0, pg0, (busy0, all0) = [p.cpu_seconds() for p in procs], cpu_of(pg), machine_cpu()
+            commits0 = _commits(db)
             t0 = time.perf_counter()
             r = httpx.post(f"{servers[0].url}/api/v2/deployments/bench/commit",
                            headers={"authorization": f"Bearer {token}"}, timeout=600)
             r.raise_for_status()
+            waiting = []  # backends waiting for a lock, sampled every 0.2 s
             while True:
                 with db.read_session() as s:
                     active = s.scalar(select(func.count()).select_from(NodeRole).where(NodeRole.state == "active"))
+                    waiting.append(s.scalar(text(LOCK_WAITS)))
                 if active == total:
                     break
                 time.sleep(0.2)
             anneal_s = time.perf_counter() - t0
+            commits = _commits(db) - commits0
             cpu1, pg1, (busy1, all1) = [p.cpu_seconds() for p in procs], cpu_of(pg), machine_cpu()
             rss = [p.peak_rss_mb() for p in procs]
         finally:
@@ -108,6 +123,8 @@ def run_case(url: str, n: int, count: int, workers: int, pg_data: Path | None) -
             "server_cpu_s": [round(b - a, 1) for a, b in zip(cpu0, cpu1)],
             "postgres_cpu_s": round(pg1 - pg0, 1),
             "machine_busy_pct": round(100 * (busy1 - busy0) / max(1e-9, all1 - all0), 1),
+            "commits_per_s": round(commits / anneal_s), "lock_waiters_max": max(waiting),
+            "lock_waiters_mean": round(sum(waiting) / len(waiting), 2),
             "runs_per_server": sorted(runs.values(), reverse=True), "server_peak_rss_mb": rss,
             "cores": os.cpu_count()}
 
@@ -119,15 +136,17 @@ def markdown(rows: list[dict]) -> str:
             ones.setdefault(r["nodes"], []).append(r["anneal_s"])
     one = {n: sum(v) / len(v) for n, v in ones.items()}  # the mean of the runs of one server
     lines = ["| servers | nodes | noderoles | anneal s | noderoles/s | vs 1 server (mean) | servers' CPU s | "
-             "PostgreSQL CPU s | cores busy | runs per server |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "PostgreSQL CPU s | cores busy | commits/s | lock waiters max / mean | runs per server |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = one.get(r["nodes"])
         speedup = f"{base / r['anneal_s']:.2f}x" if base else "-"
         lines.append(f"| {r['servers']} | {r['nodes']:,} | {r['noderoles']:,} | {r['anneal_s']} | "
                      f"{r['noderoles_per_s']:,} | {speedup} | "
                      f"{' + '.join(str(c) for c in r['server_cpu_s'])} | {r['postgres_cpu_s']} | "
-                     f"{r['machine_busy_pct']}% of {r['cores']} | {' / '.join(str(x) for x in r['runs_per_server'])} |")
+                     f"{r['machine_busy_pct']}% of {r['cores']} | {r.get('commits_per_s', '-')} | "
+                     f"{r.get('lock_waiters_max', '-')} / {r.get('lock_waiters_mean', '-')} | "
+                     f"{' / '.join(str(x) for x in r['runs_per_server'])} |")
     return "\n".join(lines)
 
 
