@@ -1,6 +1,8 @@
 """The annealer: finds runnable noderoles, runs them through their jigs, and records the results.
 
-One dispatcher thread per server does all database work in batches:
+One dispatcher thread per server does all database work in batches (on PostgreSQL the server
+splits it in two, `claim_step` in one thread and `apply` in another, whose round trips overlap as
+two servers' do; `step` does both in turn):
   claim    - one transaction takes up to `backlog` runnable noderoles (cohort, id order; at most one
              per node; nodes locked with FOR UPDATE SKIP LOCKED on PostgreSQL so several servers can
              share one database), moves them to transition, snapshots their attribute documents into
@@ -96,6 +98,7 @@ class Annealer:
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._output: queue.SimpleQueue = queue.SimpleQueue()  # (run id, text) a running jig printed
         self._in_flight = 0  # claimed by this server and not yet applied
+        self._flight_lock = threading.Lock()  # claims and applies may run in two threads (claim_step, apply)
         self._last_heartbeat = 0.0
         self._last_reap = 0.0
         self._agent_waiters: dict[int, Callable[[int, str], None]] = {}  # agent job id -> on_done
@@ -129,6 +132,20 @@ class Annealer:
 
     def step(self) -> bool:
         """One round: apply finished runs, claim new ones. True when something happened."""
+        applied = self.apply()
+        claimed = self.claim_step()
+        return bool(applied or claimed)
+
+    def apply(self, block: float = 0.0) -> int:
+        """Apply the runs that finished (waiting up to `block` seconds for one): how many."""
+        return self._apply_completions(block)
+
+    def claim_step(self) -> int:
+        """Everything of a round but applying finished runs: the heartbeat, the recovery of dead
+        servers, agent jobs' results, running jigs' output, and a claim of new work: how many
+        noderoles it claimed. The server runs it and `apply` in two threads, so that one's round
+        trips to the database overlap the other's (as two servers' do: they touch different rows,
+        the claim only `todo` noderoles, the apply its own `transition` ones and `blocked` children)."""
         now = time.monotonic()
         if now - self._last_heartbeat > HEARTBEAT_SECONDS and self.server_id is not None:
             self._heartbeat()
@@ -138,11 +155,8 @@ class Annealer:
             self._last_reap = now
         self._poll_agent_jobs()
         self._apply_output()
-        applied = self._apply_completions()
-        claimed = 0
-        if self._in_flight < self.backlog:
-            claimed = self._claim(self.backlog - self._in_flight)
-        return bool(applied or claimed)
+        in_flight = self._in_flight
+        return self._claim(self.backlog - in_flight) if in_flight < self.backlog else 0
 
     def run_until_idle(self, timeout: float = 600.0) -> None:
         """Anneal in the calling thread until nothing is runnable or running (tests, benchmarks)."""
@@ -212,7 +226,8 @@ class Annealer:
                     deployment_id=nr.deployment_id, groups=held.get((node.id, nr.deployment_id), []),
                     wall=dict(nr.wall or {}),
                 ))
-        self._in_flight += len(contexts) + len(skipped)
+        with self._flight_lock:
+            self._in_flight += len(contexts) + len(skipped)
         for run_id, nr_id, result in skipped:
             self._done.put((run_id, nr_id, result))
         batches: dict[tuple, list[RunContext]] = {}
@@ -316,7 +331,8 @@ class Annealer:
             pass
         if not items:
             return 0
-        self._in_flight -= len(items)
+        with self._flight_lock:
+            self._in_flight -= len(items)
         now = utcnow()
         with self.db.session() as s:
             live = set(s.scalars(select(Run.id).where(Run.id.in_([i[0] for i in items]), Run.state == "running")))

@@ -339,7 +339,7 @@ def serve(listens: list[str], database: str | None, workers: int, data_dir: Path
     loops: dict[str, Loop] = {}
     if provisioner:
         loops["provisioner"] = Reconciler(db, provisioner)
-    loops.update(anneal=AnnealerLoop(annealer), watchdog=Watchdog(db),
+    loops.update(anneal=AnnealerLoop(annealer, pipelined=db.postgresql), watchdog=Watchdog(db),
                  power=PowerWorker(db, server_id=annealer.server_id))
     if db.postgresql:  # other servers on this database: their agents' work wakes the polls held here
         loops["notices"] = Notices(db)

@@ -9,7 +9,9 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
-from crowbar.db.models import Node, NodeRole, Server
+import pytest
+
+from crowbar.db.models import Node, NodeRole, Run, Server
 from crowbar.engine.annealer import Annealer
 from crowbar.server.annealer import AnnealerLoop
 from crowbar.server.loop import Loop
@@ -98,6 +100,55 @@ def test_the_annealer_loop_anneals_when_woken_and_stops_the_server_cleanly(db):
     finally:
         loop.stop(timeout=10)
     with db.session() as s:
+        assert s.get(Server, annealer.server_id).stopped is True
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_the_annealer_loop_claims_in_its_thread_and_applies_in_the_appliers(db, monkeypatch, pipelined):
+    """Pipelined (the server's way), claims run in the loop's thread and applies in the Applier's,
+    so their round trips overlap; a graph of several cohorts still anneals in order, and the
+    runs that finish while it stops are applied, not lost. Unpipelined, one thread does both."""
+    with db.session() as s:
+        for i in range(3):
+            nodes.create_node(s, f"p{i}.example.com")
+            deployments.create_deployment(s, f"p{i}")
+            deployments.bind(s, f"p{i}", "test-client-client", f"p{i}.example.com")
+    threads: dict[str, set[str]] = {"claim": set(), "apply": set()}
+    claim, apply = Annealer._claim, Annealer._apply_completions
+
+    def claiming(self, limit):
+        threads["claim"].add(threading.current_thread().name)
+        return claim(self, limit)
+
+    def applying(self, block=0.0):
+        got = apply(self, block)
+        if got:
+            threads["apply"].add(threading.current_thread().name)
+        return got
+
+    monkeypatch.setattr(Annealer, "_claim", claiming)
+    monkeypatch.setattr(Annealer, "_apply_completions", applying)
+    annealer = Annealer(db, workers=2)
+    loop = AnnealerLoop(annealer, interval=60.0, pipelined=pipelined)
+    loop.start()
+    try:
+        assert loop.health() == {"ok": True}
+        with db.session() as s:
+            for i in range(3):
+                deployments.commit(s, f"p{i}")
+        loop.wake()
+
+        def all_active() -> bool:
+            with db.session() as s:
+                return {nr.state for nr in s.query(NodeRole)} == {"active"}
+
+        eventually(all_active, "the deployments to anneal", 30)
+    finally:
+        loop.stop(timeout=10)
+    assert threads["claim"] == {"annealer"}
+    assert threads["apply"] == ({"annealer-apply"} if pipelined else {"annealer"})
+    with db.session() as s:
+        assert s.query(Run).filter(Run.state != "succeeded").count() == 0
         assert s.get(Server, annealer.server_id).stopped is True
 
 
