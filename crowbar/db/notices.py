@@ -107,15 +107,12 @@ class Listener:
         when the connection is lost (connect again)."""
         if not self.connected:
             self.connect()
-        for note in self._conn.notifies(timeout=timeout, stop_after=1):
-            got = parse(note.payload)
-            if got is not None and got[0] != self.origin:
-                yield got[1]
-        # anything that arrived meanwhile, without waiting again
-        for note in self._conn.notifies(timeout=0):
-            got = parse(note.payload)
-            if got is not None and got[0] != self.origin:
-                yield got[1]
+        # the first one (waiting up to `timeout`), then whatever arrived meanwhile, without waiting again
+        for notes in (self._conn.notifies(timeout=timeout, stop_after=1), self._conn.notifies(timeout=0)):
+            for note in notes:
+                got = parse(note.payload)
+                if got is not None and got[0] != self.origin:
+                    yield got[1]
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -15,15 +15,9 @@ from crowbar.db.session import Database
 from crowbar.server.notices import Notices
 from crowbar.services import nodes
 from tests.conftest import make_database
+from tests.server.test_loops import eventually
 
 pytestmark = pytest.mark.postgresql
-
-
-def eventually(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.01)
 
 
 @pytest.fixture
