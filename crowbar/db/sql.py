@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import Connection, Engine, Float, Select, tuple_
+from sqlalchemy import Connection, Engine, Float, Integer, Select, any_, bindparam, tuple_
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ColumnElement
@@ -28,6 +29,19 @@ def is_postgresql(bind: Engine | Connection | Session) -> bool:
     if isinstance(bind, Session):
         bind = bind.get_bind()
     return bind.dialect.name == "postgresql"
+
+
+def among(column, ids: Iterable[int], bind: Engine | Connection | Session | bool) -> ColumnElement[bool]:
+    """`column IN (ids)` for an integer column; on PostgreSQL (`bind` is, or talks to, it)
+    `column = ANY(:ids)`, one array parameter. An IN list is a placeholder per id, so its
+    statement's text changes with the number of ids: psycopg parses each one anew (it caches
+    statements under 4 KB and 50 parameters) and PostgreSQL plans each anew. With one array the
+    text is always the same: psycopg parses it once and, from its fifth run, PostgreSQL runs it
+    prepared. The hot paths of the annealer use it (docs/benchmarks.md, Annealer)."""
+    pg = bind if isinstance(bind, bool) else is_postgresql(bind)
+    if pg:
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer)))
+    return column.in_(list(ids))
 
 
 def keyset(query: Select, key, limit: int | None = None, marker=None) -> Select:

@@ -45,10 +45,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from crowbar.db.events import record
-from crowbar.db.sql import chunks
+from crowbar.db.sql import among, chunks
 from crowbar.db.models import AgentJob, Node, NodeRole, Role, Run, Server, utcnow
 from crowbar.db.session import Database
 from crowbar.documents import merge
@@ -185,23 +185,25 @@ class Annealer:
                 return 0
             if self.db.postgresql:
                 # Another server may have claimed work on these nodes since our snapshot; lock them and re-check.
-                locked = set(s.scalars(text("SELECT id FROM nodes WHERE id IN :ids FOR UPDATE SKIP LOCKED")
-                                       .bindparams(bindparam("ids", expanding=True)), {"ids": list(picked)}))
-                busy = set(s.scalars(text("SELECT node_id FROM node_roles WHERE node_id IN :ids AND state IN "
-                                          "('transition', 'error')").bindparams(bindparam("ids", expanding=True)),
-                                     {"ids": list(locked) or [0]}))
+                locked = set(s.scalars(text("SELECT id FROM nodes WHERE id = ANY(:ids) FOR UPDATE SKIP LOCKED"),
+                                       {"ids": list(picked)}))
+                busy = set(s.scalars(text("SELECT node_id FROM node_roles WHERE node_id = ANY(:ids) AND state IN "
+                                          "('transition', 'error')"), {"ids": list(locked)}))
                 picked = {n: i for n, i in picked.items() if n in locked and n not in busy}
                 if not picked:
                     return 0
-            ids = sorted(picked.values())
-            noderoles = list(s.scalars(select(NodeRole).where(NodeRole.id.in_(ids)).order_by(NodeRole.cohort, NodeRole.id)))
-            nodes = {n.id: n for n in s.scalars(select(Node).where(Node.id.in_(list(picked))))}
+            ids, pg = sorted(picked.values()), self.db.postgresql
+            # Whole rows but for the JSON columns a run does not read (what is proposed, power settings).
+            noderoles = list(s.scalars(select(NodeRole).options(defer(NodeRole.proposed))
+                                       .where(among(NodeRole.id, ids, pg)).order_by(NodeRole.cohort, NodeRole.id)))
+            nodes = {n.id: n for n in s.scalars(select(Node).options(defer(Node.power))
+                                                .where(among(Node.id, picked, pg)))}
             docs = RunDocuments(s)
             attrs = docs.build(noderoles, nodes)
             held: dict[tuple[int, int], list[str]] = {}  # (node, deployment) -> its roles there: inventory groups
             for node_id, dep_id, role_name in s.execute(
                     select(NodeRole.node_id, NodeRole.deployment_id, Role.name).join(Role, Role.id == NodeRole.role_id)
-                    .where(NodeRole.node_id.in_(list(picked))).order_by(NodeRole.id)):
+                    .where(among(NodeRole.node_id, picked, pg)).order_by(NodeRole.id)):
                 held.setdefault((node_id, dep_id), []).append(role_name)
             graph.set_states(s, {State.TRANSITION.value: [(nr.id, nr.state) for nr in noderoles]},
                              self.actor, "claim", f"server {self.server_id}")
@@ -335,7 +337,9 @@ class Annealer:
             self._in_flight -= len(items)
         now = utcnow()
         with self.db.session() as s:
-            live = set(s.scalars(select(Run.id).where(Run.id.in_([i[0] for i in items]), Run.state == "running")))
+            pg = self.db.postgresql
+            live = set(s.scalars(select(Run.id).where(among(Run.id, [i[0] for i in items], pg),
+                                                      Run.state == "running")))
             items = [i for i in items if i[0] in live]
             if not items:
                 return 0
@@ -349,7 +353,7 @@ class Annealer:
                     values = dict(state=state, run_count=nr_table.c.run_count + 1, updated_at=now)
                     if state == State.ACTIVE.value:
                         values.update(wall={}, status="")
-                    s.execute(update(nr_table).where(nr_table.c.id.in_(part)).values(**values))
+                    s.execute(update(nr_table).where(among(nr_table.c.id, part, pg)).values(**values))
             walls = [{"k": nr_id, "wall": r.wall} for _run, nr_id, r in items if r.ok and r.wall]
             if walls:
                 s.execute(update(nr_table).where(nr_table.c.id == bindparam("k")).values(wall=bindparam("wall")), walls)
@@ -365,7 +369,7 @@ class Annealer:
             same = [(k, ids) for k, ids in by_outcome.items() if len(ids) > 1]
             for (state, log_text), ids in same:
                 for part in chunks(ids):
-                    s.execute(update(run_table).where(run_table.c.id.in_(part))
+                    s.execute(update(run_table).where(among(run_table.c.id, part, pg))
                               .values(state=state, log=log_text, finished_at=now))
             single = [{"k": ids[0], "state": state, "log": text} for (state, text), ids in by_outcome.items()
                       if len(ids) == 1]
@@ -392,7 +396,7 @@ class Annealer:
             return
         with self.db.session() as s:
             done = s.execute(select(AgentJob.id, AgentJob.exit_code, AgentJob.output)
-                             .where(AgentJob.id.in_(waiting), AgentJob.state == "done")).all()
+                             .where(among(AgentJob.id, waiting, self.db.postgresql), AgentJob.state == "done")).all()
         for job_id, exit_code, output in done:
             with self._waiters_lock:
                 on_done = self._agent_waiters.pop(job_id, None)

@@ -15,10 +15,10 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from crowbar.db.models import Attrib, DeploymentRole, Node, NodeRole, NodeRoleEdge, Role
-from crowbar.db.sql import chunks
+from crowbar.db.sql import among, chunks, is_postgresql
 from crowbar.documents import MISSING, dig, merge, put
 
 # The sources of a value (layers); these names are also the `source` `crowbar attribs get` reports.
@@ -97,7 +97,7 @@ class RunDocuments:
     """Builds merged attribute documents for many noderoles with batched queries and cached roles."""
 
     def __init__(self, session: Session):
-        self.session = session
+        self.session, self.pg = session, is_postgresql(session)
         self.roles = {r.id: r for r in session.scalars(select(Role))}
         self.attribs = {a.name: a for a in session.scalars(select(Attrib))}
         self.role_attribs: dict[int, list[Attrib]] = defaultdict(list)
@@ -138,7 +138,7 @@ class RunDocuments:
         for part in chunks(dep_ids):
             for d, r, committed in self.session.execute(
                 select(DeploymentRole.deployment_id, DeploymentRole.role_id, DeploymentRole.committed)
-                .where(DeploymentRole.deployment_id.in_(part))
+                .where(among(DeploymentRole.deployment_id, part, self.pg))
             ):
                 if (d, r) in keys:
                     out[(d, r)] = committed or {}
@@ -158,7 +158,7 @@ class RunDocuments:
             parents_of: dict[int, list[int]] = defaultdict(list)
             for part in chunks(ids):
                 for parent_id, child_id in self.session.execute(
-                    select(NodeRoleEdge.parent_id, NodeRoleEdge.child_id).where(NodeRoleEdge.child_id.in_(part))
+                    select(NodeRoleEdge.parent_id, NodeRoleEdge.child_id).where(among(NodeRoleEdge.child_id, part, self.pg))
                 ):
                     parents_of[child_id].append(parent_id)
             nxt = {}
@@ -170,11 +170,11 @@ class RunDocuments:
             frontier, depth = nxt, depth + 1
         needed = sorted({i for lv in levels.values() for ids in lv for i in ids})
         for part in chunks(needed):
-            for row in self.session.scalars(select(NodeRole).where(NodeRole.id.in_(part))):
+            for row in self.session.scalars(select(NodeRole).options(defer(NodeRole.proposed)).where(among(NodeRole.id, part, self.pg))):
                 seen_rows[row.id] = row
         dr = self._deployment_role_data({(r.deployment_id, r.role_id) for r in seen_rows.values()})
         hints = dict(self.session.execute(select(Node.id, Node.hints).where(
-            Node.id.in_({r.node_id for r in seen_rows.values()}))).all()) if seen_rows else {}
+            among(Node.id, {r.node_id for r in seen_rows.values()}, self.pg))).all()) if seen_rows else {}
         out: dict[int, dict] = {}
         for nr in noderoles:
             values = {}

@@ -25,7 +25,7 @@ from crowbar.db.models import (
     utcnow,
 )
 from crowbar.db.events import record
-from crowbar.db.sql import chunks
+from crowbar.db.sql import among, chunks, is_postgresql
 from crowbar.engine import states
 from crowbar.engine.states import State
 from crowbar.errors import Conflict, InvalidInput, NotFound
@@ -36,13 +36,13 @@ def set_states(session: Session, changes: dict[str, list[tuple[int, str]]], acto
                message: str = "") -> None:
     """Move noderoles to new states in bulk: {to_state: [(id, from_state), ...]}, with events.
     A move the state rules do not allow raises IllegalTransition (checked once per distinct from-state)."""
-    now = utcnow()
+    now, pg = utcnow(), is_postgresql(session)
     for to_state, pairs in changes.items():
         for src in {p[1] for p in pairs}:
             states.check(src, to_state)
         for part in chunks([p[0] for p in pairs]):
             session.execute(
-                update(NodeRole.__table__).where(NodeRole.id.in_(part)).values(state=to_state, updated_at=now)
+                update(NodeRole.__table__).where(among(NodeRole.id, part, pg)).values(state=to_state, updated_at=now)
             )
         record(session, [
             {"object_type": "noderole", "object_id": nr_id, "action": action, "from_state": src,
@@ -73,12 +73,12 @@ def descendants(session: Session, ids: Sequence[int]) -> list[int]:
 def block_descendants(session: Session, ids: Sequence[int], actor: str, why: str) -> int:
     """An error or a re-run upstream: every descendant that is not proposed or running becomes blocked
     (todo, active, and error too: it runs again once its ancestors are active)."""
-    below = descendants(session, ids)
+    below, pg = descendants(session, ids), is_postgresql(session)
     pairs: list[tuple[int, str]] = []
     for part in chunks(below):
         pairs += session.execute(
             select(NodeRole.id, NodeRole.state).where(
-                NodeRole.id.in_(part), NodeRole.state.in_([State.TODO.value, State.ACTIVE.value, State.ERROR.value])
+                among(NodeRole.id, part, pg), NodeRole.state.in_([State.TODO.value, State.ACTIVE.value, State.ERROR.value])
             )
         ).all()
     set_states(session, {State.BLOCKED.value: [(i, s) for i, s in pairs]}, actor, "block", why)
@@ -95,19 +95,19 @@ def unblock_children(session: Session, parent_ids: Sequence[int], actor: str) ->
     statistics; PostgreSQL's are stale right after a large commit) and walk every blocked noderole
     of the database per batch: from 1,000 to 10,000 nodes that query's time grew 36-fold on SQLite
     and 70-fold on PostgreSQL (docs/benchmarks.md, Annealer)."""
-    edges, nr = NodeRoleEdge.__table__.c, NodeRole.__table__.c
+    edges, nr, pg = NodeRoleEdge.__table__.c, NodeRole.__table__.c, is_postgresql(session)
     children: set[int] = set()
     for part in chunks(parent_ids):
-        children.update(session.scalars(select(edges.child_id).where(edges.parent_id.in_(part))))
+        children.update(session.scalars(select(edges.child_id).where(among(edges.parent_id, part, pg))))
     ready: list[int] = []
     for part in chunks(sorted(children)):
-        blocked = [i for i, state in session.execute(select(nr.id, nr.state).where(nr.id.in_(part)))
+        blocked = [i for i, state in session.execute(select(nr.id, nr.state).where(among(nr.id, part, pg)))
                    if state == State.BLOCKED.value]
         if not blocked:
             continue
         waiting = {child for child, state in session.execute(
             select(edges.child_id, nr.state).join_from(NodeRoleEdge.__table__, NodeRole.__table__, nr.id == edges.parent_id)
-            .where(edges.child_id.in_(blocked))) if state != State.ACTIVE.value}
+            .where(among(edges.child_id, blocked, pg))) if state != State.ACTIVE.value}
         ready += [i for i in blocked if i not in waiting]
     set_states(session, {State.TODO.value: [(i, State.BLOCKED.value) for i in ready]}, actor, "unblock",
                "all parents active")

@@ -1,0 +1,78 @@
+"""db/sql.among (IN on SQLite, = ANY(array) on PostgreSQL) and db/events' one-statement write of
+many events on PostgreSQL: the same rows either way, and on PostgreSQL the same statement text
+whatever the number of ids (so psycopg and PostgreSQL parse and plan it once)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import event, func, select
+
+from crowbar.db.events import record
+from crowbar.db.models import Event, Node, utcnow
+from crowbar.db.sql import among
+from crowbar.services import nodes
+
+
+def _statements(db):
+    seen: list[str] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", before)
+    return seen, lambda: event.remove(db.engine, "before_cursor_execute", before)
+
+
+def test_among_selects_exactly_the_rows_named(db):
+    with db.session() as s:
+        ids = sorted(n.id for n in nodes.add_nodes(s, [{"name": f"among{i}.example.com"} for i in range(12)]))
+    wanted = [ids[0], ids[5], ids[5], ids[11], 10**9]  # a duplicate, and an id no row has
+    with db.session() as s:
+        assert sorted(s.scalars(select(Node.id).where(among(Node.id, wanted, s)))) == [ids[0], ids[5], ids[11]]
+        assert list(s.scalars(select(Node.id).where(among(Node.id, [], s)))) == []
+        assert sorted(s.scalars(select(Node.id).where(among(Node.id, set(ids), s)))) == ids
+        assert s.scalar(select(func.count()).select_from(Node).where(~among(Node.id, ids[:4], s))) == \
+            s.scalar(select(func.count()).select_from(Node)) - 4
+
+
+def test_among_is_one_statement_text_whatever_the_number_of_ids(db):
+    with db.session() as s:
+        ids = sorted(n.id for n in nodes.add_nodes(s, [{"name": f"text{i}.example.com"} for i in range(30)]))
+    seen, stop = _statements(db)
+    try:
+        with db.session() as s:
+            for count in (1, 7, 30):
+                assert len(s.scalars(select(Node.id).where(among(Node.id, ids[:count], s))).all()) == count
+    finally:
+        stop()
+    texts = {t for t in seen if "FROM nodes" in t}
+    assert len(texts) == (1 if db.postgresql else 3), texts  # SQLite: a placeholder per id
+
+
+def test_many_events_are_written_whole_in_one_statement(db):
+    at = utcnow() - timedelta(hours=1)
+    rows = [{"object_type": "noderole", "object_id": i, "action": "bench", "from_state": None if i % 2 else "todo",
+             "to_state": "active", "actor": "tester", "message": f"n{i} 'quoted', {{braces}}", "at": at}
+            for i in range(1500)]
+    rows.append({"object_type": "deployment", "object_id": None, "action": "bench"})  # defaults filled in
+    seen, stop = _statements(db)
+    try:
+        with db.session() as s:
+            record(s, rows)
+    finally:
+        stop()
+    inserts = [t for t in seen if "INSERT INTO events" in t]
+    assert len(inserts) == 1  # SQLite: one executemany; PostgreSQL: one statement of arrays
+    assert ("unnest" in inserts[0]) == db.postgresql
+    with db.session() as s:
+        got = s.execute(select(Event).where(Event.action == "bench").order_by(Event.id)).scalars().all()
+        assert len(got) == 1501
+        assert [e.object_id for e in got[:-1]] == list(range(1500))
+        assert [e.from_state for e in got[:4]] == ["todo", None, "todo", None]
+        assert got[3].message == "n3 'quoted', {braces}" and got[3].actor == "tester"
+        assert abs((got[0].at - at).total_seconds()) < 1
+        last = got[-1]
+        assert (last.object_type, last.object_id, last.actor, last.message, last.to_state) == \
+            ("deployment", None, "system", "", None)
+        assert abs((last.at - utcnow()).total_seconds()) < 60
