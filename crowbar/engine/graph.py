@@ -5,6 +5,12 @@ what the nodes hold is read in one query per chunk of nodes, the new noderoles a
 their edges and events in one statement each, so binding a role to 500 nodes costs a few statements
 per chunk, not several per noderole. Everything that moves state along edges is set-based SQL, so
 that committing 50,000 noderoles or failing the root of a large tree costs a handful of statements.
+
+Several servers on one PostgreSQL (READ COMMITTED) each apply runs and commit in transactions of
+their own. A child's move out of `blocked` depends on rows another transaction may be changing
+(its parents), so whoever decides it holds a lock first: an apply holds the blocked children of
+its newly active parents (`unblock_children`), a commit or retry the parents that are not active
+yet (`hold_parents`). Of two that race, the second waits for the first and then sees its change.
 """
 
 from __future__ import annotations
@@ -94,7 +100,11 @@ def unblock_children(session: Session, parent_ids: Sequence[int], actor: str) ->
     start from the state index whenever it misjudged how many noderoles are blocked (SQLite has no
     statistics; PostgreSQL's are stale right after a large commit) and walk every blocked noderole
     of the database per batch: from 1,000 to 10,000 nodes that query's time grew 36-fold on SQLite
-    and 70-fold on PostgreSQL (docs/benchmarks.md, Annealer)."""
+    and 70-fold on PostgreSQL (docs/benchmarks.md, Annealer).
+
+    On PostgreSQL the blocked children are held (FOR UPDATE, in id order) before their parents'
+    states are read, so that two servers making two parents of one child active at once do not
+    both leave it blocked; `hold_parents` is the same guard for a commit or a retry of the child."""
     edges, nr, pg = NodeRoleEdge.__table__.c, NodeRole.__table__.c, is_postgresql(session)
     children: set[int] = set()
     for part in chunks(parent_ids):
@@ -103,6 +113,15 @@ def unblock_children(session: Session, parent_ids: Sequence[int], actor: str) ->
     for part in chunks(sorted(children)):
         blocked = [i for i, state in session.execute(select(nr.id, nr.state).where(among(nr.id, part, pg)))
                    if state == State.BLOCKED.value]
+        if blocked and pg:
+            # Several servers: two may make two parents of one child active at once, each
+            # transaction seeing the other's parent still in transition, and both would leave
+            # the child blocked. Holding the child (in id order: no deadlock between two of
+            # these) makes whoever checks it second wait for the first to commit and then see
+            # both parents. SQLite has one writer at a time.
+            blocked = [i for i, state in session.execute(
+                select(nr.id, nr.state).where(among(nr.id, blocked, pg)).order_by(nr.id).with_for_update())
+                       if state == State.BLOCKED.value]
         if not blocked:
             continue
         waiting = {child for child, state in session.execute(
@@ -114,10 +133,32 @@ def unblock_children(session: Session, parent_ids: Sequence[int], actor: str) ->
     return ready
 
 
+def hold_parents(session: Session, child_ids: Sequence[int]) -> None:
+    """Before the states of their parents decide whether these noderoles go to todo or blocked:
+    on PostgreSQL, a share lock on each parent that is neither active nor one of them. An apply
+    making one of those active right now holds it, so this waits for its commit and then sees it
+    active; an apply that comes later waits for this transaction, and then finds these noderoles
+    among its parent's children (`unblock_children`). Without it, under READ COMMITTED, each could
+    miss the other and the child stay blocked for good. SQLite has one writer at a time."""
+    if not is_postgresql(session) or not child_ids:
+        return
+    edges, nr, own = NodeRoleEdge.__table__.c, NodeRole.__table__.c, set(child_ids)
+    pending: set[int] = set()
+    for part in chunks(sorted(own)):
+        pending.update(parent for parent, state in session.execute(
+            select(edges.parent_id, nr.state).join_from(NodeRoleEdge.__table__, NodeRole.__table__,
+                                                        nr.id == edges.parent_id)
+            .where(among(edges.child_id, part, True)))
+            if state != State.ACTIVE.value and parent not in own)
+    for part in chunks(sorted(pending)):  # in id order: two of these never wait on each other in a circle
+        session.execute(select(nr.id).where(among(nr.id, part, True)).order_by(nr.id).with_for_update(read=True)).all()
+
+
 def requeue(session: Session, ids: list[int], actor: str, why: str) -> None:
     """Send noderoles back to todo (or blocked if a parent is not active), and block what hangs below."""
     if not ids:
         return
+    hold_parents(session, ids)
     rows = session.execute(select(NodeRole.id, NodeRole.state).where(NodeRole.id.in_(ids))).all()
     ready = set(session.scalars(text(
         f"SELECT c.id FROM node_roles c WHERE c.id IN ({','.join(str(i) for i in ids)}) "
@@ -150,6 +191,7 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Seq
             return 0
         # One statement per chunk: each goes straight to todo or blocked (its parents are other
         # noderoles: a parent made with it is proposed, so not active, before and after).
+        hold_parents(session, proposed)
         ready, committed = set(), []
         for part in chunks(proposed):
             for nr_id, state in session.execute(text(
@@ -167,6 +209,7 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Seq
         ).all()
         if not proposed:
             return 0
+        hold_parents(session, proposed)
         session.execute(text(
             "UPDATE node_roles SET committed = proposed, state = 'blocked', updated_at = :now "
             "WHERE deployment_id = :d AND state = 'proposed'"), params)
