@@ -97,6 +97,15 @@ def sqlite_db(request, tmp_path) -> Database:
 
 
 @pytest.fixture
+def pg(request, tmp_path) -> Database:
+    """A migrated database on PostgreSQL only (mark the test `postgresql`): for what only it has
+    (row locks, several servers, NOTIFY)."""
+    database = make_database("postgresql", tmp_path, request)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
 def admin_token(db, tmp_path) -> str:
     with db.session() as s:
         return auth.ensure_admin_token(s, tmp_path / "admin.token")

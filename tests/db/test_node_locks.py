@@ -9,14 +9,6 @@ from sqlalchemy.exc import OperationalError
 
 from crowbar.db.models import Node
 from crowbar.services import lookup, nodes
-from tests.conftest import make_database
-
-
-@pytest.fixture
-def pg(request, tmp_path):
-    database = make_database("postgresql", tmp_path, request)
-    yield database
-    database.dispose()
 
 
 @pytest.mark.postgresql

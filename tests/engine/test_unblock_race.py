@@ -14,16 +14,8 @@ from sqlalchemy import update
 from crowbar.db.models import NodeRole
 from crowbar.engine import graph
 from crowbar.services import deployments, nodes
-from tests.conftest import make_database
 
 N1, N2, N3 = "p1.example.com", "p2.example.com", "c.example.com"
-
-
-@pytest.fixture
-def pg(request, tmp_path):
-    database = make_database("postgresql", tmp_path, request)
-    yield database
-    database.dispose()
 
 
 @pytest.mark.postgresql
