@@ -37,7 +37,7 @@ def among(column, ids: Iterable[int], bind: Engine | Connection | Session | bool
     statement's text changes with the number of ids: psycopg parses each one anew (it caches
     statements under 4 KB and 50 parameters) and PostgreSQL plans each anew. With one array the
     text is always the same: psycopg parses it once and, from its fifth run, PostgreSQL runs it
-    prepared. The hot paths of the annealer use it (docs/benchmarks.md, Annealer)."""
+    prepared. The hot paths of the annealer use it (docs/benchmarks.md, "Less work per noderole")."""
     pg = bind if isinstance(bind, bool) else is_postgresql(bind)
     if pg:
         return column == any_(bindparam(None, list(ids), type_=ARRAY(Integer)))

@@ -69,7 +69,7 @@ DEAD_AFTER_SECONDS = 20.0
 # errors): NOT IN over them is one hashed subplan on PostgreSQL (an ephemeral index on SQLite),
 # probed once per todo noderole. A NOT EXISTS let PostgreSQL's planner, which after a large
 # commit believes almost nothing is in `transition`, compare every todo noderole with every busy
-# one: 165 ms a claim at 3,000 nodes, against 9 ms (docs/benchmarks.md, Annealer).
+# one: 165 ms a claim at 3,000 nodes, against 9 ms (docs/benchmarks.md, "Less work per noderole").
 RUNNABLE_SQL = """
 SELECT nr.id, nr.node_id FROM node_roles nr
 JOIN nodes n ON n.id = nr.node_id
