@@ -113,12 +113,7 @@ def unblock_children(session: Session, parent_ids: Sequence[int], actor: str) ->
     for part in chunks(sorted(children)):
         blocked = [i for i, state in session.execute(select(nr.id, nr.state).where(among(nr.id, part, pg)))
                    if state == State.BLOCKED.value]
-        if blocked and pg:
-            # Several servers: two may make two parents of one child active at once, each
-            # transaction seeing the other's parent still in transition, and both would leave
-            # the child blocked. Holding the child (in id order: no deadlock between two of
-            # these) makes whoever checks it second wait for the first to commit and then see
-            # both parents. SQLite has one writer at a time.
+        if blocked and pg:  # held, in id order (two of these never wait on each other in a circle), and read again
             blocked = [i for i, state in session.execute(
                 select(nr.id, nr.state).where(among(nr.id, blocked, pg)).order_by(nr.id).with_for_update())
                        if state == State.BLOCKED.value]
