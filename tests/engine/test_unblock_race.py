@@ -34,6 +34,7 @@ def test_a_child_of_two_parents_applied_at_once_by_two_servers_is_unblocked(pg):
         s.execute(update(NodeRole).where(NodeRole.id == ids["test-client"]).values(state="blocked"))
 
     a, b = db.sessionmaker(), db.sessionmaker()
+    thread = None
     try:
         # Server A: its parent is active (not committed yet) and it checks the child.
         graph.set_states(a, {"active": [(ids["test-server"], "transition")]}, "a", "run")
@@ -54,7 +55,9 @@ def test_a_child_of_two_parents_applied_at_once_by_two_servers_is_unblocked(pg):
         thread.join(10)
         assert done.is_set()  # ...and checks it once A has committed
     finally:
-        a.close()
+        a.close()  # a failed test must not leave the other transaction waiting on a's locks
+        if thread is not None:
+            thread.join(10)
         b.close()
     with db.session() as s:
         assert nr_of(s, N3, "test-client").state == "todo"
@@ -78,6 +81,7 @@ def test_a_child_committed_while_its_parent_is_applied_is_unblocked(pg):
         s.execute(update(NodeRole).where(NodeRole.id == library).values(state="active"))
 
     a, x = db.sessionmaker(), db.sessionmaker()
+    thread = None
     try:
         graph.set_states(a, {"active": [(server, "transition")]}, "a", "run")
         graph.unblock_children(a, [server], "a")  # no child yet: the API's is not committed
@@ -96,7 +100,9 @@ def test_a_child_committed_while_its_parent_is_applied_is_unblocked(pg):
         thread.join(10)
         assert done.is_set()  # ...and then reads it active
     finally:
-        a.close()
+        a.close()  # a failed test must not leave the other transaction waiting on a's locks
+        if thread is not None:
+            thread.join(10)
         x.close()
     with db.session() as s:
         assert nr_of(s, N3, "test-client").state == "todo"
