@@ -2,9 +2,10 @@
 # The whole suite, against SQLite and against a throwaway PostgreSQL cluster on loopback that this
 # script starts and always removes.
 #   scripts/run-tests.sh            everything but tests/lab on 3 pytest-xdist workers (more than the
-#                                   2 cores: the tests often wait), then tests/lab
-#                                   on its own (its VMs want the machine); fails if either part fails,
-#                                   and runs tests/lab even when the first part failed
+#                                   2 cores: the tests often wait), then tests/lab on its own, on 2
+#                                   workers (its two groups in tests/conftest.py's XDIST_GROUPS: its
+#                                   VMs leave one core idle half the time); fails if either part
+#                                   fails, and runs tests/lab even when the first part failed
 #   scripts/run-tests.sh ARGS...    one pytest run in this process with ARGS (e.g. -k annealer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +23,5 @@ fi
 # loadgroup: the files of each group of tests/conftest.py's XDIST_GROUPS run on one worker
 status=0
 "${pytest[@]}" -n 3 --dist loadgroup --ignore=tests/lab || status=$?
-"${pytest[@]}" tests/lab || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
+"${pytest[@]}" -n 2 --dist loadgroup tests/lab || { rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 exit "$status"

@@ -173,7 +173,7 @@ def cli(api, admin_token, monkeypatch):
     http.close()
 
 
-# -- pytest-xdist (scripts/run-tests.sh: -n 3 --dist loadgroup) -------------------------------------
+# -- pytest-xdist (scripts/run-tests.sh: -n 3, and -n 2 for tests/lab; --dist loadgroup) --------------
 # Test files that must not be spread over workers or run beside each other, by path under tests/:
 # the files of a group run one after the other on one worker, each in file order. A test can also
 # carry `@pytest.mark.xdist_group(name)` itself.
@@ -184,6 +184,16 @@ XDIST_GROUPS = {
     "network_db/test_netdb_cli_network.py": "netdb-cli",  # one server: each test adds to what the others left
     "provisioner/test_dnsmasq.py": "dnsmasq",  # one real dnsmasq (in namespaces) for the questions-only tests
     "provisioner/test_image.py": "discovery-image",  # the discovery image, built once per process
+    # tests/lab runs on 2 workers (its VMs spend long stretches waiting, one core idle): the OS
+    # deployment (about 14 minutes) beside everything else (about 13), each lab in its own namespace
+    "lab/test_lab_deploy.py": "lab-a",
+    "lab/test_lab_e2e.py": "lab-a",
+    "lab/test_lab_online.py": "lab-b",
+    "lab/test_lab_bmc.py": "lab-b",
+    "lab/test_lab_vlan.py": "lab-b",
+    "lab/test_lab_units.py": "lab-b",
+    "lab/test_vmrun.py": "lab-b",
+    "lab/test_lab_neutron.py": "lab-b",
 }
 
 

@@ -29,6 +29,7 @@ anything boots); `fs_size` is the filesystem's, what the root partition must hol
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -280,12 +281,20 @@ def _build(store: Path, item: Recipe, progress: Progress | None = None, *, mirro
     report("mirror", 1, 1)
     digest = cache_key(item, source, release)
     final = store / item.name / digest
-    if (final / MANIFEST).is_file() and (final / ROOT_IMAGE).is_file() and not force:
-        report("cached", 1, 1)
-        manifest = json.loads((final / MANIFEST).read_text())
-        return OsImage(item.name, digest, final / ROOT_IMAGE, manifest)
-
     (store / item.name).mkdir(parents=True, exist_ok=True)
+    # One build of an OS at a time in a store: a second waits, then finds the first's image (two
+    # test workers, or two `crowbar os build`), and never removes an image being served.
+    with open(store / item.name / ".build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / MANIFEST).is_file() and (final / ROOT_IMAGE).is_file() and not force:
+            report("cached", 1, 1)
+            manifest = json.loads((final / MANIFEST).read_text())
+            return OsImage(item.name, digest, final / ROOT_IMAGE, manifest)
+        return _build_locked(store, item, source, digest, report)
+
+
+def _build_locked(store: Path, item: Recipe, source: str, digest: str, report: Progress) -> OsImage:
+    final = store / item.name / digest
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=store / item.name))
     started = time.monotonic()
     try:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -74,23 +75,28 @@ def test_an_unreachable_mirror_is_one_clear_line(tmp_path):
 
 @pytest.mark.skipif(shutil.which("mke2fs") is None or shutil.which("dpkg-query") is None,
                     reason="needs mke2fs (e2fsprogs) and dpkg-query (dpkg)")
+def _tiny_tree(root):
+    """What the fake mmdebstrap leaves: enough of a Debian root for the rest of the build."""
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / "vmlinuz-6.1.0-test").write_bytes(b"kernel")
+    (root / "etc" / "ssh").mkdir(parents=True)
+    (root / "etc" / "ssh" / "ssh_host_ed25519_key").write_text("secret of the build host")
+    (root / "etc" / "machine-id").write_text("0123456789abcdef\n")
+    (root / "etc" / "hostname").write_text("buildhost\n")
+    (root / "etc" / "default").mkdir()
+    (root / "etc" / "default" / "grub").write_text('GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX=""\n')
+    (root / "var" / "lib" / "dpkg").mkdir(parents=True)
+    (root / "var" / "lib" / "dpkg" / "status").write_text(
+        "Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2\nArchitecture: amd64\n\n"
+        "Package: openssh-server\nStatus: install ok installed\nVersion: 1:9.2p1-2\nArchitecture: amd64\n")
+
+
 def test_a_build_makes_a_checked_image_with_a_manifest_and_is_cached(tmp_path, monkeypatch):
     calls = []
 
     def fake_mmdebstrap(item, mirror, root, report):
         calls.append(mirror)
-        (root / "boot").mkdir(parents=True)
-        (root / "boot" / "vmlinuz-6.1.0-test").write_bytes(b"kernel")
-        (root / "etc" / "ssh").mkdir(parents=True)
-        (root / "etc" / "ssh" / "ssh_host_ed25519_key").write_text("secret of the build host")
-        (root / "etc" / "machine-id").write_text("0123456789abcdef\n")
-        (root / "etc" / "hostname").write_text("buildhost\n")
-        (root / "etc" / "default").mkdir()
-        (root / "etc" / "default" / "grub").write_text('GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX=""\n')
-        (root / "var" / "lib" / "dpkg").mkdir(parents=True)
-        (root / "var" / "lib" / "dpkg" / "status").write_text(
-            "Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2\nArchitecture: amd64\n\n"
-            "Package: openssh-server\nStatus: install ok installed\nVersion: 1:9.2p1-2\nArchitecture: amd64\n")
+        _tiny_tree(root)
 
     monkeypatch.setattr(osimage, "_mmdebstrap", fake_mmdebstrap)
     monkeypatch.setattr(osimage, "mirror_state", lambda mirror, suite, timeout=20: b"InRelease of " + suite.encode())
@@ -136,6 +142,41 @@ def test_a_build_makes_a_checked_image_with_a_manifest_and_is_cached(tmp_path, m
     assert osimage.build(tmp_path, "debian-12", mirror="http://mirror.example/debian").digest != image.digest
     assert len(calls) == 2 and len(osimage.built(tmp_path)) == 2
     assert osimage.delete(tmp_path, "debian-12") and osimage.built(tmp_path) == []
+
+
+def test_two_builds_of_one_os_at_once_make_one_image_and_neither_removes_it(tmp_path, monkeypatch):
+    """Two builders of one OS at once (two test workers, two `crowbar os build`): the second waits
+    for the first and finds its image; nothing the first returned is removed under it."""
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow_mmdebstrap(item, mirror, root, report):
+        calls.append(mirror)
+        started.set()
+        assert release.wait(30)
+        _tiny_tree(root)
+
+    monkeypatch.setattr(osimage, "_mmdebstrap", slow_mmdebstrap)
+    monkeypatch.setattr(osimage, "mirror_state", lambda mirror, suite, timeout=20: b"InRelease")
+    monkeypatch.setattr(osimage.shutil, "which", lambda name: f"/usr/bin/{name}")
+    results, steps = {}, {"first": [], "second": []}
+
+    def build(who):
+        results[who] = osimage.build(tmp_path, "debian-12", lambda step, d, t: steps[who].append(step),
+                                     mirror="http://mirror.example/debian")
+
+    first = threading.Thread(target=build, args=("first",))
+    first.start()
+    assert started.wait(30)
+    second = threading.Thread(target=build, args=("second",))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive()  # waiting for the first build, not building beside it
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert len(calls) == 1 and "cached" in steps["second"] and "cached" not in steps["first"]
+    assert results["first"].path == results["second"].path and results["first"].path.is_file()
+    assert [i.digest for i in osimage.built(tmp_path)] == [results["first"].digest]
 
 
 def test_the_openstack_recipe_has_neutron_its_bus_database_and_puppet_modules_not_started_at_boot():
