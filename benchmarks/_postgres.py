@@ -14,12 +14,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 
-def fresh_postgres(url: str, prefix: str = "crowbar_bench") -> tuple[str, Callable[[], None]]:
-    """A new, empty database on the server `url` points at: (its URL, a function that drops it)."""
+def fresh_postgres(url: str, prefix: str = "crowbar_bench", template: str | None = None) -> tuple[str, Callable[[], None]]:
+    """A new database on the server `url` points at: (its URL, a function that drops it). Empty, or
+    a copy of the database `template` (a URL on the same server; nothing may be connected to it)."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    copy = f' TEMPLATE "{make_url(template).database}"' if template else ""
     with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
+        c.execute(text(f'CREATE DATABASE "{name}"{copy}'))
 
     def drop() -> None:
         with admin.connect() as c:

@@ -4,8 +4,9 @@ graph, noop jig) by 1, 2, 4... real `crowbar server` processes sharing the datab
     python benchmarks/servers.py --postgres URL [--nodes 10000] [--servers 1 2 4] [--workers 8]
                                  [--repeat 1] [--json FILE] [--markdown]
 
-Each case gets a fresh database: the nodes are created and bound in this process (not timed),
-then the servers start (each on its own port and data directory), the deployment is committed
+Each case gets a fresh database, a copy of one made once per size (so every round starts from the
+same rows and statistics): the nodes are created and bound in this process (not timed), then the
+servers start (each on its own port and data directory), the deployment is committed
 through the first one, and the anneal is timed from that call until every noderole is active.
 Every server claims work with FOR UPDATE SKIP LOCKED (crowbar/engine/annealer.py), so they share
 the anneal without any of them handing it out. Reported per case: the anneal's seconds and
@@ -82,12 +83,21 @@ def cpu_of(pids: list[int]) -> float:
     return sum(ServerProcess(pid).cpu_seconds() for pid in pids)
 
 
-def run_case(url: str, n: int, count: int, workers: int, pg_data: Path | None) -> dict:
+def prepared(url: str, n: int) -> float:
+    """The database `url` with the bench deployment on n nodes, proposed: its seconds."""
     db = Database(url)
     bootstrap.prepare(db)
     t = time.perf_counter()
     setup(db, n, commit=False)
     setup_s = time.perf_counter() - t
+    with db.session() as s:
+        s.execute(text("ANALYZE"))
+    db.dispose()
+    return setup_s
+
+
+def run_case(url: str, n: int, count: int, workers: int, pg_data: Path | None, setup_s: float) -> dict:
+    db = Database(url)
     with tempfile.TemporaryDirectory(prefix="crowbar-servers-bench-") as tmp:
         servers = [LocalServer(Path(tmp) / f"s{i}", database=url, workers=workers) for i in range(count)]
         try:
@@ -172,17 +182,25 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    rows = []
-    for _ in range(args.repeat):
+    rows, templates = [], {}
+    try:
         for n in args.nodes:
-            for count in args.servers:
-                url, drop = fresh_postgres(args.postgres, "crowbar_servers")
-                try:
-                    print(f"{n} nodes, {count} server(s):", file=sys.stderr, flush=True)
-                    rows.append(run_case(url, n, count, args.workers, args.pg_data))
-                finally:
-                    drop()
-                print(json.dumps(rows[-1]), flush=True)
+            print(f"{n} nodes: setting up the template database", file=sys.stderr, flush=True)
+            templates[n] = fresh_postgres(args.postgres, "crowbar_servers_template")
+            templates[n] += (prepared(templates[n][0], n),)
+        for _ in range(args.repeat):
+            for n in args.nodes:
+                for count in args.servers:
+                    url, drop = fresh_postgres(args.postgres, "crowbar_servers", template=templates[n][0])
+                    try:
+                        print(f"{n} nodes, {count} server(s):", file=sys.stderr, flush=True)
+                        rows.append(run_case(url, n, count, args.workers, args.pg_data, templates[n][2]))
+                    finally:
+                        drop()
+                    print(json.dumps(rows[-1]), flush=True)
+    finally:
+        for _url, drop, _s in templates.values():
+            drop()
     if args.json:
         append_json(args.json, rows)
     if args.markdown:

@@ -204,9 +204,10 @@ class NodeRole(Base):
     __tablename__ = "node_roles"
     __table_args__ = (
         UniqueConstraint("node_id", "role_id"),
-        # The annealer scans todo noderoles in (cohort, id) order and checks each node's busy state.
+        # The annealer scans todo noderoles in (cohort, id) order. Queries by node use the unique
+        # (node_id, role_id) index: no (node_id, state) index, which every state change would also
+        # write (migration 0011).
         Index("ix_node_roles_state_cohort_id", "state", "cohort", "id"),
-        Index("ix_node_roles_node_state", "node_id", "state"),
         Index("ix_node_roles_deployment_state", "deployment_id", "state"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
