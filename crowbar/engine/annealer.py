@@ -213,10 +213,13 @@ class Annealer:
             docs = RunDocuments(s)
             attrs = docs.build(noderoles, nodes)
             held: dict[tuple[int, int], list[str]] = {}  # (node, deployment) -> its roles there: inventory groups
-            for node_id, dep_id, role_name in s.execute(
-                    select(NodeRole.node_id, NodeRole.deployment_id, Role.name).join(Role, Role.id == NodeRole.role_id)
-                    .where(among(NodeRole.node_id, picked, pg)).order_by(NodeRole.id)):
-                held.setdefault((node_id, dep_id), []).append(role_name)
+            wants = {jig: _jig_says(jig, "wants_groups") for jig in {docs.roles[nr.role_id].jig for nr in noderoles}}
+            grouped = sorted({nr.node_id for nr in noderoles if wants[docs.roles[nr.role_id].jig]})
+            for part in chunks(grouped):
+                for node_id, dep_id, role_name in s.execute(
+                        select(NodeRole.node_id, NodeRole.deployment_id, Role.name).join(Role, Role.id == NodeRole.role_id)
+                        .where(among(NodeRole.node_id, part, pg)).order_by(NodeRole.id)):
+                    held.setdefault((node_id, dep_id), []).append(role_name)
             graph.set_states(s, {State.TRANSITION.value: [(nr.id, nr.state) for nr in noderoles]},
                              self.actor, "claim", f"server {self.server_id}")
             for run_id, nr in zip(self._insert_runs(s, noderoles, attrs), noderoles):
@@ -243,7 +246,7 @@ class Annealer:
         for ctx in contexts:
             ctx.complete = self._completer(ctx)
             ctx.output = self._streamer(ctx)
-            key = (ctx.jig, ctx.role, ctx.deployment_id) if _batching(ctx.jig) else (ctx.run_id,)
+            key = (ctx.jig, ctx.role, ctx.deployment_id) if _jig_says(ctx.jig, "batch") else (ctx.run_id,)
             batches.setdefault(key, []).append(ctx)
         for batch in batches.values():
             self._pool.submit(self._execute_batch if len(batch) > 1 else self._execute, *batch)
@@ -477,10 +480,11 @@ def _with_wall(complete: Callable[[RunResult], None], extra: dict, note: str) ->
     return completer
 
 
-def _batching(jig: str) -> bool:
-    """Whether the jig takes batches (an unknown jig runs alone and fails with the registry's reason)."""
+def _jig_says(jig: str, flag: str) -> bool:
+    """A class flag of the jig (`batch`, `wants_groups`); False for an unknown jig, which runs alone
+    and fails with the registry's reason."""
     try:
-        return bool(get_jig(jig).batch)
+        return bool(getattr(get_jig(jig), flag))
     except Exception:
         return False
 

@@ -63,6 +63,7 @@ def ansible_playbook() -> str | None:
 class AnsibleJig(Jig):
     name = "ansible"
     batch = True
+    wants_groups = True  # the inventory's groups
 
     def run(self, ctx: RunContext) -> RunResult:
         return self.run_batch([ctx])[0]

@@ -49,7 +49,7 @@ class RunContext:
     complete: Callable[[RunResult], None] = lambda _result: None  # for asynchronous jigs
     agent: AgentChannel | None = None  # set when the node runs the discovery agent (no SSH needed)
     deployment_id: int = 0          # the noderole's deployment (batches never mix deployments)
-    groups: list[str] = field(default_factory=list)  # the roles the node holds in that deployment
+    groups: list[str] = field(default_factory=list)  # the roles the node holds there (jigs with wants_groups)
     # Appends text to the run's log while it runs (`crowbar noderoles log ID` shows it at once); the
     # RunResult's log replaces it all when the run completes. Callable from any thread.
     output: Callable[[str], None] = lambda _text: None
@@ -77,6 +77,10 @@ class Jig(abc.ABC):
     # A batching jig is handed every noderole of one role and deployment the annealer claimed
     # together (`run_batch`), so that one tool run can cover many nodes.
     batch: bool = False
+    # A jig that reads `ctx.groups` (the roles each node holds in the deployment: an inventory's
+    # groups) says so; the annealer reads them for its runs only (a query over every noderole of
+    # the claimed nodes).
+    wants_groups: bool = False
 
     @abc.abstractmethod
     def run(self, ctx: RunContext) -> RunResult | None: ...

@@ -26,6 +26,7 @@ NODES = [f"n{i}.example.com" for i in range(1, 6)]
 class Batched(Jig):
     name = "batched"
     batch = True
+    wants_groups = True
     calls: list[list[tuple[str, str, int, tuple[str, ...]]]] = []
 
     def run(self, ctx: RunContext) -> RunResult:
@@ -37,11 +38,37 @@ class Batched(Jig):
                           log=f"{c.role} on {c.node.name} in a batch of {len(ctxs)}\n") for c in ctxs]
 
 
+class Blind(Batched):
+    """The same jig, but one that does not read `ctx.groups`."""
+    name = "blind"
+    wants_groups = False
+    calls: list[list[tuple[str, str, int, tuple[str, ...]]]] = []
+
+
 @pytest.fixture
 def batched():
     Batched.calls = []
     with plugins.registered(plugins.JIGS, "batched", Batched):
         yield Batched
+
+
+def test_groups_are_read_only_for_jigs_that_want_them(db, annealer, import_yaml, batched):
+    Blind.calls = []
+    with plugins.registered(plugins.JIGS, "blind", Blind):
+        import_yaml(BARCLAMP + "  - {name: blind-a, jig: blind}\n")
+        with db.session() as s:
+            deployments.create_deployment(s, "d1")
+            for name in NODES[:2]:
+                nodes.create_node(s, name)
+                deployments.bind(s, "d1", "batched-b", name)
+                deployments.bind(s, "d1", "blind-a", name)
+        annealer.run_until_idle()
+        with db.session() as s:
+            deployments.commit(s, "d1")
+        annealer.run_until_idle()
+    assert len(batched.calls) >= 1 and len(Blind.calls) >= 1
+    assert {g for call in batched.calls for *_x, g in call} == {("batched-b", "blind-a")}
+    assert {g for call in Blind.calls for *_x, g in call} == {()}
 
 
 def test_one_call_per_role_and_deployment_each_noderole_its_own_result(db, annealer, import_yaml, batched):
