@@ -1,7 +1,7 @@
 """node_roles loses its index on (node_id, state): the unique (node_id, role_id) index answers every
 query by node (a node has a handful of noderoles, whose states are then read from the rows), and
-each change of a noderole's state writes one index entry fewer (docs/benchmarks.md, "The commit in
-one statement, one index fewer")
+each change of a noderole's state writes one index entry fewer (docs/benchmarks.md, "One set-up
+database per size, a commit in one statement, one index fewer")
 
 Revision ID: 0011
 Revises: 0010
