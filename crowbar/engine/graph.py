@@ -172,6 +172,21 @@ def delete_noderoles(session: Session, ids: Sequence[int]) -> None:
         session.execute(delete(NodeRole.__table__).where(NodeRole.id.in_(part)))
 
 
+def _commit_rows(session: Session, where: str, params: dict, committed: list[int], ready: set[int]) -> None:
+    """The proposed noderoles `where` says, each written once, straight to todo (every parent
+    active) or blocked; their ids go to `committed`, the todo ones also to `ready`. Parents
+    committed in the same statement are proposed in its snapshot, so not active: their children
+    are blocked, as they were when a commit wrote every row to blocked and then the ready ones
+    again to todo (a second write of a sixth of the rows, after a scan of every blocked one)."""
+    for nr_id, state in session.execute(text(
+            "UPDATE node_roles SET committed = proposed, updated_at = :now, state = CASE WHEN "
+            f"{parents_all_active_sql('node_roles')} THEN 'todo' ELSE 'blocked' END "
+            f"WHERE {where} AND state = 'proposed' RETURNING id, state"), params):
+        committed.append(nr_id)
+        if state == State.TODO.value:
+            ready.add(nr_id)
+
+
 def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Sequence[Bound] | None = None) -> int:
     """proposed -> todo where every parent is active, else blocked. Set-based: one UPDATE.
 
@@ -180,24 +195,15 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Seq
     commits at once (so the cost does not grow with the deployment)."""
     now = utcnow()
     params = {"d": deployment_id, "now": now, "actor": actor}
+    ready: set[int] = set()
+    committed: list[int] = []
     if made is not None:
         proposed = [nr.id for nr in made if nr.deployment_id == deployment_id and nr.state == "proposed"]
         if not proposed:
             return 0
-        # One statement per chunk: each goes straight to todo or blocked (its parents are other
-        # noderoles: a parent made with it is proposed, so not active, before and after).
         hold_parents(session, proposed)
-        ready, committed = set(), []
         for part in chunks(proposed):
-            for nr_id, state in session.execute(text(
-                    "UPDATE node_roles SET committed = proposed, updated_at = :now, state = CASE WHEN "
-                    f"{parents_all_active_sql('node_roles')} THEN 'todo' ELSE 'blocked' END "
-                    f"WHERE id IN ({','.join(str(int(i)) for i in part)}) AND state = 'proposed' "
-                    "RETURNING id, state"), params):
-                committed.append(nr_id)
-                if state == "todo":
-                    ready.add(nr_id)
-        proposed = sorted(committed)
+            _commit_rows(session, f"id IN ({','.join(str(int(i)) for i in part)})", params, committed, ready)
     else:
         proposed = session.scalars(
             select(NodeRole.id).where(NodeRole.deployment_id == deployment_id, NodeRole.state == "proposed")
@@ -205,19 +211,8 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Seq
         if not proposed:
             return 0
         hold_parents(session, proposed)
-        # One statement: each row is written once, straight to todo or blocked. Its parents in this
-        # deployment are proposed in the statement's snapshot (so not active) as they were when
-        # the rows went to blocked first and then the ready ones to todo: a second write of a
-        # sixth of the rows, and a scan of every blocked one.
-        ready, committed = set(), []
-        for nr_id, state in session.execute(text(
-                "UPDATE node_roles SET committed = proposed, updated_at = :now, state = CASE WHEN "
-                f"{parents_all_active_sql('node_roles')} THEN 'todo' ELSE 'blocked' END "
-                "WHERE deployment_id = :d AND state = 'proposed' RETURNING id, state"), params):
-            committed.append(nr_id)
-            if state == "todo":
-                ready.add(nr_id)
-        proposed = sorted(committed)
+        _commit_rows(session, "deployment_id = :d", params, committed, ready)
+    proposed = sorted(committed)
     done = set(proposed) if made else ()
     for nr in made or ():
         if isinstance(nr, Made) and nr.id in done:
