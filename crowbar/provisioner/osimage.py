@@ -268,8 +268,9 @@ class MmdebstrapBuilder(ImageBuilder):
 
 def _build(store: Path, item: Recipe, progress: Progress | None = None, *, mirror: str | None = None,
            force: bool = False) -> OsImage:
-    """`progress(step, done, total)` hears of "mirror", "cached", then "mmdebstrap" (one call per
-    line mmdebstrap prints, total 0), "node files", "filesystem", "compress" and "checksum" (bytes)."""
+    """`progress(step, done, total)` hears of "mirror", "waiting for another build of this OS" (when
+    one holds the lock), "cached", then "mmdebstrap" (one call per line mmdebstrap prints, total 0),
+    "node files", "filesystem", "compress" and "checksum" (bytes)."""
     report = progress or (lambda step, done, total: None)
     if shutil.which("mmdebstrap") is None:
         raise OsImageError("mmdebstrap is not installed: apt-get install mmdebstrap")
@@ -285,7 +286,11 @@ def _build(store: Path, item: Recipe, progress: Progress | None = None, *, mirro
     # One build of an OS at a time in a store: a second waits, then finds the first's image (two
     # test workers, or two `crowbar os build`), and never removes an image being served.
     with open(store / item.name / ".build.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report("waiting for another build of this OS", 0, 1)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / MANIFEST).is_file() and (final / ROOT_IMAGE).is_file() and not force:
             report("cached", 1, 1)
             manifest = json.loads((final / MANIFEST).read_text())

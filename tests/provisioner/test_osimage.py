@@ -175,6 +175,7 @@ def test_two_builds_of_one_os_at_once_make_one_image_and_neither_removes_it(tmp_
     first.join(30)
     second.join(30)
     assert len(calls) == 1 and "cached" in steps["second"] and "cached" not in steps["first"]
+    assert "waiting for another build of this OS" in steps["second"]  # its progress says why it waits
     assert results["first"].path == results["second"].path and results["first"].path.is_file()
     assert [i.digest for i in osimage.built(tmp_path)] == [results["first"].digest]
 
