@@ -5,6 +5,8 @@ anneal's plain progress and what waiting noderoles wait on, registering machines
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import click
 import pytest
@@ -39,8 +41,9 @@ def test_role_data_get_set_and_set_paths(cli, api):
     assert code == 1 and "must be a JSON object" in err
 
 
-def test_role_data_edit_refuses_to_overwrite_a_change_made_meanwhile(cli, api, monkeypatch):
+def test_role_data_edit_refuses_to_overwrite_a_change_made_meanwhile(cli, api, monkeypatch, tmp_path):
     _bound(api)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the CLI keeps the user's version
 
     def someone_else_writes_meanwhile(text, **_):
         assert json.loads(text) == {}
@@ -51,7 +54,7 @@ def test_role_data_edit_refuses_to_overwrite_a_change_made_meanwhile(cli, api, m
     code, _, err = cli("deployments", "role-data", "edit", "web", "test-client")
     assert code == 1 and "someone else changed the data" in err and "nothing was written" in err
     kept = err.split("your version is in ")[1].split(".json")[0] + ".json"
-    assert json.loads(open(kept).read()) == {"mine": 1}
+    assert Path(kept).parent == tmp_path and json.loads(Path(kept).read_text()) == {"mine": 1}
     assert api.get("/api/v2/deployments/web/roles/test-client").json()["proposed"] == {"theirs": 1}
     # without a change meanwhile, the edit is saved
     monkeypatch.setattr(click, "edit", lambda text, **_: text.replace("1", "2"))
