@@ -182,24 +182,25 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    rows, templates = [], {}
+    rows, templates, setup_s, drops = [], {}, {}, []  # per size: the template's URL, its setup seconds
     try:
         for n in args.nodes:
             print(f"{n} nodes: setting up the template database", file=sys.stderr, flush=True)
-            templates[n] = fresh_postgres(args.postgres, "crowbar_servers_template")
-            templates[n] += (prepared(templates[n][0], n),)
+            templates[n], drop = fresh_postgres(args.postgres, "crowbar_servers_template")
+            drops.append(drop)
+            setup_s[n] = prepared(templates[n], n)
         for _ in range(args.repeat):
             for n in args.nodes:
                 for count in args.servers:
-                    url, drop = fresh_postgres(args.postgres, "crowbar_servers", template=templates[n][0])
+                    url, drop = fresh_postgres(args.postgres, "crowbar_servers", template=templates[n])
                     try:
                         print(f"{n} nodes, {count} server(s):", file=sys.stderr, flush=True)
-                        rows.append(run_case(url, n, count, args.workers, args.pg_data, templates[n][2]))
+                        rows.append(run_case(url, n, count, args.workers, args.pg_data, setup_s[n]))
                     finally:
                         drop()
                     print(json.dumps(rows[-1]), flush=True)
     finally:
-        for _url, drop, _s in templates.values():
+        for drop in drops:
             drop()
     if args.json:
         append_json(args.json, rows)

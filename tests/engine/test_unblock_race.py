@@ -18,6 +18,33 @@ from crowbar.services import deployments, nodes
 N1, N2, N3 = "p1.example.com", "p2.example.com", "c.example.com"
 
 
+def _second_waits_for_first(db, first, second) -> None:
+    """`first(session)` runs and stays uncommitted; `second(session)` then runs on a thread in its
+    own transaction and must wait for the first's locks, and finish once the first commits. Both
+    sessions are closed even when this fails (closing the first releases what the second waits on)."""
+    a, b = db.sessionmaker(), db.sessionmaker()
+    done, thread = threading.Event(), None
+
+    def run_second() -> None:
+        second(b)
+        b.commit()
+        done.set()
+
+    try:
+        first(a)
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        assert not done.wait(1.0)  # the second waits for the first's hold...
+        a.commit()
+        thread.join(10)
+        assert done.is_set()  # ...and finishes once the first has committed
+    finally:
+        a.close()
+        if thread is not None:
+            thread.join(10)
+        b.close()
+
+
 @pytest.mark.postgresql
 def test_a_child_of_two_parents_applied_at_once_by_two_servers_is_unblocked(pg):
     db = pg
@@ -33,32 +60,15 @@ def test_a_child_of_two_parents_applied_at_once_by_two_servers_is_unblocked(pg):
                   .values(state="transition"))
         s.execute(update(NodeRole).where(NodeRole.id == ids["test-client"]).values(state="blocked"))
 
-    a, b = db.sessionmaker(), db.sessionmaker()
-    thread = None
-    try:
-        # Server A: its parent is active (not committed yet) and it checks the child.
+    def apply_a(a) -> None:  # server A: its parent active (not committed yet), and it checks the child
         graph.set_states(a, {"active": [(ids["test-server"], "transition")]}, "a", "run")
         graph.unblock_children(a, [ids["test-server"]], "a")
-        # Server B, meanwhile: the same for the other parent, in another transaction.
-        done = threading.Event()
 
-        def apply_b() -> None:
-            graph.set_states(b, {"active": [(ids["test-library"], "transition")]}, "b", "run")
-            graph.unblock_children(b, [ids["test-library"]], "b")
-            b.commit()
-            done.set()
+    def apply_b(b) -> None:  # server B, meanwhile: the same for the other parent
+        graph.set_states(b, {"active": [(ids["test-library"], "transition")]}, "b", "run")
+        graph.unblock_children(b, [ids["test-library"]], "b")
 
-        thread = threading.Thread(target=apply_b)
-        thread.start()
-        assert not done.wait(1.0)  # B waits for A's hold on the child...
-        a.commit()
-        thread.join(10)
-        assert done.is_set()  # ...and checks it once A has committed
-    finally:
-        a.close()  # a failed test must not leave the other transaction waiting on a's locks
-        if thread is not None:
-            thread.join(10)
-        b.close()
+    _second_waits_for_first(db, apply_a, apply_b)
     with db.session() as s:
         assert nr_of(s, N3, "test-client").state == "todo"
 
@@ -80,29 +90,14 @@ def test_a_child_committed_while_its_parent_is_applied_is_unblocked(pg):
         s.execute(update(NodeRole).where(NodeRole.id == server).values(state="transition"))
         s.execute(update(NodeRole).where(NodeRole.id == library).values(state="active"))
 
-    a, x = db.sessionmaker(), db.sessionmaker()
-    thread = None
-    try:
+    def apply_parent(a) -> None:
         graph.set_states(a, {"active": [(server, "transition")]}, "a", "run")
         graph.unblock_children(a, [server], "a")  # no child yet: the API's is not committed
-        done = threading.Event()
 
-        def commit_child() -> None:
-            deployments.bind(x, "d1", "test-client", N3)  # its parents: test-server, test-library on N1
-            deployments.commit(x, "d1")
-            x.commit()
-            done.set()
+    def commit_child(x) -> None:  # it reads the parent, which the apply holds
+        deployments.bind(x, "d1", "test-client", N3)  # its parents: test-server, test-library on N1
+        deployments.commit(x, "d1")
 
-        thread = threading.Thread(target=commit_child)
-        thread.start()
-        assert not done.wait(1.0)  # the commit waits for the apply that holds the parent...
-        a.commit()
-        thread.join(10)
-        assert done.is_set()  # ...and then reads it active
-    finally:
-        a.close()  # a failed test must not leave the other transaction waiting on a's locks
-        if thread is not None:
-            thread.join(10)
-        x.close()
+    _second_waits_for_first(db, apply_parent, commit_child)
     with db.session() as s:
         assert nr_of(s, N3, "test-client").state == "todo"
