@@ -165,15 +165,18 @@ def test_two_builds_of_one_os_at_once_make_one_image_and_neither_removes_it(tmp_
                                      mirror="http://mirror.example/debian")
 
     first = threading.Thread(target=build, args=("first",))
-    first.start()
-    assert started.wait(30)
     second = threading.Thread(target=build, args=("second",))
-    second.start()
-    second.join(0.5)
-    assert second.is_alive()  # waiting for the first build, not building beside it
-    release.set()
-    first.join(30)
-    second.join(30)
+    first.start()
+    try:
+        assert started.wait(30)
+        second.start()
+        second.join(0.5)
+        assert second.is_alive()  # waiting for the first build, not building beside it
+    finally:  # a failure here still lets both builders end
+        release.set()
+        first.join(30)
+        if second.ident is not None:
+            second.join(30)
     assert len(calls) == 1 and "cached" in steps["second"] and "cached" not in steps["first"]
     assert "waiting for another build of this OS" in steps["second"]  # its progress says why it waits
     assert results["first"].path == results["second"].path and results["first"].path.is_file()
