@@ -76,3 +76,30 @@ def test_many_events_are_written_whole_in_one_statement(db):
         assert (last.object_type, last.object_id, last.actor, last.message, last.to_state) == \
             ("deployment", None, "system", "", None)
         assert abs((last.at - utcnow()).total_seconds()) < 60
+
+
+def test_values_every_row_shares_are_bound_once_and_written_to_each_row(db):
+    """PostgreSQL binds a column whose rows all agree as one value (not an array of it): the rows
+    still each get it, with NULLs, and also when no column differs at all (identical rows)."""
+    at = utcnow() - timedelta(minutes=5)
+    same = {"object_type": "noderole", "action": "shared", "from_state": None, "to_state": "todo",
+            "actor": "tester", "message": "a {brace} and a 'quote'", "at": at}
+    seen, stop = _statements(db)
+    try:
+        with db.session() as s:
+            record(s, [same | {"object_id": i} for i in range(40)])  # only the ids differ
+            record(s, [same | {"object_id": 7, "action": "twin"} for _ in range(3)])  # nothing differs
+    finally:
+        stop()
+    inserts = [t for t in seen if "INSERT INTO events" in t]
+    assert len(inserts) == 2
+    if db.postgresql:
+        assert inserts[0].count("[])") == 1 and inserts[1].count("[])") == 1  # one array each: the ids
+    with db.session() as s:
+        got = s.execute(select(Event).where(Event.action == "shared").order_by(Event.id)).scalars().all()
+        assert [e.object_id for e in got] == list(range(40))
+        assert {(e.object_type, e.from_state, e.to_state, e.actor, e.message) for e in got} == \
+            {("noderole", None, "todo", "tester", "a {brace} and a 'quote'")}
+        assert all(abs((e.at - at).total_seconds()) < 1 for e in got)
+        twins = s.execute(select(Event.object_id, Event.to_state).where(Event.action == "twin")).all()
+        assert twins == [(7, "todo")] * 3
