@@ -109,6 +109,35 @@ def _write(session: Session, rows: list[dict]) -> None:
     session.info.setdefault("events_to_log", []).extend(rows)
 
 
+def record_changes(session: Session, change: str, params: dict, event: dict) -> list[tuple[int, str]]:
+    """Run `change`, a data-modifying statement that returns `id, state` of each row it changed
+    (`UPDATE ... RETURNING id, state`), and record one event per row: `event`'s fields (as for
+    `record`: object_type, action, from_state, actor, message, at), with the row's id as
+    object_id and its state as to_state. Answers the rows.
+
+    On PostgreSQL (outside `batched`, whose order must hold) the events are written by that same
+    statement (`WITH changed AS (<change>) INSERT INTO events ... SELECT ... FROM changed`): the
+    rows do not go to Python and back as arrays. A deployment's commit of 60,000 noderoles spent
+    0.4 s of its 1.7 s there."""
+    ev = {"actor": "system", "message": "", "from_state": None, "at": utcnow()} | event
+    if not is_postgresql(session) or session.info.get(BATCH) is not None:
+        rows = [(i, state) for i, state in session.execute(text(change), params)]
+        record(session, [ev | {"object_id": i, "to_state": state} for i, state in rows])
+        return rows
+    fields = ", ".join({"object_id": "changed.id", "to_state": "changed.state"}.get(c, f"CAST(:ev_{c} AS {TYPES[c]})")
+                       for c in COLUMNS)
+    rows = [(i, state) for i, state in session.execute(text(
+        f"WITH changed AS ({change}) INSERT INTO events ({', '.join(COLUMNS)}) SELECT {fields} FROM changed "
+        "RETURNING object_id, to_state"), params | {f"ev_{c}": ev.get(c) for c in COLUMNS})]
+    # The log gets the rows its level lets through (a noderole's are DEBUG, but for failures):
+    # built only for those, the way `_log` would have skipped the others.
+    enabled = {state for state in {s for _, s in rows} if log.isEnabledFor(level_of(ev | {"to_state": state}))}
+    if enabled:
+        session.info.setdefault("events_to_log", []).extend(
+            ev | {"object_id": i, "to_state": state} for i, state in rows if state in enabled)
+    return rows
+
+
 @contextmanager
 def batched(session: Session) -> Iterator[None]:
     """Every event recorded inside is written in one statement when the block ends (in the order

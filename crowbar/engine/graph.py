@@ -30,7 +30,7 @@ from crowbar.db.models import (
     Role,
     utcnow,
 )
-from crowbar.db.events import record
+from crowbar.db.events import record, record_changes
 from crowbar.db.sql import among, chunks, is_postgresql
 from crowbar.engine import states
 from crowbar.engine.states import State
@@ -135,18 +135,19 @@ def hold_parents(session: Session, child_ids: Sequence[int]) -> None:
     active; an apply that comes later waits for this transaction, and then finds these noderoles
     among its parent's children (`unblock_children`). Without it, under READ COMMITTED, each could
     miss the other and the child stay blocked for good. SQLite has one writer at a time."""
-    if not is_postgresql(session) or not child_ids:
+    if child_ids:
+        _hold_parents_of(session, "c.id = ANY(CAST(:ids AS integer[]))", {"ids": sorted(set(child_ids))})
+
+
+def _hold_parents_of(session: Session, own: str, params: dict) -> None:
+    """`hold_parents` for the noderoles `own` (a condition on `c`) selects: one statement, in id
+    order (two of these never wait on each other in a circle), and no rows back but the held."""
+    if not is_postgresql(session):
         return
-    edges, nr, own = NodeRoleEdge.__table__.c, NodeRole.__table__.c, set(child_ids)
-    pending: set[int] = set()
-    for part in chunks(sorted(own)):
-        pending.update(parent for parent, state in session.execute(
-            select(edges.parent_id, nr.state).join_from(NodeRoleEdge.__table__, NodeRole.__table__,
-                                                        nr.id == edges.parent_id)
-            .where(among(edges.child_id, part, True)))
-            if state != State.ACTIVE.value and parent not in own)
-    for part in chunks(sorted(pending)):  # in id order: two of these never wait on each other in a circle
-        session.execute(select(nr.id).where(among(nr.id, part, True)).order_by(nr.id).with_for_update(read=True)).all()
+    session.execute(text(
+        "SELECT p.id FROM node_roles p WHERE p.state <> 'active' AND p.id IN (SELECT e.parent_id FROM "
+        f"node_role_edges e JOIN node_roles c ON c.id = e.child_id WHERE {own}) AND p.id NOT IN "
+        f"(SELECT c.id FROM node_roles c WHERE {own}) ORDER BY p.id FOR SHARE OF p"), params).all()
 
 
 def requeue(session: Session, ids: list[int], actor: str, why: str) -> None:
@@ -174,27 +175,30 @@ def delete_noderoles(session: Session, ids: Sequence[int]) -> None:
 
 def _commit_rows(session: Session, where: str, params: dict, committed: list[int], ready: set[int]) -> None:
     """The proposed noderoles `where` says, each written once, straight to todo (every parent
-    active) or blocked; their ids go to `committed`, the todo ones also to `ready`. Parents
-    committed in the same statement are proposed in its snapshot, so not active: their children
-    are blocked, as they were when a commit wrote every row to blocked and then the ready ones
-    again to todo (a second write of a sixth of the rows, after a scan of every blocked one)."""
-    for nr_id, state in session.execute(text(
+    active) or blocked, with its commit event; their ids go to `committed`, the todo ones also to
+    `ready`. Parents committed in the same statement are proposed in its snapshot, so not active:
+    their children are blocked, as they were when a commit wrote every row to blocked and then
+    the ready ones again to todo (a second write of a sixth of the rows, after a scan of every
+    blocked one)."""
+    for nr_id, state in record_changes(session, (
             "UPDATE node_roles SET committed = proposed, updated_at = :now, state = CASE WHEN "
             f"{parents_all_active_sql('node_roles')} THEN 'todo' ELSE 'blocked' END "
-            f"WHERE {where} AND state = 'proposed' RETURNING id, state"), params):
+            f"WHERE {where} AND state = 'proposed' RETURNING id, state"), params,
+            {"object_type": "noderole", "action": "commit", "from_state": "proposed", "actor": params["actor"],
+             "at": params["now"]}):
         committed.append(nr_id)
         if state == State.TODO.value:
             ready.add(nr_id)
 
 
 def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Sequence[Bound] | None = None) -> int:
-    """proposed -> todo where every parent is active, else blocked. Set-based: one UPDATE.
+    """proposed -> todo where every parent is active, else blocked. Set-based: one UPDATE, which
+    also writes the events on PostgreSQL (db.events.record_changes).
 
     `made`: only these noderoles, which a Binder has just made (proposed) in the deployment,
     rather than every proposed noderole of the deployment: what binding into `system` does, which
     commits at once (so the cost does not grow with the deployment)."""
-    now = utcnow()
-    params = {"d": deployment_id, "now": now, "actor": actor}
+    params = {"d": deployment_id, "now": utcnow(), "actor": actor}
     ready: set[int] = set()
     committed: list[int] = []
     if made is not None:
@@ -204,25 +208,17 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Seq
         hold_parents(session, proposed)
         for part in chunks(proposed):
             _commit_rows(session, f"id IN ({','.join(str(int(i)) for i in part)})", params, committed, ready)
+        done = set(committed)
+        for nr in made:
+            if isinstance(nr, Made) and nr.id in done:
+                nr.state = "todo" if nr.id in ready else "blocked"  # the binder's picture stays true
     else:
-        proposed = session.scalars(
-            select(NodeRole.id).where(NodeRole.deployment_id == deployment_id, NodeRole.state == "proposed")
-        ).all()
-        if not proposed:
+        if session.scalar(select(NodeRole.id).where(NodeRole.deployment_id == deployment_id,
+                                                    NodeRole.state == "proposed").limit(1)) is None:
             return 0
-        hold_parents(session, proposed)
+        _hold_parents_of(session, "c.deployment_id = :d AND c.state = 'proposed'", {"d": deployment_id})
         _commit_rows(session, "deployment_id = :d", params, committed, ready)
-    proposed = sorted(committed)
-    done = set(proposed) if made else ()
-    for nr in made or ():
-        if isinstance(nr, Made) and nr.id in done:
-            nr.state = "todo" if nr.id in ready else "blocked"  # the binder's picture stays true
-    record(session, [
-        {"object_type": "noderole", "object_id": i, "action": "commit", "from_state": "proposed",
-         "to_state": "todo" if i in ready else "blocked", "actor": actor, "at": now}
-        for i in proposed
-    ])
-    return len(proposed)
+    return len(committed)
 
 
 class NodeLike(Protocol):
