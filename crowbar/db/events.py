@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
 
-from sqlalchemy import TextClause, event, insert, text
+from sqlalchemy import TextClause, bindparam, event, insert, text
 from sqlalchemy.orm import Session
 
-from crowbar.db.models import Event, utcnow
+from crowbar.db.models import Event, UTCDateTime, utcnow
 from crowbar.db.sql import is_postgresql
 
 log = logging.getLogger("crowbar.events")
@@ -121,14 +122,15 @@ def record_changes(session: Session, change: str, params: dict, event: dict) -> 
     0.4 s of its 1.7 s there."""
     ev = {"actor": "system", "message": "", "from_state": None, "at": utcnow()} | event
     if not is_postgresql(session) or session.info.get(BATCH) is not None:
-        rows = [(i, state) for i, state in session.execute(text(change), params)]
+        rows = [(i, state) for i, state in session.execute(_typed(change, params), params)]
         record(session, [ev | {"object_id": i, "to_state": state} for i, state in rows])
         return rows
     fields = ", ".join({"object_id": "changed.id", "to_state": "changed.state"}.get(c, f"CAST(:ev_{c} AS {TYPES[c]})")
                        for c in COLUMNS)
-    rows = [(i, state) for i, state in session.execute(text(
+    params = params | {f"ev_{c}": ev.get(c) for c in COLUMNS}
+    rows = [(i, state) for i, state in session.execute(_typed(
         f"WITH changed AS ({change}) INSERT INTO events ({', '.join(COLUMNS)}) SELECT {fields} FROM changed "
-        "RETURNING object_id, to_state"), params | {f"ev_{c}": ev.get(c) for c in COLUMNS})]
+        "RETURNING object_id, to_state", params), params)]
     # The log gets the rows its level lets through (a noderole's are DEBUG, but for failures):
     # built only for those, the way `_log` would have skipped the others.
     enabled = {state for state in {s for _, s in rows} if log.isEnabledFor(level_of(ev | {"to_state": state}))}
@@ -136,6 +138,12 @@ def record_changes(session: Session, change: str, params: dict, event: dict) -> 
         session.info.setdefault("events_to_log", []).extend(
             ev | {"object_id": i, "to_state": state} for i, state in rows if state in enabled)
     return rows
+
+
+def _typed(sql: str, params: dict) -> TextClause:
+    """`sql` whose time parameters are written the way the models write them (UTCDateTime: on
+    SQLite without a zone suffix, which a plain parameter would add)."""
+    return text(sql).bindparams(*(bindparam(k, type_=UTCDateTime()) for k, v in params.items() if isinstance(v, datetime)))
 
 
 @contextmanager

@@ -44,6 +44,15 @@ def among(column, ids: Iterable[int], bind: Engine | Connection | Session | bool
     return column.in_(list(ids))
 
 
+def ids_where(ids: Sequence[int], pg: bool, column: str = "id", name: str = "ids") -> tuple[str, dict]:
+    """`column` among these integer ids, for a statement written as text: (its condition, its
+    parameters). One array parameter on PostgreSQL (the same text whatever the count, as `among`),
+    the ids themselves on SQLite (which has no arrays)."""
+    if pg:
+        return f"{column} = ANY(CAST(:{name} AS integer[]))", {name: list(ids)}
+    return f"{column} IN ({','.join(str(int(i)) for i in ids) or 'NULL'})", {}
+
+
 def keyset(query: Select, key, limit: int | None = None, marker=None) -> Select:
     """`query` in ascending `key` order, from just after `marker` (the last key of the previous
     page), at most `limit` rows: keyset paging, which costs the same on every page (no OFFSET)

@@ -48,8 +48,8 @@ from pathlib import Path
 from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.orm import Session, defer
 
-from crowbar.db.events import record
-from crowbar.db.sql import among, chunks
+from crowbar.db.events import record, record_changes
+from crowbar.db.sql import among, chunks, ids_where
 from crowbar.db.models import AgentJob, Node, NodeRole, Role, Run, Server, utcnow
 from crowbar.db.session import Database
 from crowbar.documents import merge
@@ -187,24 +187,35 @@ class Annealer:
         contexts: list[RunContext] = []
         skipped: list[tuple[int, int, RunResult]] = []
         with self.db.session() as s:
-            lock = " FOR UPDATE OF nr SKIP LOCKED" if self.db.postgresql else ""
-            rows = s.execute(text(RUNNABLE_SQL.rstrip() + lock), {"limit": limit * 2}).all()
+            pg = self.db.postgresql
+            rows = s.execute(text(RUNNABLE_SQL), {"limit": limit * 2}).all()
             picked: dict[int, int] = {}
             for nr_id, node_id in rows:
                 if node_id not in picked and len(picked) < limit:
                     picked[node_id] = nr_id
-            if not picked:
-                return 0
-            if self.db.postgresql:
-                # Another server may have claimed work on these nodes since our snapshot; lock them and re-check.
+            if pg and picked:
+                # Several servers: each claim holds its nodes (those another claim holds are skipped)
+                # before it moves their noderoles, so two never claim on one node at once.
                 locked = set(s.scalars(text("SELECT id FROM nodes WHERE id = ANY(:ids) FOR UPDATE SKIP LOCKED"),
                                        {"ids": list(picked)}))
-                busy = set(s.scalars(text("SELECT node_id FROM node_roles WHERE node_id = ANY(:ids) AND state IN "
-                                          "('transition', 'error')"), {"ids": list(locked)}))
-                picked = {n: i for n, i in picked.items() if n in locked and n not in busy}
-                if not picked:
-                    return 0
-            ids, pg = sorted(picked.values()), self.db.postgresql
+                picked = {n: i for n, i in picked.items() if n in locked}
+            if not picked:
+                return 0
+            # The claim itself, read again under those locks: still todo, and no other noderole of
+            # its node claimed (or failed) since the read above (another server's claim committed).
+            where, params = ids_where(sorted(picked.values()), pg)
+            nodes_where, node_ids = ids_where(sorted(picked), pg, "b.node_id", "nodes")
+            claimed = record_changes(s, (
+                f"UPDATE node_roles SET state = 'transition', updated_at = :now WHERE {where} AND state = 'todo' "
+                f"AND node_id NOT IN (SELECT b.node_id FROM node_roles b WHERE {nodes_where} "
+                "AND b.state IN ('transition', 'error')) RETURNING id, state"), params | node_ids | {"now": utcnow()},
+                {"object_type": "noderole", "action": "claim", "from_state": State.TODO.value, "actor": self.actor,
+                 "message": f"server {self.server_id}"})
+            if not claimed:
+                return 0
+            claimed_ids = {i for i, _state in claimed}
+            picked = {n: i for n, i in picked.items() if i in claimed_ids}
+            ids = sorted(claimed_ids)
             # Whole rows but for the JSON columns a run does not read (what is proposed, power settings).
             noderoles = list(s.scalars(select(NodeRole).options(defer(NodeRole.proposed))
                                        .where(among(NodeRole.id, ids, pg)).order_by(NodeRole.cohort, NodeRole.id)))
@@ -220,8 +231,6 @@ class Annealer:
                         select(NodeRole.node_id, NodeRole.deployment_id, Role.name).join(Role, Role.id == NodeRole.role_id)
                         .where(among(NodeRole.node_id, part, pg)).order_by(NodeRole.id)):
                     held.setdefault((node_id, dep_id), []).append(role_name)
-            graph.set_states(s, {State.TRANSITION.value: [(nr.id, nr.state) for nr in noderoles]},
-                             self.actor, "claim", f"server {self.server_id}")
             for run_id, nr in zip(self._insert_runs(s, noderoles, attrs), noderoles):
                 role: Role = docs.roles[nr.role_id]
                 node = nodes[nr.node_id]

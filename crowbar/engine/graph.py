@@ -31,7 +31,7 @@ from crowbar.db.models import (
     utcnow,
 )
 from crowbar.db.events import record, record_changes
-from crowbar.db.sql import among, chunks, is_postgresql
+from crowbar.db.sql import among, chunks, ids_where, is_postgresql
 from crowbar.engine import states
 from crowbar.engine.states import State
 from crowbar.errors import Conflict, InvalidInput, NotFound
@@ -40,21 +40,23 @@ from crowbar.errors import Conflict, InvalidInput, NotFound
 LIGHT = (NodeRole.id, NodeRole.node_id, NodeRole.role_id, NodeRole.deployment_id, NodeRole.state, NodeRole.cohort)
 def set_states(session: Session, changes: dict[str, list[tuple[int, str]]], actor: str, action: str,
                message: str = "") -> None:
-    """Move noderoles to new states in bulk: {to_state: [(id, from_state), ...]}, with events.
-    A move the state rules do not allow raises IllegalTransition (checked once per distinct from-state)."""
+    """Move noderoles to new states in bulk: {to_state: [(id, from_state), ...]}, with events (in
+    the same statement on PostgreSQL: db.events.record_changes). A move the state rules do not
+    allow raises IllegalTransition (checked once per distinct from-state)."""
     now, pg = utcnow(), is_postgresql(session)
     for to_state, pairs in changes.items():
-        for src in {p[1] for p in pairs}:
+        by_from: dict[str, list[int]] = {}
+        for nr_id, src in pairs:
+            by_from.setdefault(src, []).append(nr_id)
+        for src, ids in by_from.items():
             states.check(src, to_state)
-        for part in chunks([p[0] for p in pairs]):
-            session.execute(
-                update(NodeRole.__table__).where(among(NodeRole.id, part, pg)).values(state=to_state, updated_at=now)
-            )
-        record(session, [
-            {"object_type": "noderole", "object_id": nr_id, "action": action, "from_state": src,
-             "to_state": to_state, "actor": actor, "message": message}
-            for nr_id, src in pairs
-        ])
+            for part in chunks(ids):
+                where, params = ids_where(part, pg)
+                record_changes(session, f"UPDATE node_roles SET state = :to, updated_at = :now WHERE {where} "
+                                        "RETURNING id, state", params | {"to": to_state, "now": now},
+                               {"object_type": "noderole", "action": action, "from_state": src, "actor": actor,
+                                "message": message, "at": now})
+
 
 
 def parents_all_active_sql(alias: str = "c") -> str:
@@ -207,7 +209,8 @@ def commit_noderoles(session: Session, deployment_id: int, actor: str, made: Seq
             return 0
         hold_parents(session, proposed)
         for part in chunks(proposed):
-            _commit_rows(session, f"id IN ({','.join(str(int(i)) for i in part)})", params, committed, ready)
+            where, ids = ids_where(part, is_postgresql(session))
+            _commit_rows(session, where, params | ids, committed, ready)
         done = set(committed)
         for nr in made:
             if isinstance(nr, Made) and nr.id in done:

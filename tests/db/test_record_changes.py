@@ -7,12 +7,13 @@ back."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from crowbar.db.events import batched, record, record_changes
-from crowbar.db.models import Event, Node
+from crowbar.db.models import Event, Node, utcnow
 from crowbar.services import nodes
 
 CHANGE = "UPDATE nodes SET state = :to WHERE name LIKE :like RETURNING id, state"
@@ -52,6 +53,21 @@ def test_each_changed_row_gets_its_event_and_comes_back(db):
     assert sorted(e.object_id for e in got) == ids
     assert {(e.object_type, e.from_state, e.to_state, e.actor, e.message) for e in got} == \
         {("node", "ready", "allocated", "tester", "why")}
+
+
+def test_a_time_parameter_is_written_as_the_models_write_times(db):
+    _nodes(db, "tm", 1)
+    at = utcnow() - timedelta(days=1)
+    with db.session() as s:
+        record_changes(s, "UPDATE nodes SET state_changed_at = :at, state = 'allocated' WHERE name LIKE 'tm%' "
+                          "RETURNING id, state", {"at": at}, EVENT)
+    with db.session() as s:
+        raw, written_by_orm = s.execute(text("SELECT state_changed_at, created_at FROM nodes WHERE name LIKE 'tm%'")).one()
+        assert type(raw) is type(written_by_orm)
+        if isinstance(raw, str):  # SQLite: the same text form (no zone suffix), so they sort and compare as times
+            assert len(raw) == len(written_by_orm) and "+" not in raw, (raw, written_by_orm)
+        node = s.scalar(select(Node).where(Node.name.like("tm%")))
+        assert abs((node.state_changed_at - at).total_seconds()) < 1
 
 
 def test_nothing_changed_records_nothing(db):
