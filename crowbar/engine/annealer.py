@@ -204,15 +204,20 @@ class Annealer:
                 picked = {n: i for n, i in picked.items() if n in locked}
             if not picked:
                 return 0
-            # The claim itself, read again under those locks: no other noderole of its node claimed
-            # (or failed) since the read above (another server's claim of a row this one had not
-            # read, committed since), and still todo (which the row lock already ensures).
+            # The claim itself. On PostgreSQL it reads them again under those locks: no other
+            # noderole of its node claimed (or failed) since the read above (another server's claim
+            # of a row this one had not read, committed since), and still todo (which the row lock
+            # already ensures). SQLite's transaction holds the one write lock from its start.
             where, params = ids_where(sorted(picked.values()), pg)
-            nodes_where, node_ids = ids_where(sorted(picked), pg, "b.node_id", "nodes")
-            claimed = record_changes(s, (
-                f"UPDATE node_roles SET state = 'transition', updated_at = :now WHERE {where} AND state = 'todo' "
-                f"AND node_id NOT IN (SELECT b.node_id FROM node_roles b WHERE {nodes_where} "
-                "AND b.state IN ('transition', 'error')) RETURNING id, state"), params | node_ids | {"now": utcnow()},
+            recheck = ""
+            if pg:
+                nodes_where, node_ids = ids_where(sorted(picked), pg, "b.node_id", "nodes")
+                recheck = (f" AND state = 'todo' AND node_id NOT IN (SELECT b.node_id FROM node_roles b "
+                           f"WHERE {nodes_where} AND b.state IN ('transition', 'error'))")
+                params |= node_ids
+            claimed = record_changes(
+                s, f"UPDATE node_roles SET state = 'transition', updated_at = :now WHERE {where}{recheck} RETURNING id, state",
+                params | {"now": utcnow()},
                 {"object_type": "noderole", "action": "claim", "from_state": State.TODO.value, "actor": self.actor,
                  "message": f"server {self.server_id}"})
             if not claimed:
