@@ -2,7 +2,7 @@
 graph, noop jig) by 1, 2, 4... real `crowbar server` processes sharing the database.
 
     python benchmarks/servers.py --postgres URL [--nodes 10000] [--servers 1 2 4] [--workers 8]
-                                 [--repeat 1] [--json FILE] [--markdown]
+                                 [--repeat 1] [--code LABEL=TREE ...] [--json FILE] [--markdown]
 
 Each case gets a fresh database, a copy of one made once per size (so every round starts from the
 same rows and statistics): the nodes are created and bound in this process (not timed), then the
@@ -15,6 +15,11 @@ runs, PostgreSQL's CPU seconds (its backends: the children of the cluster's post
 through --pg-data, or every `postgres` process of this machine), how busy the machine's cores
 were (/proc/stat: the limit is there when they are all busy), the database's commits per second,
 and how many of its backends waited for a lock (pg_stat_activity, sampled every 0.2 s).
+
+`--code LABEL=TREE` (given twice or more) compares source trees (a `git worktree` each): every
+case runs once per tree, its servers on that tree (PYTHONPATH), the trees' order reversed every
+other round, so that the machine's drift falls on all of them alike. The database is set up by
+this script's own tree: the trees must share its schema (no migration between them).
 """
 
 from __future__ import annotations
@@ -96,10 +101,12 @@ def prepared(url: str, n: int) -> float:
     return setup_s
 
 
-def run_case(url: str, n: int, count: int, workers: int, pg_data: Path | None, setup_s: float) -> dict:
+def run_case(url: str, n: int, count: int, workers: int, pg_data: Path | None, setup_s: float,
+             tree: str | None = None) -> dict:
     db = Database(url)
+    env = {"PYTHONPATH": tree} if tree else None  # the servers' code (--code), else this one's
     with tempfile.TemporaryDirectory(prefix="crowbar-servers-bench-") as tmp:
-        servers = [LocalServer(Path(tmp) / f"s{i}", database=url, workers=workers) for i in range(count)]
+        servers = [LocalServer(Path(tmp) / f"s{i}", database=url, workers=workers, env=env) for i in range(count)]
         try:
             for server in servers:
                 server.start()
@@ -150,18 +157,18 @@ def run_case(url: str, n: int, count: int, workers: int, pg_data: Path | None, s
 
 
 def markdown(rows: list[dict]) -> str:
-    ones: dict[int, list[float]] = {}
+    ones: dict[tuple, list[float]] = {}
     for r in rows:
         if r["servers"] == 1:
-            ones.setdefault(r["nodes"], []).append(r["anneal_s"])
-    one = {n: sum(v) / len(v) for n, v in ones.items()}  # the mean of the runs of one server
-    lines = ["| servers | nodes | noderoles | anneal s | noderoles/s | vs 1 server (mean) | servers' CPU s | "
+            ones.setdefault((r.get("code"), r["nodes"]), []).append(r["anneal_s"])
+    one = {k: sum(v) / len(v) for k, v in ones.items()}  # the mean of the runs of one server
+    lines = ["| code | servers | nodes | noderoles | anneal s | noderoles/s | vs 1 server (mean) | servers' CPU s | "
              "PostgreSQL CPU s | cores busy | commits/s | lock waiters max / mean | runs per server |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = one.get(r["nodes"])
+        base = one.get((r.get("code"), r["nodes"]))
         speedup = f"{base / r['anneal_s']:.2f}x" if base else "-"
-        lines.append(f"| {r['servers']} | {r['nodes']:,} | {r['noderoles']:,} | {r['anneal_s']} | "
+        lines.append(f"| {r.get('code') or '-'} | {r['servers']} | {r['nodes']:,} | {r['noderoles']:,} | {r['anneal_s']} | "
                      f"{r['noderoles_per_s']:,} | {speedup} | "
                      f"{' + '.join(str(c) for c in r['server_cpu_s'])} | {r['postgres_cpu_s']} | "
                      f"{r['machine_busy_pct']}% of {r['cores']} | {r.get('commits_per_s', '-')} | "
@@ -179,9 +186,14 @@ def main() -> None:
     ap.add_argument("--servers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--workers", type=int, default=8, help="each server's annealer workers")
     ap.add_argument("--repeat", type=int, default=1, help="rounds of every case, alternating")
+    ap.add_argument("--code", action="append", metavar="LABEL=TREE",
+                    help="run every case with its servers on this source tree, and on each other one named (see above)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
+    codes = [tuple(c.split("=", 1)) for c in args.code or []] or [(None, None)]
+    if any(len(c) != 2 or not Path(c[1], "crowbar").is_dir() for c in codes if c[0] is not None):
+        sys.exit("--code wants LABEL=TREE, TREE a source tree with crowbar/ in it")
     rows, templates, setup_s, drops = [], {}, {}, []  # per size: the template's URL, its setup seconds
     try:
         for n in args.nodes:
@@ -189,16 +201,19 @@ def main() -> None:
             templates[n], drop = fresh_postgres(args.postgres, "crowbar_servers_template")
             drops.append(drop)
             setup_s[n] = prepared(templates[n], n)
-        for _ in range(args.repeat):
+        for round_ in range(args.repeat):
             for n in args.nodes:
-                for count in args.servers:
-                    url, drop = fresh_postgres(args.postgres, "crowbar_servers", template=templates[n])
-                    try:
-                        print(f"{n} nodes, {count} server(s):", file=sys.stderr, flush=True)
-                        rows.append(run_case(url, n, count, args.workers, args.pg_data, setup_s[n]))
-                    finally:
-                        drop()
-                    print(json.dumps(rows[-1]), flush=True)
+                for label, tree in codes if round_ % 2 == 0 else codes[::-1]:
+                    for count in args.servers:
+                        url, drop = fresh_postgres(args.postgres, "crowbar_servers", template=templates[n])
+                        try:
+                            print(f"{n} nodes, {count} server(s){f', code {label}' if label else ''}:",
+                                  file=sys.stderr, flush=True)
+                            rows.append(run_case(url, n, count, args.workers, args.pg_data, setup_s[n], tree)
+                                        | ({"code": label} if label else {}))
+                        finally:
+                            drop()
+                        print(json.dumps(rows[-1]), flush=True)
     finally:
         for drop in drops:
             drop()

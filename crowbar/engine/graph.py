@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sqlalchemy import bindparam, delete, insert, select, text, update
+from sqlalchemy import bindparam, delete, insert, select, text
 from sqlalchemy.orm import Session, load_only
 
 from crowbar.db.models import (
@@ -56,7 +56,6 @@ def set_states(session: Session, changes: dict[str, list[tuple[int, str]]], acto
                                         "RETURNING id, state", params | {"to": to_state, "now": now},
                                {"object_type": "noderole", "action": action, "from_state": src, "actor": actor,
                                 "message": message, "at": now})
-
 
 
 def parents_all_active_sql(alias: str = "c") -> str:

@@ -196,7 +196,9 @@ def test_past_the_bound_a_poll_is_answered_at_once(served):
     api = served(agent_waiters=1)
     waiters = api.app.state.agent_waiters
     one, two = (discover(api, inventory(i)).json() for i in (1, 2))
-    first = held(api, one["token"], 3)
+    # Held 6 s: long enough for the next poll to find it held on a loaded machine (with 3 s the
+    # first of two polls of one node could end before the second was held, under the full suite)
+    first = held(api, one["token"], 6)
     until(lambda: waiters.waiting == 1)
     started = time.monotonic()
     r = api.get(f"{V2}/agent/next", headers=agent(two["token"], 30))
@@ -207,7 +209,7 @@ def test_past_the_bound_a_poll_is_answered_at_once(served):
     # one node's token holds at most PER_NODE polls, whatever the limit
     many = served()
     node = discover(many, inventory(3)).json()
-    polls = [held(many, node["token"], 3) for _ in range(longpoll.PER_NODE)]
+    polls = [held(many, node["token"], 6) for _ in range(longpoll.PER_NODE)]
     until(lambda: many.app.state.agent_waiters.waiting == longpoll.PER_NODE)
     r = many.get(f"{V2}/agent/next", headers=agent(node["token"], 30))
     assert r.json()["seconds"] >= 1 and "preference-applied" not in r.headers
