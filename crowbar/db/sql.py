@@ -46,11 +46,13 @@ def among(column, ids: Iterable[int], bind: Engine | Connection | Session | bool
 
 def ids_where(ids: Sequence[int], pg: bool, column: str = "id", name: str = "ids") -> tuple[str, dict]:
     """`column` among these integer ids, for a statement written as text: (its condition, its
-    parameters). One array parameter on PostgreSQL (the same text whatever the count, as `among`),
-    the ids themselves on SQLite (which has no arrays)."""
+    parameters). One array parameter on PostgreSQL (the same text whatever the count, as `among`);
+    on SQLite, which has no arrays, an IN list the statement expands (a list parameter: see
+    db.events.record_changes), so that its text too stays the same and is compiled once."""
     if pg:
         return f"{column} = ANY(CAST(:{name} AS integer[]))", {name: list(ids)}
-    return f"{column} IN ({','.join(str(int(i)) for i in ids) or 'NULL'})", {}
+    return f"{column} IN :{name}", {name: list(ids)}
+
 
 
 def keyset(query: Select, key, limit: int | None = None, marker=None) -> Select:

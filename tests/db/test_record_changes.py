@@ -7,6 +7,7 @@ back."""
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import event, select, text
 
 from crowbar.db.events import batched, record, record_changes
 from crowbar.db.models import Event, Node, utcnow
+from crowbar.db.sql import ids_where
 from crowbar.services import nodes
 
 CHANGE = "UPDATE nodes SET state = :to WHERE name LIKE :like RETURNING id, state"
@@ -120,3 +122,25 @@ def test_a_rolled_back_change_leaves_no_event_and_no_log_line(db, caplog):
         assert s.scalars(select(Event.id).where(Event.action == "relabel")).all() == []
         assert set(s.scalars(select(Node.state).where(Node.name.like("rb%")))) == {"ready"}
     assert not [r for r in caplog.records if "relabel" in r.getMessage()]
+
+
+@pytest.mark.parametrize("inside_batched", [False, True])
+def test_a_list_of_ids_is_one_array_or_an_in_list_whatever_the_count(db, inside_batched):
+    """db.sql.ids_where in a change: an array parameter on PostgreSQL, an expanded IN list on
+    SQLite, in and out of `batched` (whose path on PostgreSQL is SQLite's), one statement text
+    whatever the number of ids."""
+    ids = _nodes(db, "ids", 6)
+    seen, stop = _statements(db)
+    try:
+        for part in (ids[:1], ids[1:6]):
+            with db.session() as s, (batched(s) if inside_batched else nullcontext()):
+                where, params = ids_where(part, db.postgresql)
+                got = record_changes(s, f"UPDATE nodes SET state = :to WHERE {where} RETURNING id, state",
+                                     params | {"to": "allocated"}, EVENT)
+                assert sorted(got) == [(i, "allocated") for i in part]
+    finally:
+        stop()
+    updates = {t for t in seen if t.lstrip().startswith(("UPDATE nodes", "WITH changed"))}
+    assert len(updates) == (1 if db.postgresql else 2), updates  # SQLite: a placeholder per id
+    with db.session() as s:
+        assert sorted(s.scalars(select(Event.object_id).where(Event.action == "relabel"))) == ids
