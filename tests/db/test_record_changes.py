@@ -11,7 +11,8 @@ from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
+from sqlkit import statements
 
 from crowbar.db.events import batched, record, record_changes
 from crowbar.db.models import Event, Node, utcnow
@@ -27,20 +28,10 @@ def _nodes(db, prefix, count):
         return sorted(n.id for n in nodes.add_nodes(s, [{"name": f"{prefix}{i}.example.com"} for i in range(count)]))
 
 
-def _statements(db):
-    seen: list[str] = []
-
-    def before(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", before)
-    return seen, lambda: event.remove(db.engine, "before_cursor_execute", before)
-
-
 def test_each_changed_row_gets_its_event_and_comes_back(db):
     ids = _nodes(db, "rc", 5)
     _nodes(db, "other", 2)  # not matched: no event
-    seen, stop = _statements(db)
+    seen, stop = statements(db)
     try:
         with db.session() as s:
             rows = record_changes(s, CHANGE, {"to": "allocated", "like": "rc%"}, EVENT)
@@ -130,7 +121,7 @@ def test_a_list_of_ids_is_one_array_or_an_in_list_whatever_the_count(db, inside_
     SQLite, in and out of `batched` (whose path on PostgreSQL is SQLite's), one statement text
     whatever the number of ids."""
     ids = _nodes(db, "ids", 6)
-    seen, stop = _statements(db)
+    seen, stop = statements(db)
     try:
         for part in (ids[:1], ids[1:6]):
             with db.session() as s, (batched(s) if inside_batched else nullcontext()):

@@ -6,22 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
+from sqlkit import statements
 
 from crowbar.db.events import record
 from crowbar.db.models import Event, Node, utcnow
 from crowbar.db.sql import among
 from crowbar.services import nodes
-
-
-def _statements(db):
-    seen: list[str] = []
-
-    def before(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", before)
-    return seen, lambda: event.remove(db.engine, "before_cursor_execute", before)
 
 
 def test_among_selects_exactly_the_rows_named(db):
@@ -39,7 +30,7 @@ def test_among_selects_exactly_the_rows_named(db):
 def test_among_is_one_statement_text_whatever_the_number_of_ids(db):
     with db.session() as s:
         ids = sorted(n.id for n in nodes.add_nodes(s, [{"name": f"text{i}.example.com"} for i in range(30)]))
-    seen, stop = _statements(db)
+    seen, stop = statements(db)
     try:
         with db.session() as s:
             for count in (1, 7, 30):
@@ -56,7 +47,7 @@ def test_many_events_are_written_whole_in_one_statement(db):
              "to_state": "active", "actor": "tester", "message": f"n{i} 'quoted', {{braces}}", "at": at}
             for i in range(1500)]
     rows.append({"object_type": "deployment", "object_id": None, "action": "bench"})  # defaults filled in
-    seen, stop = _statements(db)
+    seen, stop = statements(db)
     try:
         with db.session() as s:
             record(s, rows)
@@ -84,7 +75,7 @@ def test_values_every_row_shares_are_bound_once_and_written_to_each_row(db):
     at = utcnow() - timedelta(minutes=5)
     same = {"object_type": "noderole", "action": "shared", "from_state": None, "to_state": "todo",
             "actor": "tester", "message": "a {brace} and a 'quote'", "at": at}
-    seen, stop = _statements(db)
+    seen, stop = statements(db)
     try:
         with db.session() as s:
             record(s, [same | {"object_id": i} for i in range(40)])  # only the ids differ

@@ -80,6 +80,19 @@ def _once_and_one_at_a_time(db) -> None:
     assert _states(db).count("transition") <= 1
 
 
+def _claim_meanwhile(db, claimer: Annealer, action) -> int:
+    """`claimer`'s claim, with `action` run once it has read what is runnable and before it holds
+    anything: how many it claimed. Checks that the action ran, and what no interleaving may break."""
+    fired, stop = _meanwhile(db, action)
+    try:
+        claimed = claimer.claim_step()
+    finally:
+        stop()
+    assert fired
+    _once_and_one_at_a_time(db)
+    return claimed
+
+
 @pytest.mark.postgresql
 def test_a_node_whose_other_noderole_another_server_ran_meanwhile_runs_each_once(racing):
     db, (a, b) = racing
@@ -88,26 +101,14 @@ def test_a_node_whose_other_noderole_another_server_ran_meanwhile_runs_each_once
         assert b.claim_step() == 1
         assert b.apply(block=10) == 1
 
-    fired, stop = _meanwhile(db, b_runs_it)
-    try:
-        assert a.claim_step() == 1  # the node is idle again: A claims what it read
-    finally:
-        stop()
-    assert fired
-    _once_and_one_at_a_time(db)
+    assert _claim_meanwhile(db, a, b_runs_it) == 1  # the node is idle again: A claims what it read
     assert _states(db).count("active") == 1 and _runs(db) == 2
 
 
 @pytest.mark.postgresql
 def test_a_node_another_server_claimed_on_meanwhile_is_busy(racing):
     db, (a, b) = racing
-    fired, stop = _meanwhile(db, lambda: b.claim_step() == 1 or pytest.fail("B claimed nothing"))
-    try:
-        assert a.claim_step() == 0  # the node is busy with B's claim
-    finally:
-        stop()
-    assert fired
-    _once_and_one_at_a_time(db)
+    assert _claim_meanwhile(db, a, lambda: b.claim_step() == 1 or pytest.fail("B claimed nothing")) == 0
     assert _states(db).count("transition") == 1 and _runs(db) == 1
 
 

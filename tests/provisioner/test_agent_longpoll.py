@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
+from sqlkit import statements
 
 from crowbar.api import longpoll
 from crowbar.api.app import create_app
@@ -294,23 +294,12 @@ def test_the_discovery_agent_long_polls(db, admin_token, tmp_path):
     assert proc.returncode == 42 and "rebooting" in out and "RESTART-MACHINE" in out, out
 
 
-def _statements(db):
-    """A list that collects the SQL statements run on `db` from now on, and a function that stops it."""
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", count)
-    return seen, lambda: event.remove(db.engine, "before_cursor_execute", count)
-
-
 def test_a_poll_straight_back_from_a_quiet_hold_skips_its_read_and_the_next_one_reads(served, db):
     api = served()
     waiters = api.app.state.agent_waiters
     token = discover(api, INVENTORY).json()["token"]
     assert held(api, token, 2).result(10)[0].json() == {"action": "wait", "seconds": 0}
-    seen, stop = _statements(db)
+    seen, stop = statements(db)
     try:
         r, took = held(api, token, 2).result(10)  # back at once: no read, held all the same
         assert r.json() == {"action": "wait", "seconds": 0} and took >= 1.4
@@ -569,7 +558,7 @@ def test_writes_together_write_their_events_in_one_insert_and_a_refused_one_leav
 
     items = [(found[0]["token"], noted("first")), (found[1]["token"], noted("second", refuse=True)),
              (found[2]["token"], noted("third"))]
-    seen, stop = _statements(db)
+    seen, stop = statements(db)
     try:
         answers = routes.write_together(api.app.state.settings, items)
     finally:
