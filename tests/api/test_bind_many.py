@@ -10,7 +10,7 @@ import json
 import pytest
 import test_cli_lists
 from click.testing import CliRunner
-from sqlalchemy import event
+from sqlkit import statements
 
 from crowbar.cli import main
 from crowbar.services import attribs, nodes
@@ -43,17 +43,12 @@ def bind(api, body: dict, deployment: str = "d1"):
 
 
 def test_a_list_of_nodes_is_bound_in_one_call_sharing_parents(world, db):
-    inserts = []
-
-    def count(conn, cursor, statement, params, context, executemany):
-        if statement.lstrip().upper().startswith("INSERT INTO NODE_ROLES"):
-            inserts.append(statement)
-
-    event.listen(db.engine, "before_cursor_execute", count)
+    sent, stop = statements(db)
     try:
         r = bind(world, {"role": "test-client-client", "nodes": NODES[:4] + [NODES[0]]})  # n1 twice: once
     finally:
-        event.remove(db.engine, "before_cursor_execute", count)
+        stop()
+    inserts = [s for s in sent if s.lstrip().upper().startswith("INSERT INTO NODE_ROLES")]
     assert r.status_code == 201, r.text
     body = r.json()
     assert [nr["node"] for nr in body["noderoles"]] == NODES[:4]

@@ -4,6 +4,7 @@ the nodes list's disk filter and column, each node's power state."""
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlkit import statements
 
 from crowbar.db.models import Node, PowerRequest, utcnow
 
@@ -91,8 +92,6 @@ def test_power_state_from_the_latest_requests(api, db):
 
 
 def test_power_state_reads_a_page_in_a_fixed_number_of_queries(api, db):
-    from sqlalchemy import event
-
     from crowbar.services import power_state
 
     with db.session() as s:
@@ -102,13 +101,11 @@ def test_power_state_reads_a_page_in_a_fixed_number_of_queries(api, db):
         for node_id in ids:
             for action in ("on", "status", "cycle"):
                 s.add(PowerRequest(node_id=node_id, action=action, state="succeeded", result="on", actor="t"))
-    statements = []
-    listen = lambda *a: statements.append(a[2])  # noqa: E731
-    event.listen(db.engine, "before_cursor_execute", listen)
+    sent, stop = statements(db)
     try:
         with db.session() as s:
             out = power_state.states(s, ids)
     finally:
-        event.remove(db.engine, "before_cursor_execute", listen)
+        stop()
     assert len(out) == len(ids) and {v["state"] for v in out.values()} == {"on"}
-    assert len([x for x in statements if "power_requests" in x]) == 1, statements  # one per 500 nodes
+    assert len([x for x in sent if "power_requests" in x]) == 1, sent  # one per 500 nodes

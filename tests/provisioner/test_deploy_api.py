@@ -14,12 +14,12 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event
 
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
 from crowbar.db.models import AgentJob
 from discoverykit import INVENTORY, discover
+from sqlkit import statements
 
 GIB = 1 << 30
 DIGEST = "ab" * 32
@@ -180,11 +180,6 @@ def test_each_agent_request_writes_its_node_once_and_its_events_last(dapi, store
     name, token = node["node"], node["token"]
     assert dapi.get("/api/v2/agent/next", headers=agent(token)).json() == {"action": "reboot"}
     assert dapi.post(f"/api/v2/nodes/{name}/deploy").status_code == 200
-    seen: list[str] = []
-
-    def keep(conn, cursor, statement, *args):
-        seen.append(" ".join(statement.split()[:3]).upper())
-
     requests = [("take job", lambda: dapi.get("/api/v2/agent/next", headers=agent(token)))]
     job = {}
     requests += [(phase, lambda phase=phase: dapi.post(f"/api/v2/agent/progress/{job['job']}", headers=agent(token),
@@ -196,19 +191,20 @@ def test_each_agent_request_writes_its_node_once_and_its_events_last(dapi, store
     requests += [(step, lambda step=step: dapi.post("/api/v2/agent/booted", json={"step": step, "boot_id": "b1"},
                                                     headers=agent(token)))
                  for step in ("booted", "ready")]
-    event.listen(db.engine, "before_cursor_execute", keep)
+    sent, stop = statements(db)
     try:
         for what, send in requests:
-            seen.clear()
+            sent.clear()
             r = send()
             assert r.status_code == 200, (what, r.text)
             if what == "take job":
                 job = r.json()
+            seen = [" ".join(statement.split()[:3]).upper() for statement in sent]
             writes = [s for s in seen if s.startswith(("UPDATE", "INSERT"))]
             assert sum(s.startswith("UPDATE NODES") for s in writes) == 1, (what, seen)
             assert writes[-1].startswith("INSERT INTO EVENTS") and writes.count(writes[-1]) == 1, (what, seen)
     finally:
-        event.remove(db.engine, "before_cursor_execute", keep)
+        stop()
     shown = dapi.get(f"/api/v2/nodes/{name}").json()
     assert shown["state"] == "ready"
     events = dapi.get("/api/v2/events", params={"object_type": "node", "object_id": shown["id"]}).json()["items"]
@@ -582,8 +578,6 @@ def test_a_bulk_deploys_statements_do_not_grow_with_its_nodes(dapi, store, db):
     all its nodes together: deploying three sends no more SQL statements than deploying one (but
     the ORM's INSERT of each job, which learns its id), and each node in the answer shows its tags
     as the node's own page does."""
-    from tests.provisioner.test_agent_longpoll import _statements
-
     make_image(store)
     rules = "rules:\n  - {name: everyone, when: \"name != ''\", tags: [rack-1]}\ndefault: {os: debian-12, tags: [std]}\n"
     assert dapi.put("/api/v2/os_rules", json={"rules": rules}).status_code == 200
@@ -594,7 +588,7 @@ def test_a_bulk_deploys_statements_do_not_grow_with_its_nodes(dapi, store, db):
         made.append(body["node"])
     counts = []
     for group in (made[:1], made[1:2], made[2:]):  # the first warms the server's caches
-        seen, stop = _statements(db)
+        seen, stop = statements(db)
         try:
             r = dapi.post("/api/v2/nodes/deploy", json={"nodes": group, "allocate": True})
         finally:
