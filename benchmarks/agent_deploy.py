@@ -39,7 +39,7 @@ from crowbar.db.models import Node
 from crowbar.db.session import Database
 from crowbar.lab.fleet import HOST_KEY, _mac, fake_image_store, inventory
 from crowbar.provisioner.discovery import TokenBucket
-from crowbar.services import bootstrap, install, provisioning
+from crowbar.services import allocation, bootstrap, install, provisioning
 from crowbar.services.network.changes import update_network
 from deploy_plan import ADMIN_16
 
@@ -87,7 +87,7 @@ async def run(url: str, n: int, profile: Path | None) -> dict:
                     tokens.append(found["token"])
         for start in range(0, n, BATCH):
             with db.session() as s:
-                provisioning.allocate_many(s, names[start:start + BATCH])
+                allocation.allocate_many(s, names[start:start + BATCH])
                 install.deploy(s, names[start:start + BATCH], None, ctx)
         statements = [0]
 

@@ -25,7 +25,7 @@ from _postgres import append_json, each_case
 
 from crowbar.db.session import Database
 from crowbar.lab.fleet import _mac, fake_image_store, inventory
-from crowbar.services import bootstrap, install, provisioning
+from crowbar.services import allocation, bootstrap, install, provisioning
 from crowbar.services.network.changes import update_network
 
 ADMIN_16 = {"subnet": "10.128.0.0/16", "router": "10.128.0.1",
@@ -52,7 +52,7 @@ def run_case(n: int, database: str | None, batch: int) -> dict:
         t1 = time.perf_counter()
         for start in range(0, n, batch):
             with db.session() as s:
-                provisioning.allocate_many(s, names[start:start + batch])
+                allocation.allocate_many(s, names[start:start + batch])
         t2, c2 = time.perf_counter(), time.process_time()
         for start in range(0, n, batch):
             with db.session() as s:

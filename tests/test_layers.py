@@ -17,12 +17,14 @@ Two rules more:
 - clients talk HTTP: a client module imports nothing server-side (nothing outside the clients but
   crowbar.config and crowbar.procs), except crowbar/cli/local.py, the one home of what the local commands (server,
   db upgrade, images build-discovery, lab) run in their own process;
-- the machinery opens no database: no sqlalchemy, nothing of crowbar.db.
+- the machinery opens no database: no sqlalchemy, nothing of crowbar.db;
+and within a layer, no circle of imports (the web UI's ES modules too).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,3 +154,72 @@ def test_the_check_names_file_line_and_import_even_inside_a_function():
     assert offences(client) == ["a client imports server-side code (provisioner); only crowbar/cli/local.py may"]
     (pure,) = parse_imports("from sqlalchemy import select\n", "crowbar/barclamps/example.py")
     assert offences(pure) == ["barclamps is pure machinery and opens no database"]
+
+
+# -- no circles --------------------------------------------------------------------------------------
+# Within a layer too, imports form no circle: each module stands on the ones it imports, never on
+# itself through others (the web UI's ES modules alike). A circle is what a module reaching up for a
+# helper, a callback or a type makes; the cure is to move what both need below both.
+JS = PACKAGE / "web" / "static"
+JS_IMPORT = re.compile(r"""(?<![\w.$])import\s*(?:\(\s*|[^"'();]*?\bfrom\s*|)["'](\./[\w./-]+\.js)["']""", re.M)
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The circles of a graph of imports (its strongly connected parts of more than one module, and
+    modules that import themselves), each sorted, with Tarjan's algorithm."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            part = []
+            while True:
+                member = stack.pop()
+                part.append(member)
+                if member == node:
+                    break
+            if len(part) > 1 or node in graph.get(node, ()):
+                found.append(sorted(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def python_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in modules():
+        dotted = list(path.relative_to(ROOT).with_suffix("").parts)
+        name = ".".join(dotted[:-1] if dotted[-1] == "__init__" else dotted)
+        graph[name] = {imp.module for imp in imports(path)
+                       if imp.module.startswith("crowbar") and imp.module != name}
+    return graph
+
+
+def js_graph() -> dict[str, set[str]]:
+    return {path.name: {target.removeprefix("./") for target in JS_IMPORT.findall(path.read_text())}
+            for path in sorted(JS.glob("*.js"))}
+
+
+def test_no_module_imports_itself_through_others():
+    assert circles(python_graph()) == [], "modules of crowbar/ in a circle of imports"
+    assert js_graph(), f"no ES modules found in {JS}"
+    assert circles(js_graph()) == [], f"ES modules of {JS.relative_to(ROOT)} in a circle of imports"
+
+
+def test_the_circle_check_finds_a_circle_and_reads_every_kind_of_js_import():
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e"}}) == [["a", "b", "c"], ["e"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+    source = 'import { h } from "./kit.js";\nimport "./pages.js";\nPromise.all([import("./admin.js")]);\nconst y = "./no.js";\n'
+    assert JS_IMPORT.findall(source) == ["./kit.js", "./pages.js", "./admin.js"]

@@ -22,7 +22,7 @@ from crowbar.errors import CrowbarError, InvalidInput, NotFound
 from crowbar.provisioner import ipxe, lifecycle
 from crowbar.provisioner.discovery import MAX_INVENTORY_BYTES, NONCE_HEADER, parse_inventory, too_large
 from crowbar.provisioner import osimage
-from crowbar.services import auth, boot, install, os_images, provisioning, proxy
+from crowbar.services import allocation, auth, boot, install, os_images, provisioning, proxy
 
 # The routes booting machines use, by path prefix: the iPXE scripts and discovery image, the
 # discovery post, the agent's polls and job results.
@@ -57,13 +57,13 @@ class Deploy(BaseModel):
 
 
 class DeployMany(BaseModel):
-    nodes: list[str] = Field(max_length=provisioning.MAX_BULK)
+    nodes: list[str] = Field(max_length=allocation.MAX_BULK)
     os: str | None = None
     allocate: bool = Field(False, description="allocate the discovered ones first, in the same transaction")
 
 
 class AllocateMany(BaseModel):
-    nodes: list[str] = Field(max_length=provisioning.MAX_BULK)
+    nodes: list[str] = Field(max_length=allocation.MAX_BULK)
 
 
 class Release(BaseModel):
@@ -334,12 +334,12 @@ def boot_image(name: str, config: Settings):
 @admin_router.post("/nodes/allocate")
 def allocate_many(body: AllocateMany, s: UnitOfWork, who: Actor):
     """Allocate several discovered nodes at once: all of them, or none (one transaction)."""
-    return {"items": provisioning.allocate_many(s, body.nodes, actor=who)}
+    return {"items": allocation.allocate_many(s, body.nodes, actor=who)}
 
 
 @admin_router.post("/nodes/{key}/allocate")
 def allocate(key: str, s: UnitOfWork, who: Actor):
-    return provisioning.allocate(s, key, actor=who)
+    return allocation.allocate(s, key, actor=who)
 
 
 @admin_router.post("/nodes/{key}/approve")

@@ -156,10 +156,13 @@ def requeue(session: Session, ids: list[int], actor: str, why: str) -> None:
     if not ids:
         return
     hold_parents(session, ids)
-    rows = session.execute(select(NodeRole.id, NodeRole.state).where(NodeRole.id.in_(ids))).all()
-    ready = set(session.scalars(text(
-        f"SELECT c.id FROM node_roles c WHERE c.id IN ({','.join(str(i) for i in ids)}) "
-        f"AND {parents_all_active_sql('c')}")))
+    pg, rows, ready = is_postgresql(session), [], set()
+    for part in chunks(ids):
+        rows += session.execute(select(NodeRole.id, NodeRole.state).where(among(NodeRole.id, part, pg))).all()
+        where, params = ids_where(part, pg, "c.id")
+        statement = text(f"SELECT c.id FROM node_roles c WHERE {where} AND {parents_all_active_sql('c')}")
+        ready.update(session.scalars(statement if pg else statement.bindparams(bindparam("ids", expanding=True)),
+                                     params))
     set_states(session, {
         "todo": [(i, s) for i, s in rows if i in ready],
         "blocked": [(i, s) for i, s in rows if i not in ready],

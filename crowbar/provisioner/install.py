@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from crowbar.errors import InvalidInput
-from crowbar.provisioner.installers import OsInstaller
+from crowbar.provisioner.installers import InstallPlan, OsInstaller
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -147,20 +147,6 @@ def choose_root_disk(disks: Sequence[Mapping], hints: Mapping | None = None) -> 
 
 
 # --- the job ---
-
-@dataclass(frozen=True)
-class InstallPlan:
-    node: str             # the node's name (FQDN)
-    disk: str             # /dev/vda
-    disk_bytes: int
-    firmware: str         # bios | uefi
-    image_path: str       # where the server serves the image (the agent's $CROWBAR_URL is prefixed)
-    image_size: int       # bytes served (compressed)
-    image_sha256: str     # of the bytes served
-    fs_size: int          # bytes of the filesystem the root partition must hold
-    progress_path: str    # where the job posts its phases (the agent's token authenticates)
-    seed: Mapping[str, str]  # NoCloud seed files: meta-data, user-data, network-config
-
 
 def _heredoc(path: str, content: str, mode: str = "0644") -> str:
     marker = "CROWBAR_EOF"

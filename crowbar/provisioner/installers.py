@@ -21,15 +21,74 @@ they need of a node is handed to them.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from crowbar.provisioner.image import Progress
 
-if TYPE_CHECKING:
-    from crowbar.provisioner.install import InstallPlan
-    from crowbar.provisioner.osimage import OsImage, Recipe
+# --- what the plugins are handed and give back ---
 
+@dataclass(frozen=True)
+class Recipe:
+    """An OS recipe (crowbar/provisioner/os/<name>.toml) as `osimage.load_recipe` reads it: what an
+    image builder builds and which plugins build and install it."""
+
+    name: str
+    title: str
+    family: str
+    version: str
+    suite: str
+    arch: str
+    components: tuple[str, ...]
+    mirror: str
+    kernel: str
+    bootloader: str
+    first_boot: str
+    packages: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    # systemd units the packages enable that must not start at boot (roles start them)
+    disabled_services: tuple[str, ...] = ()
+    builder: str = "mmdebstrap"  # the image builder plugin (crowbar.image_builders)
+    installer: str = "image"     # the OS installer plugin (crowbar.os_installers)
+    source: str = ""  # the recipe file's text, part of the cache key
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "title": self.title, "family": self.family, "version": self.version,
+                "suite": self.suite, "arch": self.arch, "components": list(self.components),
+                "mirror": self.mirror, "kernel": self.kernel, "bootloader": self.bootloader,
+                "first_boot": self.first_boot, "packages": list(self.packages),
+                "disabled_services": list(self.disabled_services), "builder": self.builder,
+                "installer": self.installer}
+
+
+@dataclass(frozen=True)
+class OsImage:
+    """A built image in the store (osimage's docstring has the layout): what a builder gives back."""
+
+    name: str
+    digest: str
+    path: Path  # the root.img
+    manifest: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What an OS installer is handed for one node: made by crowbar.services.install."""
+
+    node: str             # the node's name (FQDN)
+    disk: str             # /dev/vda
+    disk_bytes: int
+    firmware: str         # bios | uefi
+    image_path: str       # where the server serves the image (the agent's $CROWBAR_URL is prefixed)
+    image_size: int       # bytes served (compressed)
+    image_sha256: str     # of the bytes served
+    fs_size: int          # bytes of the filesystem the root partition must hold
+    progress_path: str    # where the job posts its phases (the agent's token authenticates)
+    seed: Mapping[str, str]  # NoCloud seed files: meta-data, user-data, network-config
+
+
+# --- the plugins ---
 
 class OsInstaller(abc.ABC):
     """Installs an OS image on a node, as one job of its discovery agent."""

@@ -42,15 +42,14 @@ import tomllib
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from crowbar import plugins
 from crowbar.agent import installed_files
 from crowbar.errors import CrowbarError, NotFound
-from crowbar.provisioner.installers import ImageBuilder
+from crowbar.provisioner.image import Progress
+from crowbar.provisioner.installers import ImageBuilder, OsImage, Recipe
 
 RECIPES_DIR = Path(__file__).parent / "os"
 FORMAT = 1  # of what the builder writes: raise it when that changes (it is part of the cache key)
@@ -59,52 +58,11 @@ ROOT_IMAGE = "root.img.gz"
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
-Progress = Callable[[str, int, int], None]
-
-
 class OsImageError(CrowbarError):
     """The image cannot be built here (no mmdebstrap, no mirror, a failed step)."""
 
     status = 500
     kind = "os_image_build_failed"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    title: str
-    family: str
-    version: str
-    suite: str
-    arch: str
-    components: tuple[str, ...]
-    mirror: str
-    kernel: str
-    bootloader: str
-    first_boot: str
-    packages: tuple[str, ...]
-    exclude: tuple[str, ...] = ()
-    # systemd units the packages enable that must not start at boot (roles start them)
-    disabled_services: tuple[str, ...] = ()
-    builder: str = "mmdebstrap"  # the image builder plugin (crowbar.image_builders)
-    installer: str = "image"     # the OS installer plugin (crowbar.os_installers)
-    source: str = ""  # the recipe file's text, part of the cache key
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "title": self.title, "family": self.family, "version": self.version,
-                "suite": self.suite, "arch": self.arch, "components": list(self.components),
-                "mirror": self.mirror, "kernel": self.kernel, "bootloader": self.bootloader,
-                "first_boot": self.first_boot, "packages": list(self.packages),
-                "disabled_services": list(self.disabled_services), "builder": self.builder,
-                "installer": self.installer}
-
-
-@dataclass(frozen=True)
-class OsImage:
-    name: str
-    digest: str
-    path: Path  # the root.img
-    manifest: dict = field(default_factory=dict)
 
 
 # --- recipes ---

@@ -1,4 +1,5 @@
-"""The power worker: carries out queued power requests (`crowbar.services.power` has the protocol).
+"""The power worker: carries out queued power requests (`crowbar.services.power` has the protocol,
+`crowbar.services.power_work` the worker's side of it).
 
 Each round claims what it has room for (`parallel` requests at once, one per node, oldest first)
 in one short transaction, then runs each driver call in a thread of its own, outside any
@@ -21,7 +22,7 @@ import time
 from crowbar.db.session import Database
 from crowbar.power.base import PowerError, PowerNode, get_driver
 from crowbar.server.loop import Loop
-from crowbar.services import power
+from crowbar.services import power_work
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class PowerWorker(Loop):
         if room <= 0:
             return False
         with self.db.session() as s:
-            claimed = power.claim(s, self.server_id, room, busy)
+            claimed = power_work.claim(s, self.server_id, room, busy)
         for request in claimed:
             runner = threading.Thread(target=self._carry_out, args=(request,), name=f"power-{request.id}",
                                       daemon=True)
@@ -81,7 +82,7 @@ class PowerWorker(Loop):
             runner.join(max(0.0, deadline - time.monotonic()))
         if self.server_id is not None:
             with self.db.session() as s:
-                power.fail_abandoned(s, "server stopped before the request finished", [self.server_id])
+                power_work.fail_abandoned(s, "server stopped before the request finished", [self.server_id])
 
     @property
     def idle(self) -> bool:
@@ -92,18 +93,18 @@ class PowerWorker(Loop):
     def _reap(self) -> None:
         """Fail what servers found dead left running (the annealer's reaper marks them stopped)."""
         with self.db.session() as s:
-            failed = power.fail_abandoned(s, "server died")
+            failed = power_work.fail_abandoned(s, "server died")
         if failed:
             log.warning("failed %d power requests left running by servers that died", failed)
         self._last_reap = time.monotonic()
 
     # -- one request ------------------------------------------------------------------------------
-    def _carry_out(self, request: power.Claimed) -> None:
+    def _carry_out(self, request: power_work.Claimed) -> None:
         ok, result = self._call(request)
         for attempt in range(3):  # the database may be busy for a moment; the outcome must not be lost
             try:
                 with self.db.session() as s:
-                    if not power.finish(s, request, self.server_id, ok, result):
+                    if not power_work.finish(s, request, self.server_id, ok, result):
                         log.warning("power request %d was failed meanwhile; its outcome is dropped: %s",
                                     request.id, result)
                 break
@@ -113,7 +114,7 @@ class PowerWorker(Loop):
                 time.sleep(1.0)
         self.wake()
 
-    def _call(self, request: power.Claimed) -> tuple[bool, str]:
+    def _call(self, request: power_work.Claimed) -> tuple[bool, str]:
         """Run the driver in a thread of its own; (succeeded, result or reason)."""
         try:
             driver = get_driver(request.driver)

@@ -22,7 +22,7 @@ from crowbar.errors import Conflict
 from crowbar.power.base import get_driver
 from crowbar.provisioner import lifecycle
 from crowbar.services import attribs, power
-from crowbar.services.nodes import agent_driven
+from crowbar.services.nodes import agent_driven, install_step
 
 ATTRIB = "bios-settings"
 HELD = "held"  # an AgentJob state: not handed to the agent until the BIOS settings are checked
@@ -61,8 +61,6 @@ def start(session: Session, node: Node, job: AgentJob, actor: str, settings: dic
 
 def applied(session: Session, node_id: int, request_id: int, ok: bool, result: str) -> None:
     """The bios-apply request `request_id` ended: on to hardware-installed, or problem."""
-    from crowbar.services.install import _step  # install asks `start`: imported here, not at the top
-
     node = session.get(Node, node_id)
     bios = dict((node.install or {}).get("bios") or {})
     if node.state != lifecycle.HARDWARE_INSTALLING or bios.get("request") != request_id:
@@ -71,7 +69,7 @@ def applied(session: Session, node_id: int, request_id: int, ok: bool, result: s
     node.install = {**(node.install or {}), "bios": {**bios, "state": "checked" if ok else "failed",
                                                      "result": result}}
     if ok:
-        _step(session, node, lifecycle.HARDWARE_INSTALLED, result[:2000], "power")
+        install_step(session, node, lifecycle.HARDWARE_INSTALLED, result[:2000], "power")
         if job is not None and job.state == HELD:
             job.state = "queued"
         if not agent_driven(node):  # settings already in effect, no reset: boot the discovery image
@@ -80,4 +78,4 @@ def applied(session: Session, node_id: int, request_id: int, ok: bool, result: s
     else:
         if job is not None and job.state == HELD:
             job.state, job.exit_code, job.output, job.finished_at = "done", -1, "BIOS settings failed", utcnow()
-        _step(session, node, lifecycle.PROBLEM, f"BIOS settings: {result}"[:2000], "power")
+        install_step(session, node, lifecycle.PROBLEM, f"BIOS settings: {result}"[:2000], "power")

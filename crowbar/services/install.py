@@ -44,8 +44,8 @@ from crowbar.db.sql import chunks
 from crowbar.errors import Conflict, CrowbarError, InvalidInput, NotFound
 from crowbar.engine import graph
 from crowbar.provisioner import install, lifecycle, osimage, rules
-from crowbar.services import bios, lookup, nodes, os_rules, power
-from crowbar.services.nodes import agent_driven, set_state
+from crowbar.services import allocation, bios, lookup, network, nodes, os_rules, power
+from crowbar.services.nodes import agent_driven, install_step, set_state
 
 log = logging.getLogger("crowbar.install")
 
@@ -112,22 +112,12 @@ def _set_install(node: Node, **values) -> None:
     node.install = {**(node.install or {}), **values}
 
 
-def _step(session: Session, node: Node, target: str, reason: str, actor: str) -> None:
-    """set_state, and the time the node entered each step in node.install["steps"]."""
-    set_state(session, node, target, reason, actor)
-    steps = list((node.install or {}).get("steps", []))
-    steps.append({"state": target, "at": _now()})
-    _set_install(node, steps=steps[-30:])
-
-
 # --- the first-boot data ---
 
 def seed(session: Session, node: Node, ctx: Context, instance: str, plan: dict | None = None) -> dict[str, str]:
     """cloud-init's NoCloud seed for `node`: meta-data, user-data, network-config. `plan`: the
     node's netplan document (`network.node_netplans`), when the caller read it (a deploy reads its
     nodes' together)."""
-    from crowbar.services import network
-
     short = node.name.split(".")[0]
     meta = {"instance-id": instance, "local-hostname": node.name}
     user = {"hostname": short, "fqdn": node.name, "prefer_fqdn_over_hostname": True,
@@ -243,8 +233,6 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
 def _netplans(session: Session, ids: list[int]) -> dict[int, dict]:
     """The nodes' netplan plans, read together; none when one of them has no plan (`seed` then
     asks node by node, and a node without one gets DHCP on every NIC)."""
-    from crowbar.services import network
-
     try:
         return dict(zip(ids, network.node_netplans(session, ids)))
     except CrowbarError:
@@ -278,11 +266,9 @@ def deploy(session: Session, keys: list, os_name: str | None, ctx: Context, acto
         raise InvalidInput("name at least one node to deploy", field="nodes")
     deployed = lookup.nodes(session, keys, lock=True)
     if allocate:
-        from crowbar.services import provisioning
-
         discovered = [node.id for node in deployed if node.state == lifecycle.DISCOVERED]
         if discovered:
-            provisioning.allocate_many(session, discovered, actor, answer=False)
+            allocation.allocate_many(session, discovered, actor, answer=False)
     # All of them read together (a bulk deploy of 10,000 nodes plans in one pass): the nodes, their
     # OS rules' choices, images, BIOS settings and netplan plans; their old jobs ended in one update,
     # the new ones inserted in one flush. Refusals come before the deploy writes anything.
@@ -320,7 +306,7 @@ def _deploy_one(session: Session, node: Node, ctx: Context, actor: str, os_name:
     why = "" if os_name or not choice.os else f" (OS rule {choice.rule})" if choice.rule else " (OS rules default)"
     node.os = name
     _set_install(node, steps=[], netboot_retries=0)
-    _step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}{why}", actor)
+    install_step(session, node, lifecycle.HARDWARE_INSTALLING, f"deploying {name}{why}", actor)
     _plan_job(session, node, ctx, image, choice, job=job, netplan=netplan, recipes=recipes)
     if node.agent_action == "reboot":
         # allocate's reboot (to take the reserved address in the discovery image) is not needed
@@ -329,7 +315,7 @@ def _deploy_one(session: Session, node: Node, ctx: Context, actor: str, os_name:
         node.agent_action = None
     # BIOS settings first: the job waits (services/bios.py)
     if not bios.start(session, node, job, actor, settings):
-        _step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
+        install_step(session, node, lifecycle.HARDWARE_INSTALLED, "no hardware jobs", actor)
         _reach(session, node, agent_driven(node), actor)
 
 
@@ -345,7 +331,7 @@ def reinstall(session: Session, key, os_name: str | None, ctx: Context, actor: s
     node.os = name
     _set_install(node, steps=[], netboot_retries=0, **{RERUN: True})
     change = f"{previous} -> {name}" if previous and previous != name else name
-    _step(session, node, lifecycle.REINSTALL, f"reinstall {change} requested", actor)
+    install_step(session, node, lifecycle.REINSTALL, f"reinstall {change} requested", actor)
     _cancel_jobs(session, node, "replaced by a new install")
     _plan_job(session, node, ctx, image, os_rules.choose(session, node))
     _reach(session, node, agent_reboots, actor)
@@ -387,7 +373,7 @@ def release(session: Session, key, erase: str | None = "quick", actor: str = "sy
         return nodes.node_dict(node, full=True)
     agent_reboots = agent_driven(node)
     _drop_auto_ssh(node)
-    _step(session, node, lifecycle.RELEASING, f"release with {erase or 'quick'} erase requested", actor)
+    install_step(session, node, lifecycle.RELEASING, f"release with {erase or 'quick'} erase requested", actor)
     _cancel_jobs(session, node, "replaced by a release")
     job = AgentJob(node_id=node.id, kind=ERASE, script=erase_script((node.discovery or {}).get("disks") or [],
                                                                      erase or "quick"), timeout=4 * 3600)
@@ -401,8 +387,6 @@ def release(session: Session, key, erase: str | None = "quick", actor: str = "sy
 
 
 def _free(session: Session, node: Node, actor: str) -> None:
-    from crowbar.services import network
-
     try:
         network.release(session, "admin", node.id, actor=actor)
     except (NotFound, Conflict):
@@ -414,7 +398,7 @@ def _free(session: Session, node: Node, actor: str) -> None:
 def job_taken(session: Session, node: Node, job: AgentJob) -> None:
     """The agent took an install job: hardware-installed or reinstall -> installing."""
     if job.kind == INSTALL and node.state in (lifecycle.HARDWARE_INSTALLED, lifecycle.REINSTALL):
-        _step(session, node, lifecycle.INSTALLING, f"installing {node.os} on {(node.install or {}).get('disk')}", "agent")
+        install_step(session, node, lifecycle.INSTALLING, f"installing {node.os} on {(node.install or {}).get('disk')}", "agent")
         _set_install(node, phase="started")
 
 
@@ -474,22 +458,22 @@ def job_done(session: Session, node: Node, job: AgentJob) -> None:
         if job.exit_code == 0:
             _set_install(node, phase="installed", finished_at=_now(), error=None,
                          bytes=(node.install or {}).get("total", 0))
-            _step(session, node, lifecycle.INSTALLED, f"{node.os} installed on {(node.install or {}).get('disk')}", "agent")
+            install_step(session, node, lifecycle.INSTALLED, f"{node.os} installed on {(node.install or {}).get('disk')}", "agent")
             node.agent_action = "reboot"
         else:
             failed = FAILED_IN_RE.search(job.output or "")  # the script's own word: reports may lag
             phase = failed.group(1) if failed else (node.install or {}).get("phase", "start")
             reason = f"install failed in phase {phase} (exit {job.exit_code}): {_tail(job.output or '', 6)}"
             _set_install(node, error=reason, finished_at=_now())
-            _step(session, node, lifecycle.PROBLEM, reason[:2000], "agent")
+            install_step(session, node, lifecycle.PROBLEM, reason[:2000], "agent")
     elif job.kind == ERASE and node.state == lifecycle.RELEASING and (node.install or {}).get("job") == job.id:
         if job.exit_code == 0:
             _set_install(node, phase="erased", finished_at=_now())
-            _step(session, node, lifecycle.DISCOVERED, f"disks erased ({(node.install or {}).get('erase', 'quick')})", "agent")
+            install_step(session, node, lifecycle.DISCOVERED, f"disks erased ({(node.install or {}).get('erase', 'quick')})", "agent")
             _free(session, node, "agent")
         else:
             reason = f"erase failed (exit {job.exit_code}): {_tail(job.output or '', 6)}"
-            _step(session, node, lifecycle.PROBLEM, reason[:2000], "agent")
+            install_step(session, node, lifecycle.PROBLEM, reason[:2000], "agent")
 
 
 def refound(session: Session, node: Node) -> None:
@@ -502,7 +486,7 @@ def refound(session: Session, node: Node) -> None:
         job.output = "the node booted again while installing"
         reason = f"install interrupted in phase {(node.install or {}).get('phase')}: the node booted again"
         _set_install(node, error=reason, finished_at=_now())
-        _step(session, node, lifecycle.PROBLEM, reason, "agent")
+        install_step(session, node, lifecycle.PROBLEM, reason, "agent")
 
 
 HOST_KEY_RE = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(?:256|384|521)|ssh-rsa) ([A-Za-z0-9+/]{40,1400}={0,2})$")
@@ -557,15 +541,15 @@ def _booted(session: Session, node: Node, step: str, facts: dict, ctx: Context, 
     if step in ("booted", "ready") and node.state == lifecycle.INSTALLED:
         # `ready` straight from installed: a system whose sshd answered at once says both in one post
         _set_auto_ssh(session, node, ctx)
-        _step(session, node, lifecycle.READYING, f"booted {clean.get('os', '')} ({clean.get('kernel', '')})", "node")
+        install_step(session, node, lifecycle.READYING, f"booted {clean.get('os', '')} ({clean.get('kernel', '')})", "node")
     if step == "ready" and node.state == lifecycle.READYING:
         _set_install(node, booted=clean)
-        _step(session, node, lifecycle.READY, "sshd answers", "node")
+        install_step(session, node, lifecycle.READY, "sshd answers", "node")
         if (node.install or {}).get(RERUN):
             _rerun_noderoles(session, node)
         signal_work(session, "anneal")
     elif step == "failed" and node.state in (lifecycle.INSTALLED, lifecycle.READYING):
-        _step(session, node, lifecycle.PROBLEM, f"first boot failed: {clean.get('reason', '')}", "node")
+        install_step(session, node, lifecycle.PROBLEM, f"first boot failed: {clean.get('reason', '')}", "node")
     return {"node": node.name, "state": node.state}
 
 
@@ -585,7 +569,7 @@ def _netboot_retry(session: Session, node: Node, what: str, problem: str, actor:
     `cold`: off, then on (two requests, run in order), not the driver's cycle (a warm reset)."""
     tries = int((node.install or {}).get("netboot_retries") or 0) + 1
     if tries > NETBOOT_RETRIES:
-        _step(session, node, lifecycle.PROBLEM, problem.format(tries=tries), actor)
+        install_step(session, node, lifecycle.PROBLEM, problem.format(tries=tries), actor)
         return
     _set_install(node, netboot_retries=tries)
     record(session, [{"object_type": "node", "object_id": node.id, "action": "netboot-retry", "actor": "server",
@@ -648,8 +632,6 @@ def _rerun_noderoles(session: Session, node: Node) -> None:
 
 
 def _admin_address(session: Session, node: Node) -> str | None:
-    from crowbar.services import network
-
     address = network.node_addresses(session, [node.id]).get(node.id, {}).get("admin")
     return str(address).split("/")[0] if address else None
 

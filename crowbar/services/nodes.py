@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from sqlalchemy import Text, cast, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session, load_only, selectinload
 
@@ -23,6 +25,15 @@ def set_state(session: Session, node: Node, target: str, reason: str = "", actor
                       "from_state": node.state, "to_state": target, "message": reason}])
     node.state, node.state_reason, node.state_changed_at = target, reason, utcnow()
     node.bootenv = lifecycle.bootenv_for(target, node.os or lifecycle.DEFAULT_OS)
+
+
+def install_step(session: Session, node: Node, target: str, reason: str, actor: str) -> None:
+    """set_state during an install, release or BIOS step, and the time the node entered each step in
+    node.install["steps"] (the last 30; crowbar.services.install clears them when a deploy starts)."""
+    set_state(session, node, target, reason, actor)
+    steps = list((node.install or {}).get("steps", []))
+    steps.append({"state": target, "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    node.install = {**(node.install or {}), "steps": steps[-30:]}
 
 
 def agent_driven(node: Node) -> bool:

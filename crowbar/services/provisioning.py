@@ -497,42 +497,7 @@ def _job_result(session: Session, node: Node, job_id: str, exit_code, output) ->
     return {"job": job.id, "state": job.state}
 
 
-# -- operator actions -----------------------------------------------------------------------------
-MAX_BULK = lookup.MAX_BULK  # nodes named in one bulk call
-
-
-def allocate(session: Session, key, actor: str = "system") -> dict:
-    """Take a discovered node into service: reserve its admin address; it reboots to get it."""
-    return allocate_many(session, [key], actor)[0]
-
-
-def allocate_many(session: Session, keys: list, actor: str = "system", answer: bool = True) -> list[dict]:
-    """Allocate several nodes in one transaction: all of them or none (the first refusal names
-    its node). The network template is read once for all of them. `answer`: False for a caller
-    that answers its own way (a deploy that allocates first): nothing is shown."""
-    from crowbar.services import network
-
-    if not isinstance(keys, list) or not keys:
-        raise InvalidInput("name at least one node to allocate", field="nodes")
-    if len(keys) > MAX_BULK:
-        raise InvalidInput(f"at most {MAX_BULK} nodes in one call (got {len(keys)})", field="nodes")
-    admin = "admin" in network.current_template(session).networks
-    chosen = lookup.nodes(session, keys, tags=True, lock=True)  # read together (named twice: 422); addresses below
-    with batched(session):  # their events in one insert
-        for node in chosen:
-            set_state(session, node, lifecycle.ALLOCATED, "allocated by the operator", actor)
-            if agent_driven(node):
-                node.agent_action = "reboot"
-        allocations = network.allocate_many(session, "admin", [node.id for node in chosen], actor=actor) \
-            if admin else [{} for _ in chosen]
-    session.flush()
-    signal_work(session, "anneal")
-    if not answer:
-        return []
-    return [nodes.node_dict(node, full=True) | {"admin_address": allocation.get("address")}
-            for node, allocation in zip(chosen, allocations)]
-
-
+# -- operator actions (allocate: crowbar.services.allocation) ---------------------------------
 def transition(session: Session, key, target: str, actor: str = "system") -> dict:
     """reset / reinstall / problem...: move the node and make it boot what its new state says."""
     node = lookup.node(session, key)

@@ -18,7 +18,7 @@ import pytest
 
 from crowbar.db.models import Event, Node, PowerRequest, Server
 from crowbar.server.power import PowerWorker
-from crowbar.services import nodes, power
+from crowbar.services import nodes, power, power_work
 
 from powerkit import FailingDriver
 
@@ -215,18 +215,18 @@ def test_claims_take_the_oldest_request_per_node_and_none_while_one_runs(db):
     r1, r2, r3, r4 = _queue(db, [("a.example.com", "on"), ("a.example.com", "off"), ("b.example.com", "on"),
                                  ("a.example.com", "cycle")])
     with db.session() as s:
-        assert [c.id for c in power.claim(s, None, 10)] == [r1, r3]
+        assert [c.id for c in power_work.claim(s, None, 10)] == [r1, r3]
     with db.session() as s:
-        assert power.claim(s, None, 10) == []
-        claimed_b = power.Claimed(r3, 0, "b.example.com", "on", "tester", "manual", {})
-        assert power.finish(s, claimed_b, None, True, "done")
-        assert power.claim(s, None, 10) == []  # a still runs r1; b has nothing queued
-        claimed_a = power.Claimed(r1, 0, "a.example.com", "on", "tester", "manual", {})
-        assert power.finish(s, claimed_a, None, False, "no")
-        assert not power.finish(s, claimed_a, None, True, "twice")  # only a running request is finished
+        assert power_work.claim(s, None, 10) == []
+        claimed_b = power_work.Claimed(r3, 0, "b.example.com", "on", "tester", "manual", {})
+        assert power_work.finish(s, claimed_b, None, True, "done")
+        assert power_work.claim(s, None, 10) == []  # a still runs r1; b has nothing queued
+        claimed_a = power_work.Claimed(r1, 0, "a.example.com", "on", "tester", "manual", {})
+        assert power_work.finish(s, claimed_a, None, False, "no")
+        assert not power_work.finish(s, claimed_a, None, True, "twice")  # only a running request is finished
     with db.session() as s:
-        assert [c.id for c in power.claim(s, None, 10, busy_nodes=[s.get(PowerRequest, r2).node_id])] == []
-        assert [c.id for c in power.claim(s, None, 10)] == [r2]
+        assert [c.id for c in power_work.claim(s, None, 10, busy_nodes=[s.get(PowerRequest, r2).node_id])] == []
+        assert [c.id for c in power_work.claim(s, None, 10)] == [r2]
     with db.session() as s:
         assert [(r.id, r.state) for r in s.query(PowerRequest).order_by(PowerRequest.id)] == [
             (r1, "failed"), (r2, "running"), (r3, "succeeded"), (r4, "queued")]
@@ -237,9 +237,9 @@ def test_claims_take_the_oldest_request_per_node_and_none_while_one_runs(db):
 def test_two_servers_claiming_at_once_never_take_the_same_node(db):
     r1, r2, r3 = _queue(db, [("a.example.com", "on"), ("a.example.com", "off"), ("b.example.com", "on")])
     with db.session() as first:
-        assert [c.id for c in power.claim(first, None, 1)] == [r1]  # holds r1's row lock, not committed
+        assert [c.id for c in power_work.claim(first, None, 1)] == [r1]  # holds r1's row lock, not committed
         with db.session() as second:
-            assert [c.id for c in power.claim(second, None, 10)] == [r3]  # r1 skipped, r2 waits behind it
+            assert [c.id for c in power_work.claim(second, None, 10)] == [r3]  # r1 skipped, r2 waits behind it
     with db.session() as s:
         assert s.get(PowerRequest, r2).state == "queued"
 
@@ -296,6 +296,33 @@ def test_a_stopping_worker_fails_what_it_still_runs(db, driver):
         req = s.get(PowerRequest, r1)
         assert (req.state, req.result) == ("failed", "server stopped before the request finished")
 
+
+
+def test_an_abandoned_bios_apply_puts_its_node_in_problem_and_ends_its_held_install(db):
+    """A bios-apply request a dead server left running tells the BIOS step how it ended, as a
+    finished one does: the node does not wait in hardware-installing for the watchdog."""
+    from crowbar.db.models import AgentJob
+    from crowbar.services import bios
+
+    with db.session() as s:
+        dead = Server(hostname="gone.invalid", pid=1, stopped=True)
+        node = s.get(Node, nodes.create_node(s, "a.example.com")["id"])
+        node.state, node.power_driver = "hardware-installing", "redfish"
+        job = AgentJob(node_id=node.id, kind="install", script="true")
+        s.add_all([dead, job])
+        s.flush()
+        node.install = {"job": job.id}  # as a deploy leaves it
+        assert bios.start(s, node, job, "tester", {"BootMode": "Uefi"})
+        request = s.get(PowerRequest, node.install["bios"]["request"])
+        request.state, request.server_id = "running", dead.id
+        ids = node.id, job.id
+    with db.session() as s:
+        assert power_work.fail_abandoned(s, "server died") == 1
+    with db.session() as s:
+        node, job = s.get(Node, ids[0]), s.get(AgentJob, ids[1])
+        assert (node.state, node.state_reason) == ("problem", "BIOS settings: server died")
+        assert node.install["bios"]["state"] == "failed"
+        assert (job.state, job.exit_code, job.output) == ("done", -1, "BIOS settings failed")
 
 # -- validation of settings -----------------------------------------------------------------------
 def test_settings_are_validated_when_they_are_set(power_api, db):

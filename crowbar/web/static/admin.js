@@ -1,7 +1,7 @@
 // Users (admins) and API tokens (everyone: their own; admins: everyone's), over /api/v2/users and
 // /api/v2/tokens like `crowbar users` and `crowbar tokens`. A token's secret is shown once, when it
 // is created or rotated: the server keeps only its hash.
-import { api, get, h, toast, confirmList, listAll, route, query, setQuery, state, fmtTime, badge } from "./app.js";
+import { api, get, h, toast, confirmList, listAll, route, query, setQuery, state, fmtTime, badge } from "./kit.js";
 import { table } from "./pages.js";
 
 const ROLES = ["viewer", "operator", "admin"];

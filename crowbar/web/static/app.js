@@ -1,83 +1,10 @@
-// The web UI's shell: the API client (session cookie + CSRF token), sign-in, the hash router, live
-// updates from the event log, and small DOM helpers. Pages are in pages.js and deployments.js.
-// Everything the UI shows comes from /api/v2, the same API as the CLI's.
-
-export const state = { user: null, role: null, csrf: null };
-
-export function canChange() { return state.role === "operator" || state.role === "admin"; }
-
-export class ApiError extends Error {
-  constructor(status, body) {
-    super(body && body.message ? body.message : `HTTP ${status}`);
-    this.status = status; this.body = body || {};
-  }
-}
-
-// One call to the API. Changes carry the session's CSRF token; errors throw ApiError with the
-// API's one error body ({error, message, field}).
-export async function api(method, path, body) {
-  const headers = { "accept": "application/json" };
-  if (method !== "GET") headers["x-csrf-token"] = state.csrf || "";
-  if (body !== undefined) headers["content-type"] = "application/json";
-  const r = await fetch(path.startsWith("/") ? path : `/api/v2/${path}`, {
-    method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body) });
-  let out = null;
-  const text = await r.text();
-  try { out = text ? JSON.parse(text) : null; } catch (e) { out = { message: text }; }
-  if (r.status === 401 && state.user) { state.user = null; stopLive(); signIn(); }
-  if (!r.ok) throw new ApiError(r.status, out);
-  return out;
-}
-export const get = (path) => api("GET", path);
-
-// h("a", {href: "#/"}, "text", child...): elements built from data, never HTML strings.
-export function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "class") el.className = v;
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else el.setAttribute(k, v === true ? "" : v);
-  }
-  for (const c of children.flat(Infinity)) {
-    if (c === undefined || c === null || c === false) continue;
-    el.append(c instanceof Node ? c : String(c));
-  }
-  return el;
-}
-
-export const badge = (s) => h("span", { class: `badge s-${s}`, "data-state": s }, s);
-export const fmtBytes = (n) => n == null ? "–" : n >= 2 ** 40 ? `${(n / 2 ** 40).toFixed(1)} TiB`
-  : n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`;
-export const fmtTime = (t) => t ? new Date(t).toLocaleString() : "–";
-
-export function toast(message, error = false) {
-  const t = h("div", { class: `toast${error ? " error" : ""}` }, message);
-  document.getElementById("toasts").append(t);
-  setTimeout(() => t.remove(), error ? 8000 : 4000);
-}
-
-// A confirmation listing what will happen; resolves true when the user goes ahead.
-export function confirmList(title, lines, okLabel = "Go ahead") {
-  const dialog = document.getElementById("confirm");
-  document.getElementById("confirm-title").textContent = title;
-  const body = document.getElementById("confirm-body");
-  body.replaceChildren(h("ul", {}, lines.map((l) => h("li", {}, l))));
-  document.getElementById("confirm-ok").textContent = okLabel;
-  return new Promise((resolve) => {
-    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
-    dialog.showModal();
-    document.getElementById("confirm-cancel").focus();
-  });
-}
-
-// Every item of a list, following `next` (at most `max` items).
-export async function listAll(path, max = 10000) {
-  let url = path.startsWith("/") ? path : `/api/v2/${path}`, items = [];
-  while (url && items.length < max) { const page = await get(url); items = items.concat(page.items); url = page.next; }
-  return items;
-}
+// The web UI's shell: sign-in, the hash router, live updates from the event log, and start-up.
+// Pages are in pages.js, deployments.js and admin.js (they register their routes when imported);
+// what they share is in kit.js. Everything the UI shows comes from /api/v2, the same API as the CLI's.
+import { ApiError, api, get, h, leaving, listeners, routes, state, whenSignedOut } from "./kit.js";
+import "./pages.js";        // imported in this order: their routes are tried in it
+import "./deployments.js";
+import "./admin.js";
 
 // -- live updates --------------------------------------------------------------------------------
 // The UI follows the event log and tells the current page which objects changed. First choice:
@@ -86,9 +13,9 @@ export async function listAll(path, max = 10000) {
 // itself with Last-Event-ID, so nothing is missed). Fallback: polling GET /events?marker=<last id>
 // every POLL_MS, when the browser has no EventSource, when the stream fails again and again
 // without a message (a proxy that buffers or refuses it), or when the address asks (?live=poll).
-export const POLL_MS = 1500;
+const POLL_MS = 1500;
 const SSE_FAILURES = 3;  // connection errors in a row without a message before falling back
-let lastEvent = null, listeners = [], timer = null, source = null, failures = 0, batch = [], flushing = null;
+let lastEvent = null, timer = null, source = null, failures = 0, batch = [], flushing = null;
 
 function deliver(events) {
   for (const fn of listeners) { try { fn(events); } catch (e) { console.error(e); } }
@@ -159,31 +86,13 @@ async function startLive() {
 }
 
 // -- router ------------------------------------------------------------------------------------
-const routes = [];
-export function route(pattern, render) { routes.push([pattern, render]); }
-let cleanup = [];
-
-export function query() {
-  const q = location.hash.split("?")[1] || "";
-  return Object.fromEntries(new URLSearchParams(q));
-}
-export function setQuery(params) {
-  const clean = Object.fromEntries(Object.entries(params).filter(([, v]) => v !== "" && v != null));
-  const qs = new URLSearchParams(clean).toString();
-  const base = location.hash.split("?")[0] || "#/";
-  history.replaceState(null, "", qs ? `${base}?${qs}` : base);
-}
-
 // Each render draws into a view of its own, put in <main> at once: a page still awaiting its data
 // when the address changes again finishes into a detached view, never over the newer page;
 // a listener it registers then only updates that detached view.
-export function onEvents(fn) { listeners.push(fn); }
-export function onLeave(fn) { cleanup.push(fn); }
-
 async function render() {
   if (!state.user) return;
-  for (const fn of cleanup) fn();
-  cleanup = []; listeners = [];
+  for (const fn of leaving.splice(0)) fn();
+  listeners.length = 0;
   const path = (location.hash.slice(1) || "/").split("?")[0];
   const main = document.getElementById("main");
   const view = h("div", { class: "view" });
@@ -246,8 +155,9 @@ function start() {
 }
 
 window.addEventListener("hashchange", render);
+whenSignedOut(() => { stopLive(); signIn(); });
 
-export async function boot() {
+async function boot() {
   try {
     const me = await get("session");
     if (!me.csrf) throw new ApiError(401, {});
@@ -256,4 +166,4 @@ export async function boot() {
   } catch (e) { signIn(); }
 }
 
-import("./pages.js").then(() => Promise.all([import("./deployments.js"), import("./admin.js")])).then(boot);
+boot();

@@ -3,7 +3,7 @@
 // attributes, wall, run log and retry; binding roles; proposals edited through forms made from
 // the attribs' JSON schemas, compared with what is committed, then committed.
 import { api, get, h, badge, fmtTime, toast, confirmList, listAll, route, onEvents, onLeave, query, setQuery,
-         canChange } from "./app.js";
+         canChange } from "./kit.js";
 import { kv, table, liveRefresh } from "./pages.js";
 import { runLogPanel } from "./logs.js";
 

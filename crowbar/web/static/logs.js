@@ -1,7 +1,7 @@
 // Followed logs: a noderole's run log (streaming while the run runs) and a lab VM's serial console.
 // Both poll a small read of what is new (GET /node_roles/{id}/log?offset=, GET /nodes/{id}/console?offset=):
 // the server reads only the asked part, so a follower costs one short request a second.
-import { get, h, badge, fmtTime, onLeave } from "./app.js";
+import { get, h, badge, fmtTime, onLeave } from "./kit.js";
 
 export const FOLLOW_MS = 1000;   // while a run runs / the console is followed
 export const IDLE_MS = 3000;     // waiting for a noderole's next run

@@ -1,7 +1,7 @@
 // Dashboard, nodes (list and page), barclamps and roles, networks, events.
 import { runLogPanel, consoleCard } from "./logs.js";
 import { api, get, h, badge, fmtBytes, fmtTime, toast, confirmList, listAll, route, onEvents, onLeave,
-         query, setQuery, canChange, ApiError } from "./app.js";
+         query, setQuery, canChange, ApiError } from "./kit.js";
 
 const LIFECYCLE_ORDER = ["pending", "discovered", "allocated", "hardware-installing", "hardware-installed",
   "installing", "installed", "readying", "ready", "problem"];
