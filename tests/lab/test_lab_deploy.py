@@ -199,6 +199,7 @@ def test_bios_and_uefi_vms_get_their_os_by_rule_and_are_rebooted_reinstalled_upg
                    capture_output=True, timeout=60)
     # vm1: reinstalled with a corrupted image meanwhile
     cli("nodes", "reinstall", vm1, "--os", BAD_OS)
+    started = time.monotonic()
     deadline = time.monotonic() + 400
     while True:
         try:
@@ -208,6 +209,7 @@ def test_bios_and_uefi_vms_get_their_os_by_rule_and_are_rebooted_reinstalled_upg
             pass
         assert time.monotonic() < deadline, f"vm2 did not come back{cli.context()}"
         time.sleep(5)
+    timings["vm2 reboot"] = time.monotonic() - started
     assert _ssh(cli, vm2, "cat /root/marker") == "before"
     # its reboot was a cold start: a new qemu (crowbar.lab.vmrun; OVMF hung after warm resets in CI)
     assert "(guest-reset): cold start" in (cli.lab_dir / "vms" / "vm2" / "qemu.log").read_text()
@@ -221,7 +223,9 @@ def test_bios_and_uefi_vms_get_their_os_by_rule_and_are_rebooted_reinstalled_upg
 
     # release vm2 with a quick erase: no partition table left, discovered again (900 s: room for the
     # watchdog's off and on should the boot hang, as vm2's did in CI three times: docs/os-deployment.md)
+    started = time.monotonic()
     cli("nodes", "release", vm2, "--erase", "quick", "--wait", "--timeout", "900", timeout=1000)
+    timings["vm2 release"] = time.monotonic() - started
     released = cli.json("nodes", "show", vm2)
     assert released["state"] == "discovered" and released["bootenv"] == "discovery"
     disk = cli.lab_dir / "vms" / "vm2" / "disk.raw"
@@ -230,7 +234,9 @@ def test_bios_and_uefi_vms_get_their_os_by_rule_and_are_rebooted_reinstalled_upg
     assert subprocess.run(["blkid", "-p", str(disk)], capture_output=True).returncode == 2  # nothing found
 
     # vm1: the corrupted image was refused before boot
+    started = time.monotonic()
     bad = _wait_state(cli, vm1, ("problem", "installed", "ready"), 900)
+    timings["then vm1's refusal"] = time.monotonic() - started
     assert bad["state"] == "problem" and bad["bootenv"] == "discovery", bad["state_reason"]
     assert "checksum mismatch" in bad["state_reason"] and "verify-image" in bad["state_reason"]
     # upgraded: reinstalled with Debian 13, a fresh root filesystem; its noderoles run again once it
@@ -242,9 +248,10 @@ def test_bios_and_uefi_vms_get_their_os_by_rule_and_are_rebooted_reinstalled_upg
     timings["reinstall to ready"] = time.monotonic() - started
     assert 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"' in _ssh(cli, vm1, "cat /etc/os-release")
     assert _ssh(cli, vm1, "test -e /root/marker && echo kept || echo gone") == "gone"
-    deadline = time.monotonic() + 600
+    started, deadline = time.monotonic(), time.monotonic() + 600
     while (after := _runs(cli, vm1)) != {i: n + 1 for i, n in before.items()}:
         assert time.monotonic() < deadline and all(after[i] <= before[i] + 1 for i in before), (before, after)
         time.sleep(5)
+    timings["its noderoles again"] = time.monotonic() - started
     assert cli.json("nodes", "show", vm1)["os"] == NEW_OS
     print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,11 @@ def _probe_upstream(cli) -> str:
 
 
 def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello_from_source(cli, tmp_path):
+    timings, last = {}, [time.monotonic()]
+
+    def took(step: str) -> None:  # printed at the end, as test_lab_deploy does (pytest -s shows them)
+        timings[step], last[0] = time.monotonic() - last[0], time.monotonic()
+
     cli("lab", "up", "--nodes", "1", "--proxies", "--disk", "4", "--wait", "--timeout", "400", timeout=500)
     status = cli.json("lab", "status")
     node, namespace = status["vms"][0]["node"], status["namespace"]
@@ -104,8 +110,10 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
     routes = subprocess.run(["ip", "-n", namespace, "route", "show", "default"], capture_output=True, text=True)
     assert routes.stdout.strip() == ""
 
+    took("lab up to discovered")
     cli("nodes", "allocate", node)
     cli("nodes", "deploy", node, "--os", OS, "--wait", "--timeout", "1200", timeout=1300)
+    took("deploy to ready")
     address = {a["node"]: a["address"] for a in cli.json("network", "allocations", "admin")}[node].split("/")[0]
     assert f"http://{ADMIN}:3142" in _on(cli, node, "cat /etc/apt/apt.conf.d/00crowbar-proxy").stdout
 
@@ -127,6 +135,7 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
                        + cli("noderoles", "log", str(n["id"]), ok=False).stdout
                        for n in cli.json("noderoles", "list", "--deployment", "pp") if n["state"] == "error")
         raise AssertionError(f"{said}\n{logs}{_probe_upstream(cli)}{cli.context()}")
+    took("pphello through puppet")
     wall = _wall(cli, "pp", "pphello")
     url = f"http://{address}:8091/"
     assert wall["pphello_url"] == url and wall["pphello_puppet"].startswith("7."), wall  # Debian 12: Puppet 7
@@ -153,6 +162,7 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
     assert done.stdout.strip().endswith("Hello, world!"), done.stdout
     after = {p["kind"]: p for p in cli.json("proxy", "status")}
     assert after["apt"]["bytes_upstream"] > proxies["apt"]["bytes_upstream"]
+    took("a package online")
 
     # offline: what was staged installs, anything else fails with the proxy's error naming it
     cli("proxy", "stage", "--os", OS, "sl", timeout=900)
@@ -164,6 +174,7 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
     said = refused.stdout + refused.stderr
     assert refused.returncode != 0 and "figlet" in said and "503" in said, said
     cli("proxy", "offline", "off")
+    took("staged and offline")
 
     # install from source: the upstream repository, served in the lab's namespace
     upstream = make_repo(tmp_path / "upstream" / "pyhello", REPO / "samples" / "barclamps" / "pyhello" / "app")
@@ -198,6 +209,7 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
         assert "(pyhello 1.0)" in page, page
         pypi = {p["kind"]: p for p in cli.json("proxy", "status")}["pypi"]
         assert pypi["misses"] + pypi["hits"] > 0, pypi  # bottle came through the PyPI cache
+        took("pyhello from source at v1")
 
         # a new commit; the ref moves to main: the role runs again, the wall shows both commits
         app = upstream / "pyhello" / "__init__.py"
@@ -215,6 +227,8 @@ def test_a_node_installs_through_the_proxies_online_and_offline_and_runs_pyhello
         page = _on(cli, node, "sleep 2; python3 -c \"import urllib.request as u; "
                               "print(u.urlopen('http://127.0.0.1:8090/').read().decode())\"").stdout
         assert "(pyhello 2.0)" in page, page
+        took("pyhello at a new commit")
+        print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     finally:
         from crowbar.procs import stop_pid
 
