@@ -18,7 +18,7 @@ BIN := $(VENV)/bin
 # uplink (crowbar/lab/uplink.py), the lab admin server's one way out to the mirror and PyPI.
 APT_PACKAGES := openssh-server linux-image-amd64 busybox-static qemu-system-x86 ipxe-qemu dnsmasq-base ipxe iproute2 fdisk \
 	mmdebstrap ovmf openssh-client openipmi ipmitool nftables puppet chromium apt-cacher-ng \
-	tinyproxy socat
+	tinyproxy socat zstd
 
 .PHONY: demo test deps venv web benchmark clean ui-screenshots test-openstack
 

@@ -4,10 +4,10 @@
 set -euo pipefail
 MEM=${1:-3072}
 W=/tmp/neutron-work/vm
-IMG=$(ls -t ~/.cache/crowbar/os/debian-12-openstack/*/root.img.gz | head -1)
+IMG=$(ls -t ~/.cache/crowbar/os/debian-12-openstack/*/root.img.* | head -1)
 mkdir -p $W && cd $W
 rm -f root.img console.log
-gunzip -c "$IMG" > root.img
+case $IMG in *.gz) gunzip -c "$IMG" ;; *) zstd -dcq "$IMG" ;; esac > root.img
 truncate -s 6G root.img
 e2fsck -fy root.img >/dev/null 2>&1 || true
 resize2fs root.img >/dev/null 2>&1

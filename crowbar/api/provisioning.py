@@ -294,12 +294,12 @@ def os_image_file(name: str, digest: str, file: str, config: Settings):
                   if i.name == name and i.digest == digest), None)
     if image is None:
         raise NotFound(f"no image {name}/{digest}")
-    if file == osimage.ROOT_IMAGE:
+    if file == image.path.name:
         return FileResponse(image.path, media_type="application/octet-stream")
     if file == osimage.MANIFEST:
         return FileResponse(image.path.parent / osimage.MANIFEST, media_type="application/json")
     if file == "SHA256SUMS":
-        return PlainTextResponse(f"{image.manifest['sha256']}  {osimage.ROOT_IMAGE}\n")
+        return PlainTextResponse(f"{image.manifest['sha256']}  {image.path.name}\n")
     raise NotFound(f"no file {file!r} in image {name}/{digest}")
 
 

@@ -7,8 +7,9 @@ hands it one job, a shell script made here, that
 2. partitions it GPT: a BIOS boot partition (grub's core image on BIOS machines), an EFI system
    partition (grub's EFI binary on UEFI machines) and the root partition over the rest, so a disk
    installed on one firmware also boots on the other once its bootloader is installed;
-3. streams the (gzipped) image from the server into the root partition and checks its sha256 on
-   the way (a FIFO feeds busybox's sha256sum while gunzip and dd write; gunzip checks its CRC too)
+3. streams the (compressed: zstd, or gzip for older images) image from the server into the root
+   partition and checks its sha256 on the way (a FIFO feeds busybox's sha256sum while the
+   decompressor and dd write; both decompressors check their own checksum too)
    before anything can boot it: a mismatch ends the job before the bootloader is written, so the
    disk cannot boot a corrupt system;
 4. installs the bootloader for the node's firmware (from the inventory) with the image's own
@@ -42,6 +43,9 @@ EFI_SYSTEM = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
 HINT_KEYS = ("name", "serial", "model", "size", "rotational")
+# an image's compression -> the command that decompresses it on the node (zstd: the discovery
+# image carries the host's zstd, crowbar.provisioner.image.DISCOVERY_TOOLS; gunzip: busybox)
+DECOMPRESS = {"zstd": "zstd -dcq", "gzip": "gunzip -c"}
 _SIZE = re.compile(r"^\s*(?P<op><=|>=|<|>|==|=)?\s*(?P<gib>\d+(\.\d+)?)\s*$")
 
 
@@ -164,6 +168,11 @@ def install_script(plan: InstallPlan) -> str:
     if plan.fs_size > root_space(plan.disk_bytes):
         raise InvalidInput(f"the image ({plan.fs_size / GIB:.2f} GiB) does not fit on {plan.disk} "
                            f"({plan.disk_bytes / GIB:.2f} GiB)", field="disk")
+    if plan.compression not in DECOMPRESS:
+        raise InvalidInput(f"image compression {plan.compression!r}: expected {' or '.join(DECOMPRESS)}",
+                           field="os")
+    decompress = DECOMPRESS[plan.compression]
+    program = decompress.split()[0]
     q = shlex.quote
     root = partition_device(plan.disk, ROOT_PARTITION)
     esp = partition_device(plan.disk, ESP_PARTITION)
@@ -214,6 +223,7 @@ phase check-disk
 [ -b "$DISK" ] || {{ echo "crowbar-install: $DISK is not a block device here"; exit 1; }}
 size=$(( $(cat /sys/class/block/${{DISK##*/}}/size) * 512 ))
 [ "$size" -eq {plan.disk_bytes} ] || {{ echo "crowbar-install: $DISK has $size bytes, the inventory said {plan.disk_bytes}"; exit 1; }}
+command -v {program} >/dev/null || {{ echo "crowbar-install: this discovery image has no {program} for a {plan.compression} image (\`crowbar images build-discovery\` makes one that has)"; exit 1; }}
 
 phase partition
 for part in /sys/class/block/${{DISK##*/}}/${{DISK##*/}}*; do
@@ -233,7 +243,7 @@ mkfifo /tmp/image.fifo
 sha256sum < /tmp/image.fifo > /tmp/image.sha256 &
 SUMMER=$!
 before=$(awk '{{print $7}}' /sys/class/block/${{DISK##*/}}/stat)
-( wget -q -O - "$CROWBAR_URL"{q(plan.image_path)} | tee /tmp/image.fifo | gunzip -c | dd of="$ROOT" bs=1M conv=fsync 2>/tmp/dd.err ) &
+( wget -q -O - "$CROWBAR_URL"{q(plan.image_path)} | tee /tmp/image.fifo | {decompress} | dd of="$ROOT" bs=1M conv=fsync 2>/tmp/dd.err ) &
 WRITER=$!
 while kill -0 $WRITER 2>/dev/null; do
     sleep 3
@@ -243,7 +253,8 @@ done
 if wait $WRITER; then wrote=0; else wrote=$?; fi
 WRITER=
 wait $SUMMER || true
-# The checksum first: a damaged image also makes gunzip fail (its CRC), and the checksum says why.
+# The checksum first: a damaged image also makes the decompressor fail (its own check), and the
+# checksum says why.
 phase verify-image "" {plan.fs_size}
 got=$(cut -d' ' -f1 /tmp/image.sha256)
 if [ "$got" != {q(plan.image_sha256)} ]; then

@@ -86,6 +86,7 @@ class InstallPlan:
     fs_size: int          # bytes of the filesystem the root partition must hold
     progress_path: str    # where the job posts its phases (the agent's token authenticates)
     seed: Mapping[str, str]  # NoCloud seed files: meta-data, user-data, network-config
+    compression: str = "gzip"  # of the bytes served: zstd or gzip (the image manifest's)
 
 
 # --- the plugins ---

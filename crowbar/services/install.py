@@ -88,7 +88,7 @@ class Context:
 
 def image_path(image: osimage.OsImage) -> str:
     """Where the server serves an image, under its HTTP boot endpoint."""
-    return f"/boot/os/{image.name}/{image.digest}/{osimage.ROOT_IMAGE}"
+    return f"/boot/os/{image.name}/{image.digest}/{image.path.name}"
 
 
 def _image(ctx: Context, os_name: str) -> osimage.OsImage:
@@ -214,7 +214,8 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
         image_path=image_path(image), image_size=int(image.manifest["size"]),
         image_sha256=image.manifest["sha256"], fs_size=int(image.manifest["fs_size"]),
         progress_path=f"{PROGRESS_PATH}/{job.id}",
-        seed=seed(session, node, ctx, f"crowbar-{node.id}-{job.id}", netplan))
+        seed=seed(session, node, ctx, f"crowbar-{node.id}-{job.id}", netplan),
+        compression=image.manifest.get("compression", "gzip"))
     recipes = osimage.recipes() if recipes is None else recipes
     installer_name = recipes[image.name].installer if image.name in recipes else "image"
     try:

@@ -25,7 +25,7 @@ def _image_dict(image: osimage.OsImage, full: bool = False) -> dict:
     out = {"digest": image.digest, "version": m.get("version"), "arch": m.get("arch"), "kernel": m.get("kernel"),
            "size": m.get("size"), "sha256": m.get("sha256"), "built_at": m.get("built_at"),
            "build_seconds": m.get("build_seconds"),
-           "url": f"/boot/os/{image.name}/{image.digest}/{osimage.ROOT_IMAGE}"}
+           "url": f"/boot/os/{image.name}/{image.digest}/{image.path.name}"}
     if full:
         out["packages"] = m.get("packages", [])
         out["mirror"] = m.get("mirror")

@@ -75,7 +75,7 @@ def cli(tmp_path):
     bad.mkdir(parents=True)
     data = bytearray(image.path.read_bytes())
     data[len(data) // 2] ^= 0x01  # one byte changed
-    (bad / osimage.ROOT_IMAGE).write_bytes(bytes(data))
+    (bad / image.path.name).write_bytes(bytes(data))
     (bad / osimage.MANIFEST).write_text(json.dumps(dict(image.manifest, name=BAD_OS, digest="0" * 64)))
 
     cli = Cli(tmp_path)

@@ -112,6 +112,15 @@ def test_the_script_checks_the_checksum_before_the_bootloader():
     assert '"$CROWBAR_URL"/boot/os/debian-12/abc/root.img.gz' in script
 
 
+@pytest.mark.parametrize("compression, command", [("zstd", "zstd -dcq"), ("gzip", "gunzip -c")])
+def test_the_image_is_decompressed_as_its_manifest_says_by_a_program_the_script_checks_first(compression, command):
+    script = install.install_script(_plan(compression=compression))
+    assert f'| tee /tmp/image.fifo | {command} | dd of="$ROOT"' in script
+    program = command.split()[0]
+    assert script.index(f"command -v {program} >/dev/null") < script.index("phase partition")  # before any write
+    assert f"has no {program} for a {compression} image" in script
+
+
 def test_uefi_gets_the_esp_and_grub_efi():
     script = install.install_script(_plan(firmware="uefi"))
     assert "mkfs.vfat -F 32 -n ESP /dev/vda2" in script
@@ -133,6 +142,7 @@ def test_a_seed_holding_the_marker_cannot_end_the_heredoc_early():
 @pytest.mark.parametrize("changes, words", [
     ({"firmware": "coreboot"}, "expected bios or uefi"),
     ({"fs_size": 5 * GIB}, "does not fit"),
+    ({"compression": "lzip"}, "image compression 'lzip': expected zstd or gzip"),
 ])
 def test_refused_plans(changes, words):
     with pytest.raises(InvalidInput, match=words):

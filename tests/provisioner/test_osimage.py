@@ -5,7 +5,6 @@ tests/lab/test_lab_deploy.py, and the demo): the filesystem, compression, manife
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -61,6 +60,25 @@ def test_a_missing_mmdebstrap_is_one_clear_line(tmp_path, monkeypatch):
         osimage.build(tmp_path, "debian-12")
 
 
+def test_a_missing_zstd_is_one_clear_line(tmp_path, monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(osimage.shutil, "which", lambda name: None if name == "zstd" else real(name) or name)
+    with pytest.raises(osimage.OsImageError, match="zstd is not installed: apt-get install zstd"):
+        osimage.build(tmp_path, "debian-12")
+
+
+def test_an_image_built_before_zstd_still_lists_by_its_manifest_and_an_unknown_compression_does_not(tmp_path):
+    for name, compression, file in (("old", "gzip", "root.img.gz"), ("new", "zstd", "root.img.zst"),
+                                    ("odd", "lzip", "root.img.lz")):
+        folder = tmp_path / name / (name[0] * 64)
+        folder.mkdir(parents=True)
+        (folder / file).write_bytes(b"image")
+        manifest = {"name": name, "digest": name[0] * 64, "compression": compression}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    found = {image.name: image.path.name for image in osimage.built(tmp_path)}
+    assert found == {"old": "root.img.gz", "new": "root.img.zst"}
+
+
 def test_an_unreachable_mirror_is_one_clear_line(tmp_path):
     import socket
 
@@ -105,7 +123,7 @@ def test_a_build_makes_a_checked_image_with_a_manifest_and_is_cached(tmp_path, m
     image = osimage.build(tmp_path, "debian-12", lambda step, done, total: steps.append(step),
                           mirror="http://mirror.example/debian")
     m = image.manifest
-    assert image.path == tmp_path / "debian-12" / image.digest / "root.img.gz"
+    assert image.path == tmp_path / "debian-12" / image.digest / "root.img.zst" and m["compression"] == "zstd"
     assert m["name"] == "debian-12" and m["version"] == "12" and m["arch"] == "amd64" and m["kernel"] == "6.1.0-test"
     assert m["sha256"] == hashlib.sha256(image.path.read_bytes()).hexdigest() and m["size"] == image.path.stat().st_size
     assert m["packages"] == [{"name": "bash", "version": "5.2.15-2"}, {"name": "openssh-server", "version": "1:9.2p1-2"}]
@@ -114,7 +132,7 @@ def test_a_build_makes_a_checked_image_with_a_manifest_and_is_cached(tmp_path, m
     assert json.loads((image.path.parent / "manifest.json").read_text()) == m
 
     raw = tmp_path / "root.img"
-    raw.write_bytes(gzip.decompress(image.path.read_bytes()))
+    raw.write_bytes(subprocess.run(["zstd", "-dcq", str(image.path)], capture_output=True, check=True).stdout)
     assert raw.stat().st_size == m["fs_size"]
     blkid = subprocess.run(["blkid", "-o", "export", str(raw)], capture_output=True, text=True).stdout
     assert f"UUID={m['fs_uuid']}" in blkid and "TYPE=ext4" in blkid
