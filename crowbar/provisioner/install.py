@@ -223,7 +223,7 @@ phase check-disk
 [ -b "$DISK" ] || {{ echo "crowbar-install: $DISK is not a block device here"; exit 1; }}
 size=$(( $(cat /sys/class/block/${{DISK##*/}}/size) * 512 ))
 [ "$size" -eq {plan.disk_bytes} ] || {{ echo "crowbar-install: $DISK has $size bytes, the inventory said {plan.disk_bytes}"; exit 1; }}
-command -v {program} >/dev/null || {{ echo "crowbar-install: this discovery image has no {program} for a {plan.compression} image (\`crowbar images build-discovery\` makes one that has)"; exit 1; }}
+command -v {program} >/dev/null || {{ echo "crowbar-install: this discovery image has no {program} for a {plan.compression} image (\\`crowbar images build-discovery\\` makes one that has)"; exit 1; }}
 
 phase partition
 for part in /sys/class/block/${{DISK##*/}}/${{DISK##*/}}*; do
