@@ -7,7 +7,11 @@ One config file, rendered from plain data (`DhcpSettings`), gives:
   change; at thousands of hosts that is minutes of outage);
 - the boot chain: PXE firmware gets iPXE (`undionly.kpxe` for BIOS, `ipxe.efi` for x86-64 UEFI,
   told apart by DHCP option 93), and iPXE itself (option 175, or user class "iPXE") gets the URL
-  of its per-MAC script on the HTTP boot endpoint (`crowbar.provisioner.ipxe`).
+  of its per-MAC script on the HTTP boot endpoint (`crowbar.provisioner.ipxe`);
+- UEFI HTTP boot (option 93 architecture 16: the firmware's own HTTP client) gets `ipxe.efi`'s URL
+  on the HTTP boot endpoint (`/boot/ipxe/ipxe.efi`), with vendor class `HTTPClient`, which such a
+  client needs to take the offer. Unanswered, OVMF's HTTP boot entry waited about two minutes for
+  one on every local boot of a UEFI node (its entries come after PXE's, before the disk's).
 DNS is off (`port=0`): this dnsmasq only does DHCP and TFTP. A machine's first lease takes about
 3 s because dnsmasq pings a pool address before offering it; that check stays, it keeps a
 forgotten static host in the pool from getting a twin.
@@ -34,6 +38,8 @@ IPXE_DIR = Path("/usr/lib/ipxe")        # Debian's ipxe package
 BIOS_BOOT_FILE = "undionly.kpxe"
 UEFI_BOOT_FILE = "ipxe.efi"
 UEFI_ARCHES = (7, 9)                    # option 93: EFI BC and EFI x86-64 (RFC 4578)
+UEFI_HTTP_ARCHES = (16,)                # option 93: x86-64 UEFI HTTP boot (IANA's processor architecture types)
+IPXE_HTTP_DIR = "ipxe"                  # iPXE's UEFI binary under the HTTP boot endpoint
 
 _HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 
@@ -108,10 +114,14 @@ def render_config(s: DhcpSettings) -> str:
         "dhcp-userclass=set:ipxe,iPXE",
         "dhcp-match=set:bios,option:client-arch,0",
         *(f"dhcp-match=set:efi64,option:client-arch,{arch}" for arch in UEFI_ARCHES),
+        *(f"dhcp-match=set:efihttp,option:client-arch,{arch}" for arch in UEFI_HTTP_ARCHES),
         # The tags never overlap (iPXE is excluded from the firmware lines), so order is irrelevant.
         f"dhcp-boot=tag:ipxe,{dhcp_script_url(s.http_boot_url)}",
         f"dhcp-boot=tag:!ipxe,tag:bios,{BIOS_BOOT_FILE},,{s.server_address}",
         f"dhcp-boot=tag:!ipxe,tag:efi64,{UEFI_BOOT_FILE},,{s.server_address}",
+        f"dhcp-boot=tag:!ipxe,tag:efihttp,{http_boot_file_url(s.http_boot_url)}",
+        # A UEFI HTTP boot client takes only an offer that names it: option 60 "HTTPClient".
+        "dhcp-option-force=tag:!ipxe,tag:efihttp,60,HTTPClient",
         # iPXE's no-pxedhcp: do not wait (about 3 s) for ProxyDHCP offers; there are none.
         "dhcp-option=tag:ipxe,encap:175,176,1b",
     ]
@@ -120,6 +130,11 @@ def render_config(s: DhcpSettings) -> str:
         lines += ["enable-ra", f"dhcp-range={prefix.network_address},ra-only,64",
                   f"ra-param={s.interface},60,0"]
     return "\n".join(lines) + "\n"
+
+
+def http_boot_file_url(boot_url: str) -> str:
+    """Where UEFI HTTP boot clients fetch iPXE: under the HTTP boot endpoint `boot_url`."""
+    return f"{boot_url.rstrip('/')}/{IPXE_HTTP_DIR}/{UEFI_BOOT_FILE}"
 
 
 def prepare(s: DhcpSettings, ipxe_dir: Path = IPXE_DIR) -> Path:

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from crowbar.api.app import create_app
 from crowbar.api.settings import AppSettings
 from crowbar.db.models import AgentJob
+from crowbar.provisioner import dnsmasq
 from discoverykit import INVENTORY, discover
 from sqlkit import statements
 
@@ -510,6 +511,22 @@ def test_images_are_served_with_range_and_checksums(dapi, store):
     assert sums == f"{manifest['sha256']}  root.img.gz\n"
     for bad in (f"/boot/os/debian-12/{'cd' * 32}/root.img.gz", f"{base}/../../etc/passwd", f"{base}/other"):
         assert dapi.get(bad, headers={"authorization": ""}).status_code == 404
+
+
+@pytest.mark.skipif(not (dnsmasq.IPXE_DIR / dnsmasq.UEFI_BOOT_FILE).is_file(),
+                    reason="Debian's ipxe package is not installed (its ipxe.efi is what is served)")
+def test_ipxe_efi_is_served_over_http_for_uefi_http_boot_and_nothing_else_is(dapi):
+    """The URL dnsmasq gives UEFI HTTP boot clients (tests/provisioner/test_dnsmasq.py) answers
+    iPXE's UEFI binary, without a token; other names in that folder are 404 in the one error shape."""
+    url = dnsmasq.http_boot_file_url("/boot")
+    assert url == "/boot/ipxe/ipxe.efi"
+    got = dapi.get(url, headers={"authorization": ""})
+    assert got.status_code == 200 and got.content == (dnsmasq.IPXE_DIR / dnsmasq.UEFI_BOOT_FILE).read_bytes()
+    head = dapi.head(url, headers={"authorization": ""})  # the firmware's first question: the size
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(got.content) and not head.content
+    for bad in ("/boot/ipxe/undionly.kpxe", "/boot/ipxe/..%2F..%2Fetc%2Fpasswd", "/boot/ipxe/ipxe.efi.bak"):
+        r = dapi.get(bad, headers={"authorization": ""})
+        assert r.status_code == 404 and r.json()["error"] == "not_found", (bad, r.text)
 
 
 def test_root_device_hints_set_as_an_attrib_choose_the_disk(dapi, store):

@@ -86,6 +86,9 @@ def test_config_has_the_pool_the_hostsdir_and_the_boot_chain(tmp_path):
         f"dhcp-boot=tag:ipxe,{BOOT_URL}/${{netX/mac:hexhyp}}.ipxe",
         f"dhcp-boot=tag:!ipxe,tag:bios,undionly.kpxe,,{SERVER}",
         f"dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,{SERVER}",
+        "dhcp-match=set:efihttp,option:client-arch,16",
+        f"dhcp-boot=tag:!ipxe,tag:efihttp,{BOOT_URL}/ipxe/ipxe.efi",
+        "dhcp-option-force=tag:!ipxe,tag:efihttp,60,HTTPClient",
         "dhcp-option=tag:ipxe,encap:175,176,1b",
     ]:
         assert line in conf, line
@@ -306,7 +309,7 @@ class Dnsmasq:
         self._leases += 1
         out = self.lab.tmp / f"lease{self._leases}.env"
         script = self.lab.tmp / "udhcpc.sh"
-        fields = ("ip", "boot_file", "siaddr", "hostname", "domain", "router", "dns")
+        fields = ("ip", "boot_file", "siaddr", "hostname", "domain", "router", "dns", "vendor")
         script.write_text('#!/bin/sh\n[ "$1" = bound ] || exit 0\n{\n'
                           + "".join(f'echo "{f}=${f}"\n' for f in fields) + '} > "$OUT"\n')
         script.chmod(0o755)
@@ -395,6 +398,14 @@ def test_boot_file_follows_the_client(shared_server, name, options, expected):
     lease = shared_server.dhcp(*options)
     assert lease["boot_file"] == expected, name
     assert lease["siaddr"] == SERVER
+
+
+def test_uefi_http_boot_clients_get_ipxes_url_and_the_vendor_class_they_need(shared_server):
+    http = shared_server.dhcp("-V", "HTTPClient:Arch:00016:UNDI:003001", "-x", ARCH.format(16), "-O", "60")
+    assert http["boot_file"] == f"{BOOT_URL}/ipxe/ipxe.efi"
+    assert http["vendor"] == "HTTPClient"  # option 60: without it the firmware ignores the offer
+    pxe = shared_server.dhcp("-V", "PXEClient:Arch:00007:UNDI:003016", "-x", ARCH.format(7), "-O", "60")
+    assert pxe["boot_file"] == "ipxe.efi" and pxe["vendor"] == ""  # PXE firmware: as before
 
 
 def test_tftp_serves_the_ipxe_binaries(server):

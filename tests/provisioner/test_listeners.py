@@ -44,6 +44,7 @@ def test_provisioning_routes_answer_404_on_any_other_listener(db, admin_token, t
             http = clients[where]
             for method, path, content in (("GET", "/boot/52-54-00-aa-00-01.ipxe", None),
                                           ("GET", "/boot/discovery/vmlinuz", None),
+                                          ("GET", "/boot/ipxe/ipxe.efi", None),
                                           ("POST", "/api/v2/discovery", body),
                                           ("POST", "/api/v2/discovery", "{not json"),  # 404 before parsing
                                           ("POST", "/api/v2/discovery/", body),
