@@ -29,6 +29,9 @@ from crowbar.provisioner.image import Progress
 
 # --- what the plugins are handed and give back ---
 
+UNSAID_COMPRESSION = "gzip"  # of an image whose manifest names none: those built before FORMAT 2
+
+
 @dataclass(frozen=True)
 class Recipe:
     """An OS recipe (crowbar/provisioner/os/<name>.toml) as `osimage.load_recipe` reads it: what an
@@ -71,6 +74,11 @@ class OsImage:
     path: Path  # the root.img
     manifest: dict = field(default_factory=dict)
 
+    @property
+    def compression(self) -> str:
+        """What its bytes are compressed with (its manifest's `compression`)."""
+        return self.manifest.get("compression", UNSAID_COMPRESSION)
+
 
 @dataclass(frozen=True)
 class InstallPlan:
@@ -86,7 +94,7 @@ class InstallPlan:
     fs_size: int          # bytes of the filesystem the root partition must hold
     progress_path: str    # where the job posts its phases (the agent's token authenticates)
     seed: Mapping[str, str]  # NoCloud seed files: meta-data, user-data, network-config
-    compression: str = "gzip"  # of the bytes served: zstd or gzip (the image manifest's)
+    compression: str = UNSAID_COMPRESSION  # of the bytes served: zstd or gzip (OsImage.compression)
 
 
 # --- the plugins ---

@@ -55,7 +55,7 @@ from crowbar import plugins
 from crowbar.agent import installed_files
 from crowbar.errors import CrowbarError, NotFound
 from crowbar.provisioner.image import Progress
-from crowbar.provisioner.installers import ImageBuilder, OsImage, Recipe
+from crowbar.provisioner.installers import UNSAID_COMPRESSION, ImageBuilder, OsImage, Recipe
 
 RECIPES_DIR = Path(__file__).parent / "os"
 FORMAT = 2  # of what the builder writes: raise it when that changes (it is part of the cache key); 2: zstd
@@ -175,10 +175,9 @@ def built(store: Path, name: str | None = None) -> list[OsImage]:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             continue
-        file = IMAGE_FILES.get(manifest.get("compression", "gzip"))
-        image = manifest_path.parent / file if file else None
-        if image is not None and image.is_file():
-            found.append(OsImage(manifest["name"], manifest["digest"], image, manifest))
+        file = IMAGE_FILES.get(manifest.get("compression", UNSAID_COMPRESSION))
+        if file and (manifest_path.parent / file).is_file():
+            found.append(OsImage(manifest["name"], manifest["digest"], manifest_path.parent / file, manifest))
     return sorted(found, key=lambda i: (i.name, i.manifest.get("built_at", "")))
 
 

@@ -215,7 +215,7 @@ def _plan_job(session: Session, node: Node, ctx: Context, image: osimage.OsImage
         image_sha256=image.manifest["sha256"], fs_size=int(image.manifest["fs_size"]),
         progress_path=f"{PROGRESS_PATH}/{job.id}",
         seed=seed(session, node, ctx, f"crowbar-{node.id}-{job.id}", netplan),
-        compression=image.manifest.get("compression", "gzip"))
+        compression=image.compression)
     recipes = osimage.recipes() if recipes is None else recipes
     installer_name = recipes[image.name].installer if image.name in recipes else "image"
     try:
